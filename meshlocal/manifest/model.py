@@ -1,0 +1,182 @@
+"""The typed model of a Copilot workspace, after overrides and interpolation.
+
+Pure data: the loader builds it, naming/runtime/dns/proxy read it. Every
+field is already merged for one environment, so consumers never see
+`environments:` blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from meshlocal.errors import Location
+
+
+class ServiceType(StrEnum):
+    LOAD_BALANCED_WEB_SERVICE = "Load Balanced Web Service"
+    BACKEND_SERVICE = "Backend Service"
+    WORKER_SERVICE = "Worker Service"
+    REQUEST_DRIVEN_WEB_SERVICE = "Request-Driven Web Service"
+    STATIC_SITE = "Static Site"
+    SCHEDULED_JOB = "Scheduled Job"
+
+    @property
+    def emulated(self) -> bool:
+        return self not in (ServiceType.STATIC_SITE, ServiceType.SCHEDULED_JOB)
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """image.build, normalised from its string or map form."""
+
+    context: Path  # absolute
+    dockerfile: Path  # absolute
+    args: dict[str, str] = field(default_factory=dict)
+    target: str | None = None
+    cache_from: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ContainerHealthCheck:
+    """image.healthcheck, becomes the container's Docker health check."""
+
+    command: tuple[str, ...]  # e.g. ("CMD-SHELL", "curl -f http://localhost/ || exit 1")
+    interval_s: float = 10.0
+    timeout_s: float = 5.0
+    retries: int = 2
+    start_period_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class HttpHealthCheck:
+    """http.healthcheck: the ALB target-group check, probed by the mesh itself."""
+
+    path: str = "/"
+    port: int | None = None  # None: the target port
+    success_codes: str = "200"
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 2
+    interval_s: float = 10.0
+    timeout_s: float = 5.0
+    grace_period_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Connect:
+    """network.connect, from `true`/`false` or `{alias: ...}`."""
+
+    enabled: bool = False
+    alias: str | None = None
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    name: str
+    image: str | None  # image location (sidecars.image may be a string)
+    build: BuildSpec | None
+    port: int | None
+    variables: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)
+    command: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    essential: bool = True
+    depends_on: dict[str, str] = field(default_factory=dict)
+    healthcheck: ContainerHealthCheck | None = None
+
+
+@dataclass(frozen=True)
+class Service:
+    """One service manifest, merged for one environment."""
+
+    name: str
+    type: ServiceType
+    manifest_path: Path
+    build: BuildSpec | None = None
+    image_location: str | None = None
+    # image.port: the container port; None for a client-only backend/worker.
+    port: int | None = None
+    # http.target_port, else image.port: the port Service Connect and the ALB reach.
+    target_port: int | None = None
+    target_container: str | None = None
+    http_path: str | None = None  # LBWS http.path; None when http is disabled
+    http_healthcheck: HttpHealthCheck | None = None
+    container_healthcheck: ContainerHealthCheck | None = None
+    count: int = 1
+    variables: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)  # resolved values
+    env_file: Path | None = None
+    command: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    connect: Connect = field(default_factory=Connect)
+    sidecars: tuple[Sidecar, ...] = ()
+    depends_on: dict[str, str] = field(default_factory=dict)  # container -> condition
+    # Dotted paths of fields that load fine but only matter on AWS.
+    not_emulated: tuple[str, ...] = ()
+    # Dotted field path -> where it was written; for error messages downstream.
+    locations: dict[str, Location] = field(default_factory=dict)
+
+    def where(self, dotted: str) -> Location:
+        """Best location for a field: itself, else its nearest parent, else the file."""
+        parts = dotted.split(".")
+        while parts:
+            loc = self.locations.get(".".join(parts))
+            if loc is not None:
+                return loc
+            parts.pop()
+        return Location(self.manifest_path)
+
+
+@dataclass(frozen=True)
+class Environment:
+    name: str
+    manifest_path: Path | None
+    # Legacy environments (created before Copilot v1.9) register
+    # `{svc}.{app}.local`. Marked by `meshlocal: {legacy_namespace: true}`
+    # in the environment manifest (see docs/manifest-support.md).
+    legacy_namespace: bool = False
+
+
+@dataclass(frozen=True)
+class SkippedService:
+    """A service that was recognised but is not emulated (Static Site, Scheduled Job)."""
+
+    name: str
+    type: ServiceType
+    manifest_path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A copilot/ workspace on disk, before an environment is chosen."""
+
+    root: Path  # the directory that holds copilot/
+    app: str
+    environments: dict[str, Environment]
+    service_manifests: dict[str, Path]  # service name -> manifest.yml
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    """Everything needed to run one environment of one workspace."""
+
+    workspace: Workspace
+    environment: Environment
+    services: tuple[Service, ...]
+    skipped: tuple[SkippedService, ...] = ()
+
+    @property
+    def app(self) -> str:
+        return self.workspace.app
+
+    @property
+    def env(self) -> str:
+        return self.environment.name
+
+    def service(self, name: str) -> Service:
+        for svc in self.services:
+            if svc.name == name:
+                return svc
+        raise KeyError(name)
