@@ -1,0 +1,3 @@
+from meshlocal.cli.app import run
+
+run()
