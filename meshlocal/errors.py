@@ -48,7 +48,9 @@ class MeshlocalError(Exception):
 
     def render(self) -> str:
         """The user-facing text: `where: error: what` then `hint: how`."""
-        head = f"{self.location}: error: {self.message}" if self.location else f"error: {self.message}"
+        head = (
+            f"{self.location}: error: {self.message}" if self.location else f"error: {self.message}"
+        )
         return f"{head}\n  hint: {self.hint}" if self.hint else head
 
     def __str__(self) -> str:

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The README's test command: set up, lint, type-check, run the whole suite.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+bash scripts/bootstrap.sh
+VENV="${MESHLOCAL_VENV:-$ROOT/.venv}"
+export PATH="$VENV/bin:$PATH"
+
+echo "== ruff"
+ruff check meshlocal tests bench
+echo "== mypy (strict)"
+mypy
+echo "== pytest"
+pytest "$@"
