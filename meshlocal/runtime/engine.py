@@ -1,0 +1,605 @@
+"""A thin, typed adapter over the docker SDK (synchronous).
+
+Async callers wrap calls in `asyncio.to_thread`. Every engine error leaves
+this module as a MeshlocalError subclass: DockerUnavailable when no engine
+answers, PortInUse when a published port is taken, ImageError for a missing
+image, RuntimeFailure for anything else the engine refuses.
+
+The event stream is Docker's own (`/events`), read in one thread and handed
+to asyncio through a queue: no polling loop anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from meshlocal.errors import (
+    DockerUnavailable,
+    ImageError,
+    MeshlocalError,
+    PortInUse,
+    RuntimeFailure,
+)
+from meshlocal.manifest.model import ContainerHealthCheck
+from meshlocal.registry import Health
+from meshlocal.runtime import labels as L
+
+_NS = 1_000_000_000
+
+# "Bind for 0.0.0.0:8080 failed: port is already allocated" (another container)
+# "listen tcp4 0.0.0.0:8080: bind: address already in use" (a host process)
+_PORT_TAKEN = re.compile(
+    r"(?:Bind for (?P<a>[\d.:\[\]a-f]*?):(?P<p1>\d+) failed: port is already allocated)"
+    r"|(?:listen (?:tcp|udp)[46]? (?P<b>[\d.:\[\]a-f]*?):(?P<p2>\d+): bind: address already in use)"
+)
+
+
+def parse_port_in_use(message: str) -> tuple[str, int] | None:
+    """(host address, port) from an engine's port-taken message, else None."""
+    match = _PORT_TAKEN.search(message)
+    if match is None:
+        return None
+    addr = match.group("a") if match.group("p1") else match.group("b")
+    port = match.group("p1") or match.group("p2")
+    return (addr or "0.0.0.0", int(port))
+
+
+def _docker_host() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def map_docker_error(exc: BaseException, what: str | None = None) -> MeshlocalError:
+    """The MeshlocalError a docker SDK exception means for a user."""
+    if isinstance(exc, MeshlocalError):
+        return exc
+    prefix = f"{what}: " if what else ""
+    if isinstance(exc, docker.errors.ImageNotFound):
+        return ImageError(f"{prefix}{exc.explanation or exc}")
+    if isinstance(exc, docker.errors.APIError):
+        text = str(exc.explanation or exc)
+        taken = parse_port_in_use(text)
+        if taken is not None:
+            addr, port = taken
+            return PortInUse(
+                f"{prefix}port {port} on {addr} is already in use",
+                hint=f"stop what listens there (`ss -ltnp 'sport = :{port}'`, `docker ps`) "
+                "or publish on another port",
+            )
+        if "could not find an available, non-overlapping" in text:
+            return RuntimeFailure(
+                f"{prefix}Docker has no free address pool for a new network",
+                hint="remove unused networks: `docker network prune`",
+            )
+        return RuntimeFailure(f"{prefix}the Docker engine refused: {text}")
+    unreachable = isinstance(exc, requests.exceptions.ConnectionError | ConnectionError) or (
+        isinstance(exc, docker.errors.DockerException)
+        and ("Error while fetching server API version" in str(exc) or "Connection" in str(exc))
+    )
+    if unreachable:
+        return DockerUnavailable(
+            f"no Docker engine answers at {_docker_host()}",
+            hint="start Docker (`sudo systemctl start docker`, or Docker Desktop); rootless: "
+            "export DOCKER_HOST=unix://$XDG_RUNTIME_DIR/docker.sock",
+        )
+    return RuntimeFailure(f"{prefix}Docker error: {exc}")
+
+
+@contextlib.contextmanager
+def engine_errors(what: str | None = None) -> Iterator[None]:
+    try:
+        yield
+    except MeshlocalError:
+        raise
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        raise map_docker_error(exc, what) from exc
+
+
+# -- value types ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    name: str
+    id: str
+    subnet: str | None
+    gateway: str | None
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything `run_container` needs; plain data so the planner stays pure."""
+
+    name: str
+    image: str
+    labels: Mapping[str, str]
+    environment: Mapping[str, str] = field(default_factory=dict)
+    command: Sequence[str] | None = None
+    entrypoint: Sequence[str] | None = None
+    network: str | None = None  # a user-defined network to join
+    network_mode: str | None = None  # "container:<id>" for sidecars; excludes `network`
+    aliases: Sequence[str] = ()  # network aliases; never a mesh name (see labels.py)
+    hostname: str | None = None
+    dns: Sequence[str] = ()
+    dns_search: Sequence[str] = ()
+    dns_opt: Sequence[str] = ()
+    healthcheck: ContainerHealthCheck | None = None
+    # container port -> host port, or (host address, host port)
+    ports: Mapping[int, int | tuple[str, int]] = field(default_factory=dict)
+    binds: Sequence[str] = ()  # "host:container[:mode]"
+    user: str | None = None
+    working_dir: str | None = None
+    stop_signal: str | None = None
+    init: bool = False
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    name: str
+    image: str
+    labels: Mapping[str, str]
+    state: str  # created | running | restarting | exited | dead | paused | removing
+    health: Health | None  # None: the container has no health check
+    addresses: Mapping[str, str]  # network name -> IPv4
+    exit_code: int | None = None
+
+    @property
+    def service(self) -> str | None:
+        return self.labels.get(L.SERVICE)
+
+    @property
+    def index(self) -> int | None:
+        raw = self.labels.get(L.REPLICA)
+        return int(raw) if raw and raw.isdigit() else None
+
+    @property
+    def role(self) -> str | None:
+        return self.labels.get(L.ROLE)
+
+    @property
+    def config_hash(self) -> str | None:
+        return self.labels.get(L.CONFIG_HASH)
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    def address_on(self, network: str) -> str | None:
+        return self.addresses.get(network) or None
+
+
+@dataclass(frozen=True)
+class ContainerEvent:
+    """One Docker container event, reduced to what the reconciler needs."""
+
+    action: str  # create, start, die, destroy, health_status, rename, kill, stop, oom ...
+    container_id: str
+    name: str
+    labels: Mapping[str, str]
+    health: Health | None = None  # health_status events
+    exit_code: int | None = None  # die events
+    time_ns: int = 0
+
+    @property
+    def service(self) -> str | None:
+        return self.labels.get(L.SERVICE)
+
+    @property
+    def role(self) -> str | None:
+        return self.labels.get(L.ROLE)
+
+
+_HEALTH = {"healthy": Health.HEALTHY, "unhealthy": Health.UNHEALTHY, "starting": Health.STARTING}
+_NOT_LABELS = frozenset({"name", "image", "exitCode", "signal", "execID", "oldName"})
+
+
+def parse_event(raw: Mapping[str, Any]) -> ContainerEvent | None:
+    """A decoded /events message -> ContainerEvent; None for non-container events."""
+    if raw.get("Type", "container") != "container":
+        return None
+    action = str(raw.get("Action") or raw.get("status") or "")
+    actor = raw.get("Actor") or {}
+    cid = str(actor.get("ID") or raw.get("id") or "")
+    if not action or not cid:
+        return None
+    attrs: Mapping[str, Any] = actor.get("Attributes") or {}
+    health = None
+    if action.startswith("health_status"):
+        health = _HEALTH.get(action.partition(":")[2].strip())
+        action = "health_status"
+    exit_code = None
+    if "exitCode" in attrs and str(attrs["exitCode"]).lstrip("-").isdigit():
+        exit_code = int(attrs["exitCode"])
+    return ContainerEvent(
+        action=action,
+        container_id=cid,
+        name=str(attrs.get("name", "")),
+        labels={k: str(v) for k, v in attrs.items() if k not in _NOT_LABELS},
+        health=health,
+        exit_code=exit_code,
+        time_ns=int(raw.get("timeNano") or 0),
+    )
+
+
+_STATUS_HEALTH = re.compile(r"\((healthy|unhealthy|health: starting)\)")
+_STATUS_EXIT = re.compile(r"Exited \((-?\d+)\)")
+
+
+def _health_from_status(status: str) -> Health | None:
+    match = _STATUS_HEALTH.search(status)
+    if match is None:
+        return None
+    word = match.group(1)
+    return Health.STARTING if word.startswith("health") else _HEALTH[word]
+
+
+def _healthcheck_dict(check: ContainerHealthCheck) -> dict[str, Any]:
+    test = list(check.command)
+    if test and test[0] not in ("CMD", "CMD-SHELL", "NONE"):
+        test = ["CMD-SHELL", " ".join(test)]  # a bare command string: run it with a shell
+    return {
+        "test": test,
+        "interval": int(check.interval_s * _NS),
+        "timeout": int(check.timeout_s * _NS),
+        "retries": check.retries,
+        "start_period": int(check.start_period_s * _NS),
+    }
+
+
+# -- the events bridge ----------------------------------------------------------------
+
+EVENT_ACTIONS = ("create", "start", "die", "destroy", "health_status", "rename", "oom", "kill")
+
+
+class EventStream:
+    """Docker's event stream for some labels, delivered to an asyncio queue.
+
+    One daemon thread blocks on the HTTP stream; each event is handed to the
+    loop with call_soon_threadsafe. `close()` shuts the socket, which ends
+    the thread. After the stream ends (closed, or the engine went away) the
+    iterator stops; `error` says why when it was not closed by us.
+    """
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        label_filters: Sequence[str],
+        loop: asyncio.AbstractEventLoop,
+        actions: Sequence[str] = EVENT_ACTIONS,
+    ) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[ContainerEvent | None] = asyncio.Queue()
+        self._closed = False
+        self.error: BaseException | None = None
+        with engine_errors("subscribing to Docker events"):
+            self._stream = client.api.events(
+                decode=True,
+                filters={
+                    "type": ["container"],
+                    "label": list(label_filters),
+                    "event": list(actions),
+                },
+            )
+        self._thread = threading.Thread(target=self._pump, name="meshlocal-events", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        try:
+            for raw in self._stream:
+                event = parse_event(raw)
+                if event is not None:
+                    self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+        except Exception as exc:  # the socket closed under us, or the engine went away
+            if not self._closed:
+                self.error = exc
+        finally:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
+
+    async def get(self) -> ContainerEvent | None:
+        """The next event; None once the stream has ended."""
+        return await self._queue.get()
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> ContainerEvent:
+        event = await self._queue.get()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self._stream.close()
+
+
+# -- the engine -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Removed:
+    containers: tuple[str, ...]
+    networks: tuple[str, ...]
+
+
+_REMOVE_ORDER = {
+    L.Role.SIDECAR.value: 0,
+    L.Role.PROBE.value: 0,
+    L.Role.REPLICA.value: 1,
+    L.Role.PAUSE.value: 2,
+    L.Role.DATAPLANE.value: 3,
+}
+
+
+class Engine:
+    """The Docker operations meshlocal needs, with errors already mapped."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.client = client
+        self.api = client.api
+
+    @classmethod
+    def from_env(cls, timeout: float = 30.0) -> Engine:
+        """Connect like the docker CLI does (DOCKER_HOST, ...) and check the engine answers."""
+        with engine_errors():
+            client = docker.from_env(timeout=int(timeout))
+            client.ping()
+        return cls(client)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- networks ------------------------------------------------------------------
+
+    def ensure_network(
+        self, project: str, env: str, workspace: os.PathLike[str] | None = None
+    ) -> NetworkInfo:
+        """The environment's own labelled bridge network, created on first use."""
+        name = L.network_name(project, env)
+        with engine_errors(f"creating network {name}"):
+            found = self.api.networks(names=[name])
+            mine = [n for n in found if n.get("Name") == name]
+            if mine:
+                net = self.api.inspect_network(mine[0]["Id"])
+                if (net.get("Labels") or {}).get(L.PROJECT) != project:
+                    raise RuntimeFailure(
+                        f"a Docker network named {name} exists and was not created by meshlocal",
+                        hint=f"remove it (`docker network rm {name}`) or rename it",
+                    )
+            else:
+                root = None if workspace is None else Path(os.fspath(workspace))
+                lbl = L.base_labels(project, env, L.Role.NETWORK, root)
+                created = self.api.create_network(
+                    name, driver="bridge", labels=lbl, check_duplicate=True
+                )
+                net = self.api.inspect_network(created["Id"])
+        config = ((net.get("IPAM") or {}).get("Config") or [{}])[0]
+        return NetworkInfo(
+            name=name, id=str(net["Id"]), subnet=config.get("Subnet"), gateway=config.get("Gateway")
+        )
+
+    # -- containers -------------------------------------------------------------------
+
+    def create_container(self, spec: ContainerSpec) -> str:
+        host_config = self.api.create_host_config(
+            network_mode=spec.network_mode or spec.network,
+            dns=list(spec.dns) or None,
+            dns_search=list(spec.dns_search) or None,
+            dns_opt=list(spec.dns_opt) or None,
+            port_bindings=dict(spec.ports) or None,
+            binds=list(spec.binds) or None,
+            init=spec.init or None,
+        )
+        networking = None
+        if spec.network and not spec.network_mode:
+            networking = self.api.create_networking_config(
+                {spec.network: self.api.create_endpoint_config(aliases=list(spec.aliases) or None)}
+            )
+        with engine_errors(f"creating container {spec.name}"):
+            created = self.api.create_container(
+                image=spec.image,
+                command=list(spec.command) if spec.command is not None else None,
+                entrypoint=list(spec.entrypoint) if spec.entrypoint is not None else None,
+                name=spec.name,
+                hostname=None if spec.network_mode else spec.hostname,
+                environment=dict(spec.environment),
+                labels=dict(spec.labels),
+                ports=list(spec.ports) or None,
+                host_config=host_config,
+                networking_config=networking,
+                healthcheck=_healthcheck_dict(spec.healthcheck) if spec.healthcheck else None,
+                user=spec.user,
+                working_dir=spec.working_dir,
+                stop_signal=spec.stop_signal,
+            )
+        return str(created["Id"])
+
+    def start(self, container_id: str) -> None:
+        with engine_errors(f"starting container {container_id[:12]}"):
+            self.api.start(container_id)
+
+    def run_container(self, spec: ContainerSpec) -> str:
+        """Create and start; a container that cannot start is removed again."""
+        cid = self.create_container(spec)
+        try:
+            self.start(cid)
+        except MeshlocalError:
+            self.remove(cid)
+            raise
+        return cid
+
+    def inspect(self, container_id: str) -> ContainerInfo | None:
+        """None when the container is gone."""
+        try:
+            with engine_errors():
+                raw = self.api.inspect_container(container_id)
+        except RuntimeFailure:
+            return None
+        state = raw.get("State") or {}
+        health = (state.get("Health") or {}).get("Status")
+        nets = (raw.get("NetworkSettings") or {}).get("Networks") or {}
+        return ContainerInfo(
+            id=str(raw["Id"]),
+            name=str(raw.get("Name", "")).lstrip("/"),
+            image=str((raw.get("Config") or {}).get("Image", "")),
+            labels=dict((raw.get("Config") or {}).get("Labels") or {}),
+            state=str(state.get("Status", "")),
+            health=_HEALTH.get(health) if health else None,
+            addresses={n: str(v.get("IPAddress") or "") for n, v in nets.items()},
+            exit_code=None if state.get("Running") else state.get("ExitCode"),
+        )
+
+    def list_containers(
+        self,
+        project: str,
+        env: str | None = None,
+        *,
+        role: L.Role | None = None,
+        service: str | None = None,
+        running_only: bool = False,
+    ) -> list[ContainerInfo]:
+        with engine_errors("listing containers"):
+            rows = self.api.containers(
+                all=not running_only,
+                filters={"label": L.filters(project, env, role=role, service=service)},
+            )
+        out = []
+        for row in rows:
+            status = str(row.get("Status", ""))
+            exit_match = _STATUS_EXIT.search(status)
+            nets = (row.get("NetworkSettings") or {}).get("Networks") or {}
+            out.append(
+                ContainerInfo(
+                    id=str(row["Id"]),
+                    name=str((row.get("Names") or ["/"])[0]).lstrip("/"),
+                    image=str(row.get("Image", "")),
+                    labels=dict(row.get("Labels") or {}),
+                    state=str(row.get("State", "")),
+                    health=_health_from_status(status),
+                    addresses={n: str(v.get("IPAddress") or "") for n, v in nets.items()},
+                    exit_code=int(exit_match.group(1)) if exit_match else None,
+                )
+            )
+        return sorted(out, key=lambda c: (c.service or "", c.index or 0, c.name))
+
+    def list_replicas(
+        self, project: str, env: str | None = None, service: str | None = None
+    ) -> list[ContainerInfo]:
+        return self.list_containers(project, env, role=L.Role.REPLICA, service=service)
+
+    def stop(self, container_id: str, timeout: float = 10.0) -> None:
+        with contextlib.suppress(RuntimeFailure), engine_errors():
+            self.api.stop(container_id, timeout=int(max(0, timeout)))
+
+    def kill(self, container_id: str, signal: str = "SIGKILL") -> None:
+        with contextlib.suppress(RuntimeFailure), engine_errors():
+            self.api.kill(container_id, signal=signal)
+
+    def remove(self, container_id: str) -> None:
+        """Force-remove; a container that is already gone is fine."""
+        try:
+            self.api.remove_container(container_id, force=True, v=True)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            text = str(exc.explanation or exc)
+            if "already in progress" in text or "No such container" in text:
+                return
+            raise map_docker_error(exc, f"removing container {container_id[:12]}") from exc
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise map_docker_error(exc) from exc
+
+    def rename(self, container_id: str, name: str) -> None:
+        with engine_errors(f"renaming container {container_id[:12]}"):
+            self.api.rename(container_id, name)
+
+    def logs(self, container_id: str, tail: int = 20) -> list[str]:
+        """The last `tail` log lines (stdout and stderr); [] when the container is gone."""
+        try:
+            raw = self.api.logs(container_id, stdout=True, stderr=True, tail=tail)
+        except docker.errors.DockerException:
+            return []
+        return bytes(raw).decode(errors="replace").splitlines()
+
+    def exec(self, container_id: str, cmd: Sequence[str], timeout: float = 10.0) -> tuple[int, str]:
+        """Run `cmd` inside a container: (exit code, combined output)."""
+        with engine_errors(f"exec in {container_id[:12]}"):
+            exec_id = self.api.exec_create(container_id, list(cmd), stdout=True, stderr=True)
+            out = self.api.exec_start(exec_id, demux=False)
+            code = self.api.exec_inspect(exec_id).get("ExitCode")
+        return (int(code) if code is not None else -1, bytes(out or b"").decode(errors="replace"))
+
+    # -- clean-up -----------------------------------------------------------------------
+
+    def remove_all(self, project: str, env: str | None = None) -> Removed:
+        """Every container and network labelled for project (and env): idempotent."""
+        containers = self.list_containers(project, env)
+        containers.sort(key=lambda c: _REMOVE_ORDER.get(c.role or "", 1))
+        groups: dict[int, list[str]] = {}
+        for c in containers:
+            groups.setdefault(_REMOVE_ORDER.get(c.role or "", 1), []).append(c.id)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for order in sorted(groups):
+                list(pool.map(self.remove, groups[order]))
+        removed_nets: list[str] = []
+        with engine_errors("listing networks"):
+            nets = self.api.networks(filters={"label": L.filters(project, env)})
+        for net in nets:
+            try:
+                self.api.remove_network(net["Id"])
+                removed_nets.append(str(net["Name"]))
+            except docker.errors.NotFound:
+                continue
+            except docker.errors.APIError as exc:
+                if "has active endpoints" in str(exc.explanation or exc):
+                    # Something outside meshlocal joined our network: cut it loose.
+                    self._disconnect_all(str(net["Id"]))
+                    with contextlib.suppress(docker.errors.NotFound), engine_errors():
+                        self.api.remove_network(net["Id"])
+                    removed_nets.append(str(net["Name"]))
+                else:
+                    raise map_docker_error(exc, f"removing network {net['Name']}") from exc
+        return Removed(tuple(c.name for c in containers), tuple(removed_nets))
+
+    def _disconnect_all(self, network_id: str) -> None:
+        with engine_errors():
+            info = self.api.inspect_network(network_id)
+        for cid in info.get("Containers") or {}:
+            with contextlib.suppress(docker.errors.DockerException):
+                self.api.disconnect_container_from_network(cid, network_id, force=True)
+
+    def projects(self) -> list[tuple[str, str]]:
+        """(project, env) pairs that have something running: for `down --all`, `ps`."""
+        with engine_errors("listing containers"):
+            rows = self.api.containers(all=True, filters={"label": [L.PROJECT]})
+            nets = self.api.networks(filters={"label": [L.PROJECT]})
+        pairs = {
+            ((r.get("Labels") or {}).get(L.PROJECT, ""), (r.get("Labels") or {}).get(L.ENV, ""))
+            for r in [*rows, *nets]
+        }
+        return sorted(p for p in pairs if p[0])
+
+    # -- events ---------------------------------------------------------------------------
+
+    def events(
+        self, project: str, env: str | None, loop: asyncio.AbstractEventLoop | None = None
+    ) -> EventStream:
+        """Subscribe to container events of one environment (call from the event loop)."""
+        return EventStream(self.client, L.filters(project, env), loop or asyncio.get_running_loop())
