@@ -1,0 +1,536 @@
+"""The mesh DNS resolver: a pure `bytes -> bytes` core, no I/O.
+
+`MeshResolver.answer(packet, client_ip, transport)` returns the bytes to
+send back, `None` to drop the packet, or a `Forward` for names outside the
+mesh. The asyncio edge (server.py) only moves bytes.
+
+Hot path: a query with a header, one IN question and at most an OPT record
+is sliced by hand; its answer comes from a cache of pre-packed records keyed
+on (lower-cased wire name, qtype, client class). A reply is the request's ID
+and question bytes (so the 0x20 case survives) followed by records whose
+owner is a compression pointer to offset 12, the question name. Shuffling a
+multivalue answer is just reordering those byte strings. The cache is
+dropped whenever `registry.version` moves or the naming model is replaced,
+so a registry change shows in the very next answer. Anything unusual falls
+back to dnslib; any exception there is a FORMERR or a drop, never a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from dnslib import QTYPE, DNSRecord
+
+from meshlocal.errors import DataPlaneError
+from meshlocal.naming import NamingModel, TargetKind
+from meshlocal.registry import Health, Replica, ReplicaRegistry
+
+log = logging.getLogger("meshlocal.dns")
+
+Transport = Literal["udp", "tcp"]
+
+TTL = 10  # Cloud Map's default for Copilot-registered records
+MAX_ANSWERS = 8  # Cloud Map multivalue answers carry at most 8 records
+UDP_MIN = 512  # RFC 1035 limit without EDNS; also the floor for EDNS sizes
+EDNS_SIZE = 1232  # what we advertise (DNS flag day 2020)
+TCP_MAX = 65535
+CACHE_MAX = 20_000  # entries; cleared when full so random names cannot grow it
+
+# rcodes
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+BADVERS = 16
+
+T_A, T_NS, T_SOA, T_AAAA, T_SRV, T_OPT, T_ANY = 1, 2, 6, 28, 33, 41, 255
+C_IN = 1
+
+_PTR_QNAME = b"\xc0\x0c"  # compression pointer to the question name
+_ONE_Q = b"\x00\x01\x00\x00\x00\x00\x00\x00"
+_ONE_Q_EDNS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
+_OPT = b"\x00\x00\x29" + EDNS_SIZE.to_bytes(2, "big") + b"\x00\x00\x00\x00\x00\x00"
+_QCLASS_IN = b"\x00\x01"
+_OPT_TYPE = b"\x00\x29"
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """The name is outside the mesh: send `query` upstream, relay the answer."""
+
+    query: bytes
+    limit: int  # the client's UDP size limit (TCP_MAX over TCP)
+
+
+Reply = bytes | Forward | None
+
+
+class RateLimitedLog:
+    """At most `burst` warnings per `interval` seconds; counts the rest."""
+
+    def __init__(self, logger: logging.Logger, burst: int = 10, interval: float = 60.0) -> None:
+        self._logger = logger
+        self._burst = burst
+        self._interval = interval
+        self._window = 0.0
+        self._count = 0
+        self.suppressed = 0
+        self.total = 0
+
+    def warning(self, msg: str, *args: object) -> None:
+        self.total += 1
+        now = time.monotonic()
+        if now - self._window >= self._interval:
+            if self.suppressed:
+                self._logger.warning("%d similar messages suppressed", self.suppressed)
+            self._window, self._count, self.suppressed = now, 0, 0
+        if self._count < self._burst:
+            self._count += 1
+            self._logger.warning(msg, *args)
+        else:
+            self.suppressed += 1
+
+
+# -- wire helpers ----------------------------------------------------------
+
+
+def name_to_wire(name: str) -> bytes:
+    """A dotted ASCII name to uncompressed wire form (with the root label)."""
+    out = bytearray()
+    for label in name.rstrip(".").split("."):
+        if label:
+            raw = label.encode("ascii")
+            out.append(len(raw))
+            out += raw
+    out.append(0)
+    return bytes(out)
+
+
+def wire_to_text(wire: bytes) -> str | None:
+    """Uncompressed wire name to dotted text, escaping what is not a hostname character.
+
+    None when the labels do not form a valid name (length byte > 63,
+    overrun, or more than 255 bytes).
+    """
+    if len(wire) > 255:
+        return None
+    labels: list[str] = []
+    i = 0
+    n = len(wire)
+    while i < n:
+        length = wire[i]
+        if length == 0:
+            return ".".join(labels) if i == n - 1 else None
+        if length > 63 or i + 1 + length > n:
+            return None
+        raw = wire[i + 1 : i + 1 + length]
+        labels.append(
+            "".join(
+                chr(b)
+                if (0x30 <= b <= 0x39 or 0x61 <= b <= 0x7A or b in (0x2D, 0x5F))
+                else ("\\" + chr(b) if 0x21 <= b <= 0x7E else f"\\{b:03d}")
+                for b in raw
+            )
+        )
+        i += 1 + length
+    return None
+
+
+def _rr(owner: bytes, rtype: int, ttl: int, rdata: bytes) -> bytes:
+    return owner + struct.pack("!HHIH", rtype, C_IN, ttl, len(rdata)) + rdata
+
+
+def _ipv4(address: str) -> bytes | None:
+    try:
+        return socket.inet_pton(socket.AF_INET, address)
+    except (OSError, ValueError):
+        return None
+
+
+def _head(rd: int, aa: bool, tc: bool, rcode: int, an: int, ns: int, ar: int) -> bytes:
+    """Flags and counts: the 10 header bytes after the ID, for a response."""
+    b2 = 0x80 | (0x04 if aa else 0) | (0x02 if tc else 0) | rd
+    b3 = 0x80 | (rcode & 0x0F)  # RA: we recurse by forwarding
+    return bytes((b2, b3)) + struct.pack("!HHHH", 1, an, ns, ar)
+
+
+def question_end(packet: bytes) -> int:
+    """Offset just after the first question (uncompressed name), or -1."""
+    i = 12
+    n = len(packet)
+    while i < n:
+        length = packet[i]
+        if length == 0:
+            end = i + 5
+            return end if end <= n and i - 12 < 255 else -1
+        if length > 63:
+            return -1
+        i += 1 + length
+    return -1
+
+
+def error_reply(packet: bytes, rcode: int) -> bytes | None:
+    """A bare answer with `rcode`, echoing the question when it can be read.
+
+    None when not even the header is readable, or the packet is itself a
+    response (answering those invites reflection loops).
+    """
+    if len(packet) < 12 or packet[2] & 0x80:
+        return None
+    rd = packet[2] & 0x01
+    opcode_bits = packet[2] & 0x78
+    end = question_end(packet) if packet[4:6] == b"\x00\x01" else -1
+    qd = 1 if end > 0 else 0
+    b2 = 0x80 | opcode_bits | rd
+    head = bytes((b2, 0x80 | rcode)) + struct.pack("!HHHH", qd, 0, 0, 0)
+    return packet[:2] + head + (packet[12:end] if end > 0 else b"")
+
+
+def truncated(reply: bytes, question_end: int, edns: bool) -> bytes:
+    """`reply` cut to header + question with TC set (the client retries over TCP)."""
+    head = bytes((reply[2] | 0x02, reply[3])) + struct.pack("!HHHH", 1, 0, 0, 1 if edns else 0)
+    return reply[:2] + head + reply[12:question_end] + (_OPT if edns else b"")
+
+
+# -- cached answers --------------------------------------------------------
+
+
+class _Entry:
+    """A pre-packed answer for one (name, qtype, client class).
+
+    Static answers keep their records joined in `body`. Multivalue answers
+    keep a `pool` of record byte strings and draw `k` of them per reply.
+    """
+
+    __slots__ = ("body", "extra", "forward", "heads", "k", "ns", "pool", "rcode")
+
+    def __init__(
+        self,
+        *,
+        rcode: int = NOERROR,
+        answers: list[bytes] | None = None,
+        authority: list[bytes] | None = None,
+        pool: list[bytes] | None = None,
+        extra: list[bytes] | None = None,
+        forward: bool = False,
+    ) -> None:
+        self.forward = forward
+        self.rcode = rcode
+        self.pool = pool
+        self.extra = extra  # SRV: additional A records, parallel to pool
+        answers = answers or []
+        authority = authority or []
+        self.body = b"".join(answers) + b"".join(authority)
+        self.k = min(MAX_ANSWERS, len(pool)) if pool is not None else 0
+        an = self.k if pool is not None else len(answers)
+        ar = self.k if extra is not None else 0
+        ns = self.ns = len(authority)
+        # heads[rd * 2 + edns]: precomputed flags + counts for the four variants
+        self.heads = tuple(
+            _head(rd, True, False, rcode, an, ns, ar + edns) for rd in (0, 1) for edns in (0, 1)
+        )
+
+
+_FORWARD = _Entry(forward=True)
+_MISSING = object()
+
+
+class MeshResolver:
+    """Answers mesh names the way Cloud Map and Service Connect do in ECS."""
+
+    def __init__(
+        self,
+        naming: NamingModel,
+        registry: ReplicaRegistry,
+        proxy_address: str,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        proxy = _ipv4(proxy_address)
+        if proxy is None:
+            raise DataPlaneError(
+                f"the Service Connect proxy address {proxy_address!r} is not an IPv4 address",
+                hint="give the proxy an IPv4 address on the environment network",
+            )
+        self._proxy_rdata = proxy
+        self._naming = naming
+        self._registry = registry
+        self._rng = rng or random.Random()
+        self._sample: Callable[..., list[bytes]] = self._rng.sample
+        self._version = -1
+        self._cache: dict[tuple[bytes, int, str | None], _Entry] = {}
+        self._clients: dict[str, str | None] = {}
+        self.bad_packets = RateLimitedLog(log)
+
+    # -- configuration ------------------------------------------------------
+
+    @property
+    def naming(self) -> NamingModel:
+        return self._naming
+
+    @naming.setter
+    def naming(self, naming: NamingModel) -> None:
+        self._naming = naming
+        self._flush()
+
+    def _flush(self) -> None:
+        self._cache.clear()
+        self._clients.clear()
+        self._version = self._registry.version
+
+    def client_class(self, client_ip: str) -> str | None:
+        """The Service Connect client service behind an address, or None (any other client)."""
+        replica = self._registry.by_address(client_ip)
+        if replica is not None and self._naming.is_sc_client(replica.service):
+            return replica.service
+        return None
+
+    # -- the core -----------------------------------------------------------
+
+    def answer(self, packet: bytes, client_ip: str, transport: Transport = "udp") -> Reply:
+        """Answer one DNS message from `client_ip`. Never raises."""
+        try:
+            return self._answer(packet, client_ip, transport == "tcp")
+        except Exception as exc:  # the boundary: a bug must not stop the server
+            self.bad_packets.warning("dns: internal error on a %d-byte query: %r", len(packet), exc)
+            return error_reply(packet, SERVFAIL)
+
+    def answer_udp(self, packet: bytes, client_ip: str) -> Reply:
+        """`answer` for UDP, one call less on the hot path."""
+        try:
+            return self._answer(packet, client_ip, False)
+        except Exception as exc:
+            self.bad_packets.warning("dns: internal error on a %d-byte query: %r", len(packet), exc)
+            return error_reply(packet, SERVFAIL)
+
+    def _answer(self, packet: bytes, client_ip: str, tcp: bool) -> Reply:
+        if self._version != self._registry.version:
+            self._flush()
+        n = len(packet)
+        # Fast path: standard query, RD at most, one question, optional OPT.
+        if n > 16 and not packet[2] & 0xFE:
+            counts = packet[4:12]
+            edns = counts == _ONE_Q_EDNS
+            if edns or counts == _ONE_Q:
+                z = packet.find(0, 12)
+                qend = z + 5
+                if z > 0 and packet[z + 3 : qend] == _QCLASS_IN:
+                    size = UDP_MIN
+                    ok = False
+                    if not edns:
+                        ok = n == qend
+                    elif (
+                        n >= qend + 11
+                        and packet[qend] == 0
+                        and packet[qend + 1 : qend + 3] == _OPT_TYPE
+                        and packet[qend + 6] == 0  # EDNS version 0
+                        and n == qend + 11 + (packet[qend + 9] << 8 | packet[qend + 10])
+                    ):
+                        ok = True
+                        size = max(UDP_MIN, packet[qend + 3] << 8 | packet[qend + 4])
+                    if ok:
+                        qtype = packet[z + 1] << 8 | packet[z + 2]
+                        ck = self._clients.get(client_ip, _MISSING)
+                        if ck is _MISSING:
+                            ck = self._clients[client_ip] = self.client_class(client_ip)
+                        key = (packet[12 : z + 1].lower(), qtype, ck)
+                        entry = self._cache.get(key)  # type: ignore[arg-type]
+                        if entry is None:
+                            # A hit proves the name walks to z; a miss must check it.
+                            if question_end(packet) != qend:
+                                return self._slow(packet, client_ip, tcp)
+                            entry = self._store(key)  # type: ignore[arg-type]
+                        limit = TCP_MAX if tcp else size
+                        if entry.forward:
+                            return Forward(packet, limit)
+                        return self._emit(entry, packet, packet[12:qend], edns, limit)
+        return self._slow(packet, client_ip, tcp)
+
+    def _emit(self, entry: _Entry, packet: bytes, question: bytes, edns: bool, limit: int) -> bytes:
+        rd = packet[2] & 0x01
+        pool = entry.pool
+        if pool is None:
+            body = entry.body
+        elif entry.extra is None:
+            body = b"".join(self._sample(pool, entry.k)) + entry.body
+        else:
+            picks = self._rng.sample(range(len(pool)), entry.k)
+            body = b"".join([pool[i] for i in picks]) + entry.body
+            extra = b"".join([entry.extra[i] for i in picks])
+            full = b"".join((packet[:2], entry.heads[rd * 2 + edns], question, body, extra))
+            if edns:
+                full += _OPT
+            if len(full) <= limit:
+                return full
+            # RFC 2181 9: dropping additional records does not need TC.
+            head = _head(rd, True, False, entry.rcode, entry.k, entry.ns, 1 if edns else 0)
+            reply = b"".join((packet[:2], head, question, body, _OPT if edns else b""))
+            if len(reply) <= limit:
+                return reply
+            return truncated(reply, 12 + len(question), edns)
+        reply = b"".join((packet[:2], entry.heads[rd * 2 + edns], question, body))
+        if edns:
+            reply += _OPT
+        if len(reply) > limit:
+            return truncated(reply, 12 + len(question), edns)
+        return reply
+
+    # -- the slow path: dnslib -----------------------------------------------
+
+    def _slow(self, packet: bytes, client_ip: str, tcp: bool) -> Reply:
+        if len(packet) < 12:
+            self.bad_packets.warning(
+                "dns: dropped a %d-byte packet from %s", len(packet), client_ip
+            )
+            return None
+        if packet[2] & 0x80:
+            return None  # a response: never answer it
+        try:
+            record = DNSRecord.parse(packet)
+        except Exception as exc:  # dnslib raises RecursionError on pointer loops, not DNSError
+            self.bad_packets.warning("dns: malformed query from %s: %r", client_ip, exc)
+            return error_reply(packet, FORMERR)
+        header = record.header
+        if header.opcode != 0:
+            return error_reply(packet, NOTIMP)
+        if len(record.questions) != 1 or header.a or header.auth:
+            return error_reply(packet, FORMERR)
+        opts = [rr for rr in record.ar if rr.rtype == T_OPT]
+        if len(opts) > 1:
+            return error_reply(packet, FORMERR)
+        edns = bool(opts)
+        size = UDP_MIN
+        if opts:
+            opt = opts[0]
+            if (opt.ttl >> 16) & 0xFF != 0:  # EDNS version
+                return self._badvers(packet)
+            size = max(UDP_MIN, opt.rclass)
+        q = record.questions[0]
+        labels: tuple[bytes, ...] = tuple(q.qname.label)
+        if any(not 0 < len(label) < 64 for label in labels):
+            return error_reply(packet, FORMERR)
+        wire = b"".join(bytes((len(label),)) + label for label in labels) + b"\x00"
+        if len(wire) > 255:
+            return error_reply(packet, FORMERR)
+        if q.qclass != C_IN:
+            return error_reply(packet, REFUSED)
+        question = wire + struct.pack("!HH", q.qtype, q.qclass)
+        ck = self.client_class(client_ip)
+        key = (wire.lower(), int(q.qtype), ck)
+        entry = self._cache.get(key) or self._store(key)
+        limit = TCP_MAX if tcp else size
+        if entry.forward:
+            return Forward(packet, limit)
+        return self._emit(entry, packet, question, edns, limit)
+
+    def _badvers(self, packet: bytes) -> bytes | None:
+        reply = error_reply(packet, NOERROR)
+        if reply is None:
+            return None
+        # extended rcode 16 = upper 8 bits 1 in the OPT TTL
+        opt = b"\x00\x00\x29" + EDNS_SIZE.to_bytes(2, "big") + b"\x01\x00\x00\x00\x00\x00"
+        return reply[:10] + b"\x00\x01" + reply[12:] + opt
+
+    # -- building answers ------------------------------------------------------
+
+    def _store(self, key: tuple[bytes, int, str | None]) -> _Entry:
+        if len(self._cache) >= CACHE_MAX:
+            self._cache.clear()
+        entry = self._build(*key)
+        self._cache[key] = entry
+        return entry
+
+    def _build(self, wire: bytes, qtype: int, client: str | None) -> _Entry:
+        name = wire_to_text(wire)
+        if name is None:
+            return _FORWARD  # unreachable for validated questions; never guess
+        naming = self._naming
+        res = naming.resolve(client, name)
+        zone = naming.zone_of(name)
+        if res is not None and res.kind is TargetKind.SERVICE_CONNECT:
+            if qtype in (T_A, T_ANY):
+                return _Entry(answers=[_rr(_PTR_QNAME, T_A, TTL, self._proxy_rdata)])
+            return self._nodata(zone or name)
+        if res is not None:
+            return self._discovery(res.service, qtype, zone or name)
+        if zone is None:
+            return _FORWARD
+        if name == zone and zone == naming.namespace:
+            if qtype in (T_SOA, T_ANY):
+                return _Entry(answers=[self._soa(zone, _PTR_QNAME)])
+            return self._nodata(zone)
+        instance = self._instance(name)
+        if instance is not None:
+            if qtype in (T_A, T_ANY):
+                rdata = _ipv4(instance.address)
+                if rdata is not None:
+                    return _Entry(answers=[_rr(_PTR_QNAME, T_A, TTL, rdata)])
+            return self._nodata(zone)
+        return _Entry(rcode=NXDOMAIN, authority=[self._soa(zone)])
+
+    def _registered(self, service: str) -> list[Replica]:
+        """Replicas Cloud Map lists: draining ones are deregistered already."""
+        return [r for r in self._registry.for_service(service) if not r.draining]
+
+    def _discovery(self, service: str, qtype: int, zone: str) -> _Entry:
+        replicas = self._registered(service)
+        if not replicas:
+            return _Entry(rcode=NXDOMAIN, authority=[self._soa(zone)])
+        healthy = [r for r in replicas if r.health is Health.HEALTHY]
+        chosen = healthy or replicas  # Cloud Map fails open
+        if qtype in (T_A, T_ANY):
+            pool = [
+                _rr(_PTR_QNAME, T_A, TTL, rdata)
+                for r in chosen
+                if (rdata := _ipv4(r.address)) is not None
+            ]
+            return _Entry(pool=pool) if pool else self._nodata(zone)
+        if qtype == T_SRV:
+            sd_name = self._naming.sd_name(service)
+            default_port = self._naming.services[service].port
+            srvs: list[bytes] = []
+            extra: list[bytes] = []
+            for r in chosen:
+                port = r.port if r.port is not None else default_port
+                rdata = _ipv4(r.address)
+                if port is None or rdata is None:
+                    continue
+                label = r.name.lower().encode("ascii", "replace")[:63]
+                target = bytes((len(label),)) + label + name_to_wire(sd_name)
+                # RFC 2782: the SRV target is never compressed; the glue's owner may be.
+                srvs.append(_rr(_PTR_QNAME, T_SRV, TTL, struct.pack("!HHH", 1, 1, port) + target))
+                extra.append(_rr(bytes((len(label),)) + label + _PTR_QNAME, T_A, TTL, rdata))
+            return _Entry(pool=srvs, extra=extra) if srvs else self._nodata(zone)
+        return self._nodata(zone)
+
+    def _instance(self, name: str) -> Replica | None:
+        """`{replica}.{sd name}`: the per-task name an SRV target points to."""
+        first, _, rest = name.partition(".")
+        service = self._naming.sd_service(rest) if rest else None
+        if service is None:
+            return None
+        for r in self._registered(service):
+            if r.name.lower() == first:
+                return r
+        return None
+
+    def _nodata(self, zone: str) -> _Entry:
+        return _Entry(authority=[self._soa(zone)])
+
+    def _soa(self, zone: str, owner: bytes | None = None) -> bytes:
+        zone_wire = name_to_wire(zone)
+        rdata = (
+            name_to_wire(f"ns.{zone}")
+            + name_to_wire(f"hostmaster.{zone}")
+            + struct.pack("!IIIII", self._registry.version & 0xFFFFFFFF, 3600, 600, 86400, TTL)
+        )
+        return _rr(owner or zone_wire, T_SOA, TTL, rdata)
+
+
+def qtype_name(qtype: int) -> str:
+    """For log lines."""
+    return str(QTYPE.get(qtype, str(qtype)))
