@@ -1,0 +1,117 @@
+"""Copilot's `${VAR}` interpolation, applied to a parsed manifest tree.
+
+Copilot substitutes shell variables in every string scalar (keys included)
+after parsing, never in ints or bools. Names follow POSIX
+(`[_a-zA-Z][_a-zA-Z0-9]*`); anything else, like `${1}` or `$VAR`, stays as
+written. COPILOT_APPLICATION_NAME and COPILOT_ENVIRONMENT_NAME are
+predefined and a process variable may not contradict them. `\\${` writes a
+literal `${`. A string that becomes a JSON array of strings turns into a
+list, as Copilot documents for fields such as security_groups.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+
+from meshlocal.errors import InterpolationError
+from meshlocal.manifest.yaml12 import Map, Node, Scalar, Seq
+
+APP_VAR = "COPILOT_APPLICATION_NAME"
+ENV_VAR = "COPILOT_ENVIRONMENT_NAME"
+
+_TOKEN = re.compile(r"\\\$\{|\$\{([_a-zA-Z][_a-zA-Z0-9]*)\}")
+
+
+def predefined(app: str, env: str) -> dict[str, str]:
+    return {APP_VAR: app, ENV_VAR: env}
+
+
+def interpolate_string(
+    text: str,
+    environ: Mapping[str, str],
+    predefined_vars: Mapping[str, str],
+) -> str:
+    """Substitute `${VAR}` in one string; KeyError-free: raises InterpolationError."""
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:  # the `\${` escape
+            return "${"
+        if name in predefined_vars:
+            value = predefined_vars[name]
+            if name in environ and environ[name] != value:
+                raise InterpolationError(
+                    f'predefined variable "{name}" cannot be overridden by the process '
+                    f'environment ("{environ[name]}" != "{value}")',
+                    hint=f"unset {name} in your shell",
+                )
+            return value
+        if name in environ:
+            return environ[name]
+        raise InterpolationError(
+            f'environment variable "{name}" is not defined',
+            hint=f"export {name}=... before running meshlocal, or write \\${{{name}}} "
+            "for a literal ${",
+        )
+
+    return _TOKEN.sub(replace, text)
+
+
+def _as_list(node: Scalar, value: str) -> Seq | None:
+    if not value.startswith("["):
+        return None
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(decoded, list) or not decoded:
+        return None
+    if not all(isinstance(item, str) for item in decoded):
+        return None
+    return Seq(node.loc, [Scalar(node.loc, item, item, "str") for item in decoded])
+
+
+def interpolate(
+    node: Node | None,
+    environ: Mapping[str, str],
+    predefined_vars: Mapping[str, str],
+) -> Node | None:
+    """A new tree with every string scalar interpolated; errors carry file:line."""
+    if node is None:
+        return None
+    if isinstance(node, Scalar):
+        if node.kind != "str" or "$" not in node.text:
+            return node
+        try:
+            value = interpolate_string(node.text, environ, predefined_vars)
+        except InterpolationError as exc:
+            exc.location = node.loc
+            raise
+        if value == node.text:
+            return node
+        as_list = _as_list(node, value) if _TOKEN.search(node.text) else None
+        return as_list if as_list is not None else Scalar(node.loc, value, value, "str")
+    if isinstance(node, Seq):
+        return Seq(
+            node.loc, [_required(interpolate(i, environ, predefined_vars)) for i in node.items]
+        )
+    assert isinstance(node, Map)
+    out = Map(node.loc)
+    for key, child in node.items.items():
+        new_key = key
+        if "$" in key:
+            try:
+                new_key = interpolate_string(key, environ, predefined_vars)
+            except InterpolationError as exc:
+                exc.location = node.keys[key]
+                raise
+        out.items[new_key] = _required(interpolate(child, environ, predefined_vars))
+        out.keys[new_key] = node.keys[key]
+    return out
+
+
+def _required(node: Node | None) -> Node:
+    assert node is not None
+    return node

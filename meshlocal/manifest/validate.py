@@ -1,0 +1,244 @@
+"""Copilot's rules that matter to the mesh, checked on the loaded model.
+
+Parse and type errors come from the loader; this module adds the semantic
+rules, per service and across the environment, and the public entry points:
+:func:`check` collects every error and note (for `meshlocal validate`),
+:func:`load_environment` returns the spec or raises all errors at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshlocal.errors import Location, ManifestError
+from meshlocal.manifest.diagnostics import Diagnostics, ManifestErrors, Note
+from meshlocal.manifest.loader import (
+    ServiceLoader,
+    load_environment_manifest,
+    select_environment,
+)
+from meshlocal.manifest.model import (
+    Environment,
+    EnvironmentSpec,
+    Service,
+    ServiceType,
+    SkippedService,
+    Workspace,
+)
+from meshlocal.manifest.workspace import find_workspace
+
+# What every container gets from Copilot; a manifest may not redefine them.
+RESERVED_VARIABLES = frozenset(
+    {
+        "COPILOT_APPLICATION_NAME",
+        "COPILOT_ENVIRONMENT_NAME",
+        "COPILOT_SERVICE_NAME",
+        "COPILOT_SERVICE_DISCOVERY_ENDPOINT",
+        "COPILOT_LB_DNS",
+        "COPILOT_SNS_TOPIC_ARNS",
+        "COPILOT_QUEUE_URI",
+    }
+)
+_LABEL = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def is_service_name(name: str) -> bool:
+    """A DNS label Copilot accepts: lower-case, starts with a letter, no `--`."""
+    return bool(_LABEL.fullmatch(name)) and "--" not in name
+
+
+def is_dns_name(name: str) -> bool:
+    if not name or len(name) > 253 or name.endswith("."):
+        return False
+    return all(_DNS_LABEL.fullmatch(label) for label in name.lower().split("."))
+
+
+def check_service(svc: Service, diag: Diagnostics) -> None:
+    """Rules local to one service."""
+    if not is_service_name(svc.name):
+        diag.error(
+            f'service name "{svc.name}" is not a valid DNS label',
+            svc.locations.get("name", Location(svc.manifest_path, 1)),
+            "use lower-case letters, digits and single hyphens, starting with a letter, "
+            "at most 63 characters (rename copilot/<name>/ too)",
+        )
+    if svc.build is not None and svc.image_location is not None:
+        diag.error(
+            "image.build and image.location exclude each other",
+            svc.where("image.location"),
+            "keep image.build to build locally, or image.location to use an existing image",
+        )
+    if svc.build is None and svc.image_location is None and "image" in svc.locations:
+        diag.error(
+            "image: set image.build or image.location",
+            svc.where("image"),
+            "add build: path/to/Dockerfile or location: REPO:TAG",
+        )
+    if svc.type is ServiceType.REQUEST_DRIVEN_WEB_SERVICE and svc.connect.enabled:
+        diag.error(
+            "a Request-Driven Web Service cannot use Service Connect",
+            svc.where("network.connect"),
+            "remove network.connect: App Runner services are not part of the ECS mesh",
+        )
+    if svc.connect.alias is not None:
+        alias_loc = svc.where("network.connect.alias")
+        if svc.type is ServiceType.WORKER_SERVICE or svc.target_port is None:
+            diag.error(
+                f'network.connect.alias "{svc.connect.alias}" needs an exposed port',
+                alias_loc,
+                "set image.port (or http.target_port), or drop the alias to stay a client only",
+            )
+        if not is_dns_name(svc.connect.alias):
+            diag.error(
+                f'network.connect.alias "{svc.connect.alias}" is not a valid DNS name',
+                alias_loc,
+                "use labels of letters, digits and hyphens separated by dots, e.g. api.local",
+            )
+    if svc.type is ServiceType.LOAD_BALANCED_WEB_SERVICE and svc.port is None:
+        diag.error(
+            "image.port is required for a Load Balanced Web Service",
+            svc.where("image"),
+            "set image.port to the port your container listens on",
+        )
+    if (
+        svc.type is ServiceType.BACKEND_SERVICE
+        and svc.http_path is not None
+        and svc.target_port is None
+    ):
+        diag.error(
+            "http needs image.port (or http.target_port) on a Backend Service",
+            svc.where("http"),
+            "set image.port",
+        )
+    containers = {svc.name, *(s.name for s in svc.sidecars)}
+    if svc.target_container is not None and svc.target_container not in containers:
+        diag.error(
+            f'http.target_container "{svc.target_container}" is not a container of this service',
+            svc.where("http.target_container"),
+            "containers: " + ", ".join(sorted(containers)),
+        )
+    deps = [("image.depends_on", svc.depends_on)] + [
+        (f"sidecars.{s.name}.depends_on", s.depends_on) for s in svc.sidecars
+    ]
+    for prefix, depends_on in deps:
+        for container in depends_on:
+            if container not in containers:
+                diag.error(
+                    f'{prefix}.{container}: no container "{container}" in this service',
+                    svc.where(f"{prefix}.{container}"),
+                    "containers: " + ", ".join(sorted(containers)),
+                )
+    for section, names in (("variables", svc.variables), ("secrets", svc.secrets)):
+        for name in names:
+            if name in RESERVED_VARIABLES:
+                diag.error(
+                    f"{section}.{name}: {name} is set by Copilot and cannot be redefined",
+                    svc.where(f"{section}.{name}"),
+                    "rename the variable",
+                )
+
+
+def check_environment(services: list[Service], diag: Diagnostics) -> None:
+    """Rules across the services of one environment."""
+    sc_names: dict[str, tuple[Service, Location]] = {}
+    for svc in services:
+        if svc.connect.enabled and svc.target_port is not None:
+            sc_names[svc.name] = (svc, svc.where("name"))
+    seen: dict[str, Service] = {}
+    for svc in services:
+        alias = svc.connect.alias
+        if alias is None:
+            continue
+        key = alias.lower().rstrip(".")
+        loc = svc.where("network.connect.alias")
+        if key in seen:
+            first = seen[key]
+            diag.error(
+                f'network.connect.alias "{alias}" is already used by service {first.name} '
+                f"({first.where('network.connect.alias')})",
+                loc,
+                "aliases must be unique within an environment",
+            )
+            continue
+        seen[key] = svc
+        owner = sc_names.get(key)
+        if owner is not None and owner[0].name != svc.name:
+            diag.error(
+                f'network.connect.alias "{alias}" is already the Service Connect name of '
+                f"service {owner[0].name}",
+                loc,
+                "pick another alias",
+            )
+
+
+@dataclass
+class Report:
+    """Everything `meshlocal validate` prints."""
+
+    workspace: Workspace
+    environment: Environment
+    spec: EnvironmentSpec
+    errors: list[ManifestError] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _workspace(start_or_workspace: Path | str | Workspace) -> Workspace:
+    if isinstance(start_or_workspace, Workspace):
+        return start_or_workspace
+    return find_workspace(Path(start_or_workspace))
+
+
+def check(
+    start_or_workspace: Path | str | Workspace,
+    env: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Report:
+    """Load one environment and collect every rule violation and note.
+
+    Only a missing workspace or environment raises; every manifest problem is
+    in the report, each with its file:line.
+    """
+    workspace = _workspace(start_or_workspace)
+    environment = select_environment(workspace, env)
+    diag = Diagnostics()
+    load_environment_manifest(environment, diag)
+    loader = ServiceLoader(workspace, environment, os.environ if environ is None else environ, diag)
+    services: list[Service] = []
+    skipped: list[SkippedService] = []
+    for name, path in workspace.service_manifests.items():
+        result = loader.load(name, path)
+        if isinstance(result, Service):
+            services.append(result)
+            check_service(result, diag)
+            for dotted in result.not_emulated:
+                diag.note(
+                    "not-emulated",
+                    f"{name}: {dotted} is accepted and not emulated",
+                    result.where(dotted),
+                )
+        elif isinstance(result, SkippedService):
+            skipped.append(result)
+    check_environment(services, diag)
+    spec = EnvironmentSpec(workspace, environment, tuple(services), tuple(skipped))
+    return Report(workspace, environment, spec, diag.errors, diag.notes)
+
+
+def load_environment(
+    start_or_workspace: Path | str | Workspace,
+    env: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> EnvironmentSpec:
+    """The merged model of one environment; raises every manifest error at once."""
+    report = check(start_or_workspace, env, environ)
+    if report.errors:
+        raise ManifestErrors(report.errors)
+    return report.spec

@@ -1,0 +1,142 @@
+"""Finding a Copilot workspace on disk, the way git finds its repository.
+
+Layout (Copilot's): `copilot/.workspace` holds `application: NAME`;
+services live at `copilot/<svc>/manifest.yml`; environments at
+`copilot/environments/<env>/manifest.yml`. meshlocal's own settings live in
+`copilot/.meshlocal.yml`, so Copilot's manifests stay untouched:
+
+    environments:
+      legacy:                  # an environment created before Copilot v1.9
+        legacy_namespace: true # registers {svc}.{app}.local
+
+An environment named there needs no manifest (legacy environments predate
+environment manifests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshlocal.errors import Location, ManifestError, WorkspaceNotFound
+from meshlocal.manifest.model import Environment, Workspace
+from meshlocal.manifest.yaml12 import Map, Scalar, load_file
+
+COPILOT_DIR = "copilot"
+WORKSPACE_FILE = ".workspace"
+CONFIG_FILE = ".meshlocal.yml"
+MANIFEST = "manifest.yml"
+# Directories under copilot/ that hold no service.
+NOT_SERVICES = frozenset({"environments", "pipelines"})
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    legacy_namespace: bool = False
+    location: Location | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """copilot/.meshlocal.yml"""
+
+    path: Path | None = None
+    environments: dict[str, EnvConfig] = field(default_factory=dict)
+
+
+def find_root(start: Path) -> Path:
+    start = start.resolve()
+    for directory in (start, *start.parents):
+        if (directory / COPILOT_DIR / WORKSPACE_FILE).is_file():
+            return directory
+    raise WorkspaceNotFound(
+        f"no Copilot workspace (copilot/.workspace) in {start} or any parent directory",
+        hint="run meshlocal inside a Copilot workspace, or pass -C DIR",
+    )
+
+
+def read_app_name(path: Path) -> str:
+    root = load_file(path)
+    app = root.get("application") if isinstance(root, Map) else None
+    if not isinstance(app, Scalar) or app.kind == "null" or not app.text.strip():
+        raise ManifestError(
+            "the workspace file names no application",
+            location=app.loc if app is not None else Location(path, 1),
+            hint="write `application: NAME` in copilot/.workspace",
+        )
+    return app.text.strip()
+
+
+def _bool(node: object) -> bool | None:
+    if isinstance(node, Scalar) and node.kind == "bool":
+        return bool(node.value)
+    return None
+
+
+def read_config(path: Path) -> Config:
+    if not path.is_file():
+        return Config()
+    root = load_file(path)
+    if root is None:
+        return Config(path)
+    if not isinstance(root, Map):
+        raise ManifestError("expected a mapping", location=root.loc)
+    envs: dict[str, EnvConfig] = {}
+    for key in root:
+        if key != "environments":
+            raise ManifestError(
+                f'unknown setting "{key}"', location=root.keys[key], hint="known: environments"
+            )
+    node = root.get("environments")
+    if node is None or (isinstance(node, Scalar) and node.kind == "null"):
+        return Config(path)
+    if not isinstance(node, Map):
+        raise ManifestError("environments must be a mapping of names", location=node.loc)
+    for name, value in node.items.items():
+        legacy = False
+        if isinstance(value, Map):
+            for key, sub in value.items.items():
+                if key != "legacy_namespace":
+                    raise ManifestError(
+                        f'unknown environment setting "{key}"',
+                        location=value.keys[key],
+                        hint="known: legacy_namespace",
+                    )
+                flag = _bool(sub)
+                if flag is None:
+                    raise ManifestError("legacy_namespace must be true or false", location=sub.loc)
+                legacy = flag
+        elif not (isinstance(value, Scalar) and value.kind == "null"):
+            raise ManifestError(
+                f'environment "{name}" settings must be a mapping', location=value.loc
+            )
+        envs[name] = EnvConfig(legacy, node.keys[name])
+    return Config(path, envs)
+
+
+def find_workspace(start: Path) -> Workspace:
+    """The workspace that holds `start`, with its environments and service manifests."""
+    root = find_root(start)
+    copilot = root / COPILOT_DIR
+    app = read_app_name(copilot / WORKSPACE_FILE)
+    config = read_config(copilot / CONFIG_FILE)
+
+    environments: dict[str, Environment] = {}
+    env_dir = copilot / "environments"
+    if env_dir.is_dir():
+        for sub in sorted(env_dir.iterdir()):
+            manifest = sub / MANIFEST
+            if sub.is_dir() and manifest.is_file():
+                legacy = config.environments.get(sub.name, EnvConfig()).legacy_namespace
+                environments[sub.name] = Environment(sub.name, manifest, legacy)
+    for name, env_config in config.environments.items():
+        if name not in environments:
+            environments[name] = Environment(name, None, env_config.legacy_namespace)
+
+    services: dict[str, Path] = {}
+    for sub in sorted(copilot.iterdir()):
+        if sub.name.startswith(".") or sub.name in NOT_SERVICES or not sub.is_dir():
+            continue
+        if (sub / MANIFEST).is_file():
+            services[sub.name] = sub / MANIFEST
+    return Workspace(root, app, dict(sorted(environments.items())), services)
