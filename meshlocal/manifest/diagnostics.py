@@ -51,13 +51,14 @@ def _sort_key(error: ManifestError) -> tuple[str, int, int]:
 class ManifestErrors(ManifestError):
     """Several manifest errors at once; renders every one of them."""
 
-    def __init__(self, errors: list[ManifestError]) -> None:
+    def __init__(self, errors: list[ManifestError], *, suggest_validate: bool = True) -> None:
         self.errors = sorted(errors, key=_sort_key)
+        self.suggest_validate = suggest_validate
         first = self.errors[0]
         super().__init__(first.message, location=first.location, hint=first.hint)
 
     def render(self) -> str:
-        if len(self.errors) == 1:
-            return self.errors[0].render()
         body = "\n".join(e.render() for e in self.errors)
-        return f"{body}\n{len(self.errors)} errors; run `meshlocal validate` for the full report"
+        count = f"{len(self.errors)} error" + ("s" if len(self.errors) != 1 else "")
+        tail = "; `meshlocal validate` lists them with notes" if self.suggest_validate else ""
+        return f"{body}\n{count}{tail}"

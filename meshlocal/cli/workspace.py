@@ -1,0 +1,197 @@
+"""`meshlocal validate` and `meshlocal plan`: what the workspace means, without running it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from meshlocal.cli.app import Context, cli, pass_context
+from meshlocal.manifest import ManifestErrors, check, load_environment
+from meshlocal.manifest.model import EnvironmentSpec, Service
+from meshlocal.naming import NamingModel
+
+PLAN_SCHEMA = 1
+
+env_option = click.option(
+    "--env",
+    "env",
+    metavar="ENV",
+    default=None,
+    help="Environment to use; may be left out when the workspace has exactly one.",
+)
+
+
+def _console() -> Console:
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal:  # pipes and CI: don't squeeze names into 80 columns
+        console.width = 160
+    return console
+
+
+@cli.command()
+@env_option
+@pass_context
+def validate(ctx: Context, env: str | None) -> None:
+    """Check the manifests for one environment; list every error and what is not emulated."""
+    report = check(ctx.directory, env)
+    out = _console()
+    for note in report.notes:
+        out.print(note.render(), markup=False, style="dim" if note.kind != "warning" else "yellow")
+    if report.errors:
+        raise ManifestErrors(report.errors, suggest_validate=False)
+    names = ", ".join(s.name for s in report.spec.services) or "none"
+    out.print(
+        f"{report.workspace.app}/{report.environment.name}: "
+        f"{len(report.spec.services)} service(s) valid ({names})",
+        markup=False,
+        style="green",
+    )
+
+
+def _fmt_port(port: int | None) -> str:
+    return "-" if port is None else str(port)
+
+
+def plan_document(spec: EnvironmentSpec) -> dict[str, Any]:
+    """The `plan --json` document (docs/plan-json.md). Keys are stable within a schema."""
+    naming = NamingModel(spec)
+    services: list[dict[str, Any]] = []
+    for svc in spec.services:
+        sd = (
+            {"name": naming.sd_name(svc.name), "port": svc.port}
+            if svc.name in naming.registered
+            else None
+        )
+        endpoints = [
+            {"name": e.name, "port": e.port, "url": e.url}
+            for e in naming.sc_endpoints
+            if e.service == svc.name
+        ]
+        services.append(
+            {
+                "name": svc.name,
+                "type": svc.type.value,
+                "replicas": svc.count,
+                "port": svc.port,
+                "target_port": svc.target_port,
+                "target_container": svc.target_container,
+                "http_path": svc.http_path,
+                "image": _image(svc),
+                "service_discovery": sd,
+                "service_connect": {
+                    "client": naming.is_sc_client(svc.name),
+                    "alias": svc.connect.alias,
+                    "endpoints": endpoints,
+                },
+                "sidecars": [s.name for s in svc.sidecars],
+                "variables": dict(sorted(svc.variables.items())),
+                "secrets": sorted(svc.secrets),
+                "not_emulated": list(svc.not_emulated),
+                "manifest": str(svc.manifest_path),
+            }
+        )
+    clients = [
+        {
+            "service": svc.name,
+            "service_connect_client": naming.is_sc_client(svc.name),
+            "resolves": [
+                {"name": r.name, "kind": r.kind.value, "service": r.service, "port": r.port}
+                for r in naming.visible_names(svc.name)
+            ],
+        }
+        for svc in spec.services
+    ]
+    return {
+        "schema": PLAN_SCHEMA,
+        "application": spec.app,
+        "environment": spec.env,
+        "legacy_namespace": spec.environment.legacy_namespace,
+        "service_discovery_namespace": naming.namespace,
+        "services": services,
+        "clients": clients,
+        "skipped": [
+            {"name": s.name, "type": s.type.value, "reason": s.reason} for s in spec.skipped
+        ],
+    }
+
+
+def _image(svc: Service) -> dict[str, Any]:
+    if svc.build is not None:
+        return {
+            "build": {
+                "context": str(svc.build.context),
+                "dockerfile": str(svc.build.dockerfile),
+                "args": dict(svc.build.args),
+                "target": svc.build.target,
+            },
+            "location": None,
+        }
+    return {"build": None, "location": svc.image_location}
+
+
+@cli.command()
+@env_option
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (docs/plan-json.md).")
+@pass_context
+def plan(ctx: Context, env: str | None, as_json: bool) -> None:
+    """Show what `up` would run: services, replicas, ports, and who resolves which name."""
+    spec = load_environment(ctx.directory, env)
+    doc = plan_document(spec)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    out = _console()
+    out.print(
+        f"Application [bold]{doc['application']}[/], environment [bold]{doc['environment']}[/]"
+        f" — Service Discovery namespace {doc['service_discovery_namespace']}"
+        + (" (legacy)" if doc["legacy_namespace"] else "")
+    )
+    table = Table(title="Services", title_justify="left")
+    for column in (
+        "Service",
+        "Type",
+        "Replicas",
+        "Port",
+        "Target port",
+        "Service Discovery",
+        "Service Connect",
+    ):
+        table.add_column(column)
+    for svc in doc["services"]:
+        sc = svc["service_connect"]
+        endpoints = "\n".join(e["url"] for e in sc["endpoints"])
+        if not endpoints:
+            endpoints = "client only" if sc["client"] else "-"
+        sd = svc["service_discovery"]
+        table.add_row(
+            svc["name"],
+            svc["type"],
+            str(svc["replicas"]),
+            _fmt_port(svc["port"]),
+            _fmt_port(svc["target_port"]),
+            f"{sd['name']}:{sd['port']}" if sd else "-",
+            endpoints,
+        )
+    out.print(table)
+    clients = Table(title="What each client resolves", title_justify="left")
+    for column in ("Client", "Name", "Kind", "Target service", "Port"):
+        clients.add_column(column)
+    for client in doc["clients"]:
+        rows = client["resolves"] or [{"name": "-", "kind": "-", "service": "-", "port": None}]
+        for index, res in enumerate(rows):
+            clients.add_row(
+                client["service"] if index == 0 else "",
+                res["name"],
+                res["kind"],
+                res["service"],
+                _fmt_port(res["port"]),
+            )
+    out.print(clients)
+    for skipped in doc["skipped"]:
+        out.print(
+            f"skipped {skipped['name']} ({skipped['type']}): {skipped['reason']}", markup=False
+        )
