@@ -1,0 +1,176 @@
+"""Per-service counters under Service Connect's CloudWatch metric names.
+
+Pure: the proxy bumps plain integer attributes on the hot path; rendering
+(Prometheus text, a JSON-able snapshot, a rich table) happens on demand.
+
+What each counts here (ECS counts them at the server task's proxy, which
+in a one-proxy emulator is the connection from the proxy to a replica):
+- RequestCount, HTTPCode_Target_{2,3,4,5}XX_Count: responses from replicas;
+- TargetResponseTime: ms from sending the request to the response head;
+- ActiveConnectionCount / NewConnectionCount: proxy -> replica connections
+  open now / opened in total;
+- ProcessedBytes: request and response bytes (heads and bodies) both ways.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import Any
+
+# Milliseconds; Prometheus histogram buckets for TargetResponseTime.
+BUCKETS_MS: tuple[float, ...] = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 15000)
+
+METRIC_NAMES: tuple[str, ...] = (
+    "RequestCount",
+    "HTTPCode_Target_2XX_Count",
+    "HTTPCode_Target_3XX_Count",
+    "HTTPCode_Target_4XX_Count",
+    "HTTPCode_Target_5XX_Count",
+    "TargetResponseTime",
+    "ActiveConnectionCount",
+    "NewConnectionCount",
+    "ProcessedBytes",
+)
+
+
+class ServiceMetrics:
+    __slots__ = (
+        "active_connections",
+        "buckets",
+        "codes",
+        "new_connections",
+        "processed_bytes",
+        "requests",
+        "response_time_ms_sum",
+    )
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.codes = [0, 0, 0, 0, 0, 0]  # index = status // 100
+        self.response_time_ms_sum = 0.0
+        self.buckets = [0] * (len(BUCKETS_MS) + 1)  # last: +Inf only
+        self.active_connections = 0
+        self.new_connections = 0
+        self.processed_bytes = 0
+
+    def response(self, status: int, elapsed_ms: float) -> None:
+        self.requests += 1
+        cls = status // 100
+        if 0 < cls < 6:
+            self.codes[cls] += 1
+        self.response_time_ms_sum += elapsed_ms
+        self.buckets[bisect_left(BUCKETS_MS, elapsed_ms)] += 1
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.services: dict[str, ServiceMetrics] = {}
+
+    def service(self, name: str) -> ServiceMetrics:
+        m = self.services.get(name)
+        if m is None:
+            m = self.services[name] = ServiceMetrics()
+        return m
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """service -> metric name -> value; TargetResponseTime is the mean in ms."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in sorted(self.services):
+            m = self.services[name]
+            out[name] = {
+                "RequestCount": m.requests,
+                "HTTPCode_Target_2XX_Count": m.codes[2],
+                "HTTPCode_Target_3XX_Count": m.codes[3],
+                "HTTPCode_Target_4XX_Count": m.codes[4],
+                "HTTPCode_Target_5XX_Count": m.codes[5],
+                "TargetResponseTime": (
+                    round(m.response_time_ms_sum / m.requests, 3) if m.requests else 0.0
+                ),
+                "ActiveConnectionCount": m.active_connections,
+                "NewConnectionCount": m.new_connections,
+                "ProcessedBytes": m.processed_bytes,
+            }
+        return out
+
+    def prometheus(self) -> str:
+        return render_prometheus(self)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render_prometheus(metrics: Metrics) -> str:
+    """Prometheus text exposition format 0.0.4."""
+    lines: list[str] = []
+    names = sorted(metrics.services)
+
+    def family(name: str, kind: str, help_text: str, value: Any) -> None:
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        for svc in names:
+            lines.append(f'{name}{{service="{_label(svc)}"}} {value(metrics.services[svc])}')
+
+    family("RequestCount", "counter", "Requests answered by replicas.", lambda m: m.requests)
+    for cls in (2, 3, 4, 5):
+        family(
+            f"HTTPCode_Target_{cls}XX_Count",
+            "counter",
+            f"Responses with a {cls}xx status from replicas.",
+            lambda m, c=cls: m.codes[c],
+        )
+    lines.append("# HELP TargetResponseTime Milliseconds from request sent to response head.")
+    lines.append("# TYPE TargetResponseTime histogram")
+    for svc in names:
+        m = metrics.services[svc]
+        label = _label(svc)
+        running = 0
+        for bound, count in zip(BUCKETS_MS, m.buckets, strict=False):
+            running += count
+            lines.append(f'TargetResponseTime_bucket{{service="{label}",le="{bound:g}"}} {running}')
+        lines.append(f'TargetResponseTime_bucket{{service="{label}",le="+Inf"}} {m.requests}')
+        lines.append(f'TargetResponseTime_sum{{service="{label}"}} {m.response_time_ms_sum:.3f}')
+        lines.append(f'TargetResponseTime_count{{service="{label}"}} {m.requests}')
+    family(
+        "ActiveConnectionCount",
+        "gauge",
+        "Open connections from the proxy to replicas.",
+        lambda m: m.active_connections,
+    )
+    family(
+        "NewConnectionCount",
+        "counter",
+        "Connections opened from the proxy to replicas.",
+        lambda m: m.new_connections,
+    )
+    family(
+        "ProcessedBytes",
+        "counter",
+        "Request and response bytes proxied, both directions.",
+        lambda m: m.processed_bytes,
+    )
+    return "\n".join(lines) + "\n"
+
+
+def stats_table(snapshot: dict[str, dict[str, Any]]) -> Any:
+    """A rich Table for `meshlocal stats`, from `Metrics.snapshot()` (or /stats JSON)."""
+    from rich.table import Table
+
+    table = Table(title="Service Connect")
+    table.add_column("Service")
+    columns = (
+        ("RequestCount", "Requests"),
+        ("HTTPCode_Target_2XX_Count", "2XX"),
+        ("HTTPCode_Target_3XX_Count", "3XX"),
+        ("HTTPCode_Target_4XX_Count", "4XX"),
+        ("HTTPCode_Target_5XX_Count", "5XX"),
+        ("TargetResponseTime", "Resp ms (avg)"),
+        ("ActiveConnectionCount", "Active conns"),
+        ("NewConnectionCount", "New conns"),
+        ("ProcessedBytes", "Bytes"),
+    )
+    for _, title in columns:
+        table.add_column(title, justify="right")
+    for service, values in sorted(snapshot.items()):
+        table.add_row(service, *(str(values.get(key, "")) for key, _ in columns))
+    return table
