@@ -1,0 +1,591 @@
+"""The replica lifecycle: keep `count` replicas per service alive, as ECS does.
+
+The reconciler owns one environment's replica containers. It is driven by
+Docker's event stream (never a polling loop):
+
+- `start`: the replica joins the registry, healthy when it has no health
+  check, else `starting` until its first `health_status: healthy`;
+- `health_status`: updates the registry; an unhealthy replica is stopped and
+  replaced, as ECS replaces a task whose essential container is unhealthy;
+- `die`: the replica leaves the registry at once, and unless meshlocal
+  stopped it, a replacement starts (backing off when it keeps crashing).
+
+`apply()` converges to a desired state: missing replicas start, extra ones
+drain then stop, and services whose config hash changed roll: the new
+replica is ready before the old one drains and stops.
+
+Engine calls are synchronous and run in threads (asyncio.to_thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from meshlocal.errors import MeshlocalError, RuntimeFailure
+from meshlocal.registry import Health, Replica, ReplicaRegistry
+from meshlocal.runtime import labels as L
+from meshlocal.runtime.engine import (
+    ContainerEvent,
+    ContainerInfo,
+    ContainerSpec,
+    Engine,
+    EventStream,
+    NetworkInfo,
+)
+from meshlocal.runtime.reconcile import (
+    DesiredService,
+    Observed,
+    ReplicaTemplate,
+    SidecarTemplate,
+    plan,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+CRASH_LOOP_AFTER = 3  # consecutive deaths before a replica counts as crash-looping
+_BACKOFF_CAP_S = 10.0
+STABLE_AFTER_S = 10.0  # healthy this long, then a death no longer counts as a crash loop
+
+
+@dataclass
+class Crash:
+    """What is known about a replica that keeps dying: for `up -d`'s failure message."""
+
+    service: str
+    index: int
+    exit_code: int | None
+    count: int
+    last_logs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Slot:
+    """Restart bookkeeping for one (service, index)."""
+
+    failures: int = 0  # consecutive deaths since it was last healthy
+    last_exit: int | None = None
+    last_logs: list[str] = field(default_factory=list)
+    stable_since: float | None = None  # when it last became healthy (or running, without a check)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        engine: Engine,
+        registry: ReplicaRegistry,
+        *,
+        project: str,
+        env: str,
+        network: NetworkInfo,
+        dns: Sequence[str] = (),
+        workspace: Path | None = None,
+        drain_s: float = 1.0,
+        stop_timeout_s: float = 5.0,
+        roll_timeout_s: float = 120.0,
+        replace_unhealthy: bool = True,
+        on_change: Callable[[str], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.project = project
+        self.env = env
+        self.network = network
+        self.dns = tuple(dns)
+        self.workspace = workspace
+        self.drain_s = drain_s
+        self.stop_timeout_s = stop_timeout_s
+        self.roll_timeout_s = roll_timeout_s
+        self.replace_unhealthy = replace_unhealthy
+        self.on_change = on_change or (lambda _msg: None)
+        self.desired: dict[str, DesiredService] = {}
+        self._hashes: dict[str, str] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._expected_stop: set[str] = set()  # container ids meshlocal stops on purpose
+        self._slots: dict[tuple[str, int], _Slot] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._events: EventStream | None = None
+        self._consumer: asyncio.Task[None] | None = None
+        self._ready_waiters: dict[str, asyncio.Future[bool]] = {}  # container id -> ready?
+        self._hash_of: dict[str, str] = {}  # container id -> config hash, for ready checks
+        self._closing = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Subscribe to events, then adopt the replicas that already run."""
+        self._events = self.engine.events(self.project, self.env)  # first: no gap
+        self._consumer = asyncio.create_task(self._consume(self._events), name="meshlocal-events")
+        for info in await self._thread(
+            self.engine.list_containers, self.project, self.env, role=L.Role.REPLICA
+        ):
+            if info.running:
+                self._join(info)
+
+    async def close(self, remove: bool = False) -> None:
+        """Stop reacting to events; with remove=True also remove every replica."""
+        self._closing = True
+        if self._events is not None:
+            self._events.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._consumer is not None:
+            self._consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._consumer
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if remove:
+            for info in await self._thread(self.engine.list_containers, self.project, self.env):
+                if info.role in (L.Role.REPLICA.value, L.Role.SIDECAR.value):
+                    self._expected_stop.add(info.id)
+                    await self._thread(self.engine.remove, info.id)
+                    self.registry.remove(info.id)
+
+    async def __aenter__(self) -> Reconciler:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- desired state ------------------------------------------------------------------
+
+    def config_hash(self, template: ReplicaTemplate) -> str:
+        return template.config_hash(*self.dns, self.network.name)
+
+    async def apply(self, desired: Mapping[str, DesiredService]) -> None:
+        """Converge every service (and remove services that are no longer desired)."""
+        gone = set(self.desired) - set(desired)
+        self.desired = dict(desired)
+        self._hashes = {name: self.config_hash(d.template) for name, d in desired.items()}
+        observed = await self._observe(None)
+        names = sorted(set(self.desired) | gone | {o.service for o in observed})
+        await asyncio.gather(*(self.converge(name) for name in names))
+
+    async def scale(self, service: str, count: int) -> None:
+        if service not in self.desired:
+            raise RuntimeFailure(
+                f"no service named {service} runs in {self.env}",
+                hint="`meshlocal ps` lists the services",
+            )
+        if count < 0:
+            raise RuntimeFailure(f"cannot scale {service} to {count} replicas")
+        current = self.desired[service]
+        self.desired[service] = DesiredService(current.template, count)
+        await self.converge(service)
+
+    async def converge(self, service: str) -> None:
+        """Make one service match its desired state; serialized per service."""
+        lock = self._locks.setdefault(service, asyncio.Lock())
+        async with lock:
+            if self._closing:
+                return
+            observed = await self._observe(service)
+            want = (
+                {service: (d.count, self._hashes[service])}
+                if (d := self.desired.get(service))
+                else {}
+            )
+            todo = plan(want, observed, services=[service])
+            if todo.empty:
+                return
+            removals = [self._retire(o) for o in todo.remove]
+            starts = [self._start_replica(s, i) for s, i in todo.start]
+            results: list[object] = list(
+                await asyncio.gather(*removals, *starts, return_exceptions=True)
+            )
+            if todo.roll:
+                try:
+                    await self._roll(service, list(todo.roll))
+                except MeshlocalError as exc:
+                    results.append(exc)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                first = errors[0]
+                if isinstance(first, MeshlocalError):
+                    raise first
+                raise RuntimeFailure(f"reconciling {service} failed: {first}") from first
+
+    # -- health -------------------------------------------------------------------------
+
+    def crashes(self) -> list[Crash]:
+        """Replicas that died CRASH_LOOP_AFTER times in a row without becoming healthy."""
+        return [
+            Crash(svc, idx, slot.last_exit, slot.failures, list(slot.last_logs))
+            for (svc, idx), slot in sorted(self._slots.items())
+            if slot.failures >= CRASH_LOOP_AFTER and svc in self.desired
+        ]
+
+    def all_ready(self) -> bool:
+        for name, d in self.desired.items():
+            ready = [
+                r
+                for r in self.registry.in_rotation(name)
+                if self._hash_of.get(r.container_id) == self._hashes[name]
+            ]
+            if len(ready) < d.count:
+                return False
+        return True
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Return once every desired replica is in rotation; else RuntimeFailure saying why."""
+        changed = asyncio.Event()
+        unsubscribe = self.registry.subscribe(lambda _b, _a: changed.set())
+        deadline = time.monotonic() + timeout
+        try:
+            while not self.all_ready():
+                crashes = self.crashes()
+                if crashes:
+                    raise _crash_error(crashes)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeFailure(
+                        f"replicas were not healthy within {timeout:.0f} s: {self._summary()}",
+                        hint="`meshlocal logs SVC` shows what they print",
+                    )
+                changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), timeout=min(left, 1.0))
+        finally:
+            unsubscribe()
+
+    def _summary(self) -> str:
+        parts = []
+        for name, d in sorted(self.desired.items()):
+            ready = len(self.registry.in_rotation(name))
+            parts.append(f"{name} {ready}/{d.count} healthy")
+        return ", ".join(parts)
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def _consume(self, events: EventStream) -> None:
+        async for event in events:
+            try:
+                await self._on_event(event)
+            except MeshlocalError as exc:  # the engine refused something: keep going
+                log.warning("handling %s of %s: %s", event.action, event.name, exc.message)
+        if events.error is not None and not self._closing:
+            log.warning("the Docker event stream ended: %s", events.error)
+
+    async def _on_event(self, event: ContainerEvent) -> None:
+        role = event.role
+        if role == L.Role.SIDECAR.value:
+            if event.action == "die" and event.container_id not in self._expected_stop:
+                await self._sidecar_died(event)
+            return
+        if role != L.Role.REPLICA.value:
+            return
+        cid = event.container_id
+        if event.action == "die" or event.action == "destroy":
+            before = self.registry.remove(cid)  # first: out of DNS and proxy at once
+            self._resolve_waiter(cid, False)
+            if before is not None:
+                self.on_change(f"{before.name} left ({event.action})")
+            if event.action == "die":
+                self._spawn(self._died(event))
+        elif event.action == "start":
+            info = await self._thread(self.engine.inspect, cid)
+            if info is not None and info.running:
+                self._join(info)
+        elif event.action == "health_status" and event.health is not None:
+            self.registry.set_health(cid, event.health)
+            if event.health is Health.HEALTHY:
+                self._healthy(cid, event)
+            elif (
+                event.health is Health.UNHEALTHY
+                and self.replace_unhealthy
+                and cid not in self._expected_stop
+            ):
+                self.on_change(f"{event.name} is unhealthy: replacing it")
+                self._spawn(self._thread(self.engine.stop, cid, self.stop_timeout_s))
+
+    def _join(self, info: ContainerInfo) -> None:
+        address = info.address_on(self.network.name)
+        if not address or info.service is None or info.index is None:
+            return
+        port_label = info.labels.get(L.PORT)
+        health = info.health if info.health is not None else Health.HEALTHY
+        self._hash_of[info.id] = info.config_hash or ""
+        self.registry.upsert(
+            Replica(
+                service=info.service,
+                index=info.index,
+                container_id=info.id,
+                address=address,
+                port=int(port_label) if port_label and port_label.isdigit() else None,
+                health=health,
+            )
+        )
+        if health is Health.HEALTHY:
+            self._healthy(info.id, None)
+        self.on_change(f"{info.service}-{info.index} joined at {address} ({health.value})")
+
+    def _healthy(self, cid: str, event: ContainerEvent | None) -> None:
+        replica = self.registry.get(cid)
+        if replica is not None:
+            slot = self._slots.get((replica.service, replica.index))
+            if slot is not None:
+                slot.stable_since = time.monotonic()
+        self._resolve_waiter(cid, True)
+
+    def _resolve_waiter(self, cid: str, ok: bool) -> None:
+        fut = self._ready_waiters.pop(cid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(ok)
+
+    async def _died(self, event: ContainerEvent) -> None:
+        cid = event.container_id
+        self._hash_of.pop(cid, None)
+        await self._remove_sidecars(event.service, event.labels.get(L.REPLICA))
+        if cid in self._expected_stop or self._closing:
+            self._expected_stop.discard(cid)
+            await self._thread(self.engine.remove, cid)
+            return
+        service = event.service
+        raw_index = event.labels.get(L.REPLICA, "")
+        if service is None or not raw_index.isdigit() or service not in self.desired:
+            return
+        index = int(raw_index)
+        slot = self._slots.setdefault((service, index), _Slot())
+        if slot.stable_since is not None and time.monotonic() - slot.stable_since > STABLE_AFTER_S:
+            slot.failures = 0  # it served for a while: this is a new failure, not a loop
+        slot.stable_since = None
+        slot.failures += 1
+        slot.last_exit = event.exit_code
+        slot.last_logs = await self._thread(self.engine.logs, cid, 20)
+        self.on_change(f"{service}-{index} exited ({event.exit_code}): replacing it")
+        await self._thread(self.engine.remove, cid)
+        if slot.failures > 1:  # crash loop: back off like ECS's task throttling
+            await asyncio.sleep(min(_BACKOFF_CAP_S, 0.5 * 2 ** (slot.failures - 2)))
+        await self.converge(service)
+
+    async def _sidecar_died(self, event: ContainerEvent) -> None:
+        """An essential sidecar ended: ECS stops the whole task; the replica is replaced."""
+        if event.labels.get("meshlocal.essential", "true") != "true":
+            return
+        service, raw_index = event.service, event.labels.get(L.REPLICA, "")
+        if service is None or not raw_index.isdigit():
+            return
+        name = L.container_name(self.project, self.env, service, int(raw_index))
+        info = await self._thread(self.engine.inspect, name)
+        if info is not None and info.running:
+            await self._thread(self.engine.stop, info.id, self.stop_timeout_s)
+
+    async def _remove_sidecars(self, service: str | None, index: str | None) -> None:
+        if service is None or not index:
+            return
+        infos = await self._thread(
+            self.engine.list_containers, self.project, self.env, role=L.Role.SIDECAR,
+            service=service,
+        )  # fmt: skip
+        for info in infos:
+            if info.labels.get(L.REPLICA) == index:
+                self._expected_stop.add(info.id)
+                await self._thread(self.engine.remove, info.id)
+
+    # -- actions ----------------------------------------------------------------------------
+
+    async def _observe(self, service: str | None) -> list[Observed]:
+        infos = await self._thread(
+            self.engine.list_containers, self.project, self.env, role=L.Role.REPLICA,
+            service=service,
+        )  # fmt: skip
+        out = []
+        for info in infos:
+            if info.service is None or info.index is None:
+                continue
+            if info.id in self._expected_stop:
+                continue  # already on its way out
+            out.append(
+                Observed(
+                    container_id=info.id,
+                    service=info.service,
+                    index=info.index,
+                    config_hash=info.config_hash,
+                    alive=info.state in ("created", "running", "restarting"),
+                    healthy=None if info.health is None else info.health is Health.HEALTHY,
+                )
+            )
+        return out
+
+    def replica_spec(self, template: ReplicaTemplate, index: int) -> ContainerSpec:
+        name = L.container_name(self.project, self.env, template.service, index)
+        lbl = L.base_labels(self.project, self.env, L.Role.REPLICA, self.workspace)
+        lbl.update(
+            {
+                L.SERVICE: template.service,
+                L.REPLICA: str(index),
+                L.CONFIG_HASH: self._hashes.get(template.service) or self.config_hash(template),
+            }
+        )
+        if template.port is not None:
+            lbl[L.PORT] = str(template.port)
+        return ContainerSpec(
+            name=name,
+            image=template.image,
+            labels=lbl,
+            environment=dict(template.environment),
+            command=template.command,
+            entrypoint=template.entrypoint,
+            network=self.network.name,
+            hostname=L.hostname_for(name),
+            dns=self.dns,
+            healthcheck=template.healthcheck,
+        )
+
+    def sidecar_spec(self, template: ReplicaTemplate, index: int, sc: SidecarTemplate,
+                     main_id: str) -> ContainerSpec:  # fmt: skip
+        lbl = L.base_labels(self.project, self.env, L.Role.SIDECAR, self.workspace)
+        lbl.update(
+            {
+                L.SERVICE: template.service,
+                L.REPLICA: str(index),
+                L.SIDECAR: sc.name,
+                "meshlocal.essential": "true" if sc.essential else "false",
+            }
+        )
+        return ContainerSpec(
+            name=L.sidecar_name(self.project, self.env, template.service, index, sc.name),
+            image=sc.image,
+            labels=lbl,
+            environment=dict(sc.environment),
+            command=sc.command,
+            entrypoint=sc.entrypoint,
+            network_mode=f"container:{main_id}",  # one task, one network namespace
+            healthcheck=sc.healthcheck,
+        )
+
+    async def _start_replica(self, service: str, index: int) -> str:
+        template = self.desired[service].template
+        spec = self.replica_spec(template, index)
+        await self._thread(self.engine.remove, spec.name)  # a dead leftover holds the name
+        cid = await self._thread(self.engine.run_container, spec)
+        self._hash_of[cid] = spec.labels[L.CONFIG_HASH]
+        self.on_change(f"{service}-{index} started")
+        if template.sidecars:
+            await self._start_sidecars(template, index, cid)
+        return cid
+
+    async def _start_sidecars(self, template: ReplicaTemplate, index: int, main_id: str) -> None:
+        """Start sidecars in the replica's namespace, honouring their depends_on order."""
+        started: dict[str, str] = {template.service: main_id}
+        pending = list(template.sidecars)
+        while pending:
+            ready = [
+                sc for sc in pending if all(dep in started for dep in sc.depends_on if dep)
+            ] or pending[:1]  # a cycle or an unknown name: start in manifest order
+            for sc in ready:
+                for dep, condition in sc.depends_on.items():
+                    if dep in started:
+                        await self._wait_condition(started[dep], condition)
+                spec = self.sidecar_spec(template, index, sc, main_id)
+                await self._thread(self.engine.remove, spec.name)
+                started[sc.name] = await self._thread(self.engine.run_container, spec)
+                pending.remove(sc)
+
+    async def _wait_condition(self, cid: str, condition: str, timeout: float = 60.0) -> None:
+        """ECS container dependency conditions, checked with the engine's own state."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = await self._thread(self.engine.inspect, cid)
+            if info is None:
+                return
+            if condition == "start" and info.state != "created":
+                return
+            if condition == "healthy" and info.health in (Health.HEALTHY, None):
+                return
+            if condition in ("complete", "success") and info.state in ("exited", "dead"):
+                if condition == "success" and info.exit_code not in (0, None):
+                    raise RuntimeFailure(
+                        f"container {info.name} exited with {info.exit_code}; "
+                        "a dependant needs it to succeed"
+                    )
+                return
+            # Bounded wait for a state change; Docker has no per-condition event to await.
+            await asyncio.sleep(0.2)
+        raise RuntimeFailure(f"timed out waiting for {cid[:12]} to be {condition}")
+
+    async def _retire(self, observed: Observed) -> None:
+        """Drain (out of rotation, in-flight requests finish), then stop and remove."""
+        cid = observed.container_id
+        self._expected_stop.add(cid)
+        if self.registry.get(cid) is not None and self.drain_s > 0:
+            self.registry.set_draining(cid)
+            await asyncio.sleep(self.drain_s)
+        self.registry.remove(cid)
+        await self._thread(self.engine.stop, cid, self.stop_timeout_s)
+        await self._thread(self.engine.remove, cid)
+        await self._remove_sidecars(observed.service, str(observed.index))
+
+    async def _roll(self, service: str, stale: list[Observed]) -> None:
+        """Replace stale replicas: the new ones are ready before the old ones stop.
+
+        Like ECS with maximumPercent 200: every stale replica gets its
+        successor at once; when one does not become ready the old replica
+        keeps serving (circuit breaker) and the roll fails.
+        """
+        loop = asyncio.get_running_loop()
+        for old in stale:
+            old_name = L.container_name(self.project, self.env, service, old.index)
+            await self._thread(
+                self.engine.rename, old.container_id, f"{old_name}-old-{old.container_id[:8]}"
+            )
+        new_ids: list[str] = []
+        futures: list[asyncio.Future[bool]] = []
+        for old in stale:
+            cid = await self._start_replica(service, old.index)
+            new_ids.append(cid)
+            fut = self._ready_waiters.get(cid)
+            if fut is None:
+                fut = loop.create_future()
+                replica = self.registry.get(cid)
+                if replica is not None and replica.in_rotation:
+                    fut.set_result(True)
+                else:
+                    self._ready_waiters[cid] = fut
+            futures.append(fut)
+        try:
+            done = await asyncio.wait_for(asyncio.gather(*futures), timeout=self.roll_timeout_s)
+        except TimeoutError:
+            done = [False]
+        if all(done):
+            await asyncio.gather(*(self._retire(old) for old in stale))
+            self.on_change(f"{service}: rolled {len(stale)} replica(s)")
+            return
+        raise RuntimeFailure(
+            f"the new replicas of {service} did not become healthy; the old ones keep running",
+            hint="`meshlocal logs " + service + "` shows why",
+        )
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    async def _thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except MeshlocalError as exc:
+                log.warning("%s", exc.message)
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _crash_error(crashes: list[Crash]) -> RuntimeFailure:
+    first = crashes[0]
+    logs = "\n".join(f"    {line}" for line in first.last_logs[-10:]) or "    (no output)"
+    return RuntimeFailure(
+        f"{first.service}-{first.index} keeps crashing (exited {first.exit_code}, "
+        f"{first.count} times in a row)",
+        hint=f"its last log lines:\n{logs}",
+    )
