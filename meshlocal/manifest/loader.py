@@ -200,7 +200,11 @@ class _Fields:
     diag: Diagnostics
 
     def fail(self, node: Node, field: str, expected: str, hint: str | None = None) -> None:
-        self.diag.error(f"{field}: expected {expected}, got {_kind(node)}", node.loc, hint)
+        self.diag.error(
+            f"{field}: expected {expected}, got {_kind(node)}",
+            node.loc,
+            hint or f"write {expected} here (see docs/manifest-support.md)",
+        )
 
     def string(self, node: Node | None, field: str) -> str | None:
         if node is None or is_null(node):
@@ -227,7 +231,11 @@ class _Fields:
             return None
         if value < low or (high is not None and value > high):
             bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-            self.diag.error(f"{field}: {value} is out of range, must be {bounds}", node.loc)
+            self.diag.error(
+                f"{field}: {value} is out of range, must be {bounds}",
+                node.loc,
+                f"use a value {bounds}",
+            )
             return None
         return value
 
@@ -370,7 +378,11 @@ class ServiceLoader:
             self.diag.error("the manifest is empty", Location(path, 1), "write name: and type:")
             return None
         if not isinstance(raw, Map):
-            self.diag.error(f"expected a mapping of fields, got {_kind(raw)}", raw.loc)
+            self.diag.error(
+                f"expected a mapping of fields, got {_kind(raw)}",
+                raw.loc,
+                "start with name: and type:",
+            )
             return None
         base = Map(raw.loc, dict(raw.items), dict(raw.keys))
         overrides = base.items.pop("environments", None)
@@ -675,9 +687,10 @@ class ServiceLoader:
         if isinstance(node, Scalar):
             value = f.integer(node, "count")
             return 1 if value is None else value
-        m = f.mapping(node, "count")
-        if m is None:
+        if not isinstance(node, Map):
+            f.fail(node, "count", "an integer or a mapping")
             return 1
+        m = node
         known = frozenset({"spot", "range", *AUTOSCALING_METRICS})
         f.unknown(m, known, "count")
         metrics = [k for k in AUTOSCALING_METRICS if k in m]
@@ -708,7 +721,11 @@ class ServiceLoader:
                 return 1
             low, high = int(match.group(1)), int(match.group(2))
             if low > high:
-                self.diag.error(f"count.range: minimum {low} is above maximum {high}", rng.loc)
+                self.diag.error(
+                    f"count.range: minimum {low} is above maximum {high}",
+                    rng.loc,
+                    'write the range as "min-max"',
+                )
             return low
         rm = f.mapping(rng, "count.range")
         if rm is None:
@@ -720,10 +737,14 @@ class ServiceLoader:
         if low_v is None or high_v is None:
             missing = "min" if "min" not in rm else "max"
             if missing not in rm:
-                self.diag.error(f"count.range: {missing} is required", rm.loc)
+                self.diag.error(
+                    f"count.range: {missing} is required", rm.loc, "set both min and max"
+                )
             return 1 if low_v is None else low_v
         if low_v > high_v:
-            self.diag.error(f"count.range: min {low_v} is above max {high_v}", rm.loc)
+            self.diag.error(
+                f"count.range: min {low_v} is above max {high_v}", rm.loc, "swap min and max"
+            )
         return low_v
 
     def connect(self, node: Node | None) -> Connect:
@@ -807,7 +828,9 @@ class ServiceLoader:
         except ManifestError as exc:
             self.diag.add(exc)
         except (OSError, UnicodeDecodeError) as exc:
-            self.diag.error(f"env_file: cannot read {text}: {exc}", node.loc)
+            self.diag.error(
+                f"env_file: cannot read {text}: {exc}", node.loc, "save it as a UTF-8 text file"
+            )
         return path
 
     def sidecars(self, node: Node | None, not_emulated: list[str]) -> list[Sidecar]:
@@ -911,13 +934,18 @@ def load_environment_manifest(environment: Environment, diag: Diagnostics) -> No
     if root is None:
         return
     if not isinstance(root, Map):
-        diag.error(f"expected a mapping of fields, got {_kind(root)}", root.loc)
+        diag.error(
+            f"expected a mapping of fields, got {_kind(root)}",
+            root.loc,
+            "start with name: and type:",
+        )
         return
     type_node = root.get("type")
     if isinstance(type_node, Scalar) and type_node.text != "Environment":
         diag.error(
             f'type: an environment manifest has type "Environment", not "{type_node.text}"',
             type_node.loc,
+            "write type: Environment",
         )
     name_node = root.get("name")
     if isinstance(name_node, Scalar) and name_node.text != environment.name:
