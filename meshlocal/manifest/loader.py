@@ -264,6 +264,9 @@ class _Fields:
             seconds = parse_duration(node.text)
             if seconds is not None:
                 return seconds
+        if isinstance(node, Scalar) and node.kind == "int" and node.value == 0:
+            return 0.0
+        # A bare number would be nanoseconds to Copilot: almost surely a mistake.
         self.fail(node, field, 'a duration such as "10s" or "1m30s"')
         return None
 

@@ -25,9 +25,7 @@ def _at(root: Path, loc: Location | None) -> str:
 
 def _expected(root: Path) -> tuple[dict[str, object], list[tuple[str, str]]]:
     expect = yaml.safe_load((root / "expect.yml").read_text())
-    want = [
-        (e["at"], e["message"].replace("{root}", str(root))) for e in expect["errors"]
-    ]
+    want = [(e["at"], e["message"].replace("{root}", str(root))) for e in expect["errors"]]
     return expect, sorted(want)
 
 
