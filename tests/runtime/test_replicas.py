@@ -1,0 +1,279 @@
+"""The reconciler against the real engine: events drive the registry, ECS-style lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+
+from meshlocal.errors import RuntimeFailure
+from meshlocal.manifest.model import ContainerHealthCheck
+from meshlocal.registry import Health, Replica, ReplicaRegistry
+from meshlocal.runtime import labels as L
+from meshlocal.runtime.engine import Engine, NetworkInfo
+from meshlocal.runtime.reconcile import DesiredService, ReplicaTemplate, SidecarTemplate
+from meshlocal.runtime.replicas import Reconciler
+
+from .conftest import until
+
+pytestmark = pytest.mark.docker
+
+# Serve $VERSION and the hostname on port 80 with busybox httpd.
+HTTPD = (
+    "sh",
+    "-c",
+    'echo "v=${VERSION:-1} host=$(hostname)" > /var/www/index.html;'
+    " exec httpd -f -p 80 -h /var/www",
+)
+HTTP_CHECK = ContainerHealthCheck(
+    command=("CMD-SHELL", "wget -q -O /dev/null http://127.0.0.1/"),
+    interval_s=0.3,
+    timeout_s=2,
+    retries=1,
+)
+
+
+def httpd(image: str, service: str = "api", **kw: object) -> ReplicaTemplate:
+    return ReplicaTemplate(service=service, image=image, command=HTTPD, port=80, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def setup(
+    engine: Engine, project: str
+) -> AsyncIterator[tuple[Reconciler, ReplicaRegistry, NetworkInfo]]:
+    net = await asyncio.to_thread(engine.ensure_network, project, "test")
+    registry = ReplicaRegistry()
+    rec = Reconciler(
+        engine, registry, project=project, env="test", network=net, drain_s=0.3, stop_timeout_s=1
+    )
+    await rec.start()
+    try:
+        yield rec, registry, net
+    finally:
+        await rec.close()
+
+
+async def test_apply_runs_count_replicas_and_feeds_the_registry(
+    setup: tuple[Reconciler, ReplicaRegistry, NetworkInfo], engine: Engine, busybox_image: str
+) -> None:
+    rec, registry, net = setup
+    await rec.apply({"api": DesiredService(httpd(busybox_image), 3)})
+    await rec.wait_ready(30)
+    replicas = registry.for_service("api")
+    assert [r.index for r in replicas] == [1, 2, 3]
+    assert all(r.port == 80 and r.in_rotation for r in replicas)
+    subnet = ipaddress.ip_network(net.subnet or "")
+    assert all(ipaddress.ip_address(r.address) in subnet for r in replicas)
+    assert len({r.address for r in replicas}) == 3
+    for r in replicas:
+        code, out = await asyncio.to_thread(
+            engine.exec, r.container_id, ["wget", "-q", "-O", "-", "http://127.0.0.1/"]
+        )
+        assert code == 0 and out.startswith("v=1 host="), out
+        info = engine.inspect(r.container_id)
+        assert info is not None
+        # Never a name Docker's embedded DNS would answer for `api`.
+        assert info.name == L.container_name(rec.project, "test", "api", r.index)
+        raw = engine.api.inspect_container(r.container_id)
+        aliases = raw["NetworkSettings"]["Networks"][net.name]["Aliases"] or []
+        assert "api" not in aliases and raw["Config"]["Hostname"] != "api"
+
+
+async def test_a_dead_replica_leaves_within_1s_and_is_replaced(
+    setup: tuple[Reconciler, ReplicaRegistry, NetworkInfo], engine: Engine, busybox_image: str
+) -> None:
+    rec, registry, _ = setup
+    await rec.apply({"api": DesiredService(httpd(busybox_image), 2)})
+    await rec.wait_ready(30)
+    victim, survivor = registry.for_service("api")
+    removed_at: dict[str, int] = {}
+
+    def on_change(before: Replica | None, after: Replica | None) -> None:
+        if before is not None and after is None:
+            removed_at[before.container_id] = time.time_ns()
+
+    registry.subscribe(on_change)
+    watch = engine.events(rec.project, "test")
+    try:
+        await asyncio.to_thread(engine.kill, victim.container_id)
+        die_ns = None
+        deadline = time.monotonic() + 10
+        while die_ns is None and time.monotonic() < deadline:
+            ev = await asyncio.wait_for(watch.get(), timeout=10)
+            if ev is not None and ev.action == "die" and ev.container_id == victim.container_id:
+                die_ns = ev.time_ns
+    finally:
+        watch.close()
+    assert die_ns is not None
+    await until(registry, lambda: victim.container_id in removed_at, 5, "the victim to leave")
+    delay_s = (removed_at[victim.container_id] - die_ns) / 1e9
+    assert delay_s < 1.0, f"removed {delay_s:.3f} s after the die event"
+
+    def replaced() -> bool:
+        now = registry.in_rotation("api")
+        return len(now) == 2 and victim.container_id not in {r.container_id for r in now}
+
+    await until(registry, replaced, 20, "a replacement replica")
+    new = [r for r in registry.for_service("api") if r.container_id != survivor.container_id]
+    assert [r.index for r in new] == [victim.index]
+    assert registry.get(survivor.container_id) == survivor  # untouched
+    assert engine.inspect(victim.container_id) is None  # the dead container was removed
+
+
+async def test_health_check_drives_registry_health_and_unhealthy_is_replaced(
+    setup: tuple[Reconciler, ReplicaRegistry, NetworkInfo], engine: Engine, busybox_image: str
+) -> None:
+    rec, registry, _ = setup
+    check = ContainerHealthCheck(
+        command=("CMD-SHELL", "test -f /tmp/ready"),
+        interval_s=0.3,
+        timeout_s=2,
+        retries=1,
+        start_period_s=10,  # failures before the first success do not count
+    )
+    template = ReplicaTemplate(
+        service="api",
+        image=busybox_image,
+        command=("sh", "-c", "sleep 1.5; touch /tmp/ready; exec sleep 300"),
+        port=80,
+        healthcheck=check,
+    )
+    seen: list[tuple[str, Health]] = []
+    registry.subscribe(
+        lambda _b, a: seen.append((a.container_id, a.health)) if a is not None else None
+    )
+    await rec.apply({"api": DesiredService(template, 1)})
+    await until(registry, lambda: len(registry.for_service("api")) == 1, 15, "the replica")
+    first = registry.for_service("api")[0]
+    assert first.health is Health.STARTING and not first.in_rotation
+    await until(registry, lambda: bool(registry.in_rotation("api")), 20, "healthy")
+    assert [h for c, h in seen if c == first.container_id][:2] == [Health.STARTING, Health.HEALTHY]
+
+    await asyncio.to_thread(engine.exec, first.container_id, ["rm", "/tmp/ready"])
+
+    def replaced() -> bool:
+        now = registry.in_rotation("api")
+        return len(now) == 1 and now[0].container_id != first.container_id
+
+    await until(registry, replaced, 30, "the unhealthy replica to be replaced")
+    assert (first.container_id, Health.UNHEALTHY) in seen
+
+
+async def test_rolling_update_keeps_capacity_and_spares_unchanged_services(
+    setup: tuple[Reconciler, ReplicaRegistry, NetworkInfo], engine: Engine, busybox_image: str
+) -> None:
+    rec, registry, _ = setup
+    v1 = httpd(busybox_image, healthcheck=HTTP_CHECK, environment={"VERSION": "1"})
+    other = httpd(busybox_image, service="worker")
+    await rec.apply({"api": DesiredService(v1, 2), "worker": DesiredService(other, 1)})
+    await rec.wait_ready(30)
+    old_ids = {r.container_id for r in registry.for_service("api")}
+    worker_ids = {r.container_id for r in registry.for_service("worker")}
+
+    low_water: list[int] = []
+    registry.subscribe(lambda _b, _a: low_water.append(len(registry.in_rotation("api"))))
+    v2 = replace(v1, environment={"VERSION": "2"})
+    assert rec.config_hash(v2) != rec.config_hash(v1)
+    await asyncio.wait_for(
+        rec.apply({"api": DesiredService(v2, 2), "worker": DesiredService(other, 1)}), 60
+    )
+    await rec.wait_ready(30)
+
+    now = registry.for_service("api")
+    assert len(now) == 2 and not ({r.container_id for r in now} & old_ids)
+    assert min(low_water) >= 2, low_water  # never below the desired count
+    for r in now:
+        _, out = await asyncio.to_thread(
+            engine.exec, r.container_id, ["wget", "-q", "-O", "-", "http://127.0.0.1/"]
+        )
+        assert out.startswith("v=2"), out
+    assert {r.container_id for r in registry.for_service("worker")} == worker_ids
+    names = sorted(c.name for c in engine.list_replicas(rec.project, "test", "api"))
+    assert names == [L.container_name(rec.project, "test", "api", i) for i in (1, 2)]
+
+
+async def test_scale_out_and_in_drains_first(
+    setup: tuple[Reconciler, ReplicaRegistry, NetworkInfo], busybox_image: str
+) -> None:
+    rec, registry, _ = setup
+    await rec.apply({"api": DesiredService(httpd(busybox_image), 1)})
+    await rec.wait_ready(30)
+    await rec.scale("api", 3)
+    await rec.wait_ready(30)
+    assert [r.index for r in registry.in_rotation("api")] == [1, 2, 3]
+    drained: list[int] = []
+    registry.subscribe(
+        lambda _b, a: drained.append(a.index) if a is not None and a.draining else None
+    )
+    await rec.scale("api", 1)
+    assert [r.index for r in registry.for_service("api")] == [1]
+    assert sorted(drained) == [2, 3]
+    with pytest.raises(RuntimeFailure):
+        await rec.scale("nope", 1)
+
+
+async def test_crash_loop_fails_wait_ready_with_the_last_log_lines(
+    setup: tuple[Reconciler, ReplicaRegistry, NetworkInfo], busybox_image: str
+) -> None:
+    rec, _, _ = setup
+    crashing = ReplicaTemplate(
+        service="api", image=busybox_image, command=("sh", "-c", "echo boom-from-api; exit 2")
+    )
+    await rec.apply({"api": DesiredService(crashing, 1)})
+    with pytest.raises(RuntimeFailure) as info:
+        await rec.wait_ready(30)
+    assert "keeps crashing" in info.value.message and "exited 2" in info.value.message
+    assert info.value.hint is not None and "boom-from-api" in info.value.hint
+
+
+async def test_a_new_agent_adopts_running_replicas(
+    setup: tuple[Reconciler, ReplicaRegistry, NetworkInfo], engine: Engine, busybox_image: str
+) -> None:
+    rec, registry, net = setup
+    desired = {"api": DesiredService(httpd(busybox_image), 2)}
+    await rec.apply(desired)
+    await rec.wait_ready(30)
+    ids = {r.container_id for r in registry.for_service("api")}
+    await rec.close()  # the agent goes away; the replicas keep running
+
+    registry2 = ReplicaRegistry()
+    rec2 = Reconciler(engine, registry2, project=rec.project, env="test", network=net)
+    await rec2.start()
+    try:
+        assert {r.container_id for r in registry2.for_service("api")} == ids
+        await rec2.apply(desired)
+        await rec2.wait_ready(10)
+        assert {r.container_id for r in registry2.for_service("api")} == ids  # not recreated
+    finally:
+        await rec2.close()
+
+
+async def test_sidecars_share_the_replica_network_namespace(
+    setup: tuple[Reconciler, ReplicaRegistry, NetworkInfo], engine: Engine, busybox_image: str
+) -> None:
+    rec, registry, _ = setup
+    sidecar = SidecarTemplate(name="probe", image=busybox_image, command=("sleep", "300"))
+    await rec.apply({"api": DesiredService(httpd(busybox_image, sidecars=(sidecar,)), 1)})
+    await rec.wait_ready(30)
+    sidecars = await asyncio.to_thread(
+        engine.list_containers, rec.project, "test", role=L.Role.SIDECAR
+    )
+    assert len(sidecars) == 1 and sidecars[0].labels[L.SIDECAR] == "probe"
+    code, out = await asyncio.to_thread(
+        engine.exec, sidecars[0].id, ["wget", "-q", "-O", "-", "http://127.0.0.1/"]
+    )
+    assert code == 0 and out.startswith("v=1"), out  # localhost is the replica's
+
+    # An essential sidecar that dies takes its task down; the task is replaced.
+    main = registry.for_service("api")[0]
+    await asyncio.to_thread(engine.kill, sidecars[0].id)
+
+    def replaced() -> bool:
+        now = registry.in_rotation("api")
+        return len(now) == 1 and now[0].container_id != main.container_id
+
+    await until(registry, replaced, 30, "the task to be replaced")
