@@ -46,7 +46,8 @@ def cli(ctx: click.Context, directory: Path) -> None:
 
 
 def report(error: MeshlocalError) -> None:
-    err_console.print(error.render(), markup=False, style="red")
+    # soft_wrap: never break `file:line:col` across lines, editors must match it whole.
+    err_console.print(error.render(), markup=False, style="red", soft_wrap=True)
 
 
 def _load_commands() -> None:
