@@ -1,0 +1,174 @@
+"""`meshlocal validate` and `meshlocal plan`: exit codes, no tracebacks, stable JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from meshlocal.cli.app import main
+
+from .conftest import FIXTURES, KUDOS, MakeWorkspace
+
+BAD = FIXTURES / "bad"
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "meshlocal", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def test_validate_bad_workspace_in_a_real_process() -> None:
+    proc = run("-C", str(BAD / "many-errors"), "validate")
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for where in (
+        "copilot/a/manifest.yml:5:13: error: image.build and image.location exclude each other",
+        "copilot/b/manifest.yml:7:12: error: network.connect.alias",
+        "copilot/c/manifest.yml:4:11: error: a Request-Driven Web Service cannot use",
+    ):
+        assert where in proc.stderr
+    assert "5 errors" in proc.stderr
+
+
+def test_plan_malformed_yaml_in_a_real_process() -> None:
+    proc = run("-C", str(BAD / "malformed-yaml"), "plan")
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert "copilot/api/manifest.yml:5:8: error: malformed YAML" in proc.stderr
+
+
+@pytest.mark.parametrize("case", sorted(p.name for p in BAD.iterdir() if p.is_dir()))
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_every_bad_case_exits_non_zero_without_traceback(
+    case: str, command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expect = yaml.safe_load((BAD / case / "expect.yml").read_text())
+    for name, value in (expect.get("environ") or {}).items():
+        monkeypatch.setenv(name, value)
+    assert main(["-C", str(BAD / case), command]) != 0
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err + out.out
+    assert ": error: " in out.err
+
+
+def test_validate_kudos_lists_notes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-C", str(KUDOS), "validate"]) == 0
+    out = capsys.readouterr().out
+    assert "kudos/test: 2 service(s) valid (api, front-end)" in out
+    assert "api: cpu is accepted and not emulated" in out
+
+
+def test_validate_skipped_services_are_notes(
+    make_ws: MakeWorkspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = make_ws(
+        {
+            "site": "type: Static Site\n",
+            "api": "type: Backend Service\nimage:\n  location: busybox\n",
+        }
+    )
+    assert main(["-C", str(root), "validate"]) == 0
+    assert "service site (Static Site) is not emulated" in capsys.readouterr().out
+
+
+def test_ambiguous_environment_lists_them(
+    make_ws: MakeWorkspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = make_ws(
+        {"api": "type: Backend Service\nimage:\n  location: busybox\n"}, envs=("prod", "test")
+    )
+    assert main(["-C", str(root), "plan"]) != 0
+    err = capsys.readouterr().err
+    assert "choose an environment with --env" in err
+    assert "environments: prod, test" in err
+    assert main(["-C", str(root), "plan", "--env", "prod"]) == 0
+
+
+def test_no_workspace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-C", str(tmp_path), "validate"]) == 1
+    assert "no Copilot workspace" in capsys.readouterr().err
+
+
+def test_plan_json_kudos(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-C", str(KUDOS), "plan", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema"] == 1
+    assert (doc["application"], doc["environment"]) == ("kudos", "test")
+    assert doc["service_discovery_namespace"] == "test.kudos.local"
+    api = next(s for s in doc["services"] if s["name"] == "api")
+    assert api["replicas"] == 3
+    assert api["service_discovery"] == {"name": "api.test.kudos.local", "port": 80}
+    assert api["service_connect"]["endpoints"] == [{"name": "api", "port": 80, "url": "http://api"}]
+    front = next(c for c in doc["clients"] if c["service"] == "front-end")
+    kinds = {r["name"]: r["kind"] for r in front["resolves"]}
+    assert kinds["api"] == "service-connect"
+    assert kinds["api.test.kudos.local"] == "service-discovery"
+
+
+def test_plan_json_keys_are_stable() -> None:
+    proc = run("-C", str(KUDOS), "plan", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert list(doc) == [
+        "schema",
+        "application",
+        "environment",
+        "legacy_namespace",
+        "service_discovery_namespace",
+        "services",
+        "clients",
+        "skipped",
+    ]
+    assert list(doc["services"][0]) == [
+        "name",
+        "type",
+        "replicas",
+        "port",
+        "target_port",
+        "target_container",
+        "http_path",
+        "image",
+        "service_discovery",
+        "service_connect",
+        "sidecars",
+        "variables",
+        "secrets",
+        "not_emulated",
+        "manifest",
+    ]
+    assert list(doc["clients"][0]) == ["service", "service_connect_client", "resolves"]
+
+
+def test_plan_table_realworld(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MESHLOCAL_SECRET_DB_HOST", "db")
+    assert main(["-C", str(FIXTURES / "realworld"), "plan", "--env", "prod"]) == 0
+    out = capsys.readouterr().out
+    assert "orders.prod.shop.local:9000" in out
+    assert "http://orders.shop.internal:9000" in out
+    assert "client only" in out  # the worker
+    assert "skipped docs (Static Site)" in out
+
+
+def test_plan_json_does_not_leak_secret_values(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MESHLOCAL_SECRET_DB_HOST", "db")
+    assert main(["-C", str(FIXTURES / "realworld"), "plan", "--env", "test", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "local-session-secret" not in out
+    fe = next(s for s in json.loads(out)["services"] if s["name"] == "frontend")
+    assert fe["secrets"] == ["DB_PASSWORD", "SESSION_SECRET"]
