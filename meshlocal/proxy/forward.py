@@ -1,0 +1,637 @@
+"""The forwarding engine: one client connection in, pooled replica connections out.
+
+Shared by the Service Connect listeners and the public (ALB-like) endpoint;
+they differ only in how a request picks its service (`Router`).
+
+Plain protocol callbacks, no task per request: a request whose replica has
+a pooled connection goes from `data_received` to the replica's socket, and
+the answer back, without a single await. Bodies are passed through as they
+arrive, with their framing (Content-Length, chunked, gzip) unchanged;
+back-pressure pauses the reading side whenever the writing side's buffer
+is full, so memory stays bounded whatever the body size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+from meshlocal.proxy import http1
+from meshlocal.proxy.balancer import Balancer
+from meshlocal.proxy.http1 import ChunkedScanner, HttpError, RequestHead, ResponseHead
+from meshlocal.proxy.metrics import Metrics, ServiceMetrics
+from meshlocal.proxy.settings import ProxySettings
+from meshlocal.proxy.upstream import UpstreamConn, UpstreamPool
+from meshlocal.registry import Replica
+
+_REASONS = {
+    400: b"Bad Request",
+    404: b"Not Found",
+    431: b"Request Header Fields Too Large",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    service: str
+    route: bytes  # value of x-meshlocal-route
+
+
+# A router maps (request, listener's endpoint port) to a Route, or raises HttpError.
+Router = Callable[[RequestHead, int], Route]
+
+
+def error_response(status: int, body: str, *, route: bytes = b"service-connect") -> bytes:
+    data = body.encode() + b"\n"
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+        b"x-meshlocal-route: %s\r\nconnection: close\r\n\r\n%s"
+        % (status, _REASONS.get(status, b"Error"), len(data), route, data)
+    )
+
+
+class Forwarder:
+    """Creates downstream protocols; holds what they share."""
+
+    def __init__(
+        self,
+        balancer: Balancer,
+        pool: UpstreamPool,
+        metrics: Metrics,
+        settings: ProxySettings,
+    ) -> None:
+        self.balancer = balancer
+        self.pool = pool
+        self.metrics = metrics
+        self.settings = settings
+        self.connections: set[Downstream] = set()
+
+    def factory(self, router: Router, endpoint_port: int, label: bytes) -> Callable[[], Downstream]:
+        return lambda: Downstream(self, router, endpoint_port, label)
+
+    def sweep(self, now: float) -> None:
+        """Close client connections idle (no byte either way) beyond the idle timeout."""
+        limit = self.settings.idle_timeout_s
+        for conn in list(self.connections):
+            if now - conn.last_activity > limit:
+                conn.abort()
+
+
+# Downstream states
+_IDLE = 0  # waiting for a request head
+_CONNECTING = 1  # waiting for a replica connection
+_EXCHANGE = 2  # attached to a replica
+_TUNNEL = 3  # after 101 Switching Protocols
+_CLOSED = 4
+
+
+class Downstream(asyncio.Protocol):
+    """One client connection: parses requests, forwards each to a replica."""
+
+    def __init__(self, fwd: Forwarder, router: Router, endpoint_port: int, label: bytes) -> None:
+        self.fwd = fwd
+        self.settings = fwd.settings
+        self.router = router
+        self.endpoint_port = endpoint_port
+        self.label = label
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.client_ip = b"unknown"
+        self.buf = b""  # client bytes not forwarded yet
+        self.state = _IDLE
+        self.last_activity = time.monotonic()
+        self.reading_paused = False
+        self.up_write_paused = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.req: RequestHead | None = None
+        self.route: Route | None = None
+        self.m: ServiceMetrics | None = None
+        self.out_head = b""
+        self.has_body = False
+        self.req_done = True
+        self.req_left = 0
+        self.req_scanner: ChunkedScanner | None = None
+        self.replica: Replica | None = None
+        self.up: UpstreamConn | None = None
+        self.tried: list[str] = []
+        self.retries = 0
+        self.resp: ResponseHead | None = None
+        self.ubuf = b""
+        self.resp_left = 0
+        self.resp_scanner: ChunkedScanner | None = None
+        self.up_dirty = False  # the replica sent bytes past the response
+        self.keep = True
+        self.started = 0.0
+        self.processed = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol (client side) ----------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = self.transport.get_extra_info("peername")
+        if peer:
+            self.client_ip = str(peer[0]).encode()
+        self.fwd.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
+        state = self.state
+        if state == _EXCHANGE and not self.req_done:
+            self._request_body(data)
+            return
+        if state == _TUNNEL:
+            if self.up is not None:
+                self.up.write(data)
+            return
+        if state == _CLOSED:
+            return
+        self.buf = self.buf + data if self.buf else data
+        if state == _IDLE:
+            self._next_request()
+        else:
+            self._update_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fwd.connections.discard(self)
+        prev = self.state
+        self.state = _CLOSED
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        up = self.up
+        if up is not None:
+            self.up = None
+            up.abort()
+            if prev == _EXCHANGE and self.replica is not None:
+                self.fwd.balancer.end(self.replica)
+
+    def pause_writing(self) -> None:
+        if self.up is not None:
+            self.up.pause_reading(True)
+
+    def resume_writing(self) -> None:
+        if self.up is not None:
+            self.up.pause_reading(False)
+
+    # -- flow control ------------------------------------------------------
+
+    def _update_reading(self) -> None:
+        pause = self.up_write_paused or (
+            self.state != _IDLE and len(self.buf) > self.settings.read_chunk
+        )
+        if pause != self.reading_paused and self.transport is not None and self.state != _CLOSED:
+            self.reading_paused = pause
+            if pause:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def upstream_paused(self, paused: bool) -> None:
+        self.up_write_paused = paused
+        self._update_reading()
+
+    # -- requests ------------------------------------------------------------
+
+    def _next_request(self) -> None:
+        buf = self.buf
+        idx = buf.find(b"\r\n\r\n")
+        if idx < 0:
+            if len(buf) > self.settings.max_header_bytes:
+                self._fail(431, "request header too large")
+            return
+        end = idx + 4
+        head = buf[:end] if end != len(buf) else buf
+        self.buf = buf[end:] if end != len(buf) else b""
+        try:
+            req = http1.parse_request_head(head, self.settings.max_header_bytes)
+            route = self.router(req, self.endpoint_port)
+        except HttpError as exc:
+            self._fail(exc.status, exc.reason)
+            return
+        self.req = req
+        self.route = route
+        self.m = self.fwd.metrics.service(route.service)
+        xff = (
+            self.client_ip
+            if req.forwarded_for is None
+            else req.forwarded_for + b", " + self.client_ip
+        )
+        tail = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: %s\r\n" % (
+            xff,
+            req.host or b"",
+        )
+        if req.upgrade is not None:
+            tail += b"Connection: Upgrade\r\nUpgrade: %s\r\n" % req.upgrade
+        self.out_head = (
+            req.request_line
+            + http1.strip_request_fields(req.fields, req.connection_tokens)
+            + tail
+            + b"\r\n"
+        )
+        framing = req.framing
+        if framing == http1.LENGTH and req.length > 0:
+            self.has_body, self.req_done, self.req_left = True, False, req.length
+        elif framing == http1.CHUNKED:
+            self.has_body, self.req_done = True, False
+            self.req_scanner = ChunkedScanner()
+        self._select()
+
+    def _select(self) -> None:
+        route = self.route
+        assert route is not None
+        fwd = self.fwd
+        replica = fwd.balancer.pick(route.service, self.tried)
+        if replica is None:
+            if self.tried:
+                reason = (
+                    f"no replica of service {route.service!r} accepted a connection "
+                    f"(tried {len(self.tried)})"
+                )
+            else:
+                reason = fwd.balancer.why_unavailable(route.service)
+            self._fail(503, reason)
+            return
+        up = fwd.pool.take(replica)
+        if up is not None:
+            self._attach(replica, up)
+            return
+        self.state = _CONNECTING
+        self._update_reading()
+        self.loop.create_task(self._connect(replica))
+
+    async def _connect(self, replica: Replica) -> None:
+        fwd = self.fwd
+        try:
+            up = await fwd.pool.connect(replica)
+        except (OSError, TimeoutError):
+            if self.state == _CLOSED:
+                return
+            # Nothing was sent: safe to retry on another replica (Envoy: connect-failure).
+            fwd.balancer.record(replica, True)
+            self.tried.append(replica.container_id)
+            self.retries += 1
+            if self.retries > self.settings.max_retries:
+                assert self.route is not None
+                self._fail(
+                    503,
+                    f"no replica of service {self.route.service!r} accepted a connection "
+                    f"(tried {len(self.tried)})",
+                )
+                return
+            self._select()
+            return
+        if self.state == _CLOSED:
+            fwd.pool.release(up)
+            return
+        self._attach(replica, up)
+
+    def _attach(self, replica: Replica, up: UpstreamConn) -> None:
+        self.state = _EXCHANGE
+        self.replica = replica
+        self.up = up
+        up.owner = self
+        self.fwd.balancer.begin(replica)
+        self.started = time.perf_counter()
+        self.processed = len(self.out_head)
+        self.resp = None
+        self.ubuf = b""
+        self.timer = self.loop.call_later(self.settings.request_timeout_s, self._on_timeout)
+        buf = self.buf
+        if not self.has_body:
+            up.write(self.out_head)
+        elif self.req_scanner is None and len(buf) >= self.req_left:
+            # Whole (Content-Length) body already here: one write.
+            left = self.req_left
+            self.buf = buf[left:]
+            self.req_left = 0
+            self.req_done = True
+            self.processed += left
+            up.write(self.out_head + buf[:left])
+        else:
+            up.write(self.out_head)
+            if buf:
+                self.buf = b""
+                self._request_body(buf)
+        self._update_reading()
+
+    def _request_body(self, data: bytes) -> None:
+        up = self.up
+        assert up is not None
+        if self.req_scanner is None:
+            take = min(self.req_left, len(data))
+            self.req_left -= take
+            done = self.req_left == 0
+        else:
+            try:
+                take = self.req_scanner.feed(data)
+            except HttpError as exc:
+                self._abandon(exc.status, exc.reason)
+                return
+            done = self.req_scanner.done
+        up.write(data if take == len(data) else data[:take])
+        self.processed += take
+        if done:
+            self.req_done = True
+            if take < len(data):
+                self.buf = self.buf + data[take:]
+            if self.resp is not None and self._response_complete():
+                self._finish()
+            else:
+                self._update_reading()
+
+    # -- replica side ----------------------------------------------------------
+
+    def upstream_data(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
+        transport = self.transport
+        if transport is None or self.state == _CLOSED:
+            return
+        if self.state == _TUNNEL:
+            transport.write(data)
+            return
+        resp = self.resp
+        if resp is None:
+            self.ubuf = self.ubuf + data if self.ubuf else data
+            self._response_head()
+            return
+        self._response_body(data, b"")
+
+    def _response_head(self) -> None:
+        req, replica, m = self.req, self.replica, self.m
+        assert req is not None and replica is not None and m is not None
+        transport = self.transport
+        assert transport is not None
+        while True:
+            ubuf = self.ubuf
+            idx = ubuf.find(b"\r\n\r\n")
+            if idx < 0:
+                if len(ubuf) > 65536:
+                    self._upstream_failed(False, "response head too large")
+                return
+            end = idx + 4
+            head, rest = (ubuf, b"") if end == len(ubuf) else (ubuf[:end], ubuf[end:])
+            try:
+                resp = http1.parse_response_head(head, req.method)
+            except HttpError as exc:
+                self._upstream_failed(False, f"invalid response: {exc.reason}")
+                return
+            self.processed += len(head)
+            if resp.status < 200 and resp.status != 101:
+                # Interim (100 Continue, 103 Early Hints): pass on, wait for the final one.
+                transport.write(self._head_bytes(resp, True))
+                self.ubuf = rest
+                if not rest:
+                    return
+                continue
+            break
+        self.ubuf = b""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        m.response(resp.status, (time.perf_counter() - self.started) * 1000)
+        self.fwd.balancer.record(replica, resp.status >= 500)
+        self.resp = resp
+        if resp.status == 101 and req.upgrade is not None:
+            upgrade = next(
+                (v for n, v in resp.header_items() if n.lower() == b"upgrade"), req.upgrade
+            )
+            transport.write(self._head_bytes(resp, True, upgrade=upgrade) + rest)
+            # A tunnel is no longer a request in flight: draining need not wait for it.
+            self.fwd.balancer.end(replica)
+            self.state = _TUNNEL
+            self.req_done = True
+            buf, self.buf = self.buf, b""
+            if buf and self.up is not None:
+                self.up.write(buf)
+            self._update_reading()
+            return
+        self.keep = req.keep_alive and resp.framing != http1.UNTIL_CLOSE
+        framing = resp.framing
+        if framing == http1.LENGTH:
+            self.resp_left = resp.length
+        elif framing == http1.CHUNKED:
+            self.resp_scanner = ChunkedScanner()
+        self._response_body(rest, self._head_bytes(resp, self.keep))
+
+    def _response_body(self, data: bytes, head: bytes) -> None:
+        resp = self.resp
+        transport = self.transport
+        assert resp is not None and transport is not None
+        framing = resp.framing
+        done = False
+        if framing == http1.LENGTH:
+            take = min(self.resp_left, len(data))
+            self.resp_left -= take
+            done = self.resp_left == 0
+        elif framing == http1.CHUNKED:
+            assert self.resp_scanner is not None
+            try:
+                take = self.resp_scanner.feed(data)
+            except HttpError as exc:
+                self._upstream_failed(True, f"invalid chunked body: {exc.reason}")
+                return
+            done = self.resp_scanner.done
+        elif framing == http1.NONE:
+            take = 0
+            done = True
+        else:  # until close
+            take = len(data)
+        if take < len(data):
+            self.up_dirty = True  # bytes past the message: never reuse this connection
+            data = data[:take]
+        if head:
+            if len(data) < 16384:
+                transport.write(head + data)
+            else:
+                transport.writelines((head, data))
+        elif data:
+            transport.write(data)
+        self.processed += take
+        if done and self.req_done:
+            self._finish()
+        elif done:
+            # The replica answered before the request body ended: the body's
+            # end can't be found safely any more, so neither side is reused.
+            self.keep = False
+            self.up_dirty = True
+            self._finish()
+
+    def _response_complete(self) -> bool:
+        resp = self.resp
+        if resp is None:
+            return False
+        if resp.framing == http1.LENGTH:
+            return self.resp_left == 0
+        if resp.framing == http1.CHUNKED:
+            return self.resp_scanner is not None and self.resp_scanner.done
+        return resp.framing == http1.NONE
+
+    def _head_bytes(
+        self, resp: ResponseHead, keep_alive: bool, *, upgrade: bytes | None = None
+    ) -> bytes:
+        assert self.replica is not None and self.route is not None and self.req is not None
+        tail = b"x-meshlocal-replica: %s\r\nx-meshlocal-route: %s\r\n" % (
+            self.replica.name.encode(),
+            self.route.route,
+        )
+        if upgrade is not None:
+            tail += b"Connection: Upgrade\r\nUpgrade: %s\r\n" % upgrade
+        elif not keep_alive:
+            tail += b"Connection: close\r\n"
+        elif self.req.version == b"HTTP/1.0":
+            tail += b"Connection: keep-alive\r\n"
+        return (
+            resp.status_line
+            + http1.strip_response_fields(resp.fields, resp.connection_tokens)
+            + tail
+            + b"\r\n"
+        )
+
+    def _finish(self) -> None:
+        """The response is complete: release the replica, go on with the client."""
+        req, resp, up, replica = self.req, self.resp, self.up, self.replica
+        assert req is not None and resp is not None and replica is not None
+        fwd = self.fwd
+        fwd.balancer.end(replica)
+        if self.m is not None:
+            self.m.processed_bytes += self.processed
+        if up is not None:
+            self.up = None
+            if (
+                resp.keep_alive
+                and req.version == b"HTTP/1.1"
+                and self.req_done
+                and not self.up_dirty
+            ):
+                fwd.pool.release(up)
+            else:
+                up.abort()
+        keep = self.keep and self.req_done
+        buf = self.buf
+        self._reset()
+        self.up_write_paused = False
+        if not keep:
+            self._close()
+            return
+        self.state = _IDLE
+        self._update_reading()
+        if buf:
+            self._next_request()
+
+    def upstream_lost(self) -> None:
+        """The replica closed its connection (or it was reset)."""
+        if self.state == _TUNNEL:
+            self.up = None
+            self._close()
+            return
+        resp = self.resp
+        if resp is None:
+            self._upstream_failed(False, "closed the connection before responding", lost=True)
+        elif resp.framing == http1.UNTIL_CLOSE:
+            self.up = None
+            self.keep = False
+            self._finish()
+        else:
+            self._upstream_failed(True, "closed the connection mid-response", lost=True)
+
+    def _upstream_failed(self, mid_response: bool, why: str, *, lost: bool = False) -> None:
+        up, replica = self.up, self.replica
+        assert replica is not None
+        fwd = self.fwd
+        self.up = None
+        if up is not None:
+            up.abort()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        fwd.balancer.end(replica)
+        if (
+            lost
+            and not mid_response
+            and up is not None
+            and up.reused
+            and not self.has_body
+            and not self.ubuf
+        ):
+            # A pooled connection the replica had already closed: replay on another.
+            self.state = _CONNECTING
+            self._select()
+            return
+        fwd.balancer.record(replica, True)
+        if mid_response:
+            self.abort()  # the client sees a truncated response, as from Envoy
+        else:
+            if self.m is not None:
+                self.m.response(502, (time.perf_counter() - self.started) * 1000)
+            self._fail(502, f"replica {replica.name} {why}")
+
+    def _on_timeout(self) -> None:
+        self.timer = None
+        replica, m = self.replica, self.m
+        if self.resp is not None or replica is None or self.state != _EXCHANGE:
+            return
+        up = self.up
+        self.up = None
+        if up is not None:
+            up.abort()
+        self.fwd.balancer.end(replica)
+        self.fwd.balancer.record(replica, True)
+        if m is not None:
+            m.response(504, (time.perf_counter() - self.started) * 1000)
+        self._fail(
+            504,
+            f"replica {replica.name} sent no response within {self.settings.request_timeout_s:g} s",
+        )
+
+    # -- endings -------------------------------------------------------------
+
+    def _abandon(self, status: int, reason: str) -> None:
+        """A broken request body mid-exchange: drop the replica connection too."""
+        up, replica = self.up, self.replica
+        self.up = None
+        if up is not None:
+            up.abort()
+        if replica is not None:
+            self.fwd.balancer.end(replica)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.resp is None:
+            self._fail(status, reason)
+        else:
+            self.abort()
+
+    def _fail(self, status: int, reason: str) -> None:
+        if self.transport is not None and self.state != _CLOSED:
+            self.transport.write(error_response(status, reason, route=self.label))
+        self._close()
+
+    def _close(self) -> None:
+        if self.state == _CLOSED:
+            return
+        self.state = _CLOSED
+        if self.transport is not None:
+            self.transport.close()  # flushes what is buffered
+
+    def abort(self) -> None:
+        up = self.up
+        if up is not None:
+            self.up = None
+            up.abort()
+            if self.state == _EXCHANGE and self.replica is not None:
+                self.fwd.balancer.end(self.replica)
+        self.state = _CLOSED
+        if self.transport is not None:
+            self.transport.abort()

@@ -1,0 +1,225 @@
+"""Helpers: real backends on 127.0.0.x, a real proxy, raw-socket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from meshlocal.manifest.model import (
+    Connect,
+    Environment,
+    EnvironmentSpec,
+    Service,
+    ServiceType,
+    Workspace,
+)
+from meshlocal.naming import NamingModel
+from meshlocal.proxy.app import ServiceConnectProxy
+from meshlocal.proxy.settings import ProxySettings
+from meshlocal.registry import Replica, ReplicaRegistry
+
+GZIPPED = gzip.compress(b"compressed payload " * 100, mtime=0)
+
+
+def service(
+    name: str,
+    port: int = 8080,
+    *,
+    alias: str | None = None,
+    type: ServiceType = ServiceType.BACKEND_SERVICE,
+    http_path: str | None = None,
+) -> Service:
+    return Service(
+        name=name,
+        type=type,
+        manifest_path=Path(f"/ws/copilot/{name}/manifest.yml"),
+        port=port,
+        target_port=port,
+        http_path=http_path,
+        connect=Connect(enabled=True, alias=alias),
+    )
+
+
+def naming(*services: Service) -> NamingModel:
+    ws = Workspace(Path("/ws"), "shop", {}, {s.name: s.manifest_path for s in services})
+    return NamingModel(EnvironmentSpec(ws, Environment("test", None), tuple(services)))
+
+
+@dataclass
+class Backend:
+    """An aiohttp server standing in for one replica."""
+
+    name: str
+    host: str
+    runner: web.AppRunner | None = None
+    port: int = 0
+    status: int = 200
+    delay: float = 0.0
+    hits: int = 0
+    seen_headers: list[dict[str, str]] = field(default_factory=list)
+    raw_headers: list[list[tuple[str, str]]] = field(default_factory=list)
+
+    async def start(self, port: int = 0) -> Backend:
+        app = web.Application(client_max_size=1 << 40)
+        app.router.add_route("*", "/ws", self._ws)
+        app.router.add_get("/big", self._big)
+        app.router.add_get("/gzip", self._gzip)
+        app.router.add_post("/upload", self._upload)
+        app.router.add_post("/echo", self._echo)
+        app.router.add_route("*", "/{tail:.*}", self._any)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.host, port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return self
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    def _record(self, request: web.Request) -> None:
+        self.hits += 1
+        self.seen_headers.append({k.lower(): v for k, v in request.headers.items()})
+        self.raw_headers.append([(k.decode(), v.decode()) for k, v in request.raw_headers])
+
+    async def _any(self, request: web.Request) -> web.StreamResponse:
+        self._record(request)
+        if self.delay:
+            await asyncio.sleep(float(request.query.get("delay", self.delay)))
+        elif "delay" in request.query:
+            await asyncio.sleep(float(request.query["delay"]))
+        return web.Response(
+            status=self.status,
+            text=self.name,
+            headers={"X-Backend": self.name},
+        )
+
+    async def _big(self, request: web.Request) -> web.StreamResponse:
+        self._record(request)
+        size = int(request.query["n"])
+        resp = web.StreamResponse()
+        resp.content_length = size
+        await resp.prepare(request)
+        block = b"x" * 65536
+        sent = 0
+        while sent < size:
+            part = block[: min(65536, size - sent)]
+            await resp.write(part)
+            sent += len(part)
+        await resp.write_eof()
+        return resp
+
+    async def _gzip(self, request: web.Request) -> web.StreamResponse:
+        self._record(request)
+        return web.Response(
+            body=GZIPPED, headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"}
+        )
+
+    async def _upload(self, request: web.Request) -> web.StreamResponse:
+        self._record(request)
+        total = 0
+        async for chunk in request.content.iter_any():
+            total += len(chunk)
+        return web.json_response({"received": total, "backend": self.name})
+
+    async def _echo(self, request: web.Request) -> web.StreamResponse:
+        self._record(request)
+        body = await request.read()
+        return web.Response(body=body, headers={"X-Backend": self.name})
+
+    async def _ws(self, request: web.Request) -> web.StreamResponse:
+        self._record(request)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                await ws.send_str(f"{self.name}:{msg.data}")
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                await ws.send_bytes(msg.data)
+        return ws
+
+
+class Mesh:
+    """A proxy for service `api` (and friends) over real backends."""
+
+    def __init__(self, model: NamingModel, settings: ProxySettings, clock: Callable[[], float]):
+        self.naming = model
+        self.registry = ReplicaRegistry()
+        self.settings = settings
+        self.proxy = ServiceConnectProxy(model, self.registry, "127.0.0.2", settings, clock=clock)
+        self.backends: dict[str, Backend] = {}
+        self._next_ip = 11
+
+    async def add(self, service_name: str = "api", index: int | None = None) -> Backend:
+        existing = [r for r in self.registry.for_service(service_name)]
+        index = index or len(existing) + 1
+        name = f"{service_name}-{index}"
+        backend = await Backend(name, f"127.0.0.{self._next_ip}").start()
+        self._next_ip += 1
+        self.backends[name] = backend
+        self.registry.upsert(
+            Replica(service_name, index, f"cid-{name}", backend.host, backend.port)
+        )
+        return backend
+
+    def add_dead(self, service_name: str, index: int, port: int) -> None:
+        """A replica whose address refuses connections."""
+        self.registry.upsert(
+            Replica(service_name, index, f"cid-{service_name}-{index}", "127.0.0.9", port)
+        )
+
+    def url(self, path: str = "/", endpoint_port: int = 8080) -> str:
+        return f"http://127.0.0.2:{self.proxy.bound_port(endpoint_port)}{path}"
+
+    async def close(self) -> None:
+        await self.proxy.stop()
+        for b in self.backends.values():
+            await b.stop()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+MeshFactory = Callable[..., Awaitable[Mesh]]
+
+
+async def raw_exchange(host: str, port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes, read until the server closes (or timeout)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        out = b""
+        async with asyncio.timeout(timeout):
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                out += chunk
+        return out
+    finally:
+        writer.close()
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+def body_json(response: bytes) -> object:
+    return json.loads(response.split(b"\r\n\r\n", 1)[1])
