@@ -133,8 +133,9 @@ class Environment:
     name: str
     manifest_path: Path | None
     # Legacy environments (created before Copilot v1.9) register
-    # `{svc}.{app}.local`. Marked by `meshlocal: {legacy_namespace: true}`
-    # in the environment manifest (see docs/manifest-support.md).
+    # `{svc}.{app}.local`. Marked in meshlocal's own copilot/.meshlocal.yml
+    # (`environments: {<env>: {legacy_namespace: true}}`), so Copilot's
+    # manifests stay untouched (see docs/secrets.md).
     legacy_namespace: bool = False
 
 

@@ -115,6 +115,13 @@ def check_service(svc: Service, diag: Diagnostics) -> None:
             svc.where("http"),
             "set image.port",
         )
+    for sidecar in svc.sidecars:
+        if sidecar.name == svc.name:
+            diag.error(
+                f'sidecars.{sidecar.name}: a sidecar cannot be named like its service "{svc.name}"',
+                svc.where(f"sidecars.{sidecar.name}"),
+                "rename the sidecar",
+            )
     containers = {svc.name, *(s.name for s in svc.sidecars)}
     if svc.target_container is not None and svc.target_container not in containers:
         diag.error(
