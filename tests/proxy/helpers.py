@@ -223,3 +223,65 @@ def status_of(response: bytes) -> int:
 
 def body_json(response: bytes) -> object:
     return json.loads(response.split(b"\r\n\r\n", 1)[1])
+
+
+class RawBackend:
+    """A byte-exact replica: answers each request with a canned response.
+
+    It reads until `until` appears (the end of the request it expects) and
+    records every byte it received, so tests can check what reached it.
+    """
+
+    def __init__(self, host: str, response: bytes, until: bytes = b"\r\n\r\n") -> None:
+        self.host = host
+        self.response = response
+        self.until = until
+        self.received = b""
+        self.connections = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> RawBackend:
+        self._server = await asyncio.start_server(self._handle, self.host, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        pending = b""
+        try:
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    return
+                self.received += chunk
+                pending += chunk
+                while self.until in pending:
+                    pending = pending.split(self.until, 1)[1]
+                    writer.write(self.response)
+                    await writer.drain()
+        except ConnectionError:
+            return
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+def split_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split(" ")[1]), headers, body
+
+
+def register(mesh: Mesh, backend: RawBackend, index: int = 1, service_name: str = "api") -> None:
+    mesh.registry.upsert(
+        Replica(service_name, index, f"cid-raw-{index}", backend.host, backend.port)
+    )
