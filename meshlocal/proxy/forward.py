@@ -110,6 +110,7 @@ class Downstream(asyncio.Protocol):
         self.last_activity = time.monotonic()
         self.reading_paused = False
         self.up_write_paused = False
+        self.client_eof = False
         self._reset()
 
     def _reset(self) -> None:
@@ -176,6 +177,15 @@ class Downstream(asyncio.Protocol):
             up.abort()
             if prev == _EXCHANGE and self.replica is not None:
                 self.fwd.balancer.end(self.replica)
+
+    def eof_received(self) -> bool | None:
+        # A half-closed client still gets the answer to what it sent.
+        self.client_eof = True
+        if self.state == _TUNNEL and self.up is not None and self.up.transport is not None:
+            if self.up.transport.can_write_eof():
+                self.up.transport.write_eof()
+            return True
+        return True if self.state in (_CONNECTING, _EXCHANGE) else None
 
     def pause_writing(self) -> None:
         if self.up is not None:
@@ -417,7 +427,7 @@ class Downstream(asyncio.Protocol):
                 self.up.write(buf)
             self._update_reading()
             return
-        self.keep = req.keep_alive and resp.framing != http1.UNTIL_CLOSE
+        self.keep = req.keep_alive and resp.framing != http1.UNTIL_CLOSE and not self.client_eof
         framing = resp.framing
         if framing == http1.LENGTH:
             self.resp_left = resp.length
@@ -518,7 +528,7 @@ class Downstream(asyncio.Protocol):
                 fwd.pool.release(up)
             else:
                 up.abort()
-        keep = self.keep and self.req_done
+        keep = self.keep and self.req_done and not self.client_eof
         buf = self.buf
         self._reset()
         self.up_write_paused = False

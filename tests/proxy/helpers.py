@@ -199,12 +199,16 @@ class FakeClock:
 MeshFactory = Callable[..., Awaitable[Mesh]]
 
 
-async def raw_exchange(host: str, port: int, data: bytes, timeout: float = 5.0) -> bytes:
-    """Send raw bytes, read until the server closes (or timeout)."""
+async def raw_exchange(
+    host: str, port: int, data: bytes, timeout: float = 5.0, *, half_close: bool = False
+) -> bytes:
+    """Send raw bytes (then EOF when `half_close`), read until the server closes."""
     reader, writer = await asyncio.open_connection(host, port)
     try:
         writer.write(data)
         await writer.drain()
+        if half_close:
+            writer.write_eof()
         out = b""
         async with asyncio.timeout(timeout):
             while True:

@@ -161,7 +161,8 @@ async def test_head_request_has_no_body(mesh_factory: MeshFactory) -> None:
     out = await raw_exchange(
         "127.0.0.2",
         port,
-        b"HEAD / HTTP/1.1\r\nHost: api\r\n\r\nGET / HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n",
+        b"HEAD / HTTP/1.1\r\nHost: api\r\n\r\n"
+        b"GET / HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n",
     )
     # Two responses on one connection: the HEAD's Content-Length announced no body bytes.
     assert out.count(b"HTTP/1.1 200 OK") == 2
@@ -189,16 +190,32 @@ async def test_expect_100_continue(mesh_factory: MeshFactory) -> None:
 
 async def test_websocket_passthrough(mesh_factory: MeshFactory) -> None:
     mesh = await mesh_factory(replicas=2)
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(mesh.url("/ws"), headers={"Host": "api"}) as ws:
-            await ws.send_str("ping")
-            msg = await asyncio.wait_for(ws.receive(), 5)
-            assert msg.type == aiohttp.WSMsgType.TEXT
-            assert msg.data in ("api-1:ping", "api-2:ping")
-            await ws.send_bytes(b"\x00\x01" * 40_000)
-            msg = await asyncio.wait_for(ws.receive(), 5)
-            assert msg.data == b"\x00\x01" * 40_000
-            second = await asyncio.wait_for((await ws.send_str("again"), ws.receive())[1], 5)
-            assert second.data.endswith(":again")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(mesh.url("/ws"), headers={"Host": "api"}) as ws,
+    ):
+        await ws.send_str("ping")
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        assert msg.type == aiohttp.WSMsgType.TEXT
+        assert msg.data in ("api-1:ping", "api-2:ping")
+        await ws.send_bytes(b"\x00\x01" * 40_000)
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        assert msg.data == b"\x00\x01" * 40_000
+        await ws.send_str("again")
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        assert msg.data.endswith(":again")
     # The tunnel is not a request in flight: nothing keeps a replica from draining.
     assert all(mesh.proxy.balancer.in_flight(f"cid-api-{i}") == 0 for i in (1, 2))
+
+
+async def test_half_closed_client_still_gets_its_answer(mesh_factory: MeshFactory) -> None:
+    mesh = await mesh_factory(replicas=1)
+    out = await raw_exchange(
+        "127.0.0.2",
+        mesh.proxy.bound_port(8080),
+        b"GET /?delay=0.2 HTTP/1.1\r\nHost: api\r\n\r\n",
+        half_close=True,
+    )
+    status, headers, body = split_response(out)
+    assert (status, body) == (200, b"api-1")
+    assert headers["connection"] == "close"

@@ -1,0 +1,95 @@
+"""The pure HTTP/1.1 head parser and chunked scanner."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meshlocal.proxy import http1
+from meshlocal.proxy.http1 import ChunkedScanner, HttpError
+
+
+def test_request_head_fields() -> None:
+    head = http1.parse_request_head(
+        b"POST /a?b=1 HTTP/1.1\r\nHost: API:8080\r\nContent-Length: 12\r\n"
+        b"Connection: keep-alive, X-A\r\nX-Forwarded-For: 1.1.1.1\r\n"
+        b"X-Forwarded-For: 2.2.2.2\r\n\r\n"
+    )
+    assert (head.method, head.target, head.version) == (b"POST", b"/a?b=1", b"HTTP/1.1")
+    assert head.host == b"api:8080"
+    assert (head.framing, head.length) == (http1.LENGTH, 12)
+    assert head.keep_alive
+    assert head.connection_tokens == {b"keep-alive", b"x-a"}
+    assert head.forwarded_for == b"1.1.1.1, 2.2.2.2"
+
+
+def test_strip_request_fields_drops_named_and_hop_headers() -> None:
+    head = http1.parse_request_head(
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: X-A\r\nx-a: 1\r\nTE: trailers\r\n"
+        b"X-Forwarded-Proto: https\r\nX-B: 2\r\n\r\n"
+    )
+    assert http1.strip_request_fields(head.fields, head.connection_tokens) == (
+        b"Host: a\r\nX-B: 2\r\n"
+    )
+
+
+def test_response_framing_rules() -> None:
+    r = http1.parse_response_head(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", b"GET")
+    assert r.framing == http1.NONE
+    r = http1.parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", b"HEAD")
+    assert r.framing == http1.NONE
+    r = http1.parse_response_head(b"HTTP/1.1 200 OK\r\n\r\n", b"GET")
+    assert (r.framing, r.keep_alive) == (http1.UNTIL_CLOSE, False)
+    r = http1.parse_response_head(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", b"GET")
+    assert not r.keep_alive
+    assert r.status_line == b"HTTP/1.1 200 OK\r\n"
+    with pytest.raises(HttpError):
+        http1.parse_response_head(b"HTTP/1.1 2000 OK\r\n\r\n", b"GET")
+
+
+@given(st.binary(max_size=400))
+def test_parse_request_head_only_raises_http_error(data: bytes) -> None:
+    try:
+        http1.parse_request_head(data + b"\r\n\r\n")
+    except HttpError as exc:
+        assert 400 <= exc.status < 600
+
+
+@st.composite
+def chunked_bodies(draw: st.DrawFn) -> bytes:
+    sizes = draw(st.lists(st.integers(1, 300), max_size=6))
+    parts = []
+    for size in sizes:
+        ext = draw(st.sampled_from([b"", b";a=b", b" "]))
+        parts.append(b"%x%s\r\n" % (size, ext) + b"d" * size + b"\r\n")
+    trailers = draw(st.sampled_from([b"", b"X-T: 1\r\n", b"A: 1\r\nB: 2\r\n"]))
+    return b"".join(parts) + b"0\r\n" + trailers + b"\r\n"
+
+
+@given(chunked_bodies(), st.binary(max_size=20), st.lists(st.integers(1, 50), max_size=30))
+def test_chunked_scanner_finds_the_end_whatever_the_splits(
+    body: bytes, after: bytes, cuts: list[int]
+) -> None:
+    data = body + after
+    scanner = ChunkedScanner()
+    consumed = 0
+    pos = 0
+    for cut in [*cuts, len(data)]:
+        piece = data[pos : pos + cut]
+        pos += len(piece)
+        consumed += scanner.feed(piece)
+        if scanner.done:
+            break
+    if not scanner.done and pos < len(data):
+        consumed += scanner.feed(data[pos:])
+    assert scanner.done
+    assert consumed == len(body)
+
+
+@pytest.mark.parametrize(
+    "bad", [b"zz\r\n", b"5\r\nhelloXX\r\n", b"5\nhello\r\n", b"-1\r\n", b"f" * 20 + b"\r\n"]
+)
+def test_chunked_scanner_rejects_malformed(bad: bytes) -> None:
+    with pytest.raises(HttpError):
+        ChunkedScanner().feed(bad)

@@ -1,0 +1,97 @@
+"""Service Connect metrics: values, Prometheus text, the admin endpoint, the stats table."""
+
+from __future__ import annotations
+
+import re
+
+import aiohttp
+from rich.console import Console
+
+from meshlocal.proxy.app import AdminServer
+from meshlocal.proxy.metrics import METRIC_NAMES, Metrics, render_prometheus, stats_table
+
+from .helpers import MeshFactory
+
+
+def test_response_classes_and_mean_time() -> None:
+    metrics = Metrics()
+    m = metrics.service("api")
+    for status, ms in ((200, 1.0), (201, 3.0), (302, 2.0), (404, 2.0), (503, 7.0)):
+        m.response(status, ms)
+    snap = metrics.snapshot()["api"]
+    assert snap["RequestCount"] == 5
+    assert snap["HTTPCode_Target_2XX_Count"] == 2
+    assert snap["HTTPCode_Target_3XX_Count"] == 1
+    assert snap["HTTPCode_Target_4XX_Count"] == 1
+    assert snap["HTTPCode_Target_5XX_Count"] == 1
+    assert snap["TargetResponseTime"] == 3.0
+    assert set(snap) == set(METRIC_NAMES)
+
+
+def test_prometheus_text_format() -> None:
+    metrics = Metrics()
+    metrics.service("api").response(200, 0.5)
+    metrics.service("api").response(500, 30.0)
+    metrics.service('we"ird').processed_bytes = 7
+    text = render_prometheus(metrics)
+    assert text.endswith("\n")
+    assert 'RequestCount{service="api"} 2' in text
+    assert 'HTTPCode_Target_5XX_Count{service="api"} 1' in text
+    assert 'TargetResponseTime_bucket{service="api",le="1"} 1' in text
+    assert 'TargetResponseTime_bucket{service="api",le="25"} 1' in text
+    assert 'TargetResponseTime_bucket{service="api",le="50"} 2' in text
+    assert 'TargetResponseTime_bucket{service="api",le="+Inf"} 2' in text
+    assert 'TargetResponseTime_count{service="api"} 2' in text
+    assert 'ProcessedBytes{service="we\\"ird"} 7' in text
+    sample = re.compile(
+        r'^[A-Za-z_:][A-Za-z0-9_:]*\{service="(?:[^"\\]|\\.)*"(?:,le="[^"]+")?\} \S+$'
+    )
+    for line in text.splitlines():
+        assert line.startswith("# HELP ") or line.startswith("# TYPE ") or sample.match(line), line
+    for name in METRIC_NAMES:
+        assert f"# TYPE {name} " in text
+
+
+def test_stats_table_renders_snapshot() -> None:
+    metrics = Metrics()
+    metrics.service("api").response(200, 2.0)
+    console = Console(width=200, record=True)
+    console.print(stats_table(metrics.snapshot()))
+    out = console.export_text()
+    assert "api" in out and "Requests" in out and "2XX" in out
+
+
+async def test_live_metrics_and_admin_endpoint(
+    mesh_factory: MeshFactory, client: aiohttp.ClientSession
+) -> None:
+    mesh = await mesh_factory(replicas=2)
+    mesh.backends["api-2"].status = 500
+    for _ in range(4):
+        async with client.get(mesh.url("/abc"), headers={"Host": "api"}) as resp:
+            await resp.read()
+    snap = mesh.proxy.metrics.snapshot()["api"]
+    assert snap["RequestCount"] == 4
+    assert snap["HTTPCode_Target_2XX_Count"] == 2
+    assert snap["HTTPCode_Target_5XX_Count"] == 2
+    assert snap["NewConnectionCount"] == 2  # one pooled connection per replica
+    assert snap["ActiveConnectionCount"] == 2
+    assert snap["TargetResponseTime"] > 0
+    # Each exchange: request head out, response head + body back; "api-1" is 5 bytes.
+    assert snap["ProcessedBytes"] > 4 * (len("GET /abc HTTP/1.1\r\n") + 5)
+
+    admin = AdminServer(mesh.proxy.metrics)
+    await admin.start()
+    try:
+        assert admin.host == "127.0.0.1"  # loopback by default
+        async with client.get(admin.url + "/metrics") as resp:
+            assert resp.status == 200
+            assert resp.content_type == "text/plain"
+            text = await resp.text()
+        assert 'RequestCount{service="api"} 4' in text
+        async with client.get(admin.url + "/stats") as resp:
+            stats = await resp.json()
+        assert stats["api"]["HTTPCode_Target_5XX_Count"] == 2
+    finally:
+        await admin.stop()
+    await mesh.proxy.stop()
+    assert mesh.proxy.metrics.snapshot()["api"]["ActiveConnectionCount"] == 0
