@@ -180,7 +180,11 @@ class _Converter:
                 merged.extend(self._merge_sources(value_node, depth))
                 continue
             if not isinstance(key_node, yaml.ScalarNode):
-                raise ManifestError("mapping keys must be plain strings", location=key_loc)
+                raise ManifestError(
+                    "mapping keys must be plain strings",
+                    location=key_loc,
+                    hint="use a plain word as the key",
+                )
             key = key_node.value
             if key in out.items:
                 first = out.keys[key]
@@ -208,6 +212,7 @@ class _Converter:
                 raise ManifestError(
                     "a merge key (<<) needs a mapping or a list of mappings",
                     location=source.loc,
+                    hint="merge an anchored mapping: <<: *base",
                 )
             maps.append(source)
         return maps
@@ -240,27 +245,38 @@ def parse(text: str, path: Path) -> Node | None:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "malformed YAML"
-        context = f" ({exc.context})" if exc.context and exc.problem else ""
+        if exc.context and exc.problem and exc.problem.startswith("but "):
+            text_ = f"{exc.context}, {exc.problem}"  # "expected X, but found Y"
+        elif exc.context and exc.problem:
+            text_ = f"{problem} ({exc.context})"
+        else:
+            text_ = problem
         raise ManifestError(
-            f"malformed YAML: {problem}{context}",
+            f"malformed YAML: {text_}",
             location=_mark_loc(path, mark),
             hint="fix the YAML syntax at this position",
         ) from None
     except yaml.reader.ReaderError as exc:
+        char = chr(exc.character) if isinstance(exc.character, int) else exc.character
         raise ManifestError(
-            f"malformed YAML: unacceptable character {exc.character!r}",
+            f"malformed YAML: unacceptable character {char!r}",
             location=_offset_loc(path, text, exc.position),
+            hint="remove the control character",
         ) from None
     except yaml.YAMLError as exc:  # defensive: any other PyYAML failure
         raise ManifestError(f"malformed YAML: {exc}", location=Location(path)) from None
     except RecursionError:
-        raise ManifestError("document is nested too deeply", location=Location(path)) from None
+        raise ManifestError(
+            "document is nested too deeply", location=Location(path), hint="flatten the document"
+        ) from None
     if root is None:
         return None
     try:
         return _Converter(path).convert(root)
     except RecursionError:
-        raise ManifestError("document is nested too deeply", location=Location(path)) from None
+        raise ManifestError(
+            "document is nested too deeply", location=Location(path), hint="flatten the document"
+        ) from None
 
 
 def load_file(path: Path) -> Node | None:
