@@ -172,3 +172,26 @@ def test_plan_json_does_not_leak_secret_values(
     assert "local-session-secret" not in out
     fe = next(s for s in json.loads(out)["services"] if s["name"] == "frontend")
     assert fe["secrets"] == ["DB_PASSWORD", "SESSION_SECRET"]
+
+
+def test_plan_alias_equal_to_sd_name_depends_on_the_client(
+    make_ws: MakeWorkspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = make_ws(
+        {
+            "api": "type: Backend Service\nimage:\n  location: x\n  port: 8080\n"
+            "network:\n  connect:\n    alias: api.test.demo.local\n",
+            "meshed": "type: Backend Service\nimage:\n  location: x\nnetwork:\n  connect: true\n",
+            "plain": "type: Backend Service\nimage:\n  location: x\n",
+        }
+    )
+    assert main(["-C", str(root), "plan", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    by_client = {
+        c["service"]: {r["name"]: r["kind"] for r in c["resolves"]} for c in doc["clients"]
+    }
+    assert by_client["meshed"]["api.test.demo.local"] == "service-connect"
+    assert by_client["plain"] == {"api.test.demo.local": "service-discovery"}
+    meshed = next(s for s in doc["services"] if s["name"] == "meshed")
+    assert meshed["service_connect"] == {"client": True, "alias": None, "endpoints": []}
+    assert meshed["service_discovery"] is None  # no port: does not register

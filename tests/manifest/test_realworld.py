@@ -126,3 +126,11 @@ def test_validate_lists_not_emulated_fields_and_skipped_services() -> None:
     assert "emails: subscribe is accepted and not emulated" in not_emulated
     skipped = [n.message for n in report.notes if n.kind == "skipped"]
     assert len(skipped) == 2
+
+
+@pytest.mark.parametrize("env", ["test", "staging", "prod"])
+def test_spec_round_trips_through_the_agent_codec(env: str) -> None:
+    from meshlocal.manifest.codec import dump_spec, load_spec
+
+    spec = load_environment(ROOT, env, ENV)
+    assert load_spec(dump_spec(spec)) == spec
