@@ -23,7 +23,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshlocal.errors import InterpolationError, Location, ManifestError, SecretNotFound
+from meshlocal.errors import (
+    EnvironmentNotFound,
+    InterpolationError,
+    Location,
+    ManifestError,
+    SecretNotFound,
+)
 from meshlocal.manifest.diagnostics import Diagnostics
 from meshlocal.manifest.envfile import parse_env_file, read_dotenv
 from meshlocal.manifest.interpolate import interpolate, predefined
@@ -901,8 +907,6 @@ class ServiceLoader:
 
 def select_environment(workspace: Workspace, env: str | None) -> Environment:
     """The environment named `env`, or the only one when `env` is None."""
-    from meshlocal.errors import EnvironmentNotFound
-
     known = ", ".join(workspace.environments) or "none"
     if env is None:
         if len(workspace.environments) == 1:

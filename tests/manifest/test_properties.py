@@ -65,11 +65,13 @@ def reference_merge(base: Any, override: Any) -> Any:
     return override
 
 
+@settings(deadline=None)  # shared, noisy CI cores
 @given(maps, maps)
 def test_merge_matches_the_reference_rule(base: dict[str, Any], override: dict[str, Any]) -> None:
     assert plain(merge(tree(base), tree(override))) == reference_merge(base, override)
 
 
+@settings(deadline=None)  # shared, noisy CI cores
 @given(maps, maps)
 def test_merge_is_idempotent(a: dict[str, Any], b: dict[str, Any]) -> None:
     # Applying the same override twice changes nothing more (not associative:
@@ -78,11 +80,13 @@ def test_merge_is_idempotent(a: dict[str, Any], b: dict[str, Any]) -> None:
     assert plain(merge(once, tree(b))) == plain(once)
 
 
+@settings(deadline=None)  # shared, noisy CI cores
 @given(maps)
 def test_merge_with_empty_override_is_identity(base: dict[str, Any]) -> None:
     assert plain(merge(tree(base), tree({}))) == base
 
 
+@settings(deadline=None)  # shared, noisy CI cores
 @given(maps, maps)
 def test_merge_does_not_modify_its_inputs(base: dict[str, Any], override: dict[str, Any]) -> None:
     b, o = tree(base), tree(override)
@@ -91,6 +95,7 @@ def test_merge_does_not_modify_its_inputs(base: dict[str, Any], override: dict[s
     assert plain(o) == override
 
 
+@settings(deadline=None)  # shared, noisy CI cores
 @given(st.booleans(), st.text(string.ascii_lowercase, min_size=1, max_size=5))
 def test_connect_bool_and_map_replace_each_other(flag: bool, alias: str) -> None:
     as_map = tree({"network": {"connect": {"alias": alias}}})
@@ -99,6 +104,7 @@ def test_connect_bool_and_map_replace_each_other(flag: bool, alias: str) -> None
     assert plain(merge(as_bool, as_map)) == {"network": {"connect": {"alias": alias}}}
 
 
+@settings(deadline=None)  # shared, noisy CI cores
 @given(st.sampled_from(["build", "location"]), st.integers(1, 65535))
 def test_image_build_and_location_replace_each_other(key: str, port: int) -> None:
     other = "location" if key == "build" else "build"
@@ -107,6 +113,7 @@ def test_image_build_and_location_replace_each_other(key: str, port: int) -> Non
     assert result == {"image": {key: "y", "port": port}}
 
 
+@settings(deadline=None)  # shared, noisy CI cores
 @given(st.integers(0, 9), st.integers(0, 9))
 def test_count_spot_and_range_replace_each_other(spot: int, low: int) -> None:
     base = tree({"count": {"range": f"{low}-10", "cpu_percentage": 70}})
@@ -122,6 +129,7 @@ literal = st.text(alphabet=st.characters(blacklist_characters="$\\"), max_size=8
 values = st.text(max_size=8)
 
 
+@settings(deadline=None)  # shared, noisy CI cores
 @given(st.lists(st.one_of(literal, names.map(lambda n: ("var", n))), max_size=6), st.data())
 def test_interpolation_substitutes_each_reference(parts: list[Any], draw: st.DataObject) -> None:
     environ: dict[str, str] = {}
@@ -140,16 +148,19 @@ def test_interpolation_substitutes_each_reference(parts: list[Any], draw: st.Dat
     assert interpolate_string(template, environ, {}) == expected
 
 
+@settings(deadline=None)  # shared, noisy CI cores
 @given(literal)
 def test_text_without_references_is_unchanged(text: str) -> None:
     assert interpolate_string(text, {}, {}) == text
 
 
+@settings(deadline=None)  # shared, noisy CI cores
 @given(names, literal)
 def test_escaped_reference_is_literal(name: str, tail: str) -> None:
     assert interpolate_string("\\${" + name + "}" + tail, {}, {}) == "${" + name + "}" + tail
 
 
+@settings(deadline=None)  # shared, noisy CI cores
 @given(names)
 def test_undefined_variable_is_named_with_its_location(name: str) -> None:
     node = parse(f"image:\n  location: repo:${{{name}}}\n", HERE)
