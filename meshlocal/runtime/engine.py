@@ -248,6 +248,8 @@ def _health_from_status(status: str) -> Health | None:
 
 def _healthcheck_dict(check: ContainerHealthCheck) -> dict[str, Any]:
     test = list(check.command)
+    if test == ["NONE"]:
+        return {"test": test}  # switch off the image's own HEALTHCHECK
     if test and test[0] not in ("CMD", "CMD-SHELL", "NONE"):
         test = ["CMD-SHELL", " ".join(test)]  # a bare command string: run it with a shell
     return {

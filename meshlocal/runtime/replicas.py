@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from meshlocal.errors import MeshlocalError, RuntimeFailure
+from meshlocal.manifest.model import ContainerHealthCheck
 from meshlocal.registry import Health, Replica, ReplicaRegistry
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.engine import (
@@ -52,6 +53,8 @@ T = TypeVar("T")
 
 CRASH_LOOP_AFTER = 3  # consecutive deaths before a replica counts as crash-looping
 _BACKOFF_CAP_S = 10.0
+# ECS ignores a Dockerfile's HEALTHCHECK: only the task definition's counts.
+NO_HEALTHCHECK = ContainerHealthCheck(command=("NONE",))
 STABLE_AFTER_S = 10.0  # healthy this long, then a death no longer counts as a crash loop
 
 
@@ -234,25 +237,37 @@ class Reconciler:
                 return False
         return True
 
-    async def wait_ready(self, timeout: float) -> None:
-        """Return once every desired replica is in rotation; else RuntimeFailure saying why."""
+    async def wait_ready(self, timeout: float, settle_s: float = 1.0) -> None:
+        """Return once every desired replica is in rotation; else RuntimeFailure saying why.
+
+        Ready must hold for `settle_s` without a change: a replica without a
+        health check counts as ready once running, and a crash-looping one is
+        running for an instant.
+        """
         changed = asyncio.Event()
         unsubscribe = self.registry.subscribe(lambda _b, _a: changed.set())
         deadline = time.monotonic() + timeout
         try:
-            while not self.all_ready():
+            while True:
                 crashes = self.crashes()
                 if crashes:
                     raise _crash_error(crashes)
                 left = deadline - time.monotonic()
+                ready = self.all_ready()
                 if left <= 0:
+                    if ready:
+                        return
                     raise RuntimeFailure(
                         f"replicas were not healthy within {timeout:.0f} s: {self._summary()}",
                         hint="`meshlocal logs SVC` shows what they print",
                     )
                 changed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), timeout=min(left, 1.0))
+                wait = min(left, settle_s if ready else 1.0)
+                try:
+                    await asyncio.wait_for(changed.wait(), timeout=wait)
+                except TimeoutError:
+                    if ready and self.all_ready() and not self.crashes():
+                        return  # stayed ready for settle_s
         finally:
             unsubscribe()
 
@@ -437,7 +452,7 @@ class Reconciler:
             network=self.network.name,
             hostname=L.hostname_for(name),
             dns=self.dns,
-            healthcheck=template.healthcheck,
+            healthcheck=template.healthcheck or NO_HEALTHCHECK,
         )
 
     def sidecar_spec(self, template: ReplicaTemplate, index: int, sc: SidecarTemplate,
@@ -459,7 +474,7 @@ class Reconciler:
             command=sc.command,
             entrypoint=sc.entrypoint,
             network_mode=f"container:{main_id}",  # one task, one network namespace
-            healthcheck=sc.healthcheck,
+            healthcheck=sc.healthcheck or NO_HEALTHCHECK,
         )
 
     async def _start_replica(self, service: str, index: int) -> str:
