@@ -80,7 +80,9 @@ def read_config(path: Path) -> Config:
     if root is None:
         return Config(path)
     if not isinstance(root, Map):
-        raise ManifestError("expected a mapping", location=root.loc)
+        raise ManifestError(
+            "expected a mapping", location=root.loc, hint="see docs/secrets.md for the format"
+        )
     envs: dict[str, EnvConfig] = {}
     for key in root:
         if key != "environments":
@@ -91,7 +93,11 @@ def read_config(path: Path) -> Config:
     if node is None or (isinstance(node, Scalar) and node.kind == "null"):
         return Config(path)
     if not isinstance(node, Map):
-        raise ManifestError("environments must be a mapping of names", location=node.loc)
+        raise ManifestError(
+            "environments must be a mapping of names",
+            location=node.loc,
+            hint="write environments: {NAME: {legacy_namespace: true}}",
+        )
     for name, value in node.items.items():
         legacy = False
         if isinstance(value, Map):
@@ -104,11 +110,17 @@ def read_config(path: Path) -> Config:
                     )
                 flag = _bool(sub)
                 if flag is None:
-                    raise ManifestError("legacy_namespace must be true or false", location=sub.loc)
+                    raise ManifestError(
+                        "legacy_namespace must be true or false",
+                        location=sub.loc,
+                        hint="write legacy_namespace: true",
+                    )
                 legacy = flag
         elif not (isinstance(value, Scalar) and value.kind == "null"):
             raise ManifestError(
-                f'environment "{name}" settings must be a mapping', location=value.loc
+                f'environment "{name}" settings must be a mapping',
+                location=value.loc,
+                hint="write NAME: {legacy_namespace: true}",
             )
         envs[name] = EnvConfig(legacy, node.keys[name])
     return Config(path, envs)
