@@ -15,13 +15,15 @@ import json
 import re
 from collections.abc import Mapping
 
-from meshlocal.errors import InterpolationError
+from meshlocal.errors import InterpolationError, Location
 from meshlocal.manifest.yaml12 import Map, Node, Scalar, Seq
 
 APP_VAR = "COPILOT_APPLICATION_NAME"
 ENV_VAR = "COPILOT_ENVIRONMENT_NAME"
 
 _TOKEN = re.compile(r"\\\$\{|\$\{([_a-zA-Z][_a-zA-Z0-9]*)\}")
+# An unescaped reference: only a substituted value may turn into a list.
+_REFERENCE = re.compile(r"(?<!\\)\$\{[_a-zA-Z][_a-zA-Z0-9]*\}")
 
 
 def predefined(app: str, env: str) -> dict[str, str]:
@@ -77,41 +79,41 @@ def interpolate(
     node: Node | None,
     environ: Mapping[str, str],
     predefined_vars: Mapping[str, str],
+    errors: list[InterpolationError] | None = None,
 ) -> Node | None:
-    """A new tree with every string scalar interpolated; errors carry file:line."""
-    if node is None:
-        return None
-    if isinstance(node, Scalar):
-        if node.kind != "str" or "$" not in node.text:
-            return node
+    """A new tree with every string scalar interpolated; errors carry file:line.
+
+    With `errors`, every failure is appended there (the scalar stays as
+    written) so a caller can report them all; without, the first one raises.
+    """
+
+    def sub(text: str, loc: Location) -> str:
         try:
-            value = interpolate_string(node.text, environ, predefined_vars)
+            return interpolate_string(text, environ, predefined_vars)
         except InterpolationError as exc:
-            exc.location = node.loc
-            raise
-        if value == node.text:
-            return node
-        as_list = _as_list(node, value) if _TOKEN.search(node.text) else None
-        return as_list if as_list is not None else Scalar(node.loc, value, value, "str")
-    if isinstance(node, Seq):
-        return Seq(
-            node.loc, [_required(interpolate(i, environ, predefined_vars)) for i in node.items]
-        )
-    assert isinstance(node, Map)
-    out = Map(node.loc)
-    for key, child in node.items.items():
-        new_key = key
-        if "$" in key:
-            try:
-                new_key = interpolate_string(key, environ, predefined_vars)
-            except InterpolationError as exc:
-                exc.location = node.keys[key]
+            exc.location = loc
+            if errors is None:
                 raise
-        out.items[new_key] = _required(interpolate(child, environ, predefined_vars))
-        out.keys[new_key] = node.keys[key]
-    return out
+            errors.append(exc)
+            return text
 
+    def walk(node: Node) -> Node:
+        if isinstance(node, Scalar):
+            if node.kind != "str" or "$" not in node.text:
+                return node
+            value = sub(node.text, node.loc)
+            if value == node.text:
+                return node
+            as_list = _as_list(node, value) if _REFERENCE.search(node.text) else None
+            return as_list if as_list is not None else Scalar(node.loc, value, value, "str")
+        if isinstance(node, Seq):
+            return Seq(node.loc, [walk(item) for item in node.items])
+        assert isinstance(node, Map)
+        out = Map(node.loc)
+        for key, child in node.items.items():
+            new_key = sub(key, node.keys[key]) if "$" in key else key
+            out.items[new_key] = walk(child)
+            out.keys[new_key] = node.keys[key]
+        return out
 
-def _required(node: Node | None) -> Node:
-    assert node is not None
-    return node
+    return None if node is None else walk(node)

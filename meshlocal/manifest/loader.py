@@ -412,11 +412,12 @@ class ServiceLoader:
                 if override is not None and not is_null(override) and not isinstance(override, Map):
                     self.f.fail(override, f"environments.{self.env.name}", "a mapping")
                     override = None
-        try:
-            base_i = interpolate(base, self.environ, self.vars)
-            override_i = interpolate(override, self.environ, self.vars)
-        except InterpolationError as exc:
-            self.diag.add(exc)
+        problems: list[InterpolationError] = []
+        base_i = interpolate(base, self.environ, self.vars, problems)
+        override_i = interpolate(override, self.environ, self.vars, problems)
+        if problems:  # all of them, so `validate` lists every undefined variable
+            for problem in problems:
+                self.diag.add(problem)
             return None
         result = merge(base_i, override_i)
         assert isinstance(result, Map)
