@@ -105,7 +105,9 @@ class Engine:
             self.pool.drop_replica(before.container_id)
 
     async def _sweep(self) -> None:
-        period = max(0.25, min(30.0, self.settings.idle_timeout_s / 4))
+        # Request timeouts are enforced here: precise to a tenth of their value (max 1 s).
+        s = self.settings
+        period = max(0.02, min(1.0, s.request_timeout_s / 10, s.idle_timeout_s / 4))
         while True:
             await asyncio.sleep(period)
             self.pool.sweep()
@@ -184,6 +186,7 @@ class ServiceConnectProxy(_Listeners):
         self.registry = registry
         self.host = host
         self.settings = settings
+        self._routes: dict[tuple[bytes, int], Route] = {}  # (Host, port) -> route; static
 
     @property
     def metrics(self) -> Metrics:
@@ -194,9 +197,21 @@ class ServiceConnectProxy(_Listeners):
         return self.engine.balancer
 
     def route(self, req: RequestHead, endpoint_port: int) -> Route:
-        if req.host is None:
+        host = req.host
+        if host is None:
             raise HttpError(400, "missing Host header")
-        name, port = split_host(req.host)
+        key = (host, endpoint_port)
+        hit = self._routes.get(key)
+        if hit is not None:
+            return hit
+        route = self._route(host, endpoint_port)
+        if len(self._routes) >= 4096:  # hosts come from clients: keep the cache bounded
+            self._routes.clear()
+        self._routes[key] = route
+        return route
+
+    def _route(self, host: bytes, endpoint_port: int) -> Route:
+        name, port = split_host(host)
         ep = self.naming.endpoint_for(name, endpoint_port)
         if ep is None or (
             port is not None

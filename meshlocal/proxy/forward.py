@@ -78,10 +78,17 @@ class Forwarder:
         return lambda: Downstream(self, router, endpoint_port, label)
 
     def sweep(self, now: float) -> None:
-        """Close client connections idle (no byte either way) beyond the idle timeout."""
+        """Time out late responses; close connections idle (no byte either way) too long.
+
+        One periodic pass instead of a timer per request: arming and
+        cancelling a timer handle for every request costs more than the rest
+        of a small request's bookkeeping.
+        """
         limit = self.settings.idle_timeout_s
         for conn in list(self.connections):
-            if now - conn.last_activity > limit:
+            if conn.deadline and now >= conn.deadline:
+                conn.on_timeout()
+            elif now - conn.last_activity > limit:
                 conn.abort()
 
 
@@ -134,7 +141,7 @@ class Downstream(asyncio.Protocol):
         self.keep = True
         self.started = 0.0
         self.processed = 0
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # response head due by then (checked by the sweeper)
 
     # -- asyncio.Protocol (client side) ----------------------------------
 
@@ -168,9 +175,7 @@ class Downstream(asyncio.Protocol):
         self.fwd.connections.discard(self)
         prev = self.state
         self.state = _CLOSED
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
         up = self.up
         if up is not None:
             self.up = None
@@ -313,11 +318,12 @@ class Downstream(asyncio.Protocol):
         self.up = up
         up.owner = self
         self.fwd.balancer.begin(replica)
-        self.started = time.perf_counter()
+        now = time.monotonic()
+        self.started = now
+        self.deadline = now + self.settings.request_timeout_s
         self.processed = len(self.out_head)
         self.resp = None
         self.ubuf = b""
-        self.timer = self.loop.call_later(self.settings.request_timeout_s, self._on_timeout)
         buf = self.buf
         if not self.has_body:
             up.write(self.out_head)
@@ -407,10 +413,8 @@ class Downstream(asyncio.Protocol):
                 continue
             break
         self.ubuf = b""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        m.response(resp.status, (time.perf_counter() - self.started) * 1000)
+        self.deadline = 0.0
+        m.response(resp.status, (time.monotonic() - self.started) * 1000)
         self.fwd.balancer.record(replica, resp.status >= 500)
         self.resp = resp
         if resp.status == 101 and req.upgrade is not None:
@@ -563,9 +567,7 @@ class Downstream(asyncio.Protocol):
         self.up = None
         if up is not None:
             up.abort()
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
         fwd.balancer.end(replica)
         if (
             lost
@@ -584,11 +586,11 @@ class Downstream(asyncio.Protocol):
             self.abort()  # the client sees a truncated response, as from Envoy
         else:
             if self.m is not None:
-                self.m.response(502, (time.perf_counter() - self.started) * 1000)
+                self.m.response(502, (time.monotonic() - self.started) * 1000)
             self._fail(502, f"replica {replica.name} {why}")
 
-    def _on_timeout(self) -> None:
-        self.timer = None
+    def on_timeout(self) -> None:
+        self.deadline = 0.0
         replica, m = self.replica, self.m
         if self.resp is not None or replica is None or self.state != _EXCHANGE:
             return
@@ -599,7 +601,7 @@ class Downstream(asyncio.Protocol):
         self.fwd.balancer.end(replica)
         self.fwd.balancer.record(replica, True)
         if m is not None:
-            m.response(504, (time.perf_counter() - self.started) * 1000)
+            m.response(504, (time.monotonic() - self.started) * 1000)
         self._fail(
             504,
             f"replica {replica.name} sent no response within {self.settings.request_timeout_s:g} s",
@@ -615,9 +617,7 @@ class Downstream(asyncio.Protocol):
             up.abort()
         if replica is not None:
             self.fwd.balancer.end(replica)
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = 0.0
         if self.resp is None:
             self._fail(status, reason)
         else:

@@ -33,6 +33,15 @@ FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
 _FIELDS_RE = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\x00]*\r\n)*")
 
 
+_REQUEST_INTEREST = re.compile(
+    rb"\r\n(content-length|transfer-encoding|connection|host|upgrade|expect|x-forwarded-for)"
+    rb":[ \t]*([^\r]*)"
+)
+_RESPONSE_INTEREST = re.compile(
+    rb"\r\n(content-length|transfer-encoding|connection):[ \t]*([^\r]*)"
+)
+
+
 def _strip_re(names: tuple[bytes, ...] | list[bytes]) -> re.Pattern[bytes]:
     alts = b"|".join(re.escape(n) for n in names)
     return re.compile(rb"(?im)^(?:" + alts + rb"):[^\r]*\r\n")
@@ -123,20 +132,6 @@ def _split_head(
     return first, fields
 
 
-def _values(low: bytes, key: bytes) -> list[bytes] | None:
-    """Every value of header `key` (b"\\r\\nname:") in a lower-cased, CRLF-led section."""
-    i = low.find(key)
-    if i < 0:
-        return None
-    out = []
-    while i >= 0:
-        start = i + len(key)
-        end = low.find(b"\r\n", start)
-        out.append(low[start:end].strip(b" \t"))
-        i = low.find(key, end)
-    return out
-
-
 def _length_framing(
     lengths: list[bytes] | None, encodings: list[bytes] | None, *, response: bool
 ) -> tuple[int, int]:
@@ -164,8 +159,7 @@ def _length_framing(
     return (UNTIL_CLOSE if response else NONE), 0
 
 
-def _connection(low: bytes) -> frozenset[bytes]:
-    values = _values(low, b"\r\nconnection:")
+def _connection(values: list[bytes] | None) -> frozenset[bytes]:
     if values is None:
         return _NO_TOKENS
     if len(values) == 1 and b"," not in values[0]:
@@ -195,25 +189,33 @@ def parse_request_head(data: bytes, max_header_bytes: int = 32768) -> RequestHea
         # Absolute-form (`http://169.254.169.254/`), authority-form (CONNECT)
         # and asterisk-form: a mesh proxy is never a forward proxy.
         raise HttpError(400, "only origin-form request targets are accepted")
-    low = b"\r\n" + fields.lower()
-    framing, length = _length_framing(
-        _values(low, b"\r\ncontent-length:"),
-        _values(low, b"\r\ntransfer-encoding:"),
-        response=False,
-    )
-    ctokens = _connection(low)
-    hosts = _values(low, b"\r\nhost:")
-    if hosts is not None and len(hosts) > 1:
-        raise HttpError(400, "duplicate Host header")
-    host = hosts[0] if hosts else None
+    # One C-level scan for the few headers that matter; the rest pass through.
+    lengths = encodings = connection = hosts = None
+    upgrade = xff = None
+    expect = False
+    for name, value in _REQUEST_INTEREST.findall(b"\r\n" + fields.lower()):
+        value = value.rstrip(b" \t")
+        if name == b"host":
+            if hosts is not None:
+                raise HttpError(400, "duplicate Host header")
+            hosts = value
+        elif name == b"content-length":
+            lengths = [value] if lengths is None else [*lengths, value]
+        elif name == b"transfer-encoding":
+            encodings = [value] if encodings is None else [*encodings, value]
+        elif name == b"connection":
+            connection = [value] if connection is None else [*connection, value]
+        elif name == b"upgrade":
+            upgrade = value
+        elif name == b"expect":
+            expect = expect or value == b"100-continue"
+        elif value:  # x-forwarded-for
+            xff = value if xff is None else xff + b", " + value
+    framing, length = _length_framing(lengths, encodings, response=False)
+    ctokens = _connection(connection)
+    host = hosts
     if host is None and version == b"HTTP/1.1":
         raise HttpError(400, "missing Host header")
-    upgrades = _values(low, b"\r\nupgrade:")
-    upgrade = upgrades[-1] if upgrades else None
-    expects = _values(low, b"\r\nexpect:")
-    expect = expects is not None and b"100-continue" in expects
-    xffs = _values(low, b"\r\nx-forwarded-for:")
-    xff = b", ".join(v for v in xffs if v) or None if xffs else None
     keep_alive = b"close" not in ctokens if version == b"HTTP/1.1" else b"keep-alive" in ctokens
     return RequestHead(
         method=method,
@@ -246,13 +248,17 @@ def parse_response_head(
     ):
         raise HttpError(502, "malformed status line from upstream")
     status = int(code)
-    low = b"\r\n" + fields.lower()
-    framing, length = _length_framing(
-        _values(low, b"\r\ncontent-length:"),
-        _values(low, b"\r\ntransfer-encoding:"),
-        response=True,
-    )
-    ctokens = _connection(low)
+    lengths = encodings = connection = None
+    for name, value in _RESPONSE_INTEREST.findall(b"\r\n" + fields.lower()):
+        value = value.rstrip(b" \t")
+        if name == b"content-length":
+            lengths = [value] if lengths is None else [*lengths, value]
+        elif name == b"transfer-encoding":
+            encodings = [value] if encodings is None else [*encodings, value]
+        else:
+            connection = [value] if connection is None else [*connection, value]
+    framing, length = _length_framing(lengths, encodings, response=True)
+    ctokens = _connection(connection)
     if request_method == b"HEAD" or status < 200 or status == 204 or status == 304:
         framing, length = NONE, 0
     keep_alive = b"close" not in ctokens if version == b"HTTP/1.1" else b"keep-alive" in ctokens

@@ -1,0 +1,271 @@
+"""Benchmark: meshlocal's Service Connect proxy vs nginx vs direct, side by side.
+
+    .venv/bin/python bench/proxy/run.py [--rounds 3] [--duration 5] [--write]
+
+Everything runs on loopback and is bounded in time (about
+rounds x targets x duration + 4 x hey duration, plus start-up):
+
+- backends: ONE nginx process (worker_processes 1) listening on
+  127.0.0.21:8081 and 127.0.0.22:8081, answering a fixed 19-byte body
+  (`return 200 "hello from backend\\n"`): fast and identical for everyone;
+- nginx as a round-robin proxy over both backends with an HTTP/1.1
+  keep-alive upstream pool, on 127.0.0.30:8080 (worker_processes 1) and on
+  127.0.0.32:8080 (worker_processes auto = 2 here);
+- meshlocal's proxy (uvloop) on 127.0.0.31:8080 over the same two backends;
+- direct: clients straight to one backend, 127.0.0.21:8081.
+
+Throughput: wrk -t1 -c50 -d{duration}s --latency, targets alternated in
+rotated order every round; the median round per target is reported.
+Fixed rate: hey -z {hey}s -c 10 -q 100 (10 workers x 100 req/s = 1,000 req/s),
+proxy and direct alternated twice; added p99 = proxy p99 - direct p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+
+NGINX_CONF = """
+worker_processes {workers};
+daemon off;
+pid {tmp}/nginx-{name}.pid;
+error_log {tmp}/error-{name}.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp};
+  uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
+  keepalive_requests 1000000;
+  {body}
+}}
+"""
+BACKENDS = """
+  server {
+    listen 127.0.0.21:8081; listen 127.0.0.22:8081;
+    location / { default_type text/plain; return 200 "hello from backend\\n"; }
+  }
+"""
+PROXY = """
+  upstream api { server 127.0.0.21:8081; server 127.0.0.22:8081; keepalive 128; }
+  server {
+    listen %s;
+    location / {
+      proxy_pass http://api; proxy_http_version 1.1; proxy_set_header Connection "";
+    }
+  }
+"""
+
+TARGETS = {
+    "direct": "http://127.0.0.21:8081/",
+    "meshlocal": "http://127.0.0.31:8080/",
+    "nginx-1w": "http://127.0.0.30:8080/",
+    "nginx-auto": "http://127.0.0.32:8080/",
+}
+
+
+def start_nginx(tmp: Path, name: str, workers: str, body: str) -> subprocess.Popen[bytes]:
+    conf = tmp / f"{name}.conf"
+    conf.write_text(NGINX_CONF.format(workers=workers, tmp=tmp, name=name, body=body))
+    return subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp)])
+
+
+def wait_http(url: str, host: str = "api", deadline_s: float = 10.0) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        r = subprocess.run(
+            ["curl", "-fsS", "-o", "/dev/null", "-H", f"Host: {host}", url],
+            capture_output=True,
+            timeout=5,
+        )
+        if r.returncode == 0:
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"{url} did not come up")
+
+
+def to_ms(value: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", value)
+    assert m, value
+    n = float(m.group(1))
+    return {"us": n / 1000, "ms": n, "s": n * 1000}[m.group(2)]
+
+
+def run_wrk(url: str, duration: int) -> dict[str, float]:
+    cmd = ["wrk", "-t1", "-c50", f"-d{duration}s", "--latency", "-H", "Host: api", url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = to_ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = to_ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": rps,
+        "p50": p50,
+        "p99": p99,
+        "non2xx": float(errors.group(1)) if errors else 0.0,
+        "sockerr": 1.0 if sock else 0.0,
+    }
+
+
+def run_hey(url: str, duration: int) -> dict[str, float]:
+    cmd = ["hey", "-z", f"{duration}s", "-c", "10", "-q", "100", "-host", "api", url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
+
+    def pct(p: int) -> float:
+        m = re.search(rf"\s{p}% in ([\d.]+) secs", out)
+        assert m, out
+        return float(m.group(1)) * 1000
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    codes = re.findall(r"\[(\d{3})\]\s+(\d+) responses", out)
+    bad = sum(int(n) for code, n in codes if code != "200")
+    return {"rps": rps, "p50": pct(50), "p90": pct(90), "p99": pct(99), "non200": bad}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--hey", type=int, default=10, help="seconds per fixed-rate run")
+    parser.add_argument("--write", action="store_true", help="write bench/results/proxy.md")
+    args = parser.parse_args()
+    for tool in ("nginx", "wrk", "hey", "curl"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed")
+
+    procs: list[subprocess.Popen[bytes]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="meshlocal-bench-"))
+    try:
+        procs.append(start_nginx(tmp, "backends", "1", BACKENDS))
+        procs.append(start_nginx(tmp, "proxy1", "1", PROXY % "127.0.0.30:8080"))
+        procs.append(start_nginx(tmp, "proxyauto", "auto", PROXY % "127.0.0.32:8080"))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(HERE / "serve_meshlocal.py"),
+                    "--listen",
+                    "127.0.0.31:8080",
+                    "--backend",
+                    "127.0.0.21:8081",
+                    "--backend",
+                    "127.0.0.22:8081",
+                ],
+                cwd=ROOT,
+            )
+        )
+        for url in TARGETS.values():
+            wait_http(url)
+        for url in TARGETS.values():  # warm-up: pools, caches
+            run_wrk(url, 1)
+
+        names = list(TARGETS)
+        results: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+        for r in range(args.rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for name in order:
+                res = run_wrk(TARGETS[name], args.duration)
+                results[name].append(res)
+                print(f"round {r + 1} {name:11s} {res['rps']:9.0f} req/s  "
+                      f"p50 {res['p50']:.2f} ms  p99 {res['p99']:.2f} ms", flush=True)
+
+        fixed: dict[str, list[dict[str, float]]] = {"direct": [], "meshlocal": []}
+        for r in range(2):
+            for name in (["direct", "meshlocal"] if r == 0 else ["meshlocal", "direct"]):
+                res = run_hey(TARGETS[name], args.hey)
+                fixed[name].append(res)
+                print(f"fixed {r + 1} {name:11s} {res['rps']:7.0f} req/s  p50 {res['p50']:.2f}"
+                      f" ms  p99 {res['p99']:.2f} ms  non-200 {res['non200']:.0f}", flush=True)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM if p.args[0] != "nginx" else signal.SIGQUIT)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def med(name: str, key: str) -> float:
+        return statistics.median(x[key] for x in results[name])
+
+    lines = [
+        "| target | req/s (median of rounds) | rounds | p50 ms | p99 ms |",
+        "|---|---|---|---|---|",
+    ]
+    for name in names:
+        rounds = ", ".join(f"{x['rps']:.0f}" for x in results[name])
+        lines.append(
+            f"| {name} | {med(name, 'rps'):.0f} | {rounds} | {med(name, 'p50'):.2f} | "
+            f"{med(name, 'p99'):.2f} |"
+        )
+    ml = med("meshlocal", "rps")
+    ratios = [
+        f"- meshlocal / nginx-1w: **{ml / med('nginx-1w', 'rps'):.2f}x**",
+        f"- meshlocal / nginx-auto: **{ml / med('nginx-auto', 'rps'):.2f}x**",
+        f"- meshlocal / direct: {ml / med('direct', 'rps'):.2f}x",
+        "- per-round meshlocal / nginx-1w: "
+        + ", ".join(
+            f"{a['rps'] / b['rps']:.2f}"
+            for a, b in zip(results["meshlocal"], results["nginx-1w"], strict=True)
+        ),
+    ]
+    fixed_lines = [
+        "| target | achieved req/s | p50 ms | p90 ms | p99 ms | non-200 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, runs in fixed.items():
+        for x in runs:
+            fixed_lines.append(
+                f"| {name} | {x['rps']:.0f} | {x['p50']:.2f} | {x['p90']:.2f} | "
+                f"{x['p99']:.2f} | {x['non200']:.0f} |"
+            )
+    added = statistics.median(x["p99"] for x in fixed["meshlocal"]) - statistics.median(
+        x["p99"] for x in fixed["direct"]
+    )
+    added50 = statistics.median(x["p50"] for x in fixed["meshlocal"]) - statistics.median(
+        x["p50"] for x in fixed["direct"]
+    )
+    report = "\n".join(
+        [
+            "### Throughput (wrk -t1 -c50, keep-alive, 19-byte body)",
+            "",
+            *lines,
+            "",
+            *ratios,
+            "",
+            "### Fixed rate 1,000 req/s (hey -c 10 -q 100)",
+            "",
+            *fixed_lines,
+            "",
+            f"- added p50 (median of runs): **{added50:.2f} ms**",
+            f"- added p99 (median of runs): **{added:.2f} ms**",
+            "",
+            f"Command: `.venv/bin/python bench/proxy/run.py --rounds {args.rounds} "
+            f"--duration {args.duration} --hey {args.hey}`; "
+            f"load average before: {os.getloadavg()[0]:.2f}.",
+        ]
+    )
+    print()
+    print(report)
+    if args.write:
+        out = ROOT / "bench" / "results" / "proxy-latest.md"
+        out.write_text(report + "\n")
+        print(f"\nwritten to {out}")
+
+
+if __name__ == "__main__":
+    main()
