@@ -377,8 +377,8 @@ class Reconciler:
         slot.last_logs = await self._thread(self.engine.logs, cid, 20)
         self.on_change(f"{service}-{index} exited ({event.exit_code}): replacing it")
         await self._thread(self.engine.remove, cid)
-        if slot.failures > 1:  # crash loop: back off like ECS's task throttling
-            await asyncio.sleep(min(_BACKOFF_CAP_S, 0.5 * 2 ** (slot.failures - 2)))
+        if slot.failures >= CRASH_LOOP_AFTER:  # crash loop: back off like ECS's throttling
+            await asyncio.sleep(min(_BACKOFF_CAP_S, 0.5 * 2 ** (slot.failures - CRASH_LOOP_AFTER)))
         await self.converge(service)
 
     async def _sidecar_died(self, event: ContainerEvent) -> None:
