@@ -1,0 +1,489 @@
+"""`up`, `down`, `ps`, `logs`, `resolve`, `scale`, `stats` and the hidden `agent`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from meshlocal.cli.app import Context, cli, pass_context
+from meshlocal.cli.logprefix import LogPrinter
+from meshlocal.cli.workspace import env_option
+from meshlocal.deployment import Deployment, admin_call
+from meshlocal.errors import MeshlocalError, RuntimeFailure
+from meshlocal.runtime import labels as L
+from meshlocal.runtime.engine import ContainerInfo, Engine
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _display_name(info: ContainerInfo) -> str:
+    if info.role == L.Role.DATAPLANE.value:
+        return "meshlocal"
+    base = f"{info.service}-{info.index}"
+    sidecar = info.labels.get(L.SIDECAR)
+    return f"{base}-{sidecar}" if sidecar else base
+
+
+class LogFollower:
+    """Streams every container of an environment, attaching to new ones as they start.
+
+    New replicas (replacements, scale-out) are found from Docker's event
+    stream; each container's logs are followed in its own thread because
+    the docker SDK's log streams block.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        project: str,
+        env: str,
+        printer: LogPrinter,
+        *,
+        services: set[str] | None = None,
+        tail: int | str = "all",
+        follow: bool = True,
+        dataplane: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.project = project
+        self.env = env
+        self.printer = printer
+        self.services = services
+        self.tail = tail
+        self.follow = follow
+        self.dataplane = dataplane
+        self._attached: set[str] = set()
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._events: Any = None
+
+    def _wanted(self, info: ContainerInfo) -> bool:
+        if info.role == L.Role.DATAPLANE.value:
+            return self.dataplane
+        if info.role not in (L.Role.REPLICA.value, L.Role.SIDECAR.value):
+            return False
+        return self.services is None or info.service in self.services
+
+    def attach(self, info: ContainerInfo) -> None:
+        if info.id in self._attached or not self._wanted(info):
+            return
+        self._attached.add(info.id)
+        name = _display_name(info)
+        self.printer.widen([name])
+        thread = threading.Thread(target=self._pump, args=(info.id, name), daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _pump(self, container_id: str, name: str) -> None:
+        try:
+            stream = self.engine.api.logs(
+                container_id, stream=True, follow=self.follow, tail=self.tail
+            )
+            pending = b""
+            for chunk in stream:
+                if self._stop.is_set():
+                    break
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    self.printer.line(name, line.decode(errors="replace"))
+            if pending:
+                self.printer.line(name, pending.decode(errors="replace"))
+        except Exception:  # the container went away: its stream simply ends
+            return
+
+    def start(self) -> None:
+        existing = self.engine.list_containers(self.project, self.env)
+        self.printer.widen([_display_name(c) for c in existing if self._wanted(c)])
+        for info in existing:
+            self.attach(info)
+        if self.follow:
+            thread = threading.Thread(target=self._watch, daemon=True)
+            thread.start()
+
+    def _watch(self) -> None:
+        filters = {"label": L.filters(self.project, self.env), "type": "container"}
+        try:
+            self._events = self.engine.client.events(decode=True, filters=filters)
+            for event in self._events:
+                if self._stop.is_set():
+                    break
+                if event.get("status") == "start" or event.get("Action") == "start":
+                    info = self.engine.inspect(str(event.get("id")))
+                    if info is not None:
+                        self.attach(info)
+        except Exception:
+            return
+
+    def wait(self) -> None:
+        for thread in list(self._threads):
+            thread.join()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._events is not None:
+            with contextlib.suppress(Exception):
+                self._events.close()
+
+
+def _say(line: str) -> None:
+    err.print(line, markup=False, style="dim")
+
+
+@contextlib.contextmanager
+def _deployment(ctx: Context, env: str | None) -> Iterator[Deployment]:
+    dep = Deployment(ctx.directory, env)
+    try:
+        yield dep
+    finally:
+        dep.close()
+
+
+# -- up --------------------------------------------------------------------
+
+
+@cli.command()
+@env_option
+@click.option("-d", "--detach", is_flag=True, help="Return once every replica is healthy.")
+@click.option(
+    "--dataplane",
+    type=click.Choice(["container", "host"]),
+    default=lambda: os.environ.get("MESHLOCAL_DATAPLANE", "container"),
+    show_default="container",
+    help="Run DNS and proxy in a container on the network, or on the host's gateway "
+    "address (Linux, root).",
+)
+@click.option(
+    "--port",
+    "public_port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="Host port for Load Balanced Web Services (127.0.0.1). 0: any free port.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=180.0,
+    show_default=True,
+    help="Seconds to wait for every replica to become healthy.",
+)
+@pass_context
+def up(
+    ctx: Context, env: str | None, detach: bool, dataplane: str, public_port: int, timeout: float
+) -> None:
+    """Build, start and connect every service of an environment."""
+    with _deployment(ctx, env) as dep:
+        spec = dep.spec
+        for skipped in spec.skipped:
+            _say(f"{skipped.name}: {skipped.type.value} is not emulated, skipped")
+        err.print(f"[+] Building {len(spec.services)} service image(s)", markup=False)
+        built = dep.build(_say)
+        desired = dep.desired(built)
+        network = dep.network()
+        err.print(f"[+] Network {network.name} ({network.subnet})", markup=False)
+        if dataplane == "host":
+            _up_host(dep, desired, network, detach=detach, public_port=public_port, timeout=timeout)
+            return
+        config = dep.agent_config(desired, "container", network)
+        plane = dep.start_dataplane_container(
+            config, network, public_port=public_port, progress=_say
+        )
+        err.print(f"[+] Data plane {L.dataplane_name(dep.project, dep.env)}", markup=False)
+        if detach:
+            state = dep.wait_ready(timeout)
+            _print_ps(state, plane.public_url)
+            return
+        _attach_until_interrupted(dep, plane.public_url, timeout)
+
+
+def _up_host(
+    dep: Deployment,
+    desired: Any,
+    network: Any,
+    *,
+    detach: bool,
+    public_port: int,
+    timeout: float,
+) -> None:
+    config = dep.agent_config(desired, "host", network, public_port=public_port)
+    if detach:
+        log_file = dep._state_file(".log")
+        dep.start_dataplane_process(config, log_file=log_file)
+        state = dep.wait_ready(timeout)
+        public = state.get("public_port")
+        _print_ps(state, f"http://127.0.0.1:{public}" if public else None)
+        return
+    # Foreground host mode: the agent runs in this process, for debugging.
+    from meshlocal.mesh import Agent
+
+    logging.basicConfig(level=logging.INFO, format="meshlocal  | %(message)s")
+
+    async def main() -> None:
+        agent = Agent(config, dep.engine)
+        try:
+            await agent.start()
+            public = (
+                f"http://127.0.0.1:{agent.public_port}"
+                if agent.public and agent.public.rules
+                else None
+            )
+            dep.record_host_admin(f"http://127.0.0.1:{agent.admin_port}", public)
+            printer = LogPrinter(sys.stdout, colour=sys.stdout.isatty())
+            follower = LogFollower(dep.engine, dep.project, dep.env, printer, dataplane=False)
+            await asyncio.to_thread(follower.start)
+            if public:
+                err.print(f"[+] Public endpoint {public}", markup=False)
+            await asyncio.Event().wait()
+        finally:
+            await agent.stop()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        err.print("[+] Stopping: removing containers and network", markup=False)
+        dep.down()
+
+
+def _attach_until_interrupted(dep: Deployment, public_url: str | None, timeout: float) -> None:
+    printer = LogPrinter(sys.stdout, colour=sys.stdout.isatty())
+    follower = LogFollower(dep.engine, dep.project, dep.env, printer)
+    try:
+        follower.start()
+        if public_url:
+            err.print(f"[+] Public endpoint {public_url}", markup=False)
+        err.print("[+] Attached. Press Ctrl-C to stop and remove everything.", markup=False)
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        follower.stop()
+        err.print("[+] Stopping: removing containers and network", markup=False)
+        removed = dep.down()
+        err.print(
+            f"[+] Removed {len(removed.containers)} container(s), "
+            f"{len(removed.networks)} network(s)",
+            markup=False,
+        )
+
+
+# -- down ------------------------------------------------------------------
+
+
+@cli.command()
+@env_option
+@pass_context
+def down(ctx: Context, env: str | None) -> None:
+    """Remove every container and network the environment created (found by label)."""
+    dep = Deployment(ctx.directory, env)
+    try:
+        removed = dep.down()
+    finally:
+        dep.close()
+    for name in removed.containers:
+        err.print(f"[+] Removed container {name}", markup=False)
+    for name in removed.networks:
+        err.print(f"[+] Removed network {name}", markup=False)
+    if not removed.containers and not removed.networks:
+        err.print("[+] Nothing to remove", markup=False)
+
+
+# -- ps / scale / stats ----------------------------------------------------
+
+
+def _print_ps(state: dict[str, Any], public_url: str | None) -> None:
+    table = Table(title=f"{state['app']}/{state['env']} ({state['mode']} data plane)")
+    for col in ("REPLICA", "ADDRESS", "HEALTH", "ROTATION", "ENDPOINTS"):
+        table.add_column(col)
+    for name, svc in sorted(state["services"].items()):
+        endpoints = [*svc["connect_endpoints"]]
+        if svc["discovery_name"]:
+            endpoints.append(f"{svc['discovery_name']}:{svc['port']}")
+        if not svc["replicas"]:
+            table.add_row(f"{name} (0/{svc['desired']})", "-", "-", "-", ", ".join(endpoints))
+        for r in svc["replicas"]:
+            rotation = "draining" if r["draining"] else ("in" if r["in_rotation"] else "out")
+            table.add_row(r["name"], r["address"], r["health"], rotation, ", ".join(endpoints))
+    out.print(table)
+    out.print(f"DNS and Service Connect proxy: {state['address']}", markup=False)
+    if public_url:
+        out.print(f"Public endpoint: {public_url}", markup=False)
+
+
+@cli.command()
+@env_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def ps(ctx: Context, env: str | None, as_json: bool) -> None:
+    """List services, replicas, addresses, health and endpoints."""
+    with _deployment(ctx, env) as dep:
+        plane = dep.dataplane()
+        state = admin_call(plane.admin_url, "/v1/state")
+        state["public_url"] = plane.public_url
+        if as_json:
+            click.echo(json.dumps(state, indent=2, sort_keys=True))
+        else:
+            _print_ps(state, plane.public_url)
+
+
+@cli.command()
+@env_option
+@click.argument("assignments", nargs=-1, required=True, metavar="SVC=N...")
+@pass_context
+def scale(ctx: Context, env: str | None, assignments: tuple[str, ...]) -> None:
+    """Set the number of replicas of services, e.g. `meshlocal scale api=5`."""
+    wanted: list[tuple[str, int]] = []
+    for item in assignments:
+        name, sep, number = item.partition("=")
+        if not sep or not number.isdigit():
+            raise RuntimeFailure(
+                f"cannot read {item!r}", hint="write SERVICE=COUNT, e.g. `meshlocal scale api=3`"
+            )
+        wanted.append((name, int(number)))
+    with _deployment(ctx, env) as dep:
+        for name, count in wanted:
+            dep.scale(name, count)
+            err.print(f"[+] {name} scaled to {count}", markup=False)
+
+
+@cli.command()
+@env_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def stats(ctx: Context, env: str | None, as_json: bool) -> None:
+    """Service Connect metrics per service (the names ECS publishes to CloudWatch)."""
+    from meshlocal.proxy.metrics import stats_table
+
+    with _deployment(ctx, env) as dep:
+        snapshot = dep.call("/stats")
+    if as_json:
+        click.echo(json.dumps(snapshot, indent=2, sort_keys=True))
+    else:
+        out.print(stats_table(snapshot))
+
+
+# -- logs ------------------------------------------------------------------
+
+
+@cli.command()
+@env_option
+@click.argument("services", nargs=-1)
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming new lines and replicas.")
+@click.option("--tail", default="all", help="Lines to show from the end of each log.")
+@pass_context
+def logs(ctx: Context, env: str | None, services: tuple[str, ...], follow: bool, tail: str) -> None:
+    """Show replica logs with compose-style prefixes."""
+    with _deployment(ctx, env) as dep:
+        printer = LogPrinter(sys.stdout, colour=sys.stdout.isatty())
+        follower = LogFollower(
+            dep.engine,
+            dep.project,
+            dep.env,
+            printer,
+            services=set(services) or None,
+            tail=int(tail) if tail.isdigit() else "all",
+            follow=follow,
+            dataplane=not services,
+        )
+        follower.start()
+        try:
+            if follow:
+                threading.Event().wait()
+            follower.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            follower.stop()
+
+
+# -- resolve ---------------------------------------------------------------
+
+
+@cli.command()
+@env_option
+@click.argument("name")
+@click.option("--from", "from_", required=True, metavar="SVC", help="Ask from a replica of SVC.")
+@click.option("--type", "qtype", default="A", show_default=True, help="A or SRV.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def resolve(
+    ctx: Context, env: str | None, name: str, from_: str, qtype: str, as_json: bool
+) -> None:
+    """What a service's containers get for NAME, asked from inside one of them."""
+    from meshlocal.probe import resolve_from
+
+    with _deployment(ctx, env) as dep:
+        result = resolve_from(dep, name, from_, qtype.upper())
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    if result["rcode"] != "NOERROR":
+        out.print(f"{name}: {result['rcode']} (from {result['client']})", markup=False)
+        raise SystemExit(1)
+    targets = " ".join(result["answers"]) or "(no records)"
+    out.print(f"{name} -> {targets} ({result['meaning']}, from {result['client']})", markup=False)
+
+
+# -- agent (the data plane's main) -----------------------------------------
+
+
+@cli.command(hidden=True)
+@click.option("--config-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--admin-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Host mode: write the admin and public URLs here once serving.",
+)
+def agent(config_file: Path | None, admin_file: Path | None) -> None:
+    """Run the data plane for one environment (used by `up`)."""
+    from meshlocal.mesh import Agent, AgentConfig, config_from_environment, serve
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout
+    )
+    config = (
+        AgentConfig.from_json(config_file.read_text())
+        if config_file is not None
+        else config_from_environment()
+    )
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+
+    def started(running: Agent) -> None:
+        if admin_file is not None:
+            public = running.public_port if running.public and running.public.rules else None
+            admin_file.write_text(
+                json.dumps(
+                    {
+                        "admin_url": f"http://127.0.0.1:{running.admin_port}",
+                        "public_url": f"http://127.0.0.1:{public}" if public else None,
+                        "pid": os.getpid(),
+                    }
+                )
+            )
+
+    try:
+        runner(serve(config, on_started=started))
+    except MeshlocalError:
+        raise
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,505 @@
+"""One environment of one workspace, as the CLI and the pytest plugin drive it.
+
+`Deployment` is the client side of a mesh: it loads the workspace, builds
+images, starts the data plane (the agent of mesh.py) and talks to it over
+its admin API. Everything it creates is labelled, so `down` needs nothing
+but the workspace to find it, even after meshlocal was SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from meshlocal.errors import (
+    DataPlaneError,
+    MeshNotRunning,
+    RuntimeFailure,
+)
+from meshlocal.manifest import find_workspace, load_environment, read_env_file
+from meshlocal.manifest.model import EnvironmentSpec, Service, Workspace
+from meshlocal.mesh import ADMIN_PORT, CONFIG_ENV, PUBLIC_PORT, AgentConfig
+from meshlocal.naming import NamingModel
+from meshlocal.runtime import images
+from meshlocal.runtime import labels as L
+from meshlocal.runtime.engine import ContainerInfo, ContainerSpec, Engine, NetworkInfo, Removed
+from meshlocal.runtime.reconcile import DesiredService, template_for
+
+Progress = Callable[[str], None]
+Mode = Literal["container", "host"]
+
+_STATE_DIR = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "meshlocal"
+_DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class DataPlane:
+    """Where a running agent is: its admin URL and what it publishes."""
+
+    mode: Mode
+    admin_url: str
+    public_url: str | None
+    container_id: str | None = None
+    pid: int | None = None
+
+
+class Deployment:
+    """`meshlocal up/down/ps/scale/resolve` for one environment."""
+
+    def __init__(
+        self,
+        start: Path,
+        env: str | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        engine: Engine | None = None,
+    ) -> None:
+        self.workspace: Workspace = find_workspace(start)
+        self._env_arg = env
+        self._environ = environ
+        self._spec: EnvironmentSpec | None = None
+        self._engine = engine
+        self.project = L.project_id(self.workspace.app, self.workspace.root)
+
+    # -- lazily loaded parts ----------------------------------------------
+
+    @property
+    def spec(self) -> EnvironmentSpec:
+        if self._spec is None:
+            self._spec = load_environment(self.workspace, self._env_arg, self._environ)
+        return self._spec
+
+    @property
+    def env(self) -> str:
+        if self._env_arg is not None:
+            return self._env_arg
+        return self.spec.env
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = Engine.from_env()
+        return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+    # -- images -----------------------------------------------------------
+
+    def image_tag(self, service: str, sidecar: str | None = None) -> str:
+        name = f"{service}-{sidecar}" if sidecar else service
+        return f"meshlocal/{self.project}-{name}:{L._slug(self.env)}"
+
+    def build(self, progress: Progress = _quiet) -> dict[str, tuple[str, str | None]]:
+        """Every service's image: service -> (ref to run, image id for rolling)."""
+        client = self.engine.client
+        out: dict[str, tuple[str, str | None]] = {}
+        base: str | None = None
+
+        def python_base() -> str:
+            nonlocal base
+            if base is None:
+                base = images.ensure_python_base(client, progress=progress)
+            return base
+
+        for svc in self.spec.services:
+            loc = svc.where("image")
+            if svc.build is not None:
+                tag = self.image_tag(svc.name)
+                progress(f"[{svc.name}] building {tag}")
+                defaults = self._base_image_args(svc, python_base, progress)
+                image_id = images.build_service_image(
+                    client,
+                    svc.build,
+                    tag,
+                    _prefixed(progress, svc.name),
+                    default_args=defaults,
+                    location=loc,
+                    labels_=L.base_labels(self.project, self.env, L.Role.REPLICA),
+                )
+                out[svc.name] = (tag, image_id)
+            elif svc.image_location is not None:
+                ref = images.ensure_image(client, svc.image_location, progress, location=loc)
+                out[svc.name] = (ref, str(client.images.get(ref).id))
+            for sc in svc.sidecars:
+                key = f"{svc.name}/{sc.name}"
+                if sc.build is not None:
+                    tag = self.image_tag(svc.name, sc.name)
+                    image_id = images.build_service_image(
+                        client, sc.build, tag, progress, location=svc.where(f"sidecars.{sc.name}")
+                    )
+                    out[key] = (tag, image_id)
+                elif sc.image is not None:
+                    ref = images.ensure_image(
+                        client, sc.image, progress, location=svc.where(f"sidecars.{sc.name}")
+                    )
+                    out[key] = (ref, None)
+        return out
+
+    def _base_image_args(
+        self, svc: Service, python_base: Callable[[], str], progress: Progress
+    ) -> dict[str, str]:
+        """BASE_IMAGE -> a local Python base when the Dockerfile's default can't be had.
+
+        Offline machines can't pull `python:*-slim`; the examples declare
+        `ARG BASE_IMAGE`, so meshlocal builds one from Debian packages and
+        says so, instead of failing the build.
+        """
+        assert svc.build is not None
+        if "BASE_IMAGE" not in images.declared_build_args(svc.build.dockerfile):
+            return {}
+        if "BASE_IMAGE" in svc.build.args:
+            return {}
+        default = _arg_default(svc.build.dockerfile, "BASE_IMAGE")
+        client = self.engine.client
+        if default and images.image_exists(client, default):
+            return {}
+        if default:
+            with contextlib.suppress(Exception):
+                images.ensure_image(client, default, _quiet)
+                return {}
+        local = python_base()
+        progress(
+            f"[{svc.name}] base image {default or 'BASE_IMAGE'} cannot be pulled here: "
+            f"using {local}, built locally from Debian packages"
+        )
+        return {"BASE_IMAGE": local}
+
+    # -- desired state ----------------------------------------------------
+
+    def desired(self, built: Mapping[str, tuple[str, str | None]]) -> dict[str, DesiredService]:
+        naming = NamingModel(self.spec)
+        out: dict[str, DesiredService] = {}
+        for svc in self.spec.services:
+            if svc.name not in built:
+                raise RuntimeFailure(
+                    f"service {svc.name} has neither image.build nor image.location",
+                    location=svc.where("image"),
+                    hint="add image.build (a Dockerfile) or image.location (an image name)",
+                )
+            ref, image_id = built[svc.name]
+            env_file = read_env_file(svc.env_file) if svc.env_file else None
+            sidecar_images = {
+                sc.name: built[f"{svc.name}/{sc.name}"][0]
+                for sc in svc.sidecars
+                if f"{svc.name}/{sc.name}" in built
+            }
+            template = template_for(
+                naming,
+                svc,
+                ref,
+                image_id=image_id,
+                env_file=env_file,
+                sidecar_images=sidecar_images,
+            )
+            out[svc.name] = DesiredService(template, svc.count)
+        return out
+
+    # -- data plane -------------------------------------------------------
+
+    def network(self) -> NetworkInfo:
+        return self.engine.ensure_network(self.project, self.env, self.workspace.root)
+
+    def agent_config(
+        self,
+        desired: Mapping[str, DesiredService],
+        mode: Mode,
+        network: NetworkInfo,
+        *,
+        public_port: int = 0,
+    ) -> AgentConfig:
+        if mode == "container":
+            return AgentConfig(
+                project=self.project,
+                spec=self.spec,
+                desired=desired,
+                mode="container",
+                self_container=L.dataplane_name(self.project, self.env),
+            )
+        if not network.gateway:
+            raise DataPlaneError(f"network {network.name} has no gateway address for host mode")
+        return AgentConfig(
+            project=self.project,
+            spec=self.spec,
+            desired=desired,
+            mode="host",
+            bind=network.gateway,
+            advertise=network.gateway,
+            public_host="127.0.0.1",
+            public_port=public_port,
+            admin_host="127.0.0.1",
+            admin_port=0,
+        )
+
+    def start_dataplane_container(
+        self, config: AgentConfig, network: NetworkInfo, *, public_port: int, progress: Progress
+    ) -> DataPlane:
+        """Create (or keep, when its config is unchanged) the data-plane container."""
+        client = self.engine.client
+        base = images.ensure_python_base(client, progress=progress)
+        image = images.ensure_dataplane_image(client, base, progress)
+        blob = config.to_json()
+        digest = hashlib.sha256(f"{image}\n{public_port}\n{blob}".encode()).hexdigest()[:16]
+        name = L.dataplane_name(self.project, self.env)
+        current = self._dataplane_container()
+        if current is not None and current.config_hash == digest and current.running:
+            return self._dataplane_from(current)
+        if current is not None:
+            progress(f"replacing data plane {name} (configuration changed)")
+            self.engine.remove(current.id)
+        labels = {
+            **L.base_labels(self.project, self.env, L.Role.DATAPLANE, self.workspace.root),
+            L.CONFIG_HASH: digest,
+        }
+        ports: dict[int, int | tuple[str, int]] = {ADMIN_PORT: ("127.0.0.1", 0)}
+        if any(
+            s.http_path is not None and s.type.value == "Load Balanced Web Service"
+            for s in self.spec.services
+        ):
+            ports[PUBLIC_PORT] = ("127.0.0.1", public_port)
+        spec = ContainerSpec(
+            name=name,
+            image=image,
+            labels=labels,
+            environment={CONFIG_ENV: blob, "PYTHONUNBUFFERED": "1"},
+            entrypoint=["python3", "-m", "meshlocal"],
+            command=["agent"],
+            network=network.name,
+            binds=[f"{_DOCKER_SOCKET}:{_DOCKER_SOCKET}"],
+            ports=ports,
+        )
+        cid = self.engine.create_container(spec)
+        # Docker restarts a crashed or killed data plane by itself; the agent
+        # then adopts the replicas that still run.
+        self.engine.api.update_container(cid, restart_policy={"Name": "unless-stopped"})
+        self.engine.start(cid)
+        found = self._dataplane_container()
+        if found is None:
+            raise DataPlaneError(f"the data-plane container {name} vanished after start")
+        return self._dataplane_from(found)
+
+    def start_dataplane_process(self, config: AgentConfig, *, log_file: Path) -> DataPlane:
+        """Host mode, detached: a `meshlocal agent` process on the gateway address."""
+        _STATE_DIR.mkdir(parents=True, exist_ok=True)
+        self.stop_dataplane_process()
+        cfg_path = self._state_file(".json")
+        cfg_path.write_text(config.to_json())
+        with log_file.open("ab") as out:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "meshlocal",
+                    "agent",
+                    "--config-file",
+                    str(cfg_path),
+                    "--admin-file",
+                    str(self._state_file(".admin")),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self._state_file(".pid").write_text(str(proc.pid))
+        return DataPlane("host", "", None, pid=proc.pid)
+
+    def stop_dataplane_process(self) -> bool:
+        pid_file = self._state_file(".pid")
+        try:
+            pid = int(pid_file.read_text())
+        except (OSError, ValueError):
+            return False
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                os.kill(pid, 0)
+                time.sleep(0.1)
+            os.kill(pid, signal.SIGKILL)
+        pid_file.unlink(missing_ok=True)
+        self._state_file(".admin").unlink(missing_ok=True)
+        return True
+
+    def _state_file(self, suffix: str) -> Path:
+        return _STATE_DIR / f"{self.project}-{L._slug(self.env)}{suffix}"
+
+    def _dataplane_container(self) -> ContainerInfo | None:
+        found = self.engine.list_containers(self.project, self.env, role=L.Role.DATAPLANE)
+        return found[0] if found else None
+
+    def _dataplane_from(self, info: ContainerInfo) -> DataPlane:
+        ports = published_ports(self.engine, info.id)
+        admin = ports.get(ADMIN_PORT)
+        if admin is None:
+            raise DataPlaneError(f"the data plane {info.name} publishes no admin port")
+        public = ports.get(PUBLIC_PORT)
+        return DataPlane(
+            "container",
+            f"http://127.0.0.1:{admin}",
+            f"http://127.0.0.1:{public}" if public else None,
+            container_id=info.id,
+        )
+
+    def dataplane(self) -> DataPlane:
+        """The running data plane of this environment, or MeshNotRunning."""
+        info = self._dataplane_container()
+        if info is not None and info.running:
+            return self._dataplane_from(info)
+        admin = self._state_file(".admin")
+        if admin.exists():
+            data = json.loads(admin.read_text())
+            return DataPlane("host", data["admin_url"], data.get("public_url"), pid=data.get("pid"))
+        raise MeshNotRunning(
+            f"no mesh is running for environment {self.env} of {self.workspace.root}",
+            hint="start it with `meshlocal up -d`",
+        )
+
+    def record_host_admin(self, admin_url: str, public_url: str | None) -> None:
+        _STATE_DIR.mkdir(parents=True, exist_ok=True)
+        self._state_file(".admin").write_text(
+            json.dumps({"admin_url": admin_url, "public_url": public_url, "pid": os.getpid()})
+        )
+
+    # -- admin API --------------------------------------------------------
+
+    def call(self, path: str, body: Any = None, timeout: float = 30.0) -> Any:
+        plane = self.dataplane()
+        return admin_call(plane.admin_url, path, body, timeout)
+
+    def state(self) -> dict[str, Any]:
+        state: dict[str, Any] = self.call("/v1/state")
+        return state
+
+    def scale(self, service: str, count: int) -> dict[str, Any]:
+        state: dict[str, Any] = self.call("/v1/scale", {"service": service, "count": count}, 120)
+        return state
+
+    def wait_ready(
+        self, timeout: float, on_poll: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
+        """Until every replica is healthy; a crash loop or apply error fails at once."""
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] = {}
+        while True:
+            try:
+                last = self.state()
+            except (DataPlaneError, MeshNotRunning):
+                self._check_dataplane_alive()
+            else:
+                if on_poll is not None:
+                    on_poll(last)
+                if last.get("error"):
+                    raise RuntimeFailure(str(last["error"]))
+                if last.get("crashes"):
+                    raise crash_failure(last["crashes"])
+                if last.get("ready"):
+                    return last
+            if time.monotonic() > deadline:
+                raise RuntimeFailure(
+                    f"replicas were not healthy after {timeout:.0f}s: {not_ready(last)}",
+                    hint="`meshlocal logs` shows what the replicas print; "
+                    "`meshlocal ps` shows their health",
+                )
+            time.sleep(0.2)
+
+    def _check_dataplane_alive(self) -> None:
+        """A data plane that crashed fails `up -d` at once, with its last words."""
+        info = self._dataplane_container()
+        if info is None or info.state not in ("exited", "dead", "restarting"):
+            return
+        logs = "\n".join(f"    {line}" for line in self.engine.logs(info.id, tail=15))
+        raise DataPlaneError(
+            f"the data plane {info.name} is {info.state} (exit code {info.exit_code})",
+            hint="this is a meshlocal bug or a bad configuration; its last log lines:\n" + logs,
+        )
+
+    # -- teardown ---------------------------------------------------------
+
+    def down(self) -> Removed:
+        self.stop_dataplane_process()
+        return self.engine.remove_all(self.project, self._env_arg)
+
+
+def admin_call(base_url: str, path: str, body: Any = None, timeout: float = 30.0) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        base_url + path,
+        data=data,
+        method="POST" if data is not None else "GET",
+        headers={"content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error", str(exc))
+        except ValueError:
+            message = str(exc)
+        raise RuntimeFailure(str(message)) from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise DataPlaneError(
+            f"the data plane's admin API at {base_url} does not answer: {exc}",
+            hint="`meshlocal ps` checks it; `meshlocal up -d` restarts it",
+        ) from None
+
+
+def published_ports(engine: Engine, container_id: str) -> dict[int, int]:
+    """Container TCP port -> host port, for the ports a container publishes."""
+    data = engine.api.inspect_container(container_id)
+    out: dict[int, int] = {}
+    for key, bindings in ((data.get("NetworkSettings") or {}).get("Ports") or {}).items():
+        port, _, proto = str(key).partition("/")
+        if proto == "tcp" and bindings:
+            out[int(port)] = int(bindings[0]["HostPort"])
+    return out
+
+
+def not_ready(state: Mapping[str, Any]) -> str:
+    parts = []
+    for name, svc in sorted((state.get("services") or {}).items()):
+        ready = sum(1 for r in svc["replicas"] if r["in_rotation"])
+        if ready < svc["desired"]:
+            parts.append(f"{name} {ready}/{svc['desired']}")
+    return ", ".join(parts) or "the data plane did not report"
+
+
+def crash_failure(crashes: list[dict[str, Any]]) -> RuntimeFailure:
+    first = crashes[0]
+    logs = "\n".join(f"    {line}" for line in first.get("last_logs", [])[-15:])
+    return RuntimeFailure(
+        f"{first['service']}-{first['index']} keeps crashing "
+        f"(exit code {first['exit_code']}, {first['count']} times in a row)",
+        hint="fix the service and run `meshlocal up` again; its last log lines:\n" + logs,
+    )
+
+
+def _prefixed(progress: Progress, name: str) -> Progress:
+    return lambda line: progress(f"[{name}] {line}")
+
+
+def _arg_default(dockerfile: Path, name: str) -> str | None:
+    import re
+
+    text = dockerfile.read_text(errors="replace")
+    m = re.search(rf"(?im)^\s*ARG\s+{name}\s*=\s*(\S+)", text)
+    return m.group(1).strip("\"'") if m else None

@@ -1,0 +1,324 @@
+"""One running mesh: the agent that wires runtime, registry, DNS and proxy.
+
+The agent owns one environment. The reconciler keeps `count` replicas alive
+and feeds the registry from Docker's event stream; DNS and the Service
+Connect proxy answer from the registry; an admin API serves state, metrics
+and scaling to the CLI.
+
+It runs either in the data-plane container on the environment's network
+(the default: no root on the host, works under Docker Desktop) or
+in-process on the network's gateway address (host mode, Linux root). The
+code is the same; only the addresses differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiohttp import web
+
+from meshlocal.dns.resolver import MeshResolver
+from meshlocal.dns.server import DnsServer
+from meshlocal.errors import MeshlocalError, RuntimeFailure
+from meshlocal.manifest.codec import from_jsonable, to_jsonable
+from meshlocal.manifest.model import EnvironmentSpec
+from meshlocal.naming import NamingModel
+from meshlocal.proxy.app import Engine as ProxyCore
+from meshlocal.proxy.app import PublicEndpoint, ServiceConnectProxy, admin_app
+from meshlocal.proxy.settings import ProxySettings
+from meshlocal.registry import ReplicaRegistry
+from meshlocal.runtime.engine import Engine, NetworkInfo
+from meshlocal.runtime.reconcile import DesiredService, desired_from_json, desired_to_json
+from meshlocal.runtime.replicas import Reconciler
+
+log = logging.getLogger("meshlocal.agent")
+
+Mode = Literal["container", "host"]
+
+# Ports inside the data-plane container. Envoy's admin port is 9901 and
+# Istio's 15000; high ports keep clear of the client alias ports.
+ADMIN_PORT = 15000
+PUBLIC_PORT = 15080
+API_VERSION = "v1"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything the agent needs, as JSON: it may run where the workspace isn't."""
+
+    project: str
+    spec: EnvironmentSpec
+    desired: Mapping[str, DesiredService]
+    mode: Mode = "container"
+    bind: str = "0.0.0.0"  # DNS and Service Connect listen here
+    advertise: str | None = None  # replicas' DNS and SC address; None: own network address
+    self_container: str | None = None  # container mode: own name, to find own address
+    public_host: str = "0.0.0.0"
+    public_port: int = PUBLIC_PORT
+    admin_host: str = "0.0.0.0"
+    admin_port: int = ADMIN_PORT
+    dns_port: int = 53
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+
+    @property
+    def env(self) -> str:
+        return self.spec.env
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "project": self.project,
+                "spec": to_jsonable(self.spec),
+                "desired": json.loads(desired_to_json(self.desired)),
+                "mode": self.mode,
+                "bind": self.bind,
+                "advertise": self.advertise,
+                "self_container": self.self_container,
+                "public_host": self.public_host,
+                "public_port": self.public_port,
+                "admin_host": self.admin_host,
+                "admin_port": self.admin_port,
+                "dns_port": self.dns_port,
+                "proxy": to_jsonable(self.proxy),
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> AgentConfig:
+        raw = json.loads(text)
+        proxy = from_jsonable(ProxySettings, raw.pop("proxy"))
+        proxy = ProxySettings(
+            **{**proxy.__dict__, "port_map": {int(k): v for k, v in proxy.port_map.items()}}
+        )
+        return cls(
+            spec=from_jsonable(EnvironmentSpec, raw.pop("spec")),
+            desired=desired_from_json(json.dumps(raw.pop("desired"))),
+            proxy=proxy,
+            **raw,
+        )
+
+
+class Agent:
+    """The running mesh for one environment."""
+
+    def __init__(self, config: AgentConfig, engine: Engine) -> None:
+        self.config = config
+        self.engine = engine
+        self.naming = NamingModel(config.spec)
+        self.registry = ReplicaRegistry()
+        self.address = ""
+        self.network: NetworkInfo | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._admin: web.AppRunner | None = None
+        self.reconciler: Reconciler | None = None
+        self.dns: DnsServer | None = None
+        self.proxy: ServiceConnectProxy | None = None
+        self.public: PublicEndpoint | None = None
+        self.admin_port = config.admin_port
+        self.public_port = config.public_port
+        self.applied = asyncio.Event()
+        self.apply_error: MeshlocalError | None = None
+
+    # -- lifecycle --------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.network = await asyncio.to_thread(self.engine.ensure_network, cfg.project, cfg.env)
+        self.address = cfg.advertise or await self._own_address(self.network)
+        core = ProxyCore(self.registry, cfg.proxy)
+        self.proxy = ServiceConnectProxy(self.naming, self.registry, cfg.bind, engine=core)
+        self.public = PublicEndpoint(
+            self.naming, self.registry, cfg.public_host, cfg.public_port, engine=core
+        )
+        resolver = MeshResolver(self.naming, self.registry, self.address)
+        self.dns = DnsServer(resolver, cfg.bind, cfg.dns_port)
+        self.reconciler = Reconciler(
+            self.engine,
+            self.registry,
+            project=cfg.project,
+            env=cfg.env,
+            network=self.network,
+            dns=[self.address],
+            on_change=lambda msg: log.info("%s", msg),
+        )
+        # Serve before replicas start, so their first lookups already work.
+        for part in (self.dns, self.proxy, self.public):
+            await part.start()
+            self._stack.push_async_callback(part.stop)
+        if self.public.rules:
+            self.public_port = self.public.bound
+        await self._start_admin(core)
+        await self.reconciler.start()  # adopts what already runs: restart-safe
+        self._stack.push_async_callback(self.reconciler.close)
+        log.info(
+            "mesh %s/%s: DNS %s:%d, Service Connect ports %s, admin port %d",
+            cfg.project,
+            cfg.env,
+            self.address,
+            self.dns.port,
+            sorted(self.naming.sc_ports) or "none",
+            self.admin_port,
+        )
+        task = asyncio.create_task(self._apply(cfg.desired), name="meshlocal-apply")
+        self._stack.callback(task.cancel)
+
+    async def _apply(self, desired: Mapping[str, DesiredService]) -> None:
+        assert self.reconciler is not None
+        try:
+            await self.reconciler.apply(desired)
+        except MeshlocalError as exc:
+            self.apply_error = exc
+            log.error("%s", exc.render())
+        finally:
+            self.applied.set()
+
+    async def stop(self) -> None:
+        await self._stack.aclose()
+
+    async def _own_address(self, network: NetworkInfo) -> str:
+        name = self.config.self_container
+        if name is None:
+            raise RuntimeFailure("the agent needs `advertise` or `self_container` to find itself")
+        info = await asyncio.to_thread(self.engine.inspect, name)
+        address = info.address_on(network.name) if info else None
+        if not address:
+            raise RuntimeFailure(
+                f"the data-plane container {name} has no address on {network.name}"
+            )
+        return address
+
+    # -- admin API --------------------------------------------------------
+
+    async def _start_admin(self, core: ProxyCore) -> None:
+        app = admin_app(core.metrics)
+        app.router.add_get(f"/{API_VERSION}/state", self._state)
+        app.router.add_post(f"/{API_VERSION}/scale", self._scale)
+        app.router.add_get("/healthz", self._healthz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.admin_host, self.config.admin_port)
+        await site.start()
+        self._stack.push_async_callback(runner.cleanup)
+        server: Any = site._server
+        self.admin_port = server.sockets[0].getsockname()[1]
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    def state(self) -> dict[str, Any]:
+        """What `ps`, `up -d` and the pytest plugin read."""
+        rec = self.reconciler
+        services: dict[str, Any] = {}
+        for svc in self.naming.services.values():
+            desired = rec.desired.get(svc.name) if rec else None
+            replicas = self.registry.for_service(svc.name)
+            services[svc.name] = {
+                "type": svc.type.value,
+                "desired": desired.count if desired else 0,
+                "port": svc.target_port,
+                "discovery_name": (
+                    self.naming.sd_name(svc.name) if svc.name in self.naming.registered else None
+                ),
+                "connect_endpoints": [
+                    e.url for e in self.naming.sc_endpoints if e.service == svc.name
+                ],
+                "replicas": [
+                    {
+                        "name": r.name,
+                        "index": r.index,
+                        "container_id": r.container_id,
+                        "address": r.address,
+                        "port": r.port,
+                        "health": r.health.value,
+                        "draining": r.draining,
+                        "in_rotation": r.in_rotation,
+                    }
+                    for r in replicas
+                ],
+            }
+        crashes = rec.crashes() if rec else []
+        return {
+            "project": self.config.project,
+            "app": self.naming.app,
+            "env": self.naming.env,
+            "mode": self.config.mode,
+            "address": self.address,
+            "dns_port": self.dns.port if self.dns else None,
+            "public_port": self.public_port if self.public and self.public.rules else None,
+            "public_rules": [[p, s] for p, s in self.public.rules] if self.public else [],
+            "applied": self.applied.is_set(),
+            "ready": bool(rec and self.applied.is_set() and rec.all_ready()),
+            "error": self.apply_error.render() if self.apply_error else None,
+            "crashes": [
+                {
+                    "service": c.service,
+                    "index": c.index,
+                    "exit_code": c.exit_code,
+                    "count": c.count,
+                    "last_logs": c.last_logs,
+                }
+                for c in crashes
+            ],
+            "services": services,
+        }
+
+    async def _state(self, _: web.Request) -> web.Response:
+        return web.json_response(self.state())
+
+    async def _scale(self, request: web.Request) -> web.Response:
+        assert self.reconciler is not None
+        try:
+            body = await request.json()
+            service, count = str(body["service"]), int(body["count"])
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": "expected {service, count}"}, status=400)
+        try:
+            await self.reconciler.scale(service, count)
+        except MeshlocalError as exc:
+            return web.json_response({"error": exc.render()}, status=409)
+        return web.json_response(self.state())
+
+
+CONFIG_ENV = "MESHLOCAL_AGENT_CONFIG"
+
+
+async def serve(
+    config: AgentConfig,
+    engine: Engine | None = None,
+    on_started: Callable[[Agent], None] | None = None,
+) -> None:
+    """Run an agent until SIGTERM/SIGINT; the data-plane container's main."""
+    owned = engine is None
+    if engine is None:
+        engine = await asyncio.to_thread(Engine.from_env)
+    agent = Agent(config, engine)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await agent.start()
+        if on_started is not None:
+            on_started(agent)
+        await stop.wait()
+    finally:
+        await agent.stop()
+        if owned:
+            engine.close()
+
+
+def config_from_environment() -> AgentConfig:
+    text = os.environ.get(CONFIG_ENV)
+    if not text:
+        raise RuntimeFailure(f"{CONFIG_ENV} is not set: the agent has no configuration")
+    return AgentConfig.from_json(text)
