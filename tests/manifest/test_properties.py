@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import string
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meshlocal.errors import InterpolationError, Location, MeshlocalError
-from meshlocal.manifest import check
+from meshlocal.manifest import check, load_environment
 from meshlocal.manifest.interpolate import interpolate, interpolate_string
+from meshlocal.manifest.loader import split_command
 from meshlocal.manifest.merge import merge
 from meshlocal.manifest.model import ServiceType
 from meshlocal.manifest.yaml12 import Map, Node, Scalar, Seq, parse, plain
@@ -274,3 +276,47 @@ def test_arbitrary_bytes_as_a_manifest(tmp_path: Path, raw: bytes) -> None:
     report = check(root, None, {})
     for error in report.errors:
         assert error.location is not None
+
+
+# -- field parsers ----------------------------------------------------------------
+
+plain_tokens = st.one_of(
+    st.from_regex(r"[0-9]{1,4}(\.[0-9]{1,3})?", fullmatch=True),
+    st.sampled_from(["on", "off", "yes", "no", "y", "n", "true", "False", "0x1F", "1e3", ".5"]),
+)
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.from_regex(r"[A-Z][A-Z0-9_]{0,6}", fullmatch=True), plain_tokens))
+def test_plain_variables_reach_the_container_as_written(
+    tmp_path: Path, variables: dict[str, str]
+) -> None:
+    variables = {k: v for k, v in variables.items() if not k.startswith("COPILOT_")}
+    body = "".join(f"  {k}: {v}\n" for k, v in variables.items())
+    root = write_workspace(
+        tmp_path / "vars",
+        {"api": "type: Backend Service\nimage:\n  location: x\nvariables:\n" + body},
+    )
+    report = check(root, None, {})
+    assert report.ok, [e.render() for e in report.errors]
+    assert report.spec.service("api").variables == variables
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 50), st.integers(0, 50), st.booleans())
+def test_count_range_gives_its_minimum(tmp_path: Path, low: int, span: int, as_map: bool) -> None:
+    high = low + span
+    count = f"{{min: {low}, max: {high}}}" if as_map else f"{low}-{high}"
+    root = write_workspace(
+        tmp_path / "count",
+        {"api": f"type: Backend Service\nimage:\n  location: x\ncount:\n  range: {count}\n"},
+    )
+    assert load_environment(root, None, {}).service("api").count == low
+
+
+@settings(deadline=None)
+@given(
+    st.lists(st.text(string.ascii_letters + string.digits + " '\"$\\-_/.", min_size=1), min_size=1)
+)
+def test_command_split_inverts_shell_quoting(words: list[str]) -> None:
+    assert split_command(" ".join(shlex.quote(w) for w in words)) == words
