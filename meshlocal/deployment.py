@@ -435,8 +435,14 @@ class Deployment:
     # -- teardown ---------------------------------------------------------
 
     def down(self) -> Removed:
+        """Remove everything, controller first: a live agent would replace what we remove."""
         self.stop_dataplane_process()
-        return self.engine.remove_all(self.project, self._env_arg)
+        first: list[str] = []
+        for info in self.engine.list_containers(self.project, self._env_arg, role=L.Role.DATAPLANE):
+            self.engine.remove(info.id)
+            first.append(info.name)
+        removed = self.engine.remove_all(self.project, self._env_arg)
+        return Removed((*first, *removed.containers), removed.networks)
 
 
 def admin_call(base_url: str, path: str, body: Any = None, timeout: float = 30.0) -> Any:
