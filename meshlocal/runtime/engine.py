@@ -16,7 +16,7 @@ import contextlib
 import os
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -332,6 +332,76 @@ class EventStream:
             self._stream.close()
 
 
+def split_lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """Byte chunks -> text lines; a stream that breaks just ends."""
+    pending = b""
+    try:
+        for chunk in chunks:
+            pending += bytes(chunk)
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.decode(errors="replace").rstrip("\r")
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
+        pass  # the container went away mid-stream, or the stream was closed
+    if pending:
+        yield pending.decode(errors="replace")
+
+
+class LogStream:
+    """One container's log lines, read in a thread and delivered to asyncio.
+
+    Iterating ends when the container stops or `close()` is called.
+    """
+
+    def __init__(
+        self, engine: Engine, container_id: str, loop: asyncio.AbstractEventLoop, **kwargs: Any
+    ) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._closed = False
+        self._raw = engine.open_logs(container_id, **kwargs)
+        self._lines = self._with_tail(engine, container_id, kwargs)
+        self._thread = threading.Thread(target=self._pump, name="meshlocal-logs", daemon=True)
+        self._thread.start()
+
+    def _with_tail(self, engine: Engine, cid: str, kwargs: Mapping[str, Any]) -> Iterator[str]:
+        count = 0
+        for line in split_lines(self._raw):
+            count += 1
+            yield line
+        if not self._closed:
+            yield from engine._unflushed(cid, count, kwargs)
+
+    def _pump(self) -> None:
+        try:
+            for line in self._lines:
+                if self._closed:
+                    break
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, line)
+        except MeshlocalError:
+            pass
+        finally:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
+
+    def __aiter__(self) -> LogStream:
+        return self
+
+    async def __anext__(self) -> str:
+        line = await self._queue.get()
+        if line is None:
+            raise StopAsyncIteration
+        return line
+
+    def close(self) -> None:
+        """Stop delivering; closing the socket ends the reader thread."""
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self._raw.close()
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
+
+
 # -- the engine -------------------------------------------------------------------------
 
 
@@ -532,13 +602,48 @@ class Engine:
         with engine_errors(f"renaming container {container_id[:12]}"):
             self.api.rename(container_id, name)
 
-    def logs(self, container_id: str, tail: int = 20) -> list[str]:
+    def logs(self, container_id: str, tail: int | str = 20) -> list[str]:
         """The last `tail` log lines (stdout and stderr); [] when the container is gone."""
         try:
             raw = self.api.logs(container_id, stdout=True, stderr=True, tail=tail)
         except docker.errors.DockerException:
             return []
         return bytes(raw).decode(errors="replace").splitlines()
+
+    def open_logs(
+        self, container_id: str, *, follow: bool = True, tail: int | str = "all",
+        since: float | None = None,
+    ) -> Any:  # fmt: skip
+        """The raw log stream (a closable iterator of byte chunks)."""
+        with engine_errors(f"reading logs of {container_id[:12]}"):
+            return self.api.logs(
+                container_id, stdout=True, stderr=True, stream=True, follow=follow, tail=tail,
+                since=since,
+            )  # fmt: skip
+
+    def follow_logs(self, container_id: str, **kwargs: Any) -> Iterator[str]:
+        """Log lines (stdout and stderr, in order) as they come; ends when the container does."""
+        count = 0
+        for line in split_lines(self.open_logs(container_id, **kwargs)):
+            count += 1
+            yield line
+        yield from self._unflushed(container_id, count, kwargs)
+
+    def _unflushed(self, container_id: str, count: int, kwargs: Mapping[str, Any]) -> list[str]:
+        """Lines a follow stream missed at the container's exit.
+
+        Docker 20.10 sometimes ends a follow stream before the last, unterminated
+        line is flushed to it (see docs/docker-notes.md); a plain read has it.
+        """
+        if kwargs.get("tail", "all") != "all" or kwargs.get("since") is not None:
+            return []
+        return self.logs(container_id, tail="all")[count:]
+
+    def log_stream(
+        self, container_id: str, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any
+    ) -> LogStream:
+        """`follow_logs` delivered to asyncio (call from the event loop)."""
+        return LogStream(self, container_id, loop or asyncio.get_running_loop(), **kwargs)
 
     def exec(self, container_id: str, cmd: Sequence[str], timeout: float = 10.0) -> tuple[int, str]:
         """Run `cmd` inside a container: (exit code, combined output)."""

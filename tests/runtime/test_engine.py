@@ -235,3 +235,26 @@ async def test_events_arrive_through_the_stream(
 async def _drain(stream: Any) -> None:
     while (await stream.get()) is not None:
         pass
+
+
+@pytest.mark.docker
+async def test_logs_follow_in_order_and_end_with_the_container(
+    engine: Engine, project: str, busybox_image: str
+) -> None:
+    net = await asyncio.to_thread(engine.ensure_network, project, "test")
+    script = "echo one; echo two >&2; sleep 0.5; printf 'three\\nfour'"
+    cid = await asyncio.to_thread(
+        engine.run_container,
+        _spec(project, net.name, busybox_image, f"{project}-l", command=("sh", "-c", script)),
+    )
+    lines = [line async for line in engine.log_stream(cid)]
+    # stdout and stderr are separate pipes: their relative order is not kept.
+    assert sorted(lines[:2]) == ["one", "two"] and lines[2:] == ["three", "four"]
+    assert engine.logs(cid, tail=1) == ["four"]
+    # Closing a stream of a silent, running container ends the iteration at once.
+    quiet = await asyncio.to_thread(
+        engine.run_container, _spec(project, net.name, busybox_image, f"{project}-q")
+    )
+    stream = engine.log_stream(quiet)
+    stream.close()
+    assert [line async for line in stream] == []
