@@ -324,6 +324,8 @@ class Deployment:
 
     def stop_dataplane_process(self) -> bool:
         pid_file = self._state_file(".pid")
+        self._state_file(".admin").unlink(missing_ok=True)
+        self._state_file(".json").unlink(missing_ok=True)
         try:
             pid = int(pid_file.read_text())
         except (OSError, ValueError):
@@ -378,6 +380,53 @@ class Deployment:
         self._state_file(".admin").write_text(
             json.dumps({"admin_url": admin_url, "public_url": public_url, "pid": os.getpid()})
         )
+
+    # -- the whole of `up -d` ---------------------------------------------
+
+    def up(
+        self,
+        *,
+        mode: Mode = "container",
+        public_port: int = 0,
+        timeout: float = 180.0,
+        wait: bool = True,
+        progress: Progress = _quiet,
+    ) -> DataPlane:
+        """Build, start the data plane, and (with `wait`) return once all replicas are ready.
+
+        Idempotent: run again, it rolls changed services and keeps the rest.
+        """
+        built = self.build(progress)
+        desired = self.desired(built)
+        network = self.network()
+        config = self.agent_config(desired, mode, network, public_port=public_port)
+        if mode == "container":
+            plane = self.start_dataplane_container(
+                config, network, public_port=public_port, progress=progress
+            )
+        else:
+            self.start_dataplane_process(config, log_file=self._state_file(".log"))
+            plane = self._wait_dataplane(timeout)
+        if wait:
+            self.wait_ready(timeout)
+        return plane
+
+    def _wait_dataplane(self, timeout: float) -> DataPlane:
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(MeshNotRunning):
+                return self.dataplane()
+            if time.monotonic() > deadline:
+                log = self._state_file(".log")
+                tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
+                raise DataPlaneError(
+                    "the host-mode data plane did not start",
+                    hint="its last log lines:\n" + "\n".join(f"    {t}" for t in tail),
+                )
+            time.sleep(0.1)
+
+    def public_url(self) -> str | None:
+        return self.dataplane().public_url
 
     # -- admin API --------------------------------------------------------
 

@@ -186,47 +186,32 @@ def up(
 ) -> None:
     """Build, start and connect every service of an environment."""
     with _deployment(ctx, env) as dep:
-        spec = dep.spec
-        for skipped in spec.skipped:
+        for skipped in dep.spec.skipped:
             _say(f"{skipped.name}: {skipped.type.value} is not emulated, skipped")
-        err.print(f"[+] Building {len(spec.services)} service image(s)", markup=False)
-        built = dep.build(_say)
-        desired = dep.desired(built)
-        network = dep.network()
-        err.print(f"[+] Network {network.name} ({network.subnet})", markup=False)
-        if dataplane == "host":
-            _up_host(dep, desired, network, detach=detach, public_port=public_port, timeout=timeout)
+        if dataplane == "host" and not detach:
+            _up_host_foreground(dep, public_port=public_port)
             return
-        config = dep.agent_config(desired, "container", network)
-        plane = dep.start_dataplane_container(
-            config, network, public_port=public_port, progress=_say
+        err.print(f"[+] Building {len(dep.spec.services)} service image(s)", markup=False)
+        plane = dep.up(
+            mode="host" if dataplane == "host" else "container",
+            public_port=public_port,
+            timeout=timeout,
+            wait=detach,
+            progress=_say,
         )
-        err.print(f"[+] Data plane {L.dataplane_name(dep.project, dep.env)}", markup=False)
+        err.print(f"[+] Data plane ({plane.mode}) for {dep.project}/{dep.env}", markup=False)
         if detach:
-            state = dep.wait_ready(timeout)
-            _print_ps(state, plane.public_url)
+            _print_ps(dep.state(), plane.public_url)
             return
         _attach_until_interrupted(dep, plane.public_url, timeout)
 
 
-def _up_host(
-    dep: Deployment,
-    desired: Any,
-    network: Any,
-    *,
-    detach: bool,
-    public_port: int,
-    timeout: float,
-) -> None:
+def _up_host_foreground(dep: Deployment, *, public_port: int) -> None:
+    """Host mode in the foreground: the agent runs in this process, for debugging."""
+    err.print(f"[+] Building {len(dep.spec.services)} service image(s)", markup=False)
+    desired = dep.desired(dep.build(_say))
+    network = dep.network()
     config = dep.agent_config(desired, "host", network, public_port=public_port)
-    if detach:
-        log_file = dep._state_file(".log")
-        dep.start_dataplane_process(config, log_file=log_file)
-        state = dep.wait_ready(timeout)
-        public = state.get("public_port")
-        _print_ps(state, f"http://127.0.0.1:{public}" if public else None)
-        return
-    # Foreground host mode: the agent runs in this process, for debugging.
     from meshlocal.mesh import Agent
 
     logging.basicConfig(level=logging.INFO, format="meshlocal  | %(message)s")
