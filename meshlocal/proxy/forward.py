@@ -251,7 +251,11 @@ class Downstream(asyncio.Protocol):
             tail += b"Connection: Upgrade\r\nUpgrade: %s\r\n" % req.upgrade
         self.out_head = (
             req.request_line
-            + http1.strip_request_fields(req.fields, req.connection_tokens)
+            + (
+                http1.strip_request_fields(req.fields, req.connection_tokens)
+                if req.strip
+                else req.fields
+            )
             + tail
             + b"\r\n"
         )
@@ -508,7 +512,11 @@ class Downstream(asyncio.Protocol):
             tail += b"Connection: keep-alive\r\n"
         return (
             resp.status_line
-            + http1.strip_response_fields(resp.fields, resp.connection_tokens)
+            + (
+                http1.strip_response_fields(resp.fields, resp.connection_tokens)
+                if resp.strip
+                else resp.fields
+            )
             + tail
             + b"\r\n"
         )

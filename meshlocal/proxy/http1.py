@@ -33,12 +33,17 @@ FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
 _FIELDS_RE = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\x00]*\r\n)*")
 
 
+# The few headers that matter, found in one C-level scan of the lower-cased
+# section. Hop-by-hop names are in it too: stripping (a regex substitution)
+# only runs when one is present.
+_HOP_ALTS = rb"keep-alive|proxy-connection|proxy-authenticate|proxy-authorization|te|trailer"
 _REQUEST_INTEREST = re.compile(
-    rb"\r\n(content-length|transfer-encoding|connection|host|upgrade|expect|x-forwarded-for)"
-    rb":[ \t]*([^\r]*)"
+    rb"\r\n(content-length|transfer-encoding|connection|host|upgrade|expect|x-forwarded-for"
+    rb"|x-forwarded-proto|x-forwarded-host|" + _HOP_ALTS + rb"):[ \t]*([^\r]*)"
 )
 _RESPONSE_INTEREST = re.compile(
-    rb"\r\n(content-length|transfer-encoding|connection):[ \t]*([^\r]*)"
+    rb"\r\n(content-length|transfer-encoding|connection|upgrade|" + _HOP_ALTS + rb")"
+    rb":[ \t]*([^\r]*)"
 )
 
 
@@ -85,6 +90,7 @@ class RequestHead:
     connection_tokens: frozenset[bytes]
     expect_continue: bool
     forwarded_for: bytes | None  # incoming X-Forwarded-For values, comma-joined
+    strip: bool = True  # some header must be removed before forwarding
 
     def header_items(self) -> list[tuple[bytes, bytes]]:
         return split_fields(self.fields)
@@ -99,6 +105,7 @@ class ResponseHead:
     length: int
     keep_alive: bool
     connection_tokens: frozenset[bytes]
+    strip: bool = True
 
     def header_items(self) -> list[tuple[bytes, bytes]]:
         return split_fields(self.fields)
@@ -192,7 +199,7 @@ def parse_request_head(data: bytes, max_header_bytes: int = 32768) -> RequestHea
     # One C-level scan for the few headers that matter; the rest pass through.
     lengths = encodings = connection = hosts = None
     upgrade = xff = None
-    expect = False
+    expect = strip = False
     for name, value in _REQUEST_INTEREST.findall(b"\r\n" + fields.lower()):
         value = value.rstrip(b" \t")
         if name == b"host":
@@ -205,12 +212,16 @@ def parse_request_head(data: bytes, max_header_bytes: int = 32768) -> RequestHea
             encodings = [value] if encodings is None else [*encodings, value]
         elif name == b"connection":
             connection = [value] if connection is None else [*connection, value]
-        elif name == b"upgrade":
-            upgrade = value
         elif name == b"expect":
             expect = expect or value == b"100-continue"
-        elif value:  # x-forwarded-for
-            xff = value if xff is None else xff + b", " + value
+        elif name == b"x-forwarded-for":
+            strip = True
+            if value:
+                xff = value if xff is None else xff + b", " + value
+        else:
+            strip = True  # hop-by-hop or X-Forwarded-Proto/Host: rewritten
+            if name == b"upgrade":
+                upgrade = value
     framing, length = _length_framing(lengths, encodings, response=False)
     ctokens = _connection(connection)
     host = hosts
@@ -231,6 +242,7 @@ def parse_request_head(data: bytes, max_header_bytes: int = 32768) -> RequestHea
         connection_tokens=ctokens,
         expect_continue=expect,
         forwarded_for=xff,
+        strip=strip,
     )
 
 
@@ -249,6 +261,7 @@ def parse_response_head(
         raise HttpError(502, "malformed status line from upstream")
     status = int(code)
     lengths = encodings = connection = None
+    strip = False
     for name, value in _RESPONSE_INTEREST.findall(b"\r\n" + fields.lower()):
         value = value.rstrip(b" \t")
         if name == b"content-length":
@@ -256,7 +269,9 @@ def parse_response_head(
         elif name == b"transfer-encoding":
             encodings = [value] if encodings is None else [*encodings, value]
         else:
-            connection = [value] if connection is None else [*connection, value]
+            strip = True
+            if name == b"connection":
+                connection = [value] if connection is None else [*connection, value]
     framing, length = _length_framing(lengths, encodings, response=True)
     ctokens = _connection(connection)
     if request_method == b"HEAD" or status < 200 or status == 204 or status == 304:
@@ -266,7 +281,7 @@ def parse_response_head(
         keep_alive = False
     if version != b"HTTP/1.1":
         line = b"HTTP/1.1" + line[8:]
-    return ResponseHead(line, status, fields, framing, length, keep_alive, ctokens)
+    return ResponseHead(line, status, fields, framing, length, keep_alive, ctokens, strip)
 
 
 def strip_request_fields(fields: bytes, connection_tokens: frozenset[bytes]) -> bytes:
