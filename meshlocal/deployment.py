@@ -69,13 +69,22 @@ class Deployment:
         *,
         environ: Mapping[str, str] | None = None,
         engine: Engine | None = None,
+        project_suffix: str | None = None,
     ) -> None:
         self.workspace: Workspace = find_workspace(start)
         self._env_arg = env
         self._environ = environ
         self._spec: EnvironmentSpec | None = None
         self._engine = engine
-        self.project = L.project_id(self.workspace.app, self.workspace.root)
+        # Images are shared by every copy of a workspace; containers and
+        # networks are not: a suffix (the pytest plugin's, one per session)
+        # gives a second, independent mesh of the same workspace.
+        self.base_project = L.project_id(self.workspace.app, self.workspace.root)
+        self.project = (
+            f"{self.base_project}-{L._slug(project_suffix)}"
+            if project_suffix
+            else self.base_project
+        )
 
     # -- lazily loaded parts ----------------------------------------------
 
@@ -106,7 +115,7 @@ class Deployment:
 
     def image_tag(self, service: str, sidecar: str | None = None) -> str:
         name = f"{service}-{sidecar}" if sidecar else service
-        return f"meshlocal/{self.project}-{name}:{L._slug(self.env)}"
+        return f"meshlocal/{self.base_project}-{name}:{L._slug(self.env)}"
 
     def build(self, progress: Progress = _quiet) -> dict[str, tuple[str, str | None]]:
         """Every service's image: service -> (ref to run, image id for rolling)."""
