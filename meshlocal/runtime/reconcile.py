@@ -246,3 +246,23 @@ def plan(
         extra = sorted((o for o in alive if o.index > count), key=lambda o: -o.index)
         remove.extend(extra)
     return Plan(tuple(start), tuple(roll), tuple(remove))
+
+
+def start_order(template: ReplicaTemplate) -> list[str]:
+    """The task's containers (main = the service name, then sidecars) in dependency order.
+
+    A container starts after every container it depends on; otherwise the
+    manifest order holds, main container first. Unknown names are ignored
+    (validation reports them); a cycle falls back to the manifest order.
+    """
+    names = [template.service, *(sc.name for sc in template.sidecars)]
+    deps: dict[str, set[str]] = {template.service: set(template.depends_on)}
+    deps.update({sc.name: set(sc.depends_on) for sc in template.sidecars})
+    known = set(names)
+    order: list[str] = []
+    pending = list(names)
+    while pending:
+        ready = next((n for n in pending if deps[n] & known <= set(order)), pending[0])
+        order.append(ready)
+        pending.remove(ready)
+    return order

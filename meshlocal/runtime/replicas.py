@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ from meshlocal.runtime.reconcile import (
     ReplicaTemplate,
     SidecarTemplate,
     plan,
+    start_order,
 )
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,9 @@ T = TypeVar("T")
 
 CRASH_LOOP_AFTER = 3  # consecutive deaths before a replica counts as crash-looping
 _BACKOFF_CAP_S = 10.0
+TASK = "meshlocal.task"  # one id per task: its main container, sidecars and pause
+NETNS = "meshlocal.netns"  # on a main container: the pause container owning its namespace
+ESSENTIAL = "meshlocal.essential"
 # ECS ignores a Dockerfile's HEALTHCHECK: only the task definition's counts.
 NO_HEALTHCHECK = ContainerHealthCheck(command=("NONE",))
 STABLE_AFTER_S = 10.0  # healthy this long, then a death no longer counts as a crash loop
@@ -94,6 +99,7 @@ class Reconciler:
         stop_timeout_s: float = 5.0,
         roll_timeout_s: float = 120.0,
         replace_unhealthy: bool = True,
+        pause_image: str | None = None,
         on_change: Callable[[str], None] | None = None,
     ) -> None:
         self.engine = engine
@@ -107,6 +113,7 @@ class Reconciler:
         self.stop_timeout_s = stop_timeout_s
         self.roll_timeout_s = roll_timeout_s
         self.replace_unhealthy = replace_unhealthy
+        self.pause_image = pause_image  # e.g. the busybox image; enables main-after-sidecar
         self.on_change = on_change or (lambda _msg: None)
         self.desired: dict[str, DesiredService] = {}
         self._hashes: dict[str, str] = {}
@@ -130,7 +137,7 @@ class Reconciler:
             self.engine.list_containers, self.project, self.env, role=L.Role.REPLICA
         ):
             if info.running:
-                self._join(info)
+                self._join(info, await self._address_of(info))
 
     async def close(self, remove: bool = False) -> None:
         """Stop reacting to events; with remove=True also remove every replica."""
@@ -291,9 +298,9 @@ class Reconciler:
 
     async def _on_event(self, event: ContainerEvent) -> None:
         role = event.role
-        if role == L.Role.SIDECAR.value:
+        if role in (L.Role.SIDECAR.value, L.Role.PAUSE.value):
             if event.action == "die" and event.container_id not in self._expected_stop:
-                await self._sidecar_died(event)
+                self._spawn(self._task_member_died(event))
             return
         if role != L.Role.REPLICA.value:
             return
@@ -308,7 +315,7 @@ class Reconciler:
         elif event.action == "start":
             info = await self._thread(self.engine.inspect, cid)
             if info is not None and info.running:
-                self._join(info)
+                self._join(info, await self._address_of(info))
         elif event.action == "health_status" and event.health is not None:
             self.registry.set_health(cid, event.health)
             if event.health is Health.HEALTHY:
@@ -321,8 +328,15 @@ class Reconciler:
                 self.on_change(f"{event.name} is unhealthy: replacing it")
                 self._spawn(self._thread(self.engine.stop, cid, self.stop_timeout_s))
 
-    def _join(self, info: ContainerInfo) -> None:
-        address = info.address_on(self.network.name)
+    async def _address_of(self, info: ContainerInfo) -> str | None:
+        """A replica's address; in a pause container's namespace, the pause's."""
+        owner = info.labels.get(NETNS)
+        if owner:
+            pause = await self._thread(self.engine.inspect, owner)
+            return pause.address_on(self.network.name) if pause is not None else None
+        return info.address_on(self.network.name)
+
+    def _join(self, info: ContainerInfo, address: str | None) -> None:
         if not address or info.service is None or info.index is None:
             return
         port_label = info.labels.get(L.PORT)
@@ -358,7 +372,7 @@ class Reconciler:
     async def _died(self, event: ContainerEvent) -> None:
         cid = event.container_id
         self._hash_of.pop(cid, None)
-        await self._remove_sidecars(event.service, event.labels.get(L.REPLICA))
+        await self._remove_task(event.labels, keep=cid)
         if cid in self._expected_stop or self._closing:
             self._expected_stop.discard(cid)
             await self._thread(self.engine.remove, cid)
@@ -381,29 +395,40 @@ class Reconciler:
             await asyncio.sleep(min(_BACKOFF_CAP_S, 0.5 * 2 ** (slot.failures - CRASH_LOOP_AFTER)))
         await self.converge(service)
 
-    async def _sidecar_died(self, event: ContainerEvent) -> None:
-        """An essential sidecar ended: ECS stops the whole task; the replica is replaced."""
-        if event.labels.get("meshlocal.essential", "true") != "true":
-            return
-        service, raw_index = event.service, event.labels.get(L.REPLICA, "")
-        if service is None or not raw_index.isdigit():
-            return
-        name = L.container_name(self.project, self.env, service, int(raw_index))
-        info = await self._thread(self.engine.inspect, name)
-        if info is not None and info.running:
-            await self._thread(self.engine.stop, info.id, self.stop_timeout_s)
+    async def _task_member_died(self, event: ContainerEvent) -> None:
+        """An essential sidecar or the task's pause container ended.
 
-    async def _remove_sidecars(self, service: str | None, index: str | None) -> None:
-        if service is None or not index:
+        ECS stops the whole task then; stopping its main container makes the
+        replica leave the registry and be replaced.
+        """
+        if event.labels.get(ESSENTIAL, "true") != "true":
             return
+        for info in await self._task_containers(event.labels, L.Role.REPLICA):
+            if info.running:
+                await self._thread(self.engine.stop, info.id, self.stop_timeout_s)
+
+    async def _task_containers(
+        self, task_labels: Mapping[str, str], role: L.Role | None = None
+    ) -> list[ContainerInfo]:
+        """The containers of one task: by its task label, else (older ones) by index."""
+        service, index = task_labels.get(L.SERVICE), task_labels.get(L.REPLICA)
+        if service is None or not index:
+            return []
         infos = await self._thread(
-            self.engine.list_containers, self.project, self.env, role=L.Role.SIDECAR,
-            service=service,
-        )  # fmt: skip
-        for info in infos:
-            if info.labels.get(L.REPLICA) == index:
-                self._expected_stop.add(info.id)
-                await self._thread(self.engine.remove, info.id)
+            self.engine.list_containers, self.project, self.env, role=role, service=service
+        )
+        task = task_labels.get(TASK)
+        if task:
+            return [i for i in infos if i.labels.get(TASK) == task]
+        return [i for i in infos if i.labels.get(L.REPLICA) == index and TASK not in i.labels]
+
+    async def _remove_task(self, task_labels: Mapping[str, str], keep: str | None = None) -> None:
+        """Remove a task's sidecars and pause container (its main container is `keep`)."""
+        for info in await self._task_containers(task_labels):
+            if info.id == keep or info.role == L.Role.REPLICA.value:
+                continue
+            self._expected_stop.add(info.id)
+            await self._thread(self.engine.remove, info.id)
 
     # -- actions ----------------------------------------------------------------------------
 
@@ -430,18 +455,17 @@ class Reconciler:
             )
         return out
 
-    def replica_spec(self, template: ReplicaTemplate, index: int) -> ContainerSpec:
+    def replica_spec(
+        self, template: ReplicaTemplate, index: int, task: str = "", netns: str | None = None
+    ) -> ContainerSpec:
+        """The main container; `netns`: the pause container whose namespace it joins."""
         name = L.container_name(self.project, self.env, template.service, index)
-        lbl = L.base_labels(self.project, self.env, L.Role.REPLICA, self.workspace)
-        lbl.update(
-            {
-                L.SERVICE: template.service,
-                L.REPLICA: str(index),
-                L.CONFIG_HASH: self._hashes.get(template.service) or self.config_hash(template),
-            }
-        )
+        lbl = self._task_labels(template, index, task, L.Role.REPLICA)
+        lbl[L.CONFIG_HASH] = self._hashes.get(template.service) or self.config_hash(template)
         if template.port is not None:
             lbl[L.PORT] = str(template.port)
+        if netns is not None:
+            lbl[NETNS] = netns
         return ContainerSpec(
             name=name,
             image=template.image,
@@ -449,23 +473,36 @@ class Reconciler:
             environment=dict(template.environment),
             command=template.command,
             entrypoint=template.entrypoint,
-            network=self.network.name,
-            hostname=L.hostname_for(name),
-            dns=self.dns,
+            network=None if netns else self.network.name,
+            network_mode=f"container:{netns}" if netns else None,
+            hostname=None if netns else L.hostname_for(name),
+            dns=() if netns else self.dns,
             healthcheck=template.healthcheck or NO_HEALTHCHECK,
         )
 
-    def sidecar_spec(self, template: ReplicaTemplate, index: int, sc: SidecarTemplate,
-                     main_id: str) -> ContainerSpec:  # fmt: skip
-        lbl = L.base_labels(self.project, self.env, L.Role.SIDECAR, self.workspace)
-        lbl.update(
-            {
-                L.SERVICE: template.service,
-                L.REPLICA: str(index),
-                L.SIDECAR: sc.name,
-                "meshlocal.essential": "true" if sc.essential else "false",
-            }
+    def pause_spec(self, template: ReplicaTemplate, index: int, task: str) -> ContainerSpec:
+        """Holds a task's network namespace when its main container waits for sidecars."""
+        assert self.pause_image is not None
+        name = L.sidecar_name(self.project, self.env, template.service, index, "pause")
+        return ContainerSpec(
+            name=name,
+            image=self.pause_image,
+            labels=self._task_labels(template, index, task, L.Role.PAUSE),
+            command=("sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait; done"),
+            network=self.network.name,
+            hostname=L.hostname_for(
+                L.container_name(self.project, self.env, template.service, index)
+            ),
+            dns=self.dns,
+            healthcheck=NO_HEALTHCHECK,
         )
+
+    def sidecar_spec(
+        self, template: ReplicaTemplate, index: int, sc: SidecarTemplate, netns: str, task: str = ""
+    ) -> ContainerSpec:
+        lbl = self._task_labels(template, index, task, L.Role.SIDECAR)
+        lbl[L.SIDECAR] = sc.name
+        lbl[ESSENTIAL] = "true" if sc.essential else "false"
         return ContainerSpec(
             name=L.sidecar_name(self.project, self.env, template.service, index, sc.name),
             image=sc.image,
@@ -473,37 +510,63 @@ class Reconciler:
             environment=dict(sc.environment),
             command=sc.command,
             entrypoint=sc.entrypoint,
-            network_mode=f"container:{main_id}",  # one task, one network namespace
+            network_mode=f"container:{netns}",  # one task, one network namespace
             healthcheck=sc.healthcheck or NO_HEALTHCHECK,
         )
 
-    async def _start_replica(self, service: str, index: int) -> str:
-        template = self.desired[service].template
-        spec = self.replica_spec(template, index)
-        await self._thread(self.engine.remove, spec.name)  # a dead leftover holds the name
-        cid = await self._thread(self.engine.run_container, spec)
-        self._hash_of[cid] = spec.labels[L.CONFIG_HASH]
-        self.on_change(f"{service}-{index} started")
-        if template.sidecars:
-            await self._start_sidecars(template, index, cid)
-        return cid
+    def _task_labels(
+        self, template: ReplicaTemplate, index: int, task: str, role: L.Role
+    ) -> dict[str, str]:
+        lbl = L.base_labels(self.project, self.env, role, self.workspace)
+        lbl.update({L.SERVICE: template.service, L.REPLICA: str(index)})
+        if task:
+            lbl[TASK] = task
+        return lbl
 
-    async def _start_sidecars(self, template: ReplicaTemplate, index: int, main_id: str) -> None:
-        """Start sidecars in the replica's namespace, honouring their depends_on order."""
-        started: dict[str, str] = {template.service: main_id}
-        pending = list(template.sidecars)
-        while pending:
-            ready = [
-                sc for sc in pending if all(dep in started for dep in sc.depends_on if dep)
-            ] or pending[:1]  # a cycle or an unknown name: start in manifest order
-            for sc in ready:
-                for dep, condition in sc.depends_on.items():
-                    if dep in started:
-                        await self._wait_condition(started[dep], condition)
-                spec = self.sidecar_spec(template, index, sc, main_id)
+    async def _start_replica(self, service: str, index: int, wait_ready: bool = False) -> str:
+        """Start one task: its containers in depends_on order, in one network namespace.
+
+        The main container owns the namespace, unless it depends on a sidecar:
+        then a pause container owns it, as the task ENI does on ECS. With
+        `wait_ready`, a readiness future is registered before the start, so a
+        fast join or death cannot be missed.
+        """
+        template = self.desired[service].template
+        task = uuid.uuid4().hex[:12]
+        order = start_order(template)
+        netns: str | None = None
+        if template.sidecars and order[0] != template.service and self.pause_image:
+            pause = self.pause_spec(template, index, task)
+            await self._thread(self.engine.remove, pause.name)  # a dead leftover holds the name
+            netns = await self._thread(self.engine.run_container, pause)
+        elif order[0] != template.service:
+            order = [template.service, *(n for n in order if n != template.service)]
+        sidecars = {sc.name: sc for sc in template.sidecars}
+        deps: dict[str, Mapping[str, str]] = {template.service: template.depends_on}
+        deps.update({sc.name: sc.depends_on for sc in template.sidecars})
+        started: dict[str, str] = {}
+        main_id = ""
+        for name in order:
+            for dep, condition in deps.get(name, {}).items():
+                if dep in started:
+                    await self._wait_condition(started[dep], condition)
+            if name == template.service:
+                spec = self.replica_spec(template, index, task, netns)
                 await self._thread(self.engine.remove, spec.name)
-                started[sc.name] = await self._thread(self.engine.run_container, spec)
-                pending.remove(sc)
+                main_id = await self._thread(self.engine.create_container, spec)
+                self._hash_of[main_id] = spec.labels[L.CONFIG_HASH]
+                if wait_ready:
+                    self._ready_waiters[main_id] = asyncio.get_running_loop().create_future()
+                await self._thread(self.engine.start, main_id)
+                started[name] = main_id
+                netns = netns or main_id
+                self.on_change(f"{service}-{index} started")
+            else:
+                assert netns is not None
+                side = self.sidecar_spec(template, index, sidecars[name], netns, task)
+                await self._thread(self.engine.remove, side.name)
+                started[name] = await self._thread(self.engine.run_container, side)
+        return main_id
 
     async def _wait_condition(self, cid: str, condition: str, timeout: float = 60.0) -> None:
         """ECS container dependency conditions, checked with the engine's own state."""
@@ -535,9 +598,15 @@ class Reconciler:
             self.registry.set_draining(cid)
             await asyncio.sleep(self.drain_s)
         self.registry.remove(cid)
+        labels = await self._labels_of(cid)
         await self._thread(self.engine.stop, cid, self.stop_timeout_s)
         await self._thread(self.engine.remove, cid)
-        await self._remove_sidecars(observed.service, str(observed.index))
+        if labels is not None:
+            await self._remove_task(labels)
+
+    async def _labels_of(self, cid: str) -> Mapping[str, str] | None:
+        info = await self._thread(self.engine.inspect, cid)
+        return info.labels if info is not None else None
 
     async def _roll(self, service: str, stale: list[Observed]) -> None:
         """Replace stale replicas: the new ones are ready before the old ones stop.
@@ -546,25 +615,20 @@ class Reconciler:
         successor at once; when one does not become ready the old replica
         keeps serving (circuit breaker) and the roll fails.
         """
-        loop = asyncio.get_running_loop()
         for old in stale:
-            old_name = L.container_name(self.project, self.env, service, old.index)
-            await self._thread(
-                self.engine.rename, old.container_id, f"{old_name}-old-{old.container_id[:8]}"
-            )
-        new_ids: list[str] = []
+            # Free the names for the successors: the main container, sidecars, pause.
+            labels = await self._labels_of(old.container_id) or {}
+            for info in await self._task_containers(labels):
+                suffix = f"-old-{old.container_id[:8]}"
+                await self._thread(self.engine.rename, info.id, info.name + suffix)
         futures: list[asyncio.Future[bool]] = []
         for old in stale:
-            cid = await self._start_replica(service, old.index)
-            new_ids.append(cid)
+            cid = await self._start_replica(service, old.index, wait_ready=True)
             fut = self._ready_waiters.get(cid)
-            if fut is None:
-                fut = loop.create_future()
+            if fut is None:  # already resolved (joined healthy, or died) before we looked
+                fut = asyncio.get_running_loop().create_future()
                 replica = self.registry.get(cid)
-                if replica is not None and replica.in_rotation:
-                    fut.set_result(True)
-                else:
-                    self._ready_waiters[cid] = fut
+                fut.set_result(replica is not None and replica.in_rotation)
             futures.append(fut)
         try:
             done = await asyncio.wait_for(asyncio.gather(*futures), timeout=self.roll_timeout_s)

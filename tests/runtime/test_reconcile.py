@@ -17,6 +17,7 @@ from meshlocal.runtime.reconcile import (
     desired_from_json,
     desired_to_json,
     plan,
+    start_order,
 )
 
 
@@ -142,3 +143,21 @@ def test_names_never_equal_a_mesh_name() -> None:
         "meshlocal.role=replica",
         "meshlocal.service=api",
     ]
+
+
+def test_start_order_follows_depends_on() -> None:
+    def sc(name: str, **deps: str) -> SidecarTemplate:
+        return SidecarTemplate(name, "img", depends_on=deps)
+
+    plain = ReplicaTemplate("api", "img", sidecars=(sc("log"), sc("envoy")))
+    assert start_order(plain) == ["api", "log", "envoy"]
+    waits = ReplicaTemplate(
+        "api", "img", sidecars=(sc("log"), sc("init", log="start")), depends_on={"init": "success"}
+    )
+    assert start_order(waits) == ["log", "init", "api"]
+    cycle = ReplicaTemplate(
+        "api", "img", sidecars=(sc("a", api="start"),), depends_on={"a": "start"}
+    )
+    assert sorted(start_order(cycle)) == ["a", "api"]
+    unknown = ReplicaTemplate("api", "img", depends_on={"nope": "start"})
+    assert start_order(unknown) == ["api"]

@@ -277,3 +277,73 @@ async def test_sidecars_share_the_replica_network_namespace(
         return len(now) == 1 and now[0].container_id != main.container_id
 
     await until(registry, replaced, 30, "the task to be replaced")
+
+
+async def test_depends_on_orders_a_task_in_a_pause_namespace_and_rolls_it_whole(
+    engine: Engine, project: str, busybox_image: str
+) -> None:
+    net = await asyncio.to_thread(engine.ensure_network, project, "test")
+    registry = ReplicaRegistry()
+    rec = Reconciler(
+        engine, registry, project=project, env="test", network=net, drain_s=0.1,
+        stop_timeout_s=1, pause_image=busybox_image,
+    )  # fmt: skip
+    await rec.start()
+    try:
+        serve_8081 = "echo from-sidecar > /var/www/index.html; exec httpd -f -p 8081 -h /var/www"
+        sidecar = SidecarTemplate(
+            name="side",
+            image=busybox_image,
+            command=("sh", "-c", serve_8081),
+            healthcheck=ContainerHealthCheck(
+                ("CMD-SHELL", "wget -q -O /dev/null http://127.0.0.1:8081/"), 0.3, 2, 1, 5
+            ),
+        )
+        init = SidecarTemplate(
+            name="init", image=busybox_image, command=("sh", "-c", "sleep 0.3"), essential=False
+        )
+        # The main container serves what it fetched from the sidecar at start-up.
+        main_cmd = (
+            "sh",
+            "-c",
+            "wget -q -O /var/www/index.html http://127.0.0.1:8081/ && "
+            "exec httpd -f -p 80 -h /var/www",
+        )
+        template = ReplicaTemplate(
+            service="api",
+            image=busybox_image,
+            command=main_cmd,
+            port=80,
+            sidecars=(sidecar, init),
+            depends_on={"side": "healthy", "init": "success"},
+            environment={"V": "1"},
+        )
+        await rec.apply({"api": DesiredService(template, 1)})
+        await rec.wait_ready(30)
+        replica = registry.for_service("api")[0]
+        pauses = engine.list_containers(project, "test", role=L.Role.PAUSE)
+        assert len(pauses) == 1
+        assert replica.address == pauses[0].address_on(net.name)  # the task's address
+        code, out = await asyncio.to_thread(
+            engine.exec, replica.container_id, ["wget", "-q", "-O", "-", "http://127.0.0.1/"]
+        )
+        assert code == 0 and out.strip() == "from-sidecar"
+        raw_main = engine.api.inspect_container(replica.container_id)
+        init_info = [
+            c for c in engine.list_containers(project, "test", role=L.Role.SIDECAR)
+            if c.labels[L.SIDECAR] == "init"
+        ]  # fmt: skip
+        raw_init = engine.api.inspect_container(init_info[0].id)
+        assert raw_init["State"]["ExitCode"] == 0
+        assert raw_main["State"]["StartedAt"] > raw_init["State"]["FinishedAt"]
+
+        # Roll: the whole task is replaced, and nothing of the old one remains.
+        await rec.apply({"api": DesiredService(replace(template, environment={"V": "2"}), 1)})
+        await rec.wait_ready(30)
+        tasks = {c.labels.get("meshlocal.task") for c in engine.list_containers(project, "test")}
+        assert len(tasks) == 1, tasks
+        roles = sorted(c.role or "" for c in engine.list_containers(project, "test"))
+        assert roles == ["pause", "replica", "sidecar", "sidecar"]
+        assert registry.for_service("api")[0].container_id != replica.container_id
+    finally:
+        await rec.close()
