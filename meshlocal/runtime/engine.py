@@ -611,15 +611,24 @@ class Engine:
         return bytes(raw).decode(errors="replace").splitlines()
 
     def open_logs(
-        self, container_id: str, *, follow: bool = True, tail: int | str = "all",
+        self,
+        container_id: str,
+        *,
+        follow: bool = True,
+        tail: int | str = "all",
         since: float | None = None,
-    ) -> Any:  # fmt: skip
+    ) -> Any:
         """The raw log stream (a closable iterator of byte chunks)."""
         with engine_errors(f"reading logs of {container_id[:12]}"):
             return self.api.logs(
-                container_id, stdout=True, stderr=True, stream=True, follow=follow, tail=tail,
+                container_id,
+                stdout=True,
+                stderr=True,
+                stream=True,
+                follow=follow,
+                tail=tail,
                 since=since,
-            )  # fmt: skip
+            )
 
     def follow_logs(self, container_id: str, **kwargs: Any) -> Iterator[str]:
         """Log lines (stdout and stderr, in order) as they come; ends when the container does."""

@@ -125,8 +125,14 @@ def ensure_python_base(
                 f"debootstrap of Debian {suite} failed",
                 hint="is the Debian mirror reachable? last output:\n" + "\n".join(tail),
             )
-        for junk in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc",
-                     "usr/share/man", "usr/share/info", "usr/share/locale"):  # fmt: skip
+        for junk in (
+            "var/cache/apt/archives",
+            "var/lib/apt/lists",
+            "usr/share/doc",
+            "usr/share/man",
+            "usr/share/info",
+            "usr/share/locale",
+        ):
             shutil.rmtree(root / junk, ignore_errors=True)
         version = _python_version_in(root)
         say(f"importing {tag} (python {version})")

@@ -434,9 +434,12 @@ class Reconciler:
 
     async def _observe(self, service: str | None) -> list[Observed]:
         infos = await self._thread(
-            self.engine.list_containers, self.project, self.env, role=L.Role.REPLICA,
+            self.engine.list_containers,
+            self.project,
+            self.env,
+            role=L.Role.REPLICA,
             service=service,
-        )  # fmt: skip
+        )
         out = []
         for info in infos:
             if info.service is None or info.index is None:

@@ -85,9 +85,10 @@ def test_plan_converges_to_exactly_count_fresh_replicas(
     for svc, (count, want) in desired.items():
         # After the plan: kept fresh + rolled (replaced in place) + started, one per index.
         kept = [
-            o for o in observed
+            o
+            for o in observed
             if o.service == svc and o.alive and o.container_id not in removed | rolled
-        ]  # fmt: skip
+        ]
         indexes = [o.index for o in kept]
         indexes += [o.index for o in p.roll if o.service == svc]
         indexes += [i for s, i in p.start if s == svc]

@@ -285,9 +285,15 @@ async def test_depends_on_orders_a_task_in_a_pause_namespace_and_rolls_it_whole(
     net = await asyncio.to_thread(engine.ensure_network, project, "test")
     registry = ReplicaRegistry()
     rec = Reconciler(
-        engine, registry, project=project, env="test", network=net, drain_s=0.1,
-        stop_timeout_s=1, pause_image=busybox_image,
-    )  # fmt: skip
+        engine,
+        registry,
+        project=project,
+        env="test",
+        network=net,
+        drain_s=0.1,
+        stop_timeout_s=1,
+        pause_image=busybox_image,
+    )
     await rec.start()
     try:
         serve_8081 = "echo from-sidecar > /var/www/index.html; exec httpd -f -p 8081 -h /var/www"
@@ -330,9 +336,10 @@ async def test_depends_on_orders_a_task_in_a_pause_namespace_and_rolls_it_whole(
         assert code == 0 and out.strip() == "from-sidecar"
         raw_main = engine.api.inspect_container(replica.container_id)
         init_info = [
-            c for c in engine.list_containers(project, "test", role=L.Role.SIDECAR)
+            c
+            for c in engine.list_containers(project, "test", role=L.Role.SIDECAR)
             if c.labels[L.SIDECAR] == "init"
-        ]  # fmt: skip
+        ]
         raw_init = engine.api.inspect_container(init_info[0].id)
         assert raw_init["State"]["ExitCode"] == 0
         assert raw_main["State"]["StartedAt"] > raw_init["State"]["FinishedAt"]
