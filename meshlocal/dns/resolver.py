@@ -17,6 +17,8 @@ back to dnslib; any exception there is a FORMERR or a drop, never a crash.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import random
 import socket
@@ -199,6 +201,11 @@ def truncated(reply: bytes, question_end: int, edns: bool) -> bytes:
 # -- cached answers --------------------------------------------------------
 
 
+@functools.cache
+def _permutations(n: int) -> list[tuple[int, ...]]:
+    return list(itertools.permutations(range(n)))
+
+
 class _Entry:
     """A pre-packed answer for one (name, qtype, client class).
 
@@ -206,7 +213,18 @@ class _Entry:
     keep a `pool` of record byte strings and draw `k` of them per reply.
     """
 
-    __slots__ = ("body", "extra", "forward", "heads", "k", "ns", "pool", "rcode")
+    __slots__ = (
+        "bodies",
+        "body",
+        "extra",
+        "forward",
+        "heads",
+        "k",
+        "ns",
+        "perms",
+        "pool",
+        "rcode",
+    )
 
     def __init__(
         self,
@@ -226,6 +244,13 @@ class _Entry:
         authority = authority or []
         self.body = b"".join(answers) + b"".join(authority)
         self.k = min(MAX_ANSWERS, len(pool)) if pool is not None else 0
+        # Up to 8 records: a uniformly random order is one index into every order.
+        self.perms = _permutations(len(pool)) if pool and len(pool) <= MAX_ANSWERS else None
+        self.bodies = (
+            [b"".join([pool[i] for i in p]) for p in self.perms]
+            if pool and self.perms is not None and len(self.perms) <= 120 and extra is None
+            else None
+        )
         an = self.k if pool is not None else len(answers)
         ar = self.k if extra is not None else 0
         ns = self.ns = len(authority)
@@ -260,7 +285,7 @@ class MeshResolver:
         self._naming = naming
         self._registry = registry
         self._rng = rng or random.Random()
-        self._sample: Callable[..., list[bytes]] = self._rng.sample
+        self._random: Callable[[], float] = self._rng.random
         self._version = -1
         self._cache: dict[tuple[bytes, int, str | None], _Entry] = {}
         self._clients: dict[str, str | None] = {}
@@ -352,26 +377,34 @@ class MeshResolver:
 
     def _emit(self, entry: _Entry, packet: bytes, question: bytes, edns: bool, limit: int) -> bytes:
         rd = packet[2] & 0x01
-        pool = entry.pool
-        if pool is None:
+        if entry.pool is None:
             body = entry.body
-        elif entry.extra is None:
-            body = b"".join(self._sample(pool, entry.k)) + entry.body
+        elif entry.bodies is not None:  # few records: every order is pre-joined
+            bodies = entry.bodies
+            body = bodies[int(self._random() * len(bodies))]
         else:
-            picks = self._rng.sample(range(len(pool)), entry.k)
-            body = b"".join([pool[i] for i in picks]) + entry.body
-            extra = b"".join([entry.extra[i] for i in picks])
-            full = b"".join((packet[:2], entry.heads[rd * 2 + edns], question, body, extra))
-            if edns:
-                full += _OPT
-            if len(full) <= limit:
-                return full
-            # RFC 2181 9: dropping additional records does not need TC.
-            head = _head(rd, True, False, entry.rcode, entry.k, entry.ns, 1 if edns else 0)
-            reply = b"".join((packet[:2], head, question, body, _OPT if edns else b""))
-            if len(reply) <= limit:
-                return reply
-            return truncated(reply, 12 + len(question), edns)
+            pool = entry.pool
+            perms = entry.perms
+            order = (
+                perms[int(self._random() * len(perms))]
+                if perms is not None
+                else self._rng.sample(range(len(pool)), MAX_ANSWERS)  # random 8 of more
+            )
+            body = b"".join([pool[i] for i in order])
+            if entry.extra is not None:
+                extra = entry.extra
+                glue = b"".join([extra[i] for i in order])
+                full = b"".join((packet[:2], entry.heads[rd * 2 + edns], question, body, glue))
+                if edns:
+                    full += _OPT
+                if len(full) <= limit:
+                    return full
+                # RFC 2181 9: dropping additional records does not need TC.
+                head = _head(rd, True, False, entry.rcode, entry.k, entry.ns, 1 if edns else 0)
+                reply = b"".join((packet[:2], head, question, body, _OPT if edns else b""))
+                if len(reply) <= limit:
+                    return reply
+                return truncated(reply, 12 + len(question), edns)
         reply = b"".join((packet[:2], entry.heads[rd * 2 + edns], question, body))
         if edns:
             reply += _OPT
