@@ -12,7 +12,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dnslib import QTYPE, RR, A, DNSRecord, TXT
+import dns.asyncquery
+import dns.message
+import dns.rcode
+import dns.rdatatype
+from dnslib import QTYPE, RR, TXT, A, DNSRecord
 
 from meshlocal.manifest.model import (
     Connect,
@@ -127,8 +131,7 @@ class FakeUpstream(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
 
     def reply_for(self, data: bytes) -> bytes:
         query = DNSRecord.parse(data)
@@ -232,3 +235,37 @@ async def dig(
         elif section == "authority":
             authority.append(line.split())
     return DigResult(status, flags, answers, authority, text + err.decode())
+
+
+# -- dnspython -----------------------------------------------------------------------
+
+
+async def ask(
+    port: int,
+    name: str,
+    rdtype: str = "A",
+    *,
+    source: str = STRANGER_IP,
+    tcp: bool = False,
+    edns: int | None = None,
+    payload: int = 1232,
+    timeout: float = 3.0,
+) -> dns.message.Message:
+    """One query with dnspython's asyncio client, from `source` (stands in for a replica)."""
+    if edns is None:
+        q = dns.message.make_query(name, rdtype, use_edns=False)
+    else:
+        q = dns.message.make_query(name, rdtype, use_edns=edns, payload=payload)
+    if tcp:
+        return await dns.asyncquery.tcp(q, "127.0.0.1", port=port, source=source, timeout=timeout)
+    return await dns.asyncquery.udp(
+        q, "127.0.0.1", port=port, source=source, timeout=timeout, raise_on_truncation=False
+    )
+
+
+def addresses(msg: dns.message.Message) -> list[str]:
+    return [rr.address for rrset in msg.answer for rr in rrset if rrset.rdtype == dns.rdatatype.A]
+
+
+def rcode(msg: dns.message.Message) -> str:
+    return dns.rcode.to_text(msg.rcode())
