@@ -17,7 +17,8 @@ rounds x targets x duration + 4 x hey duration, plus start-up):
 Throughput: wrk -t1 -c50 -d{duration}s --latency, targets alternated in
 rotated order every round; the median round per target is reported.
 Fixed rate: hey -z {hey}s -c 10 -q 100 (10 workers x 100 req/s = 1,000 req/s),
-proxy and direct alternated twice; added p99 = proxy p99 - direct p99.
+direct, meshlocal and nginx-1w, two rounds in opposite orders; added p99 =
+proxy p99 - direct p99 (medians of the runs).
 """
 
 from __future__ import annotations
@@ -102,16 +103,35 @@ def to_ms(value: str) -> float:
     return {"us": n / 1000, "ms": n, "s": n * 1000}[m.group(2)]
 
 
-def run_wrk(url: str, duration: int) -> dict[str, float]:
+def cpu_ticks(pids: list[int]) -> int:
+    """user + system clock ticks used so far by these processes."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total
+
+
+def workers_of(master: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def run_wrk(url: str, duration: int, pids: list[int] | None = None) -> dict[str, float]:
     cmd = ["wrk", "-t1", "-c50", f"-d{duration}s", "--latency", "-H", "Host: api", url]
+    before = cpu_ticks(pids) if pids else 0
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
+    used = cpu_ticks(pids) - before if pids else 0
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = to_ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = to_ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: (.*)", out)
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
     return {
         "rps": rps,
+        "cpu_us": used * tick_us / total if pids and total else 0.0,
         "p50": p50,
         "p99": p99,
         "non2xx": float(errors.group(1)) if errors else 0.0,
@@ -151,23 +171,29 @@ def main() -> None:
         procs.append(start_nginx(tmp, "backends", "1", BACKENDS))
         procs.append(start_nginx(tmp, "proxy1", "1", PROXY % "127.0.0.30:8080"))
         procs.append(start_nginx(tmp, "proxyauto", "auto", PROXY % "127.0.0.32:8080"))
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    str(HERE / "serve_meshlocal.py"),
-                    "--listen",
-                    "127.0.0.31:8080",
-                    "--backend",
-                    "127.0.0.21:8081",
-                    "--backend",
-                    "127.0.0.22:8081",
-                ],
-                cwd=ROOT,
-            )
+        meshlocal = subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "serve_meshlocal.py"),
+                "--listen",
+                "127.0.0.31:8080",
+                "--backend",
+                "127.0.0.21:8081",
+                "--backend",
+                "127.0.0.22:8081",
+            ],
+            cwd=ROOT,
         )
+        procs.append(meshlocal)
         for url in TARGETS.values():
             wait_http(url)
+        # Whose CPU time counts for each target (the proxy's own processes).
+        pids = {
+            "direct": workers_of(procs[0].pid),
+            "meshlocal": [meshlocal.pid],
+            "nginx-1w": workers_of(procs[1].pid),
+            "nginx-auto": workers_of(procs[2].pid),
+        }
         for url in TARGETS.values():  # warm-up: pools, caches
             run_wrk(url, 1)
 
@@ -176,18 +202,26 @@ def main() -> None:
         for r in range(args.rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
-                res = run_wrk(TARGETS[name], args.duration)
+                res = run_wrk(TARGETS[name], args.duration, pids[name])
                 results[name].append(res)
-                print(f"round {r + 1} {name:11s} {res['rps']:9.0f} req/s  "
-                      f"p50 {res['p50']:.2f} ms  p99 {res['p99']:.2f} ms", flush=True)
+                print(
+                    f"round {r + 1} {name:11s} {res['rps']:9.0f} req/s  "
+                    f"cpu {res['cpu_us']:6.1f} us/req  "
+                    f"p50 {res['p50']:.2f} ms  p99 {res['p99']:.2f} ms",
+                    flush=True,
+                )
 
-        fixed: dict[str, list[dict[str, float]]] = {"direct": [], "meshlocal": []}
+        fixed: dict[str, list[dict[str, float]]] = {"direct": [], "meshlocal": [], "nginx-1w": []}
         for r in range(2):
-            for name in (["direct", "meshlocal"] if r == 0 else ["meshlocal", "direct"]):
+            fixed_order = ["direct", "meshlocal", "nginx-1w"]
+            for name in fixed_order if r == 0 else fixed_order[::-1]:
                 res = run_hey(TARGETS[name], args.hey)
                 fixed[name].append(res)
-                print(f"fixed {r + 1} {name:11s} {res['rps']:7.0f} req/s  p50 {res['p50']:.2f}"
-                      f" ms  p99 {res['p99']:.2f} ms  non-200 {res['non200']:.0f}", flush=True)
+                print(
+                    f"fixed {r + 1} {name:11s} {res['rps']:7.0f} req/s  p50 {res['p50']:.2f}"
+                    f" ms  p99 {res['p99']:.2f} ms  non-200 {res['non200']:.0f}",
+                    flush=True,
+                )
     finally:
         for p in procs:
             if p.poll() is None:
@@ -203,20 +237,22 @@ def main() -> None:
         return statistics.median(x[key] for x in results[name])
 
     lines = [
-        "| target | req/s (median of rounds) | rounds | p50 ms | p99 ms |",
-        "|---|---|---|---|---|",
+        "| target | req/s (median of rounds) | rounds | CPU us/request | p50 ms | p99 ms |",
+        "|---|---|---|---|---|---|",
     ]
     for name in names:
         rounds = ", ".join(f"{x['rps']:.0f}" for x in results[name])
         lines.append(
-            f"| {name} | {med(name, 'rps'):.0f} | {rounds} | {med(name, 'p50'):.2f} | "
-            f"{med(name, 'p99'):.2f} |"
+            f"| {name} | {med(name, 'rps'):.0f} | {rounds} | {med(name, 'cpu_us'):.1f} | "
+            f"{med(name, 'p50'):.2f} | {med(name, 'p99'):.2f} |"
         )
     ml = med("meshlocal", "rps")
     ratios = [
         f"- meshlocal / nginx-1w: **{ml / med('nginx-1w', 'rps'):.2f}x**",
         f"- meshlocal / nginx-auto: **{ml / med('nginx-auto', 'rps'):.2f}x**",
         f"- meshlocal / direct: {ml / med('direct', 'rps'):.2f}x",
+        "- CPU per request, nginx-1w / meshlocal (the ratio a dedicated core would give): "
+        f"**{med('nginx-1w', 'cpu_us') / med('meshlocal', 'cpu_us'):.2f}x**",
         "- per-round meshlocal / nginx-1w: "
         + ", ".join(
             f"{a['rps'] / b['rps']:.2f}"
@@ -233,12 +269,12 @@ def main() -> None:
                 f"| {name} | {x['rps']:.0f} | {x['p50']:.2f} | {x['p90']:.2f} | "
                 f"{x['p99']:.2f} | {x['non200']:.0f} |"
             )
-    added = statistics.median(x["p99"] for x in fixed["meshlocal"]) - statistics.median(
-        x["p99"] for x in fixed["direct"]
-    )
-    added50 = statistics.median(x["p50"] for x in fixed["meshlocal"]) - statistics.median(
-        x["p50"] for x in fixed["direct"]
-    )
+
+    def added(name: str, key: str) -> float:
+        return statistics.median(x[key] for x in fixed[name]) - statistics.median(
+            x[key] for x in fixed["direct"]
+        )
+
     report = "\n".join(
         [
             "### Throughput (wrk -t1 -c50, keep-alive, 19-byte body)",
@@ -251,8 +287,10 @@ def main() -> None:
             "",
             *fixed_lines,
             "",
-            f"- added p50 (median of runs): **{added50:.2f} ms**",
-            f"- added p99 (median of runs): **{added:.2f} ms**",
+            f"- meshlocal added p50 / p99 (medians of runs): **{added('meshlocal', 'p50'):.2f} ms"
+            f" / {added('meshlocal', 'p99'):.2f} ms**",
+            f"- nginx-1w added p50 / p99, for reference: {added('nginx-1w', 'p50'):.2f} ms"
+            f" / {added('nginx-1w', 'p99'):.2f} ms",
             "",
             f"Command: `.venv/bin/python bench/proxy/run.py --rounds {args.rounds} "
             f"--duration {args.duration} --hey {args.hey}`; "

@@ -73,6 +73,8 @@ class Forwarder:
         self.metrics = metrics
         self.settings = settings
         self.connections: set[Downstream] = set()
+        # (container id, route) -> the debugging response headers, built once.
+        self.debug_headers: dict[tuple[str, bytes], bytes] = {}
 
     def factory(self, router: Router, endpoint_port: int, label: bytes) -> Callable[[], Downstream]:
         return lambda: Downstream(self, router, endpoint_port, label)
@@ -203,6 +205,8 @@ class Downstream(asyncio.Protocol):
     # -- flow control ------------------------------------------------------
 
     def _update_reading(self) -> None:
+        if not (self.reading_paused or self.up_write_paused or self.buf):
+            return  # the common case: nothing paused, nothing buffered
         pause = self.up_write_paused or (
             self.state != _IDLE and len(self.buf) > self.settings.read_chunk
         )
@@ -500,10 +504,16 @@ class Downstream(asyncio.Protocol):
         self, resp: ResponseHead, keep_alive: bool, *, upgrade: bytes | None = None
     ) -> bytes:
         assert self.replica is not None and self.route is not None and self.req is not None
-        tail = b"x-meshlocal-replica: %s\r\nx-meshlocal-route: %s\r\n" % (
-            self.replica.name.encode(),
-            self.route.route,
-        )
+        key = (self.replica.container_id, self.route.route)
+        tail = self.fwd.debug_headers.get(key)
+        if tail is None:
+            tail = b"x-meshlocal-replica: %s\r\nx-meshlocal-route: %s\r\n" % (
+                self.replica.name.encode(),
+                self.route.route,
+            )
+            if len(self.fwd.debug_headers) > 4096:
+                self.fwd.debug_headers.clear()
+            self.fwd.debug_headers[key] = tail
         if upgrade is not None:
             tail += b"Connection: Upgrade\r\nUpgrade: %s\r\n" % upgrade
         elif not keep_alive:

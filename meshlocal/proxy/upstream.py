@@ -135,7 +135,8 @@ class UpstreamPool:
     def release(self, conn: UpstreamConn) -> None:
         """Back to the pool after a complete keep-alive exchange."""
         conn.owner = None
-        conn.pause_reading(False)
+        if conn.read_paused:
+            conn.pause_reading(False)
         if self.closed or not conn.usable:
             conn.abort()
             return
