@@ -153,7 +153,7 @@ class Reconciler:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if remove:
             for info in await self._thread(self.engine.list_containers, self.project, self.env):
-                if info.role in (L.Role.REPLICA.value, L.Role.SIDECAR.value):
+                if info.role in (L.Role.REPLICA.value, L.Role.SIDECAR.value, L.Role.PAUSE.value):
                     self._expected_stop.add(info.id)
                     await self._thread(self.engine.remove, info.id)
                     self.registry.remove(info.id)
