@@ -343,9 +343,15 @@ class Deployment:
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
+                # Started by this very process (in-process `up`, the pytest plugin):
+                # reap it, or its zombie answers kill(pid, 0) until the deadline.
+                with contextlib.suppress(ChildProcessError):
+                    if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                        break
                 os.kill(pid, 0)
                 time.sleep(0.1)
-            os.kill(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
         pid_file.unlink(missing_ok=True)
         self._state_file(".admin").unlink(missing_ok=True)
         return True

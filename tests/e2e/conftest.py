@@ -1,0 +1,148 @@
+"""Acceptance tests for `meshlocal up/down/ps/logs/resolve/scale` against the real engine.
+
+Every test workspace is copied to a temporary directory first: the project
+id hashes the workspace root, so each copy is its own project and nothing
+here collides with a mesh someone runs from the repository.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from meshlocal.runtime import images
+from meshlocal.runtime import labels as L
+
+WORKSPACES = Path(__file__).parent / "workspaces"
+MESHLOCAL = Path(sys.executable).with_name("meshlocal")
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="session")
+def busybox_image(docker_client: Any) -> str:
+    """The FROM scratch busybox image; manifests name it as ${BUSYBOX_IMAGE}."""
+    tag = images.ensure_busybox_image(docker_client)
+    os.environ["BUSYBOX_IMAGE"] = tag
+    return tag
+
+
+@pytest.fixture(scope="session")
+def dataplane_image(docker_client: Any) -> str:
+    """Built once per session (cached by content hash), so no single test pays for it."""
+    base = images.ensure_python_base(docker_client)
+    return images.ensure_dataplane_image(docker_client, base)
+
+
+def copy_workspace(factory: pytest.TempPathFactory, name: str) -> Path:
+    dest = factory.mktemp(f"ws-{name}") / name
+    shutil.copytree(WORKSPACES / name, dest)
+    return dest
+
+
+def project_of(workspace: Path) -> str:
+    from meshlocal.manifest import find_workspace
+
+    return L.project_id(find_workspace(workspace).app, find_workspace(workspace).root)
+
+
+def leftovers(client: Any, project: str) -> list[str]:
+    """Everything still labelled with the project: containers and networks."""
+    label = f"{L.PROJECT}={project}"
+    names = [c.name for c in client.containers.list(all=True, filters={"label": label})]
+    names += [f"network {n.name}" for n in client.networks.list(filters={"label": label})]
+    return names
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **extra}
+    env.pop("MESHLOCAL_DATAPLANE", None)
+    return env
+
+
+def run_cli(
+    workspace: Path,
+    *args: str,
+    timeout: float = 180.0,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`meshlocal -C <workspace> ARGS` as a user runs it."""
+    return subprocess.run(
+        [str(MESHLOCAL), "-C", str(workspace), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(env) if env is not None else cli_env(),
+        check=False,
+    )
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def wait_for(what: str, fn: Callable[[], T | None], timeout: float, interval: float = 0.1) -> T:
+    """Bounded wait until fn() returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def sh(client: Any, container: str, script: str, timeout: float = 30.0) -> tuple[int, str]:
+    """Run a busybox shell script inside a container: (exit code, output)."""
+    del timeout  # docker exec has no timeout; scripts here are bounded themselves
+    result = client.containers.get(container).exec_run(["sh", "-c", script])
+    return int(result.exit_code), bytes(result.output).decode(errors="replace")
+
+
+_ADDR = re.compile(r"^Address:\s*(\S+)", re.M)
+
+
+def nslookup(client: Any, container: str, name: str) -> tuple[str, list[str]]:
+    """busybox nslookup through the container's own resolver: (status, IPv4 answers).
+
+    Status is NXDOMAIN, NOERROR, or the raw output when it is neither.
+    """
+    code, out = sh(client, container, f"nslookup {name}")
+    if "NXDOMAIN" in out:
+        return "NXDOMAIN", []
+    # The first Address line is the server (127.0.0.11:53); answers follow `Name:`.
+    _, _, answers = out.partition("Name:")
+    found = [a for a in _ADDR.findall(answers) if re.fullmatch(r"[\d.]+", a)]
+    return ("NOERROR" if code == 0 else out), sorted(found)
+
+
+def replica_containers(client: Any, project: str, service: str) -> list[Any]:
+    filters = {"label": [f"{L.PROJECT}={project}", f"{L.SERVICE}={service}", f"{L.ROLE}=replica"]}
+    return sorted(client.containers.list(filters=filters), key=lambda c: int(c.labels[L.REPLICA]))
+
+
+def container_of(client: Any, project: str, service: str, index: int = 1) -> str:
+    for c in replica_containers(client, project, service):
+        if c.labels[L.REPLICA] == str(index):
+            return str(c.id)
+    raise AssertionError(f"no running {service}-{index} in {project}")
+
+
+@pytest.fixture
+def assert_clean(docker_client: Any) -> Iterator[Callable[[str], None]]:
+    def check(project: str) -> None:
+        left = leftovers(docker_client, project)
+        assert left == [], f"left behind: {left}"
+
+    yield check
