@@ -655,10 +655,22 @@ class Engine:
         return LogStream(self, container_id, loop or asyncio.get_running_loop(), **kwargs)
 
     def exec(self, container_id: str, cmd: Sequence[str], timeout: float = 10.0) -> tuple[int, str]:
-        """Run `cmd` inside a container: (exit code, combined output)."""
+        """Run `cmd` inside a container: (exit code, combined output).
+
+        RuntimeFailure when it has not finished within `timeout` seconds (the
+        process is left to the container; wrap it in `timeout N` to bound it there).
+        """
         with engine_errors(f"exec in {container_id[:12]}"):
             exec_id = self.api.exec_create(container_id, list(cmd), stdout=True, stderr=True)
-            out = self.api.exec_start(exec_id, demux=False)
+            pool = ThreadPoolExecutor(max_workers=1)
+            try:
+                out = pool.submit(self.api.exec_start, exec_id, demux=False).result(timeout)
+            except TimeoutError as exc:
+                raise RuntimeFailure(
+                    f"`{' '.join(cmd)}` in {container_id[:12]} did not finish in {timeout:g} s"
+                ) from exc
+            finally:
+                pool.shutdown(wait=False)
             code = self.api.exec_inspect(exec_id).get("ExitCode")
         return (int(code) if code is not None else -1, bytes(out or b"").decode(errors="replace"))
 

@@ -431,7 +431,7 @@ def build_service_image(
     *,
     default_args: dict[str, str] | None = None,
     location: Location | None = None,
-    labels_: dict[str, str] | None = None,
+    image_labels: dict[str, str] | None = None,
 ) -> str:
     """`docker build` of image.build; returns the image id.
 
@@ -460,7 +460,7 @@ def build_service_image(
         buildargs=args,
         target=build.target,
         cache_from=list(build.cache_from) or None,
-        labels=labels_,
+        labels=image_labels,
         what=f"image {tag}",
         location=location,
     )

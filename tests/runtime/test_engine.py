@@ -258,3 +258,16 @@ async def test_logs_follow_in_order_and_end_with_the_container(
     stream = engine.log_stream(quiet)
     stream.close()
     assert [line async for line in stream] == []
+
+
+@pytest.mark.docker
+def test_exec_is_bounded_by_its_timeout(engine: Engine, project: str, busybox_image: str) -> None:
+    from meshlocal.errors import RuntimeFailure
+
+    net = engine.ensure_network(project, "test")
+    cid = engine.run_container(_spec(project, net.name, busybox_image, f"{project}-x"))
+    assert engine.exec(cid, ["sh", "-c", "echo hi; exit 4"]) == (4, "hi\n")
+    started = time.monotonic()
+    with pytest.raises(RuntimeFailure):
+        engine.exec(cid, ["sleep", "30"], timeout=1)
+    assert time.monotonic() - started < 10
