@@ -77,9 +77,21 @@ def cpu_seconds(pid: int) -> float:
 def wait_ready(host: str, deadline: float) -> None:
     while time.monotonic() < deadline:
         probe = subprocess.run(
-            ["dig", f"@{host}", "-p", str(PORT), "-b", CLIENT, f"svc0.{ZONE}", "+short",
-             "+tries=1", "+time=1"],
-            capture_output=True, text=True, timeout=5,
+            [
+                "dig",
+                f"@{host}",
+                "-p",
+                str(PORT),
+                "-b",
+                CLIENT,
+                f"svc0.{ZONE}",
+                "+short",
+                "+tries=1",
+                "+time=1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
         if probe.stdout.strip():
             return
@@ -87,11 +99,32 @@ def wait_ready(host: str, deadline: float) -> None:
     raise SystemExit(f"server on {host}:{PORT} did not answer")
 
 
-def dnsperf(host: str, qfile: Path, duration: int, clients: int, outstanding: int) -> dict[str, str]:
+def dnsperf(
+    host: str, qfile: Path, duration: int, clients: int, outstanding: int
+) -> dict[str, str]:
     out = subprocess.run(
-        ["dnsperf", "-s", host, "-p", str(PORT), "-a", CLIENT, "-d", str(qfile),
-         "-l", str(duration), "-c", str(clients), "-q", str(outstanding), "-t", "2"],
-        capture_output=True, text=True, timeout=duration + 30,
+        [
+            "dnsperf",
+            "-s",
+            host,
+            "-p",
+            str(PORT),
+            "-a",
+            CLIENT,
+            "-d",
+            str(qfile),
+            "-l",
+            str(duration),
+            "-c",
+            str(clients),
+            "-q",
+            str(outstanding),
+            "-t",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration + 30,
     ).stdout
     fields: dict[str, str] = {}
     for line in out.splitlines():
@@ -130,8 +163,9 @@ def main() -> None:
     args = p.parse_args()
     for tool in ("dnsperf", "dnsmasq", "dig"):
         if shutil.which(tool) is None:
-            raise SystemExit(f"{tool} is not installed (apt-get install dnsperf dnsmasq-base "
-                             "bind9-dnsutils)")
+            raise SystemExit(
+                f"{tool} is not installed (apt-get install dnsperf dnsmasq-base bind9-dnsutils)"
+            )
     budget = 60 + args.rounds * 3 * (args.duration + 5)
     tmp = Path(tempfile.mkdtemp(prefix="meshlocal-dnsbench-"))
     qfile = tmp / "queries.txt"
@@ -143,17 +177,43 @@ def main() -> None:
     hosts: dict[str, str] = {}
     try:
         procs["dnsmasq"] = subprocess.Popen(
-            ["timeout", str(budget), "dnsmasq", "-k", f"--conf-file={conf}", "--no-resolv",
-             "--no-hosts", "--no-poll", f"--port={PORT}", f"--listen-address={DNSMASQ_HOST}",
-             "--bind-interfaces", "--local-ttl=10", "--pid-file=", "--log-facility=/dev/null"],
+            [
+                "timeout",
+                str(budget),
+                "dnsmasq",
+                "-k",
+                f"--conf-file={conf}",
+                "--no-resolv",
+                "--no-hosts",
+                "--no-poll",
+                f"--port={PORT}",
+                f"--listen-address={DNSMASQ_HOST}",
+                "--bind-interfaces",
+                "--local-ttl=10",
+                "--pid-file=",
+                "--log-facility=/dev/null",
+            ],
         )
         hosts["dnsmasq"] = DNSMASQ_HOST
         loops = {"on": ["uvloop"], "off": ["asyncio"], "both": ["uvloop", "asyncio"]}[args.uvloop]
         for loop in loops:
             name = f"meshlocal[{loop}]"
-            cmd = [sys.executable, str(HERE / "serve.py"), "--host", MESH_HOST[loop],
-                   "--port", str(PORT), "--client", CLIENT, "--services", str(args.services),
-                   "--replicas", str(args.replicas), "--max-seconds", str(budget)]
+            cmd = [
+                sys.executable,
+                str(HERE / "serve.py"),
+                "--host",
+                MESH_HOST[loop],
+                "--port",
+                str(PORT),
+                "--client",
+                CLIENT,
+                "--services",
+                str(args.services),
+                "--replicas",
+                str(args.replicas),
+                "--max-seconds",
+                str(budget),
+            ]
             if loop == "asyncio":
                 cmd.append("--no-uvloop")
             procs[name] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
@@ -163,8 +223,9 @@ def main() -> None:
             wait_ready(host, deadline)
         # dnsmasq is started by `timeout`: measure the real server's CPU, not the wrapper's
         pids = {n: p.pid for n, p in procs.items()}
-        child = subprocess.run(["pgrep", "-P", str(procs["dnsmasq"].pid)],
-                               capture_output=True, text=True).stdout.split()
+        child = subprocess.run(
+            ["pgrep", "-P", str(procs["dnsmasq"].pid)], capture_output=True, text=True
+        ).stdout.split()
         if child:
             pids["dnsmasq"] = int(child[0])
 
@@ -174,9 +235,12 @@ def main() -> None:
             for name in order if rnd % 2 == 0 else list(reversed(order)):
                 r = measure(name, hosts[name], pids[name], args, qfile)
                 results.append(r)
-                print(f"round {rnd + 1} {name:18} {r.qps:10.0f} q/s  lost {r.lost}  "
-                      f"avg {r.latency_avg_ms:.3f} ms  max {r.latency_max_ms:.3f} ms  "
-                      f"cpu {r.cpu_us_per_query:.1f} us/q", flush=True)
+                print(
+                    f"round {rnd + 1} {name:18} {r.qps:10.0f} q/s  lost {r.lost}  "
+                    f"avg {r.latency_avg_ms:.3f} ms  max {r.latency_max_ms:.3f} ms  "
+                    f"cpu {r.cpu_us_per_query:.1f} us/q",
+                    flush=True,
+                )
     finally:
         for proc in procs.values():
             proc.terminate()
@@ -189,17 +253,21 @@ def main() -> None:
 
     base = statistics.median(r.qps for r in results if r.target == "dnsmasq")
     print()
-    print("| server | median q/s | min–max q/s | ratio vs dnsmasq | lost | avg latency ms "
-          "| max latency ms | server CPU µs/query |")
+    print(
+        "| server | median q/s | min-max q/s | ratio vs dnsmasq | lost | avg latency ms "
+        "| max latency ms | server CPU µs/query |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name in hosts:
         rs = [r for r in results if r.target == name]
         qps = statistics.median(r.qps for r in rs)
-        print(f"| {name} | {qps:.0f} | {min(r.qps for r in rs):.0f}–{max(r.qps for r in rs):.0f} "
-              f"| {qps / base:.2f}x | {sum(r.lost for r in rs)} "
-              f"| {statistics.median(r.latency_avg_ms for r in rs):.3f} "
-              f"| {max(r.latency_max_ms for r in rs):.3f} "
-              f"| {statistics.median(r.cpu_us_per_query for r in rs):.1f} |")
+        print(
+            f"| {name} | {qps:.0f} | {min(r.qps for r in rs):.0f}-{max(r.qps for r in rs):.0f} "
+            f"| {qps / base:.2f}x | {sum(r.lost for r in rs)} "
+            f"| {statistics.median(r.latency_avg_ms for r in rs):.3f} "
+            f"| {max(r.latency_max_ms for r in rs):.3f} "
+            f"| {statistics.median(r.cpu_us_per_query for r in rs):.1f} |"
+        )
 
 
 if __name__ == "__main__":

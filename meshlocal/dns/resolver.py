@@ -100,6 +100,9 @@ class RateLimitedLog:
 # -- wire helpers ----------------------------------------------------------
 
 
+_HOST_CHARS = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyz-_")
+
+
 def name_to_wire(name: str) -> bytes:
     """A dotted ASCII name to uncompressed wire form (with the root label)."""
     out = bytearray()
@@ -113,7 +116,7 @@ def name_to_wire(name: str) -> bytes:
 
 
 def wire_to_text(wire: bytes) -> str | None:
-    """Uncompressed wire name to dotted text, escaping what is not a hostname character.
+    """Lower-cased uncompressed wire name to dotted text; other bytes as \\DDD.
 
     None when the labels do not form a valid name (length byte > 63,
     overrun, or more than 255 bytes).
@@ -130,14 +133,9 @@ def wire_to_text(wire: bytes) -> str | None:
         if length > 63 or i + 1 + length > n:
             return None
         raw = wire[i + 1 : i + 1 + length]
-        labels.append(
-            "".join(
-                chr(b)
-                if (0x30 <= b <= 0x39 or 0x61 <= b <= 0x7A or b in (0x2D, 0x5F))
-                else ("\\" + chr(b) if 0x21 <= b <= 0x7E else f"\\{b:03d}")
-                for b in raw
-            )
-        )
+        # Anything but a hostname character becomes \DDD, so a "." inside a
+        # label can never pass for a label boundary in a name comparison.
+        labels.append("".join(chr(b) if b in _HOST_CHARS else f"\\{b:03d}" for b in raw))
         i += 1 + length
     return None
 
@@ -342,6 +340,8 @@ class MeshResolver:
             edns = counts == _ONE_Q_EDNS
             if edns or counts == _ONE_Q:
                 z = packet.find(0, 12)
+                if z < 0 or packet[z + 3 : z + 5] != _QCLASS_IN:
+                    z = question_end(packet) - 5  # a zero byte inside a label: walk it
                 qend = z + 5
                 if z > 0 and packet[z + 3 : qend] == _QCLASS_IN:
                     size = UDP_MIN
