@@ -288,13 +288,46 @@ class Reconciler:
     # -- events ---------------------------------------------------------------------------
 
     async def _consume(self, events: EventStream) -> None:
-        async for event in events:
+        while True:
+            async for event in events:
+                try:
+                    await self._on_event(event)
+                except MeshlocalError as exc:  # the engine refused something: keep going
+                    log.warning("handling %s of %s: %s", event.action, event.name, exc.message)
+            if self._closing:
+                return
+            # The stream broke (engine restart, socket closed): subscribe again, then
+            # catch up on what happened meanwhile from the engine's own state.
+            log.warning("the Docker event stream ended (%s); resubscribing", events.error)
+            self.on_change("Docker event stream lost: resubscribing")
+            events = await self._resubscribe()
+            self._events = events
+            await self._resync()
+
+    async def _resubscribe(self, attempts: int = 60) -> EventStream:
+        for attempt in range(attempts):
             try:
-                await self._on_event(event)
-            except MeshlocalError as exc:  # the engine refused something: keep going
-                log.warning("handling %s of %s: %s", event.action, event.name, exc.message)
-        if events.error is not None and not self._closing:
-            log.warning("the Docker event stream ended: %s", events.error)
+                return self.engine.events(self.project, self.env)
+            except MeshlocalError:
+                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+        raise RuntimeFailure("the Docker engine stopped answering: no more events")
+
+    async def _resync(self) -> None:
+        """Make the registry match the engine, then converge every desired service."""
+        infos = await self._thread(
+            self.engine.list_containers, self.project, self.env, role=L.Role.REPLICA
+        )
+        running = {i.id: i for i in infos if i.running}
+        for replica in self.registry.all():
+            if replica.container_id not in running:
+                self.registry.remove(replica.container_id)
+        for cid, info in running.items():
+            if self.registry.get(cid) is None:
+                self._join(info, await self._address_of(info))
+            elif info.health is not None:
+                self.registry.set_health(cid, info.health)
+        for name in list(self.desired):
+            self._spawn(self.converge(name))
 
     async def _on_event(self, event: ContainerEvent) -> None:
         role = event.role

@@ -354,3 +354,26 @@ async def test_depends_on_orders_a_task_in_a_pause_namespace_and_rolls_it_whole(
         assert registry.for_service("api")[0].container_id != replica.container_id
     finally:
         await rec.close()
+
+
+async def test_a_broken_event_stream_is_resubscribed_and_caught_up(
+    setup: tuple[Reconciler, ReplicaRegistry, NetworkInfo], engine: Engine, busybox_image: str
+) -> None:
+    rec, registry, _ = setup
+    await rec.apply({"api": DesiredService(httpd(busybox_image), 2)})
+    await rec.wait_ready(30)
+    broken = rec._events
+    assert broken is not None
+    broken._stream.close()  # as if the engine went away, without close()
+    victim = registry.for_service("api")[0]
+    await asyncio.to_thread(engine.kill, victim.container_id)
+
+    def healed() -> bool:
+        now = registry.in_rotation("api")
+        return (
+            rec._events is not broken
+            and len(now) == 2
+            and victim.container_id not in {r.container_id for r in now}
+        )
+
+    await until(registry, healed, 30, "resubscription and a replacement")
