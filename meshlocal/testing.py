@@ -1,0 +1,574 @@
+"""A live mesh for integration tests: the handle behind the pytest `mesh` fixture.
+
+`Mesh` is a plain context manager, usable without pytest::
+
+    with Mesh("path/to/workspace", env="test") as mesh:
+        calls = mesh.get("front-end", "/api/calls?n=6").json()
+
+Entering runs `meshlocal up -d` (Deployment.up); leaving always runs `down`.
+Each handle gets its own project id (`<app>-<hash>-t-<host>-<pid>-<n>`), so
+pytest-xdist workers and parallel CI jobs on one Docker engine never share
+containers or networks. Safety nets for the cases a `with` cannot cover:
+SIGTERM is turned into KeyboardInterrupt (so `finally` blocks run), an
+atexit hook downs what is still up, and `up` reaps meshes whose process on
+this host died (SIGKILL) before it starts a new one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, Literal, Protocol, TypeVar
+
+from meshlocal.deployment import DataPlane, Deployment
+from meshlocal.errors import MeshlocalError
+from meshlocal.runtime.engine import Engine
+
+__all__ = [
+    "ExecResult",
+    "HttpResponse",
+    "Mesh",
+    "MeshError",
+    "MeshFactory",
+    "Replica",
+    "Resolution",
+    "ServiceStats",
+    "WaitTimeout",
+    "reap_stale",
+]
+
+T = TypeVar("T")
+Mode = Literal["container", "host"]
+
+
+class MeshError(MeshlocalError):
+    """The handle was used wrongly (unknown service, no such replica, not started)."""
+
+
+class WaitTimeout(MeshlocalError, AssertionError):
+    """A wait helper gave up; an AssertionError too, so pytest reports a failure."""
+
+
+class MeshFactory(Protocol):
+    """The type of the pytest fixture `meshlocal_factory`."""
+
+    def __call__(
+        self, workspace: str | os.PathLike[str], env: str | None = None, **kwargs: Any
+    ) -> Mesh: ...
+
+
+# -- values the handle returns ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One replica as the mesh's registry sees it (`meshlocal ps`)."""
+
+    service: str
+    index: int
+    name: str
+    container_id: str
+    address: str
+    port: int | None
+    health: str
+    draining: bool
+    in_rotation: bool
+
+    @classmethod
+    def from_state(cls, service: str, raw: Mapping[str, Any]) -> Replica:
+        return cls(
+            service=service,
+            index=int(raw["index"]),
+            name=str(raw["name"]),
+            container_id=str(raw["container_id"]),
+            address=str(raw["address"]),
+            port=int(raw["port"]) if raw.get("port") is not None else None,
+            health=str(raw["health"]),
+            draining=bool(raw["draining"]),
+            in_rotation=bool(raw["in_rotation"]),
+        )
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What `exec` returns: the command's exit code and its stdout+stderr."""
+
+    exit_code: int
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """A DNS answer as one replica of `client` gets it."""
+
+    name: str
+    type: str
+    rcode: str
+    answers: tuple[str, ...]
+    client: str  # e.g. "front-end-1": the replica the query left from
+    meaning: str  # "service-connect proxy", "service discovery: api-1 api-2", ...
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class ServiceStats:
+    """Service Connect metrics of one service (the names ECS publishes, snake_cased)."""
+
+    request_count: int
+    http_2xx: int
+    http_3xx: int
+    http_4xx: int
+    http_5xx: int
+    target_response_time_ms: float  # mean
+    active_connections: int
+    new_connections: int
+    processed_bytes: int
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_snapshot(cls, raw: Mapping[str, Any]) -> ServiceStats:
+        def n(key: str) -> int:
+            return int(raw.get(key, 0))
+
+        return cls(
+            request_count=n("RequestCount"),
+            http_2xx=n("HTTPCode_Target_2XX_Count"),
+            http_3xx=n("HTTPCode_Target_3XX_Count"),
+            http_4xx=n("HTTPCode_Target_4XX_Count"),
+            http_5xx=n("HTTPCode_Target_5XX_Count"),
+            target_response_time_ms=float(raw.get("TargetResponseTime", 0.0)),
+            active_connections=n("ActiveConnectionCount"),
+            new_connections=n("NewConnectionCount"),
+            processed_bytes=n("ProcessedBytes"),
+            raw=dict(raw),
+        )
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    """A response from a public endpoint (any status: 4xx/5xx are not raised)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    url: str
+
+    @property
+    def text(self) -> str:
+        return self.body.decode(errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+# -- project ids and the safety nets ----------------------------------------
+
+_counter = itertools.count(1)
+_SUFFIX = re.compile(r"-t-([0-9a-f]{4})-(\d+)-(\d+)$")
+_live: set[Mesh] = set()
+_live_lock = threading.Lock()
+_hooks_installed = False
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:4]
+
+
+def session_suffix() -> str:
+    """`t-<host>-<pid>-<n>`: unique per handle; says which process owns it."""
+    return f"t-{_host_tag()}-{os.getpid()}-{next(_counter)}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_stale(engine: Engine, base_project: str) -> list[str]:
+    """Remove test meshes of `base_project` whose owner process on this host is gone.
+
+    They are what a SIGKILLed test run leaves behind; a live owner (another
+    xdist worker, a parallel session) is never touched.
+    """
+    host = _host_tag()
+    reaped: list[str] = []
+    for project, _env in engine.projects():
+        if not project.startswith(base_project + "-t-"):
+            continue
+        m = _SUFFIX.search(project)
+        if m is None or m.group(1) != host or _pid_alive(int(m.group(2))):
+            continue
+        if project not in reaped:
+            engine.remove_all(project)
+            reaped.append(project)
+    return reaped
+
+
+def _down_all_live() -> None:
+    with _live_lock:
+        meshes = list(_live)
+    for mesh in meshes:
+        with contextlib.suppress(Exception):
+            mesh.down()
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Raised in the main thread: `with` blocks and pytest fixture finalizers run.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _install_hooks() -> None:
+    """atexit always; SIGTERM only from the main thread and only if nobody handles it."""
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    atexit.register(_down_all_live)
+    if threading.current_thread() is threading.main_thread():
+        with contextlib.suppress(ValueError, OSError):
+            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+                signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+# -- the handle ---------------------------------------------------------------
+
+
+class Mesh:
+    """One running environment of a Copilot workspace, for tests.
+
+    `workspace` is any directory inside the workspace (its `copilot/` dir is
+    found upwards); `env` the environment (None: the only one). `isolate`
+    (default) gives this handle its own project id; `isolate=False` uses the
+    workspace's ordinary one, the mesh `meshlocal up` would run.
+    """
+
+    def __init__(
+        self,
+        workspace: str | os.PathLike[str] = ".",
+        env: str | None = None,
+        *,
+        mode: Mode = "container",
+        timeout: float = 180.0,
+        isolate: bool = True,
+        environ: Mapping[str, str] | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.workspace = Path(workspace)
+        self.mode: Mode = mode
+        self.timeout = timeout
+        self._progress = progress
+        self._suffix = session_suffix() if isolate else None
+        self.deployment = Deployment(
+            self.workspace, env, environ=environ, project_suffix=self._suffix
+        )
+        self._plane: DataPlane | None = None
+        self._started = False
+
+    # -- lifecycle --------------------------------------------------------
+
+    @property
+    def project(self) -> str:
+        """The Docker label `meshlocal.project` of everything this mesh created."""
+        return self.deployment.project
+
+    @property
+    def env(self) -> str:
+        return self.deployment.env
+
+    @property
+    def running(self) -> bool:
+        return self._started
+
+    def up(self) -> Mesh:
+        """Build, start and wait until every replica is healthy; `down` on any failure."""
+        if self._started:
+            return self
+        dep = self.deployment
+        with _live_lock:
+            _live.add(self)
+        _install_hooks()
+        try:
+            if self._suffix is not None:
+                reap_stale(dep.engine, dep.base_project)
+            self._plane = dep.up(
+                mode=self.mode,
+                timeout=self.timeout,
+                wait=True,
+                progress=self._progress or (lambda _: None),
+            )
+            self._started = True
+        except BaseException:
+            # KeyboardInterrupt half-way through `up` included: leave nothing behind.
+            self.down()
+            raise
+        return self
+
+    def down(self) -> None:
+        """Remove every container and network of this mesh; idempotent."""
+        self._started = False
+        self._plane = None
+        try:
+            self.deployment.down()
+        finally:
+            self.deployment.close()
+        # Only once removed: an interrupted `down` stays listed for the atexit hook.
+        with _live_lock:
+            _live.discard(self)
+
+    def __enter__(self) -> Mesh:
+        return self.up()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.down()
+
+    def __repr__(self) -> str:
+        state = "running" if self._started else "stopped"
+        return f"<Mesh {self.project}/{self.deployment._env_arg or '?'} {state}>"
+
+    def _require(self) -> DataPlane:
+        if not self._started or self._plane is None:
+            raise MeshError(
+                f"the mesh {self.project} is not running",
+                hint="use `with Mesh(...) as mesh:` or call mesh.up() first",
+            )
+        return self._plane
+
+    # -- state ------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """The agent's full /v1/state JSON (what `meshlocal ps --json` prints)."""
+        self._require()
+        return self.deployment.state()
+
+    def services(self) -> list[str]:
+        return sorted(self.state()["services"])
+
+    def _service(self, state: Mapping[str, Any], service: str) -> Mapping[str, Any]:
+        services: Mapping[str, Any] = state["services"]
+        if service not in services:
+            raise MeshError(
+                f"no service named {service!r} runs in {self.env}",
+                hint=f"the services are: {', '.join(sorted(services)) or 'none'}",
+            )
+        found: Mapping[str, Any] = services[service]
+        return found
+
+    def replicas(self, service: str) -> list[Replica]:
+        """The service's live replicas, by index (draining ones included)."""
+        svc = self._service(self.state(), service)
+        out = [Replica.from_state(service, r) for r in svc["replicas"]]
+        return sorted(out, key=lambda r: r.index)
+
+    def replica(self, service: str, index: int = 1) -> Replica:
+        reps = self.replicas(service)
+        for r in reps:
+            if r.index == index:
+                return r
+        raise MeshError(
+            f"{service} has no replica {index}",
+            hint=f"its replicas are {', '.join(str(r.index) for r in reps) or 'none'}",
+        )
+
+    # -- the public endpoint ----------------------------------------------
+
+    def url(self, service: str, path: str = "") -> str:
+        """`http://127.0.0.1:<port><http.path><path>` of a Load Balanced Web Service."""
+        plane = self._require()
+        state = self.state()
+        self._service(state, service)
+        rules = [str(p) for p, s in state.get("public_rules", []) if s == service]
+        if not rules or plane.public_url is None:
+            raise MeshError(
+                f"{service} has no public endpoint",
+                hint="only a Load Balanced Web Service with http.path is published to the host; "
+                "reach other services from inside the mesh with mesh.exec(...)",
+            )
+        base = plane.public_url + rules[0]
+        if not path:
+            return base
+        return base.rstrip("/") + "/" + path.lstrip("/")
+
+    def get(
+        self,
+        service: str,
+        path: str = "",
+        *,
+        timeout: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> HttpResponse:
+        """GET from a public endpoint; never through an HTTP proxy of the environment."""
+        return self.request("GET", service, path, timeout=timeout, headers=headers)
+
+    def request(
+        self,
+        method: str,
+        service: str,
+        path: str = "",
+        *,
+        body: bytes | None = None,
+        timeout: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+    ) -> HttpResponse:
+        url = self.url(service, path)
+        req = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
+        try:
+            with _OPENER.open(req, timeout=timeout) as resp:
+                return HttpResponse(resp.status, dict(resp.headers.items()), resp.read(), url)
+        except urllib.error.HTTPError as exc:
+            return HttpResponse(exc.code, dict(exc.headers.items()), exc.read(), url)
+
+    # -- inside the mesh --------------------------------------------------
+
+    def resolve(self, name: str, *, from_: str, qtype: str = "A") -> Resolution:
+        """Ask DNS for `name` exactly as a replica of `from_` would (its netns, its resolver)."""
+        from meshlocal.probe import resolve_from
+
+        self._require()
+        raw = resolve_from(self.deployment, name, from_, qtype)
+        return Resolution(
+            name=str(raw["name"]),
+            type=str(raw["type"]),
+            rcode=str(raw["rcode"]),
+            answers=tuple(str(a) for a in raw["answers"]),
+            client=str(raw.get("client", from_)),
+            meaning=str(raw.get("meaning", "")),
+            raw=raw,
+        )
+
+    def exec(
+        self, service: str, cmd: str | Sequence[str], *, index: int = 1, timeout: float = 30.0
+    ) -> ExecResult:
+        """Run a command in one replica (a string runs under `sh -c`)."""
+        argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+        target = self.replica(service, index)
+        code, output = self.deployment.engine.exec(target.container_id, argv, timeout=timeout)
+        return ExecResult(code, output)
+
+    def logs(self, service: str, *, index: int = 1, tail: int = 50) -> list[str]:
+        target = self.replica(service, index)
+        return self.deployment.engine.logs(target.container_id, tail=tail)
+
+    # -- breaking things --------------------------------------------------
+
+    def kill(self, service: str, index: int, *, signal: str = "SIGKILL") -> Replica:
+        """Kill one replica, like a task crash; the mesh replaces it by itself."""
+        target = self.replica(service, index)
+        self.deployment.engine.kill(target.container_id, signal)
+        return target
+
+    def scale(self, service: str, count: int, *, wait: bool = True) -> list[Replica]:
+        """Set the desired count; with `wait`, return once `count` replicas are in rotation."""
+        self._require()
+        self._service(self.state(), service)
+        self.deployment.scale(service, count)
+        if wait:
+            return self.wait_replicas(service, count)
+        return self.replicas(service)
+
+    def stats(self, service: str) -> ServiceStats:
+        """Service Connect metrics of `service` (zeros before its first request)."""
+        self._require()
+        self._service(self.state(), service)
+        snapshot: Mapping[str, Any] = self.deployment.call("/stats")
+        return ServiceStats.from_snapshot(snapshot.get(service, {}))
+
+    # -- waiting ----------------------------------------------------------
+
+    def wait_until(
+        self,
+        predicate: Callable[[], T],
+        *,
+        timeout: float = 30.0,
+        interval: float = 0.2,
+        message: str | None = None,
+    ) -> T:
+        """Poll until `predicate()` is truthy and return its value.
+
+        An AssertionError, OSError or MeshlocalError inside the predicate counts
+        as "not yet"; the last one is chained to the WaitTimeout.
+        """
+        return wait_until(predicate, timeout=timeout, interval=interval, message=message)
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Until every service has its desired count healthy and in rotation."""
+        self._require()
+        self.deployment.wait_ready(self.timeout if timeout is None else timeout)
+
+    def wait_replicas(self, service: str, count: int, *, timeout: float = 60.0) -> list[Replica]:
+        """Until exactly `count` replicas of `service` are in rotation; returns them."""
+
+        def check() -> tuple[list[Replica]] | None:
+            reps = [r for r in self.replicas(service) if r.in_rotation]
+            # A 1-tuple is truthy even when count is 0.
+            return (reps,) if len(reps) == count else None
+
+        found = self.wait_until(
+            check,
+            timeout=timeout,
+            message=f"{service} to have {count} replica(s) in rotation",
+        )
+        assert found is not None
+        return found[0]
+
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.2,
+    message: str | None = None,
+) -> T:
+    """Poll `predicate` until it returns something truthy (see Mesh.wait_until)."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    last_value: object = None
+    while True:
+        try:
+            value = predicate()
+        except (AssertionError, OSError, MeshlocalError) as exc:
+            last_error = exc
+        else:
+            if value:
+                return value
+            last_value = value
+            last_error = None
+        if time.monotonic() >= deadline:
+            what = message or getattr(predicate, "__name__", "the condition")
+            detail = f"last error: {last_error}" if last_error else f"last value: {last_value!r}"
+            raise WaitTimeout(
+                f"timed out after {timeout:g}s waiting for {what}",
+                hint=detail,
+            ) from last_error
+        time.sleep(interval)
