@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
+from meshlocal.dns import _mmsg
 from meshlocal.dns.resolver import (
     REFUSED,
     Forward,
@@ -206,6 +207,7 @@ class DnsServer:
         forward_timeout: float = 2.0,
         tcp_idle_timeout: float = 10.0,
         max_tcp_connections: int = 256,
+        udp_batching: bool | None = None,
     ) -> None:
         self.resolver = resolver
         self.host = host
@@ -214,9 +216,13 @@ class DnsServer:
         self.forward_timeout = forward_timeout
         self.tcp_idle_timeout = tcp_idle_timeout
         self.max_tcp_connections = max_tcp_connections
+        # recvmmsg/sendmmsg on Linux (see _mmsg.py); else a DatagramProtocol
+        self.udp_batching = _mmsg.available() if udp_batching is None else udp_batching
         self.forwarder: Forwarder | None = None
         self.errors = RateLimitedLog(log)
         self._udp: asyncio.DatagramTransport | None = None
+        self._udp_sock: socket.socket | None = None
+        self._batched: _mmsg.BatchedUdp | None = None
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -229,10 +235,15 @@ class DnsServer:
         loop = asyncio.get_running_loop()
         udp_sock, tcp_sock = self._bind()
         self.port = udp_sock.getsockname()[1]
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _UdpProtocol(self), sock=udp_sock
-        )
-        self._udp = transport
+        if self.udp_batching:
+            self._udp_sock = udp_sock
+            self._batched = _mmsg.BatchedUdp(udp_sock, self.resolver.answer_udp, self._udp_other)
+            loop.add_reader(udp_sock.fileno(), self._drain)
+        else:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self), sock=udp_sock
+            )
+            self._udp = transport
         self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp_sock)
         upstreams = system_upstreams() if self._upstreams == "system" else self._upstreams
         # Never forward to ourselves: that would be a loop, not a resolver.
@@ -294,6 +305,11 @@ class DnsServer:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
+        if self._udp_sock is not None:
+            asyncio.get_running_loop().remove_reader(self._udp_sock.fileno())
+            self._udp_sock.close()
+            self._udp_sock = None
+            self._batched = None
         if self._tcp is not None:
             self._tcp.close()
         for writer in list(self._writers):
@@ -314,6 +330,30 @@ class DnsServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    # -- UDP -------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        try:
+            if self._batched is not None:
+                self._batched.drain()
+        except Exception as exc:  # the boundary: the reader must stay registered
+            self.errors.warning("dns: udp batch failed: %r", exc)
+
+    def _udp_other(self, reply: object, addr: tuple[str, int]) -> None:
+        if isinstance(reply, Forward):
+            self._forward_udp(reply, addr)
+        elif isinstance(reply, bytes):
+            self._sendto(reply, addr)
+
+    def _sendto(self, reply: bytes, addr: tuple[str, int]) -> None:
+        if self._udp is not None:
+            self._udp.sendto(reply, addr)
+        elif self._udp_sock is not None:
+            try:
+                self._udp_sock.sendto(reply, addr)
+            except OSError as exc:
+                self.errors.warning("dns: udp send to %s failed: %r", addr[0], exc)
+
     # -- forwarding ------------------------------------------------------------
 
     def _spawn(self, make: Callable[[], Awaitable[None]]) -> None:
@@ -327,15 +367,15 @@ class DnsServer:
     def _forward_udp(self, forward: Forward, addr: tuple[str, int]) -> None:
         if self.forwarder is None:  # no upstream: refuse at once, never wait
             reply = error_reply(forward.query, REFUSED)
-            if reply is not None and self._udp is not None:
-                self._udp.sendto(reply, addr)
+            if reply is not None:
+                self._sendto(reply, addr)
             return
         self._spawn(lambda: self._relay_udp(forward, addr))
 
     async def _relay_udp(self, forward: Forward, addr: tuple[str, int]) -> None:
         reply = await self._relay(forward, tcp=False)
-        if reply is not None and self._udp is not None:
-            self._udp.sendto(reply, addr)
+        if reply is not None:
+            self._sendto(reply, addr)
 
     async def _relay(self, forward: Forward, tcp: bool) -> bytes | None:
         reply = None

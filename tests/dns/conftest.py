@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from dnsmesh import PROXY, FakeUpstream, Mesh, populated_mesh, start_upstream
 
+from meshlocal.dns import _mmsg
 from meshlocal.dns.resolver import MeshResolver
 from meshlocal.dns.server import DnsServer
 
@@ -32,10 +33,13 @@ async def upstream() -> AsyncIterator[tuple[FakeUpstream, int]]:
     await server.wait_closed()
 
 
-@pytest.fixture
+@pytest.fixture(params=[True, False], ids=["mmsg", "protocol"])
 async def server(
-    resolver: MeshResolver, upstream: tuple[FakeUpstream, int]
+    request: pytest.FixtureRequest, resolver: MeshResolver, upstream: tuple[FakeUpstream, int]
 ) -> AsyncIterator[DnsServer]:
+    """The live server, once with batched UDP (recvmmsg) and once with a DatagramProtocol."""
+    if request.param and not _mmsg.available():
+        pytest.skip("recvmmsg/sendmmsg need Linux")
     srv = DnsServer(
         resolver,
         "127.0.0.1",
@@ -43,6 +47,7 @@ async def server(
         upstreams=[("127.0.0.5", upstream[1])],
         forward_timeout=1.0,
         tcp_idle_timeout=1.0,
+        udp_batching=request.param,
     )
     await srv.start()
     yield srv

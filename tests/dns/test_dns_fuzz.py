@@ -17,6 +17,7 @@ from dnsmesh import NS, PROXY, SC_CLIENT_IP, STRANGER_IP, populated_mesh
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from meshlocal.dns import _mmsg
 from meshlocal.dns.resolver import Forward, MeshResolver
 from meshlocal.dns.server import DnsServer, new_event_loop
 
@@ -184,9 +185,11 @@ def test_fuzz_mutated_queries_never_raise(data: st.DataObject) -> None:
 class ThreadedServer:
     """A DnsServer on its own event loop thread, so sync hypothesis tests can hit it."""
 
-    def __init__(self) -> None:
+    def __init__(self, batching: bool) -> None:
         self.loop = new_event_loop()
-        self.server = DnsServer(fresh_resolver(), "127.0.0.1", 0, upstreams=None)
+        self.server = DnsServer(
+            fresh_resolver(), "127.0.0.1", 0, upstreams=None, udp_batching=batching
+        )
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def __enter__(self) -> ThreadedServer:
@@ -210,9 +213,11 @@ class ThreadedServer:
             assert reply.id == q.id and reply.answer[0][0].address == PROXY
 
 
-@pytest.fixture(scope="module")
-def live() -> Iterator[ThreadedServer]:
-    with ThreadedServer() as srv:
+@pytest.fixture(scope="module", params=[True, False], ids=["mmsg", "protocol"])
+def live(request: pytest.FixtureRequest) -> Iterator[ThreadedServer]:
+    if request.param and not _mmsg.available():
+        pytest.skip("recvmmsg/sendmmsg need Linux")
+    with ThreadedServer(request.param) as srv:
         yield srv
 
 
