@@ -25,7 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -125,6 +125,7 @@ class Reconciler:
         self._consumer: asyncio.Task[None] | None = None
         self._ready_waiters: dict[str, asyncio.Future[bool]] = {}  # container id -> ready?
         self._hash_of: dict[str, str] = {}  # container id -> config hash, for ready checks
+        self._pending: dict[str, Replica] = {}  # running, not yet healthy: out of the registry
         self._closing = False
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -282,7 +283,9 @@ class Reconciler:
         parts = []
         for name, d in sorted(self.desired.items()):
             ready = len(self.registry.in_rotation(name))
-            parts.append(f"{name} {ready}/{d.count} healthy")
+            starting = sum(1 for r in self._pending.values() if r.service == name)
+            more = f" ({starting} starting)" if starting else ""
+            parts.append(f"{name} {ready}/{d.count} healthy{more}")
         return ", ".join(parts)
 
     # -- events ---------------------------------------------------------------------------
@@ -321,6 +324,8 @@ class Reconciler:
         for replica in self.registry.all():
             if replica.container_id not in running:
                 self.registry.remove(replica.container_id)
+        for cid in [c for c in self._pending if c not in running]:
+            del self._pending[cid]
         for cid, info in running.items():
             if self.registry.get(cid) is None:
                 self._join(info, await self._address_of(info))
@@ -340,6 +345,7 @@ class Reconciler:
         cid = event.container_id
         if event.action == "die" or event.action == "destroy":
             before = self.registry.remove(cid)  # first: out of DNS and proxy at once
+            self._pending.pop(cid, None)
             self._resolve_waiter(cid, False)
             if before is not None:
                 self.on_change(f"{before.name} left ({event.action})")
@@ -350,7 +356,15 @@ class Reconciler:
             if info is not None and info.running:
                 self._join(info, await self._address_of(info))
         elif event.action == "health_status" and event.health is not None:
-            self.registry.set_health(cid, event.health)
+            pending = self._pending.get(cid)
+            if pending is not None and event.health is Health.HEALTHY:
+                del self._pending[cid]
+                self.registry.upsert(replace(pending, health=Health.HEALTHY))
+                self.on_change(f"{pending.name} joined at {pending.address}")
+            elif pending is not None:
+                self._pending[cid] = replace(pending, health=event.health)
+            else:
+                self.registry.set_health(cid, event.health)
             if event.health is Health.HEALTHY:
                 self._healthy(cid, event)
             elif (
@@ -370,24 +384,38 @@ class Reconciler:
         return info.address_on(self.network.name)
 
     def _join(self, info: ContainerInfo, address: str | None) -> None:
+        """A running replica: into the registry once healthy (at once without a check).
+
+        Until its first healthy status it waits in `starting()`, out of DNS and
+        proxy, as a task joins Cloud Map and Service Connect only when healthy.
+        """
         if not address or info.service is None or info.index is None:
             return
         port_label = info.labels.get(L.PORT)
         health = info.health if info.health is not None else Health.HEALTHY
         self._hash_of[info.id] = info.config_hash or ""
-        self.registry.upsert(
-            Replica(
-                service=info.service,
-                index=info.index,
-                container_id=info.id,
-                address=address,
-                port=int(port_label) if port_label and port_label.isdigit() else None,
-                health=health,
-            )
+        replica = Replica(
+            service=info.service,
+            index=info.index,
+            container_id=info.id,
+            address=address,
+            port=int(port_label) if port_label and port_label.isdigit() else None,
+            health=health,
         )
         if health is Health.HEALTHY:
+            self._pending.pop(info.id, None)
+            self.registry.upsert(replica)
             self._healthy(info.id, None)
-        self.on_change(f"{info.service}-{info.index} joined at {address} ({health.value})")
+            self.on_change(f"{info.service}-{info.index} joined at {address}")
+        elif self.registry.get(info.id) is not None:
+            self.registry.set_health(info.id, health)  # adopted or resynced: keep it listed
+        else:
+            self._pending[info.id] = replica
+            self.on_change(f"{info.service}-{info.index} running at {address} ({health.value})")
+
+    def starting(self) -> list[Replica]:
+        """Running replicas not yet healthy: not in the registry, shown by `ps`."""
+        return sorted(self._pending.values(), key=lambda r: (r.service, r.index))
 
     def _healthy(self, cid: str, event: ContainerEvent | None) -> None:
         replica = self.registry.get(cid)

@@ -147,11 +147,16 @@ async def test_health_check_drives_registry_health_and_unhealthy_is_replaced(
         lambda _b, a: seen.append((a.container_id, a.health)) if a is not None else None
     )
     await rec.apply({"api": DesiredService(template, 1)})
-    await until(registry, lambda: len(registry.for_service("api")) == 1, 15, "the replica")
-    first = registry.for_service("api")[0]
-    assert first.health is Health.STARTING and not first.in_rotation
+    # Running but not healthy yet: listed as starting, not in the registry (DNS, proxy).
+    deadline = time.monotonic() + 15
+    while not rec.starting() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert [r.health for r in rec.starting()] == [Health.STARTING]
+    assert registry.for_service("api") == []
     await until(registry, lambda: bool(registry.in_rotation("api")), 20, "healthy")
-    assert [h for c, h in seen if c == first.container_id][:2] == [Health.STARTING, Health.HEALTHY]
+    first = registry.for_service("api")[0]
+    assert [h for c, h in seen if c == first.container_id][:1] == [Health.HEALTHY]
+    assert rec.starting() == []
 
     await asyncio.to_thread(engine.exec, first.container_id, ["rm", "/tmp/ready"])
 
