@@ -45,6 +45,11 @@ def _slug(text: str) -> str:
     return slug or "x"
 
 
+def slug(text: str) -> str:
+    """A name part Docker accepts (lower-case letters, digits, `_.-`)."""
+    return _slug(text)
+
+
 def project_id(app: str, root: Path) -> str:
     """`<app>-<8 hex>`: two workspaces of the same app never collide."""
     digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
