@@ -158,3 +158,18 @@ def test_image_location_present_or_clear_error(docker_client: Any, busybox_image
     with pytest.raises(ImageError) as info:
         images.ensure_image(docker_client, "registry.invalid/meshlocal/nothing:1")
     assert "not present locally and could not be pulled" in info.value.message
+
+
+@pytest.mark.docker
+def test_python_base_needs_root_or_a_configured_image(
+    docker_client: Any, busybox_image: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(images.PYTHON_IMAGE_ENV, raising=False)
+    monkeypatch.setattr(images.os, "geteuid", lambda: 1000)
+    with pytest.raises(ImageError) as info:
+        images.ensure_python_base(docker_client, tag="meshlocal-test/absent-base:x")
+    assert "needs root" in info.value.message
+    assert info.value.hint is not None and images.PYTHON_IMAGE_ENV in info.value.hint
+    # A configured base is used as it is: no root, no debootstrap.
+    monkeypatch.setenv(images.PYTHON_IMAGE_ENV, busybox_image)
+    assert images.ensure_python_base(docker_client) == busybox_image
