@@ -55,6 +55,17 @@ def _strip_re(names: tuple[bytes, ...] | list[bytes]) -> re.Pattern[bytes]:
 _STRIP_REQUEST_RE = _strip_re(HOP_BY_HOP + FORWARDED)
 _STRIP_RESPONSE_RE = _strip_re(HOP_BY_HOP)
 _TARGET_RE = re.compile(rb"/[\x21-\x7e\x80-\xff]*")
+_TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+# A well-formed head in one C-level match; anything else takes the slow path,
+# which says precisely what is wrong.
+_REQUEST_FAST = re.compile(
+    rb"(" + _TCHAR + rb"+) (/[\x21-\x7e\x80-\xff]*) (HTTP/1\.[01])\r\n"
+    rb"((?:" + _TCHAR + rb"+:[^\r\n\x00]*\r\n)*)\r\n"
+)
+_RESPONSE_FAST = re.compile(
+    rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?\r\n((?:[^\r\n \t][^\r\n]*\r\n)*)\r\n"
+)
+_REQUEST_DROP = frozenset(HOP_BY_HOP + FORWARDED)
 _STANDARD_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
 _TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
@@ -81,7 +92,7 @@ class RequestHead:
     target: bytes
     version: bytes  # b"HTTP/1.1" or b"HTTP/1.0"
     request_line: bytes  # with its CRLF
-    fields: bytes  # header lines, each with its CRLF, original bytes
+    fields: bytes  # header lines with CRLFs, minus hop-by-hop and X-Forwarded-* lines
     host: bytes | None
     framing: int
     length: int  # for LENGTH
@@ -181,8 +192,19 @@ def _tokens(value: bytes) -> list[bytes]:
     return [t.strip(b" \t") for t in value.split(b",") if t.strip(b" \t")]
 
 
-def parse_request_head(data: bytes, max_header_bytes: int = 32768) -> RequestHead:
-    """Parse a request head ending in CRLFCRLF; raise HttpError to refuse it."""
+def _cut(fields: bytes, starts: list[int]) -> bytes:
+    """`fields` without the lines starting at `starts` (offsets from the interest scan)."""
+    out = []
+    pos = 0
+    for start in starts:
+        out.append(fields[pos:start])
+        pos = fields.find(b"\r\n", start) + 2
+    out.append(fields[pos:])
+    return b"".join(out)
+
+
+def _request_slow(data: bytes, max_header_bytes: int) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+    """Why a request head failed the fast match: raises HttpError (or parses it)."""
     line, fields = _split_head(data, max_header_bytes, 431, strict=True)
     parts = line[:-2].split(b" ")
     if len(parts) != 3:
@@ -196,12 +218,29 @@ def parse_request_head(data: bytes, max_header_bytes: int = 32768) -> RequestHea
         # Absolute-form (`http://169.254.169.254/`), authority-form (CONNECT)
         # and asterisk-form: a mesh proxy is never a forward proxy.
         raise HttpError(400, "only origin-form request targets are accepted")
+    return method, target, version, line, fields
+
+
+def parse_request_head(data: bytes, max_header_bytes: int = 32768) -> RequestHead:
+    """Parse a request head ending in CRLFCRLF; raise HttpError to refuse it."""
+    if len(data) > max_header_bytes:
+        raise HttpError(431, "request header too large")
+    m = _REQUEST_FAST.fullmatch(data)
+    if m is not None:
+        method, target, version, fields = m.groups()
+        line = data[: m.start(4)]
+    else:
+        method, target, version, line, fields = _request_slow(data, max_header_bytes)
     # One C-level scan for the few headers that matter; the rest pass through.
     lengths = encodings = connection = hosts = None
     upgrade = xff = None
     expect = strip = False
-    for name, value in _REQUEST_INTEREST.findall(b"\r\n" + fields.lower()):
+    drops: list[int] = []
+    for match in _REQUEST_INTEREST.finditer(b"\r\n" + fields.lower()):
+        name, value = match.groups()
         value = value.rstrip(b" \t")
+        if name in _REQUEST_DROP:
+            drops.append(match.start())
         if name == b"host":
             if hosts is not None:
                 raise HttpError(400, "duplicate Host header")
@@ -215,15 +254,14 @@ def parse_request_head(data: bytes, max_header_bytes: int = 32768) -> RequestHea
         elif name == b"expect":
             expect = expect or value == b"100-continue"
         elif name == b"x-forwarded-for":
-            strip = True
             if value:
                 xff = value if xff is None else xff + b", " + value
-        else:
-            strip = True  # hop-by-hop or X-Forwarded-Proto/Host: rewritten
-            if name == b"upgrade":
-                upgrade = value
+        elif name == b"upgrade":
+            upgrade = value
     framing, length = _length_framing(lengths, encodings, response=False)
     ctokens = _connection(connection)
+    if drops:
+        fields, strip = _cut(fields, drops), bool(ctokens - _STANDARD_TOKENS)
     host = hosts
     if host is None and version == b"HTTP/1.1":
         raise HttpError(400, "missing Host header")
@@ -249,37 +287,38 @@ def parse_request_head(data: bytes, max_header_bytes: int = 32768) -> RequestHea
 def parse_response_head(
     data: bytes, request_method: bytes, max_header_bytes: int = 65536
 ) -> ResponseHead:
-    line, fields = _split_head(data, max_header_bytes, 502, strict=False)
-    version = line[:8]
-    code = line[9:12]
-    if (
-        (version != b"HTTP/1.1" and version != b"HTTP/1.0")
-        or line[8:9] != b" "
-        or not code.isdigit()
-        or line[12:13] not in (b" ", b"\r")
-    ):
-        raise HttpError(502, "malformed status line from upstream")
+    if len(data) > max_header_bytes:
+        raise HttpError(502, "response head too large")
+    m = _RESPONSE_FAST.fullmatch(data)
+    if m is None:
+        raise HttpError(502, "malformed response head from upstream")
+    minor, code, fields = m.groups()
+    line = data[: m.start(3)]
     status = int(code)
     lengths = encodings = connection = None
     strip = False
-    for name, value in _RESPONSE_INTEREST.findall(b"\r\n" + fields.lower()):
+    drops: list[int] = []
+    for match in _RESPONSE_INTEREST.finditer(b"\r\n" + fields.lower()):
+        name, value = match.groups()
         value = value.rstrip(b" \t")
         if name == b"content-length":
             lengths = [value] if lengths is None else [*lengths, value]
         elif name == b"transfer-encoding":
             encodings = [value] if encodings is None else [*encodings, value]
-        else:
-            strip = True
+        else:  # hop-by-hop
+            drops.append(match.start())
             if name == b"connection":
                 connection = [value] if connection is None else [*connection, value]
     framing, length = _length_framing(lengths, encodings, response=True)
     ctokens = _connection(connection)
+    if drops:
+        fields, strip = _cut(fields, drops), bool(ctokens - _STANDARD_TOKENS)
     if request_method == b"HEAD" or status < 200 or status == 204 or status == 304:
         framing, length = NONE, 0
-    keep_alive = b"close" not in ctokens if version == b"HTTP/1.1" else b"keep-alive" in ctokens
+    keep_alive = b"close" not in ctokens if minor == b"1" else b"keep-alive" in ctokens
     if framing == UNTIL_CLOSE:
         keep_alive = False
-    if version != b"HTTP/1.1":
+    if minor != b"1":
         line = b"HTTP/1.1" + line[8:]
     return ResponseHead(line, status, fields, framing, length, keep_alive, ctokens, strip)
 
