@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections import Counter
+from collections.abc import Callable
 
 import aiohttp
 
@@ -12,6 +13,12 @@ from meshlocal.proxy.settings import ProxySettings
 from meshlocal.registry import Health
 
 from .helpers import FakeClock, MeshFactory, raw_exchange, service, split_response
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
 
 
 def closed_port() -> int:
@@ -200,7 +207,7 @@ async def test_drain_times_out_when_requests_outlive_it(
 ) -> None:
     mesh = await mesh_factory(replicas=1)
     slow = asyncio.ensure_future(client.get(mesh.url("/?delay=1.0"), headers={"Host": "api"}))
-    await asyncio.sleep(0.2)
+    await until(lambda: mesh.proxy.balancer.in_flight("cid-api-1") == 1)
     assert await mesh.proxy.drain("cid-api-1", timeout_s=0.2) is False
     (await slow).release()
 
