@@ -177,7 +177,12 @@ class HttpResponse:
         return self.body.decode(errors="replace")
 
     def json(self) -> Any:
-        return json.loads(self.body)
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            raise ValueError(
+                f"HTTP {self.status} from {self.url} is not JSON: {self.text[:300]!r}"
+            ) from None
 
 
 # -- project ids and the safety nets ----------------------------------------
@@ -274,10 +279,12 @@ class Mesh:
         mode: Mode = "container",
         timeout: float = 180.0,
         isolate: bool = True,
+        wait_for_ports: bool = True,
         environ: Mapping[str, str] | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
         self.workspace = Path(workspace)
+        self.wait_for_ports = wait_for_ports
         self.mode: Mode = mode
         self.timeout = timeout
         self._progress = progress
@@ -321,6 +328,8 @@ class Mesh:
                 progress=self._progress or (lambda _: None),
             )
             self._started = True
+            if self.wait_for_ports:
+                self.wait_listening(timeout=self.timeout)
         except BaseException:
             # KeyboardInterrupt half-way through `up` included: leave nothing behind.
             self.down()
@@ -523,8 +532,51 @@ class Mesh:
         self._require()
         self.deployment.wait_ready(self.timeout if timeout is None else timeout)
 
-    def wait_replicas(self, service: str, count: int, *, timeout: float = 60.0) -> list[Replica]:
-        """Until exactly `count` replicas of `service` are in rotation; returns them."""
+    def wait_listening(
+        self, services: Sequence[str] | None = None, *, timeout: float = 60.0
+    ) -> None:
+        """Until every replica in rotation accepts TCP connections on its port.
+
+        A replica without a health check is in rotation as soon as it runs,
+        as in ECS, often before its server listens; traffic sent then is
+        refused and gets replicas ejected by outlier detection. Like an
+        ALB target check, this waits the start-up out. It connects from the
+        data plane, the only place that reaches replicas on every platform.
+        """
+        plane = self._require()
+        state = self.state()
+        wanted = set(services) if services is not None else set(state["services"])
+        targets = sorted(
+            f"{r['address']}:{r['port']}"
+            for name, svc in state["services"].items()
+            if name in wanted
+            for r in svc["replicas"]
+            if r["in_rotation"] and r.get("port") and r.get("address")
+        )
+        if not targets:
+            return
+        if plane.container_id is not None:
+            code, output = self.deployment.engine.exec(
+                plane.container_id,
+                ["python3", "-c", _LISTEN_SCRIPT, str(timeout), *targets],
+                timeout=timeout + 10,
+            )
+        else:
+            code, output = _wait_listening(targets, timeout)
+        if code != 0:
+            raise WaitTimeout(
+                f"replicas did not accept connections within {timeout:g}s: {output.strip()}",
+                hint="check that each service listens on its manifest's image.port "
+                "(mesh.logs(service) shows what it printed)",
+            )
+
+    def wait_replicas(
+        self, service: str, count: int, *, timeout: float = 60.0, listening: bool = True
+    ) -> list[Replica]:
+        """Until exactly `count` replicas of `service` are in rotation; returns them.
+
+        With `listening` (default), also until each accepts connections.
+        """
 
         def check() -> tuple[list[Replica]] | None:
             reps = [r for r in self.replicas(service) if r.in_rotation]
@@ -537,10 +589,50 @@ class Mesh:
             message=f"{service} to have {count} replica(s) in rotation",
         )
         assert found is not None
+        if listening and count:
+            self.wait_listening([service], timeout=timeout)
         return found[0]
 
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _wait_listening(targets: Sequence[str], timeout: float) -> tuple[int, str]:
+    """(0, "") once every `address:port` accepts a connection, else (1, those that don't)."""
+    left = {(a, int(p)) for a, _, p in (t.rpartition(":") for t in targets)}
+    deadline = time.monotonic() + timeout
+    while left:
+        for target in sorted(left):
+            try:
+                socket.create_connection(target, timeout=1).close()
+                left.discard(target)
+            except OSError:
+                pass
+        if not left or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    return (1 if left else 0), " ".join(f"{a}:{p}" for a, p in sorted(left))
+
+
+# The same loop as _wait_listening, run by the data plane's python3 (stdlib only).
+_LISTEN_SCRIPT = """
+import socket, sys, time
+timeout = float(sys.argv[1])
+left = {(a, int(p)) for a, _, p in (t.rpartition(":") for t in sys.argv[2:])}
+deadline = time.monotonic() + timeout
+while left:
+    for target in sorted(left):
+        try:
+            socket.create_connection(target, timeout=1).close()
+            left.discard(target)
+        except OSError:
+            pass
+    if not left or time.monotonic() >= deadline:
+        break
+    time.sleep(0.1)
+print(" ".join(f"{a}:{p}" for a, p in sorted(left)))
+sys.exit(1 if left else 0)
+"""
 
 
 def wait_until(
