@@ -1,6 +1,6 @@
 """dnsperf against meshlocal's DNS and dnsmasq, side by side, rounds alternating.
 
-    .venv/bin/python bench/dns/run.py [--rounds 5] [--duration 10] [--uvloop both]
+    .venv/bin/python bench/dns/run.py [--rounds 5] [--duration 10] [--variants uvloop+mmsg,...]
 
 Both servers serve the same mesh records: Service Discovery A names
 (`svcN.bench.demo.local`, 3 replicas; `big...`, 12 replicas: random 8),
@@ -28,7 +28,12 @@ PROXY = "10.99.0.1"
 ZONE = "bench.demo.local"
 PORT = 5300
 CLIENT = "127.0.0.20"
-MESH_HOST = {"uvloop": "127.0.0.10", "asyncio": "127.0.0.12"}
+VARIANTS = {  # name: (listen address, serve.py flags)
+    "uvloop+mmsg": ("127.0.0.10", []),
+    "asyncio+mmsg": ("127.0.0.12", ["--no-uvloop"]),
+    "uvloop+protocol": ("127.0.0.13", ["--no-mmsg"]),
+    "asyncio+protocol": ("127.0.0.14", ["--no-uvloop", "--no-mmsg"]),
+}
 DNSMASQ_HOST = "127.0.0.11"
 
 
@@ -159,14 +164,22 @@ def main() -> None:
     p.add_argument("--replicas", type=int, default=3)
     p.add_argument("--clients", type=int, default=1, help="dnsperf -c")
     p.add_argument("--outstanding", type=int, default=100, help="dnsperf -q")
-    p.add_argument("--uvloop", choices=["on", "off", "both"], default="both")
+    p.add_argument(
+        "--variants",
+        default="uvloop+mmsg,asyncio+mmsg,uvloop+protocol",
+        help=f"comma-separated meshlocal variants among {', '.join(VARIANTS)}",
+    )
     args = p.parse_args()
     for tool in ("dnsperf", "dnsmasq", "dig"):
         if shutil.which(tool) is None:
             raise SystemExit(
                 f"{tool} is not installed (apt-get install dnsperf dnsmasq-base bind9-dnsutils)"
             )
-    budget = 60 + args.rounds * 3 * (args.duration + 5)
+    variants = [v for v in args.variants.split(",") if v]
+    for v in variants:
+        if v not in VARIANTS:
+            raise SystemExit(f"unknown variant {v!r}; choose among {', '.join(VARIANTS)}")
+    budget = 60 + args.rounds * (len(variants) + 1) * (args.duration + 5)
     tmp = Path(tempfile.mkdtemp(prefix="meshlocal-dnsbench-"))
     qfile = tmp / "queries.txt"
     qfile.write_text(queries(args.services))
@@ -195,14 +208,14 @@ def main() -> None:
             ],
         )
         hosts["dnsmasq"] = DNSMASQ_HOST
-        loops = {"on": ["uvloop"], "off": ["asyncio"], "both": ["uvloop", "asyncio"]}[args.uvloop]
-        for loop in loops:
-            name = f"meshlocal[{loop}]"
+        for variant in variants:
+            host, flags = VARIANTS[variant]
+            name = f"meshlocal[{variant}]"
             cmd = [
                 sys.executable,
                 str(HERE / "serve.py"),
                 "--host",
-                MESH_HOST[loop],
+                host,
                 "--port",
                 str(PORT),
                 "--client",
@@ -213,11 +226,10 @@ def main() -> None:
                 str(args.replicas),
                 "--max-seconds",
                 str(budget),
+                *flags,
             ]
-            if loop == "asyncio":
-                cmd.append("--no-uvloop")
             procs[name] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-            hosts[name] = MESH_HOST[loop]
+            hosts[name] = host
         deadline = time.monotonic() + 20
         for host in hosts.values():
             wait_ready(host, deadline)

@@ -76,13 +76,15 @@ def registry(services: int, replicas: int, client: str) -> ReplicaRegistry:
 async def serve(args: argparse.Namespace) -> None:
     naming = NamingModel(environment(args.services))
     resolver = MeshResolver(naming, registry(args.services, args.replicas, args.client), PROXY)
-    server = DnsServer(resolver, args.host, args.port, upstreams=None)
+    server = DnsServer(
+        resolver, args.host, args.port, upstreams=None, udp_batching=not args.no_mmsg
+    )
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"ready {type(loop).__module__}", flush=True)
+    print(f"ready {type(loop).__module__} batching={server.udp_batching}", flush=True)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), args.max_seconds)
     await server.stop()
@@ -96,6 +98,7 @@ def main() -> None:
     p.add_argument("--services", type=int, default=10)
     p.add_argument("--replicas", type=int, default=3)
     p.add_argument("--no-uvloop", action="store_true")
+    p.add_argument("--no-mmsg", action="store_true", help="DatagramProtocol, not recvmmsg")
     p.add_argument("--max-seconds", type=float, default=900.0)
     args = p.parse_args()
     run(serve(args), use_uvloop=False if args.no_uvloop else None)

@@ -104,11 +104,16 @@ class BatchedUdp:
             s = self._smsgs[i].msg_hdr
             s.msg_iov = ctypes.pointer(self._siov[i])
             s.msg_iovlen = 1
+            # Answer i goes back to sender i unless a query in between was dropped.
+            s.msg_name = h.msg_name
+            s.msg_namelen = 16 if sock.family == socket.AF_INET else 28
         self._rbase, self._nbase, self._sbase = rbase, nbase, sbase
         self._rhdrs = [self._rmsgs[i] for i in range(BATCH)]
         self._shdrs = [self._smsgs[i].msg_hdr for i in range(BATCH)]
         self._sio = [self._siov[i] for i in range(BATCH)]
         self._ips: dict[bytes, str] = {}
+        self._names_list = [nbase + i * NAME_SIZE for i in range(BATCH)]
+        self._used = BATCH  # receive headers whose msg_namelen the kernel overwrote
         self.dropped = 0
 
     def _peer(self, name: int) -> tuple[str, int]:
@@ -123,13 +128,17 @@ class BatchedUdp:
         rhdrs, shdrs, sio, ips = self._rhdrs, self._shdrs, self._sio, self._ips
         rbase, nbase, sbase = self._rbase, self._nbase, self._sbase
         v4 = self._family == socket.AF_INET
+        names = self._names_list
         for _ in range(16):  # bounded: let the loop run other callbacks too
-            for m in rhdrs:
-                m.msg_hdr.msg_namelen = NAME_SIZE
+            for k in range(self._used):
+                rhdrs[k].msg_hdr.msg_namelen = NAME_SIZE
             n = self._recv(self._fd, addressof(self._rmsgs), BATCH, MSG_DONTWAIT, None)
             if n <= 0:
+                self._used = 0
                 return
+            self._used = n
             j = 0
+            moved: list[int] = []
             for i in range(n):
                 m = rhdrs[i]
                 data = string_at(rbase + i * RECV_SIZE, m.msg_len)
@@ -149,9 +158,11 @@ class BatchedUdp:
                 if reply.__class__ is bytes and len(reply) <= SEND_SIZE:
                     memmove(sbase + j * SEND_SIZE, reply, len(reply))
                     sio[j].iov_len = len(reply)
-                    s = shdrs[j]
-                    s.msg_name = name
-                    s.msg_namelen = m.msg_hdr.msg_namelen
+                    if j != i:
+                        s = shdrs[j]
+                        s.msg_name = name
+                        s.msg_namelen = m.msg_hdr.msg_namelen
+                        moved.append(j)
                     j += 1
                 else:
                     self._other(reply, self._peer(name))
@@ -159,5 +170,9 @@ class BatchedUdp:
                 sent = self._send(self._fd, addressof(self._smsgs), j, 0)
                 if sent < j:
                     self.dropped += j - max(sent, 0)  # the client retries, as for any UDP loss
+            for k in moved:  # back to the identity mapping
+                s = shdrs[k]
+                s.msg_name = names[k]
+                s.msg_namelen = 16 if v4 else 28
             if n < BATCH:
                 return

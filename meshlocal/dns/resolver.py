@@ -24,7 +24,7 @@ import random
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -204,6 +204,11 @@ def _permutations(n: int) -> list[tuple[int, ...]]:
     return list(itertools.permutations(range(n)))
 
 
+@functools.cache
+def _combinations(n: int) -> list[tuple[int, ...]]:
+    return list(itertools.combinations(range(n), MAX_ANSWERS))
+
+
 class _Entry:
     """A pre-packed answer for one (name, qtype, client class).
 
@@ -214,6 +219,7 @@ class _Entry:
     __slots__ = (
         "bodies",
         "body",
+        "combos",
         "extra",
         "forward",
         "heads",
@@ -244,6 +250,8 @@ class _Entry:
         self.k = min(MAX_ANSWERS, len(pool)) if pool is not None else 0
         # Up to 8 records: a uniformly random order is one index into every order.
         self.perms = _permutations(len(pool)) if pool and len(pool) <= MAX_ANSWERS else None
+        # 9 to 16 records: every 8-subset is listed (at most 12870 of them)
+        self.combos = _combinations(len(pool)) if pool and MAX_ANSWERS < len(pool) <= 16 else None
         self.bodies = (
             [b"".join([pool[i] for i in p]) for p in self.perms]
             if pool and self.perms is not None and len(self.perms) <= 120 and extra is None
@@ -287,6 +295,7 @@ class MeshResolver:
         self._version = -1
         self._cache: dict[tuple[bytes, int, str | None], _Entry] = {}
         self._clients: dict[str, str | None] = {}
+        self._packets: dict[tuple[bytes, str], bytes | tuple[_Entry, int, bool, int]] = {}
         self.bad_packets = RateLimitedLog(log)
 
     # -- configuration ------------------------------------------------------
@@ -303,6 +312,7 @@ class MeshResolver:
     def _flush(self) -> None:
         self._cache.clear()
         self._clients.clear()
+        self._packets.clear()
         self._version = self._registry.version
 
     def client_class(self, client_ip: str) -> str | None:
@@ -323,8 +333,15 @@ class MeshResolver:
             return error_reply(packet, SERVFAIL)
 
     def answer_udp(self, packet: bytes, client_ip: str) -> Reply:
-        """`answer` for UDP, one call less on the hot path."""
+        """`answer` for UDP, with a cache of whole queries on top (ID aside)."""
         try:
+            if self._version == self._registry.version:
+                hit = self._packets.get((packet[2:], client_ip))
+                if hit is not None:
+                    if isinstance(hit, bytes):
+                        return packet[:2] + hit
+                    entry, qlen, edns, limit = hit
+                    return self._emit(entry, packet, packet[12 : 12 + qlen], edns, limit)
             return self._answer(packet, client_ip, False)
         except Exception as exc:
             self.bad_packets.warning("dns: internal error on a %d-byte query: %r", len(packet), exc)
@@ -372,7 +389,16 @@ class MeshResolver:
                         limit = TCP_MAX if tcp else size
                         if entry.forward:
                             return Forward(packet, limit)
-                        return self._emit(entry, packet, packet[12:qend], edns, limit)
+                        reply = self._emit(entry, packet, packet[12:qend], edns, limit)
+                        if not tcp:
+                            # Same bytes after the ID, same client: same answer (or the
+                            # same entry to draw from), until the registry moves.
+                            if len(self._packets) >= CACHE_MAX:
+                                self._packets.clear()
+                            self._packets[(packet[2:], client_ip)] = (
+                                reply[2:] if entry.pool is None else (entry, qend - 12, edns, limit)
+                            )
+                        return reply
         return self._slow(packet, client_ip, tcp)
 
     def _emit(self, entry: _Entry, packet: bytes, question: bytes, edns: bool, limit: int) -> bytes:
@@ -385,11 +411,21 @@ class MeshResolver:
         else:
             pool = entry.pool
             perms = entry.perms
-            order = (
-                perms[int(self._random() * len(perms))]
-                if perms is not None
-                else self._rng.sample(range(len(pool)), MAX_ANSWERS)  # random 8 of more
-            )
+            rnd = self._random
+            if perms is not None:
+                order: Sequence[int] = perms[int(rnd() * len(perms))]
+            elif entry.combos is not None:
+                # uniform subset x uniform order = a uniform random 8 of n, in two draws
+                combo = entry.combos[int(rnd() * len(entry.combos))]
+                perm8 = _permutations(MAX_ANSWERS)
+                order = [combo[i] for i in perm8[int(rnd() * len(perm8))]]
+            else:  # a random 8 of many: a partial Fisher-Yates, 8 draws
+                n = len(pool)
+                idx = list(range(n))
+                for a in range(MAX_ANSWERS):
+                    b = a + int(rnd() * (n - a))
+                    idx[a], idx[b] = idx[b], idx[a]
+                order = idx[:MAX_ANSWERS]
             body = b"".join([pool[i] for i in order])
             if entry.extra is not None:
                 extra = entry.extra

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import dns.message
@@ -125,3 +126,29 @@ def test_system_upstreams_reads_resolv_conf(tmp_path: Path) -> None:
     )
     assert system_upstreams(conf) == [("10.0.0.2", 53), ("fe80::1", 53)]
     assert system_upstreams(tmp_path / "missing") == []
+
+
+@pytest.mark.parametrize("count", [2, 3, 8, 9, 16, 20])
+def test_multivalue_draws_are_uniform_enough(count: int) -> None:
+    """Every path (all orders <= 8, listed subsets <= 16, Fisher-Yates beyond) is random."""
+    mesh = Mesh(NamingModel(mesh_spec()))
+    for i in range(1, count + 1):
+        mesh.add("big", i, f"10.2.0.{i}")
+    resolver = MeshResolver(mesh.naming, mesh.registry, PROXY)
+    wire = query(f"big.{NS}")
+    firsts: Counter[str] = Counter()
+    members: Counter[str] = Counter()
+    draws = 1200
+    for _ in range(draws):
+        reply = resolver.answer_udp(wire, STRANGER_IP)
+        assert isinstance(reply, bytes)
+        msg = dns.message.from_wire(reply)
+        got = [rr.address for rrset in msg.answer for rr in rrset]
+        assert len(got) == min(8, count) == len(set(got))
+        firsts[got[0]] += 1
+        members.update(got)
+    expected_first = draws / count
+    assert set(firsts) == {f"10.2.0.{i}" for i in range(1, count + 1)}
+    assert all(0.5 * expected_first < n < 1.6 * expected_first for n in firsts.values())
+    expected_member = draws * min(8, count) / count
+    assert all(0.8 * expected_member < n < 1.2 * expected_member for n in members.values())
