@@ -250,10 +250,33 @@ class ServiceConnectProxy(_Listeners):
         await self._close()
         await self.engine.release()
 
+    async def update(self, naming: NamingModel) -> None:
+        """Hot reconfiguration: routes change at once, listeners follow the endpoint ports."""
+        self.naming = naming
+        if not self._started:
+            return
+        wanted = set(naming.sc_ports)
+        for port in sorted(set(self.servers) - wanted):
+            self.servers.pop(port).close()
+        for port in sorted(wanted - set(self.servers)):
+            await self._listen(self.host, port, self.settings.listen_port(port), self.route)
+
     async def drain(self, container_id: str, timeout_s: float = 30.0) -> bool:
         """Scale-in: mark draining, wait for in-flight requests; True when they all ended."""
         self.registry.set_draining(container_id, True)
         return await self.engine.wait_drained(container_id, timeout_s)
+
+
+def public_rules(naming: NamingModel) -> list[tuple[str, str]]:
+    """(path prefix, service) of every Load Balanced Web Service, longest prefix first."""
+    rules: list[tuple[str, str]] = []
+    for svc in naming.services.values():
+        if svc.type is ServiceType.LOAD_BALANCED_WEB_SERVICE and svc.http_path is not None:
+            if svc.target_port is None:
+                continue
+            rules.append(("/" + svc.http_path.strip("/"), svc.name))
+    # Longest prefix first; "/" is the catch-all.
+    return sorted(rules, key=lambda r: len(r[0]), reverse=True)
 
 
 class PublicEndpoint(_Listeners):
@@ -277,14 +300,12 @@ class PublicEndpoint(_Listeners):
         self.host = host
         self.port = port
         self.settings = settings
-        rules: list[tuple[str, str]] = []
-        for svc in naming.services.values():
-            if svc.type is ServiceType.LOAD_BALANCED_WEB_SERVICE and svc.http_path is not None:
-                if svc.target_port is None:
-                    continue
-                rules.append(("/" + svc.http_path.strip("/"), svc.name))
-        # Longest prefix first; "/" is the catch-all.
-        self.rules = sorted(rules, key=lambda r: len(r[0]), reverse=True)
+        self.rules = public_rules(naming)
+
+    def update(self, naming: NamingModel) -> None:
+        """Hot reconfiguration: the listener rules of a changed workspace."""
+        self.naming = naming
+        self.rules = public_rules(naming)
 
     def route(self, req: RequestHead, endpoint_port: int) -> Route:
         path = req.target.split(b"?", 1)[0].decode("latin-1")
