@@ -75,6 +75,11 @@ class Forwarder:
         self.connections: set[Downstream] = set()
         # (container id, route) -> the debugging response headers, built once.
         self.debug_headers: dict[tuple[str, bytes], bytes] = {}
+        # Parsed heads by their exact bytes: a service's clients mostly send the
+        # same few heads and get the same few back, and parsing is most of a
+        # small request's CPU time. Parsing is a pure function of the bytes.
+        self.request_heads: dict[bytes, RequestHead] = {}
+        self.response_heads: dict[bytes, ResponseHead] = {}
 
     def factory(self, router: Router, endpoint_port: int, label: bytes) -> Callable[[], Downstream]:
         return lambda: Downstream(self, router, endpoint_port, label)
@@ -120,6 +125,9 @@ class Downstream(asyncio.Protocol):
         self.reading_paused = False
         self.up_write_paused = False
         self.client_eof = False
+        # The last request head seen and its forwarded form (depends on client IP).
+        self._memo_req: RequestHead | None = None
+        self._memo_out = b""
         self._reset()
 
     def _reset(self) -> None:
@@ -233,15 +241,37 @@ class Downstream(asyncio.Protocol):
         end = idx + 4
         head = buf[:end] if end != len(buf) else buf
         self.buf = buf[end:] if end != len(buf) else b""
+        fwd = self.fwd
         try:
-            req = http1.parse_request_head(head, self.settings.max_header_bytes)
+            req = fwd.request_heads.get(head)
+            if req is None:
+                req = http1.parse_request_head(head, self.settings.max_header_bytes)
+                limit = self.settings.head_cache
+                if limit and len(head) <= 2048:
+                    if len(fwd.request_heads) >= limit:
+                        fwd.request_heads.clear()
+                    fwd.request_heads[head] = req
             route = self.router(req, self.endpoint_port)
         except HttpError as exc:
             self._fail(exc.status, exc.reason)
             return
         self.req = req
         self.route = route
-        self.m = self.fwd.metrics.service(route.service)
+        self.m = fwd.metrics.service(route.service)
+        if req is self._memo_req:
+            self.out_head = self._memo_out
+        else:
+            self.out_head = self._memo_out = self._build_out_head(req)
+            self._memo_req = req
+        framing = req.framing
+        if framing == http1.LENGTH and req.length > 0:
+            self.has_body, self.req_done, self.req_left = True, False, req.length
+        elif framing == http1.CHUNKED:
+            self.has_body, self.req_done = True, False
+            self.req_scanner = ChunkedScanner()
+        self._select()
+
+    def _build_out_head(self, req: RequestHead) -> bytes:
         xff = (
             self.client_ip
             if req.forwarded_for is None
@@ -253,7 +283,7 @@ class Downstream(asyncio.Protocol):
         )
         if req.upgrade is not None:
             tail += b"Connection: Upgrade\r\nUpgrade: %s\r\n" % req.upgrade
-        self.out_head = (
+        return (
             req.request_line
             + (
                 http1.strip_request_fields(req.fields, req.connection_tokens)
@@ -263,13 +293,6 @@ class Downstream(asyncio.Protocol):
             + tail
             + b"\r\n"
         )
-        framing = req.framing
-        if framing == http1.LENGTH and req.length > 0:
-            self.has_body, self.req_done, self.req_left = True, False, req.length
-        elif framing == http1.CHUNKED:
-            self.has_body, self.req_done = True, False
-            self.req_scanner = ChunkedScanner()
-        self._select()
 
     def _select(self) -> None:
         route = self.route
@@ -406,11 +429,20 @@ class Downstream(asyncio.Protocol):
                 return
             end = idx + 4
             head, rest = (ubuf, b"") if end == len(ubuf) else (ubuf[:end], ubuf[end:])
-            try:
-                resp = http1.parse_response_head(head, req.method)
-            except HttpError as exc:
-                self._upstream_failed(False, f"invalid response: {exc.reason}")
-                return
+            cacheable = req.method != b"HEAD" and len(head) <= 2048
+            cache = self.fwd.response_heads
+            resp = cache.get(head) if cacheable else None
+            if resp is None:
+                try:
+                    resp = http1.parse_response_head(head, req.method)
+                except HttpError as exc:
+                    self._upstream_failed(False, f"invalid response: {exc.reason}")
+                    return
+                limit = self.settings.head_cache
+                if cacheable and limit:
+                    if len(cache) >= limit:
+                        cache.clear()
+                    cache[head] = resp
             self.processed += len(head)
             if resp.status < 200 and resp.status != 101:
                 # Interim (100 Continue, 103 Early Hints): pass on, wait for the final one.
@@ -504,6 +536,11 @@ class Downstream(asyncio.Protocol):
         self, resp: ResponseHead, keep_alive: bool, *, upgrade: bytes | None = None
     ) -> bytes:
         assert self.replica is not None and self.route is not None and self.req is not None
+        memo_key = (self.replica.container_id, self.route.route, keep_alive, self.req.version)
+        if upgrade is None:
+            done = resp.rendered.get(memo_key)
+            if done is not None:
+                return done
         key = (self.replica.container_id, self.route.route)
         tail = self.fwd.debug_headers.get(key)
         if tail is None:
@@ -520,7 +557,7 @@ class Downstream(asyncio.Protocol):
             tail += b"Connection: close\r\n"
         elif self.req.version == b"HTTP/1.0":
             tail += b"Connection: keep-alive\r\n"
-        return (
+        out = (
             resp.status_line
             + (
                 http1.strip_response_fields(resp.fields, resp.connection_tokens)
@@ -530,6 +567,11 @@ class Downstream(asyncio.Protocol):
             + tail
             + b"\r\n"
         )
+        if upgrade is None:
+            if len(resp.rendered) >= 64:
+                resp.rendered.clear()
+            resp.rendered[memo_key] = out
+        return out
 
     def _finish(self) -> None:
         """The response is complete: release the replica, go on with the client."""

@@ -10,7 +10,7 @@ Host, obs-fold, bare LF) are refused instead of being guessed at.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # RFC 9110 7.6.1 plus the de-facto ones every proxy drops. Transfer-Encoding
 # is hop-by-hop in theory, but bodies are forwarded with their framing
@@ -117,6 +117,9 @@ class ResponseHead:
     keep_alive: bool
     connection_tokens: frozenset[bytes]
     strip: bool = True
+    # The head as forwarded, per (replica, route, keep-alive, client version):
+    # filled by the forwarder, worth it when identical heads are cached.
+    rendered: dict[tuple[str, bytes, bool, bytes], bytes] = field(default_factory=dict)
 
     def header_items(self) -> list[tuple[bytes, bytes]]:
         return split_fields(self.fields)

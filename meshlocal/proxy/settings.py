@@ -18,6 +18,9 @@ class ProxySettings:
     max_header_bytes: int = 32768  # larger request heads get 431
     max_idle_per_replica: int = 256  # pooled keep-alive connections per replica
     read_chunk: int = 65536
+    # Identical message heads (same bytes) are parsed once: up to this many
+    # of each kind are remembered (0: parse every head).
+    head_cache: int = 256
     # Endpoint port -> port actually bound (tests and rootless runs avoid port 80).
     port_map: Mapping[int, int] = field(default_factory=dict)
 

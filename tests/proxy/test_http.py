@@ -219,3 +219,54 @@ async def test_half_closed_client_still_gets_its_answer(mesh_factory: MeshFactor
     status, headers, body = split_response(out)
     assert (status, body) == (200, b"api-1")
     assert headers["connection"] == "close"
+
+
+async def test_identical_heads_still_get_their_own_replica_and_client_address(
+    mesh_factory: MeshFactory,
+) -> None:
+    # Byte-identical responses from two replicas, byte-identical requests from
+    # two client addresses: the parsed-head cache must not mix them up.
+    mesh = await mesh_factory()
+    canned = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    one = await RawBackend("127.0.0.34", canned).start()
+    two = await RawBackend("127.0.0.35", canned).start()
+    try:
+        register(mesh, one, 1)
+        register(mesh, two, 2)
+        port = mesh.proxy.bound_port(8080)
+        seen = []
+        for source in ("127.0.0.5", "127.0.0.6", "127.0.0.5", "127.0.0.6"):
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.2", port, local_addr=(source, 0)
+            )
+            writer.write(b"GET / HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n")
+            out = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            seen.append(split_response(out)[1]["x-meshlocal-replica"])
+        assert seen == ["api-1", "api-2", "api-1", "api-2"]
+        forwarded = [
+            line
+            for line in (one.received + two.received).split(b"\r\n")
+            if line.startswith(b"X-Forwarded-For")
+        ]
+        assert (
+            sorted(forwarded)
+            == [b"X-Forwarded-For: 127.0.0.5"] * 2 + [b"X-Forwarded-For: 127.0.0.6"] * 2
+        )
+    finally:
+        await one.stop()
+        await two.stop()
+
+
+async def test_without_head_cache(mesh_factory: MeshFactory) -> None:
+    from meshlocal.proxy.settings import ProxySettings
+
+    mesh = await mesh_factory(settings=ProxySettings(head_cache=0), replicas=2)
+    port = mesh.proxy.bound_port(8080)
+    req = b"GET / HTTP/1.1\r\nHost: api\r\n\r\n"
+    out = await raw_exchange(
+        "127.0.0.2", port, req * 3 + req.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+    )
+    assert out.count(b"x-meshlocal-replica: api-1") == 2
+    assert out.count(b"x-meshlocal-replica: api-2") == 2
+    assert not mesh.proxy.engine.forwarder.request_heads
