@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,18 +30,19 @@ from meshlocal.errors import (
 )
 from meshlocal.manifest import find_workspace, load_environment, read_env_file
 from meshlocal.manifest.model import EnvironmentSpec, Service, Workspace
-from meshlocal.mesh import ADMIN_PORT, CONFIG_ENV, PUBLIC_PORT, AgentConfig
+from meshlocal.mesh import ADMIN_PORT, CONFIG_ENV, CONTAINER_STATE_FILE, PUBLIC_PORT, AgentConfig
 from meshlocal.naming import NamingModel
+from meshlocal.proxy.app import public_rules
 from meshlocal.runtime import images
 from meshlocal.runtime import labels as L
-from meshlocal.runtime.engine import ContainerInfo, ContainerSpec, Engine, NetworkInfo, Removed
+from meshlocal.runtime.dataplane import dataplane_spec, ensure_dataplane
+from meshlocal.runtime.engine import ContainerInfo, Engine, NetworkInfo, Removed
 from meshlocal.runtime.reconcile import DesiredService, template_for
 
 Progress = Callable[[str], None]
 Mode = Literal["container", "host"]
 
 _STATE_DIR = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "meshlocal"
-_DOCKER_SOCKET = "/var/run/docker.sock"
 
 
 def _quiet(_: str) -> None:
@@ -235,6 +236,12 @@ class Deployment:
         *,
         public_port: int = 0,
     ) -> AgentConfig:
+        # Only tasks with sidecars need a pause container (and so busybox).
+        pause_image = (
+            images.ensure_busybox_image(self.engine.client)
+            if any(s.sidecars for s in self.spec.services)
+            else None
+        )
         if mode == "container":
             return AgentConfig(
                 project=self.project,
@@ -242,9 +249,12 @@ class Deployment:
                 desired=desired,
                 mode="container",
                 self_container=L.dataplane_name(self.project, self.env),
+                pause_image=pause_image,
+                state_file=CONTAINER_STATE_FILE,
             )
         if not network.gateway:
             raise DataPlaneError(f"network {network.name} has no gateway address for host mode")
+
         return AgentConfig(
             project=self.project,
             spec=self.spec,
@@ -256,54 +266,66 @@ class Deployment:
             public_port=public_port,
             admin_host="127.0.0.1",
             admin_port=0,
+            pause_image=pause_image,
         )
 
     def start_dataplane_container(
         self, config: AgentConfig, network: NetworkInfo, *, public_port: int, progress: Progress
     ) -> DataPlane:
-        """Create (or keep, when its config is unchanged) the data-plane container."""
+        """Start the data-plane container, or hand a running one the new configuration.
+
+        A running data plane is kept whenever its image and published ports
+        are unchanged: its address is every replica's DNS server, so keeping
+        it keeps unchanged replicas running. The new configuration goes over
+        the admin API instead (the agent applies it hot).
+        """
         client = self.engine.client
         base = images.ensure_python_base(client, progress=progress)
         image = images.ensure_dataplane_image(client, base, progress)
-        blob = config.to_json()
-        digest = hashlib.sha256(f"{image}\n{public_port}\n{blob}".encode()).hexdigest()[:16]
-        name = L.dataplane_name(self.project, self.env)
-        current = self._dataplane_container()
-        if current is not None and current.config_hash == digest and current.running:
-            return self._dataplane_from(current)
-        if current is not None:
-            progress(f"replacing data plane {name} (configuration changed)")
-            self.engine.remove(current.id)
-        labels = {
-            **L.base_labels(self.project, self.env, L.Role.DATAPLANE, self.workspace.root),
-            L.CONFIG_HASH: digest,
-        }
         ports: dict[int, int | tuple[str, int]] = {ADMIN_PORT: ("127.0.0.1", 0)}
-        if any(
-            s.http_path is not None and s.type.value == "Load Balanced Web Service"
-            for s in self.spec.services
-        ):
+        if public_rules(NamingModel(self.spec)):
             ports[PUBLIC_PORT] = ("127.0.0.1", public_port)
-        spec = ContainerSpec(
-            name=name,
+        spec = dataplane_spec(
+            self.engine,
+            project=self.project,
+            env=self.env,
             image=image,
-            labels=labels,
-            environment={CONFIG_ENV: blob, "PYTHONUNBUFFERED": "1"},
-            entrypoint=["python3", "-m", "meshlocal"],
-            command=["agent"],
-            network=network.name,
-            binds=[f"{_DOCKER_SOCKET}:{_DOCKER_SOCKET}"],
-            ports=ports,
+            network=network,
+            environment={CONFIG_ENV: config.to_json()},
+            publish=ports,
+            workspace=self.workspace.root,
         )
-        cid = self.engine.create_container(spec)
-        # Docker restarts a crashed or killed data plane by itself; the agent
-        # then adopts the replicas that still run.
-        self.engine.api.update_container(cid, restart_policy={"Name": "unless-stopped"})
-        self.engine.start(cid)
-        found = self._dataplane_container()
-        if found is None:
-            raise DataPlaneError(f"the data-plane container {name} vanished after start")
-        return self._dataplane_from(found)
+        # Identity without the configuration: a config change is applied hot.
+        identity = hashlib.sha256(
+            json.dumps([image, sorted(ports.items()), list(spec.binds)], default=str).encode()
+        ).hexdigest()[:16]
+        spec = replace(spec, labels={**spec.labels, L.CONFIG_HASH: identity})
+        cid, _address, started = ensure_dataplane(self.engine, spec)
+        if started:
+            # Docker restarts a crashed or killed data plane by itself; the
+            # agent then resumes its last configuration and adopts the replicas.
+            self.engine.api.update_container(cid, restart_policy={"Name": "unless-stopped"})
+        info = self.engine.inspect(cid)
+        if info is None:
+            raise DataPlaneError("the data-plane container vanished after start")
+        plane = self._dataplane_from(info)
+        if not started:
+            progress("data plane already running: applying the new configuration")
+            self._wait_admin(plane.admin_url, 30.0)
+            admin_call(plane.admin_url, "/v1/apply", json.loads(config.to_json()), 60.0)
+        return plane
+
+    def _wait_admin(self, admin_url: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                admin_call(admin_url, "/healthz", timeout=2.0)
+                return
+            except DataPlaneError:
+                if time.monotonic() > deadline:
+                    raise
+                self._check_dataplane_alive()
+                time.sleep(0.2)
 
     def start_dataplane_process(self, config: AgentConfig, *, log_file: Path) -> DataPlane:
         """Host mode, detached: a `meshlocal agent` process on the gateway address."""

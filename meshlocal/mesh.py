@@ -21,6 +21,7 @@ import os
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from aiohttp import web
@@ -67,6 +68,11 @@ class AgentConfig:
     admin_port: int = ADMIN_PORT
     dns_port: int = 53
     proxy: ProxySettings = field(default_factory=ProxySettings)
+    # Holds a task's network namespace so sidecars can start before the main
+    # container (image.depends_on); any image with `sleep` will do.
+    pause_image: str | None = None
+    # Where an applied configuration is kept, so a restarted agent resumes it.
+    state_file: str | None = None
 
     @property
     def env(self) -> str:
@@ -88,6 +94,8 @@ class AgentConfig:
                 "admin_port": self.admin_port,
                 "dns_port": self.dns_port,
                 "proxy": to_jsonable(self.proxy),
+                "pause_image": self.pause_image,
+                "state_file": self.state_file,
             },
             sort_keys=True,
         )
@@ -127,6 +135,8 @@ class Agent:
         self.public_port = config.public_port
         self.applied = asyncio.Event()
         self.apply_error: MeshlocalError | None = None
+        self.resolver: MeshResolver | None = None
+        self._apply_task: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------
 
@@ -139,8 +149,8 @@ class Agent:
         self.public = PublicEndpoint(
             self.naming, self.registry, cfg.public_host, cfg.public_port, engine=core
         )
-        resolver = MeshResolver(self.naming, self.registry, self.address)
-        self.dns = DnsServer(resolver, cfg.bind, cfg.dns_port)
+        self.resolver = MeshResolver(self.naming, self.registry, self.address)
+        self.dns = DnsServer(self.resolver, cfg.bind, cfg.dns_port)
         self.reconciler = Reconciler(
             self.engine,
             self.registry,
@@ -148,6 +158,7 @@ class Agent:
             env=cfg.env,
             network=self.network,
             dns=[self.address],
+            pause_image=cfg.pause_image,
             on_change=lambda msg: log.info("%s", msg),
         )
         # Serve before replicas start, so their first lookups already work.
@@ -168,11 +179,53 @@ class Agent:
             sorted(self.naming.sc_ports) or "none",
             self.admin_port,
         )
-        task = asyncio.create_task(self._apply(cfg.desired), name="meshlocal-apply")
-        self._stack.callback(task.cancel)
+        self._stack.callback(self._cancel_apply)
+        self._schedule_apply(cfg.desired)
 
-    async def _apply(self, desired: Mapping[str, DesiredService]) -> None:
+    def _cancel_apply(self) -> None:
+        if self._apply_task is not None:
+            self._apply_task.cancel()
+
+    def _schedule_apply(self, desired: Mapping[str, DesiredService]) -> None:
+        self.applied.clear()
+        self.apply_error = None
+        previous = self._apply_task
+        self._apply_task = asyncio.create_task(
+            self._apply(desired, previous), name="meshlocal-apply"
+        )
+
+    async def reconfigure(self, config: AgentConfig) -> None:
+        """A re-run of `up`: new names route at once, then services converge (rolling).
+
+        The data plane keeps running, so its address, and with it every
+        unchanged replica, stays as it is.
+        """
+        assert self.resolver is not None and self.proxy is not None and self.public is not None
+        self.config = config
+        self.naming = NamingModel(config.spec)
+        self.resolver.naming = self.naming
+        await self.proxy.update(self.naming)
+        self.public.update(self.naming)
+        self._persist(config)
+        self._schedule_apply(config.desired)
+
+    def _persist(self, config: AgentConfig) -> None:
+        if config.state_file:
+            path = Path(config.state_file)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(config.to_json())
+            tmp.replace(path)  # atomic: a crash never leaves half a config
+
+    async def _apply(
+        self, desired: Mapping[str, DesiredService], previous: asyncio.Task[None] | None
+    ) -> None:
         assert self.reconciler is not None
+        if previous is not None and not previous.done():
+            # One apply at a time: the reconciler's per-service locks don't
+            # order whole applies.
+            with contextlib.suppress(asyncio.CancelledError):
+                await previous
         try:
             await self.reconciler.apply(desired)
         except MeshlocalError as exc:
@@ -202,6 +255,7 @@ class Agent:
         app = admin_app(core.metrics)
         app.router.add_get(f"/{API_VERSION}/state", self._state)
         app.router.add_post(f"/{API_VERSION}/scale", self._scale)
+        app.router.add_post(f"/{API_VERSION}/apply", self._reconfigure)
         app.router.add_get("/healthz", self._healthz)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -274,6 +328,14 @@ class Agent:
     async def _state(self, _: web.Request) -> web.Response:
         return web.json_response(self.state())
 
+    async def _reconfigure(self, request: web.Request) -> web.Response:
+        try:
+            config = AgentConfig.from_json(await request.text())
+        except (ValueError, KeyError, TypeError) as exc:
+            return web.json_response({"error": f"bad configuration: {exc}"}, status=400)
+        await self.reconfigure(config)
+        return web.json_response(self.state())
+
     async def _scale(self, request: web.Request) -> web.Response:
         assert self.reconciler is not None
         try:
@@ -317,8 +379,20 @@ async def serve(
             engine.close()
 
 
+CONTAINER_STATE_FILE = "/var/lib/meshlocal/agent.json"
+
+
 def config_from_environment() -> AgentConfig:
+    """The last applied configuration if one was kept, else the one started with."""
     text = os.environ.get(CONFIG_ENV)
     if not text:
         raise RuntimeFailure(f"{CONFIG_ENV} is not set: the agent has no configuration")
-    return AgentConfig.from_json(text)
+    initial = AgentConfig.from_json(text)
+    return load_kept(initial)
+
+
+def load_kept(initial: AgentConfig) -> AgentConfig:
+    if initial.state_file:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            return AgentConfig.from_json(Path(initial.state_file).read_text())
+    return initial
