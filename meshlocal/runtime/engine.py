@@ -243,7 +243,8 @@ def _health_from_status(status: str) -> Health | None:
     if match is None:
         return None
     word = match.group(1)
-    return Health.STARTING if word.startswith("health") else _HEALTH[word]
+    # Not startswith("health"): "healthy" starts with it too.
+    return Health.STARTING if word == "health: starting" else _HEALTH[word]
 
 
 def _healthcheck_dict(check: ContainerHealthCheck) -> dict[str, Any]:
