@@ -11,7 +11,9 @@ rounds x targets x duration + 4 x hey duration, plus start-up):
 - nginx as a round-robin proxy over both backends with an HTTP/1.1
   keep-alive upstream pool, on 127.0.0.30:8080 (worker_processes 1) and on
   127.0.0.32:8080 (worker_processes auto = 2 here);
-- meshlocal's proxy (uvloop) on 127.0.0.31:8080 over the same two backends;
+- meshlocal's proxy (uvloop) on 127.0.0.31:8080 over the same two backends,
+  and again with its parsed-head cache off (`--head-cache 0`, every head
+  parsed) on 127.0.0.35:8080 ("meshlocal-nocache");
 - direct: clients straight to one backend, 127.0.0.21:8081.
 
 Throughput: wrk -t1 -c50 -d{duration}s --latency, targets alternated in
@@ -71,6 +73,7 @@ PROXY = """
 TARGETS = {
     "direct": "http://127.0.0.21:8081/",
     "meshlocal": "http://127.0.0.31:8080/",
+    "meshlocal-nocache": "http://127.0.0.35:8080/",
     "nginx-1w": "http://127.0.0.30:8080/",
     "nginx-auto": "http://127.0.0.32:8080/",
 }
@@ -185,12 +188,29 @@ def main() -> None:
             cwd=ROOT,
         )
         procs.append(meshlocal)
+        nocache = subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "serve_meshlocal.py"),
+                "--listen",
+                "127.0.0.35:8080",
+                "--backend",
+                "127.0.0.21:8081",
+                "--backend",
+                "127.0.0.22:8081",
+                "--head-cache",
+                "0",
+            ],
+            cwd=ROOT,
+        )
+        procs.append(nocache)
         for url in TARGETS.values():
             wait_http(url)
         # Whose CPU time counts for each target (the proxy's own processes).
         pids = {
             "direct": workers_of(procs[0].pid),
             "meshlocal": [meshlocal.pid],
+            "meshlocal-nocache": [nocache.pid],
             "nginx-1w": workers_of(procs[1].pid),
             "nginx-auto": workers_of(procs[2].pid),
         }
@@ -250,9 +270,12 @@ def main() -> None:
     ratios = [
         f"- meshlocal / nginx-1w: **{ml / med('nginx-1w', 'rps'):.2f}x**",
         f"- meshlocal / nginx-auto: **{ml / med('nginx-auto', 'rps'):.2f}x**",
+        f"- meshlocal-nocache (every head parsed) / nginx-1w: "
+        f"{med('meshlocal-nocache', 'rps') / med('nginx-1w', 'rps'):.2f}x",
         f"- meshlocal / direct: {ml / med('direct', 'rps'):.2f}x",
         "- CPU per request, nginx-1w / meshlocal (the ratio a dedicated core would give): "
-        f"**{med('nginx-1w', 'cpu_us') / med('meshlocal', 'cpu_us'):.2f}x**",
+        f"**{med('nginx-1w', 'cpu_us') / med('meshlocal', 'cpu_us'):.2f}x** "
+        f"(nocache: {med('nginx-1w', 'cpu_us') / med('meshlocal-nocache', 'cpu_us'):.2f}x)",
         "- per-round meshlocal / nginx-1w: "
         + ", ".join(
             f"{a['rps'] / b['rps']:.2f}"

@@ -27,7 +27,7 @@ from meshlocal.proxy.settings import ProxySettings
 from meshlocal.registry import Replica, ReplicaRegistry
 
 
-async def main(listen: str, backends: list[str]) -> None:
+async def main(listen: str, backends: list[str], head_cache: int = 256) -> None:
     host, port = listen.rsplit(":", 1)
     svc = Service(
         name="api",
@@ -44,7 +44,10 @@ async def main(listen: str, backends: list[str]) -> None:
         addr, bport = b.rsplit(":", 1)
         registry.upsert(Replica("api", i, f"c{i}", addr, int(bport)))
     proxy = ServiceConnectProxy(
-        NamingModel(spec), registry, host, ProxySettings(port_map={80: int(port)})
+        NamingModel(spec),
+        registry,
+        host,
+        ProxySettings(port_map={80: int(port)}, head_cache=head_cache),
     )
     await proxy.start()
     print("ready", flush=True)
@@ -60,6 +63,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--listen", required=True)
     parser.add_argument("--backend", action="append", required=True)
+    parser.add_argument("--head-cache", type=int, default=256, help="0: parse every head")
     args = parser.parse_args()
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        runner.run(main(args.listen, args.backend))
+        runner.run(main(args.listen, args.backend, args.head_cache))
