@@ -281,3 +281,18 @@ async def test_public_endpoint_routes_by_longest_path_prefix(mesh_factory: MeshF
             assert fronts == {"front-1", "front-2"}  # round robin as an ALB does
     finally:
         await public.stop()
+
+
+async def test_idle_pooled_replica_connections_are_closed(
+    mesh_factory: MeshFactory, client: aiohttp.ClientSession
+) -> None:
+    mesh = await mesh_factory(settings=ProxySettings(idle_timeout_s=0.3), replicas=1)
+    status, _ = await get(client, mesh.url())
+    assert status == 200
+    pool = mesh.proxy.engine.pool
+    assert pool.idle_count("cid-api-1") == 1
+    await until(lambda: pool.idle_count("cid-api-1") == 0, timeout=5)
+    await until(lambda: mesh.proxy.metrics.snapshot()["api"]["ActiveConnectionCount"] == 0)
+    # A later request opens a fresh connection and works.
+    assert (await get(client, mesh.url()))[0] == 200
+    assert mesh.proxy.metrics.snapshot()["api"]["NewConnectionCount"] == 2
