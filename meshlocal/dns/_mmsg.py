@@ -107,12 +107,15 @@ class BatchedUdp:
             # Answer i goes back to sender i unless a query in between was dropped.
             s.msg_name = h.msg_name
             s.msg_namelen = 16 if sock.family == socket.AF_INET else 28
-        self._rbase, self._nbase, self._sbase = rbase, nbase, sbase
         self._rhdrs = [self._rmsgs[i] for i in range(BATCH)]
         self._shdrs = [self._smsgs[i].msg_hdr for i in range(BATCH)]
         self._sio = [self._siov[i] for i in range(BATCH)]
-        self._ips: dict[bytes, str] = {}
+        self._ips: dict[int, str] = {}
         self._names_list = [nbase + i * NAME_SIZE for i in range(BATCH)]
+        self._raddrs = [rbase + i * RECV_SIZE for i in range(BATCH)]
+        self._saddrs = [sbase + i * SEND_SIZE for i in range(BATCH)]
+        self._words = (ctypes.c_uint32 * (BATCH * NAME_SIZE // 4)).from_buffer(self._names)
+        self._rptr, self._sptr = addressof(self._rmsgs), addressof(self._smsgs)
         self._used = BATCH  # receive headers whose msg_namelen the kernel overwrote
         self.dropped = 0
 
@@ -126,13 +129,13 @@ class BatchedUdp:
     def drain(self) -> None:
         string_at, memmove = ctypes.string_at, ctypes.memmove
         rhdrs, shdrs, sio, ips = self._rhdrs, self._shdrs, self._sio, self._ips
-        rbase, nbase, sbase = self._rbase, self._nbase, self._sbase
+        raddrs, saddrs, names, words = self._raddrs, self._saddrs, self._names_list, self._words
         v4 = self._family == socket.AF_INET
-        names = self._names_list
+        stride = NAME_SIZE // 4
         for _ in range(16):  # bounded: let the loop run other callbacks too
             for k in range(self._used):
                 rhdrs[k].msg_hdr.msg_namelen = NAME_SIZE
-            n = self._recv(self._fd, addressof(self._rmsgs), BATCH, MSG_DONTWAIT, None)
+            n = self._recv(self._fd, self._rptr, BATCH, MSG_DONTWAIT, None)
             if n <= 0:
                 self._used = 0
                 return
@@ -141,33 +144,32 @@ class BatchedUdp:
             moved: list[int] = []
             for i in range(n):
                 m = rhdrs[i]
-                data = string_at(rbase + i * RECV_SIZE, m.msg_len)
-                name = nbase + i * NAME_SIZE
+                data = string_at(raddrs[i], m.msg_len)
                 if v4:
-                    key = string_at(name + 4, 4)
+                    key = words[i * stride + 1]  # sin_addr, read in place
                     ip = ips.get(key)
                     if ip is None:
-                        ip = ips[key] = socket.inet_ntoa(key)
-                        if len(ips) > 4096:
+                        if len(ips) >= 4096:
                             ips.clear()
+                        ip = ips[key] = socket.inet_ntoa(string_at(names[i] + 4, 4))
                 else:
-                    ip = self._peer(name)[0]
+                    ip = self._peer(names[i])[0]
                 reply = self._answer(data, ip)
                 if reply is None:
                     continue
-                if reply.__class__ is bytes and len(reply) <= SEND_SIZE:
-                    memmove(sbase + j * SEND_SIZE, reply, len(reply))
-                    sio[j].iov_len = len(reply)
+                if reply.__class__ is bytes and (size := len(reply)) <= SEND_SIZE:
+                    memmove(saddrs[j], reply, size)
+                    sio[j].iov_len = size
                     if j != i:
                         s = shdrs[j]
-                        s.msg_name = name
+                        s.msg_name = names[i]
                         s.msg_namelen = m.msg_hdr.msg_namelen
                         moved.append(j)
                     j += 1
                 else:
-                    self._other(reply, self._peer(name))
+                    self._other(reply, self._peer(names[i]))
             if j:
-                sent = self._send(self._fd, addressof(self._smsgs), j, 0)
+                sent = self._send(self._fd, self._sptr, j, 0)
                 if sent < j:
                     self.dropped += j - max(sent, 0)  # the client retries, as for any UDP loss
             for k in moved:  # back to the identity mapping

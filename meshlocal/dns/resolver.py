@@ -44,6 +44,7 @@ UDP_MIN = 512  # RFC 1035 limit without EDNS; also the floor for EDNS sizes
 EDNS_SIZE = 1232  # what we advertise (DNS flag day 2020)
 TCP_MAX = 65535
 CACHE_MAX = 20_000  # entries; cleared when full so random names cannot grow it
+PACKET_KEY_MAX = 512  # bigger queries (padding, options) are answered but never cached
 
 # rcodes
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
@@ -378,6 +379,8 @@ class MeshResolver:
                         qtype = packet[z + 1] << 8 | packet[z + 2]
                         ck = self._clients.get(client_ip, _MISSING)
                         if ck is _MISSING:
+                            if len(self._clients) >= CACHE_MAX:
+                                self._clients.clear()  # spoofed sources cannot grow it
                             ck = self._clients[client_ip] = self.client_class(client_ip)
                         key = (packet[12 : z + 1].lower(), qtype, ck)
                         entry = self._cache.get(key)  # type: ignore[arg-type]
@@ -390,7 +393,7 @@ class MeshResolver:
                         if entry.forward:
                             return Forward(packet, limit)
                         reply = self._emit(entry, packet, packet[12:qend], edns, limit)
-                        if not tcp:
+                        if not tcp and n <= PACKET_KEY_MAX:
                             # Same bytes after the ID, same client: same answer (or the
                             # same entry to draw from), until the registry moves.
                             if len(self._packets) >= CACHE_MAX:

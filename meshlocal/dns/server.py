@@ -1,7 +1,8 @@
 """The asyncio edge of the mesh DNS: UDP and TCP sockets, upstream forwarding.
 
 All answers come from `MeshResolver` (pure). This module only moves bytes:
-a DatagramProtocol for UDP, a length-prefixed stream server for TCP (several
+batched recvmmsg/sendmmsg on Linux (see _mmsg.py) or a DatagramProtocol for
+UDP, a length-prefixed stream server for TCP (several
 queries per connection, idle timeout), and a forwarder that relays names
 outside the mesh to the upstream resolver and never hangs: no upstream
 means REFUSED at once, an upstream that does not answer means REFUSED after
@@ -128,12 +129,13 @@ class Forwarder:
         self.inflight += 1
         try:
             deadline = time.monotonic() + self.timeout
-            for upstream in self.upstreams:
+            for k, upstream in enumerate(self.upstreams):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
+                share = left / (len(self.upstreams) - k)  # a silent first one leaves time
                 with contextlib.suppress(OSError, TimeoutError, asyncio.IncompleteReadError):
-                    reply = await asyncio.wait_for(self._ask(upstream, packet, tcp), left)
+                    reply = await asyncio.wait_for(self._ask(upstream, packet, tcp), share)
                     if reply is not None:
                         return packet[:2] + reply[2:]
             return None

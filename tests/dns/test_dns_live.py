@@ -13,6 +13,7 @@ import struct
 import time
 from collections import Counter
 
+import dns.asyncquery
 import dns.asyncresolver
 import dns.exception
 import dns.flags
@@ -385,3 +386,22 @@ async def test_address_not_on_this_machine_is_a_clear_error(resolver: MeshResolv
     with pytest.raises(DataPlaneError) as info:
         await DnsServer(resolver, "192.0.2.123", 0, upstreams=None).start()
     assert info.value.hint
+
+
+@pytest.mark.parametrize("batching", [True, False], ids=["mmsg", "protocol"])
+async def test_ipv6_listener(resolver: MeshResolver, batching: bool) -> None:
+    srv = DnsServer(resolver, "::1", 0, upstreams=None, udp_batching=batching)
+    try:
+        await srv.start()
+    except DataPlaneError:
+        pytest.skip("no IPv6 loopback here")
+    try:
+        reply = await dns.asyncquery.udp(dns.message.make_query(API, "A"), "::1", 3, srv.port)
+        assert set(addresses(reply)) == API_IPS
+        # a forwarded name takes the other path back to the client (its v6 address)
+        refused = await dns.asyncquery.udp(
+            dns.message.make_query("example.com", "A"), "::1", 3, srv.port
+        )
+        assert rcode(refused) == "REFUSED"
+    finally:
+        await srv.stop()
