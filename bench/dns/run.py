@@ -263,19 +263,32 @@ def main() -> None:
                 proc.kill()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    base = statistics.median(r.qps for r in results if r.target == "dnsmasq")
+    # Load on a shared box drifts between rounds: compare each run with the dnsmasq run
+    # of the same round (adjacent in time), then take the median of those ratios.
+    per_round = len(hosts)
+    rounds = [results[i : i + per_round] for i in range(0, len(results), per_round)]
+
+    def paired(name: str) -> list[float]:
+        out = []
+        for rnd in rounds:
+            by = {r.target: r.qps for r in rnd}
+            out.append(by[name] / by["dnsmasq"])
+        return out
+
     print()
     print(
-        "| server | median q/s | min-max q/s | ratio vs dnsmasq | lost | avg latency ms "
-        "| max latency ms | server CPU µs/query |"
+        "| server | median q/s | min-max q/s | paired ratio vs dnsmasq (median, min-max) "
+        "| lost | avg latency ms | max latency ms | server CPU us/query |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for name in hosts:
         rs = [r for r in results if r.target == name]
         qps = statistics.median(r.qps for r in rs)
+        ratios = paired(name)
         print(
             f"| {name} | {qps:.0f} | {min(r.qps for r in rs):.0f}-{max(r.qps for r in rs):.0f} "
-            f"| {qps / base:.2f}x | {sum(r.lost for r in rs)} "
+            f"| {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) "
+            f"| {sum(r.lost for r in rs)} "
             f"| {statistics.median(r.latency_avg_ms for r in rs):.3f} "
             f"| {max(r.latency_max_ms for r in rs):.3f} "
             f"| {statistics.median(r.cpu_us_per_query for r in rs):.1f} |"
