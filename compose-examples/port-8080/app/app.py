@@ -17,6 +17,10 @@ With $PORT set it is an HTTP server:
 Without $PORT (a Worker Service) it calls $TARGETS every $INTERVAL seconds
 and prints one line per call.
 
+`python3 app.py check` is the manifests' image.healthcheck: it exits 0 once
+this replica's server answers /healthz, so a replica joins the rotation only
+when it can serve.
+
 $TARGETS is a comma-separated list of URLs. It defaults to the Service
 Discovery URL of `api`, built the way the Copilot docs build it:
 http://api.$COPILOT_SERVICE_DISCOVERY_ENDPOINT/
@@ -148,7 +152,18 @@ def worker() -> None:
         time.sleep(interval)
 
 
+def check() -> int:
+    url = f"http://127.0.0.1:{os.environ.get('PORT', '80')}/healthz"
+    try:
+        with OPENER.open(url, timeout=2) as resp:
+            return 0 if resp.status == 200 else 1
+    except OSError:
+        return 1
+
+
 def main() -> None:
+    if sys.argv[1:] == ["check"]:
+        sys.exit(check())
     # PID 1 gets no default SIGTERM handling: exit promptly on `docker stop`.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     port = os.environ.get("PORT")

@@ -1,0 +1,66 @@
+"""Every example is a valid workspace, and the shared example app stays one file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from meshlocal.cli.app import main
+
+from .conftest import EXAMPLES
+
+WORKSPACES = sorted(p.parent.parent.name for p in EXAMPLES.glob("*/copilot/.workspace"))
+APP_COPIES = sorted(EXAMPLES.glob("*/app/app.py"))
+
+
+def test_the_examples_are_all_found() -> None:
+    assert {
+        "kudos",
+        "alias-migration",
+        "worker-client",
+        "custom-alias",
+        "port-8080",
+        "legacy-namespace",
+    } <= set(WORKSPACES)
+
+
+@pytest.mark.parametrize("name", WORKSPACES)
+def test_example_validates(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["-C", str(EXAMPLES / name), "validate"])
+    out = capsys.readouterr()
+    assert code == 0, out.out + out.err
+    assert "service(s) valid" in out.out
+
+
+def front_end_sees(work: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """The kind of target front-end gets for api.test.kudos.local, by `meshlocal plan`."""
+    code = main(["-C", str(work), "plan", "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.out + out.err
+    plan = json.loads(out.out)
+    (client,) = [c for c in plan["clients"] if c["service"] == "front-end"]
+    (entry,) = [r for r in client["resolves"] if r["name"] == "api.test.kudos.local"]
+    return str(entry["kind"])
+
+
+def test_alias_migration_steps_plan_the_route_change(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    work = tmp_path / "ws"
+    shutil.copytree(EXAMPLES / "alias-migration" / "copilot", work / "copilot")
+    kinds = [front_end_sees(work, capsys)]
+    for overlay in ("2-api-connect", "3-front-end-connect"):
+        shutil.copytree(EXAMPLES / "alias-migration" / "steps" / overlay, work, dirs_exist_ok=True)
+        kinds.append(front_end_sees(work, capsys))
+    assert kinds == ["service-discovery", "service-discovery", "service-connect"]
+
+
+def test_example_apps_are_identical_copies() -> None:
+    assert len(APP_COPIES) >= 5
+    first = APP_COPIES[0].read_bytes()
+    assert all(p.read_bytes() == first for p in APP_COPIES), APP_COPIES
+    dockerfiles = {p.parent.joinpath("Dockerfile").read_bytes() for p in APP_COPIES}
+    assert len(dockerfiles) == 1
