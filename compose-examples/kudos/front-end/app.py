@@ -50,6 +50,8 @@ def call(via: str, url: str) -> dict[str, object]:
                 replica=body.get("replica"),
                 address=body.get("address"),
                 seen_client=body.get("client"),
+                # meshlocal's proxy names itself; a direct call has no such header.
+                route=resp.headers.get("x-meshlocal-route") or "direct",
             )
     except urllib.error.HTTPError as exc:
         result.update(ok=False, status=exc.code, error=f"HTTP {exc.code}")
@@ -73,6 +75,7 @@ def page(data: dict[str, object]) -> str:
         for c in data[via]:  # type: ignore[attr-defined]
             answer = (
                 f"replica <b>{html.escape(str(c.get('replica')))}</b> at {c.get('address')}"
+                f" (route: {html.escape(str(c.get('route')))})"
                 if c.get("ok")
                 else f"<span style='color:#b00'>{html.escape(str(c.get('error')))}</span>"
             )
