@@ -20,18 +20,21 @@ import os
 import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
-from meshlocal.errors import MeshlocalError
-from meshlocal.testing import Mesh, MeshFactory, Mode
+if TYPE_CHECKING:
+    # Imported lazily at run time: every pytest run of a project that merely
+    # has meshlocal installed loads this plugin, and the handle pulls in
+    # docker and aiohttp.
+    from meshlocal.testing import Mesh, MeshFactory, Mode
 
 SCOPES = ("session", "package", "module", "class", "function")
 MODES: tuple[Mode, ...] = ("container", "host")
 DEFAULT_TIMEOUT = 180.0
 
-_MESH_KEY = pytest.StashKey[Mesh]()
+_MESH_KEY = pytest.StashKey["Mesh"]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -147,7 +150,10 @@ def start_mesh(
     config: pytest.Config, workspace: str | os.PathLike[str], env: str | None, **kwargs: Any
 ) -> Mesh:
     """Start a mesh for a test session; a MeshlocalError fails without a traceback."""
-    kwargs.setdefault("mode", cast(Mode, _option(config, "dataplane") or "container"))
+    from meshlocal.errors import MeshlocalError
+    from meshlocal.testing import Mesh
+
+    kwargs.setdefault("mode", cast("Mode", _option(config, "dataplane") or "container"))
     kwargs.setdefault("timeout", _timeout(config))
     started = time.monotonic()
     try:
@@ -227,9 +233,15 @@ def pytest_runtest_makereport(
     if report.failed and call.when == "call":
         funcargs: dict[str, Any] = getattr(item, "funcargs", {})
         handle = funcargs.get("mesh")
-        if isinstance(handle, Mesh) and handle.running:
+        if handle is not None and _is_mesh(handle) and handle.running:
             report.sections.append(("meshlocal", describe(handle)))
     return report
+
+
+def _is_mesh(value: object) -> bool:
+    from meshlocal.testing import Mesh
+
+    return isinstance(value, Mesh)
 
 
 def describe(handle: Mesh) -> str:
