@@ -1,0 +1,114 @@
+"""Whole pytest sessions in subprocesses: the docs' example, interrupts, xdist."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshlocal.runtime import labels as L
+
+from .conftest import KUDOS
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "pytest.md"
+FAST = ("-p", "no:hypothesispytest", "-p", "no:asyncio", "-p", "no:cacheprovider")
+
+
+def docs_files() -> dict[str, str]:
+    """The files of docs/pytest.md's complete example, by name."""
+    text = DOCS.read_text()
+    blocks = re.findall(r"<!-- file: (\S+) -->\n```python\n(.*?)```", text, re.S)
+    return dict(blocks)
+
+
+def projects_of(docker_client: Any, base: str) -> set[str]:
+    labels = [
+        *(c.labels for c in docker_client.containers.list(all=True, filters={"label": L.PROJECT})),
+        *(n.attrs["Labels"] for n in docker_client.networks.list(filters={"label": L.PROJECT})),
+    ]
+    return {lb[L.PROJECT] for lb in labels if lb[L.PROJECT].startswith(base)}
+
+
+def test_the_docs_example_passes_against_kudos(
+    pytester: pytest.Pytester, docker_client: Any, dataplane_image: str
+) -> None:
+    """Done-when of issue 7: a user's test file, written from the docs, passes."""
+    from meshlocal.deployment import Deployment
+
+    files = docs_files()
+    assert set(files) == {"conftest.py", "test_kudos.py"}
+    root = pytester.path / "kudos"
+    for part in ("copilot", "api", "front-end"):
+        shutil.copytree(KUDOS / part, root / part)
+    (root / "tests").mkdir()
+    for name, text in files.items():
+        (root / "tests" / name).write_text(text)
+    base = Deployment(root, "test").base_project
+    try:
+        result = pytester.runpytest_subprocess(*FAST, str(root / "tests"), timeout=600)
+        result.assert_outcomes(passed=5)
+        result.stdout.fnmatch_lines([f"meshlocal: {base}-t-*/test up in *s"])
+        assert projects_of(docker_client, base) == set()
+    finally:
+        # The copy has its own project id, hence its own image tags: drop them.
+        for image in docker_client.images.list(name=f"meshlocal/{base}-*"):
+            for tag in image.tags:
+                if tag.startswith(f"meshlocal/{base}-"):
+                    docker_client.images.remove(tag, noprune=False)
+
+
+def test_sigterm_mid_session_still_tears_down(
+    pytester: pytest.Pytester, tiny: Path, leftovers: Callable[[str], list[str]]
+) -> None:
+    record = pytester.path / "project.txt"
+    pytester.makepyfile(
+        f"""
+        import os, signal
+
+        def test_terminated(mesh):
+            open({str(record)!r}, "w").write(mesh.project)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        def test_never_runs(mesh):
+            raise AssertionError("the session was terminated")
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        *FAST, f"--meshlocal-workspace={tiny}", "--meshlocal-env=test", timeout=300
+    )
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*KeyboardInterrupt*"])
+    project = record.read_text()
+    assert project
+    assert leftovers(project) == []
+
+
+def test_xdist_workers_run_separate_meshes(
+    pytester: pytest.Pytester, tiny: Path, leftovers: Callable[[str], list[str]]
+) -> None:
+    out = pytester.mkdir("projects")
+    pytester.makepyfile(
+        f"""
+        import os
+
+        def test_serves(mesh):
+            worker = os.environ["PYTEST_XDIST_WORKER"]
+            open(os.path.join({str(out)!r}, worker), "w").write(mesh.project)
+            assert mesh.get("web").status == 200
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        *FAST, "-n", "2", "--dist", "each", f"--meshlocal-workspace={tiny}", timeout=300
+    )
+    result.assert_outcomes(passed=2)
+    projects = {p.name: p.read_text() for p in out.iterdir()}
+    assert sorted(projects) == ["gw0", "gw1"]
+    assert len(set(projects.values())) == 2
+    for project in projects.values():
+        assert leftovers(project) == []
