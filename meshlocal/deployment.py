@@ -494,7 +494,7 @@ class Deployment:
                 if on_poll is not None:
                     on_poll(last)
                 if last.get("error"):
-                    raise RuntimeFailure(str(last["error"]))
+                    raise RuntimeFailure(_remote(str(last["error"])))
                 if last.get("crashes"):
                     raise crash_failure(last["crashes"])
                 if last.get("ready"):
@@ -547,12 +547,17 @@ def admin_call(base_url: str, path: str, body: Any = None, timeout: float = 30.0
             message = json.loads(exc.read()).get("error", str(exc))
         except ValueError:
             message = str(exc)
-        raise RuntimeFailure(str(message)) from None
+        raise RuntimeFailure(_remote(str(message))) from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise DataPlaneError(
             f"the data plane's admin API at {base_url} does not answer: {exc}",
             hint="`meshlocal ps` checks it; `meshlocal up -d` restarts it",
         ) from None
+
+
+def _remote(rendered: str) -> str:
+    """An error the agent already rendered; re-rendering must not say `error: error:`."""
+    return rendered.removeprefix("error: ")
 
 
 def published_ports(engine: Engine, container_id: str) -> dict[int, int]:
