@@ -34,8 +34,6 @@ SCOPES = ("session", "package", "module", "class", "function")
 MODES: tuple[Mode, ...] = ("container", "host")
 DEFAULT_TIMEOUT = 180.0
 
-_MESH_KEY = pytest.StashKey["Mesh"]()
-
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("meshlocal", "meshlocal: a live Copilot mesh for integration tests")
@@ -191,7 +189,6 @@ def mesh(
 ) -> Iterator[Mesh]:
     """A running mesh of `meshlocal_workspace` / `meshlocal_env`; downed afterwards."""
     handle = start_mesh(request.config, meshlocal_workspace, meshlocal_env)
-    request.node.stash[_MESH_KEY] = handle
     try:
         yield handle
     finally:

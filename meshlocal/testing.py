@@ -280,11 +280,13 @@ class Mesh:
         timeout: float = 180.0,
         isolate: bool = True,
         wait_for_ports: bool = True,
+        listen_timeout: float | None = None,
         environ: Mapping[str, str] | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
         self.workspace = Path(workspace)
         self.wait_for_ports = wait_for_ports
+        self.listen_timeout = timeout if listen_timeout is None else listen_timeout
         self.mode: Mode = mode
         self.timeout = timeout
         self._progress = progress
@@ -329,7 +331,7 @@ class Mesh:
             )
             self._started = True
             if self.wait_for_ports:
-                self.wait_listening(timeout=self.timeout)
+                self.wait_listening(timeout=self.listen_timeout)
         except BaseException:
             # KeyboardInterrupt half-way through `up` included: leave nothing behind.
             self.down()

@@ -82,7 +82,7 @@ def test_failed_up_leaves_nothing(tiny: Path, leftovers: Callable[[str], list[st
     """A service that never listens: `up` raises, and has removed what it created."""
     manifest = tiny / "copilot" / "web" / "manifest.yml"
     manifest.write_text(manifest.read_text().replace("-p 8080", "-p 8081"))
-    mesh = Mesh(tiny, "test", timeout=8)
+    mesh = Mesh(tiny, "test", timeout=120, listen_timeout=3)
     with pytest.raises(WaitTimeout, match="did not accept connections"):
         mesh.up()
     assert leftovers(mesh.project) == []
