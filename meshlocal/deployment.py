@@ -23,8 +23,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import docker.errors
+
 from meshlocal.errors import (
     DataPlaneError,
+    MeshlocalError,
     MeshNotRunning,
     RuntimeFailure,
 )
@@ -36,7 +39,14 @@ from meshlocal.proxy.app import public_rules
 from meshlocal.runtime import images
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.dataplane import dataplane_spec, ensure_dataplane
-from meshlocal.runtime.engine import ContainerInfo, Engine, NetworkInfo, Removed
+from meshlocal.runtime.engine import (
+    ContainerInfo,
+    Engine,
+    NetworkInfo,
+    Removed,
+    engine_errors,
+    map_docker_error,
+)
 from meshlocal.runtime.reconcile import DesiredService, template_for
 
 Progress = Callable[[str], None]
@@ -520,15 +530,60 @@ class Deployment:
 
     # -- teardown ---------------------------------------------------------
 
-    def down(self) -> Removed:
-        """Remove everything, controller first: a live agent would replace what we remove."""
-        self.stop_dataplane_process()
+    def down(self, *, images: bool = False) -> Removed:
+        """Remove everything, controller first: a live agent would replace what we remove.
+
+        With `images`, also the service images `build` tagged for this
+        workspace (see remove_images). Works when the manifests no longer load.
+        """
+        try:
+            self.stop_dataplane_process()
+        except MeshlocalError:
+            # No --env and manifests that no longer load (a variable unset, a
+            # typo): stop every host-mode agent of the project instead.
+            for pid_file in _STATE_DIR.glob(f"{self.project}-*.pid"):
+                _stop_pid_file(pid_file)
         first: list[str] = []
         for info in self.engine.list_containers(self.project, self._env_arg, role=L.Role.DATAPLANE):
             self.engine.remove(info.id)
             first.append(info.name)
         removed = self.engine.remove_all(self.project, self._env_arg)
-        return Removed((*first, *removed.containers), removed.networks)
+        gone = self.remove_images() if images else ()
+        return Removed((*first, *removed.containers), removed.networks, gone)
+
+    def remove_images(self) -> tuple[str, ...]:
+        """Untag (and so delete) this workspace's service images: `meshlocal/<project>-*`.
+
+        Shared caches (the Python base, busybox, the data-plane image) are
+        kept: every project uses them. A tag still used by a container (another
+        copy of the workspace, e.g. a pytest session) is kept too: Docker
+        refuses, and that copy's own `down` removes it later.
+        """
+        prefix = f"meshlocal/{self.base_project}-"
+        suffix = None if self._env_arg is None else f":{L._slug(self._env_arg)}"
+        removed: list[str] = []
+        with engine_errors("listing images"):
+            rows = self.engine.api.images()
+        for row in rows:
+            for tag in row.get("RepoTags") or ():
+                if not tag.startswith(prefix) or (suffix and not tag.endswith(suffix)):
+                    continue
+                try:
+                    self.engine.api.remove_image(tag, force=False, noprune=False)
+                except docker.errors.NotFound:
+                    continue
+                except docker.errors.APIError as exc:
+                    if exc.status_code == 409:  # in use by a container
+                        continue
+                    raise map_docker_error(exc, f"removing image {tag}") from exc
+                removed.append(tag)
+        return tuple(removed)
+
+
+def _stop_pid_file(pid_file: Path) -> None:
+    with contextlib.suppress(OSError, ValueError, ProcessLookupError, PermissionError):
+        os.kill(int(pid_file.read_text()), signal.SIGTERM)
+    pid_file.unlink(missing_ok=True)
 
 
 def admin_call(base_url: str, path: str, body: Any = None, timeout: float = 30.0) -> Any:

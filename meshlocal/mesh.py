@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -253,6 +254,7 @@ class Agent:
 
     async def _start_admin(self, core: ProxyCore) -> None:
         app = admin_app(core.metrics)
+        app.middlewares.append(self._admin_guard)
         app.router.add_get(f"/{API_VERSION}/state", self._state)
         app.router.add_post(f"/{API_VERSION}/scale", self._scale)
         app.router.add_post(f"/{API_VERSION}/apply", self._reconfigure)
@@ -264,6 +266,21 @@ class Agent:
         self._stack.push_async_callback(runner.cleanup)
         server: Any = site._server
         self.admin_port = server.sockets[0].getsockname()[1]
+
+    @web.middleware
+    async def _admin_guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        # In container mode the admin port listens on the environment's network,
+        # where every replica could reach it (and /v1/apply starts containers).
+        # Only the host may talk to it: via the published 127.0.0.1 port its
+        # requests arrive from the network's gateway.
+        gateway = self.network.gateway if self.network else None
+        if not admin_peer_allowed(request.remote, gateway):
+            return web.json_response(
+                {"error": "the admin API answers only the host (its published 127.0.0.1 port)"},
+                status=403,
+            )
+        response: web.StreamResponse = await handler(request)
+        return response
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"ok": True})
@@ -348,6 +365,21 @@ class Agent:
         except MeshlocalError as exc:
             return web.json_response({"error": exc.render()}, status=409)
         return web.json_response(self.state())
+
+
+def admin_peer_allowed(peer: str | None, gateway: str | None) -> bool:
+    """Loopback, or the network's gateway (the host, through a published port)."""
+    if not peer:
+        return False
+    try:
+        address = ipaddress.ip_address(peer.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_loopback:
+        return True
+    return gateway is not None and str(address) == gateway
 
 
 CONFIG_ENV = "MESHLOCAL_AGENT_CONFIG"

@@ -258,10 +258,10 @@ def _attach_until_interrupted(dep: Deployment, public_url: str | None, timeout: 
     finally:
         follower.stop()
         err.print("[+] Stopping: removing containers and network", markup=False)
-        removed = dep.down()
+        removed = dep.down(images=True)
         err.print(
             f"[+] Removed {len(removed.containers)} container(s), "
-            f"{len(removed.networks)} network(s)",
+            f"{len(removed.networks)} network(s), {len(removed.images)} image(s)",
             markup=False,
         )
 
@@ -271,19 +271,30 @@ def _attach_until_interrupted(dep: Deployment, public_url: str | None, timeout: 
 
 @cli.command()
 @env_option
+@click.option(
+    "--keep-images",
+    is_flag=True,
+    help="Keep the service images built for this workspace (shared caches are always kept).",
+)
 @pass_context
-def down(ctx: Context, env: str | None) -> None:
-    """Remove every container and network the environment created (found by label)."""
+def down(ctx: Context, env: str | None, keep_images: bool) -> None:
+    """Remove every container, network and service image the environment created.
+
+    Found by label and tag, so it works after meshlocal was killed. The
+    shared caches (Python base, busybox, data-plane image) are kept.
+    """
     dep = Deployment(ctx.directory, env)
     try:
-        removed = dep.down()
+        removed = dep.down(images=not keep_images)
     finally:
         dep.close()
     for name in removed.containers:
         err.print(f"[+] Removed container {name}", markup=False)
     for name in removed.networks:
         err.print(f"[+] Removed network {name}", markup=False)
-    if not removed.containers and not removed.networks:
+    for name in removed.images:
+        err.print(f"[+] Removed image {name}", markup=False)
+    if not removed.containers and not removed.networks and not removed.images:
         err.print("[+] Nothing to remove", markup=False)
 
 

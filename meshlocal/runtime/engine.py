@@ -410,6 +410,7 @@ class LogStream:
 class Removed:
     containers: tuple[str, ...]
     networks: tuple[str, ...]
+    images: tuple[str, ...] = ()
 
 
 _REMOVE_ORDER = {
