@@ -248,10 +248,30 @@ class DnsServer:
             self._udp = transport
         self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp_sock)
         upstreams = system_upstreams() if self._upstreams == "system" else self._upstreams
-        # Never forward to ourselves: that would be a loop, not a resolver.
-        mine = {(self.host, self.port)}
-        chosen = [u for u in upstreams or [] if (u[0], u[1]) not in mine]
+        chosen = [u for u in upstreams or [] if not self._is_self(u)]
         self.forwarder = Forwarder(chosen, self.forward_timeout) if chosen else None
+
+    def _is_self(self, upstream: Upstream) -> bool:
+        """Whether `upstream` is this server (a forwarding loop, not a resolver).
+
+        It is when the port matches and the address is ours: the one we bound,
+        or, bound to a wildcard, any address of this machine (for instance the
+        host's resolv.conf naming the mesh DNS itself).
+        """
+        address, port = upstream
+        if port != self.port:
+            return False
+        if address == self.host:
+            return True
+        try:
+            if not ipaddress.ip_address(self.host).is_unspecified:
+                return False
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.bind((address, 0))  # binds only to an address of this machine
+            return True
+        except (OSError, ValueError):
+            return False
 
     def _bind(self) -> tuple[socket.socket, socket.socket]:
         try:

@@ -405,3 +405,14 @@ async def test_ipv6_listener(resolver: MeshResolver, batching: bool) -> None:
         assert rcode(refused) == "REFUSED"
     finally:
         await srv.stop()
+
+
+async def test_never_forwards_to_itself(resolver: MeshResolver) -> None:
+    async with DnsServer(resolver, "0.0.0.0", 0, upstreams=None) as probe:
+        port = probe.port  # a port free on every address, for the wildcard server below
+    for host, upstream in (("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "127.0.0.1")):
+        async with DnsServer(resolver, host, port, upstreams=[(upstream, port)]) as srv:
+            assert srv.forwarder is None  # a loop to itself is no upstream at all
+            await _refused_within(srv.port, "example.com", 0.5)
+    async with DnsServer(resolver, "127.0.0.1", port, upstreams=[("127.0.0.1", 53)]) as srv:
+        assert srv.forwarder is not None and srv.forwarder.upstreams == [("127.0.0.1", 53)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
@@ -152,3 +153,21 @@ def test_multivalue_draws_are_uniform_enough(count: int) -> None:
     assert all(0.5 * expected_first < n < 1.6 * expected_first for n in firsts.values())
     expected_member = draws * min(8, count) / count
     assert all(0.8 * expected_member < n < 1.2 * expected_member for n in members.values())
+
+
+def test_long_negative_answer_truncates_without_edns(mesh: Mesh) -> None:
+    app, env = "a" * 60, "e" * 60
+    model = NamingModel(spec([service("api", port=8080)]))
+    model.namespace = f"{env}.{app}.local"  # a long namespace, as long app/env names give
+    resolver = MeshResolver(model, mesh.registry, PROXY)
+    name = ".".join(["x" * 60, "y" * 60]) + "." + model.namespace
+    plain = resolver.answer(dns.message.make_query(name, "A").to_wire(), STRANGER_IP)
+    assert isinstance(plain, bytes) and len(plain) <= 512
+    msg = dns.message.from_wire(plain)
+    assert msg.flags & dns.flags.TC and not msg.authority
+    big = dns.message.make_query(name, "A", use_edns=0, payload=1232).to_wire()
+    full = resolver.answer(big, STRANGER_IP)
+    assert isinstance(full, bytes) and len(full) > 512
+    msg = dns.message.from_wire(full)
+    assert not msg.flags & dns.flags.TC and msg.rcode() == dns.rcode.NXDOMAIN
+    assert msg.authority[0].rdtype == dns.rdatatype.SOA
