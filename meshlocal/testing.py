@@ -192,6 +192,7 @@ _SUFFIX = re.compile(r"-t-([0-9a-f]{4})-(\d+)-(\d+)$")
 _live: set[Mesh] = set()
 _live_lock = threading.Lock()
 _hooks_installed = False
+_sigterm_installed = False
 
 
 def _host_tag() -> str:
@@ -247,16 +248,28 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def _install_hooks() -> None:
-    """atexit always; SIGTERM only from the main thread and only if nobody handles it."""
-    global _hooks_installed
-    if _hooks_installed:
+    """atexit once; SIGTERM while a mesh is up, from the main thread, if nobody handles it."""
+    global _hooks_installed, _sigterm_installed
+    if not _hooks_installed:
+        _hooks_installed = True
+        atexit.register(_down_all_live)
+    if _sigterm_installed or threading.current_thread() is not threading.main_thread():
         return
-    _hooks_installed = True
-    atexit.register(_down_all_live)
-    if threading.current_thread() is threading.main_thread():
-        with contextlib.suppress(ValueError, OSError):
-            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-                signal.signal(signal.SIGTERM, _on_sigterm)
+    with contextlib.suppress(ValueError, OSError):
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+            _sigterm_installed = True
+
+
+def _release_hooks() -> None:
+    """The last mesh is down: SIGTERM terminates again, as before."""
+    global _sigterm_installed
+    if not _sigterm_installed or threading.current_thread() is not threading.main_thread():
+        return
+    with contextlib.suppress(ValueError, OSError):
+        if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _sigterm_installed = False
 
 
 # -- the handle ---------------------------------------------------------------
@@ -349,6 +362,9 @@ class Mesh:
         # Only once removed: an interrupted `down` stays listed for the atexit hook.
         with _live_lock:
             _live.discard(self)
+            last = not _live
+        if last:
+            _release_hooks()
 
     def __enter__(self) -> Mesh:
         return self.up()

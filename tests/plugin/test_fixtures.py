@@ -173,3 +173,20 @@ def test_suffixes_are_unique_and_name_the_process() -> None:
     assert a != b
     assert f"-{os.getpid()}-" in a
     assert Path(a).name == a  # no separators: safe inside Docker names
+
+
+def test_sigterm_becomes_keyboard_interrupt_only_while_a_mesh_is_up() -> None:
+    import signal
+
+    from meshlocal import testing
+
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        pytest.skip("something else handles SIGTERM in this process")
+    testing._install_hooks()
+    try:
+        assert signal.getsignal(signal.SIGTERM) is testing._on_sigterm
+        with pytest.raises(KeyboardInterrupt):
+            testing._on_sigterm(signal.SIGTERM, None)
+    finally:
+        testing._release_hooks()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
