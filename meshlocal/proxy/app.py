@@ -253,6 +253,7 @@ class ServiceConnectProxy(_Listeners):
     async def update(self, naming: NamingModel) -> None:
         """Hot reconfiguration: routes change at once, listeners follow the endpoint ports."""
         self.naming = naming
+        self._routes.clear()  # cached (Host, port) -> route answers came from the old model
         if not self._started:
             return
         wanted = set(naming.sc_ports)

@@ -114,3 +114,18 @@ async def test_http10_client(mesh_factory: MeshFactory) -> None:
     out = await raw_exchange("127.0.0.2", port, b"GET / HTTP/1.0\r\nHost: api\r\n\r\n")
     assert status_of(out) == 200
     assert out.endswith(b"api-1")
+
+
+async def test_update_naming_drops_cached_routes(
+    mesh_factory: MeshFactory, client: aiohttp.ClientSession
+) -> None:
+    from .helpers import naming
+
+    mesh = await mesh_factory(service("api", alias="old"), replicas=1)
+    async with client.get(mesh.url(), headers={"Host": "old"}) as resp:
+        assert resp.status == 200  # now cached
+    await mesh.proxy.update(naming(service("api", alias="new")))
+    async with client.get(mesh.url(), headers={"Host": "old"}) as resp:
+        assert resp.status == 404
+    async with client.get(mesh.url(), headers={"Host": "new"}) as resp:
+        assert resp.status == 200
