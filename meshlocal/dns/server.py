@@ -237,6 +237,20 @@ class DnsServer:
         loop = asyncio.get_running_loop()
         udp_sock, tcp_sock = self._bind()
         self.port = udp_sock.getsockname()[1]
+        try:
+            await self._serve(loop, udp_sock, tcp_sock)
+        except BaseException:
+            await self.stop()
+            udp_sock.close()
+            tcp_sock.close()
+            raise
+        upstreams = system_upstreams() if self._upstreams == "system" else self._upstreams
+        chosen = [u for u in upstreams or [] if not self._is_self(u)]
+        self.forwarder = Forwarder(chosen, self.forward_timeout) if chosen else None
+
+    async def _serve(
+        self, loop: asyncio.AbstractEventLoop, udp_sock: socket.socket, tcp_sock: socket.socket
+    ) -> None:
         if self.udp_batching:
             self._udp_sock = udp_sock
             self._batched = _mmsg.BatchedUdp(udp_sock, self.resolver.answer_udp, self._udp_other)
@@ -247,9 +261,6 @@ class DnsServer:
             )
             self._udp = transport
         self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp_sock)
-        upstreams = system_upstreams() if self._upstreams == "system" else self._upstreams
-        chosen = [u for u in upstreams or [] if not self._is_self(u)]
-        self.forwarder = Forwarder(chosen, self.forward_timeout) if chosen else None
 
     def _is_self(self, upstream: Upstream) -> bool:
         """Whether `upstream` is this server (a forwarding loop, not a resolver).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -26,8 +28,8 @@ from hypothesis import strategies as st
 
 from meshlocal.dns import resolver as resolver_mod
 from meshlocal.dns.resolver import Forward, MeshResolver, name_to_wire, wire_to_text
-from meshlocal.dns.server import system_upstreams
-from meshlocal.errors import DataPlaneError
+from meshlocal.dns.server import DnsServer, system_upstreams
+from meshlocal.errors import DataPlaneError, MeshlocalError, PortInUse
 from meshlocal.naming import NamingModel
 
 
@@ -171,3 +173,21 @@ def test_long_negative_answer_truncates_without_edns(mesh: Mesh) -> None:
     msg = dns.message.from_wire(full)
     assert not msg.flags & dns.flags.TC and msg.rcode() == dns.rcode.NXDOMAIN
     assert msg.authority[0].rdtype == dns.rdatatype.SOA
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "words"),
+    [
+        (errno.EADDRINUSE, PortInUse, "already in use"),
+        (errno.EACCES, DataPlaneError, "permission denied"),
+        (errno.EADDRNOTAVAIL, DataPlaneError, "no such address"),
+        (errno.EINVAL, DataPlaneError, "cannot listen"),
+    ],
+)
+def test_bind_errors_say_what_and_how(
+    resolver: MeshResolver, code: int, kind: type[MeshlocalError], words: str
+) -> None:
+    err = DnsServer(resolver, "127.0.0.1", 53)._bind_error(OSError(code, os.strerror(code)))
+    assert type(err) is kind and words in err.message and "127.0.0.1:53" in err.message
+    if code != errno.EINVAL:
+        assert err.hint
