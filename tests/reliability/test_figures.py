@@ -1,0 +1,55 @@
+"""The bookkeeping of figures.py, on hand-made samples (pure: no Docker)."""
+
+from __future__ import annotations
+
+from .figures import Liveness, Phase, summarize
+from .load import Sample, Snapshot
+
+
+def _dns(at: float, *answers: str, ok: bool = True) -> Sample:
+    return Sample("dns", at, at + 0.01, ok, "NOERROR" if ok else "Timeout", None, answers)
+
+
+def _http(at: float, ok: bool, detail: str = "200", replica: str | None = "api-1") -> Sample:
+    return Sample("http", at, at + 0.01, ok, detail, replica if ok else None)
+
+
+def test_an_address_is_dead_once_docker_stops_listing_it_and_alive_again_when_reused() -> None:
+    snaps = [
+        Snapshot(0.0, frozenset({"a", "b"})),
+        Snapshot(1.0, frozenset({"a"})),
+        Snapshot(2.0, frozenset({"a", "b"})),
+    ]
+    live = Liveness(snaps)
+    assert live.dead(-1.0) == frozenset()
+    assert live.dead(0.5) == frozenset()
+    assert live.dead(1.5) == {"b"}
+    assert live.dead(2.5) == frozenset()
+
+
+def test_failures_and_stale_answers_are_split_at_the_retry_window() -> None:
+    snaps = [Snapshot(0.0, frozenset({"a", "b"})), Snapshot(1.0, frozenset({"a"}))]
+    samples = [
+        _http(0.5, True),
+        _http(1.5, False, "502"),
+        _http(4.0, False, "ConnectionRefusedError"),
+        _http(5.0, True),
+        _dns(1.2, "a", "b"),  # stale, inside the window
+        _dns(3.5, "a", "b"),  # stale, after it
+        _dns(3.6, "a"),
+    ]
+    [rec] = summarize([Phase("kill", 0.0, 1.0, 6.0)], samples, snaps, window=2.0)
+    assert rec["http_requests"] == 4 and rec["http_failed"] == 2
+    assert rec["http_failed_after_window"] == 1
+    assert rec["http_failures_by_kind"] == {"502": 1, "ConnectionRefusedError": 1}
+    assert rec["dns_answers_naming_dead_replicas"] == 2
+    assert rec["dns_answers_naming_dead_replicas_after_window"] == 1
+    assert rec["http_recovery_seconds"] == 4.0
+
+
+def test_a_data_plane_fault_opens_the_window_at_recovery() -> None:
+    samples = [_http(1.0 + i, False, "ConnectionRefusedError") for i in range(5)]
+    samples.append(_http(7.0, True))
+    [rec] = summarize([Phase("restart", 0.0, 1.0, 9.0, "", 6.5)], samples, [], window=1.0)
+    assert rec["http_failed"] == 5 and rec["http_failed_after_window"] == 0
+    assert rec["window_starts_after_fault_seconds"] == 5.5
