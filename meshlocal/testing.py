@@ -168,7 +168,7 @@ class HttpResponse:
     """A response from a public endpoint (any status: 4xx/5xx are not raised)."""
 
     status: int
-    headers: Mapping[str, str]
+    headers: Mapping[str, str]  # names lower-cased
     body: bytes
     url: str
 
@@ -469,9 +469,9 @@ class Mesh:
         req = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
         try:
             with _OPENER.open(req, timeout=timeout) as resp:
-                return HttpResponse(resp.status, dict(resp.headers.items()), resp.read(), url)
+                return HttpResponse(resp.status, _headers(resp.headers), resp.read(), url)
         except urllib.error.HTTPError as exc:
-            return HttpResponse(exc.code, dict(exc.headers.items()), exc.read(), url)
+            return HttpResponse(exc.code, _headers(exc.headers), exc.read(), url)
 
     # -- inside the mesh --------------------------------------------------
 
@@ -613,6 +613,11 @@ class Mesh:
 
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _headers(message: Any) -> dict[str, str]:
+    """Header names lower-cased, so lookups need not guess the server's spelling."""
+    return {str(k).lower(): str(v) for k, v in message.items()}
 
 
 def _wait_listening(targets: Sequence[str], timeout: float) -> tuple[int, str]:

@@ -32,6 +32,7 @@ def test_handle_end_to_end(tiny: Path, leftovers: Callable[[str], list[str]]) ->
         assert page.status == 200
         assert page.text.strip() == L.hostname_for(L.container_name(project, "test", "web", 1))
         assert mesh.get("web", "/nope").status == 404
+        assert page.headers["x-meshlocal-route"] == "public-endpoint"
         with pytest.raises(MeshError, match="no public endpoint"):
             mesh.url("api")
 

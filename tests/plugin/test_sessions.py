@@ -66,13 +66,19 @@ def test_the_docs_example_passes_against_kudos(
 def test_sigterm_mid_session_still_tears_down(
     pytester: pytest.Pytester, tiny: Path, leftovers: Callable[[str], list[str]]
 ) -> None:
-    record = pytester.path / "project.txt"
+    """Two meshes (fixture and factory), a failing test, then SIGTERM: all gone."""
+    record = pytester.path / "projects.txt"
     pytester.makepyfile(
         f"""
         import os, signal
 
-        def test_terminated(mesh):
-            open({str(record)!r}, "w").write(mesh.project)
+        def test_fails_with_a_mesh_report(mesh):
+            assert mesh.get("web").status == 418
+
+        def test_terminated(mesh, meshlocal_factory):
+            second = meshlocal_factory({str(tiny)!r}, "test")
+            assert second.project != mesh.project
+            open({str(record)!r}, "w").write(mesh.project + " " + second.project)
             os.kill(os.getpid(), signal.SIGTERM)
 
         def test_never_runs(mesh):
@@ -83,10 +89,20 @@ def test_sigterm_mid_session_still_tears_down(
         *FAST, f"--meshlocal-workspace={tiny}", "--meshlocal-env=test", timeout=300
     )
     assert result.ret == pytest.ExitCode.INTERRUPTED
-    result.stdout.fnmatch_lines(["*KeyboardInterrupt*"])
-    project = record.read_text()
-    assert project
-    assert leftovers(project) == []
+    result.stdout.fnmatch_lines(
+        [
+            "*- meshlocal -*",
+            "project *-t-*, env test, data plane container",
+            "  api desired 2: api-1=healthy, api-2=healthy",
+            "  web desired 1: web-1=healthy",
+            "*KeyboardInterrupt*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*test_never_runs*PASSED*")
+    projects = record.read_text().split()
+    assert len(projects) == 2
+    for project in projects:
+        assert leftovers(project) == []
 
 
 def test_xdist_workers_run_separate_meshes(
