@@ -492,7 +492,7 @@ class Mesh:
         )
 
     def exec(
-        self, service: str, cmd: str | Sequence[str], *, index: int = 1, timeout: float = 30.0
+        self, service: str, cmd: str | Sequence[str], index: int = 1, *, timeout: float = 30.0
     ) -> ExecResult:
         """Run a command in one replica (a string runs under `sh -c`)."""
         argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
@@ -500,7 +500,7 @@ class Mesh:
         code, output = self.deployment.engine.exec(target.container_id, argv, timeout=timeout)
         return ExecResult(code, output)
 
-    def logs(self, service: str, *, index: int = 1, tail: int = 50) -> list[str]:
+    def logs(self, service: str, index: int = 1, *, tail: int = 50) -> list[str]:
         target = self.replica(service, index)
         return self.deployment.engine.logs(target.container_id, tail=tail)
 
@@ -533,9 +533,9 @@ class Mesh:
     def wait_until(
         self,
         predicate: Callable[[], T],
-        *,
         timeout: float = 30.0,
         interval: float = 0.2,
+        *,
         message: str | None = None,
     ) -> T:
         """Poll until `predicate()` is truthy and return its value.
@@ -589,7 +589,7 @@ class Mesh:
             )
 
     def wait_replicas(
-        self, service: str, count: int, *, timeout: float = 60.0, listening: bool = True
+        self, service: str, count: int, timeout: float = 60.0, *, listening: bool = True
     ) -> list[Replica]:
         """Until exactly `count` replicas of `service` are in rotation; returns them.
 
@@ -660,9 +660,9 @@ sys.exit(1 if left else 0)
 
 def wait_until(
     predicate: Callable[[], T],
-    *,
     timeout: float = 30.0,
     interval: float = 0.2,
+    *,
     message: str | None = None,
 ) -> T:
     """Poll `predicate` until it returns something truthy (see Mesh.wait_until)."""
