@@ -452,18 +452,19 @@ class Deployment:
                 config, network, public_port=public_port, progress=progress
             )
         else:
-            self.start_dataplane_process(config, log_file=self._state_file(".log"))
-            plane = self._wait_dataplane(timeout)
+            started = self.start_dataplane_process(config, log_file=self._state_file(".log"))
+            plane = self._wait_dataplane(timeout, started.pid)
         if wait:
             self.wait_ready(timeout)
         return plane
 
-    def _wait_dataplane(self, timeout: float) -> DataPlane:
+    def _wait_dataplane(self, timeout: float, pid: int | None = None) -> DataPlane:
         deadline = time.monotonic() + timeout
         while True:
             with contextlib.suppress(MeshNotRunning):
                 return self.dataplane()
-            if time.monotonic() > deadline:
+            # An agent that died (a taken port, a bad config) fails at once, not at the deadline.
+            if time.monotonic() > deadline or _exited(pid):
                 log = self._state_file(".log")
                 tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
                 raise DataPlaneError(
@@ -608,6 +609,22 @@ def admin_call(base_url: str, path: str, body: Any = None, timeout: float = 30.0
             f"the data plane's admin API at {base_url} does not answer: {exc}",
             hint="`meshlocal ps` checks it; `meshlocal up -d` restarts it",
         ) from None
+
+
+def _exited(pid: int | None) -> bool:
+    """Whether a process this one started has ended (and reap it)."""
+    if pid is None:
+        return False
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:  # not our child: fall back to asking the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
 
 def _remote(rendered: str) -> str:

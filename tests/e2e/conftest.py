@@ -27,6 +27,10 @@ MESHLOCAL = Path(sys.executable).with_name("meshlocal")
 T = TypeVar("T")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "ws(name): the test workspace a fixture copies")
+
+
 @pytest.fixture(scope="session")
 def busybox_image(docker_client: Any) -> str:
     """The FROM scratch busybox image; manifests name it as ${BUSYBOX_IMAGE}."""
