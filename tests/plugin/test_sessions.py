@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,13 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "pytest.md"
 FAST = ("-p", "no:hypothesispytest", "-p", "no:asyncio", "-p", "no:cacheprovider")
+# The tiny-workspace sessions run the host data plane where it is available
+# (Linux, root): it starts in seconds, and it exercises the option end to end.
+DATAPLANE = (
+    "--meshlocal-dataplane=host"
+    if sys.platform == "linux" and os.geteuid() == 0
+    else "--meshlocal-dataplane=container"
+)
 
 
 def docs_files() -> dict[str, str]:
@@ -86,13 +95,13 @@ def test_sigterm_mid_session_still_tears_down(
         """
     )
     result = pytester.runpytest_subprocess(
-        *FAST, f"--meshlocal-workspace={tiny}", "--meshlocal-env=test", timeout=300
+        *FAST, DATAPLANE, f"--meshlocal-workspace={tiny}", "--meshlocal-env=test", timeout=300
     )
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(
         [
             "*- meshlocal -*",
-            "project *-t-*, env test, data plane container",
+            "project *-t-*, env test, data plane *",
             "  api desired 2: api-1=healthy, api-2=healthy",
             "  web desired 1: web-1=healthy",
             "*KeyboardInterrupt*",
@@ -103,6 +112,12 @@ def test_sigterm_mid_session_still_tears_down(
     assert len(projects) == 2
     for project in projects:
         assert leftovers(project) == []
+    # Host data plane: the agents were stopped too (pytester's HOME holds their pid files).
+    if DATAPLANE.endswith("host"):
+        result.stdout.fnmatch_lines(["*, data plane host"])
+        state = pytester.path / ".local" / "state" / "meshlocal"
+        assert state.is_dir()
+        assert list(state.glob("*.pid")) == []
 
 
 def test_xdist_workers_run_separate_meshes(
@@ -120,7 +135,14 @@ def test_xdist_workers_run_separate_meshes(
         """
     )
     result = pytester.runpytest_subprocess(
-        *FAST, "-n", "2", "--dist", "each", f"--meshlocal-workspace={tiny}", timeout=300
+        *FAST,
+        DATAPLANE,
+        "-n",
+        "2",
+        "--dist",
+        "each",
+        f"--meshlocal-workspace={tiny}",
+        timeout=300,
     )
     result.assert_outcomes(passed=2)
     projects = {p.name: p.read_text() for p in out.iterdir()}
