@@ -192,13 +192,22 @@ def up(
             _up_host_foreground(dep, public_port=public_port)
             return
         err.print(f"[+] Building {len(dep.spec.services)} service image(s)", markup=False)
-        plane = dep.up(
-            mode="host" if dataplane == "host" else "container",
-            public_port=public_port,
-            timeout=timeout,
-            wait=detach,
-            progress=_say,
-        )
+        try:
+            plane = dep.up(
+                mode="host" if dataplane == "host" else "container",
+                public_port=public_port,
+                timeout=timeout,
+                wait=detach,
+                progress=_say,
+            )
+        except KeyboardInterrupt:
+            if detach:
+                raise
+            # Ctrl-C while still building or starting: the foreground `up`
+            # tears down whatever it had created so far, as once attached.
+            err.print("[+] Interrupted: removing containers, network and images", markup=False)
+            dep.down(images=True)
+            return
         err.print(f"[+] Data plane ({plane.mode}) for {dep.project}/{dep.env}", markup=False)
         if detach:
             _print_ps(dep.state(), plane.public_url)
