@@ -115,9 +115,11 @@ def test_sigterm_mid_session_still_tears_down(
     # Host data plane: the agents were stopped too (pytester's HOME holds their pid files).
     if DATAPLANE.endswith("host"):
         result.stdout.fnmatch_lines(["*, data plane host"])
-        state = pytester.path / ".local" / "state" / "meshlocal"
+        home = os.environ.get("XDG_STATE_HOME") or pytester.path / ".local" / "state"
+        state = Path(home) / "meshlocal"
         assert state.is_dir()
-        assert list(state.glob("*.pid")) == []
+        for project in projects:
+            assert list(state.glob(f"{project}-*.pid")) == []
 
 
 def test_xdist_workers_run_separate_meshes(
