@@ -23,7 +23,7 @@ from dnsmesh import (
     service,
     spec,
 )
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshlocal.dns import resolver as resolver_mod
@@ -43,6 +43,7 @@ def answer_ips(reply: object) -> set[str]:
     return {rr.address for rrset in msg.answer for rr in rrset}
 
 
+@settings(deadline=None)
 @given(
     st.lists(
         st.text("abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=63),
