@@ -1,0 +1,1 @@
+"""Mesh DNS: Cloud Map and Service Connect names over UDP and TCP (see resolver.py, server.py)."""

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from dnslib import QTYPE, DNSRecord
+from dnslib import DNSRecord
 
 from meshlocal.errors import DataPlaneError
 from meshlocal.naming import NamingModel, TargetKind
@@ -50,7 +50,7 @@ PACKET_KEY_MAX = 512  # bigger queries (padding, options) are answered but never
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 BADVERS = 16
 
-T_A, T_NS, T_SOA, T_AAAA, T_SRV, T_OPT, T_ANY = 1, 2, 6, 28, 33, 41, 255
+T_A, T_SOA, T_SRV, T_OPT, T_ANY = 1, 6, 33, 41, 255
 C_IN = 1
 
 _PTR_QNAME = b"\xc0\x0c"  # compression pointer to the question name
@@ -601,8 +601,3 @@ class MeshResolver:
             + struct.pack("!IIIII", self._registry.version & 0xFFFFFFFF, 3600, 600, 86400, TTL)
         )
         return _rr(owner or zone_wire, T_SOA, TTL, rdata)
-
-
-def qtype_name(qtype: int) -> str:
-    """For log lines."""
-    return str(QTYPE.get(qtype, str(qtype)))
