@@ -9,8 +9,10 @@ is sliced by hand; its answer comes from a cache of pre-packed records keyed
 on (lower-cased wire name, qtype, client class). A reply is the request's ID
 and question bytes (so the 0x20 case survives) followed by records whose
 owner is a compression pointer to offset 12, the question name. Shuffling a
-multivalue answer is just reordering those byte strings. The cache is
-dropped whenever `registry.version` moves or the naming model is replaced,
+multivalue answer is just reordering those byte strings. Over UDP a second
+cache keyed on (query bytes after the ID, client address) skips even the
+slicing. Both are dropped whenever `registry.version` moves or the naming
+model is replaced,
 so a registry change shows in the very next answer. Anything unusual falls
 back to dnslib; any exception there is a FORMERR or a drop, never a crash.
 """
