@@ -39,7 +39,13 @@ def test_worker_resolves_api_to_the_proxy(example_mesh: Mesh) -> None:
 
 def test_worker_is_neither_in_service_discovery_nor_an_endpoint(example_mesh: Mesh) -> None:
     assert example_mesh.resolve("worker.test.kudos.local", from_="api").rcode == "NXDOMAIN"
-    assert example_mesh.resolve("worker", from_="api").rcode == "NXDOMAIN"
+    # `worker` is no mesh name at all: it gets what any name outside the mesh
+    # gets from upstream (NXDOMAIN, or REFUSED offline), never an address.
+    worker_name = example_mesh.resolve("worker", from_="api")
+    outside = example_mesh.resolve("no-such-service-xyz", from_="api")
+    assert worker_name.answers == ()
+    assert worker_name.rcode != "NOERROR"
+    assert worker_name.rcode == outside.rcode
     worker = example_mesh.state()["services"]["worker"]
     assert worker["discovery_name"] is None
     assert worker["connect_endpoints"] == []
