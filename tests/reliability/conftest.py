@@ -10,12 +10,15 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+from meshlocal.deployment import Deployment
+from meshlocal.errors import MeshlocalError
 from meshlocal.manifest import find_workspace
 from meshlocal.runtime import images
 from meshlocal.runtime import labels as L
@@ -86,3 +89,55 @@ def wait_for(what: str, fn: Callable[[], T | None], timeout: float, interval: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+# -- the shared mesh: 3 api replicas (busybox httpd + CGI) and a client --------
+
+
+@dataclass
+class Soak:
+    dep: Deployment
+    client: Any
+    started: float
+
+    @property
+    def project(self) -> str:
+        return self.dep.project
+
+    def replicas(self) -> list[Any]:
+        filters = {
+            "label": [f"{L.PROJECT}={self.project}", f"{L.SERVICE}=api", f"{L.ROLE}=replica"]
+        }
+        found = self.client.containers.list(filters=filters)
+        return sorted(found, key=lambda c: int(c.labels[L.REPLICA]))
+
+    def plane(self) -> Any:
+        return self.client.containers.get(L.dataplane_name(self.project, "test"))
+
+    def ready(self) -> dict[str, Any] | None:
+        try:
+            state = self.dep.state()
+        except MeshlocalError:  # restarting: the admin API does not answer yet
+            return None
+        return state if state.get("ready") else None
+
+
+@pytest.fixture(scope="session")
+def mesh(
+    tmp_path_factory: pytest.TempPathFactory,
+    docker_client: Any,
+    busybox_image: str,
+    dataplane_image: str,
+) -> Iterator[Soak]:
+    ws = copy_workspace(tmp_path_factory, "soak")
+    dep = Deployment(ws, "test", environ={**os.environ, "BUSYBOX_IMAGE": busybox_image})
+    started = time.monotonic()
+    try:
+        dep.up(timeout=150)
+        yield Soak(dep, docker_client, started)
+    finally:
+        dep.down(images=True)
+        project = dep.project
+        dep.close()
+        left = leaked(docker_client, project)
+        assert not any(left.values()), f"down left behind: {left}"

@@ -27,18 +27,12 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from meshlocal.deployment import Deployment
-from meshlocal.errors import MeshlocalError
-from meshlocal.runtime import labels as L
-
 from . import figures
-from .conftest import copy_workspace, leaked, seconds_from_env, wait_for
+from .conftest import Soak, seconds_from_env, wait_for
 from .load import Load, Monitor, Target, docker_replica_addresses
 
 pytestmark = pytest.mark.docker
@@ -52,56 +46,8 @@ OUTLIER_THRESHOLD = 5  # the proxy ejects after 5 consecutive 5xx (Envoy's defau
 HTTP_WORKERS = 4
 
 
-@dataclass
-class Soak:
-    dep: Deployment
-    client: Any
-    started: float
-
-    @property
-    def project(self) -> str:
-        return self.dep.project
-
-    def replicas(self) -> list[Any]:
-        filters = {
-            "label": [f"{L.PROJECT}={self.project}", f"{L.SERVICE}=api", f"{L.ROLE}=replica"]
-        }
-        found = self.client.containers.list(filters=filters)
-        return sorted(found, key=lambda c: int(c.labels[L.REPLICA]))
-
-    def plane(self) -> Any:
-        return self.client.containers.get(L.dataplane_name(self.project, "test"))
-
-    def ready(self) -> dict[str, Any] | None:
-        try:
-            state = self.dep.state()
-        except MeshlocalError:  # restarting: the admin API does not answer yet
-            return None
-        return state if state.get("ready") else None
-
-
-@pytest.fixture(scope="module")
-def soak(
-    tmp_path_factory: pytest.TempPathFactory,
-    docker_client: Any,
-    busybox_image: str,
-    dataplane_image: str,
-) -> Iterator[Soak]:
-    ws = copy_workspace(tmp_path_factory, "soak")
-    dep = Deployment(ws, "test", environ={**os.environ, "BUSYBOX_IMAGE": busybox_image})
-    started = time.monotonic()
-    try:
-        dep.up(timeout=150)
-        yield Soak(dep, docker_client, started)
-    finally:
-        dep.down(images=True)
-        project = dep.project
-        dep.close()
-        left = leaked(docker_client, project)
-        assert not any(left.values()), f"down left behind: {left}"
-
-
-def test_soak_with_faults(soak: Soak, results_fallback: Any) -> None:
+def test_soak_with_faults(mesh: Soak, results_fallback: Any) -> None:
+    soak = mesh
     state = soak.dep.state()
     target = Target(
         address=state["address"],
