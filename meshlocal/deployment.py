@@ -295,6 +295,16 @@ class Deployment:
         ports: dict[int, int | tuple[str, int]] = {ADMIN_PORT: ("127.0.0.1", 0)}
         if public_rules(NamingModel(self.spec)):
             ports[PUBLIC_PORT] = ("127.0.0.1", public_port)
+        # Identity without the configuration: a config change is applied hot.
+        identity = hashlib.sha256(
+            json.dumps([image, sorted(ports.items()), str(network.id)], default=str).encode()
+        ).hexdigest()[:16]
+        current = self._dataplane_container()
+        if public_port == 0 and PUBLIC_PORT in ports and current is not None:
+            # A replaced data plane keeps the public URL a person has open.
+            kept = published_ports(self.engine, current.id).get(PUBLIC_PORT)
+            if kept:
+                ports[PUBLIC_PORT] = ("127.0.0.1", kept)
         spec = dataplane_spec(
             self.engine,
             project=self.project,
@@ -305,10 +315,6 @@ class Deployment:
             publish=ports,
             workspace=self.workspace.root,
         )
-        # Identity without the configuration: a config change is applied hot.
-        identity = hashlib.sha256(
-            json.dumps([image, sorted(ports.items()), list(spec.binds)], default=str).encode()
-        ).hexdigest()[:16]
         spec = replace(spec, labels={**spec.labels, L.CONFIG_HASH: identity})
         cid, _address, started = ensure_dataplane(self.engine, spec)
         if started:

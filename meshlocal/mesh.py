@@ -35,6 +35,7 @@ from meshlocal.manifest.model import EnvironmentSpec
 from meshlocal.naming import NamingModel
 from meshlocal.proxy.app import Engine as ProxyCore
 from meshlocal.proxy.app import PublicEndpoint, ServiceConnectProxy, admin_app
+from meshlocal.proxy.healthcheck import HttpHealthChecker
 from meshlocal.proxy.settings import ProxySettings
 from meshlocal.registry import ReplicaRegistry
 from meshlocal.runtime.engine import Engine, NetworkInfo
@@ -137,6 +138,7 @@ class Agent:
         self.applied = asyncio.Event()
         self.apply_error: MeshlocalError | None = None
         self.resolver: MeshResolver | None = None
+        self.health = HttpHealthChecker(self.naming, self.registry)
         self._apply_task: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------
@@ -163,7 +165,7 @@ class Agent:
             on_change=lambda msg: log.info("%s", msg),
         )
         # Serve before replicas start, so their first lookups already work.
-        for part in (self.dns, self.proxy, self.public):
+        for part in (self.dns, self.proxy, self.public, self.health):
             await part.start()
             self._stack.push_async_callback(part.stop)
         if self.public.rules:
@@ -207,6 +209,7 @@ class Agent:
         self.resolver.naming = self.naming
         await self.proxy.update(self.naming)
         self.public.update(self.naming)
+        self.health.update(self.naming)
         self._persist(config)
         self._schedule_apply(config.desired)
 
@@ -291,7 +294,10 @@ class Agent:
         services: dict[str, Any] = {}
         for svc in self.naming.services.values():
             desired = rec.desired.get(svc.name) if rec else None
-            replicas = self.registry.for_service(svc.name)
+            starting = [r for r in (rec.starting() if rec else []) if r.service == svc.name]
+            replicas = sorted(
+                [*self.registry.for_service(svc.name), *starting], key=lambda r: r.index
+            )
             services[svc.name] = {
                 "type": svc.type.value,
                 "desired": desired.count if desired else 0,

@@ -86,7 +86,7 @@ def resolve_from(dep: Deployment, name: str, service: str, qtype: str = "A") -> 
         raise RuntimeFailure(f"the DNS probe in {target.name} failed: {output.strip()[-500:]}")
     result: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
     result["client"] = f"{service}-{target.index}"
-    result["meaning"] = _meaning(dep, result["answers"])
+    result["meaning"] = _meaning(dep, result["answers"]) if qtype == "A" else f"{qtype} records"
     return result
 
 

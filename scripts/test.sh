@@ -8,7 +8,7 @@ VENV="${MESHLOCAL_VENV:-$ROOT/.venv}"
 export PATH="$VENV/bin:$PATH"
 
 echo "== ruff"
-ruff check meshlocal tests bench
+ruff check meshlocal tests bench compose-examples
 echo "== mypy (strict)"
 mypy
 echo "== pytest"

@@ -26,6 +26,8 @@ from meshlocal.runtime import labels as L
 from meshlocal.runtime.engine import ContainerInfo, Engine
 
 out = Console(highlight=False, soft_wrap=True)
+if not out.is_terminal:  # pipes and CI: don't squeeze tables into 80 columns
+    out.width = 160
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
