@@ -153,7 +153,7 @@ class Deployment:
                     _prefixed(progress, svc.name),
                     default_args=defaults,
                     location=loc,
-                    image_labels=L.base_labels(self.project, self.env, L.Role.REPLICA),
+                    image_labels=L.base_labels(self.base_project, self.env, L.Role.REPLICA),
                 )
                 out[svc.name] = (tag, image_id)
             elif svc.image_location is not None:
