@@ -153,14 +153,17 @@ def start_mesh(
 
     kwargs.setdefault("mode", cast("Mode", _option(config, "dataplane") or "container"))
     kwargs.setdefault("timeout", _timeout(config))
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    where = f" [{worker}]" if worker else ""
+    if config.get_verbosity() > 0:
+        # A first run builds images for minutes: with -v, say what it is doing.
+        kwargs.setdefault("progress", lambda line: _say(config, f"meshlocal{where}: {line}"))
     started = time.monotonic()
     try:
         handle = Mesh(workspace, env, **kwargs)
         handle.up()
     except MeshlocalError as exc:
         pytest.fail(f"meshlocal could not start the mesh:\n{exc.render()}", pytrace=False)
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    where = f" [{worker}]" if worker else ""
     _say(
         config,
         f"meshlocal{where}: {handle.project}/{handle.env} up in {time.monotonic() - started:.1f}s",

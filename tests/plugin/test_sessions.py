@@ -58,18 +58,19 @@ def test_the_docs_example_passes_against_kudos(
     (root / "tests").mkdir()
     for name, text in files.items():
         (root / "tests" / name).write_text(text)
-    base = Deployment(root, "test").base_project
+    dep = Deployment(root, "test")
+    base = dep.base_project
     try:
-        result = pytester.runpytest_subprocess(*FAST, str(root / "tests"), timeout=600)
+        result = pytester.runpytest_subprocess(*FAST, "-v", str(root / "tests"), timeout=600)
         result.assert_outcomes(passed=5)
-        result.stdout.fnmatch_lines([f"meshlocal: {base}-t-*/test up in *s"])
+        result.stdout.fnmatch_lines(
+            ["meshlocal: [[]api] building *", f"meshlocal: {base}-t-*/test up in *s"]
+        )
         assert projects_of(docker_client, base) == set()
     finally:
         # The copy has its own project id, hence its own image tags: drop them.
-        for image in docker_client.images.list(name=f"meshlocal/{base}-*"):
-            for tag in image.tags:
-                if tag.startswith(f"meshlocal/{base}-"):
-                    docker_client.images.remove(tag, noprune=False)
+        dep.remove_images()
+        dep.close()
 
 
 def test_sigterm_mid_session_still_tears_down(
