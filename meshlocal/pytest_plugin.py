@@ -90,9 +90,21 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that use the mesh get the marker, so `-m "not meshlocal"` skips them."""
     for item in items:
-        names = getattr(item, "fixturenames", ())
-        if "mesh" in names and item.get_closest_marker("meshlocal") is None:
+        if _uses_our_mesh(item) and item.get_closest_marker("meshlocal") is None:
             item.add_marker(pytest.mark.meshlocal)
+
+
+def _uses_our_mesh(item: pytest.Item) -> bool:
+    """True when `mesh` resolves to this plugin's fixture, not a project's own `mesh`."""
+    if "mesh" not in getattr(item, "fixturenames", ()):
+        return False
+    info = getattr(item, "_fixtureinfo", None)
+    defs = getattr(info, "name2fixturedefs", {}).get("mesh") if info is not None else None
+    if not defs:
+        return False
+    # The last definition is the one the test gets (the closest override).
+    func = getattr(defs[-1], "func", None)
+    return getattr(func, "__module__", None) == __name__ and getattr(func, "__name__", "") == "mesh"
 
 
 # -- configuration ------------------------------------------------------------

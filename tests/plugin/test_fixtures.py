@@ -114,6 +114,22 @@ def test_tests_using_mesh_are_marked(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1, deselected=1)
 
 
+def test_a_projects_own_mesh_fixture_is_not_marked(pytester: pytest.Pytester) -> None:
+    """A conftest `mesh` of the project's own shadows the plugin's: no marker then."""
+    pytester.makeconftest(
+        """
+        import pytest
+
+        @pytest.fixture
+        def mesh():
+            return "mine"
+        """
+    )
+    pytester.makepyfile("def test_own(mesh):\n    assert mesh == 'mine'\n")
+    result = pytester.runpytest(*FAST, "-m", "not meshlocal")
+    result.assert_outcomes(passed=1)
+
+
 def test_no_workspace_errors_without_a_traceback(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_a(mesh):\n    pass\n")
     result = pytester.runpytest(
