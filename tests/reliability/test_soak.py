@@ -16,7 +16,7 @@ Every phase's failed requests and DNS answers naming dead replicas are
 counted; after the retry window (MESHLOCAL_SOAK_WINDOW, default 5 s) past a
 fault, or past recovery for the data-plane faults, nothing may fail.
 
-Duration: MESHLOCAL_SOAK_SECONDS (default 60) of load in total, split over
+Duration: MESHLOCAL_SOAK_SECONDS (default 45) of load in total, split over
 the phases; each data-plane fault also waits for recovery (bounded, 90 s).
 Rates: MESHLOCAL_SOAK_RPS (HTTP, default 20/s), MESHLOCAL_SOAK_QPS (DNS,
 default 20/s). Figures: soak.json in $MESHLOCAL_RELIABILITY_OUT.
@@ -37,7 +37,7 @@ from .load import Load, Monitor, Target, docker_replica_addresses
 
 pytestmark = pytest.mark.docker
 
-SOAK_SECONDS = seconds_from_env("MESHLOCAL_SOAK_SECONDS", 60.0)
+SOAK_SECONDS = seconds_from_env("MESHLOCAL_SOAK_SECONDS", 45.0)
 WINDOW = seconds_from_env("MESHLOCAL_SOAK_WINDOW", 5.0)
 RPS = seconds_from_env("MESHLOCAL_SOAK_RPS", 20.0)
 QPS = seconds_from_env("MESHLOCAL_SOAK_QPS", 20.0)
@@ -48,6 +48,7 @@ HTTP_WORKERS = 4
 
 def test_soak_with_faults(mesh: Soak, results_fallback: Any) -> None:
     soak = mesh
+    test_started = time.monotonic()
     state = soak.dep.state()
     target = Target(
         address=state["address"],
@@ -156,7 +157,7 @@ def test_soak_with_faults(mesh: Soak, results_fallback: Any) -> None:
         "totals": figures.totals(samples, load_seconds),
         "phases": summary,
         "notes": notes,
-        "wall_seconds_including_up": round(time.monotonic() - soak.started, 1),
+        "test_seconds": round(time.monotonic() - test_started, 1),
     }
     figures.write("soak", data, results_fallback)
 
