@@ -32,7 +32,7 @@ from meshlocal.errors import (
     RuntimeFailure,
 )
 from meshlocal.manifest import find_workspace, load_environment, read_env_file
-from meshlocal.manifest.model import EnvironmentSpec, Service, Workspace
+from meshlocal.manifest.model import BuildSpec, EnvironmentSpec, Service, Workspace
 from meshlocal.mesh import ADMIN_PORT, CONFIG_ENV, CONTAINER_STATE_FILE, PUBLIC_PORT, AgentConfig
 from meshlocal.naming import NamingModel
 from meshlocal.proxy.app import public_rules
@@ -128,8 +128,14 @@ class Deployment:
         name = f"{service}-{sidecar}" if sidecar else service
         return f"meshlocal/{self.base_project}-{name}:{L._slug(self.env)}"
 
-    def build(self, progress: Progress = _quiet) -> dict[str, tuple[str, str | None]]:
-        """Every service's image: service -> (ref to run, image id for rolling)."""
+    def build(
+        self, progress: Progress = _quiet, *, force_build: bool = False
+    ) -> dict[str, tuple[str, str | None]]:
+        """Every service's image: service -> (ref to run, image id for rolling).
+
+        A build whose inputs are unchanged since the last one is skipped, as
+        compose skips building an image that exists; `force_build` rebuilds.
+        """
         client = self.engine.client
         out: dict[str, tuple[str, str | None]] = {}
         base: str | None = None
@@ -144,17 +150,25 @@ class Deployment:
             loc = svc.where("image")
             if svc.build is not None:
                 tag = self.image_tag(svc.name)
-                progress(f"[{svc.name}] building {tag}")
                 defaults = self._base_image_args(svc, python_base, progress)
-                image_id = images.build_service_image(
-                    client,
-                    svc.build,
-                    tag,
-                    _prefixed(progress, svc.name),
-                    default_args=defaults,
-                    location=loc,
-                    image_labels=L.base_labels(self.base_project, self.env, L.Role.REPLICA),
-                )
+                key = build_key(svc.build, defaults, client)
+                image_id = None if force_build else _image_with_key(client, tag, key)
+                if image_id is not None:
+                    progress(f"[{svc.name}] {tag} is up to date")
+                else:
+                    progress(f"[{svc.name}] building {tag}")
+                    image_id = images.build_service_image(
+                        client,
+                        svc.build,
+                        tag,
+                        _prefixed(progress, svc.name),
+                        default_args=defaults,
+                        location=loc,
+                        image_labels={
+                            **L.base_labels(self.base_project, self.env, L.Role.REPLICA),
+                            BUILD_KEY_LABEL: key,
+                        },
+                    )
                 out[svc.name] = (tag, image_id)
             elif svc.image_location is not None:
                 ref = images.ensure_image(client, svc.image_location, progress, location=loc)
@@ -444,12 +458,13 @@ class Deployment:
         timeout: float = 180.0,
         wait: bool = True,
         progress: Progress = _quiet,
+        force_build: bool = False,
     ) -> DataPlane:
         """Build, start the data plane, and (with `wait`) return once all replicas are ready.
 
         Idempotent: run again, it rolls changed services and keeps the rest.
         """
-        built = self.build(progress)
+        built = self.build(progress, force_build=force_build)
         desired = self.desired(built)
         network = self.network()
         config = self.agent_config(desired, mode, network, public_port=public_port)
@@ -522,7 +537,7 @@ class Deployment:
                     hint="`meshlocal logs` shows what the replicas print; "
                     "`meshlocal ps` shows their health",
                 )
-            time.sleep(0.2)
+            time.sleep(0.1)
 
     def _check_dataplane_alive(self) -> None:
         """A data plane that crashed fails `up -d` at once, with its last words."""
@@ -666,6 +681,43 @@ def crash_failure(crashes: list[dict[str, Any]]) -> RuntimeFailure:
         f"(exit code {first['exit_code']}, {first['count']} times in a row)",
         hint="fix the service and run `meshlocal up` again; its last log lines:\n" + logs,
     )
+
+
+BUILD_KEY_LABEL = "meshlocal.build-key"
+
+
+def build_key(build: BuildSpec, defaults: Mapping[str, str], client: Any) -> str:
+    """A digest of everything a build reads: context files, Dockerfile, args, base.
+
+    Files count by path, size and mtime (not content), so the key costs a
+    directory walk, not a read of every byte.
+    """
+    digest = hashlib.sha256()
+    digest.update(build.dockerfile.read_bytes() if build.dockerfile.is_file() else b"")
+    args = {**defaults, **build.args}
+    digest.update(json.dumps([args, build.target, list(build.cache_from)], sort_keys=True).encode())
+    for value in args.values():  # a rebuilt base image must rebuild its users
+        with contextlib.suppress(Exception):
+            digest.update(str(client.images.get(value).id).encode())
+    for root, dirs, files in os.walk(build.context):
+        dirs[:] = sorted(d for d in dirs if d not in (".git", "__pycache__"))
+        for name in sorted(files):
+            path = Path(root) / name
+            with contextlib.suppress(OSError):
+                st = path.stat()
+                rel = path.relative_to(build.context)
+                digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def _image_with_key(client: Any, tag: str, key: str) -> str | None:
+    try:
+        image = client.images.get(tag)
+    except Exception:
+        return None
+    if (image.labels or {}).get(BUILD_KEY_LABEL) == key:
+        return str(image.id)
+    return None
 
 
 def _prefixed(progress: Progress, name: str) -> Progress:

@@ -175,6 +175,7 @@ def _deployment(ctx: Context, env: str | None) -> Iterator[Deployment]:
     default=0,
     help="Host port for Load Balanced Web Services (127.0.0.1). 0: any free port.",
 )
+@click.option("--build", "force_build", is_flag=True, help="Rebuild images even if unchanged.")
 @click.option(
     "--timeout",
     type=float,
@@ -184,14 +185,20 @@ def _deployment(ctx: Context, env: str | None) -> Iterator[Deployment]:
 )
 @pass_context
 def up(
-    ctx: Context, env: str | None, detach: bool, dataplane: str, public_port: int, timeout: float
+    ctx: Context,
+    env: str | None,
+    detach: bool,
+    dataplane: str,
+    public_port: int,
+    force_build: bool,
+    timeout: float,
 ) -> None:
     """Build, start and connect every service of an environment."""
     with _deployment(ctx, env) as dep:
         for skipped in dep.spec.skipped:
             _say(f"{skipped.name}: {skipped.type.value} is not emulated, skipped")
         if dataplane == "host" and not detach:
-            _up_host_foreground(dep, public_port=public_port)
+            _up_host_foreground(dep, public_port=public_port, force_build=force_build)
             return
         err.print(f"[+] Building {len(dep.spec.services)} service image(s)", markup=False)
         try:
@@ -217,10 +224,10 @@ def up(
         _attach_until_interrupted(dep, plane.public_url, timeout)
 
 
-def _up_host_foreground(dep: Deployment, *, public_port: int) -> None:
+def _up_host_foreground(dep: Deployment, *, public_port: int, force_build: bool) -> None:
     """Host mode in the foreground: the agent runs in this process, for debugging."""
     err.print(f"[+] Building {len(dep.spec.services)} service image(s)", markup=False)
-    desired = dep.desired(dep.build(_say))
+    desired = dep.desired(dep.build(_say, force_build=force_build))
     network = dep.network()
     config = dep.agent_config(desired, "host", network, public_port=public_port)
     from meshlocal.mesh import Agent

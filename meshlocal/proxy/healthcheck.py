@@ -7,7 +7,7 @@ of rotation, joins after `healthy_threshold` passing probes and leaves after
 through the registry.
 
 Difference from ECS (docs/concepts.md): until a replica first passes, it is
-probed every second rather than every `interval`, so `up` doesn't wait
+probed every 0.25 s rather than every `interval`, so `up` doesn't wait
 `healthy_threshold x interval` (20 s with Copilot's defaults) per replica.
 """
 
@@ -25,7 +25,7 @@ from meshlocal.registry import Health, Replica, ReplicaRegistry
 
 log = logging.getLogger(__name__)
 
-STARTUP_INTERVAL_S = 1.0
+STARTUP_INTERVAL_S = 0.25
 
 
 def success_codes(spec: str) -> set[int]:

@@ -352,6 +352,9 @@ DATAPLANE_DOCKERFILE = """\
 ARG BASE_IMAGE
 FROM ${BASE_IMAGE}
 COPY site/ /opt/meshlocal/site/
+# Byte-compiled once here: uncompiled, the agent's imports take over a second
+# on every start, which every `up` and data-plane restart waits for.
+RUN python3 -m compileall -q -j 0 /opt/meshlocal/site >/dev/null || true
 ENV PYTHONPATH=/opt/meshlocal/site PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 LABEL meshlocal.image=dataplane
 ENTRYPOINT ["python3", "-m", "meshlocal"]
