@@ -61,8 +61,10 @@ def project_of(workspace: Path) -> str:
 def leftovers(client: Any, project: str) -> list[str]:
     """Everything still labelled with the project: containers and networks."""
     label = f"{L.PROJECT}={project}"
-    names = [c.name for c in client.containers.list(all=True, filters={"label": label})]
-    names += [f"network {n.name}" for n in client.networks.list(filters={"label": label})]
+    # One list call each (no per-item inspect): containers may vanish meanwhile.
+    rows = client.api.containers(all=True, filters={"label": label})
+    names = [str(r["Names"][0]).lstrip("/") for r in rows]
+    names += [f"network {n['Name']}" for n in client.api.networks(filters={"label": label})]
     return names
 
 

@@ -159,21 +159,24 @@ def test_ctrl_c_in_foreground_up_tears_everything_down(
     assert leftovers(docker_client, project) == []
 
 
+@pytest.mark.parametrize("mode", ["container", "host"])
 def test_sigkill_mid_start_then_down_leaves_nothing(
     tmp_path_factory: pytest.TempPathFactory,
     docker_client: Any,
     busybox_image: str,
     dataplane_image: str,
+    mode: str,
 ) -> None:
+    """The agent outlives a SIGKILLed CLI (a container, or a process of its own): down ends it."""
     ws = copy_workspace(tmp_path_factory, "mini")
     project = project_of(ws)
-    proc = _popen(ws, "up", "-d")
+    proc = _popen(ws, "up", "-d", "--dataplane", mode)
     try:
         # Kill it once the data plane has started creating replicas.
         label = {"label": [f"{L.PROJECT}={project}", f"{L.ROLE}=replica"]}
         wait_for(
             "the first replica container",
-            lambda: docker_client.containers.list(all=True, filters=label),
+            lambda: docker_client.api.containers(all=True, filters=label),
             timeout=120,
             interval=0.05,
         )
