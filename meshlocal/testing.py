@@ -189,6 +189,7 @@ class HttpResponse:
 
 _counter = itertools.count(1)
 _SUFFIX = re.compile(r"-t-([0-9a-f]{4})-(\d+)-(\d+)$")
+_PID_FILE = re.compile(r"^(.+-t-[0-9a-f]{4}-\d+-\d+)-.+\.pid$")  # <project>-<env>.pid
 _live: set[Mesh] = set()
 _live_lock = threading.Lock()
 _hooks_installed = False
@@ -205,12 +206,16 @@ def session_suffix() -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Running (a zombie nobody reaped yet, e.g. under a container's PID 1, is not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    with contextlib.suppress(OSError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
     return True
 
 
@@ -218,20 +223,44 @@ def reap_stale(engine: Engine, base_project: str) -> list[str]:
     """Remove test meshes of `base_project` whose owner process on this host is gone.
 
     They are what a SIGKILLed test run leaves behind; a live owner (another
-    xdist worker, a parallel session) is never touched.
+    xdist worker, a parallel session) is never touched. A host-mode agent
+    outlives its owner (it runs in its own session): it is stopped first, or
+    it would start the replicas again.
     """
+    from meshlocal import deployment
+
     host = _host_tag()
+    prefix = base_project + "-t-"
+    found = {project for project, _env in engine.projects() if project.startswith(prefix)}
+    agents: dict[str, list[Path]] = {}
+    for pid_file in deployment._STATE_DIR.glob(f"{prefix}*.pid"):
+        pm = _PID_FILE.match(pid_file.name)
+        if pm is not None:
+            agents.setdefault(pm.group(1), []).append(pid_file)
     reaped: list[str] = []
-    for project, _env in engine.projects():
-        if not project.startswith(base_project + "-t-"):
-            continue
+    for project in sorted(found | set(agents)):
         m = _SUFFIX.search(project)
         if m is None or m.group(1) != host or _pid_alive(int(m.group(2))):
             continue
-        if project not in reaped:
-            engine.remove_all(project)
-            reaped.append(project)
+        for pid_file in agents.get(project, []):
+            _stop_agent(pid_file)
+        engine.remove_all(project)
+        reaped.append(project)
     return reaped
+
+
+def _stop_agent(pid_file: Path, timeout: float = 10.0) -> None:
+    """SIGTERM a host-mode agent and wait (bounded) until it is gone."""
+    from meshlocal import deployment
+
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        pid = 0
+    deployment._stop_pid_file(pid_file)
+    deadline = time.monotonic() + timeout
+    while pid > 0 and _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _down_all_live() -> None:

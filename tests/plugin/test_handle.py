@@ -13,7 +13,15 @@ import pytest
 
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.engine import Engine
-from meshlocal.testing import Mesh, MeshError, WaitTimeout, reap_stale, session_suffix
+from meshlocal.testing import (
+    Mesh,
+    MeshError,
+    Mode,
+    WaitTimeout,
+    _pid_alive,
+    reap_stale,
+    session_suffix,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -112,3 +120,43 @@ def test_stale_meshes_of_dead_sessions_are_reaped(tiny: Path, docker_client: Any
         engine.remove_all(f"{base}-{live_suffix}")
         engine.remove_all(f"{base}-{dead_suffix}")
         engine.close()
+
+
+HOLD = """
+import sys, time
+from meshlocal.testing import Mesh
+
+mesh = Mesh(sys.argv[1], "test", mode=sys.argv[2])
+mesh.up()
+print(mesh.project, flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_sigkilled_session_is_reaped_by_the_next(
+    tiny: Path, leftovers: Callable[[str], list[str]]
+) -> None:
+    """SIGKILL skips every cleanup; the next `up` of the workspace reaps the remains."""
+    from meshlocal import deployment
+
+    mode: Mode = "host" if sys.platform == "linux" and os.geteuid() == 0 else "container"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tiny), mode], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        project = proc.stdout.readline().strip()
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert project and leftovers(project) != []
+    pid_files = list(deployment._STATE_DIR.glob(f"{project}-*.pid"))
+    assert len(pid_files) == (1 if mode == "host" else 0)
+    agent = int(pid_files[0].read_text()) if pid_files else None
+
+    with Mesh(tiny, "test", mode=mode) as mesh:  # its `up` reaps first
+        assert leftovers(project) == []
+        assert mesh.get("web").status == 200
+    assert list(deployment._STATE_DIR.glob(f"{project}-*.pid")) == []
+    if agent is not None:
+        assert not _pid_alive(agent)
