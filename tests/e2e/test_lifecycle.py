@@ -201,9 +201,13 @@ def test_two_workspaces_run_side_by_side(
     second = copy_workspace(tmp_path_factory, "single")
     projects = [project_of(first), project_of(second)]
     assert projects[0] != projects[1]
+    procs: list[subprocess.Popen[str]] = []
     try:
-        for ws in (first, second):
-            ok(run_cli(ws, "up", "-d", "--timeout", "60"))
+        # Both at once: neither may trip over the other's network, names or ports.
+        procs += [_popen(ws, "up", "-d", "--timeout", "90") for ws in (first, second)]
+        for proc in procs:
+            out, _ = proc.communicate(timeout=150)
+            assert proc.returncode == 0 and "Traceback" not in out, out
         states = [json.loads(ok(run_cli(ws, "ps", "--json")).stdout) for ws in (first, second)]
         assert states[0]["address"] != states[1]["address"]
         urls = [s["public_url"] for s in states]
@@ -217,6 +221,10 @@ def test_two_workspaces_run_side_by_side(
         assert leftovers(docker_client, projects[0]) == []
         assert json.loads(ok(run_cli(second, "ps", "--json")).stdout)["ready"] is True
     finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
         for ws in (first, second):
             run_cli(ws, "down")
     for project in projects:
