@@ -9,6 +9,11 @@ through the registry.
 Difference from ECS (docs/concepts.md): until a replica first passes, it is
 probed every 0.25 s rather than every `interval`, so `up` doesn't wait
 `healthy_threshold x interval` (20 s with Copilot's defaults) per replica.
+
+A replica with no health check at all joins once its port accepts a TCP
+connection (ECS would route to it as soon as it runs). Without that, the
+first requests meet a refused connection, and outlier detection ejects a
+replica that is merely still starting.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from meshlocal.registry import Health, Replica, ReplicaRegistry
 log = logging.getLogger(__name__)
 
 STARTUP_INTERVAL_S = 0.25
+LISTEN_POLL_S = 0.05
+LISTEN_GIVE_UP_S = 60.0  # then it joins anyway, as ECS would have routed to it
 
 
 def success_codes(spec: str) -> set[int]:
@@ -90,17 +97,54 @@ class HttpHealthChecker:
         elif after is not None and before is None:
             self._watch(after, fresh=True)
 
+    def _needs_listen_probe(self, replica: Replica) -> bool:
+        svc = self.naming.services.get(replica.service)
+        return (
+            svc is not None
+            and svc.container_healthcheck is None
+            and replica.port is not None
+            and replica.health is Health.HEALTHY
+        )
+
     def _watch(self, replica: Replica, *, fresh: bool) -> None:
+        if replica.container_id in self._tasks:
+            return
         check = self.check_for(replica.service)
-        if check is None or replica.container_id in self._tasks:
+        if check is not None:
+            probe = self._probe_loop(replica.container_id, check)
+        elif fresh and self._needs_listen_probe(replica):
+            probe = self._until_listening(replica)
+        else:
             return
         if fresh:
             # Out of rotation until the first probes pass. Listeners run inside
             # the registry's upsert, so no answer ever sees it healthy.
             self.registry.set_health(replica.container_id, Health.STARTING)
         self._tasks[replica.container_id] = asyncio.create_task(
-            self._probe_loop(replica.container_id, check), name=f"healthcheck-{replica.name}"
+            probe, name=f"healthcheck-{replica.name}"
         )
+
+    async def _until_listening(self, replica: Replica) -> None:
+        assert replica.port is not None
+        deadline = asyncio.get_running_loop().time() + LISTEN_GIVE_UP_S
+        with contextlib.suppress(asyncio.CancelledError):
+            while asyncio.get_running_loop().time() < deadline:
+                try:
+                    _, writer = await asyncio.wait_for(
+                        asyncio.open_connection(replica.address, replica.port), 1.0
+                    )
+                except (TimeoutError, OSError):
+                    await asyncio.sleep(LISTEN_POLL_S)
+                    continue
+                writer.close()
+                break
+            else:
+                log.warning(
+                    "%s never listened on %d: routing to it anyway", replica.name, replica.port
+                )
+            if self.registry.get(replica.container_id) is not None:
+                self.registry.set_health(replica.container_id, Health.HEALTHY)
+            self._tasks.pop(replica.container_id, None)
 
     async def probe(self, replica: Replica, check: HttpHealthCheck) -> bool:
         assert self._session is not None

@@ -104,13 +104,21 @@ async def test_replica_joins_after_passing_and_leaves_after_failing(
         await checker.stop()
 
 
-async def test_services_without_a_check_are_left_alone() -> None:
+async def test_without_a_check_a_replica_joins_once_it_listens(
+    backend: tuple[int, Callable[[int], None]],
+) -> None:
+    port, _ = backend
     registry = ReplicaRegistry()
     checker = HttpHealthChecker(naming(None), registry, startup_interval_s=0.05)
     await checker.start()
     try:
-        registry.upsert(Replica("web", 1, "c1", "127.0.0.61", 8080))
-        await asyncio.sleep(0.2)
+        # A replica still starting (nothing listens on 127.0.0.63) stays out...
+        registry.upsert(Replica("web", 2, "c2", "127.0.0.63", port))
+        # ... one whose port accepts connections joins.
+        registry.upsert(Replica("web", 1, "c1", "127.0.0.61", port))
+        assert registry.in_rotation("web") == []
+        await wait_for(lambda: [r.name for r in registry.in_rotation("web")] == ["web-1"])
+        await asyncio.sleep(0.3)
         assert [r.name for r in registry.in_rotation("web")] == ["web-1"]
     finally:
         await checker.stop()
