@@ -236,3 +236,19 @@ def materialise(case: Case, root: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     return root
+
+
+def changed_lines(case: Case, limit: int = 4) -> str:
+    """What a case changed, as a short `-removed +added` diff of its first file."""
+    import difflib
+
+    path, data = next(iter(case.files.items()))
+    before = _base().get(path, b"").decode(errors="replace").splitlines()
+    after = data.decode(errors="replace").splitlines()
+    lines = [
+        line[:60]
+        for line in difflib.unified_diff(before, after, lineterm="", n=0)
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
+    more = f" (+{len(lines) - limit} more)" if len(lines) > limit else ""
+    return f"{path}: " + " | ".join(lines[:limit]) + more
