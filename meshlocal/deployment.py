@@ -332,8 +332,9 @@ class Deployment:
         spec = replace(spec, labels={**spec.labels, L.CONFIG_HASH: identity})
         cid, _address, started = ensure_dataplane(self.engine, spec)
         if started:
-            # Docker restarts a crashed or killed data plane by itself; the
-            # agent then resumes its last configuration and adopts the replicas.
+            # Docker restarts a crashed data plane by itself (not one stopped or
+            # killed on purpose); the agent then resumes its last configuration
+            # and adopts the replicas. `up` brings back a stopped one.
             self.engine.api.update_container(cid, restart_policy={"Name": "unless-stopped"})
         info = self.engine.inspect(cid)
         if info is None:

@@ -357,8 +357,11 @@ def ps(ctx: Context, env: str | None, as_json: bool) -> None:
 @cli.command()
 @env_option
 @click.argument("assignments", nargs=-1, required=True, metavar="SVC=N...")
+@click.option(
+    "--timeout", type=float, default=180.0, show_default=True, help="Seconds to wait for ready."
+)
 @pass_context
-def scale(ctx: Context, env: str | None, assignments: tuple[str, ...]) -> None:
+def scale(ctx: Context, env: str | None, assignments: tuple[str, ...], timeout: float) -> None:
     """Set the number of replicas of services, e.g. `meshlocal scale api=5`."""
     wanted: list[tuple[str, int]] = []
     for item in assignments:
@@ -371,6 +374,9 @@ def scale(ctx: Context, env: str | None, assignments: tuple[str, ...]) -> None:
     with _deployment(ctx, env) as dep:
         for name, count in wanted:
             dep.scale(name, count)
+        # Like `up -d`: return once the new replicas are in rotation.
+        dep.wait_ready(timeout)
+        for name, count in wanted:
             err.print(f"[+] {name} scaled to {count}", markup=False)
 
 
