@@ -125,13 +125,51 @@ class Engine:
 
 
 class _Listeners:
-    """Start/stop a set of asyncio servers feeding one engine."""
+    """Start/stop a set of asyncio servers feeding one engine.
 
-    def __init__(self, engine: Engine, route_label: bytes) -> None:
-        self.engine = engine
+    The Service Connect proxy and the public endpoint share the engine (pool,
+    balancer, metrics); they differ only in what they listen on and route by.
+    """
+
+    def __init__(
+        self,
+        naming: NamingModel,
+        registry: ReplicaRegistry,
+        host: str,
+        settings: ProxySettings | None,
+        engine: Engine | None,
+        clock: Callable[[], float],
+        route_label: bytes,
+    ) -> None:
+        self.settings = settings or (engine.settings if engine else ProxySettings())
+        self.engine = engine or Engine(registry, self.settings, clock)
+        self.naming = naming
+        self.registry = registry
+        self.host = host
         self.route_label = route_label
         self.servers: dict[int, asyncio.Server] = {}  # endpoint port -> server
         self._started = False
+
+    async def _bind(self) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self.engine.acquire()
+        self._started = True
+        try:
+            await self._bind()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        await self._close()
+        await self.engine.release()
 
     async def _listen(self, host: str, endpoint_port: int, port: int, router: Router) -> None:
         loop = asyncio.get_running_loop()
@@ -180,12 +218,7 @@ class ServiceConnectProxy(_Listeners):
         engine: Engine | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        settings = settings or (engine.settings if engine else ProxySettings())
-        super().__init__(engine or Engine(registry, settings, clock), SC_ROUTE)
-        self.naming = naming
-        self.registry = registry
-        self.host = host
-        self.settings = settings
+        super().__init__(naming, registry, host, settings, engine, clock, SC_ROUTE)
         self._routes: dict[tuple[bytes, int], Route] = {}  # (Host, port) -> route; static
 
     @property
@@ -229,26 +262,11 @@ class ServiceConnectProxy(_Listeners):
             lines.append("  (none: no service enables network.connect with a port)")
         return "\n".join(lines)
 
-    async def start(self) -> None:
-        if self._started:
-            return
-        self.engine.acquire()
-        self._started = True
-        try:
-            for endpoint_port in sorted(self.naming.sc_ports):
-                await self._listen(
-                    self.host, endpoint_port, self.settings.listen_port(endpoint_port), self.route
-                )
-        except BaseException:
-            await self.stop()
-            raise
-
-    async def stop(self) -> None:
-        if not self._started:
-            return
-        self._started = False
-        await self._close()
-        await self.engine.release()
+    async def _bind(self) -> None:
+        for endpoint_port in sorted(self.naming.sc_ports):
+            await self._listen(
+                self.host, endpoint_port, self.settings.listen_port(endpoint_port), self.route
+            )
 
     async def update(self, naming: NamingModel) -> None:
         """Hot reconfiguration: routes change at once, listeners follow the endpoint ports."""
@@ -294,13 +312,8 @@ class PublicEndpoint(_Listeners):
         engine: Engine | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        settings = settings or (engine.settings if engine else ProxySettings())
-        super().__init__(engine or Engine(registry, settings, clock), PUBLIC_ROUTE)
-        self.naming = naming
-        self.registry = registry
-        self.host = host
+        super().__init__(naming, registry, host, settings, engine, clock, PUBLIC_ROUTE)
         self.port = port
-        self.settings = settings
         self.rules = public_rules(naming)
 
     def update(self, naming: NamingModel) -> None:
@@ -320,23 +333,8 @@ class PublicEndpoint(_Listeners):
     def bound(self) -> int:
         return self.bound_port(self.port)
 
-    async def start(self) -> None:
-        if self._started:
-            return
-        self.engine.acquire()
-        self._started = True
-        try:
-            await self._listen(self.host, self.port, self.port, self.route)
-        except BaseException:
-            await self.stop()
-            raise
-
-    async def stop(self) -> None:
-        if not self._started:
-            return
-        self._started = False
-        await self._close()
-        await self.engine.release()
+    async def _bind(self) -> None:
+        await self._listen(self.host, self.port, self.port, self.route)
 
 
 # -- admin ---------------------------------------------------------------
