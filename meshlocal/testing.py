@@ -582,40 +582,25 @@ class Mesh:
     def wait_listening(
         self, services: Sequence[str] | None = None, *, timeout: float = 60.0
     ) -> None:
-        """Until every replica in rotation accepts TCP connections on its port.
+        """Until every desired replica of `services` (default: all) is in rotation.
 
-        A replica without a health check is in rotation as soon as it runs,
-        as in ECS, often before its server listens; traffic sent then is
-        refused and gets replicas ejected by outlier detection. Like an
-        ALB target check, this waits the start-up out. It connects from the
-        data plane, the only place that reaches replicas on every platform.
+        Rotation implies listening: the data plane admits a replica only once
+        its health check passes or, without one, once its port accepts a
+        connection, so traffic sent after this never meets a starting server.
         """
-        plane = self._require()
-        state = self.state()
-        wanted = set(services) if services is not None else set(state["services"])
-        targets = sorted(
-            f"{r['address']}:{r['port']}"
-            for name, svc in state["services"].items()
-            if name in wanted
-            for r in svc["replicas"]
-            if r["in_rotation"] and r.get("port") and r.get("address")
-        )
-        if not targets:
-            return
-        if plane.container_id is not None:
-            code, output = self.deployment.engine.exec(
-                plane.container_id,
-                ["python3", "-c", _LISTEN_SCRIPT, str(timeout), *targets],
-                timeout=timeout + 10,
+        self._require()
+
+        def ready() -> bool:
+            state = self.state()["services"]
+            wanted = set(services) if services is not None else set(state)
+            return all(
+                sum(1 for r in state[name]["replicas"] if r["in_rotation"])
+                >= state[name]["desired"]
+                for name in wanted
+                if name in state
             )
-        else:
-            code, output = _wait_listening(targets, timeout)
-        if code != 0:
-            raise WaitTimeout(
-                f"replicas did not accept connections within {timeout:g}s: {output.strip()}",
-                hint="check that each service listens on its manifest's image.port "
-                "(mesh.logs(service) shows what it printed)",
-            )
+
+        self.wait_until(ready, timeout=timeout, message="replicas to be in rotation")
 
     def wait_replicas(
         self, service: str, count: int, timeout: float = 60.0, *, listening: bool = True
@@ -647,44 +632,6 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 def _headers(message: Any) -> dict[str, str]:
     """Header names lower-cased, so lookups need not guess the server's spelling."""
     return {str(k).lower(): str(v) for k, v in message.items()}
-
-
-def _wait_listening(targets: Sequence[str], timeout: float) -> tuple[int, str]:
-    """(0, "") once every `address:port` accepts a connection, else (1, those that don't)."""
-    left = {(a, int(p)) for a, _, p in (t.rpartition(":") for t in targets)}
-    deadline = time.monotonic() + timeout
-    while left:
-        for target in sorted(left):
-            try:
-                socket.create_connection(target, timeout=1).close()
-                left.discard(target)
-            except OSError:
-                pass
-        if not left or time.monotonic() >= deadline:
-            break
-        time.sleep(0.1)
-    return (1 if left else 0), " ".join(f"{a}:{p}" for a, p in sorted(left))
-
-
-# The same loop as _wait_listening, run by the data plane's python3 (stdlib only).
-_LISTEN_SCRIPT = """
-import socket, sys, time
-timeout = float(sys.argv[1])
-left = {(a, int(p)) for a, _, p in (t.rpartition(":") for t in sys.argv[2:])}
-deadline = time.monotonic() + timeout
-while left:
-    for target in sorted(left):
-        try:
-            socket.create_connection(target, timeout=1).close()
-            left.discard(target)
-        except OSError:
-            pass
-    if not left or time.monotonic() >= deadline:
-        break
-    time.sleep(0.1)
-print(" ".join(f"{a}:{p}" for a, p in sorted(left)))
-sys.exit(1 if left else 0)
-"""
 
 
 def wait_until(
