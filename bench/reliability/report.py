@@ -88,7 +88,10 @@ def render(folder: Path) -> str:
             f"{notes.get('dataplane-restart_admin_ready_seconds', '?')} s, crash "
             f"{notes.get('dataplane-crash_admin_ready_seconds', '?')} s; replicas replaced "
             f"by the data-plane faults: {notes.get('replicas_replaced_by_dataplane_faults', '?')} "
-            "(adopted, not restarted). Test time "
+            "(adopted, not restarted). Replica addresses the monitor saw die "
+            f"({notes.get('monitor_snapshots', '?')} snapshots): "
+            f"{', '.join(notes.get('replica_addresses_seen_dead_by_the_monitor', [])) or 'none'}"
+            ". Test time "
             f"{soak.get('test_seconds', '?')} s.",
             "",
         ]
