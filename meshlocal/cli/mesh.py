@@ -259,7 +259,7 @@ def _up_host_foreground(dep: Deployment, *, public_port: int, force_build: bool)
         pass
     finally:
         err.print("[+] Stopping: removing containers and network", markup=False)
-        dep.down()
+        dep.down(images=True)
 
 
 def _attach_until_interrupted(dep: Deployment, public_url: str | None, timeout: float) -> None:
