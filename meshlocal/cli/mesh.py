@@ -227,9 +227,14 @@ def up(
 def _up_host_foreground(dep: Deployment, *, public_port: int, force_build: bool) -> None:
     """Host mode in the foreground: the agent runs in this process, for debugging."""
     err.print(f"[+] Building {len(dep.spec.services)} service image(s)", markup=False)
-    desired = dep.desired(dep.build(_say, force_build=force_build))
-    network = dep.network()
-    config = dep.agent_config(desired, "host", network, public_port=public_port)
+    try:
+        desired = dep.desired(dep.build(_say, force_build=force_build))
+        network = dep.network()
+        config = dep.agent_config(desired, "host", network, public_port=public_port)
+    except KeyboardInterrupt:
+        err.print("[+] Interrupted: removing containers, network and images", markup=False)
+        dep.down(images=True)
+        return
     from meshlocal.mesh import Agent
 
     logging.basicConfig(level=logging.INFO, format="meshlocal  | %(message)s")
