@@ -46,6 +46,8 @@ OUTLIER_THRESHOLD = 5  # the proxy ejects after 5 consecutive 5xx (Envoy's defau
 HTTP_WORKERS = 4
 
 
+# The bound CI holds the suite to: the load, two recoveries at their worst, slack.
+@pytest.mark.timeout(int(SOAK_SECONDS * 2 + 2 * RECOVERY_BOUND + 120))
 def test_soak_with_faults(mesh: Soak, results_fallback: Any) -> None:
     soak = mesh
     test_started = time.monotonic()
