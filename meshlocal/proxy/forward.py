@@ -14,6 +14,7 @@ is full, so memory stays bounded whatever the body size.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ _REASONS = {
     504: b"Gateway Timeout",
     505: b"HTTP Version Not Supported",
 }
+
+_BARE_LF = re.compile(rb"\r?\n")  # upstream response heads only
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,12 +426,20 @@ class Downstream(asyncio.Protocol):
         while True:
             ubuf = self.ubuf
             idx = ubuf.find(b"\r\n\r\n")
-            if idx < 0:
+            lf = ubuf.find(b"\n\n", 0, idx if idx >= 0 else len(ubuf))
+            if lf >= 0:
+                # A head ended by bare LFs (busybox CGI scripts write them). RFC
+                # 9112 lets a recipient accept them; replicas are trusted, and
+                # the client gets the head in CRLF form either way.
+                end = lf + 2
+                head, rest = _BARE_LF.sub(b"\r\n", ubuf[:end]), ubuf[end:]
+            elif idx < 0:
                 if len(ubuf) > 65536:
                     self._upstream_failed(False, "response head too large")
                 return
-            end = idx + 4
-            head, rest = (ubuf, b"") if end == len(ubuf) else (ubuf[:end], ubuf[end:])
+            else:
+                end = idx + 4
+                head, rest = (ubuf, b"") if end == len(ubuf) else (ubuf[:end], ubuf[end:])
             cacheable = req.method != b"HEAD" and len(head) <= 2048
             cache = self.fwd.response_heads
             resp = cache.get(head) if cacheable else None

@@ -270,3 +270,26 @@ async def test_without_head_cache(mesh_factory: MeshFactory) -> None:
     assert out.count(b"x-meshlocal-replica: api-1") == 2
     assert out.count(b"x-meshlocal-replica: api-2") == 2
     assert not mesh.proxy.engine.forwarder.request_heads
+
+
+async def test_response_head_with_bare_lf_is_accepted_and_sent_as_crlf(
+    mesh_factory: MeshFactory,
+) -> None:
+    """busybox CGI scripts end header lines with "\\n"; clients still get CRLF."""
+    mesh = await mesh_factory()
+    backend = await RawBackend(
+        "127.0.0.31", b"HTTP/1.1 200 OK\nContent-Length: 2\nX-Stay: 1\n\nok"
+    ).start()
+    try:
+        register(mesh, backend)
+        out = await raw_exchange(
+            "127.0.0.2",
+            mesh.proxy.bound_port(8080),
+            b"GET / HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n",
+        )
+        status, headers, body = split_response(out)
+        assert (status, body) == (200, b"ok")
+        assert headers["x-stay"] == "1"
+        assert b"\n\n" not in out.split(b"\r\n\r\n")[0]
+    finally:
+        await backend.stop()
