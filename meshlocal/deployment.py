@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -306,19 +307,21 @@ class Deployment:
         client = self.engine.client
         base = images.ensure_python_base(client, progress=progress)
         image = images.ensure_dataplane_image(client, base, progress)
-        ports: dict[int, int | tuple[str, int]] = {ADMIN_PORT: ("127.0.0.1", 0)}
+        ports: dict[int, tuple[str, int]] = {ADMIN_PORT: ("127.0.0.1", 0)}
         if public_rules(NamingModel(self.spec)):
             ports[PUBLIC_PORT] = ("127.0.0.1", public_port)
         # Identity without the configuration: a config change is applied hot.
         identity = hashlib.sha256(
             json.dumps([image, sorted(ports.items()), str(network.id)], default=str).encode()
         ).hexdigest()[:16]
+        # Concrete host ports, never 0: Docker re-draws ephemeral ports when a
+        # container restarts, and the URLs a person has open must survive a
+        # data-plane restart. A replaced data plane keeps its ports too.
         current = self._dataplane_container()
-        if public_port == 0 and PUBLIC_PORT in ports and current is not None:
-            # A replaced data plane keeps the public URL a person has open.
-            kept = published_ports(self.engine, current.id).get(PUBLIC_PORT)
-            if kept:
-                ports[PUBLIC_PORT] = ("127.0.0.1", kept)
+        kept = published_ports(self.engine, current.id) if current is not None else {}
+        for inner, (host, port) in list(ports.items()):
+            if port == 0:
+                ports[inner] = (host, kept.get(inner) or _free_port(host))
         spec = dataplane_spec(
             self.engine,
             project=self.project,
@@ -652,6 +655,13 @@ def _exited(pid: int | None) -> bool:
 def _remote(rendered: str) -> str:
     """An error the agent already rendered; re-rendering must not say `error: error:`."""
     return rendered.removeprefix("error: ")
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def published_ports(engine: Engine, container_id: str) -> dict[int, int]:

@@ -164,15 +164,17 @@ class Agent:
             pause_image=cfg.pause_image,
             on_change=lambda msg: log.info("%s", msg),
         )
-        # Serve before replicas start, so their first lookups already work.
+        # Adopt what already runs first (a restarted data plane), so the first
+        # request after a restart finds the replicas instead of a 503.
+        await self.reconciler.start()
+        self._stack.push_async_callback(self.reconciler.close)
+        # Serve before new replicas start, so their first lookups already work.
         for part in (self.dns, self.proxy, self.public, self.health):
             await part.start()
             self._stack.push_async_callback(part.stop)
         if self.public.rules:
             self.public_port = self.public.bound
         await self._start_admin(core)
-        await self.reconciler.start()  # adopts what already runs: restart-safe
-        self._stack.push_async_callback(self.reconciler.close)
         log.info(
             "mesh %s/%s: DNS %s:%d, Service Connect ports %s, admin port %d",
             cfg.project,
