@@ -567,43 +567,70 @@ class Deployment:
         except MeshlocalError:
             # No --env and manifests that no longer load (a variable unset, a
             # typo): stop every host-mode agent of the project instead.
-            for pid_file in _STATE_DIR.glob(f"{self.project}-*.pid"):
-                _stop_pid_file(pid_file)
-        first: list[str] = []
-        for info in self.engine.list_containers(self.project, self._env_arg, role=L.Role.DATAPLANE):
-            self.engine.remove(info.id)
-            first.append(info.name)
-        removed = self.engine.remove_all(self.project, self._env_arg)
-        gone = self.remove_images() if images else ()
-        return Removed((*first, *removed.containers), removed.networks, gone)
+            stop_host_agents(self.project)
+        return teardown(
+            self.engine,
+            self.project,
+            self._env_arg,
+            image_prefix=f"meshlocal/{self.base_project}-" if images else None,
+        )
 
     def remove_images(self) -> tuple[str, ...]:
-        """Untag (and so delete) this workspace's service images: `meshlocal/<project>-*`.
+        """Untag (and so delete) this workspace's service images: `meshlocal/<project>-*`."""
+        return remove_images(self.engine, f"meshlocal/{self.base_project}-", self._env_arg)
 
-        Shared caches (the Python base, busybox, the data-plane image) are
-        kept: every project uses them. A tag still used by a container (another
-        copy of the workspace, e.g. a pytest session) is kept too: Docker
-        refuses, and that copy's own `down` removes it later.
-        """
-        prefix = f"meshlocal/{self.base_project}-"
-        suffix = None if self._env_arg is None else f":{L._slug(self._env_arg)}"
-        removed: list[str] = []
-        with engine_errors("listing images"):
-            rows = self.engine.api.images()
-        for row in rows:
-            for tag in row.get("RepoTags") or ():
-                if not tag.startswith(prefix) or (suffix and not tag.endswith(suffix)):
+
+def teardown(
+    engine: Engine, project: str, env: str | None = None, *, image_prefix: str | None = None
+) -> Removed:
+    """Remove a project's containers and networks by label, controller first.
+
+    The data plane goes first: a live agent would replace what we remove.
+    Needs no workspace, so it also cleans up after a workspace that is gone.
+    """
+    first: list[str] = []
+    for info in engine.list_containers(project, env, role=L.Role.DATAPLANE):
+        engine.remove(info.id)
+        first.append(info.name)
+    removed = engine.remove_all(project, env)
+    gone = remove_images(engine, image_prefix, env) if image_prefix else ()
+    return Removed((*first, *removed.containers), removed.networks, gone)
+
+
+def remove_images(engine: Engine, prefix: str, env: str | None) -> tuple[str, ...]:
+    """Untag (and so delete) the service images tagged `<prefix>*[:<env>]`.
+
+    Shared caches (the Python base, busybox, the data-plane image) are never
+    matched: every project uses them. A tag still used by a container (another
+    copy of the workspace, e.g. a pytest session) is kept too: Docker refuses,
+    and that copy's own `down` removes it later.
+    """
+    suffix = None if env is None else f":{L._slug(env)}"
+    removed: list[str] = []
+    with engine_errors("listing images"):
+        rows = engine.api.images()
+    for row in rows:
+        for tag in row.get("RepoTags") or ():
+            if not tag.startswith(prefix) or (suffix and not tag.endswith(suffix)):
+                continue
+            try:
+                engine.api.remove_image(tag, force=False, noprune=False)
+            except docker.errors.NotFound:
+                continue
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:  # in use by a container
                     continue
-                try:
-                    self.engine.api.remove_image(tag, force=False, noprune=False)
-                except docker.errors.NotFound:
-                    continue
-                except docker.errors.APIError as exc:
-                    if exc.status_code == 409:  # in use by a container
-                        continue
-                    raise map_docker_error(exc, f"removing image {tag}") from exc
-                removed.append(tag)
-        return tuple(removed)
+                raise map_docker_error(exc, f"removing image {tag}") from exc
+            removed.append(tag)
+    return tuple(removed)
+
+
+def stop_host_agents(project: str) -> int:
+    """Stop every host-mode agent of a project, by its pid files."""
+    files = list(_STATE_DIR.glob(f"{project}-*.pid"))
+    for pid_file in files:
+        _stop_pid_file(pid_file)
+    return len(files)
 
 
 def _stop_pid_file(pid_file: Path) -> None:

@@ -20,7 +20,7 @@ from rich.table import Table
 from meshlocal.cli.app import Context, cli, pass_context
 from meshlocal.cli.logprefix import LogPrinter
 from meshlocal.cli.workspace import env_option
-from meshlocal.deployment import Deployment, admin_call
+from meshlocal.deployment import Deployment, admin_call, stop_host_agents, teardown
 from meshlocal.errors import MeshlocalError, RuntimeFailure
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.engine import ContainerInfo, Engine
@@ -299,18 +299,35 @@ def _attach_until_interrupted(dep: Deployment, public_url: str | None, timeout: 
     is_flag=True,
     help="Keep the service images built for this workspace (shared caches are always kept).",
 )
+@click.option(
+    "--project",
+    metavar="PROJECT",
+    default=None,
+    help="Remove a project by its id (see `meshlocal ls`), without its workspace: "
+    "for a mesh whose folder is gone.",
+)
 @pass_context
-def down(ctx: Context, env: str | None, keep_images: bool) -> None:
+def down(ctx: Context, env: str | None, keep_images: bool, project: str | None) -> None:
     """Remove every container, network and service image the environment created.
 
     Found by label and tag, so it works after meshlocal was killed. The
     shared caches (Python base, busybox, data-plane image) are kept.
     """
-    dep = Deployment(ctx.directory, env)
-    try:
-        removed = dep.down(images=not keep_images)
-    finally:
-        dep.close()
+    if project is not None:
+        engine = Engine.from_env()
+        try:
+            stop_host_agents(project)
+            removed = teardown(
+                engine, project, env, image_prefix=None if keep_images else f"meshlocal/{project}-"
+            )
+        finally:
+            engine.close()
+    else:
+        dep = Deployment(ctx.directory, env)
+        try:
+            removed = dep.down(images=not keep_images)
+        finally:
+            dep.close()
     for name in removed.containers:
         err.print(f"[+] Removed container {name}", markup=False)
     for name in removed.networks:
@@ -319,6 +336,46 @@ def down(ctx: Context, env: str | None, keep_images: bool) -> None:
         err.print(f"[+] Removed image {name}", markup=False)
     if not removed.containers and not removed.networks and not removed.images:
         err.print("[+] Nothing to remove", markup=False)
+
+
+@cli.command(name="ls")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def ls(as_json: bool) -> None:
+    """List every mesh on this Docker engine, with its workspace (like `docker compose ls`)."""
+    engine = Engine.from_env()
+    try:
+        rows: list[dict[str, Any]] = []
+        for project, env in engine.projects():
+            containers = engine.list_containers(project, env or None)
+            workspace = next(
+                (c.labels.get(L.WORKSPACE) for c in containers if c.labels.get(L.WORKSPACE)), ""
+            )
+            running = sum(1 for c in containers if c.running)
+            rows.append(
+                {
+                    "project": project,
+                    "env": env,
+                    "workspace": workspace,
+                    "running": running,
+                    "containers": len(containers),
+                }
+            )
+    finally:
+        engine.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table()
+    for col in ("PROJECT", "ENV", "RUNNING", "WORKSPACE"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(
+            row["project"],
+            row["env"],
+            f"{row['running']}/{row['containers']}",
+            row["workspace"] or "(unknown: `meshlocal down --project` removes it)",
+        )
+    out.print(table)
 
 
 # -- ps / scale / stats ----------------------------------------------------
