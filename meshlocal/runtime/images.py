@@ -408,7 +408,27 @@ def ensure_dataplane_image(
         buildargs={"BASE_IMAGE": base},
         what="the data plane image",
     )
+    prune_images(client, "meshlocal/dataplane", keep=tag)
     return tag
+
+
+def prune_images(client: docker.DockerClient, repository: str, keep: str) -> list[str]:
+    """Remove superseded data-plane images, so upgrades leave nothing behind.
+
+    An image a container still runs (another mesh not yet upgraded) is kept:
+    the engine refuses with 409, and a later prune takes it.
+    """
+    removed: list[str] = []
+    for image in client.images.list(name=repository):
+        for ref in image.tags:
+            if ref == keep:
+                continue
+            try:
+                client.images.remove(ref, noprune=False)
+            except docker.errors.APIError:  # in use, or already gone
+                continue
+            removed.append(ref)
+    return removed
 
 
 # -- (d) service images ------------------------------------------------------

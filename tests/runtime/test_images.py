@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import sys
 import uuid
 from collections.abc import Iterator
@@ -173,3 +174,26 @@ def test_python_base_needs_root_or_a_configured_image(
     # A configured base is used as it is: no root, no debootstrap.
     monkeypatch.setenv(images.PYTHON_IMAGE_ENV, busybox_image)
     assert images.ensure_python_base(docker_client) == busybox_image
+
+
+@pytest.mark.docker
+def test_superseded_images_are_pruned_unless_in_use(docker_client: Any) -> None:
+    """A new data-plane build removes the old tags no container runs."""
+    from meshlocal.runtime.images import ensure_busybox_image, prune_images
+
+    repo = f"meshlocal/prunetest-{uuid.uuid4().hex[:6]}"
+    base = ensure_busybox_image(docker_client)
+    for tag in ("old", "in-use", "new"):  # three distinct images, as three versions are
+        dockerfile = f"FROM {base}\nLABEL version={tag}-{uuid.uuid4().hex}\n".encode()
+        docker_client.images.build(fileobj=io.BytesIO(dockerfile), tag=f"{repo}:{tag}", rm=True)
+    user = docker_client.containers.create(f"{repo}:in-use", ["sleep", "1"])
+    try:
+        removed = prune_images(docker_client, repo, keep=f"{repo}:new")
+        assert removed == [f"{repo}:old"]
+        left = {t for i in docker_client.images.list(name=repo) for t in i.tags}
+        assert left == {f"{repo}:in-use", f"{repo}:new"}
+    finally:
+        user.remove(force=True)
+        for tag in ("old", "in-use", "new"):
+            with contextlib.suppress(Exception):
+                docker_client.images.remove(f"{repo}:{tag}")
