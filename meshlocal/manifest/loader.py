@@ -929,6 +929,10 @@ def select_environment(workspace: Workspace, env: str | None) -> Environment:
     return workspace.environments[env]
 
 
+# Environment-manifest sections whose value is always a map in Copilot.
+_ENV_SECTIONS = frozenset({"network", "http", "observability"})
+
+
 def load_environment_manifest(environment: Environment, diag: Diagnostics) -> None:
     """Parse the environment manifest so its YAML errors are reported; nothing in it is emulated."""
     if environment.manifest_path is None:
@@ -963,6 +967,22 @@ def load_environment_manifest(environment: Environment, diag: Diagnostics) -> No
             name_node.loc,
             f"set `name: {environment.name}`",
         )
+    for key in ("name", "type"):
+        node = root.get(key)
+        if node is not None and not isinstance(node, Scalar):
+            diag.error(
+                f"{key}: expected a string, got {_kind(node)}",
+                node.loc,
+                f"write `{key}: {environment.name if key == 'name' else 'Environment'}`",
+            )
     for key in root:
         if key not in ("name", "type"):
+            node = root.get(key)
+            if key in _ENV_SECTIONS and node is not None and not isinstance(node, Map):
+                # Copilot rejects these too; saying so here beats a surprise at deploy.
+                diag.error(
+                    f"{key}: expected a mapping of fields, got {_kind(node)}",
+                    node.loc,
+                    f"see Copilot's environment manifest reference for `{key}:`",
+                )
             diag.note("not-emulated", f"environment {key} is not emulated", root.keys[key])
