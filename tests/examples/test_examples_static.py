@@ -13,7 +13,7 @@ from meshlocal.cli.app import main
 from .conftest import EXAMPLES
 
 WORKSPACES = sorted(p.parent.parent.name for p in EXAMPLES.glob("*/copilot/.workspace"))
-APP_COPIES = sorted(EXAMPLES.glob("*/app/app.py"))
+APP_LINKS = sorted(p for p in EXAMPLES.glob("*/app") if p.is_symlink() or p.is_dir())
 
 
 def test_the_examples_are_all_found() -> None:
@@ -58,9 +58,10 @@ def test_alias_migration_steps_plan_the_route_change(
     assert kinds == ["service-discovery", "service-discovery", "service-connect"]
 
 
-def test_example_apps_are_identical_copies() -> None:
-    assert len(APP_COPIES) >= 5
-    first = APP_COPIES[0].read_bytes()
-    assert all(p.read_bytes() == first for p in APP_COPIES), APP_COPIES
-    dockerfiles = {p.parent.joinpath("Dockerfile").read_bytes() for p in APP_COPIES}
-    assert len(dockerfiles) == 1
+def test_examples_share_one_app() -> None:
+    """One app for the small examples: each `app/` links to compose-examples/example-app."""
+    shared = (EXAMPLES / "example-app").resolve()
+    assert len(APP_LINKS) >= 5
+    for link in APP_LINKS:
+        assert link.is_symlink(), f"{link} should link to ../example-app, not copy it"
+        assert link.resolve() == shared
