@@ -538,8 +538,9 @@ class Deployment:
             if time.monotonic() > deadline:
                 raise RuntimeFailure(
                     f"replicas were not healthy after {timeout:.0f}s: {not_ready(last)}",
-                    hint="`meshlocal logs` shows what the replicas print; "
-                    "`meshlocal ps` shows their health",
+                    hint="`meshlocal logs` shows what the replicas print; `meshlocal ps` shows "
+                    "their health. A replica without a health check joins once its port "
+                    "accepts connections: does it listen on image.port, on 0.0.0.0?",
                 )
             time.sleep(0.1)
 

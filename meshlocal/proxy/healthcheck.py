@@ -13,7 +13,8 @@ probed every 0.25 s rather than every `interval`, so `up` doesn't wait
 A replica with no health check at all joins once its port accepts a TCP
 connection (ECS would route to it as soon as it runs). Without that, the
 first requests meet a refused connection, and outlier detection ejects a
-replica that is merely still starting.
+replica that is merely still starting. One that never listens never joins,
+so `up -d` fails and says why instead of routing to a closed port.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 STARTUP_INTERVAL_S = 0.25
 LISTEN_POLL_S = 0.05
-LISTEN_GIVE_UP_S = 60.0  # then it joins anyway, as ECS would have routed to it
+LISTEN_WARN_AFTER_S = 10.0
 
 
 def success_codes(spec: str) -> set[int]:
@@ -126,22 +127,27 @@ class HttpHealthChecker:
 
     async def _until_listening(self, replica: Replica) -> None:
         assert replica.port is not None
-        deadline = asyncio.get_running_loop().time() + LISTEN_GIVE_UP_S
+        loop = asyncio.get_running_loop()
+        warn_at = loop.time() + LISTEN_WARN_AFTER_S
         with contextlib.suppress(asyncio.CancelledError):
-            while asyncio.get_running_loop().time() < deadline:
+            while True:
                 try:
                     _, writer = await asyncio.wait_for(
                         asyncio.open_connection(replica.address, replica.port), 1.0
                     )
                 except (TimeoutError, OSError):
-                    await asyncio.sleep(LISTEN_POLL_S)
+                    if warn_at and loop.time() > warn_at:
+                        warn_at = 0.0
+                        log.warning(
+                            "%s does not accept connections on port %d: out of rotation until "
+                            "it does (does it listen on image.port, on all interfaces?)",
+                            replica.name,
+                            replica.port,
+                        )
+                    await asyncio.sleep(LISTEN_POLL_S if warn_at else STARTUP_INTERVAL_S)
                     continue
                 writer.close()
                 break
-            else:
-                log.warning(
-                    "%s never listened on %d: routing to it anyway", replica.name, replica.port
-                )
             if self.registry.get(replica.container_id) is not None:
                 self.registry.set_health(replica.container_id, Health.HEALTHY)
             self._tasks.pop(replica.container_id, None)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from meshlocal.errors import MeshlocalError
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.engine import Engine
 from meshlocal.testing import (
@@ -91,9 +92,12 @@ def test_failed_up_leaves_nothing(tiny: Path, leftovers: Callable[[str], list[st
     """A service that never listens: `up` raises, and has removed what it created."""
     manifest = tiny / "copilot" / "web" / "manifest.yml"
     manifest.write_text(manifest.read_text().replace("-p 8080", "-p 8081"))
-    mesh = Mesh(tiny, "test", timeout=120, listen_timeout=3)
-    with pytest.raises(WaitTimeout, match="did not accept connections"):
+    mesh = Mesh(tiny, "test", timeout=20)
+    # It never enters rotation (nothing accepts connections on its port), so
+    # `up` fails with the reason instead of routing to a closed port.
+    with pytest.raises(MeshlocalError, match="not healthy after 20s: web 0/1") as failed:
         mesh.up()
+    assert "accepts connections" in str(failed.value)
     assert leftovers(mesh.project) == []
 
 
