@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from meshlocal.runtime import images
+
 
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[Any]:
@@ -22,3 +24,31 @@ def docker_client() -> Iterator[Any]:
         pytest.skip(f"no Docker engine: {exc}")
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def busybox_image(docker_client: Any) -> Iterator[str]:
+    """The FROM scratch busybox image; test manifests name it as ${BUSYBOX_IMAGE}.
+
+    Set in the environment too, for the `meshlocal` subprocesses tests run.
+    """
+    tag = images.ensure_busybox_image(docker_client)
+    old = os.environ.get("BUSYBOX_IMAGE")
+    os.environ["BUSYBOX_IMAGE"] = tag
+    yield tag
+    if old is None:
+        os.environ.pop("BUSYBOX_IMAGE", None)
+    else:
+        os.environ["BUSYBOX_IMAGE"] = old
+
+
+@pytest.fixture(scope="session")
+def python_base(docker_client: Any) -> str:
+    """Built once (~45 s) and then cached by tag between runs."""
+    return images.ensure_python_base(docker_client)
+
+
+@pytest.fixture(scope="session")
+def dataplane_image(docker_client: Any, python_base: str) -> str:
+    """Built once per session (cached by content hash), so no single test pays for it."""
+    return images.ensure_dataplane_image(docker_client, python_base)

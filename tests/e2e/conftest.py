@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 
 import pytest
 
-from meshlocal.runtime import images
 from meshlocal.runtime import labels as L
 
 WORKSPACES = Path(__file__).parent / "workspaces"
@@ -29,21 +28,6 @@ T = TypeVar("T")
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "ws(name): the test workspace a fixture copies")
-
-
-@pytest.fixture(scope="session")
-def busybox_image(docker_client: Any) -> str:
-    """The FROM scratch busybox image; manifests name it as ${BUSYBOX_IMAGE}."""
-    tag = images.ensure_busybox_image(docker_client)
-    os.environ["BUSYBOX_IMAGE"] = tag
-    return tag
-
-
-@pytest.fixture(scope="session")
-def dataplane_image(docker_client: Any) -> str:
-    """Built once per session (cached by content hash), so no single test pays for it."""
-    base = images.ensure_python_base(docker_client)
-    return images.ensure_dataplane_image(docker_client, base)
 
 
 def copy_workspace(factory: pytest.TempPathFactory, name: str) -> Path:

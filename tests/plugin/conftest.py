@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from meshlocal.runtime import images
 from meshlocal.runtime import labels as L
 
 HERE = Path(__file__).parent
@@ -22,25 +20,6 @@ def pytest_configure(config: pytest.Config) -> None:
     # set pytest_plugins, so it is loaded here for these tests only.
     if not config.pluginmanager.has_plugin("pytester"):
         config.pluginmanager.import_plugin("pytester")
-
-
-@pytest.fixture(scope="session")
-def busybox_image(docker_client: Any) -> Iterator[str]:
-    """The busybox image the tiny workspace names as ${BUSYBOX_IMAGE}."""
-    tag = images.ensure_busybox_image(docker_client)
-    old = os.environ.get("BUSYBOX_IMAGE")
-    os.environ["BUSYBOX_IMAGE"] = tag  # also for pytester's subprocesses
-    yield tag
-    if old is None:
-        os.environ.pop("BUSYBOX_IMAGE", None)
-    else:
-        os.environ["BUSYBOX_IMAGE"] = old
-
-
-@pytest.fixture(scope="session")
-def dataplane_image(docker_client: Any) -> str:
-    base = images.ensure_python_base(docker_client)
-    return images.ensure_dataplane_image(docker_client, base)
 
 
 @pytest.fixture

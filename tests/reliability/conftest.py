@@ -20,7 +20,6 @@ import pytest
 from meshlocal.deployment import Deployment
 from meshlocal.errors import MeshlocalError
 from meshlocal.manifest import find_workspace
-from meshlocal.runtime import images
 from meshlocal.runtime import labels as L
 
 WORKSPACES = Path(__file__).parent / "workspaces"
@@ -31,19 +30,6 @@ T = TypeVar("T")
 def seconds_from_env(name: str, default: float) -> float:
     raw = os.environ.get(name)
     return float(raw) if raw else default
-
-
-@pytest.fixture(scope="session")
-def busybox_image(docker_client: Any) -> str:
-    tag = images.ensure_busybox_image(docker_client)
-    os.environ["BUSYBOX_IMAGE"] = tag
-    return tag
-
-
-@pytest.fixture(scope="session")
-def dataplane_image(docker_client: Any) -> str:
-    base = images.ensure_python_base(docker_client)
-    return images.ensure_dataplane_image(docker_client, base)
 
 
 @pytest.fixture(scope="session")

@@ -16,24 +16,12 @@ from typing import Any
 import pytest
 
 from meshlocal.registry import ReplicaRegistry
-from meshlocal.runtime import images
 from meshlocal.runtime.engine import Engine
 
 
 @pytest.fixture(scope="session")
 def engine(docker_client: Any) -> Engine:
     return Engine(docker_client)
-
-
-@pytest.fixture(scope="session")
-def busybox_image(docker_client: Any) -> str:
-    return images.ensure_busybox_image(docker_client)
-
-
-@pytest.fixture(scope="session")
-def python_base(docker_client: Any) -> str:
-    """Built once (~45 s) and then cached by tag between runs."""
-    return images.ensure_python_base(docker_client)
 
 
 @pytest.fixture

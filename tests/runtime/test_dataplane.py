@@ -6,12 +6,10 @@ import json
 import socket
 import urllib.request
 from dataclasses import replace
-from typing import Any
 
 import pytest
 
 from meshlocal.errors import DataPlaneError
-from meshlocal.runtime import images
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.dataplane import dataplane_spec, ensure_dataplane, wait_for_log
 from meshlocal.runtime.engine import Engine
@@ -35,11 +33,6 @@ server = http.server.HTTPServer(("0.0.0.0", 8080), H)
 print("agent ready", flush=True)
 server.serve_forever()
 """
-
-
-@pytest.fixture(scope="module")
-def dataplane_image(docker_client: Any, python_base: str) -> str:
-    return images.ensure_dataplane_image(docker_client, python_base)
 
 
 def _free_port() -> int:
