@@ -93,12 +93,15 @@ def test_failed_up_leaves_nothing(tiny: Path, leftovers: Callable[[str], list[st
     manifest = tiny / "copilot" / "web" / "manifest.yml"
     manifest.write_text(manifest.read_text().replace("-p 8080", "-p 8081"))
     mesh = Mesh(tiny, "test", timeout=20)
-    # It never enters rotation (nothing accepts connections on its port), so
-    # `up` fails with the reason instead of routing to a closed port.
-    with pytest.raises(MeshlocalError, match="not healthy after 20s: web 0/1") as failed:
-        mesh.up()
-    assert "accepts connections" in str(failed.value)
-    assert leftovers(mesh.project) == []
+    try:
+        # It never enters rotation (nothing accepts connections on its port),
+        # so `up` fails with the reason instead of routing to a closed port.
+        with pytest.raises(MeshlocalError, match="not healthy after 20s: web 0/1") as failed:
+            mesh.up()
+        assert "accepts connections" in str(failed.value)
+        assert leftovers(mesh.project) == []
+    finally:
+        mesh.down()  # should this test fail, its mesh must not outlive it
 
 
 def test_stale_meshes_of_dead_sessions_are_reaped(tiny: Path, docker_client: Any) -> None:
