@@ -71,7 +71,9 @@ def summarize(
     live = Liveness(snapshots)
     out = []
     for ph in phases:
-        mine = [s for s in samples if ph.start <= s.start < ph.end]
+        # By when it finished: a request cut by the next phase's fault (sent at
+        # the very end of this one) is that fault's failure, not this phase's.
+        mine = [s for s in samples if ph.start <= s.end < ph.end]
         http = [s for s in mine if s.kind == "http"]
         dns = [s for s in mine if s.kind == "dns"]
         origin = ph.recovered_at or (ph.fault_at if ph.fault_at is not None else ph.start)

@@ -53,3 +53,14 @@ def test_a_data_plane_fault_opens_the_window_at_recovery() -> None:
     [rec] = summarize([Phase("restart", 0.0, 1.0, 9.0, "", 6.5)], samples, [], window=1.0)
     assert rec["http_failed"] == 5 and rec["http_failed_after_window"] == 0
     assert rec["window_starts_after_fault_seconds"] == 5.5
+
+
+def test_a_request_cut_by_the_next_fault_counts_against_that_fault() -> None:
+    restart = Phase("restart", 0.0, 1.0, 10.0, recovered_at=2.0)
+    crash = Phase("crash", 10.0, 10.2, 20.0, recovered_at=11.0)
+    cut = Sample("http", 9.99, 10.3, False, "RemoteDisconnected", None)  # sent late, killed
+    samples = [_http(8.0, True), cut, _http(12.0, True)]
+    by_name = {r["phase"]: r for r in summarize([restart, crash], samples, [], window=3.0)}
+    assert by_name["restart"]["http_failed"] == 0
+    assert by_name["crash"]["http_failed"] == 1
+    assert by_name["crash"]["http_failed_after_window"] == 0
