@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -93,9 +94,7 @@ class Deployment:
         # gives a second, independent mesh of the same workspace.
         self.base_project = L.project_id(self.workspace.app, self.workspace.root)
         self.project = (
-            f"{self.base_project}-{L._slug(project_suffix)}"
-            if project_suffix
-            else self.base_project
+            f"{self.base_project}-{L.slug(project_suffix)}" if project_suffix else self.base_project
         )
 
     # -- lazily loaded parts ----------------------------------------------
@@ -127,7 +126,7 @@ class Deployment:
 
     def image_tag(self, service: str, sidecar: str | None = None) -> str:
         name = f"{service}-{sidecar}" if sidecar else service
-        return f"meshlocal/{self.base_project}-{name}:{L._slug(self.env)}"
+        return f"meshlocal/{self.base_project}-{name}:{L.slug(self.env)}"
 
     def build(
         self, progress: Progress = _quiet, *, force_build: bool = False
@@ -413,7 +412,7 @@ class Deployment:
         return True
 
     def _state_file(self, suffix: str) -> Path:
-        return _STATE_DIR / f"{self.project}-{L._slug(self.env)}{suffix}"
+        return _STATE_DIR / f"{self.project}-{L.slug(self.env)}{suffix}"
 
     def _dataplane_container(self) -> ContainerInfo | None:
         found = self.engine.list_containers(self.project, self.env, role=L.Role.DATAPLANE)
@@ -606,7 +605,7 @@ def remove_images(engine: Engine, prefix: str, env: str | None) -> tuple[str, ..
     copy of the workspace, e.g. a pytest session) is kept too: Docker refuses,
     and that copy's own `down` removes it later.
     """
-    suffix = None if env is None else f":{L._slug(env)}"
+    suffix = None if env is None else f":{L.slug(env)}"
     removed: list[str] = []
     with engine_errors("listing images"):
         rows = engine.api.images()
@@ -764,8 +763,6 @@ def _prefixed(progress: Progress, name: str) -> Progress:
 
 
 def _arg_default(dockerfile: Path, name: str) -> str | None:
-    import re
-
     text = dockerfile.read_text(errors="replace")
     m = re.search(rf"(?im)^\s*ARG\s+{name}\s*=\s*(\S+)", text)
     return m.group(1).strip("\"'") if m else None
