@@ -9,6 +9,11 @@ Follows Envoy as ECS Service Connect configures it:
 - when every replica in rotation is ejected anyway (others left the
   rotation meanwhile), route to all of them, as Envoy's panic mode does;
 - retries pick a replica the request has not tried yet.
+
+State is kept per client: ECS runs one Envoy in every client task, so each
+task has its own round-robin position and its own view of which replicas
+are outliers. `client` is the caller's address (a replica's IP; the public
+endpoint passes its own key), "" when nobody cares.
 """
 
 from __future__ import annotations
@@ -18,6 +23,11 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from meshlocal.registry import Replica, ReplicaRegistry
+
+
+# Bound on per-client entries: clients are replica addresses, but a caller
+# outside the registry (a host, a test) must not grow the maps without limit.
+_MAX_STATES = 65536
 
 
 @dataclass
@@ -42,9 +52,10 @@ class Balancer:
         self.base_ejection_s = base_ejection_s
         self.max_ejection_s = max_ejection_s
         self.clock = clock
-        self._next: dict[str, int] = {}
+        self._next: dict[tuple[str, str], int] = {}  # (client, service) -> position
         self._rotation: dict[str, tuple[int, list[Replica]]] = {}  # service -> (version, list)
-        self._outliers: dict[str, _Outlier] = {}  # container_id -> state
+        # (client, container_id) -> outlier state.
+        self._outliers: dict[tuple[str, str], _Outlier] = {}
         self._in_flight: dict[str, int] = {}  # container_id -> requests being served
         self._unsubscribe = registry.subscribe(self._on_change)
 
@@ -53,7 +64,13 @@ class Balancer:
 
     def _on_change(self, before: Replica | None, after: Replica | None) -> None:
         if after is None and before is not None:
-            self._outliers.pop(before.container_id, None)
+            # A gone replica is neither a target nor a client any more: its state
+            # goes with it, so churn never grows these maps.
+            gone_id, gone_ip = before.container_id, before.address
+            for key in [k for k in self._outliers if k[1] == gone_id or k[0] == gone_ip]:
+                del self._outliers[key]
+            for key in [k for k in self._next if k[0] == gone_ip]:
+                del self._next[key]
 
     # -- selection --------------------------------------------------------
 
@@ -67,11 +84,11 @@ class Balancer:
         self._rotation[service] = (version, replicas)
         return replicas
 
-    def is_ejected(self, replica: Replica) -> bool:
-        state = self._outliers.get(replica.container_id)
+    def is_ejected(self, replica: Replica, client: str = "") -> bool:
+        state = self._outliers.get((client, replica.container_id))
         return state is not None and state.ejected_until > self.clock()
 
-    def available(self, service: str) -> list[Replica]:
+    def available(self, service: str, client: str = "") -> list[Replica]:
         """In rotation and not ejected (or all in rotation when all are ejected)."""
         rotation = self.rotation(service)
         if not self._outliers:
@@ -80,19 +97,25 @@ class Balancer:
         live = [
             r
             for r in rotation
-            if (s := self._outliers.get(r.container_id)) is None or s.ejected_until <= now
+            if (s := self._outliers.get((client, r.container_id))) is None
+            or s.ejected_until <= now
         ]
         return live or rotation
 
-    def pick(self, service: str, exclude: Collection[str] = ()) -> Replica | None:
-        """The next replica in strict rotation; `exclude` holds container ids already tried."""
-        candidates = self.available(service)
+    def pick(
+        self, service: str, exclude: Collection[str] = (), client: str = ""
+    ) -> Replica | None:
+        """The next replica in `client`'s strict rotation; `exclude`: container ids tried."""
+        candidates = self.available(service, client)
         if exclude:
             candidates = [r for r in candidates if r.container_id not in exclude]
         if not candidates:
             return None
-        n = self._next.get(service, 0)
-        self._next[service] = n + 1
+        key = (client, service)
+        n = self._next.get(key, 0)
+        if len(self._next) >= _MAX_STATES and key not in self._next:
+            self._next.clear()  # addresses outside the registry can't grow it
+        self._next[key] = n + 1
         return candidates[n % len(candidates)]
 
     def why_unavailable(self, service: str) -> str:
@@ -114,15 +137,21 @@ class Balancer:
 
     # -- outlier detection -----------------------------------------------
 
-    def record(self, replica: Replica, failed: bool) -> bool:
-        """Record one outcome (5xx / connect failure = failed); True when it ejected."""
-        state = self._outliers.get(replica.container_id)
+    def record(self, replica: Replica, failed: bool, client: str = "") -> bool:
+        """Record one outcome (5xx / connect failure = failed) seen by `client`.
+
+        True when it ejected the replica (for that client only).
+        """
+        key = (client, replica.container_id)
+        state = self._outliers.get(key)
         if not failed:
             if state is not None:
                 state.consecutive = 0
             return False
         if state is None:
-            state = self._outliers[replica.container_id] = _Outlier()
+            if len(self._outliers) >= _MAX_STATES:
+                self._outliers.clear()
+            state = self._outliers[key] = _Outlier()
         state.consecutive += 1
         if state.consecutive < self.consecutive_errors:
             return False
@@ -132,7 +161,7 @@ class Balancer:
         others = [
             r
             for r in self.rotation(replica.service)
-            if r.container_id != replica.container_id and not self.is_ejected(r)
+            if r.container_id != replica.container_id and not self.is_ejected(r, client)
         ]
         if not others:
             return False  # never eject the last available replica
@@ -143,9 +172,15 @@ class Balancer:
         )
         return True
 
-    def ejections(self, replica: Replica) -> int:
-        state = self._outliers.get(replica.container_id)
+    def ejections(self, replica: Replica, client: str = "") -> int:
+        state = self._outliers.get((client, replica.container_id))
         return state.ejections if state else 0
+
+    def ejected_for(self, replica: Replica) -> list[str]:
+        """The clients that eject `replica` right now (for `ps` and the state API)."""
+        now = self.clock()
+        cid = replica.container_id
+        return sorted(c for (c, r), s in self._outliers.items() if r == cid and s.ejected_until > now)
 
     # -- in-flight tracking (graceful drain) ------------------------------
 

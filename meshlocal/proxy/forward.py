@@ -41,6 +41,9 @@ _REASONS = {
 
 _BARE_LF = re.compile(rb"\r?\n")  # upstream response heads only
 
+# The balancer key of traffic from outside the mesh (the public endpoint).
+PUBLIC_CLIENT = "public"
+
 
 @dataclass(frozen=True, slots=True)
 class Route:
@@ -122,6 +125,9 @@ class Downstream(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.client_ip = b"unknown"
+        # Whose balancer state this connection uses: one Envoy per client task,
+        # so the caller's address; the public endpoint (the ALB) has its own.
+        self.client = PUBLIC_CLIENT if label == b"public-endpoint" else ""
         self.buf = b""  # client bytes not forwarded yet
         self.state = _IDLE
         self.last_activity = time.monotonic()
@@ -164,6 +170,8 @@ class Downstream(asyncio.Protocol):
         peer = self.transport.get_extra_info("peername")
         if peer:
             self.client_ip = str(peer[0]).encode()
+            if self.client != PUBLIC_CLIENT:
+                self.client = str(peer[0])
         self.fwd.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -301,7 +309,7 @@ class Downstream(asyncio.Protocol):
         route = self.route
         assert route is not None
         fwd = self.fwd
-        replica = fwd.balancer.pick(route.service, self.tried)
+        replica = fwd.balancer.pick(route.service, self.tried, self.client)
         if replica is None:
             if self.tried:
                 reason = (
@@ -328,7 +336,7 @@ class Downstream(asyncio.Protocol):
             if self.state == _CLOSED:
                 return
             # Nothing was sent: safe to retry on another replica (Envoy: connect-failure).
-            fwd.balancer.record(replica, True)
+            fwd.balancer.record(replica, True, self.client)
             self.tried.append(replica.container_id)
             self.retries += 1
             if self.retries > self.settings.max_retries:
@@ -466,7 +474,7 @@ class Downstream(asyncio.Protocol):
         self.ubuf = b""
         self.deadline = 0.0
         m.response(resp.status, (time.monotonic() - self.started) * 1000)
-        self.fwd.balancer.record(replica, resp.status >= 500)
+        self.fwd.balancer.record(replica, resp.status >= 500, self.client)
         self.resp = resp
         if resp.status == 101 and req.upgrade is not None:
             upgrade = next(
@@ -652,7 +660,7 @@ class Downstream(asyncio.Protocol):
             self.state = _CONNECTING
             self._select()
             return
-        fwd.balancer.record(replica, True)
+        fwd.balancer.record(replica, True, self.client)
         if mid_response:
             self.abort()  # the client sees a truncated response, as from Envoy
         else:
@@ -670,7 +678,7 @@ class Downstream(asyncio.Protocol):
         if up is not None:
             up.abort()
         self.fwd.balancer.end(replica)
-        self.fwd.balancer.record(replica, True)
+        self.fwd.balancer.record(replica, True, self.client)
         if m is not None:
             m.response(504, (time.monotonic() - self.started) * 1000)
         self._fail(
