@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 from meshlocal.registry import Replica, ReplicaRegistry
 
-
 # Bound on per-client entries: clients are replica addresses, but a caller
 # outside the registry (a host, a test) must not grow the maps without limit.
 _MAX_STATES = 65536
@@ -97,14 +96,11 @@ class Balancer:
         live = [
             r
             for r in rotation
-            if (s := self._outliers.get((client, r.container_id))) is None
-            or s.ejected_until <= now
+            if (s := self._outliers.get((client, r.container_id))) is None or s.ejected_until <= now
         ]
         return live or rotation
 
-    def pick(
-        self, service: str, exclude: Collection[str] = (), client: str = ""
-    ) -> Replica | None:
+    def pick(self, service: str, exclude: Collection[str] = (), client: str = "") -> Replica | None:
         """The next replica in `client`'s strict rotation; `exclude`: container ids tried."""
         candidates = self.available(service, client)
         if exclude:
@@ -180,7 +176,9 @@ class Balancer:
         """The clients that eject `replica` right now (for `ps` and the state API)."""
         now = self.clock()
         cid = replica.container_id
-        return sorted(c for (c, r), s in self._outliers.items() if r == cid and s.ejected_until > now)
+        return sorted(
+            c for (c, r), s in self._outliers.items() if r == cid and s.ejected_until > now
+        )
 
     # -- in-flight tracking (graceful drain) ------------------------------
 
