@@ -20,7 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -462,10 +462,12 @@ class Deployment:
         wait: bool = True,
         progress: Progress = _quiet,
         force_build: bool = False,
+        replace: Sequence[str] = (),
     ) -> DataPlane:
         """Build, start the data plane, and (with `wait`) return once all replicas are ready.
 
         Idempotent: run again, it rolls changed services and keeps the rest.
+        `replace` rolls those services' replicas even when unchanged.
         """
         built = self.build(progress, force_build=force_build)
         desired = self.desired(built)
@@ -478,6 +480,9 @@ class Deployment:
         else:
             started = self.start_dataplane_process(config, log_file=self._state_file(".log"))
             plane = self._wait_dataplane(timeout, started.pid)
+        for service in replace:
+            progress(f"replacing every replica of {service}")
+            admin_call(plane.admin_url, "/v1/replace", {"service": service}, timeout)
         if wait:
             self.wait_ready(timeout)
         return plane

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -38,9 +39,11 @@ from meshlocal.proxy.app import PublicEndpoint, ServiceConnectProxy, admin_app
 from meshlocal.proxy.healthcheck import HttpHealthChecker
 from meshlocal.proxy.settings import ProxySettings
 from meshlocal.registry import ReplicaRegistry
+from meshlocal.runtime import vipnet
 from meshlocal.runtime.engine import Engine, NetworkInfo
 from meshlocal.runtime.reconcile import DesiredService, desired_from_json, desired_to_json
 from meshlocal.runtime.replicas import Reconciler
+from meshlocal.vips import allocate, vip_block
 
 log = logging.getLogger("meshlocal.agent")
 
@@ -75,6 +78,9 @@ class AgentConfig:
     pause_image: str | None = None
     # Where an applied configuration is kept, so a restarted agent resumes it.
     state_file: str | None = None
+    # Service Connect endpoint -> its address (VIP); filled in by the agent and
+    # kept in the state file, so an endpoint keeps its address across restarts.
+    vips: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def env(self) -> str:
@@ -98,6 +104,7 @@ class AgentConfig:
                 "proxy": to_jsonable(self.proxy),
                 "pause_image": self.pause_image,
                 "state_file": self.state_file,
+                "vips": dict(self.vips),
             },
             sort_keys=True,
         )
@@ -140,6 +147,7 @@ class Agent:
         self.resolver: MeshResolver | None = None
         self.health = HttpHealthChecker(self.naming, self.registry)
         self._apply_task: asyncio.Task[None] | None = None
+        self._vip_block: list[str] = []
 
     # -- lifecycle --------------------------------------------------------
 
@@ -147,6 +155,12 @@ class Agent:
         cfg = self.config
         self.network = await asyncio.to_thread(self.engine.ensure_network, cfg.project, cfg.env)
         self.address = cfg.advertise or await self._own_address(self.network)
+        self._vip_block = vip_block(
+            self.network.subnet or "", self.network.ip_range, self.network.gateway
+        )
+        cfg = self.config = await self._with_vips(cfg, cfg.vips)
+        self.naming = NamingModel(cfg.spec, cfg.vips)
+        self.health.update(self.naming)
         core = ProxyCore(self.registry, cfg.proxy)
         self.proxy = ServiceConnectProxy(self.naming, self.registry, cfg.bind, engine=core)
         self.public = PublicEndpoint(
@@ -164,6 +178,7 @@ class Agent:
             pause_image=cfg.pause_image,
             on_change=lambda msg: log.info("%s", msg),
         )
+        self.reconciler.sc_view = self.naming.endpoint_names
         # Adopt what already runs first (a restarted data plane), so the first
         # request after a restart finds the replicas instead of a 503.
         await self.reconciler.start()
@@ -176,14 +191,16 @@ class Agent:
             self.public_port = self.public.bound
         await self._start_admin(core)
         log.info(
-            "mesh %s/%s: DNS %s:%d, Service Connect ports %s, admin port %d",
+            "mesh %s/%s: DNS %s:%d, Service Connect endpoints %s, admin port %d",
             cfg.project,
             cfg.env,
             self.address,
             self.dns.port,
-            sorted(self.naming.sc_ports) or "none",
+            ", ".join(f"{e.address}={e.vip} ({e.protocol})" for e in self.naming.sc_endpoints)
+            or "none",
             self.admin_port,
         )
+        self._persist(cfg)
         self._stack.callback(self._cancel_apply)
         self._schedule_apply(cfg.desired)
 
@@ -206,14 +223,26 @@ class Agent:
         unchanged replica, stays as it is.
         """
         assert self.resolver is not None and self.proxy is not None and self.public is not None
+        config = await self._with_vips(config, self.config.vips)
         self.config = config
-        self.naming = NamingModel(config.spec)
+        self.naming = NamingModel(config.spec, config.vips)
+        if self.reconciler is not None:
+            # Replicas started from now on see the new endpoints; older ones keep theirs.
+            self.reconciler.sc_view = self.naming.endpoint_names
         self.resolver.naming = self.naming
         await self.proxy.update(self.naming)
         self.public.update(self.naming)
         self.health.update(self.naming)
         self._persist(config)
         self._schedule_apply(config.desired)
+
+    async def _with_vips(self, config: AgentConfig, previous: Mapping[str, str]) -> AgentConfig:
+        """`config` with an address for every endpoint, put on the data plane's interface."""
+        names = NamingModel(config.spec).endpoint_names
+        vips = allocate(names, self._vip_block, previous)
+        gone = [a for n, a in previous.items() if vips.get(n) != a]
+        await asyncio.to_thread(vipnet.assign, self.address, sorted(vips.values()), gone)
+        return dataclasses.replace(config, vips=vips)
 
     def _persist(self, config: AgentConfig) -> None:
         if config.state_file:
@@ -263,6 +292,7 @@ class Agent:
         app.router.add_get(f"/{API_VERSION}/state", self._state)
         app.router.add_post(f"/{API_VERSION}/scale", self._scale)
         app.router.add_post(f"/{API_VERSION}/apply", self._reconfigure)
+        app.router.add_post(f"/{API_VERSION}/replace", self._replace)
         app.router.add_get("/healthz", self._healthz)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -310,6 +340,17 @@ class Agent:
                 "connect_endpoints": [
                     e.url for e in self.naming.sc_endpoints if e.service == svc.name
                 ],
+                "connect": self._endpoint_state(svc.name),
+                "shadowed_name": self.naming.shadowed_name(svc.name),
+                # Endpoints some replica of this client can't resolve: it started
+                # before they existed (replace it to see them, as on ECS).
+                "unresolved_endpoints": sorted(
+                    {
+                        e.name
+                        for r in replicas
+                        for e in self.naming.missing_from(svc.name, r.sc_view)
+                    }
+                ),
                 "replicas": [
                     {
                         "name": r.name,
@@ -320,6 +361,8 @@ class Agent:
                         "health": r.health.value,
                         "draining": r.draining,
                         "in_rotation": r.in_rotation,
+                        "ejected_by": self.proxy.balancer.ejected_for(r) if self.proxy else [],
+                        "sc_view": None if r.sc_view is None else sorted(r.sc_view),
                     }
                     for r in replicas
                 ],
@@ -350,6 +393,18 @@ class Agent:
             "services": services,
         }
 
+    def _endpoint_state(self, service: str) -> dict[str, Any] | None:
+        ep = self.naming.endpoint_of(service)
+        if ep is None:
+            return None
+        return {
+            "name": ep.name,
+            "port": ep.port,
+            "url": ep.url,
+            "vip": ep.vip,
+            "protocol": ep.protocol.value,
+        }
+
     async def _state(self, _: web.Request) -> web.Response:
         return web.json_response(self.state())
 
@@ -370,6 +425,21 @@ class Agent:
             return web.json_response({"error": "expected {service, count}"}, status=400)
         try:
             await self.reconciler.scale(service, count)
+        except MeshlocalError as exc:
+            return web.json_response({"error": exc.render()}, status=409)
+        return web.json_response(self.state())
+
+    async def _replace(self, request: web.Request) -> web.Response:
+        """Roll every replica of a service (`up --replace`): new tasks see every endpoint."""
+        assert self.reconciler is not None
+        try:
+            body = await request.json()
+            service = str(body["service"])
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": "expected {service}"}, status=400)
+        try:
+            await self.applied.wait()
+            await self.reconciler.replace(service)
         except MeshlocalError as exc:
             return web.json_response({"error": exc.render()}, status=409)
         return web.json_response(self.state())

@@ -9,14 +9,24 @@ ECS rules encoded here (see docs/concepts.md):
 - Service Discovery (Cloud Map): `{svc}.{env}.{app}.local`, or
   `{svc}.{app}.local` in a legacy environment. Services with a port
   register; Worker Services and Request-Driven Web Services don't.
-- Service Connect: a server's endpoints are its name and its alias, each on
-  the service's target port. Only clients with connect enabled resolve them.
-  When an alias equals a Service Discovery name, Service Connect clients get
-  Service Connect and every other client gets Service Discovery.
+- Service Connect: a server has exactly one endpoint (client alias): its
+  `network.connect.alias` when set, otherwise its name, on the service's
+  target port (Copilot's templates/workloads/partials/cf/
+  service-base-properties.yml writes one `ClientAliases` entry). With an
+  alias, the service's own name is not a Service Connect name. Only clients
+  with connect enabled resolve endpoints, and each client only those that
+  existed when it started (`view`). When an alias equals a Service
+  Discovery name, Service Connect clients get Service Connect and every
+  other client gets Service Discovery.
+- Each endpoint has a protocol: `tcp` unless the port mapping's AppProtocol
+  says http, http2 or grpc (Copilot sets none; users set it through
+  taskdef_overrides), and its own address (VIP), as ECS gives every endpoint
+  its own 127.255.0.x address inside the task.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -39,6 +49,19 @@ def normalize(name: str) -> str:
     return name.rstrip(".").lower()
 
 
+class AppProtocol(StrEnum):
+    """ECS PortMapping.appProtocol; TCP is what ECS does when it is unset."""
+
+    TCP = "tcp"
+    HTTP = "http"
+    HTTP2 = "http2"
+    GRPC = "grpc"
+
+    @property
+    def per_request(self) -> bool:
+        return self is not AppProtocol.TCP
+
+
 class TargetKind(StrEnum):
     SERVICE_DISCOVERY = "service-discovery"
     SERVICE_CONNECT = "service-connect"
@@ -49,10 +72,17 @@ class ServiceConnectEndpoint:
     name: str  # normalised DNS name: "api", "frontend.local"
     port: int  # client alias port = the server's target port
     service: str
+    protocol: AppProtocol = AppProtocol.TCP
+    vip: str | None = None  # its own address on the environment network
 
     @property
     def url(self) -> str:
         return f"http://{self.name}" if self.port == 80 else f"http://{self.name}:{self.port}"
+
+    @property
+    def address(self) -> str:
+        """What a client dials: `api:80`."""
+        return f"{self.name}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -65,8 +95,17 @@ class Resolution:
     port: int | None  # SC: the endpoint port; SD: the service's port (SRV)
 
 
+# The endpoint names a client replica saw when it started; None: every current one.
+View = frozenset[str] | None
+
+
+def endpoint_name(service: Service) -> str:
+    """The one client alias: the alias when set, else the service name."""
+    return normalize(service.connect.alias or service.name)
+
+
 class NamingModel:
-    def __init__(self, spec: EnvironmentSpec) -> None:
+    def __init__(self, spec: EnvironmentSpec, vips: Mapping[str, str] | None = None) -> None:
         self.app = spec.app
         self.env = spec.env
         self.legacy = spec.environment.legacy_namespace
@@ -87,13 +126,16 @@ class NamingModel:
                 continue  # client-only: workers and backends without a port
             if s.type is ServiceType.WORKER_SERVICE:
                 continue
-            for name in dict.fromkeys([s.name, *([s.connect.alias] if s.connect.alias else [])]):
-                endpoints.append(ServiceConnectEndpoint(normalize(name), s.target_port, s.name))
+            name = endpoint_name(s)
+            protocol = AppProtocol(s.app_protocol) if s.app_protocol else AppProtocol.TCP
+            vip = (vips or {}).get(name)
+            endpoints.append(ServiceConnectEndpoint(name, s.target_port, s.name, protocol, vip))
         self.sc_endpoints: tuple[ServiceConnectEndpoint, ...] = tuple(endpoints)
 
         self._sd_by_name = {self.sd_name(n): n for n in self.registered}
         self._sc_by_name = {e.name: e for e in self.sc_endpoints}
-        self._sc_by_host_port = {(e.name, e.port): e for e in self.sc_endpoints}
+        self._sc_by_service = {e.service: e for e in self.sc_endpoints}
+        self._service_names = frozenset(normalize(n) for n in self.services)
 
     # -- Service Discovery ------------------------------------------------
 
@@ -122,26 +164,42 @@ class NamingModel:
     def sc_endpoint(self, name: str) -> ServiceConnectEndpoint | None:
         return self._sc_by_name.get(normalize(name))
 
-    def endpoint_for(self, host: str, port: int) -> ServiceConnectEndpoint | None:
-        """The endpoint a proxied request's Host header and listener port select."""
-        return self._sc_by_host_port.get((normalize(host), port))
+    def endpoint_of(self, service: str) -> ServiceConnectEndpoint | None:
+        """The Service Connect endpoint a service serves, if any."""
+        return self._sc_by_service.get(service)
+
+    @property
+    def endpoint_names(self) -> frozenset[str]:
+        return frozenset(self._sc_by_name)
+
+    def shadowed_name(self, service: str) -> str | None:
+        """A server's own name when its alias replaces it (not a Service Connect name)."""
+        ep = self._sc_by_service.get(service)
+        if ep is not None and ep.name != normalize(service):
+            return normalize(service)
+        return None
 
     # -- Both -------------------------------------------------------------
 
-    def resolve(self, client: str | None, name: str) -> Resolution | None:
+    def resolve(self, client: str | None, name: str, view: View = None) -> Resolution | None:
         """What `name` means to a replica of service `client` (None: not a mesh replica).
 
-        None means the name is not visible to that client (NXDOMAIN when
-        `is_mesh_name` is true, forward upstream otherwise).
+        `view` holds the endpoint names the client replica saw when it started
+        (ECS: a task resolves only endpoints that existed at its start); None
+        means every current one. None as the result means the name is not
+        visible to that client (NXDOMAIN when `is_mesh_name` is true, forward
+        upstream otherwise).
         """
         key = normalize(name)
-        if self.is_sc_client(client):
+        if self.is_sc_client(client) and (view is None or key in view):
             ep = self._sc_by_name.get(key)
             if ep is not None:
                 return Resolution(key, TargetKind.SERVICE_CONNECT, ep.service, ep.port)
         svc = self._sd_by_name.get(key)
         if svc is not None:
-            return Resolution(key, TargetKind.SERVICE_DISCOVERY, svc, self.services[svc].port)
+            # Cloud Map registers the target port (ServiceRegistries Port: TargetPort).
+            port = self.services[svc].target_port
+            return Resolution(key, TargetKind.SERVICE_DISCOVERY, svc, port)
         return None
 
     def zone_of(self, name: str) -> str | None:
@@ -155,18 +213,26 @@ class NamingModel:
         key = normalize(name)
         if key == self.namespace or key.endswith("." + self.namespace):
             return self.namespace
-        if key in self._sc_by_name:
+        if key in self._sc_by_name or key in self._service_names:
+            # A service's bare name is answered here even when it is no endpoint
+            # (an alias replaced it): NXDOMAIN, as on ECS, not a forward upstream.
             return key
         return None
 
     def is_mesh_name(self, name: str) -> bool:
         return self.zone_of(name) is not None
 
-    def visible_names(self, client: str) -> list[Resolution]:
+    def visible_names(self, client: str, view: View = None) -> list[Resolution]:
         """Every mesh name `client` resolves, for `meshlocal plan`."""
         names = {e.name for e in self.sc_endpoints} | set(self._sd_by_name)
-        out = [r for n in sorted(names) if (r := self.resolve(client, n)) is not None]
+        out = [r for n in sorted(names) if (r := self.resolve(client, n, view)) is not None]
         return out
+
+    def missing_from(self, client: str, view: View) -> list[ServiceConnectEndpoint]:
+        """Endpoints a client replica started with `view` can't resolve until replaced."""
+        if view is None or not self.is_sc_client(client):
+            return []
+        return [e for e in self.sc_endpoints if e.name not in view]
 
     # -- Containers -------------------------------------------------------
 

@@ -109,6 +109,10 @@ def _meaning(dep: Deployment, answers: list[str]) -> str:
         state = dep.state()
     except Exception:
         return "records"
+    for name, svc in state["services"].items():
+        sc = svc.get("connect")
+        if sc and answers == [sc["vip"]]:
+            return f"service connect endpoint {sc['name']}:{sc['port']} of {name}, {sc['protocol']}"
     if answers == [state.get("address")]:
         return "service-connect proxy"
     owners = {

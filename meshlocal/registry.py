@@ -28,6 +28,9 @@ class Replica:
     port: int | None  # the target port; None for client-only services
     health: Health = Health.HEALTHY
     draining: bool = False  # scale-in: out of rotation, in-flight requests finish
+    # The Service Connect endpoint names that existed when it started: an ECS
+    # task resolves only those until it is replaced. None: every current one.
+    sc_view: frozenset[str] | None = None
 
     @property
     def name(self) -> str:

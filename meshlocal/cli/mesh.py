@@ -177,6 +177,14 @@ def _deployment(ctx: Context, env: str | None) -> Iterator[Deployment]:
 )
 @click.option("--build", "force_build", is_flag=True, help="Rebuild images even if unchanged.")
 @click.option(
+    "--replace",
+    "replace_services",
+    multiple=True,
+    metavar="SERVICE",
+    help="Replace every replica of SERVICE (rolling), e.g. so a Service Connect client "
+    "sees endpoints added after it started. Repeatable.",
+)
+@click.option(
     "--timeout",
     type=float,
     default=180.0,
@@ -191,10 +199,17 @@ def up(
     dataplane: str,
     public_port: int,
     force_build: bool,
+    replace_services: tuple[str, ...],
     timeout: float,
 ) -> None:
     """Build, start and connect every service of an environment."""
     with _deployment(ctx, env) as dep:
+        unknown = sorted(set(replace_services) - {s.name for s in dep.spec.services})
+        if unknown:
+            raise click.BadParameter(
+                f"no service named {', '.join(unknown)} in this workspace",
+                param_hint="--replace",
+            )
         for skipped in dep.spec.skipped:
             _say(f"{skipped.name}: {skipped.type.value} is not emulated, skipped")
         if dataplane == "host" and not detach:
@@ -208,6 +223,7 @@ def up(
                 timeout=timeout,
                 wait=detach,
                 progress=_say,
+                replace=replace_services,
             )
         except KeyboardInterrupt:
             if detach:
@@ -219,7 +235,9 @@ def up(
             return
         err.print(f"[+] Data plane ({plane.mode}) for {dep.project}/{dep.env}", markup=False)
         if detach:
-            _print_ps(dep.state(), plane.public_url)
+            state = dep.state()
+            _print_ps(state, plane.public_url)
+            _print_unresolved(state)
             return
         _attach_until_interrupted(dep, plane.public_url, timeout)
 
@@ -381,12 +399,33 @@ def ls(as_json: bool) -> None:
 # -- ps / scale / stats ----------------------------------------------------
 
 
+def _print_unresolved(state: dict[str, Any]) -> None:
+    """Clients that started before an endpoint existed: ECS leaves them blind to it."""
+    for name, svc in sorted(state["services"].items()):
+        missing = svc.get("unresolved_endpoints") or []
+        if missing:
+            err.print(
+                f"[!] {name}: replicas started before Service Connect endpoint(s) "
+                f"{', '.join(missing)} existed and can't resolve them (as on ECS); "
+                f"`meshlocal up -d --replace {name}` replaces them",
+                markup=False,
+                style="yellow",
+            )
+
+
+def _endpoint_text(svc: dict[str, Any]) -> list[str]:
+    sc = svc.get("connect")
+    if sc:
+        return [f"{sc['url']} ({sc['protocol']}, {sc['vip']})"]
+    return [*svc["connect_endpoints"]]
+
+
 def _print_ps(state: dict[str, Any], public_url: str | None) -> None:
     table = Table(title=f"{state['app']}/{state['env']} ({state['mode']} data plane)")
     for col in ("REPLICA", "ADDRESS", "HEALTH", "ROTATION", "ENDPOINTS"):
         table.add_column(col)
     for name, svc in sorted(state["services"].items()):
-        endpoints = [*svc["connect_endpoints"]]
+        endpoints = _endpoint_text(svc)
         if svc["discovery_name"]:
             endpoints.append(f"{svc['discovery_name']}:{svc['port']}")
         if not svc["replicas"]:
@@ -396,6 +435,7 @@ def _print_ps(state: dict[str, Any], public_url: str | None) -> None:
             table.add_row(r["name"], r["address"], r["health"], rotation, ", ".join(endpoints))
     out.print(table)
     out.print(f"DNS and Service Connect proxy: {state['address']}", markup=False)
+    _print_unresolved(state)
     if public_url:
         out.print(f"Public endpoint: {public_url}", markup=False)
 

@@ -61,13 +61,14 @@ def plan_document(spec: EnvironmentSpec) -> dict[str, Any]:
     naming = NamingModel(spec)
     services: list[dict[str, Any]] = []
     for svc in spec.services:
+        # Cloud Map registers the target port (ServiceRegistries Port: TargetPort).
         sd = (
-            {"name": naming.sd_name(svc.name), "port": svc.port}
+            {"name": naming.sd_name(svc.name), "port": svc.target_port}
             if svc.name in naming.registered
             else None
         )
         endpoints = [
-            {"name": e.name, "port": e.port, "url": e.url}
+            {"name": e.name, "port": e.port, "url": e.url, "protocol": e.protocol.value}
             for e in naming.sc_endpoints
             if e.service == svc.name
         ]
@@ -86,6 +87,7 @@ def plan_document(spec: EnvironmentSpec) -> dict[str, Any]:
                     "client": naming.is_sc_client(svc.name),
                     "alias": svc.connect.alias,
                     "endpoints": endpoints,
+                    "not_a_name": naming.shadowed_name(svc.name),
                 },
                 "sidecars": [s.name for s in svc.sidecars],
                 "variables": dict(sorted(svc.variables.items())),
@@ -163,7 +165,7 @@ def plan(ctx: Context, env: str | None, as_json: bool) -> None:
         table.add_column(column)
     for svc in doc["services"]:
         sc = svc["service_connect"]
-        endpoints = "\n".join(e["url"] for e in sc["endpoints"])
+        endpoints = "\n".join(f"{e['url']} ({e['protocol']})" for e in sc["endpoints"])
         if not endpoints:
             endpoints = "client only" if sc["client"] else "-"
         sd = svc["service_discovery"]
@@ -177,6 +179,26 @@ def plan(ctx: Context, env: str | None, as_json: bool) -> None:
             endpoints,
         )
     out.print(table)
+    for svc in doc["services"]:
+        sc = svc["service_connect"]
+        if sc["not_a_name"] and sc["endpoints"]:
+            out.print(
+                f"note: service {svc['name']} has alias {sc['alias']}: "
+                f"http://{sc['not_a_name']} is not a Service Connect name; "
+                f"clients call {sc['endpoints'][0]['url']}",
+                markup=False,
+                style="yellow",
+            )
+    if any(
+        e["protocol"] == "tcp" for s in doc["services"] for e in s["service_connect"]["endpoints"]
+    ):
+        out.print(
+            "note: tcp endpoints balance per connection (ECS's default without AppProtocol): "
+            "a keep-alive client stays on one replica. Set AppProtocol (taskdef_overrides) or "
+            "copilot/.meshlocal.yml services.NAME.app_protocol for per-request balancing.",
+            markup=False,
+            style="dim",
+        )
     clients = Table(title="What each client resolves", title_justify="left")
     for column in ("Client", "Name", "Kind", "Target service", "Port"):
         clients.add_column(column)

@@ -270,6 +270,8 @@ class _Entry:
 
 
 _FORWARD = _Entry(forward=True)
+# Who asks, as far as answers differ: (client service, endpoint view) or None.
+ClientClass = tuple[str, frozenset[str] | None] | None
 _MISSING = object()
 
 
@@ -296,8 +298,8 @@ class MeshResolver:
         self._rng = rng or random.Random()
         self._random: Callable[[], float] = self._rng.random
         self._version = -1
-        self._cache: dict[tuple[bytes, int, str | None], _Entry] = {}
-        self._clients: dict[str, str | None] = {}
+        self._cache: dict[tuple[bytes, int, ClientClass], _Entry] = {}
+        self._clients: dict[str, ClientClass] = {}
         self._packets: dict[tuple[bytes, str], bytes | tuple[_Entry, int, bool, int]] = {}
         self.bad_packets = RateLimitedLog(log)
 
@@ -318,11 +320,14 @@ class MeshResolver:
         self._packets.clear()
         self._version = self._registry.version
 
-    def client_class(self, client_ip: str) -> str | None:
-        """The Service Connect client service behind an address, or None (any other client)."""
+    def client_class(self, client_ip: str) -> ClientClass:
+        """(Service Connect client service, the endpoints it started with), or None.
+
+        None stands for every other client: it sees Service Discovery only.
+        """
         replica = self._registry.by_address(client_ip)
         if replica is not None and self._naming.is_sc_client(replica.service):
-            return replica.service
+            return (replica.service, replica.sc_view)
         return None
 
     # -- the core -----------------------------------------------------------
@@ -511,23 +516,26 @@ class MeshResolver:
 
     # -- building answers ------------------------------------------------------
 
-    def _store(self, key: tuple[bytes, int, str | None]) -> _Entry:
+    def _store(self, key: tuple[bytes, int, ClientClass]) -> _Entry:
         if len(self._cache) >= CACHE_MAX:
             self._cache.clear()
         entry = self._build(*key)
         self._cache[key] = entry
         return entry
 
-    def _build(self, wire: bytes, qtype: int, client: str | None) -> _Entry:
+    def _build(self, wire: bytes, qtype: int, client: ClientClass) -> _Entry:
         name = wire_to_text(wire)
         if name is None:
             return _FORWARD  # unreachable for validated questions; never guess
         naming = self._naming
-        res = naming.resolve(client, name)
+        service, view = client if client is not None else (None, None)
+        res = naming.resolve(service, name, view)
         zone = naming.zone_of(name)
         if res is not None and res.kind is TargetKind.SERVICE_CONNECT:
             if qtype in (T_A, T_ANY):
-                return _Entry(answers=[_rr(_PTR_QNAME, T_A, TTL, self._proxy_rdata)])
+                ep = naming.sc_endpoint(name)
+                vip = _ipv4(ep.vip) if ep is not None and ep.vip else None
+                return _Entry(answers=[_rr(_PTR_QNAME, T_A, TTL, vip or self._proxy_rdata)])
             return self._nodata(zone or name)
         if res is not None:
             return self._discovery(res.service, qtype, zone or name)
@@ -565,7 +573,7 @@ class MeshResolver:
             return _Entry(pool=pool) if pool else self._nodata(zone)
         if qtype == T_SRV:
             sd_name = self._naming.sd_name(service)
-            default_port = self._naming.services[service].port
+            default_port = self._naming.services[service].target_port
             srvs: list[bytes] = []
             extra: list[bytes] = []
             for r in chosen:

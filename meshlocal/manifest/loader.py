@@ -30,6 +30,7 @@ from meshlocal.errors import (
     ManifestError,
     SecretNotFound,
 )
+from meshlocal.manifest import appprotocol
 from meshlocal.manifest.diagnostics import Diagnostics
 from meshlocal.manifest.envfile import parse_env_file, read_dotenv
 from meshlocal.manifest.interpolate import interpolate, predefined
@@ -60,7 +61,6 @@ NOT_EMULATED_TOP = (
     "publish",
     "deployment",
     "observability",
-    "taskdef_overrides",
     "exec",
     "tags",
     "subscribe",
@@ -96,6 +96,8 @@ _ECS = frozenset(
         ServiceType.WORKER_SERVICE,
     }
 )
+# Services Copilot renders with a Service Connect server port mapping.
+_SC_SERVERS = frozenset({ServiceType.LOAD_BALANCED_WEB_SERVICE, ServiceType.BACKEND_SERVICE})
 _TOP_FIELDS: dict[ServiceType, frozenset[str]] = {
     t: frozenset(
         {
@@ -111,6 +113,7 @@ _TOP_FIELDS: dict[ServiceType, frozenset[str]] = {
             "secrets",
             "env_file",
             "environments",
+            "taskdef_overrides",
             *NOT_EMULATED_TOP,
         }
         | ({"http"} if t is not ServiceType.WORKER_SERVICE else set())
@@ -546,6 +549,10 @@ class ServiceLoader:
             not_emulated += [f"network.{k}" for k in NOT_EMULATED_NETWORK if k in network]
             connect = self.connect(network.get("connect"))
 
+        app_protocol = self.app_protocol(
+            m, name, svc_type, port, target_port, target_container, sidecars, not_emulated
+        )
+
         variables = self.variables(m.get("variables"), "variables")
         secrets = self.resolve_secrets(m.get("secrets"), "secrets")
         env_file = self.env_file(m.get("env_file"))
@@ -569,6 +576,7 @@ class ServiceLoader:
             command=f.command(m.get("command"), "command"),
             entrypoint=f.command(m.get("entrypoint"), "entrypoint"),
             connect=connect,
+            app_protocol=app_protocol,
             sidecars=tuple(sidecars),
             depends_on=depends_on,
             not_emulated=tuple(dict.fromkeys(not_emulated)),
@@ -576,6 +584,40 @@ class ServiceLoader:
         )
 
     # -- fields -----------------------------------------------------------
+
+    def app_protocol(
+        self,
+        m: Map,
+        name: str,
+        svc_type: ServiceType,
+        port: int | None,
+        target_port: int | None,
+        target_container: str | None,
+        sidecars: list[Sidecar],
+        not_emulated: list[str],
+    ) -> str | None:
+        """AppProtocol of the Service Connect port: .meshlocal.yml, else taskdef_overrides."""
+        target = None
+        if target_port is not None and svc_type in _SC_SERVERS:
+            observability = m.get("observability")
+            tracing = observability.get("tracing") if isinstance(observability, Map) else None
+            target = appprotocol.target_index(
+                main=name,
+                target_container=target_container,
+                target_port=target_port,
+                main_ports={port} if port is not None else set(),
+                sidecar_ports={sc.name: {sc.port} if sc.port else set() for sc in sidecars},
+                logging=(lg := m.get("logging")) is not None and not is_null(lg),
+                xray=isinstance(tracing, Scalar) and tracing.text == "awsxray",
+            )
+        overrides = m.get("taskdef_overrides")
+        if isinstance(overrides, Seq) and not appprotocol.only_app_protocol(overrides):
+            not_emulated.append("taskdef_overrides")
+        found = appprotocol.read_overrides(overrides, "taskdef_overrides", target, self.diag)
+        local = self.ws.app_protocols.get(name)
+        if local is not None:
+            return local
+        return found[0] if found else None
 
     def _path(self, text: str) -> Path:
         return (self.ws.root / text).resolve()

@@ -110,6 +110,9 @@ class Service:
     command: tuple[str, ...] | None = None
     entrypoint: tuple[str, ...] | None = None
     connect: Connect = field(default_factory=Connect)
+    # The Service Connect port mapping's AppProtocol (http, http2, grpc) from
+    # taskdef_overrides or copilot/.meshlocal.yml; None: unset, so ECS proxies TCP.
+    app_protocol: str | None = None
     sidecars: tuple[Sidecar, ...] = ()
     depends_on: dict[str, str] = field(default_factory=dict)  # container -> condition
     # Dotted paths of fields that load fine but only matter on AWS.
@@ -157,6 +160,9 @@ class Workspace:
     app: str
     environments: dict[str, Environment]
     service_manifests: dict[str, Path]  # service name -> manifest.yml
+    # copilot/.meshlocal.yml `services: {NAME: {app_protocol: ...}}`: a local
+    # Service Connect protocol that wins over the manifest's taskdef_overrides.
+    app_protocols: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

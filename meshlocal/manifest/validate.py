@@ -152,9 +152,15 @@ def check_service(svc: Service, diag: Diagnostics) -> None:
 
 def check_environment(services: list[Service], diag: Diagnostics) -> None:
     """Rules across the services of one environment."""
+    # Servers whose endpoint is their own name (no alias replaces it).
     sc_names: dict[str, tuple[Service, Location]] = {}
     for svc in services:
-        if svc.connect.enabled and svc.target_port is not None:
+        if (
+            svc.connect.enabled
+            and svc.connect.alias is None
+            and svc.target_port is not None
+            and svc.type in (ServiceType.LOAD_BALANCED_WEB_SERVICE, ServiceType.BACKEND_SERVICE)
+        ):
             sc_names[svc.name] = (svc, svc.where("name"))
     seen: dict[str, Service] = {}
     for svc in services:

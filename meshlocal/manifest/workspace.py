@@ -8,6 +8,9 @@ services live at `copilot/<svc>/manifest.yml`; environments at
     environments:
       legacy:                  # an environment created before Copilot v1.9
         legacy_namespace: true # registers {svc}.{app}.local
+    services:
+      api:
+        app_protocol: http     # Service Connect mode without touching the manifest
 
 An environment named there needs no manifest (legacy environments predate
 environment manifests).
@@ -20,12 +23,14 @@ from pathlib import Path
 
 from meshlocal.errors import Location, ManifestError, WorkspaceNotFound
 from meshlocal.manifest.model import Environment, Workspace
-from meshlocal.manifest.yaml12 import Map, Scalar, load_file
+from meshlocal.manifest.yaml12 import Map, Node, Scalar, load_file
 
 COPILOT_DIR = "copilot"
 WORKSPACE_FILE = ".workspace"
 CONFIG_FILE = ".meshlocal.yml"
 MANIFEST = "manifest.yml"
+# Service Connect protocols .meshlocal.yml may set; "tcp" forces ECS's default.
+LOCAL_PROTOCOLS = ("tcp", "http", "http2", "grpc")
 # Directories under copilot/ that hold no service.
 NOT_SERVICES = frozenset({"environments", "pipelines"})
 
@@ -42,6 +47,7 @@ class Config:
 
     path: Path | None = None
     environments: dict[str, EnvConfig] = field(default_factory=dict)
+    app_protocols: dict[str, str] = field(default_factory=dict)
 
 
 def find_root(start: Path) -> Path:
@@ -85,13 +91,16 @@ def read_config(path: Path) -> Config:
         )
     envs: dict[str, EnvConfig] = {}
     for key in root:
-        if key != "environments":
+        if key not in ("environments", "services"):
             raise ManifestError(
-                f'unknown setting "{key}"', location=root.keys[key], hint="known: environments"
+                f'unknown setting "{key}"',
+                location=root.keys[key],
+                hint="known: environments, services",
             )
+    protocols = _read_services(root.get("services"))
     node = root.get("environments")
     if node is None or (isinstance(node, Scalar) and node.kind == "null"):
-        return Config(path)
+        return Config(path, {}, protocols)
     if not isinstance(node, Map):
         raise ManifestError(
             "environments must be a mapping of names",
@@ -123,7 +132,38 @@ def read_config(path: Path) -> Config:
                 hint="write NAME: {legacy_namespace: true}",
             )
         envs[name] = EnvConfig(legacy, node.keys[name])
-    return Config(path, envs)
+    return Config(path, envs, protocols)
+
+
+def _read_services(node: Node | None) -> dict[str, str]:
+    """`services: {NAME: {app_protocol: tcp|http|http2|grpc}}`."""
+    if node is None or (isinstance(node, Scalar) and node.kind == "null"):
+        return {}
+    hint = "write services: {NAME: {app_protocol: http}}"
+    if not isinstance(node, Map):
+        raise ManifestError("services must be a mapping of names", location=node.loc, hint=hint)
+    out: dict[str, str] = {}
+    for name, value in node.items.items():
+        if not isinstance(value, Map):
+            raise ManifestError(
+                f'service "{name}" settings must be a mapping', location=value.loc, hint=hint
+            )
+        for key, sub in value.items.items():
+            if key != "app_protocol":
+                raise ManifestError(
+                    f'unknown service setting "{key}"',
+                    location=value.keys[key],
+                    hint="known: app_protocol",
+                )
+            if not isinstance(sub, Scalar) or sub.text not in LOCAL_PROTOCOLS:
+                shown = sub.text if isinstance(sub, Scalar) else "a mapping or list"
+                raise ManifestError(
+                    f'unknown app_protocol "{shown}" for service {name}',
+                    location=sub.loc,
+                    hint=f"use one of {', '.join(LOCAL_PROTOCOLS)} (tcp: as with no AppProtocol)",
+                )
+            out[name] = sub.text
+    return out
 
 
 def find_workspace(start: Path) -> Workspace:
@@ -151,4 +191,6 @@ def find_workspace(start: Path) -> Workspace:
             continue
         if (sub / MANIFEST).is_file():
             services[sub.name] = sub / MANIFEST
-    return Workspace(root, app, dict(sorted(environments.items())), services)
+    return Workspace(
+        root, app, dict(sorted(environments.items())), services, dict(config.app_protocols)
+    )

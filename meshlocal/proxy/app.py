@@ -1,13 +1,14 @@
 """The Service Connect proxy, the public endpoint and the admin app.
 
-`ServiceConnectProxy` listens on every client alias port of the naming
-model and routes each request by its Host header to one replica of the
-service whose endpoint matches. `PublicEndpoint` plays the ALB for Load
-Balanced Web Services: one listener, rules by `http.path`. Both feed the
-same `Forwarder`, so they share the data path, the pool and the metrics.
+`ServiceConnectProxy` listens on every Service Connect endpoint's own
+address and port and sends what arrives to a replica of that endpoint's
+service, per connection (TCP), per request (HTTP/1) or per stream (HTTP/2,
+gRPC). `PublicEndpoint` plays the ALB for Load Balanced Web Services: one
+listener, rules by `http.path`. They share one `Engine`: balancer, pools
+and metrics.
 
-Only replicas in the registry are ever dialled: a Host outside the mesh
-table gets 404 and an absolute-form target gets 400, so the proxy can't be
+Only replicas in the registry are ever dialled: the destination is fixed by
+the listener, and an absolute-form target gets 400, so the proxy can't be
 turned into an open proxy or an SSRF hop.
 """
 
@@ -23,12 +24,14 @@ from aiohttp import web
 
 from meshlocal.errors import DataPlaneError, PortInUse
 from meshlocal.manifest.model import ServiceType
-from meshlocal.naming import NamingModel, normalize
+from meshlocal.naming import AppProtocol, NamingModel, ServiceConnectEndpoint
 from meshlocal.proxy.balancer import Balancer
 from meshlocal.proxy.forward import Forwarder, Route, Router
 from meshlocal.proxy.http1 import HttpError, RequestHead
+from meshlocal.proxy.http2 import H2Proxy
 from meshlocal.proxy.metrics import Metrics
 from meshlocal.proxy.settings import ProxySettings
+from meshlocal.proxy.tcp import TcpProxy
 from meshlocal.proxy.upstream import UpstreamPool
 from meshlocal.registry import Replica, ReplicaRegistry
 
@@ -44,15 +47,6 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
     loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
     return loop
-
-
-def split_host(host: bytes) -> tuple[str, int | None]:
-    """`api:8080` -> ("api", 8080); `api` -> ("api", None)."""
-    text = host.decode("latin-1").strip()
-    name, sep, port = text.rpartition(":")
-    if sep and name and ":" not in name and port.isdigit() and len(port) <= 5:
-        return name, int(port)
-    return text, None
 
 
 class Engine:
@@ -75,6 +69,8 @@ class Engine:
         )
         self.pool = UpstreamPool(settings, self.metrics)
         self.forwarder = Forwarder(self.balancer, self.pool, self.metrics, settings)
+        self.tcp = TcpProxy(self.balancer, self.metrics, settings)
+        self.h2 = H2Proxy(self.balancer, self.metrics, settings)
         self._users = 0
         self._unsubscribe: Callable[[], None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -97,12 +93,18 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         self.pool.close()
+        self.tcp.close_all()
+        self.h2.close_all()
         self.balancer.close()
 
     def _on_change(self, before: Replica | None, after: Replica | None) -> None:
         # Draining or gone: idle keep-alive connections would keep it busy.
         if before is not None and (after is None or after.draining):
             self.pool.drop_replica(before.container_id)
+        if before is not None and after is None:
+            # Gone: connections pinned to it can't be served any more.
+            self.tcp.close_replica(before.container_id)
+            self.h2.close_replica(before.container_id)
 
     async def _sweep(self) -> None:
         # Request timeouts are enforced here: precise to a tenth of their value (max 1 s).
@@ -110,14 +112,20 @@ class Engine:
         period = max(0.02, min(1.0, s.request_timeout_s / 10, s.idle_timeout_s / 4))
         while True:
             await asyncio.sleep(period)
+            now = time.monotonic()
             self.pool.sweep()
-            self.forwarder.sweep(time.monotonic())
+            self.forwarder.sweep(now)
+            self.tcp.sweep(now)
+            self.h2.sweep(now)
 
     async def wait_drained(self, container_id: str, timeout_s: float = 30.0) -> bool:
         """After `registry.set_draining`: wait for the replica's in-flight requests to end."""
         deadline = time.monotonic() + timeout_s
         while self.balancer.in_flight(container_id) > 0:
             if time.monotonic() >= deadline:
+                # Long-lived TCP and HTTP/2 connections end with the drain window.
+                self.tcp.close_replica(container_id)
+                self.h2.close_replica(container_id)
                 return False
             await asyncio.sleep(0.02)
         self.pool.drop_replica(container_id)
@@ -147,7 +155,7 @@ class _Listeners:
         self.registry = registry
         self.host = host
         self.route_label = route_label
-        self.servers: dict[int, asyncio.Server] = {}  # endpoint port -> server
+        self.servers: dict[Any, asyncio.Server] = {}  # endpoint name (or port) -> server
         self._started = False
 
     async def _bind(self) -> None:
@@ -172,8 +180,13 @@ class _Listeners:
         await self.engine.release()
 
     async def _listen(self, host: str, endpoint_port: int, port: int, router: Router) -> None:
-        loop = asyncio.get_running_loop()
         factory = self.engine.forwarder.factory(router, endpoint_port, self.route_label)
+        self.servers[endpoint_port] = await self._serve(host, port, factory)
+
+    async def _serve(
+        self, host: str, port: int, factory: Callable[[], asyncio.Protocol]
+    ) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
         except PermissionError as exc:
@@ -187,7 +200,7 @@ class _Listeners:
                 f"cannot listen on {host}:{port}: {exc.strerror}",
                 hint="stop whatever holds that port, or choose another one",
             ) from exc
-        self.servers[endpoint_port] = server
+        return server
 
     def bound_port(self, endpoint_port: int) -> int:
         """The port actually bound for an endpoint port (resolves port 0)."""
@@ -199,7 +212,7 @@ class _Listeners:
         for server in self.servers.values():
             server.close()
         for conn in list(self.engine.forwarder.connections):
-            if conn.endpoint_port in self.servers and conn.label == self.route_label:
+            if conn.label == self.route_label:
                 conn.abort()
         for server in self.servers.values():
             with contextlib.suppress(Exception):
@@ -208,6 +221,16 @@ class _Listeners:
 
 
 class ServiceConnectProxy(_Listeners):
+    """One listener per Service Connect endpoint, on the endpoint's own address.
+
+    ECS gives every endpoint its own address in the client task, so the
+    proxy knows the target from the address and port dialled, never from a
+    Host header: any protocol works, and a client that sends another Host
+    still reaches the service it dialled. The endpoint's protocol picks the
+    data path: TCP (per connection), HTTP/1 (per request), HTTP/2 or gRPC
+    (per stream). Without a VIP (tests) an endpoint listens on `host`.
+    """
+
     def __init__(
         self,
         naming: NamingModel,
@@ -219,7 +242,8 @@ class ServiceConnectProxy(_Listeners):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(naming, registry, host, settings, engine, clock, SC_ROUTE)
-        self._routes: dict[tuple[bytes, int], Route] = {}  # (Host, port) -> route; static
+        self.endpoints: dict[str, ServiceConnectEndpoint] = {}  # name -> what is bound
+        self._routers: dict[str, Router] = {}  # HTTP endpoints: name -> its fixed router
 
     @property
     def metrics(self) -> Metrics:
@@ -229,56 +253,73 @@ class ServiceConnectProxy(_Listeners):
     def balancer(self) -> Balancer:
         return self.engine.balancer
 
-    def route(self, req: RequestHead, endpoint_port: int) -> Route:
-        host = req.host
-        if host is None:
-            raise HttpError(400, "missing Host header")
-        key = (host, endpoint_port)
-        hit = self._routes.get(key)
-        if hit is not None:
-            return hit
-        route = self._route(host, endpoint_port)
-        if len(self._routes) >= 4096:  # hosts come from clients: keep the cache bounded
-            self._routes.clear()
-        self._routes[key] = route
-        return route
+    def _factory(self, ep: ServiceConnectEndpoint) -> Callable[[], asyncio.Protocol]:
+        core = self.engine
+        if ep.protocol is AppProtocol.TCP:
+            return core.tcp.factory(ep.service)
+        if ep.protocol is AppProtocol.HTTP:
+            route = Route(ep.service, SC_ROUTE)
 
-    def _route(self, host: bytes, endpoint_port: int) -> Route:
-        name, port = split_host(host)
-        ep = self.naming.endpoint_for(name, endpoint_port)
-        if ep is None or (
-            port is not None
-            and port not in (endpoint_port, self.settings.listen_port(endpoint_port))
-        ):
-            raise HttpError(404, self._not_found(name, port or endpoint_port))
-        return Route(ep.service, SC_ROUTE)
+            def router(req: RequestHead, _port: int) -> Route:
+                return route
 
-    def _not_found(self, name: str, port: int) -> str:
-        lines = [f"no Service Connect endpoint {normalize(name)}:{port} in this mesh."]
-        lines.append("Endpoints that exist:")
-        for ep in sorted(self.naming.sc_endpoints, key=lambda e: (e.name, e.port)):
-            lines.append(f"  {ep.url}  -> service {ep.service}")
-        if not self.naming.sc_endpoints:
-            lines.append("  (none: no service enables network.connect with a port)")
-        return "\n".join(lines)
+            self._routers[ep.name] = router
+            return core.forwarder.factory(router, ep.port, SC_ROUTE)
+        return core.h2.factory(ep.service, grpc=ep.protocol is AppProtocol.GRPC)
+
+    async def _open(self, ep: ServiceConnectEndpoint) -> None:
+        host = ep.vip or self.host
+        server = await self._serve(host, self.settings.listen_port(ep.port), self._factory(ep))
+        self.servers[ep.name] = server
+        self.endpoints[ep.name] = ep
+
+    def _shut(self, name: str) -> None:
+        server = self.servers.pop(name, None)
+        ep = self.endpoints.pop(name, None)
+        if server is not None:
+            server.close()
+        router = self._routers.pop(name, None)
+        if ep is not None and router is not None:
+            # A keep-alive client of a removed (or changed) HTTP endpoint must not
+            # go on reaching its old service.
+            for conn in list(self.engine.forwarder.connections):
+                if conn.router is router:
+                    conn.abort()
 
     async def _bind(self) -> None:
-        for endpoint_port in sorted(self.naming.sc_ports):
-            await self._listen(
-                self.host, endpoint_port, self.settings.listen_port(endpoint_port), self.route
-            )
+        for ep in self.naming.sc_endpoints:
+            await self._open(ep)
+
+    def bound(self, name: str) -> tuple[str, int]:
+        """(address, port) an endpoint listens on (resolves port 0)."""
+        sock = self.servers[name].sockets[0]
+        host, port = sock.getsockname()[:2]
+        return str(host), int(port)
+
+    def bound_port(self, endpoint_port: int) -> int:
+        """The port of the first endpoint on `endpoint_port` (tests with one endpoint)."""
+        for ep in self.endpoints.values():
+            if ep.port == endpoint_port:
+                return self.bound(ep.name)[1]
+        raise KeyError(endpoint_port)
 
     async def update(self, naming: NamingModel) -> None:
-        """Hot reconfiguration: routes change at once, listeners follow the endpoint ports."""
+        """Hot reconfiguration: listeners follow the endpoints (address, port, protocol)."""
         self.naming = naming
-        self._routes.clear()  # cached (Host, port) -> route answers came from the old model
         if not self._started:
             return
-        wanted = set(naming.sc_ports)
-        for port in sorted(set(self.servers) - wanted):
-            self.servers.pop(port).close()
-        for port in sorted(wanted - set(self.servers)):
-            await self._listen(self.host, port, self.settings.listen_port(port), self.route)
+        wanted = {ep.name: ep for ep in naming.sc_endpoints}
+        for name, ep in list(self.endpoints.items()):
+            if wanted.get(name) != ep:
+                self._shut(name)
+        for name, ep in wanted.items():
+            if name not in self.servers:
+                await self._open(ep)
+
+    async def _close(self) -> None:
+        for name in list(self.endpoints):
+            self._shut(name)
+        await super()._close()
 
     async def drain(self, container_id: str, timeout_s: float = 30.0) -> bool:
         """Scale-in: mark draining, wait for in-flight requests; True when they all ended."""

@@ -81,6 +81,9 @@ def dataplane_spec(
         hostname=L.hostname_for(name),
         ports=dict(publish or {}),
         binds=(f"{host_socket(engine)}:{CONTAINER_SOCKET}", *binds),
+        # Service Connect endpoint addresses go on its own interface (vipnet.py);
+        # NET_ADMIN is scoped to the container's own network namespace.
+        cap_add=("NET_ADMIN",),
     )
     blob = json.dumps(asdict(spec), sort_keys=True, default=str)
     lbl[L.CONFIG_HASH] = hashlib.sha256(blob.encode()).hexdigest()[:16]

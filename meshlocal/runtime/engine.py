@@ -24,6 +24,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.types
 import requests.exceptions
 
 from meshlocal.errors import (
@@ -36,6 +37,7 @@ from meshlocal.errors import (
 from meshlocal.manifest.model import ContainerHealthCheck
 from meshlocal.registry import Health
 from meshlocal.runtime import labels as L
+from meshlocal.vips import container_range
 
 _NS = 1_000_000_000
 
@@ -116,6 +118,7 @@ class NetworkInfo:
     id: str
     subnet: str | None
     gateway: str | None
+    ip_range: str | None = None  # where Docker allocates containers; VIPs live outside it
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,7 @@ class ContainerSpec:
     working_dir: str | None = None
     stop_signal: str | None = None
     init: bool = False
+    cap_add: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -445,7 +449,12 @@ class Engine:
     def ensure_network(
         self, project: str, env: str, workspace: os.PathLike[str] | None = None
     ) -> NetworkInfo:
-        """The environment's own labelled bridge network, created on first use."""
+        """The environment's own labelled bridge network, created on first use.
+
+        It is created with an `ip_range` holding containers to the lower half
+        of its subnet, so the top of the subnet is free for Service Connect
+        endpoint addresses (vips.py).
+        """
         name = L.network_name(project, env)
         with engine_errors(f"creating network {name}"):
             found = self.api.networks(names=[name])
@@ -459,14 +468,53 @@ class Engine:
                     )
             else:
                 root = None if workspace is None else Path(os.fspath(workspace))
-                lbl = L.base_labels(project, env, L.Role.NETWORK, root)
-                created = self.api.create_network(
-                    name, driver="bridge", labels=lbl, check_duplicate=True
-                )
-                net = self.api.inspect_network(created["Id"])
+                net = self._create_network(name, L.base_labels(project, env, L.Role.NETWORK, root))
         config = ((net.get("IPAM") or {}).get("Config") or [{}])[0]
         return NetworkInfo(
-            name=name, id=str(net["Id"]), subnet=config.get("Subnet"), gateway=config.get("Gateway")
+            name=name,
+            id=str(net["Id"]),
+            subnet=config.get("Subnet"),
+            gateway=config.get("Gateway"),
+            ip_range=config.get("IPRange") or None,
+        )
+
+    def _create_network(self, name: str, labels: Mapping[str, str]) -> dict[str, Any]:
+        # Docker picks a free subnet only when none is given, and an ip_range
+        # needs one: let it pick, then recreate the network on that subnet with
+        # the range. Another engine user can take the subnet in between; then
+        # the create fails with an overlap and the whole thing is tried again.
+        last: BaseException | None = None
+        for _ in range(5):
+            probe = self.api.create_network(name, driver="bridge", labels=dict(labels))
+            try:
+                info = self.api.inspect_network(probe["Id"])
+            finally:
+                self.api.remove_network(probe["Id"])
+            config = ((info.get("IPAM") or {}).get("Config") or [{}])[0]
+            subnet, gateway = config.get("Subnet"), config.get("Gateway")
+            if not subnet:
+                raise RuntimeFailure(f"Docker gave network {name} no IPv4 subnet")
+            pool = docker.types.IPAMPool(
+                subnet=subnet, iprange=container_range(subnet), gateway=gateway
+            )
+            try:
+                created = self.api.create_network(
+                    name,
+                    driver="bridge",
+                    labels=dict(labels),
+                    ipam=docker.types.IPAMConfig(pool_configs=[pool]),
+                    check_duplicate=True,
+                )
+            except docker.errors.APIError as exc:
+                if "overlap" not in str(exc).lower():
+                    raise
+                last = exc
+                continue
+            result: dict[str, Any] = self.api.inspect_network(created["Id"])
+            return result
+        raise RuntimeFailure(
+            f"could not create network {name}: every subnet Docker offered was taken ({last})",
+            hint="retry; other tools are creating networks at the same time",
         )
 
     # -- containers -------------------------------------------------------------------
@@ -480,6 +528,7 @@ class Engine:
             port_bindings=dict(spec.ports) or None,
             binds=list(spec.binds) or None,
             init=spec.init or None,
+            cap_add=list(spec.cap_add) or None,
         )
         networking = None
         if spec.network and not spec.network_mode:

@@ -25,6 +25,9 @@ CONFIG_HASH = "meshlocal.config-hash"  # a change means: roll the service
 SIDECAR = "meshlocal.sidecar"  # the sidecar's container name in the manifest
 WORKSPACE = "meshlocal.workspace"  # the workspace root, for humans and `ps`
 PORT = "meshlocal.port"  # the replica's target port, so an adopter needs no manifest
+# The Service Connect endpoints that existed when a replica started (comma
+# separated): what it can resolve until it is replaced, as on ECS.
+SC_VIEW = "meshlocal.sc-view"
 IMAGE_KIND = "meshlocal.image"  # on images meshlocal builds: python-base, busybox, dataplane
 
 
@@ -76,6 +79,13 @@ def dataplane_name(project: str, env: str) -> str:
 def hostname_for(name: str) -> str:
     """A container's hostname: its name, cut to the 63 bytes a DNS label allows."""
     return name[:63].rstrip("-.")
+
+
+def parse_view(value: str | None) -> frozenset[str] | None:
+    """The SC_VIEW label back as a set; None when the replica carries none."""
+    if value is None:
+        return None
+    return frozenset(n for n in value.split(",") if n)
 
 
 def base_labels(

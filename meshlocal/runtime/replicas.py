@@ -127,6 +127,10 @@ class Reconciler:
         self._hash_of: dict[str, str] = {}  # container id -> config hash, for ready checks
         self._pending: dict[str, Replica] = {}  # running, not yet healthy: out of the registry
         self._closing = False
+        # The Service Connect endpoint names a replica started now would see.
+        # Stamped on each new replica (a label, outside the config hash), so an
+        # ECS-like snapshot survives data-plane restarts: None stamps nothing.
+        self.sc_view: frozenset[str] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -179,6 +183,19 @@ class Reconciler:
         observed = await self._observe(None)
         names = sorted(set(self.desired) | gone | {o.service for o in observed})
         await asyncio.gather(*(self.converge(name) for name in names))
+
+    async def replace(self, service: str) -> None:
+        """Roll every replica of `service`, changed or not (`up --replace`)."""
+        if service not in self.desired:
+            raise RuntimeFailure(
+                f"no service named {service} runs in {self.env}",
+                hint="`meshlocal ps` lists the services",
+            )
+        lock = self._locks.setdefault(service, asyncio.Lock())
+        async with lock:
+            current = [o for o in await self._observe(service) if o.alive]
+            if current:
+                await self._roll(service, current)
 
     async def scale(self, service: str, count: int) -> None:
         if service not in self.desired:
@@ -401,6 +418,7 @@ class Reconciler:
             address=address,
             port=int(port_label) if port_label and port_label.isdigit() else None,
             health=health,
+            sc_view=L.parse_view(info.labels.get(L.SC_VIEW)),
         )
         if health is Health.HEALTHY:
             self._pending.pop(info.id, None)
@@ -528,6 +546,8 @@ class Reconciler:
         lbl[L.CONFIG_HASH] = self._hashes.get(template.service) or self.config_hash(template)
         if template.port is not None:
             lbl[L.PORT] = str(template.port)
+        if self.sc_view is not None:
+            lbl[L.SC_VIEW] = ",".join(sorted(self.sc_view))
         if netns is not None:
             lbl[NETNS] = netns
         return ContainerSpec(

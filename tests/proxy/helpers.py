@@ -35,7 +35,9 @@ def service(
     alias: str | None = None,
     type: ServiceType = ServiceType.BACKEND_SERVICE,
     http_path: str | None = None,
+    app_protocol: str | None = "http",
 ) -> Service:
+    """A Service Connect server; HTTP mode unless told otherwise (these are HTTP tests)."""
     return Service(
         name=name,
         type=type,
@@ -44,12 +46,13 @@ def service(
         target_port=port,
         http_path=http_path,
         connect=Connect(enabled=True, alias=alias),
+        app_protocol=app_protocol,
     )
 
 
-def naming(*services: Service) -> NamingModel:
+def naming(*services: Service, vips: dict[str, str] | None = None) -> NamingModel:
     ws = Workspace(Path("/ws"), "shop", {}, {s.name: s.manifest_path for s in services})
-    return NamingModel(EnvironmentSpec(ws, Environment("test", None), tuple(services)))
+    return NamingModel(EnvironmentSpec(ws, Environment("test", None), tuple(services)), vips)
 
 
 @dataclass

@@ -109,14 +109,19 @@ async def test_absolute_form_target_outside_mesh_is_rejected(
     assert mesh.backends["api-1"].hits == 0
 
 
-async def test_host_outside_mesh_gets_404_and_no_connection(
+async def test_host_outside_mesh_never_picks_the_destination(
     mesh_factory: MeshFactory, canary: Canary
 ) -> None:
+    # The address dialled picks the service; Host is passed on, never followed.
     mesh = await mesh_factory(replicas=1)
     for host in (b"127.0.0.99:%d" % canary.port, b"127.0.0.99", b"169.254.169.254", b"localhost"):
-        out = await send(mesh, b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
-        assert status_of(out) == 404, host
+        out = await send(
+            mesh, b"GET / HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n"
+        )
+        assert status_of(out) == 200, host
+        assert out.endswith(b"api-1"), host
     assert canary.connections == 0
+    assert mesh.backends["api-1"].hits == 4
 
 
 @pytest.mark.parametrize(

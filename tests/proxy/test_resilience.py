@@ -14,6 +14,9 @@ from meshlocal.registry import Health
 
 from .helpers import FakeClock, MeshFactory, raw_exchange, service, split_response
 
+# The test clients connect from 127.0.0.1: balancer state is kept per client address.
+CLIENT = "127.0.0.1"
+
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
@@ -89,7 +92,7 @@ async def test_ejection_after_five_5xx_and_its_duration(
     assert good.hits > 0
     replica = mesh.registry.get("cid-api-2")
     assert replica is not None
-    assert mesh.proxy.balancer.ejections(replica) == 2
+    assert mesh.proxy.balancer.ejections(replica, CLIENT) == 2
 
 
 async def test_success_resets_the_consecutive_count(
@@ -108,7 +111,7 @@ async def test_success_resets_the_consecutive_count(
         await get(client, mesh.url())
     replica = mesh.registry.get("cid-api-1")
     assert replica is not None
-    assert not mesh.proxy.balancer.is_ejected(replica)
+    assert not mesh.proxy.balancer.is_ejected(replica, CLIENT)
 
 
 async def test_last_replica_is_never_ejected(
@@ -247,7 +250,7 @@ async def test_kill_backend_under_load_fails_only_in_flight(
     # And the dead replica stops getting traffic (connect failures retried, then ejected).
     replica = mesh.registry.get("cid-api-2")
     assert replica is not None
-    assert mesh.proxy.balancer.is_ejected(replica)
+    assert mesh.proxy.balancer.is_ejected(replica, CLIENT)
 
 
 async def test_public_endpoint_routes_by_longest_path_prefix(mesh_factory: MeshFactory) -> None:

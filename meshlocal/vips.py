@@ -1,0 +1,88 @@
+"""Service Connect endpoint addresses (VIPs): the block, and who gets which.
+
+Pure. ECS gives every Service Connect endpoint its own address inside the
+client task (127.255.0.0/16), so Envoy knows the target from the address a
+client dialled. meshlocal does the same on the environment's network: the
+network is created with an `ip_range` that keeps Docker's allocator in the
+lower half of the subnet, and endpoints get addresses from the top /24,
+which no container can ever be given.
+
+An endpoint keeps its address for as long as the mesh lives (across `up`,
+data-plane restarts and adoption): allocation takes the previous map and
+only gives free addresses to new names.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+
+from meshlocal.errors import DataPlaneError
+
+# The largest subnet prefix that still leaves a half for containers and a /24 for VIPs.
+MAX_PREFIX = 23
+
+
+def container_range(subnet: str) -> str:
+    """The `ip_range` containers are allocated from: the subnet's lower half."""
+    net = ipaddress.ip_network(subnet, strict=False)
+    if net.version != 4 or net.prefixlen > MAX_PREFIX:
+        raise DataPlaneError(
+            f"the network subnet {subnet} is too small to reserve Service Connect addresses",
+            hint=f"meshlocal needs an IPv4 subnet of /{MAX_PREFIX} or larger; check Docker's "
+            "default-address-pools in /etc/docker/daemon.json",
+        )
+    return str(next(net.subnets(prefixlen_diff=1)))
+
+
+def vip_block(subnet: str, ip_range: str | None, gateway: str | None = None) -> list[str]:
+    """Addresses endpoints may use: the subnet's last /24, outside `ip_range`.
+
+    Raises DataPlaneError when the network leaves no such block (a network
+    created without an `ip_range`, by an older meshlocal or by hand).
+    """
+    net = ipaddress.IPv4Network(subnet, strict=False)
+    if ip_range is None:
+        raise DataPlaneError(
+            f"the network's subnet {subnet} has no range reserved for Service Connect addresses",
+            hint="it was created by an older meshlocal: run `meshlocal down`, then `meshlocal up`",
+        )
+    pool = ipaddress.IPv4Network(ip_range, strict=False)
+    if net.prefixlen > MAX_PREFIX:
+        container_range(subnet)  # raises with the reason
+    top = list(net.subnets(new_prefix=24))[-1]
+    taken = {gateway} if gateway else set()
+    block = [
+        str(a)
+        for a in top.hosts()
+        if a not in pool and str(a) not in taken and a != net.broadcast_address
+    ]
+    if not block:
+        raise DataPlaneError(
+            f"no address outside the container range {ip_range} is left in {subnet}",
+            hint="run `meshlocal down`, then `meshlocal up`, to recreate the network",
+        )
+    return block
+
+
+def allocate(
+    names: Iterable[str], block: list[str], previous: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """name -> address: previous addresses kept, new names get the lowest free ones."""
+    wanted = sorted(set(names))
+    allowed = set(block)
+    out = {n: a for n, a in (previous or {}).items() if n in wanted and a in allowed}
+    used = set(out.values())
+    free = (a for a in block if a not in used)
+    for name in wanted:
+        if name in out:
+            continue
+        address = next(free, None)
+        if address is None:
+            raise DataPlaneError(
+                f"no Service Connect address left for endpoint {name} "
+                f"({len(block)} endpoints at most)",
+                hint="fewer services with network.connect, or a larger network subnet",
+            )
+        out[name] = address
+    return out
