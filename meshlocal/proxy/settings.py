@@ -18,6 +18,10 @@ class ProxySettings:
     max_header_bytes: int = 32768  # larger request heads get 431
     max_idle_per_replica: int = 256  # pooled keep-alive connections per replica
     read_chunk: int = 65536
+    # TCP mode (no AppProtocol): ECS's idleTimeout default for TCP is 1 hour.
+    tcp_idle_timeout_s: float = 3600.0  # 0 disables it, as in ECS
+    # Envoy tcp_proxy max_connect_attempts; ECS sets none for TCP (see proxy/tcp.py).
+    tcp_connect_attempts: int = 1
     # Identical message heads (same bytes) are parsed once: up to this many
     # of each kind are remembered (0: parse every head).
     head_cache: int = 256
