@@ -9,7 +9,11 @@ in a one-proxy emulator is the connection from the proxy to a replica):
 - TargetResponseTime: ms from sending the request to the response head;
 - ActiveConnectionCount / NewConnectionCount: proxy -> replica connections
   open now / opened in total;
-- ProcessedBytes: request and response bytes (heads and bodies) both ways.
+- ProcessedBytes: request and response bytes (heads and bodies) both ways;
+- GrpcRequestCount: gRPC requests answered (also in RequestCount), ECS's name;
+- GrpcStatusCount: those by grpc-status (a `code` label), a meshlocal
+  extension: ECS publishes no per-status gRPC metric, and gRPC errors
+  travel in trailers of HTTP 200 responses, invisible to the 2XX..5XX counts.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ METRIC_NAMES: tuple[str, ...] = (
     "ActiveConnectionCount",
     "NewConnectionCount",
     "ProcessedBytes",
+    "GrpcRequestCount",
+    "GrpcStatusCount",
 )
 
 
@@ -38,6 +44,8 @@ class ServiceMetrics:
         "active_connections",
         "buckets",
         "codes",
+        "grpc_codes",
+        "grpc_requests",
         "new_connections",
         "processed_bytes",
         "requests",
@@ -52,6 +60,8 @@ class ServiceMetrics:
         self.active_connections = 0
         self.new_connections = 0
         self.processed_bytes = 0
+        self.grpc_requests = 0
+        self.grpc_codes: dict[int, int] = {}  # grpc-status -> responses
 
     def response(self, status: int, elapsed_ms: float) -> None:
         self.requests += 1
@@ -60,6 +70,9 @@ class ServiceMetrics:
             self.codes[cls] += 1
         self.response_time_ms_sum += elapsed_ms
         self.buckets[bisect_left(BUCKETS_MS, elapsed_ms)] += 1
+
+    def grpc_status(self, code: int) -> None:
+        self.grpc_codes[code] = self.grpc_codes.get(code, 0) + 1
 
 
 class Metrics:
@@ -89,6 +102,8 @@ class Metrics:
                 "ActiveConnectionCount": m.active_connections,
                 "NewConnectionCount": m.new_connections,
                 "ProcessedBytes": m.processed_bytes,
+                "GrpcRequestCount": m.grpc_requests,
+                "GrpcStatusCount": {str(c): n for c, n in sorted(m.grpc_codes.items())},
             }
         return out
 
@@ -149,6 +164,13 @@ def render_prometheus(metrics: Metrics) -> str:
         "Request and response bytes proxied, both directions.",
         lambda m: m.processed_bytes,
     )
+    family("GrpcRequestCount", "counter", "gRPC requests answered.", lambda m: m.grpc_requests)
+    lines.append("# HELP GrpcStatusCount gRPC responses by grpc-status code.")
+    lines.append("# TYPE GrpcStatusCount counter")
+    for svc in names:
+        label = _label(svc)
+        for code, count in sorted(metrics.services[svc].grpc_codes.items()):
+            lines.append(f'GrpcStatusCount{{service="{label}",code="{code}"}} {count}')
     return "\n".join(lines) + "\n"
 
 
@@ -168,6 +190,7 @@ def stats_table(snapshot: dict[str, dict[str, Any]]) -> Any:
         ("ActiveConnectionCount", "Active conns"),
         ("NewConnectionCount", "New conns"),
         ("ProcessedBytes", "Bytes"),
+        ("GrpcRequestCount", "gRPC"),
     )
     for _, title in columns:
         table.add_column(title, justify="right")

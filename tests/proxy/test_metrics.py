@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import aiohttp
@@ -44,12 +45,31 @@ def test_prometheus_text_format() -> None:
     assert 'TargetResponseTime_count{service="api"} 2' in text
     assert 'ProcessedBytes{service="we\\"ird"} 7' in text
     sample = re.compile(
-        r'^[A-Za-z_:][A-Za-z0-9_:]*\{service="(?:[^"\\]|\\.)*"(?:,le="[^"]+")?\} \S+$'
+        r'^[A-Za-z_:][A-Za-z0-9_:]*\{service="(?:[^"\\]|\\.)*"(?:,(?:le|code)="[^"]+")?\} \S+$'
     )
     for line in text.splitlines():
         assert line.startswith("# HELP ") or line.startswith("# TYPE ") or sample.match(line), line
     for name in METRIC_NAMES:
         assert f"# TYPE {name} " in text
+
+
+def test_grpc_counts() -> None:
+    metrics = Metrics()
+    m = metrics.service("api")
+    for code in (0, 0, 5, 14):
+        m.response(200, 1.0)
+        m.grpc_requests += 1
+        m.grpc_status(code)
+    snap = metrics.snapshot()["api"]
+    assert snap["RequestCount"] == snap["GrpcRequestCount"] == 4
+    assert snap["HTTPCode_Target_2XX_Count"] == 4  # gRPC errors travel in HTTP 200
+    assert snap["GrpcStatusCount"] == {"0": 2, "5": 1, "14": 1}
+    assert json.loads(json.dumps(snap)) == snap  # what /stats serves
+    text = render_prometheus(metrics)
+    assert 'GrpcRequestCount{service="api"} 4' in text
+    assert 'GrpcStatusCount{service="api",code="0"} 2' in text
+    assert 'GrpcStatusCount{service="api",code="14"} 1' in text
+    assert "# TYPE GrpcStatusCount counter" in text
 
 
 def test_stats_table_renders_snapshot() -> None:
