@@ -47,6 +47,10 @@ class ReplicaTemplate:
     sidecars: tuple[SidecarTemplate, ...] = ()
     depends_on: Mapping[str, str] = field(default_factory=dict)  # main container -> sidecars
     image_id: str | None = None  # content identity: a rebuilt image rolls the service
+    # The service's own Service Connect configuration ("client", or the server's
+    # endpoint and protocol): changing it redeploys the service's tasks on ECS,
+    # so it rolls the replicas here too (and they see the endpoints of now).
+    service_connect: str = ""
 
     def config_hash(self, *extra: str) -> str:
         """Changes whenever a replica would run differently: the rolling-update trigger."""
@@ -103,7 +107,15 @@ def template_for(
         sidecars=sidecars,
         depends_on=dict(service.depends_on),
         image_id=image_id,
+        service_connect=_connect_identity(naming, service),
     )
+
+
+def _connect_identity(naming: NamingModel, service: Service) -> str:
+    if not naming.is_sc_client(service.name):
+        return ""
+    ep = naming.endpoint_of(service.name)
+    return "client" if ep is None else f"server {ep.name}:{ep.port} {ep.protocol.value}"
 
 
 # -- (de)serialisation: the CLI hands desired state to the agent as JSON ---------------
@@ -160,6 +172,7 @@ def _template(raw: Mapping[str, Any]) -> ReplicaTemplate:
         ),
         depends_on=dict(raw.get("depends_on") or {}),
         image_id=raw.get("image_id"),
+        service_connect=str(raw.get("service_connect") or ""),
     )
 
 
