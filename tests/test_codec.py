@@ -36,15 +36,25 @@ def test_round_trip_keeps_every_field() -> None:
         secrets={"TOKEN": "t"},
         command=("python3", "app.py"),
         connect=Connect(True, "api.local"),
+        app_protocol="http",
         sidecars=(Sidecar("nginx", "nginx:1", None, 8080, essential=False),),
         depends_on={"nginx": "start"},
         not_emulated=("cpu", "memory"),
         locations={"count": Location(Path("/ws/copilot/api/manifest.yml"), 7, 1)},
     )
     spec = EnvironmentSpec(
-        Workspace(Path("/ws"), "kudos", {"test": Environment("test", None)}, {"api": Path("/m")}),
+        Workspace(
+            Path("/ws"),
+            "kudos",
+            {"test": Environment("test", None)},
+            {"api": Path("/m")},
+            {"api": "grpc"},
+        ),
         Environment("test", None, legacy_namespace=True),
         (api,),
         (SkippedService("site", ServiceType.STATIC_SITE, Path("/s"), "not emulated"),),
     )
-    assert load_spec(dump_spec(spec)) == spec
+    back = load_spec(dump_spec(spec))
+    assert back == spec
+    assert back.services[0].app_protocol == "http"
+    assert back.workspace.app_protocols == {"api": "grpc"}

@@ -62,3 +62,21 @@ def test_draining_leaves_rotation_and_listeners_see_before_after() -> None:
     unsubscribe()
     reg.upsert(rep("b", 2, "10.0.0.3"))
     assert seen == [(None, "api-1"), ("api-1", "api-1"), ("api-1", None)]
+
+
+def test_sc_view_survives_health_changes_and_a_new_view_is_a_change() -> None:
+    reg = ReplicaRegistry()
+    view = frozenset({"api", "frontend.local"})
+    reg.upsert(rep("a", 1, "10.0.0.2", service="web", sc_view=view))
+    reg.set_health("a", Health.UNHEALTHY)
+    reg.set_draining("a")
+    found = reg.by_address("10.0.0.2")
+    assert found is not None and found.sc_view == view
+    v = reg.version
+    reg.upsert(
+        rep("a", 1, "10.0.0.2", service="web", sc_view=view, health=Health.UNHEALTHY, draining=True)
+    )
+    assert reg.version == v  # same replica, same view: no change
+    reg.upsert(rep("b", 2, "10.0.0.3", service="web"))
+    b = reg.get("b")
+    assert b is not None and b.sc_view is None  # default: every current endpoint

@@ -33,6 +33,7 @@ PROTOCOLS = ("http", "http2", "grpc")
 _SEGMENT = re.compile(r"^([a-zA-Z0-9_-]+)(\[(\d+|-)\])?$")
 # Copilot's own patterns, unescaped dot and all (manifest/validate.go).
 _FORBIDDEN = (re.compile(r"^Family$"), re.compile(r"^ContainerDefinitions\[\d+\].Name$"))
+_RULE_HINT = "write - {path: ContainerDefinitions[0].PortMappings[0].AppProtocol, value: http}"
 _MAPPING = re.compile(r"^ContainerDefinitions\[(\d+)\]\.PortMappings\[(\d+)\](\.AppProtocol)?$")
 
 
@@ -72,13 +73,13 @@ def read_overrides(
     if node is None or (isinstance(node, Scalar) and node.kind == "null"):
         return None
     if not isinstance(node, Seq):
-        diag.error(f"{field}: expected a list of {{path, value}} rules", node.loc)
+        diag.error(f"{field}: expected a list of {{path, value}} rules", node.loc, _RULE_HINT)
         return None
     found: tuple[str, Location] | None = None
     for i, rule in enumerate(node.items):
         where = f"{field}[{i}]"
         if not isinstance(rule, Map):
-            diag.error(f"{where}: expected a map with path and value", rule.loc)
+            diag.error(f"{where}: expected a map with path and value", rule.loc, _RULE_HINT)
             continue
         path_node = rule.get("path")
         if not isinstance(path_node, Scalar) or path_node.kind == "null":
@@ -93,11 +94,14 @@ def read_overrides(
                 f'{where}.path: invalid override path segment "{bad}": segments must be of '
                 'the form "array[0]", "array[-]" or "key"',
                 path_node.loc,
+                "separate keys with dots, e.g. ContainerDefinitions[0].PortMappings[0].AppProtocol",
             )
             continue
         if any(p.match(path) for p in _FORBIDDEN):
             diag.error(
-                f'{where}.path: "{path}" cannot be overridden with a custom value', path_node.loc
+                f'{where}.path: "{path}" cannot be overridden with a custom value',
+                path_node.loc,
+                "Copilot sets it; remove this rule",
             )
             continue
         value = _protocol_value(path, rule.get("value"), where, diag)

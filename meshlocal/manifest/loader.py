@@ -607,8 +607,11 @@ class ServiceLoader:
                 target_port=target_port,
                 main_ports={port} if port is not None else set(),
                 sidecar_ports={sc.name: {sc.port} if sc.port else set() for sc in sidecars},
-                logging=(lg := m.get("logging")) is not None and not is_null(lg),
-                xray=isinstance(tracing, Scalar) and tracing.text == "awsxray",
+                # Copilot adds FireLens unless Logging.IsEmpty(), which ignores retention.
+                logging=isinstance(lg := m.get("logging"), Map)
+                and any(k != "retention" and not is_null(v) for k, v in lg.items.items()),
+                # Copilot upper-cases tracing and compares with AWSXRAY.
+                xray=isinstance(tracing, Scalar) and tracing.text.lower() == "awsxray",
             )
         overrides = m.get("taskdef_overrides")
         if isinstance(overrides, Seq) and not appprotocol.only_app_protocol(overrides):

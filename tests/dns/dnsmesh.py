@@ -70,8 +70,12 @@ def spec(services: Iterable[Service], legacy: bool = False) -> EnvironmentSpec:
 def mesh_spec() -> EnvironmentSpec:
     return spec(
         [
-            # alias equal to its own SD name: SC clients get the proxy, others SD
-            service("api", port=8080, alias=f"api.{NS}"),
+            # no alias: its Service Connect name is its own name, `api`
+            service("api", port=8080),
+            # alias equal to its own SD name (a migration from Service Discovery):
+            # SC clients get the proxy, others SD; `users` is no SC name at all
+            service("users", port=8081, alias=f"users.{NS}"),
+            # an alias replaces the name: `web.local` is its one endpoint, `web` none
             service("web", ServiceType.LOAD_BALANCED_WEB_SERVICE, port=80, alias="web.local"),
             service("legacy", port=9000, connect=False),
             service("big", port=7000),
@@ -108,6 +112,8 @@ def populated_mesh() -> Mesh:
     mesh = Mesh(NamingModel(mesh_spec()))
     for i in range(1, 4):
         mesh.add("api", i, f"10.1.0.{i}")
+    for i in range(1, 4):
+        mesh.add("users", i, f"10.6.0.{i}")
     for i in range(1, 13):
         mesh.add("big", i, f"10.2.0.{i}")
     for i in range(1, 3):

@@ -103,6 +103,8 @@ mesh_names = st.sampled_from(
         "api",
         "web",
         "web.local",
+        "users",
+        f"users.{NS}",
         f"api.{NS}",
         f"big.{NS}",
         f"empty.{NS}",

@@ -43,6 +43,8 @@ from meshlocal.registry import Health, Replica
 
 API = f"api.{NS}"
 API_IPS = {"10.1.0.1", "10.1.0.2", "10.1.0.3"}
+USERS = f"users.{NS}"  # users' alias: its own Service Discovery name
+USERS_IPS = {"10.6.0.1", "10.6.0.2", "10.6.0.3"}
 BIG = f"big.{NS}"
 BIG_IPS = {f"10.2.0.{i}" for i in range(1, 13)}
 
@@ -150,7 +152,7 @@ async def test_name_with_no_replicas_is_nxdomain(server: DnsServer) -> None:
 
 
 async def test_sc_names_answer_the_proxy_only_to_sc_clients(server: DnsServer) -> None:
-    for name in ("api", "web.local", "web"):
+    for name in ("api", "web.local"):
         ok = await ask(server.port, name, source=SC_CLIENT_IP)
         assert addresses(ok) == [PROXY], name
         for other in (NON_SC_CLIENT_IP, STRANGER_IP):
@@ -163,13 +165,26 @@ async def test_sc_names_answer_the_proxy_only_to_sc_clients(server: DnsServer) -
     assert out.status == "NXDOMAIN"
 
 
+async def test_a_name_an_alias_replaced_is_nxdomain_for_everyone(server: DnsServer) -> None:
+    # web's alias web.local is its one endpoint; `web` is no Service Connect name,
+    # not even for web's own replica (SC_CLIENT_IP), and never goes upstream.
+    for source in (SC_CLIENT_IP, NON_SC_CLIENT_IP, STRANGER_IP):
+        no = await ask(server.port, "web", source=source)
+        assert rcode(no) == "NXDOMAIN", source
+        assert no.authority and no.authority[0].rdtype == dns.rdatatype.SOA
+
+
 async def test_alias_equal_to_sd_name_depends_on_the_client(server: DnsServer) -> None:
-    sc = await ask(server.port, API, source=SC_CLIENT_IP)
+    sc = await ask(server.port, USERS, source=SC_CLIENT_IP)
     assert addresses(sc) == [PROXY]
-    non_sc = await ask(server.port, API, source=NON_SC_CLIENT_IP)
-    assert set(addresses(non_sc)) == API_IPS
+    non_sc = await ask(server.port, USERS, source=NON_SC_CLIENT_IP)
+    assert set(addresses(non_sc)) == USERS_IPS
     res = resolver_for(server.port)
-    assert [rr.address for rr in await res.resolve(API, "A", source=SC_CLIENT_IP)] == [PROXY]
+    assert [rr.address for rr in await res.resolve(USERS, "A", source=SC_CLIENT_IP)] == [PROXY]
+    # Its bare name is no endpoint (the alias replaced it) ...
+    assert rcode(await ask(server.port, "users", source=SC_CLIENT_IP)) == "NXDOMAIN"
+    # ... and a server without alias keeps Service Discovery for its SD name.
+    assert set(addresses(await ask(server.port, API, source=SC_CLIENT_IP))) == API_IPS
 
 
 async def test_worker_with_connect_is_an_sc_client(server: DnsServer, mesh: Mesh) -> None:
@@ -312,7 +327,7 @@ async def test_tcp_serves_several_queries_per_connection(server: DnsServer) -> N
         "127.0.0.1", server.port, local_addr=(SC_CLIENT_IP, 0)
     )
     try:
-        names = [API, "api", f"nope.{NS}", f"{LONG}.{NS}"]
+        names = [USERS, "api", f"nope.{NS}", f"{LONG}.{NS}"]
         for i, name in enumerate(names):  # pipelined: all sent before any read
             wire = dns.message.make_query(name, "SRV" if i == 3 else "A", id=i + 1).to_wire()
             writer.write(struct.pack("!H", len(wire)) + wire)
@@ -322,7 +337,7 @@ async def test_tcp_serves_several_queries_per_connection(server: DnsServer) -> N
             size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 3))[0]
             replies.append(dns.message.from_wire(await reader.readexactly(size)))
         assert [r.id for r in replies] == [1, 2, 3, 4]
-        assert addresses(replies[0]) == [PROXY]  # SC client: alias of api
+        assert addresses(replies[0]) == [PROXY]  # SC client: alias of users
         assert addresses(replies[1]) == [PROXY]
         assert rcode(replies[2]) == "NXDOMAIN"
         assert len(replies[3].answer[0]) == 8 and not replies[3].flags & dns.flags.TC

@@ -42,6 +42,18 @@ def test_validate_bad_workspace_in_a_real_process() -> None:
     assert "5 errors" in proc.stderr
 
 
+def test_validate_unknown_app_protocol_in_a_real_process() -> None:
+    proc = run("-C", str(BAD / "appprotocol-unknown"), "validate")
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert (
+        "copilot/api/manifest.yml:10:12: error: "
+        'taskdef_overrides[0].value: unknown AppProtocol "http3"'
+    ) in proc.stderr
+    assert "hint: ECS accepts http, http2, grpc" in proc.stderr
+    assert "1 error" in proc.stderr
+
+
 def test_plan_malformed_yaml_in_a_real_process() -> None:
     proc = run("-C", str(BAD / "malformed-yaml"), "plan")
     assert proc.returncode != 0
@@ -110,7 +122,11 @@ def test_plan_json_kudos(capsys: pytest.CaptureFixture[str]) -> None:
     api = next(s for s in doc["services"] if s["name"] == "api")
     assert api["replicas"] == 3
     assert api["service_discovery"] == {"name": "api.test.kudos.local", "port": 80}
-    assert api["service_connect"]["endpoints"] == [{"name": "api", "port": 80, "url": "http://api"}]
+    # kudos sets AppProtocol http through taskdef_overrides
+    assert api["service_connect"]["endpoints"] == [
+        {"name": "api", "port": 80, "url": "http://api", "protocol": "http"}
+    ]
+    assert api["service_connect"]["not_a_name"] is None
     front = next(c for c in doc["clients"] if c["service"] == "front-end")
     kinds = {r["name"]: r["kind"] for r in front["resolves"]}
     assert kinds["api"] == "service-connect"
@@ -148,6 +164,9 @@ def test_plan_json_keys_are_stable() -> None:
         "not_emulated",
         "manifest",
     ]
+    api = next(s for s in doc["services"] if s["name"] == "api")
+    assert list(api["service_connect"]) == ["client", "alias", "endpoints", "not_a_name"]
+    assert list(api["service_connect"]["endpoints"][0]) == ["name", "port", "url", "protocol"]
     assert list(doc["clients"][0]) == ["service", "service_connect_client", "resolves"]
 
 
@@ -193,5 +212,15 @@ def test_plan_alias_equal_to_sd_name_depends_on_the_client(
     assert by_client["meshed"]["api.test.demo.local"] == "service-connect"
     assert by_client["plain"] == {"api.test.demo.local": "service-discovery"}
     meshed = next(s for s in doc["services"] if s["name"] == "meshed")
-    assert meshed["service_connect"] == {"client": True, "alias": None, "endpoints": []}
+    assert meshed["service_connect"] == {
+        "client": True,
+        "alias": None,
+        "endpoints": [],
+        "not_a_name": None,
+    }
     assert meshed["service_discovery"] is None  # no port: does not register
+    # api's alias replaces its name: `api` is no Service Connect name for anyone
+    api = next(s for s in doc["services"] if s["name"] == "api")
+    assert [e["name"] for e in api["service_connect"]["endpoints"]] == ["api.test.demo.local"]
+    assert api["service_connect"]["not_a_name"] == "api"
+    assert "api" not in by_client["meshed"]

@@ -106,15 +106,19 @@ def test_prod_plan_naming() -> None:
     naming = NamingModel(spec)
     assert naming.registered == {"frontend", "orders"}
     assert naming.sd_name("orders") == "orders.prod.shop.local"
+    # one endpoint per server: orders' alias replaces its name
     assert {(e.name, e.port) for e in naming.sc_endpoints} == {
         ("frontend", 8080),
-        ("orders", 9000),
         ("orders.shop.internal", 9000),
     }
+    assert naming.shadowed_name("orders") == "orders"
+    assert naming.shadowed_name("frontend") is None  # prod's `connect: true` drops the alias
     # the worker is a Service Connect client only
     seen = {r.name: r.kind for r in naming.visible_names("emails")}
     assert seen["orders.shop.internal"] is TargetKind.SERVICE_CONNECT
     assert seen["orders.prod.shop.local"] is TargetKind.SERVICE_DISCOVERY
+    assert "orders" not in seen
+    assert naming.is_mesh_name("orders")  # NXDOMAIN, never forwarded upstream
 
 
 def test_validate_lists_not_emulated_fields_and_skipped_services() -> None:
