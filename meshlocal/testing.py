@@ -125,7 +125,7 @@ class Resolution:
     rcode: str
     answers: tuple[str, ...]
     client: str  # e.g. "front-end-1": the replica the query left from
-    meaning: str  # "service-connect proxy", "service discovery: api-1 api-2", ...
+    meaning: str  # "service connect endpoint api:80 of api, tcp", "service discovery: api-1 ..."
     raw: Mapping[str, Any] = field(repr=False, compare=False)
 
 

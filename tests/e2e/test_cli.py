@@ -113,8 +113,10 @@ def test_resolve_from_a_service_connect_client_and_from_a_legacy_one(up: Up) -> 
     state = ps_json(up.workspace)
     sc = ok(run_cli(up.workspace, "resolve", "api", "--from", "client", "--json"))
     sc = json.loads(sc.stdout)
-    assert (sc["rcode"], sc["answers"]) == ("NOERROR", [state["address"]])
-    assert sc["meaning"] == "service-connect proxy"
+    vip = state["services"]["api"]["connect"]["vip"]
+    assert (sc["rcode"], sc["answers"]) == ("NOERROR", [vip])
+    assert vip != state["address"]  # the endpoint's own address, not the data plane's
+    assert sc["meaning"] == "service connect endpoint api:80 of api, tcp"
     legacy = run_cli(up.workspace, "resolve", "api", "--from", "legacy")
     assert legacy.returncode == 1 and "NXDOMAIN" in legacy.stdout, legacy
 

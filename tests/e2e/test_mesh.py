@@ -124,11 +124,11 @@ def test_legacy_client_gets_nxdomain_for_api_and_every_replica_for_sd_name(mesh:
     assert answers == sorted(r["address"] for r in mesh.api_replicas())
 
 
-def test_sc_client_resolves_api_to_the_data_plane_not_a_container(mesh: Mesh) -> None:
+def test_sc_client_resolves_api_to_its_endpoint_address_not_a_container(mesh: Mesh) -> None:
     state = mesh.state()
     client = mesh.container("client")
     status, answers = nslookup(mesh.client, client, "api")
-    assert (status, answers) == ("NOERROR", [state["address"]])
+    assert (status, answers) == ("NOERROR", [state["services"]["api"]["connect"]["vip"]])
     # The SD name still lists the replicas for a Service Connect client too.
     assert nslookup(mesh.client, client, "api.test.mini.local")[1] == sorted(
         r["address"] for r in state["services"]["api"]["replicas"]

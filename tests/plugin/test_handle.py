@@ -64,8 +64,8 @@ def test_handle_end_to_end(tiny: Path, leftovers: Callable[[str], list[str]]) ->
 
         # DNS as a replica sees it.
         answer = mesh.resolve("api", from_="web")
-        assert answer.answers == (mesh.state()["address"],)
-        assert answer.meaning == "service-connect proxy"
+        assert answer.answers == (mesh.state()["services"]["api"]["connect"]["vip"],)
+        assert answer.meaning == "service connect endpoint api:80 of api, http"
         assert answer.client == "web-1"
 
         # Metrics of the two requests above.
