@@ -24,7 +24,15 @@ def test_the_examples_are_all_found() -> None:
         "custom-alias",
         "port-8080",
         "legacy-namespace",
+        "tcp-echo",
+        "grpc",
     } <= set(WORKSPACES)
+
+
+@pytest.mark.parametrize("name", WORKSPACES)
+def test_every_example_is_in_the_examples_readme(name: str) -> None:
+    readme = (EXAMPLES / "README.md").read_text()
+    assert f"| [{name}]({name}) |" in readme, f"compose-examples/README.md has no row for {name}"
 
 
 @pytest.mark.parametrize("name", WORKSPACES)
@@ -33,6 +41,32 @@ def test_example_validates(name: str, capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr()
     assert code == 0, out.out + out.err
     assert "service(s) valid" in out.out
+
+
+def endpoint_protocols(name: str, capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
+    """{service: Service Connect mode} of an example, by `meshlocal plan --json`."""
+    code = main(["-C", str(EXAMPLES / name), "plan", "--json"])
+    out = capsys.readouterr()
+    assert code == 0, out.out + out.err
+    plan = json.loads(out.out)
+    return {
+        s["name"]: e["protocol"]
+        for s in plan["services"]
+        for e in s["service_connect"]["endpoints"]
+    }
+
+
+def test_tcp_echo_is_tcp_and_grpc_is_grpc(capsys: pytest.CaptureFixture[str]) -> None:
+    # echo sets no AppProtocol (what Copilot deploys); greeter sets grpc in taskdef_overrides.
+    assert endpoint_protocols("tcp-echo", capsys) == {"echo": "tcp", "caller": "tcp"}
+    assert endpoint_protocols("grpc", capsys) == {"greeter": "grpc", "web": "tcp"}
+
+
+def test_grpc_example_vendors_nothing_into_git() -> None:
+    """vendor/ holds only .keep in the tree; vendor.sh's copies are ignored."""
+    lines = (EXAMPLES / "grpc" / ".gitignore").read_text().splitlines()
+    assert {"vendor/*", "!vendor/.keep"} <= {line.strip() for line in lines}
+    assert (EXAMPLES / "grpc" / "vendor" / ".keep").is_file()
 
 
 def front_end_sees(work: Path, capsys: pytest.CaptureFixture[str]) -> str:
