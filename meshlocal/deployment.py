@@ -50,6 +50,7 @@ from meshlocal.runtime.engine import (
     map_docker_error,
 )
 from meshlocal.runtime.reconcile import DesiredService, template_for
+from meshlocal.vips import vip_block
 
 Progress = Callable[[str], None]
 Mode = Literal["container", "host"]
@@ -250,7 +251,11 @@ class Deployment:
     # -- data plane -------------------------------------------------------
 
     def network(self) -> NetworkInfo:
-        return self.engine.ensure_network(self.project, self.env, self.workspace.root)
+        net = self.engine.ensure_network(self.project, self.env, self.workspace.root)
+        # Fail here, before a data plane starts, when the network leaves no block
+        # for Service Connect addresses (made by an older meshlocal, or too small).
+        vip_block(net.subnet or "", net.ip_range, net.gateway)
+        return net
 
     def agent_config(
         self,

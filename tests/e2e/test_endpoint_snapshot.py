@@ -75,3 +75,31 @@ def test_replace_of_an_unknown_service_is_a_clear_error(
     assert proc.returncode != 0
     assert "no service named nope" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_network_without_a_vip_block_is_a_clear_error_and_starts_nothing(
+    workspace: Path, docker_client: Any, busybox_image: str
+) -> None:
+    # A network as an older meshlocal made it: labelled, but no ip_range.
+    from meshlocal.runtime import labels as L
+
+    project = project_of(workspace)
+    name = L.network_name(project, "test")
+    labels = L.base_labels(project, "test", L.Role.NETWORK, workspace)
+    net = docker_client.networks.create(name, driver="bridge", labels=labels)
+    try:
+        proc = run_cli(workspace, "up", "-d", env=cli_env(BUSYBOX_IMAGE=busybox_image))
+        assert proc.returncode != 0
+        assert "no range reserved for Service Connect addresses" in proc.stderr, proc.stderr
+        assert "meshlocal down" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        running = docker_client.containers.list(
+            all=True, filters={"label": f"{L.PROJECT}={project}"}
+        )
+        assert running == []
+        # `down` finds the old network by its label and removes it.
+        ok(run_cli(workspace, "down", env=cli_env(BUSYBOX_IMAGE=busybox_image)))
+        assert docker_client.networks.list(names=[name]) == []
+    finally:
+        if docker_client.networks.list(names=[name]):
+            net.remove()
