@@ -7,6 +7,7 @@ replaced, and `up -d --replace SVC` replaces them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,17 @@ def test_an_endpoint_added_later_is_seen_only_by_replaced_clients(
         ["sh", "-c", "timeout 10 wget -q -O - http://srv/"]
     )
     assert code == 0 and out.decode().strip() == "srv"
+
+    # The endpoint keeps its address across a data-plane restart (adoption).
+    vip = answers[0]
+    plane = docker_client.containers.list(
+        filters={"label": [f"meshlocal.project={project}", "meshlocal.role=dataplane"]}
+    )[0]
+    plane.restart(timeout=5)
+    ok(run_cli(workspace, "up", "-d", env=env))  # waits until the mesh is ready again
+    assert nslookup(docker_client, new, "srv") == ("NOERROR", [vip])
+    ps = json.loads(ok(run_cli(workspace, "ps", "--json", env=env)).stdout)
+    assert ps["services"]["srv"]["connect"]["vip"] == vip
 
 
 def test_replace_of_an_unknown_service_is_a_clear_error(
