@@ -45,8 +45,9 @@ class Snapshot:
 class Target:
     """Where the load goes; `address` may move if the data plane gets a new one."""
 
-    address: str
-    host: str  # Host header: a Service Connect name
+    address: str  # the data plane's DNS server
+    http_address: str  # the Service Connect endpoint's VIP: the proxy routes by it
+    host: str  # Host header: the Service Connect name (passed on, never routed by)
     path: str
     dns_name: str  # a Service Discovery name (the host is no Service Connect client)
     http_port: int = 80
@@ -109,7 +110,7 @@ class Load:
     def _http_once(self) -> Sample:
         t = self.target
         start = time.monotonic()
-        conn = http.client.HTTPConnection(t.address, t.http_port, timeout=self.http_timeout)
+        conn = http.client.HTTPConnection(t.http_address, t.http_port, timeout=self.http_timeout)
         try:
             conn.request("GET", t.path, headers={"Host": t.host, "Connection": "close"})
             resp = conn.getresponse()

@@ -314,7 +314,7 @@ def _exchange(address: str, data: bytes) -> str:
 @pytest.mark.docker
 def test_proxy_smuggling_and_ssrf_corpus_against_the_live_proxy(mesh: Soak) -> None:
     state = mesh.dep.state()
-    address = state["address"]
+    address = state["services"]["api"]["connect"]["vip"]  # api's endpoint (HTTP mode)
     network = mesh.client.networks.get(f"{mesh.project}-test")
     gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
     canary = Canary(gateway)

@@ -1,9 +1,10 @@
 """Soak and faults: a steady load through the proxy and the DNS while faults hit the mesh.
 
 One busybox mesh (3 `api` replicas behind Service Connect). From the host,
-against the data plane's address on the environment's own network:
-HTTP `GET /cgi-bin/r` with `Host: api` (Service Connect, through the proxy)
-and DNS `A api.test.soak.local` (Service Discovery). Faults, one at a time:
+on the environment's own network: HTTP `GET /cgi-bin/r` to api's Service
+Connect endpoint address (its VIP; api sets AppProtocol http, so the proxy
+balances and retries per request) and DNS `A api.test.soak.local` (Service
+Discovery) at the data plane's address. Faults, one at a time:
 
 1. kill      `docker kill` of one replica (the agent replaces it)
 2. scale     `Deployment.scale` api 3 -> 1, then back to 3
@@ -54,6 +55,7 @@ def test_soak_with_faults(mesh: Soak, results_fallback: Any) -> None:
     state = soak.dep.state()
     target = Target(
         address=state["address"],
+        http_address=state["services"]["api"]["connect"]["vip"],
         host="api",
         path="/cgi-bin/r",
         dns_name="api.test.soak.local",
@@ -155,7 +157,8 @@ def test_soak_with_faults(mesh: Soak, results_fallback: Any) -> None:
             "http_rps": RPS,
             "dns_qps": QPS,
             "http_workers": HTTP_WORKERS,
-            "target": f"{target.address} (data plane on the environment's network)",
+            "target": f"{target.address} (data plane on the environment's network), "
+            f"{target.http_address} (api's Service Connect endpoint)",
             "http": f"GET {target.path} Host: {target.host} (Service Connect proxy)",
             "dns": f"A {target.dns_name} (Service Discovery)",
             "monitor_interval_seconds": monitor.interval,
