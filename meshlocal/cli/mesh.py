@@ -492,10 +492,12 @@ def stats(ctx: Context, env: str | None, as_json: bool) -> None:
 
     with _deployment(ctx, env) as dep:
         snapshot = dep.call("/stats")
-    if as_json:
-        click.echo(json.dumps(snapshot, indent=2, sort_keys=True))
-    else:
-        out.print(stats_table(snapshot))
+        if as_json:
+            click.echo(json.dumps(snapshot, indent=2, sort_keys=True))
+            return
+        services = dep.state()["services"]
+    modes = {n: s["connect"]["protocol"] for n, s in services.items() if s.get("connect")}
+    out.print(stats_table(snapshot, modes))
 
 
 # -- logs ------------------------------------------------------------------

@@ -174,12 +174,20 @@ def render_prometheus(metrics: Metrics) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stats_table(snapshot: dict[str, dict[str, Any]]) -> Any:
-    """A rich Table for `meshlocal stats`, from `Metrics.snapshot()` (or /stats JSON)."""
+def stats_table(
+    snapshot: dict[str, dict[str, Any]], modes: dict[str, str] | None = None
+) -> Any:
+    """A rich Table for `meshlocal stats`, from `Metrics.snapshot()` (or /stats JSON).
+
+    `modes` (service -> tcp/http/http2/grpc) adds a column: in tcp mode only the
+    connection and byte counts can move, as in ECS without AppProtocol.
+    """
     from rich.table import Table
 
     table = Table(title="Service Connect")
     table.add_column("Service")
+    if modes is not None:
+        table.add_column("Mode")
     columns = (
         ("RequestCount", "Requests"),
         ("HTTPCode_Target_2XX_Count", "2XX"),
@@ -195,5 +203,6 @@ def stats_table(snapshot: dict[str, dict[str, Any]]) -> Any:
     for _, title in columns:
         table.add_column(title, justify="right")
     for service, values in sorted(snapshot.items()):
-        table.add_row(service, *(str(values.get(key, "")) for key, _ in columns))
+        lead = [service] if modes is None else [service, modes.get(service, "-")]
+        table.add_row(*lead, *(str(values.get(key, "")) for key, _ in columns))
     return table

@@ -24,7 +24,16 @@ import pytest
 
 from meshlocal.deployment import Deployment
 
-from .conftest import container_of, copy_workspace, leftovers, nslookup, sh
+from .conftest import (
+    cli_env,
+    container_of,
+    copy_workspace,
+    leftovers,
+    nslookup,
+    ok,
+    run_cli,
+    sh,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -35,6 +44,7 @@ class Mesh:
     mode: str
     workspace: Path
     client: Any
+    environ: dict[str, str]
 
     def container(self, service: str, index: int = 1) -> str:
         return container_of(self.client, self.dep.project, service, index)
@@ -73,7 +83,7 @@ def mesh(
     dep = Deployment(ws, "test", environ=environ)
     try:
         dep.up(mode=mode, timeout=150)  # type: ignore[arg-type]
-        yield Mesh(dep, mode, ws, docker_client)
+        yield Mesh(dep, mode, ws, docker_client, environ)
     finally:
         dep.down()
         project = dep.project
@@ -260,3 +270,28 @@ def test_killing_the_pinned_replica_breaks_that_connection_only(mesh: Mesh) -> N
     assert got["pinned"] == pinned
     assert got["after"].startswith("broken"), got
     assert got["fresh"] != pinned, got
+
+
+def test_stats_count_connections_in_tcp_mode_and_requests_in_http_mode(mesh: Mesh) -> None:
+    mesh.py(
+        """
+        for name, port in (("frontend.local", 80), ("hapi", 8081)):
+            for _ in range(3):
+                c = http.client.HTTPConnection(name, port, timeout=10)
+                c.request("GET", "/")
+                c.getresponse().read()
+                c.close()
+        print(json.dumps("ok"))
+        """
+    )
+    stats = mesh.dep.call("/stats")
+    assert stats["front"]["NewConnectionCount"] >= 3
+    assert stats["front"]["ProcessedBytes"] > 0
+    assert stats["front"]["RequestCount"] == 0  # tcp: no HTTP metrics, as on ECS
+    assert stats["hapi"]["RequestCount"] >= 3
+    env = cli_env(
+        BUSYBOX_IMAGE=mesh.environ["BUSYBOX_IMAGE"], PYTHON_IMAGE=mesh.environ["PYTHON_IMAGE"]
+    )
+    table = ok(run_cli(mesh.workspace, "stats", env=env)).stdout
+    rows = {line.split("│")[1].strip(): line for line in table.splitlines() if "│" in line}
+    assert "tcp" in rows["front"] and "http" in rows["hapi"], table
