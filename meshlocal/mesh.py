@@ -162,12 +162,14 @@ class Agent:
         self.naming = NamingModel(cfg.spec, cfg.vips)
         self.health.update(self.naming)
         core = ProxyCore(self.registry, cfg.proxy)
-        self.proxy = ServiceConnectProxy(self.naming, self.registry, cfg.bind, engine=core)
+        self.proxy = ServiceConnectProxy(
+            self.naming, self.registry, self._host(cfg.bind), engine=core
+        )
         self.public = PublicEndpoint(
-            self.naming, self.registry, cfg.public_host, cfg.public_port, engine=core
+            self.naming, self.registry, self._host(cfg.public_host), cfg.public_port, engine=core
         )
         self.resolver = MeshResolver(self.naming, self.registry, self.address)
-        self.dns = DnsServer(self.resolver, cfg.bind, cfg.dns_port)
+        self.dns = DnsServer(self.resolver, self._host(cfg.bind), cfg.dns_port)
         self.reconciler = Reconciler(
             self.engine,
             self.registry,
@@ -203,6 +205,15 @@ class Agent:
         self._persist(cfg)
         self._stack.callback(self._cancel_apply)
         self._schedule_apply(cfg.desired)
+
+    def _host(self, configured: str) -> str:
+        """The agent's own address for a wildcard: its VIPs then answer nothing else.
+
+        Bound to 0.0.0.0, DNS, admin and public ports would also answer on
+        every endpoint address; ECS refuses a connection to an endpoint on any
+        port but its own.
+        """
+        return self.address if configured == "0.0.0.0" and self.address else configured
 
     def _cancel_apply(self) -> None:
         if self._apply_task is not None:
@@ -296,7 +307,7 @@ class Agent:
         app.router.add_get("/healthz", self._healthz)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.config.admin_host, self.config.admin_port)
+        site = web.TCPSite(runner, self._host(self.config.admin_host), self.config.admin_port)
         await site.start()
         self._stack.push_async_callback(runner.cleanup)
         server: Any = site._server

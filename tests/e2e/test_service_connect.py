@@ -215,16 +215,20 @@ def test_tcp_half_close_still_gets_the_whole_answer(mesh: Mesh) -> None:
 
 
 def test_an_endpoint_address_on_another_port_is_refused(mesh: Mesh) -> None:
+    # Any other port: a free one, and the data plane's own DNS, admin and public ports.
     got = mesh.py(
         """
-        try:
-            socket.create_connection(("frontend.local", 81), timeout=5).close()
-            print(json.dumps("connected"))
-        except ConnectionRefusedError:
-            print(json.dumps("refused"))
+        out = {}
+        for port in (81, 53, 15000, 15080, 8081):
+            try:
+                socket.create_connection(("frontend.local", port), timeout=5).close()
+                out[port] = "connected"
+            except ConnectionRefusedError:
+                out[port] = "refused"
+        print(json.dumps(out))
         """
     )
-    assert got == "refused"
+    assert got == dict.fromkeys(["81", "53", "15000", "15080", "8081"], "refused")
 
 
 def test_killing_the_pinned_replica_breaks_that_connection_only(mesh: Mesh) -> None:
