@@ -274,12 +274,38 @@ def test_vips_give_each_endpoint_its_own_address() -> None:
     assert all(e.vip is None for e in model(*services).sc_endpoints)
 
 
-@pytest.mark.parametrize("name", ["COPILOT_SERVICE_NAME", "COPILOT_ENVIRONMENT_NAME"])
-def test_env_vars_layering_keeps_copilot_vars(name: str) -> None:
-    api = svc("api", variables={"LOG": "on", name: "spoof"}, secrets={"TOKEN": "s3cret"})
-    env = model(api).env_vars("api", env_file={"LOG": "off", "FROM_FILE": "1"})
-    assert env["LOG"] == "on"  # variables beat env_file
-    assert env["FROM_FILE"] == "1"
-    assert env["TOKEN"] == "s3cret"
-    assert env[name] != "spoof"
-    assert env["COPILOT_APPLICATION_NAME"] == "kudos"
+COPILOT_VARS = {
+    "COPILOT_APPLICATION_NAME": "kudos",
+    "COPILOT_ENVIRONMENT_NAME": "test",
+    "COPILOT_SERVICE_NAME": "api",
+    "COPILOT_SERVICE_DISCOVERY_ENDPOINT": "test.kudos.local",
+}
+
+
+def test_copilot_vars_are_exact() -> None:
+    assert model(svc("api"), svc("web")).copilot_vars("api") == COPILOT_VARS
+    legacy = model(svc("api"), legacy=True, env="prod").copilot_vars("api")
+    assert legacy == {
+        **COPILOT_VARS,
+        "COPILOT_ENVIRONMENT_NAME": "prod",
+        "COPILOT_SERVICE_DISCOVERY_ENDPOINT": "kudos.local",
+    }
+
+
+def test_env_vars_layering_env_file_variables_secrets_then_copilot_vars() -> None:
+    api = svc(
+        "api",
+        variables={"LOG": "on", "SHARED": "variable", "COPILOT_SERVICE_NAME": "spoof"},
+        secrets={"TOKEN": "s3cret", "SHARED": "secret", "COPILOT_ENVIRONMENT_NAME": "spoof"},
+    )
+    env = model(api).env_vars(
+        "api",
+        env_file={"LOG": "off", "FROM_FILE": "1", "TOKEN": "file", "COPILOT_APPLICATION_NAME": "x"},
+    )
+    assert env == {
+        "LOG": "on",  # variables beat env_file
+        "FROM_FILE": "1",
+        "TOKEN": "s3cret",  # secrets beat env_file
+        "SHARED": "secret",  # secrets beat variables
+        **COPILOT_VARS,  # and nothing redefines Copilot's own
+    }
