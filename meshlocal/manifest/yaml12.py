@@ -236,6 +236,7 @@ def parse(text: str, path: Path) -> Node | None:
 
     Every YAML error becomes a ManifestError at its line and column.
     """
+    loader: Loader | None = None
     try:
         loader = Loader(text)
         try:
@@ -266,8 +267,10 @@ def parse(text: str, path: Path) -> Node | None:
     except yaml.YAMLError as exc:  # defensive: any other PyYAML failure
         raise ManifestError(f"malformed YAML: {exc}", location=Location(path)) from None
     except RecursionError:
+        # Where the parser was when the nesting ran out of stack: the line that nests.
+        where = _mark_loc(path, loader.get_mark()) if loader is not None else Location(path)
         raise ManifestError(
-            "document is nested too deeply", location=Location(path), hint="flatten the document"
+            "document is nested too deeply", location=where, hint="flatten the document"
         ) from None
     if root is None:
         return None

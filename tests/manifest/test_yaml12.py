@@ -91,6 +91,14 @@ def test_errors_are_located(text: str, where: str, message: str) -> None:
     assert info.value.message.startswith(message)
 
 
+def test_nesting_past_the_stack_is_located_at_its_line() -> None:
+    depth = 20_000  # past Python's recursion limit while PyYAML composes
+    with pytest.raises(ManifestError, match="nested too deeply") as info:
+        parse("a: 1\nb: " + "[" * depth + "]" * depth + "\n", P)
+    assert info.value.location is not None
+    assert (info.value.location.path, info.value.location.line) == (P, 2)
+
+
 def test_alias_bomb_is_refused() -> None:
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 8)]

@@ -23,6 +23,7 @@ import contextlib
 import importlib.util
 import io
 import random
+import re
 import socket
 import struct
 import subprocess
@@ -37,12 +38,13 @@ import dns.message
 import dns.query
 import dns.rdatatype
 import pytest
+import yaml
 
 from meshlocal.cli.app import main as cli_main
 
 from . import figures
 from .conftest import MESHLOCAL, Soak, seconds_from_env
-from .malformed import cases, changed_lines, materialise
+from .malformed import Case, cases, changed_lines, materialise
 
 DNS_CASES = int(seconds_from_env("MESHLOCAL_DNS_FUZZ_CASES", 2000))
 PROXY_CASES = int(seconds_from_env("MESHLOCAL_PROXY_FUZZ_CASES", 300))
@@ -365,6 +367,26 @@ def _validate_in_process(root: Path) -> tuple[int, str]:
     return code, err.getvalue()
 
 
+def _names_the_broken_file(case: Case, root: Path, err: str) -> bool:
+    """The first error is `<file the case broke>:<line>[:<col>]: error: ...`.
+
+    The file is the one the case changed (for a bad env_file, the env file
+    itself may be the one named, at its own line), and the line is a line of it.
+    """
+    first = err.splitlines()[0] if err else ""
+    files = {root / rel: data for rel, data in case.files.items()}
+    if case.kind == "bad env_file":
+        env_file = yaml.safe_load(next(iter(case.files.values())))["env_file"]
+        target = (root / env_file).resolve()
+        if target.is_file():  # not /dev/zero
+            files[target] = target.read_bytes()
+    for path, data in files.items():
+        m = re.match(re.escape(str(path)) + r":(\d+)(?::\d+)?: error: \S", first)
+        if m and 1 <= int(m.group(1)) <= data.count(b"\n") + 1:
+            return True
+    return False
+
+
 def test_malformed_manifests_get_a_clear_error_and_no_traceback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -384,9 +406,9 @@ def test_malformed_manifests_get_a_clear_error_and_no_traceback(
                 # What the loader let through: read these for validation gaps.
                 accepted.append((case.kind, changed_lines(case)))
             continue
-        located = any(m in err for m in ("manifest.yml:", ".workspace", "copilot"))
+        located = _names_the_broken_file(case, root, err)
         by_kind[case.kind]["rejected, file named" if located else "rejected, no file named"] += 1
-        if "error" not in err.lower() or not located:
+        if not located:
             unclear.append(f"{case.kind}: {err[:200]}")
     # The real executable on a few kinds of breakage: exit code and stderr as a user sees them.
     subprocess_checked = 0
