@@ -3,8 +3,15 @@
 One mesh per mode and module: `api` (3 busybox httpd replicas, health
 checked, Service Connect), `client` (Service Connect client, no port),
 `legacy` (no Service Connect) and `web` (a Load Balanced Web Service).
-Every assertion is made from inside a client container with busybox
-`wget`/`nslookup`, through Docker's embedded DNS, as an application would.
+What applications see is asserted from inside a client container with busybox
+`wget`/`nslookup`, through Docker's embedded DNS, as an application would; the
+expected addresses come from the admin state. Three checks look from the host
+instead: the public endpoint (published on the host, as an ALB is reached from
+outside); the 1 s bound for a killed replica to leave DNS, which polls the mesh
+DNS directly every 20 ms (a `docker exec` of nslookup per poll would cost a good
+part of the bound it measures) and reads rotation from the admin state, then
+confirms from inside a container; and the names attached to the network, read
+from Docker's API.
 """
 
 from __future__ import annotations
