@@ -467,17 +467,19 @@ class Deployment:
         wait: bool = True,
         progress: Progress = _quiet,
         force_build: bool = False,
-        replace: Sequence[str] = (),
+        replace_services: Sequence[str] = (),
     ) -> DataPlane:
         """Build, start the data plane, and (with `wait`) return once all replicas are ready.
 
         Idempotent: run again, it rolls changed services and keeps the rest.
-        `replace` rolls those services' replicas even when unchanged.
+        `replace_services` rolls those services' replicas even when unchanged.
         """
         built = self.build(progress, force_build=force_build)
         desired = self.desired(built)
         network = self.network()
         config = self.agent_config(desired, mode, network, public_port=public_port)
+        # Endpoints keep their addresses when the agent is restarted or replaced.
+        config = replace(config, vips=self.current_vips())
         if mode == "container":
             plane = self.start_dataplane_container(
                 config, network, public_port=public_port, progress=progress
@@ -485,12 +487,24 @@ class Deployment:
         else:
             started = self.start_dataplane_process(config, log_file=self._state_file(".log"))
             plane = self._wait_dataplane(timeout, started.pid)
-        for service in replace:
+        for service in replace_services:
             progress(f"replacing every replica of {service}")
             admin_call(plane.admin_url, "/v1/replace", {"service": service}, timeout)
         if wait:
             self.wait_ready(timeout)
         return plane
+
+    def current_vips(self) -> dict[str, str]:
+        """Endpoint -> address from the running data plane, if one answers."""
+        try:
+            services = self.state()["services"]
+        except MeshlocalError:
+            return {}
+        return {
+            s["connect"]["name"]: s["connect"]["vip"]
+            for s in services.values()
+            if s.get("connect") and s["connect"].get("vip")
+        }
 
     def _wait_dataplane(self, timeout: float, pid: int | None = None) -> DataPlane:
         deadline = time.monotonic() + timeout

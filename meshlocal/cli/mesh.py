@@ -223,7 +223,7 @@ def up(
                 timeout=timeout,
                 wait=detach,
                 progress=_say,
-                replace=replace_services,
+                replace_services=replace_services,
             )
         except KeyboardInterrupt:
             if detach:
@@ -235,9 +235,7 @@ def up(
             return
         err.print(f"[+] Data plane ({plane.mode}) for {dep.project}/{dep.env}", markup=False)
         if detach:
-            state = dep.state()
-            _print_ps(state, plane.public_url)
-            _print_unresolved(state)
+            _print_ps(dep.state(), plane.public_url)  # with the unresolved-endpoint notes
             return
         _attach_until_interrupted(dep, plane.public_url, timeout)
 

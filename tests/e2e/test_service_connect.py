@@ -299,3 +299,30 @@ def test_stats_count_connections_in_tcp_mode_and_requests_in_http_mode(mesh: Mes
     table = ok(run_cli(mesh.workspace, "stats", env=env)).stdout
     rows = {line.split("│")[1].strip(): line for line in table.splitlines() if "│" in line}
     assert "tcp" in rows["front"] and "http" in rows["hapi"], table
+
+
+def test_up_again_keeps_every_endpoint_address(mesh: Mesh) -> None:
+    # Host mode restarts the agent on `up`; container mode hands it the new
+    # configuration. Either way an endpoint keeps its address, even when a new
+    # endpoint sorts before it (allocating afresh in name order would move it).
+    # Last in the module: it renames front's alias.
+    before = {name: mesh.vip(name) for name in ("api", "hapi")}
+    manifest = mesh.workspace / "copilot" / "front" / "manifest.yml"
+    manifest.write_text(manifest.read_text().replace("frontend.local", "a-front.local"))
+    mesh.dep.close()
+    mesh.dep = Deployment(mesh.workspace, "test", environ=mesh.environ)
+    # pyclient started before a-front.local existed: replaced, it sees it.
+    mesh.dep.up(mode=mesh.mode, timeout=150, replace_services=["pyclient"])  # type: ignore[arg-type]
+    assert {name: mesh.vip(name) for name in ("api", "hapi")} == before
+    assert mesh.vip("front") not in before.values()
+    got = mesh.py(
+        """
+        out = []
+        for name in ("a-front.local", "api"):
+            c = http.client.HTTPConnection(name, 80, timeout=10)
+            c.request("GET", "/index.html")
+            out.append(c.getresponse().read().decode().split()[0])
+        print(json.dumps(out))
+        """
+    )
+    assert got == ["front", "api"]
