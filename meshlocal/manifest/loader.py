@@ -36,6 +36,7 @@ from meshlocal.manifest.envfile import parse_env_file, read_dotenv
 from meshlocal.manifest.interpolate import interpolate, predefined
 from meshlocal.manifest.merge import is_null, merge
 from meshlocal.manifest.model import (
+    DEFAULT_HEALTHCHECK_COMMAND,
     BuildSpec,
     Connect,
     ContainerHealthCheck,
@@ -662,12 +663,18 @@ class ServiceLoader:
         if hc is None:
             return None
         f.unknown(hc, _CONTAINER_HC_FIELDS, field)
+        if all(is_null(hc.get(key)) for key in _CONTAINER_HC_FIELDS):
+            return None  # Copilot: a check that sets nothing is no check (IsEmpty)
         cmd_node = hc.get("command")
         command: tuple[str, ...] | None
-        if isinstance(cmd_node, Scalar) and cmd_node.kind == "str":
+        if is_null(cmd_node):
+            command = DEFAULT_HEALTHCHECK_COMMAND  # Copilot's default, as for every field
+        elif isinstance(cmd_node, Scalar) and cmd_node.kind == "str":
             command = ("CMD-SHELL", cmd_node.text)
         else:
             command = f.str_list(cmd_node, f"{field}.command")
+            if command is None:
+                return None  # not a list of strings: reported
         if not command:
             self.diag.error(
                 f"{field}.command: a health check needs a command",

@@ -38,11 +38,19 @@ class BuildSpec:
     cache_from: tuple[str, ...] = ()
 
 
+# Copilot's default container health check: NewDefaultContainerHealthCheck in
+# internal/pkg/manifest/workload_ecs.go. convertContainerHealthCheck
+# (internal/pkg/deploy/cloudformation/stack/transformers.go) fills every field a
+# manifest leaves unset from it, the command included; a check that sets no
+# field at all is no check.
+DEFAULT_HEALTHCHECK_COMMAND = ("CMD-SHELL", "curl -f http://localhost/ || exit 1")
+
+
 @dataclass(frozen=True)
 class ContainerHealthCheck:
     """image.healthcheck, becomes the container's Docker health check."""
 
-    command: tuple[str, ...]  # e.g. ("CMD-SHELL", "curl -f http://localhost/ || exit 1")
+    command: tuple[str, ...] = DEFAULT_HEALTHCHECK_COMMAND
     interval_s: float = 10.0
     timeout_s: float = 5.0
     retries: int = 2
@@ -51,14 +59,24 @@ class ContainerHealthCheck:
 
 @dataclass(frozen=True)
 class HttpHealthCheck:
-    """http.healthcheck: the ALB target-group check, probed by the mesh itself."""
+    """http.healthcheck: the ALB target-group check, probed by the mesh itself.
+
+    Defaults as Copilot documents them (site/content/docs/include/
+    http-healthcheck.en.md): path "/" and grace period 60 s are Copilot's own
+    (DefaultHealthCheckPath, DefaultHealthCheckGracePeriod in
+    internal/pkg/manifest/lb_web_svc.go); the rest Copilot leaves unset in the
+    target group (workloads/partials/cf/alb.yml), and its reference states the
+    ALB's defaults for them: 200, 5 healthy, 2 unhealthy, every 30 s, 5 s
+    timeout. (The ELBv2 API reference now gives 6 s for an HTTP target
+    group's timeout; meshlocal follows Copilot's reference.)
+    """
 
     path: str = "/"
     port: int | None = None  # None: the target port
     success_codes: str = "200"
-    healthy_threshold: int = 2
+    healthy_threshold: int = 5
     unhealthy_threshold: int = 2
-    interval_s: float = 10.0
+    interval_s: float = 30.0
     timeout_s: float = 5.0
     grace_period_s: float = 60.0
 

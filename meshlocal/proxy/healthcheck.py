@@ -8,7 +8,7 @@ through the registry.
 
 Difference from ECS (docs/concepts.md): until a replica first passes, it is
 probed every 0.25 s rather than every `interval`, so `up` doesn't wait
-`healthy_threshold x interval` (20 s with Copilot's defaults) per replica.
+`healthy_threshold x interval` (150 s with Copilot's defaults) per replica.
 
 A replica with no health check at all joins once its port accepts a TCP
 connection (ECS would route to it as soon as it runs). Without that, the

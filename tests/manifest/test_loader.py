@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from meshlocal.errors import EnvironmentNotFound, ManifestError, WorkspaceNotFound
 from meshlocal.manifest import check, find_workspace, load_environment, read_env_file
 from meshlocal.manifest.loader import parse_duration, split_command
-from meshlocal.manifest.model import ServiceType
+from meshlocal.manifest.model import ContainerHealthCheck, HttpHealthCheck, ServiceType
 from meshlocal.naming import NamingModel
 
 from .conftest import KUDOS, MakeWorkspace
@@ -131,6 +132,70 @@ def test_container_healthcheck_durations(make_ws: MakeWorkspace) -> None:
         0.5,
         0.0,
     )
+
+
+# Copilot's defaults, from its source (aws/copilot-cli): NewDefaultContainerHealthCheck in
+# internal/pkg/manifest/workload_ecs.go, applied to every unset field, the command
+# included, by convertContainerHealthCheck in
+# internal/pkg/deploy/cloudformation/stack/transformers.go (a check that sets no
+# field is no check: ContainerHealthCheck.IsEmpty).
+COPILOT_CONTAINER_HEALTHCHECK = ContainerHealthCheck(
+    command=("CMD-SHELL", "curl -f http://localhost/ || exit 1"),
+    interval_s=10.0,
+    retries=2,
+    timeout_s=5.0,
+    start_period_s=0.0,
+)
+# http.healthcheck as Copilot's manifest reference documents it
+# (site/content/docs/include/http-healthcheck.en.md); path and grace period are
+# DefaultHealthCheckPath / DefaultHealthCheckGracePeriod in
+# internal/pkg/manifest/lb_web_svc.go, the rest are the ALB's defaults, which
+# Copilot leaves to the target group (templates/workloads/partials/cf/alb.yml).
+COPILOT_HTTP_HEALTHCHECK = HttpHealthCheck(
+    path="/",
+    port=None,
+    success_codes="200",
+    healthy_threshold=5,
+    unhealthy_threshold=2,
+    interval_s=30.0,
+    timeout_s=5.0,
+    grace_period_s=60.0,
+)
+
+
+def test_container_healthcheck_defaults_are_copilots(make_ws: MakeWorkspace) -> None:
+    assert ContainerHealthCheck() == COPILOT_CONTAINER_HEALTHCHECK
+    # Only the command set: every other field is Copilot's default.
+    svc = one(make_ws, "image:\n  location: x\n  healthcheck:\n    command: [CMD, /bin/check]\n")
+    assert svc.container_healthcheck == replace(
+        COPILOT_CONTAINER_HEALTHCHECK, command=("CMD", "/bin/check")
+    )
+    # No command: Copilot's own, curl on localhost.
+    svc = one(make_ws, "image:\n  location: x\n  healthcheck:\n    retries: 4\n")
+    assert svc.container_healthcheck == replace(COPILOT_CONTAINER_HEALTHCHECK, retries=4)
+    # Nothing set: no health check at all.
+    for empty in ("{}", "\n    command:\n    interval: null"):
+        svc = one(make_ws, f"image:\n  location: x\n  healthcheck: {empty}\n")
+        assert svc.container_healthcheck is None
+
+
+@pytest.mark.parametrize(
+    ("healthcheck", "path"),
+    [("/ping", "/ping"), ("\n    path: /ping", "/ping"), ("\n    port: null", "/")],
+)
+def test_http_healthcheck_defaults_are_copilots(
+    make_ws: MakeWorkspace, healthcheck: str, path: str
+) -> None:
+    assert HttpHealthCheck() == COPILOT_HTTP_HEALTHCHECK
+    root = make_ws(
+        {
+            "web": "name: web\ntype: Load Balanced Web Service\n"
+            + BUSYBOX
+            + f"  port: 80\nhttp:\n  path: /\n  healthcheck: {healthcheck}\n"
+        }
+    )
+    svc = load_environment(root, None, {}).service("web")
+    assert svc.http_healthcheck == replace(COPILOT_HTTP_HEALTHCHECK, path=path)
 
 
 @pytest.mark.parametrize(
