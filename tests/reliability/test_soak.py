@@ -65,6 +65,7 @@ def test_soak_with_faults(mesh: Soak, results_fallback: Any) -> None:
     phase_len = SOAK_SECONDS / 5
     phases: list[figures.Phase] = []
     notes: dict[str, Any] = {}
+    not_run: list[str] = []  # phases that could not be run here: reported, never silent
 
     def hold(seconds: float) -> None:
         time.sleep(seconds)
@@ -124,8 +125,10 @@ def test_soak_with_faults(mesh: Soak, results_fallback: Any) -> None:
             else:
                 try:
                     os.kill(int(plane.attrs["State"]["Pid"]), signal.SIGKILL)
-                except PermissionError:
-                    notes[name] = "skipped: the engine's processes are out of reach"
+                except PermissionError as exc:
+                    why = f"{name}: SIGKILL of the data plane's process refused ({exc})"
+                    notes[name] = f"not run: {why}"
+                    not_run.append(why)
                     continue
             # Recovery is automatic: no meshlocal command, only bounded waiting.
             wait_for(f"the mesh to answer again after {how}", soak.ready, RECOVERY_BOUND, 0.5)
@@ -188,6 +191,15 @@ def test_soak_with_faults(mesh: Soak, results_fallback: Any) -> None:
     assert set(by["5xx"]["http_failures_by_kind"]) <= {"500"}, by["5xx"]
     # The data plane came back by itself and adopted the replicas.
     for name in ("dataplane-restart", "dataplane-crash"):
-        if name in by:
-            assert by[name]["http_recovery_seconds"] is not None, by[name]
+        if any(why.startswith(f"{name}:") for why in not_run):
+            continue
+        assert name in by, sorted(by)
+        assert by[name]["http_recovery_seconds"] is not None, by[name]
     assert notes["replicas_replaced_by_dataplane_faults"] == 0, notes
+    if not_run:
+        # Everything that ran passed; what could not run is a visible skip, and a
+        # failure in CI, which must run every phase.
+        message = "phases not run: " + "; ".join(not_run)
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
