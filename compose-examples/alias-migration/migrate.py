@@ -11,7 +11,9 @@ to a scratch workspace and, for each step, does what you would do by hand:
 copy the step's manifests into the workspace, `meshlocal up -d` (which rolls
 only the services whose manifest changed), then let front-end call
 http://api.test.kudos.local/ and show who answered, by which route, what the
-name resolves to from front-end, and the proxy's RequestCount for api.
+name resolves to from front-end, and the proxy's NewConnectionCount for api.
+Copilot sets no AppProtocol, so api's endpoint is proxied as TCP: the proxy
+counts connections (one per call here), not requests; its RequestCount stays 0.
 
 The front-end's code and URL never change. Only the manifests do.
 """
@@ -56,7 +58,7 @@ STEPS = (
     ),
     Step(
         3,
-        "front-end turns on network.connect: the same URL now goes through the proxy",
+        "front-end turns on network.connect: the same URL now goes through Service Connect",
         "3-front-end-connect",
         "service-connect",
     ),
@@ -141,8 +143,10 @@ def wait_answering(demo: Demo, public_url: str, timeout: float = 30.0) -> None:
     raise SystemExit(f"front-end could not call api within {timeout:.0f}s: {last}")
 
 
-def request_count(stats: dict[str, Any], service: str) -> int:
-    return int(stats.get(service, {}).get("RequestCount", 0))
+def new_connections(stats: dict[str, Any], service: str) -> int:
+    """The proxy's NewConnectionCount for `service`: it counts in every mode, and
+    in TCP mode (no AppProtocol, what Copilot deploys) there is no RequestCount."""
+    return int(stats.get(service, {}).get("NewConnectionCount", 0))
 
 
 def changed_files(step: Step) -> list[Path]:
@@ -182,27 +186,28 @@ def run_step(demo: Demo, step: Step, calls: int) -> dict[str, Any]:
     )
 
     wait_answering(demo, public_url)
-    before = request_count(demo.stats(), "api")
+    before = new_connections(demo.stats(), "api")
     say(f"$ curl '{public_url}/call?n={calls}'    # front-end calls {URL} {calls} times")
     results = demo.calls(public_url, calls)
     for c in results:
         if c.get("ok"):
+            how = f"{c['route']}, {c['mode']}" if c.get("mode") else str(c["route"])
             header = c.get("proxy_replica_header")
-            header_note = f"x-meshlocal-replica: {header}" if header else "no proxy headers"
+            header_note = f"; x-meshlocal-replica: {header}" if header else ""
             say(
-                f"    {c['url']} -> answered by {c['replica']}, route: {c['route']} "
-                f"({header_note}; resolved {' '.join(c['resolved'])})"
+                f"    {c['url']} -> answered by {c['replica']}, route: {how} "
+                f"(dialled {c['dialled']}, {c['replica']} saw {c['peer']}{header_note})"
             )
         else:
             say(f"    {c['url']} -> FAILED: {c.get('status')} {c.get('error')}")
     after_stats = demo.stats()
-    after = request_count(after_stats, "api")
+    after = new_connections(after_stats, "api")
     say("$ meshlocal stats")
     say(indent(demo.run("stats", show=False).rstrip()))
     routes = sorted({str(c.get("route")) for c in results})
     say(
-        f"  => step {step.number}: route {', '.join(routes)}; the proxy's RequestCount for api "
-        f"went {before} -> {after} (+{after - before})"
+        f"  => step {step.number}: route {', '.join(routes)}; the proxy's NewConnectionCount "
+        f"for api went {before} -> {after} (+{after - before})"
     )
     return {
         "step": step.number,
@@ -210,8 +215,9 @@ def run_step(demo: Demo, step: Step, calls: int) -> dict[str, Any]:
         "expect_route": step.expect_route,
         "resolved": resolved,
         "calls": results,
-        "api_request_count_before": before,
-        "api_request_count_after": after,
+        "api_new_connections_before": before,
+        "api_new_connections_after": after,
+        "api_stats_after": after_stats.get("api", {}),
     }
 
 
@@ -258,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in failed:
             say(f"UNEXPECTED: {line}")
         return 1
-    say("Done: same URL, no code change; step 3 goes through the Service Connect proxy.")
+    say("Done: same URL, no code change; step 3 goes through Service Connect.")
     return 0
 
 

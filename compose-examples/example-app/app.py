@@ -1,18 +1,34 @@
 """A tiny mesh app: serves its own identity and calls other services.
 
-One file serves every service of the small examples (the same copy sits in
-each example's app/ directory; tests/examples checks they stay identical).
-Stdlib only, so it runs on any Python base image.
+One file serves every service of the small examples (each example's app/ is a
+link to this directory; tests/examples checks they stay one). Stdlib only, so
+it runs on any Python base image.
 
 With $PORT set it is an HTTP server:
 
-  GET /            JSON naming this replica: {"service", "replica", "port", ...}
-  GET /call?n=N    calls each URL of $TARGETS N times; for each call it reports
-                   the replica that answered and the route: "service-connect"
-                   when meshlocal's proxy answered (its x-meshlocal-route
-                   header), "direct" when the call went straight to a replica.
+  GET /            JSON naming this replica: {"service", "replica", "port",
+                   "host", "peer", "local"}: "peer" is the address the
+                   connection came from, "local" the address it arrived at.
+  GET /call?n=N    calls each URL of $TARGETS N times, one new connection per
+                   call, and reports for each call the address it dialled, the
+                   replica that answered and the route (below).
   GET /call?url=U  the same for one URL U instead of $TARGETS
   GET /healthz     200
+
+How a call is classified. Copilot sets no AppProtocol, so Service Connect
+proxies each endpoint as TCP: it picks a replica per connection and passes the
+bytes untouched, adding no header. So the route comes from addresses, not
+headers: the caller knows the address it dialled and its own source address,
+and the replica that answers reports the peer it saw and the address it was
+reached at (GET /). The call went through Service Connect ("service-connect")
+when something else relayed it: the replica saw a peer that is not the caller,
+or the caller dialled an address that is not the replica's own (the
+endpoint's address). Otherwise it went straight to a replica ("direct").
+"unknown" means the answer carried no such report. `mode` is "http" when the
+proxy's x-meshlocal-route header is there (an endpoint with AppProtocol http,
+proxied per request, which also sets x-meshlocal-replica, reported as
+`proxy_replica_header`), "tcp" for other service-connect calls, None for
+direct ones.
 
 Without $PORT (a Worker Service) it calls $TARGETS every $INTERVAL seconds
 and prints one line per call.
@@ -28,20 +44,20 @@ http://api.$COPILOT_SERVICE_DISCOVERY_ENDPOINT/
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
 import socket
 import sys
 import time
-import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 SERVICE = os.environ.get("COPILOT_SERVICE_NAME", "app")
 TIMEOUT_S = float(os.environ.get("CALL_TIMEOUT_S", "3"))
-# Never send mesh traffic to an HTTP proxy from the environment.
+# The health check never goes to an HTTP proxy from the environment.
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -59,7 +75,7 @@ def targets() -> list[str]:
 
 
 def resolved(host: str) -> list[str]:
-    """What DNS gives this container for `host` (the proxy, or the replicas)."""
+    """What DNS gives this container for `host` (an endpoint's address, or the replicas')."""
     try:
         infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
     except OSError as exc:
@@ -68,31 +84,59 @@ def resolved(host: str) -> list[str]:
 
 
 def call(url: str) -> dict[str, object]:
+    """One GET of `url` on a new connection, and what it went through."""
     started = time.monotonic()
-    host = urlsplit(url).hostname or ""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     result: dict[str, object] = {"url": url, "resolved": resolved(host)}
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    # http.client, not urllib: it uses no HTTP proxy from the environment, and
+    # its socket tells which address was dialled and from which address.
+    conn = kind(host, port, timeout=TIMEOUT_S)
     try:
-        with OPENER.open(url, timeout=TIMEOUT_S) as resp:
-            headers = resp.headers
-            body = json.loads(resp.read().decode() or "{}")
-            status = resp.status
-    except urllib.error.HTTPError as exc:
-        headers = exc.headers
-        body = {}
-        status = exc.code
-        result["error"] = exc.read().decode(errors="replace").strip()[:500]
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        result.update(status=None, ok=False, error=f"{type(exc).__name__}: {reason}")
+        conn.connect()
+        assert conn.sock is not None
+        dialled = str(conn.sock.getpeername()[0])
+        source = str(conn.sock.getsockname()[0])
+        result.update(dialled=f"{dialled}:{port}", source=source)
+        conn.request("GET", path, headers={"Connection": "close"})
+        resp = conn.getresponse()
+        raw = resp.read()
+        status, headers = resp.status, resp.headers
+    except (OSError, http.client.HTTPException) as exc:
+        result.update(status=None, ok=False, error=f"{type(exc).__name__}: {exc}")
         result["elapsed_ms"] = round((time.monotonic() - started) * 1000, 1)
         return result
-    route = headers.get("x-meshlocal-route")
+    finally:
+        conn.close()
+    try:
+        body = json.loads(raw.decode() or "{}")
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {}
+    if not 200 <= status < 300:
+        result["error"] = raw.decode(errors="replace").strip()[:500]
+    peer, local = body.get("peer"), body.get("local")
+    header_route = headers.get("x-meshlocal-route")
+    if header_route:  # an http-mode endpoint: the proxy answered per request
+        route, mode = header_route, "http"
+    elif peer is None or local is None:  # no report from a replica of this app
+        route, mode = "unknown", None
+    elif peer != source or local != dialled:  # relayed by the Service Connect proxy
+        route, mode = "service-connect", "tcp"
+    else:
+        route, mode = "direct", None
     result.update(
         status=status,
         ok=200 <= status < 300,
         # The replica's own answer when it answered; the proxy's header otherwise.
         replica=body.get("replica") or headers.get("x-meshlocal-replica"),
-        route=route or "direct",
+        route=route,
+        mode=mode,
+        peer=peer,
         proxy_replica_header=headers.get("x-meshlocal-replica"),
         elapsed_ms=round((time.monotonic() - started) * 1000, 1),
     )
@@ -120,7 +164,10 @@ class Handler(BaseHTTPRequestHandler):
                     "replica": replica_name(),
                     "port": int(os.environ.get("PORT", "0")),
                     "host": self.headers.get("Host"),
-                    "client": self.client_address[0],
+                    # Who connected (the caller, or the proxy that relayed it)
+                    # and the address the connection arrived at (this replica's own).
+                    "peer": self.client_address[0],
+                    "local": self.connection.getsockname()[0],
                 },
             )
         else:
@@ -145,7 +192,11 @@ def worker() -> None:
         for url in targets():
             c = call(url)
             if c.get("ok"):
-                line = f"{url} -> {c['status']} from {c['replica']} via {c['route']}"
+                how = f"{c['route']}, {c['mode']}" if c.get("mode") else c["route"]
+                line = (
+                    f"{url} -> {c['status']} from {c['replica']} via {how} "
+                    f"(dialled {c['dialled']}, {c['replica']} saw {c['peer']})"
+                )
             else:
                 line = f"{url} -> failed: {c.get('status')} {c.get('error')}"
             print(line, flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -45,23 +46,40 @@ def test_before_front_end_connects_calls_go_straight_to_replicas(
     s = step(demo, n)
     assert s["resolved"]["rcode"] == "NOERROR"
     assert s["resolved"]["meaning"].startswith("service discovery")
-    assert len(s["resolved"]["answers"]) == 2
+    replica_addresses = set(s["resolved"]["answers"])
+    assert len(replica_addresses) == 2
     assert {c["route"] for c in s["calls"]} == {"direct"}
-    assert all(c["proxy_replica_header"] is None for c in s["calls"])
+    assert all(c["mode"] is None and c["proxy_replica_header"] is None for c in s["calls"])
+    # Straight to a replica: front-end dialled one of the replicas' addresses,
+    # on api's port, and the replica saw front-end itself as its peer.
+    assert {c["dialled"].rsplit(":", 1)[0] for c in s["calls"]} <= replica_addresses
+    assert {c["dialled"].rsplit(":", 1)[1] for c in s["calls"]} == {"80"}
+    assert all(c["peer"] == c["source"] for c in s["calls"]), s["calls"]
     assert {c["replica"] for c in s["calls"]} <= {"api-1", "api-2"}
-    assert s["api_request_count_after"] == s["api_request_count_before"]
+    assert s["api_new_connections_after"] == s["api_new_connections_before"]
 
 
-def test_step_3_same_url_goes_through_the_proxy(demo: dict[str, Any]) -> None:
+def test_step_3_same_url_goes_through_service_connect_in_tcp_mode(demo: dict[str, Any]) -> None:
     s = step(demo, 3)
-    assert s["resolved"]["meaning"].startswith("service-connect")
-    assert len(s["resolved"]["answers"]) == 1
+    assert s["resolved"]["meaning"] == (
+        "service connect endpoint api.test.kudos.local:80 of api, tcp"
+    )
+    (vip,) = s["resolved"]["answers"]
     assert {c["url"] for c in s["calls"]} == {"http://api.test.kudos.local/"}
+    assert {c["dialled"] for c in s["calls"]} == {f"{vip}:80"}
     assert {c["route"] for c in s["calls"]} == {"service-connect"}
-    # Strict round robin: 4 calls over 2 replicas, 2 each.
-    replicas = [c["proxy_replica_header"] for c in s["calls"]]
+    # Copilot's default: TCP mode, bytes untouched, so no proxy header, and the
+    # replica saw the proxy, not front-end.
+    assert {c["mode"] for c in s["calls"]} == {"tcp"}
+    assert all(c["proxy_replica_header"] is None for c in s["calls"])
+    assert all(c["peer"] != c["source"] for c in s["calls"]), s["calls"]
+    # Strict round robin per connection: each call is a new connection from
+    # front-end's one replica, so 4 calls over 2 replicas are 2 each, alternating.
+    replicas = [c["replica"] for c in s["calls"]]
     assert sorted(replicas) == ["api-1", "api-1", "api-2", "api-2"]
-    assert s["api_request_count_after"] - s["api_request_count_before"] == 4
+    assert all(a != b for a, b in itertools.pairwise(replicas)), replicas
+    assert s["api_new_connections_after"] - s["api_new_connections_before"] == 4
+    assert s["api_stats_after"].get("RequestCount", 0) == 0
 
 
 def test_the_url_never_changes(demo: dict[str, Any]) -> None:
@@ -73,7 +91,10 @@ def test_a_person_sees_each_step(demo: dict[str, Any]) -> None:
     text = demo["stdout"]
     for n in (1, 2, 3):
         assert f"=== Step {n}:" in text
-    assert "route: direct" in text
-    assert "route: service-connect (x-meshlocal-replica: api-" in text
-    assert "RequestCount for api went" in text
+    assert "route: direct (dialled " in text
+    assert "route: service-connect, tcp (dialled " in text
+    meaning = "service connect endpoint api.test.kudos.local:80 of api, tcp"
+    assert f"({meaning}, from front-end-1)" in text
+    assert "NewConnectionCount for api went" in text
+    assert "x-meshlocal-replica" not in text
     assert "$ meshlocal down" in text

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -14,17 +17,57 @@ pytestmark = pytest.mark.docker
 EXAMPLE = "custom-alias"
 
 
-def test_alias_goes_through_the_proxy_to_every_front_end_replica(example_mesh: Mesh) -> None:
+def endpoint(mesh: Mesh) -> dict[str, Any]:
+    """front-end's one Service Connect endpoint: {name, port, url, vip, protocol}."""
+    found: dict[str, Any] = mesh.state()["services"]["front-end"]["connect"]
+    return found
+
+
+def test_the_alias_is_front_ends_one_endpoint_in_tcp_mode(example_mesh: Mesh) -> None:
+    ep = endpoint(example_mesh)
+    assert (ep["name"], ep["port"], ep["protocol"]) == ("frontend.local", 8080, "tcp")
+    assert ep["vip"] != example_mesh.state()["address"]
+    assert example_mesh.state()["services"]["front-end"]["connect_endpoints"] == [
+        "http://frontend.local:8080"
+    ]
+
+
+def test_alias_goes_through_service_connect_to_every_front_end_replica(
+    example_mesh: Mesh,
+) -> None:
+    vip = endpoint(example_mesh)["vip"]
     got = calls(example_mesh, "front-end", "n=6&url=http://frontend.local:8080/")
-    assert {c["route"] for c in got} == {"service-connect"}
-    assert {c["replica"] for c in got} == {"front-end-1", "front-end-2"}
-    assert {tuple(c["resolved"]) for c in got} == {(example_mesh.state()["address"],)}
+    assert {tuple(c["resolved"]) for c in got} == {(vip,)}
+    assert {c["dialled"] for c in got} == {f"{vip}:8080"}
+    assert {(c["route"], c["mode"]) for c in got} == {("service-connect", "tcp")}
+    assert all(c["proxy_replica_header"] is None for c in got)
+    # One calling replica, a new connection per call: strict round robin.
+    replicas = [c["replica"] for c in got]
+    assert Counter(replicas) == {"front-end-1": 3, "front-end-2": 3}, replicas
+    assert all(a != b for a, b in itertools.pairwise(replicas)), replicas
 
 
-def test_another_client_resolves_the_alias_to_the_proxy(example_mesh: Mesh) -> None:
+def test_another_client_resolves_the_alias_to_the_endpoint_address(example_mesh: Mesh) -> None:
     got = example_mesh.resolve("frontend.local", from_="api")
     assert got.rcode == "NOERROR"
-    assert got.answers == (example_mesh.state()["address"],)
+    assert got.answers == (endpoint(example_mesh)["vip"],)
+    assert got.meaning == "service connect endpoint frontend.local:8080 of front-end, tcp"
+
+
+def test_the_bare_name_is_no_endpoint(example_mesh: Mesh) -> None:
+    # With an alias, `front-end` is no Service Connect name, for any client.
+    for client in ("api", "front-end"):
+        got = example_mesh.resolve("front-end", from_=client)
+        assert (got.rcode, got.answers) == ("NXDOMAIN", ()), (client, got)
+    # So a client calling it by that name can't resolve it. (Usually EAI_NONAME,
+    # [Errno -2]; a search domain whose upstream is unreachable can make it
+    # EAI_AGAIN, so only the kind of error is asserted.)
+    response = example_mesh.get("front-end", "/call?url=http://front-end:8080/")
+    assert response.status == 200
+    (call,) = response.json()["calls"]
+    assert call["ok"] is False
+    assert call["status"] is None
+    assert call["error"].startswith("gaierror: "), call
 
 
 def test_api_calls_front_end_by_its_alias_from_inside(example_mesh: Mesh) -> None:
@@ -37,9 +80,7 @@ def test_api_calls_front_end_by_its_alias_from_inside(example_mesh: Mesh) -> Non
     assert result.ok, result.output
     body = json.loads(result.output)
     assert [c["url"] for c in body["calls"]] == ["http://frontend.local:8080/"] * 2
-    assert all(c["ok"] and c["route"] == "service-connect" for c in body["calls"]), body
-
-
-def test_plan_lists_the_alias_on_the_target_port(example_mesh: Mesh) -> None:
-    endpoints = example_mesh.state()["services"]["front-end"]["connect_endpoints"]
-    assert "http://frontend.local:8080" in endpoints
+    assert all(
+        c["ok"] and (c["route"], c["mode"]) == ("service-connect", "tcp") for c in body["calls"]
+    ), body
+    assert sorted(c["replica"] for c in body["calls"]) == ["front-end-1", "front-end-2"]

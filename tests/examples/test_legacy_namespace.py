@@ -20,6 +20,10 @@ def test_front_end_calls_api_kudos_local_directly(example_mesh: Mesh) -> None:
     assert {c["route"] for c in got} == {"direct"}
     addresses = {r.address for r in example_mesh.replicas("api")}
     assert {a for c in got for a in c["resolved"]} == addresses
+    # Straight to a replica: front-end dialled a replica's own address, and the
+    # replica saw front-end itself as its peer (no proxy in between).
+    assert {c["dialled"] for c in got} <= {f"{a}:80" for a in addresses}
+    assert all(c["peer"] == c["source"] and c["mode"] is None for c in got), got
 
 
 def test_legacy_name_resolves_and_the_env_name_does_not(example_mesh: Mesh) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections import Counter
 
 import pytest
 
@@ -11,41 +11,59 @@ from meshlocal.testing import Mesh
 
 pytestmark = pytest.mark.docker
 EXAMPLE = "worker-client"
-LINE = re.compile(r"^http://api/ -> 200 from (api-\d+) via (\S+)$")
+# A worker line, e.g.
+#   http://api/ -> 200 from api-2 via service-connect, tcp (dialled 172.23.255.1:80,
+#   api-2 saw 172.23.0.2)   [one line]
+LINE = re.compile(
+    r"^http://api/ -> 200 from (?P<replica>api-\d+) via (?P<route>[\w-]+)(?:, (?P<mode>\w+))?"
+    r" \(dialled (?P<dialled>\S+), api-\d+ saw (?P<peer>\S+)\)$"
+)
 
 
-def test_worker_calls_api_through_the_proxy_round_robin(example_mesh: Mesh) -> None:
-    def answered() -> Counter[tuple[str, str]] | None:
-        seen = Counter(
-            (m.group(1), m.group(2))
-            for line in example_mesh.logs("worker", tail=200)
-            if (m := LINE.match(line.strip()))
-        )
-        return seen if sum(seen.values()) >= 4 else None
+def api_vip(mesh: Mesh) -> str:
+    ep = mesh.state()["services"]["api"]["connect"]
+    assert (ep["name"], ep["port"], ep["protocol"]) == ("api", 80, "tcp")
+    return str(ep["vip"])
 
-    found = example_mesh.wait_until(answered, timeout=30, message="4 worker calls to http://api/")
+
+def test_worker_calls_api_through_service_connect_round_robin(example_mesh: Mesh) -> None:
+    def last_calls() -> list[re.Match[str]] | None:
+        logged = (line.strip() for line in example_mesh.logs("worker", tail=200))
+        lines = [line for line in logged if line.startswith("http://api/ ->")]
+        # The last 6 calls, one after another, all answered.
+        matched = [m for line in lines[-6:] if (m := LINE.match(line))]
+        return matched if len(matched) == 6 else None
+
+    found = example_mesh.wait_until(last_calls, timeout=30, message="6 worker calls to http://api/")
     assert found is not None
-    seen = found
-    assert {route for _, route in seen} == {"service-connect"}, seen
-    assert {replica for replica, _ in seen} == {"api-1", "api-2"}, seen
-    assert example_mesh.stats("api").request_count >= sum(seen.values())
+    seen = [m.groupdict() for m in found]
+    assert {(s["route"], s["mode"]) for s in seen} == {("service-connect", "tcp")}, seen
+    assert {s["dialled"] for s in seen} == {f"{api_vip(example_mesh)}:80"}, seen
+    # One worker task, a new connection per call: strict per-connection round robin.
+    replicas = [s["replica"] for s in seen]
+    assert set(replicas) == {"api-1", "api-2"}, replicas
+    assert all(a != b for a, b in itertools.pairwise(replicas)), replicas
+    # TCP mode counts connections, not requests.
+    stats = example_mesh.stats("api")
+    assert stats.new_connections >= len(seen)
+    assert stats.request_count == 0
 
 
-def test_worker_resolves_api_to_the_proxy(example_mesh: Mesh) -> None:
+def test_worker_resolves_api_to_its_endpoint_address(example_mesh: Mesh) -> None:
     got = example_mesh.resolve("api", from_="worker")
     assert got.rcode == "NOERROR"
-    assert got.answers == (example_mesh.state()["address"],)
+    assert got.answers == (api_vip(example_mesh),)
+    assert got.answers != (example_mesh.state()["address"],)
+    assert got.meaning == "service connect endpoint api:80 of api, tcp"
 
 
 def test_worker_is_neither_in_service_discovery_nor_an_endpoint(example_mesh: Mesh) -> None:
     assert example_mesh.resolve("worker.test.kudos.local", from_="api").rcode == "NXDOMAIN"
-    # `worker` is no mesh name at all: it gets what any name outside the mesh
-    # gets from upstream (NXDOMAIN, or REFUSED offline), never an address.
+    # `worker` is a service's bare name but no Service Connect name: the mesh
+    # answers NXDOMAIN itself and never forwards it upstream.
     worker_name = example_mesh.resolve("worker", from_="api")
-    outside = example_mesh.resolve("no-such-service-xyz", from_="api")
-    assert worker_name.answers == ()
-    assert worker_name.rcode != "NOERROR"
-    assert worker_name.rcode == outside.rcode
+    assert (worker_name.rcode, worker_name.answers) == ("NXDOMAIN", ())
     worker = example_mesh.state()["services"]["worker"]
     assert worker["discovery_name"] is None
     assert worker["connect_endpoints"] == []
+    assert worker["connect"] is None
