@@ -190,8 +190,7 @@ async def test_scale_in_drains_in_flight_requests(
     mesh = await mesh_factory(replicas=2)
     # Pin a slow request to api-1 (round robin starts there).
     slow = asyncio.ensure_future(client.get(mesh.url("/?delay=0.8"), headers={"Host": "api"}))
-    await asyncio.sleep(0.2)
-    assert mesh.proxy.balancer.in_flight("cid-api-1") == 1
+    await until(lambda: mesh.proxy.balancer.in_flight("cid-api-1") == 1)
     drain = asyncio.ensure_future(mesh.proxy.drain("cid-api-1", timeout_s=5))
     await asyncio.sleep(0.05)
     assert not drain.done()
