@@ -114,7 +114,7 @@ def _meaning(dep: Deployment, answers: list[str]) -> str:
         if sc and answers == [sc["vip"]]:
             return f"service connect endpoint {sc['name']}:{sc['port']} of {name}, {sc['protocol']}"
     if answers == [state.get("address")]:
-        return "service-connect proxy"
+        return "the data plane's own address"
     owners = {
         r["address"]: r["name"] for svc in state["services"].values() for r in svc["replicas"]
     }

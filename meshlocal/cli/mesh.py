@@ -432,7 +432,11 @@ def _print_ps(state: dict[str, Any], public_url: str | None) -> None:
             rotation = "draining" if r["draining"] else ("in" if r["in_rotation"] else "out")
             table.add_row(r["name"], r["address"], r["health"], rotation, ", ".join(endpoints))
     out.print(table)
-    out.print(f"DNS and Service Connect proxy: {state['address']}", markup=False)
+    out.print(
+        f"Data plane (DNS): {state['address']}; each Service Connect endpoint answers on "
+        "its own address (ENDPOINTS)",
+        markup=False,
+    )
     _print_unresolved(state)
     if public_url:
         out.print(f"Public endpoint: {public_url}", markup=False)
@@ -493,8 +497,12 @@ def stats(ctx: Context, env: str | None, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(snapshot, indent=2, sort_keys=True))
             return
-        services = dep.state()["services"]
+        state = dep.state()
+    services, state_rules = state["services"], state.get("public_rules") or []
     modes = {n: s["connect"]["protocol"] for n, s in services.items() if s.get("connect")}
+    for _path, service in state_rules:
+        # The public endpoint (the ALB) counts HTTP requests, whatever the SC mode.
+        modes[service] = f"{modes[service]}, ALB http" if service in modes else "ALB http"
     out.print(stats_table(snapshot, modes))
 
 

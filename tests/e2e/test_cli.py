@@ -88,7 +88,7 @@ def test_up_detached_returns_healthy_and_prints_the_ps_table(up: Up) -> None:
     expected = {"api-1", "api-2", "api-3", "client-1", "legacy-1", "web-1", "web-2"}
     assert set(table) == expected, up.stdout
     assert all(v == ("healthy", "in") for v in table.values()), table
-    assert "DNS and Service Connect proxy:" in up.stdout
+    assert "Data plane (DNS):" in up.stdout
     assert re.search(r"Public endpoint: http://127\.0\.0\.1:\d+", up.stdout)
 
 
