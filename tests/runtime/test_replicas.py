@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import ipaddress
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -166,6 +170,45 @@ async def test_health_check_drives_registry_health_and_unhealthy_is_replaced(
 
     await until(registry, replaced, 30, "the unhealthy replica to be replaced")
     assert (first.container_id, Health.UNHEALTHY) in seen
+
+
+async def test_a_dockerfile_healthcheck_is_ignored(
+    setup: tuple[Reconciler, ReplicaRegistry, NetworkInfo],
+    engine: Engine,
+    project: str,
+    busybox_image: str,
+    docker_client: Any,
+) -> None:
+    """ECS runs only the task definition's check: an image's failing HEALTHCHECK
+    neither keeps a replica out of rotation nor gets it replaced."""
+    rec, registry, _ = setup
+    tag = f"meshlocal-test/failing-healthcheck:{uuid.uuid4().hex[:8]}"
+    dockerfile = (
+        f"FROM {busybox_image}\n"
+        "HEALTHCHECK --interval=1s --timeout=1s --retries=1 CMD false\n"
+    )
+    await asyncio.to_thread(
+        docker_client.images.build, fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True
+    )
+    try:
+        declared = docker_client.images.get(tag).attrs["Config"]["Healthcheck"]
+        assert declared["Test"] == ["CMD-SHELL", "false"]  # the image does declare one
+        await rec.apply({"api": DesiredService(httpd(tag), 1)})
+        await rec.wait_ready(20)
+        [replica] = registry.for_service("api")
+        assert replica.in_rotation
+        # Long past the point where the image's check (every 1 s, 1 retry) would
+        # have made the container unhealthy: the same replica, still in rotation.
+        await asyncio.sleep(4)
+        assert [r.container_id for r in registry.in_rotation("api")] == [replica.container_id]
+        info = await asyncio.to_thread(docker_client.api.inspect_container, replica.container_id)
+        assert info["Config"]["Healthcheck"]["Test"] == ["NONE"]
+        assert "Health" not in info["State"]
+    finally:
+        await rec.close()
+        await asyncio.to_thread(engine.remove_all, project)
+        with contextlib.suppress(Exception):
+            docker_client.images.remove(tag, force=True)
 
 
 async def test_rolling_update_keeps_capacity_and_spares_unchanged_services(
