@@ -8,10 +8,11 @@ import re
 import aiohttp
 from rich.console import Console
 
-from meshlocal.proxy.app import AdminServer
+from meshlocal.manifest.model import ServiceType
+from meshlocal.proxy.app import AdminServer, PublicEndpoint
 from meshlocal.proxy.metrics import METRIC_NAMES, Metrics, render_prometheus, stats_table
 
-from .helpers import MeshFactory
+from .helpers import MeshFactory, service
 
 
 def test_response_classes_and_mean_time() -> None:
@@ -115,3 +116,37 @@ async def test_live_metrics_and_admin_endpoint(
         await admin.stop()
     await mesh.proxy.stop()
     assert mesh.proxy.metrics.snapshot()["api"]["ActiveConnectionCount"] == 0
+
+
+async def test_public_endpoint_requests_count_under_the_service_they_reach(
+    mesh_factory: MeshFactory,
+) -> None:
+    """The ALB's requests are the Load Balanced Web Service's, as in CloudWatch."""
+    lbws = ServiceType.LOAD_BALANCED_WEB_SERVICE
+    mesh = await mesh_factory(
+        service("front", 8080, type=lbws, http_path="/"),
+        service("api", 8081, type=lbws, http_path="api"),
+    )
+    await mesh.add("front")
+    await mesh.add("api")
+    mesh.backends["api-1"].status = 404
+    public = PublicEndpoint(mesh.naming, mesh.registry, "127.0.0.3", 0, engine=mesh.proxy.engine)
+    await public.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            for path in ("/", "/x", "/", "/api/items", "/api"):
+                async with session.get(f"http://127.0.0.3:{public.bound}{path}") as resp:
+                    await resp.read()
+                    assert resp.headers["x-meshlocal-route"] == "public-endpoint"
+            # And one to api over Service Connect: the same service's counters.
+            async with session.get(mesh.url("/", endpoint_port=8081)) as resp:
+                assert resp.status == 404
+                await resp.read()
+    finally:
+        await public.stop()
+    snap = mesh.proxy.metrics.snapshot()
+    assert set(snap) == {"front", "api"}
+    assert snap["front"]["RequestCount"] == 3
+    assert snap["front"]["HTTPCode_Target_2XX_Count"] == 3
+    assert snap["api"]["RequestCount"] == 3
+    assert snap["api"]["HTTPCode_Target_4XX_Count"] == 3
