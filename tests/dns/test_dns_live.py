@@ -280,6 +280,20 @@ async def test_silent_upstream_times_out_to_refused(resolver: MeshResolver) -> N
         silent.close()
 
 
+@pytest.mark.slow
+async def test_silent_upstream_is_refused_after_2_s_by_default(resolver: MeshResolver) -> None:
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.8", 0))  # bound, never answers
+    try:
+        # The forward timeout as the data plane uses it: DnsServer's default.
+        async with DnsServer(resolver, "127.0.0.1", 0, upstreams=[silent.getsockname()]) as srv:
+            elapsed = await _refused_within(srv.port, "example.com", 3.0)
+            assert elapsed >= 2.0
+            assert silent.recv(512)  # the query did go to the upstream
+    finally:
+        silent.close()
+
+
 async def test_names_match_case_insensitively_and_keep_the_question_case(
     server: DnsServer,
 ) -> None:

@@ -473,6 +473,24 @@ async def test_no_replica_in_rotation_resets_at_once(tcp_mesh: MeshMaker) -> Non
 # -- idle timeout, metrics ------------------------------------------------------------
 
 
+async def test_idle_timeout_is_1_h_by_default(tcp_mesh: MeshMaker) -> None:
+    """ECS's TCP idle timeout (3600 s) is the one the sweeper applies, with an injected clock."""
+    mesh = await tcp_mesh()  # default settings
+    backend = await mesh.add()
+    reader, writer = await mesh.connect()
+    try:
+        assert await ask(reader, writer, b"a") == b"api-1:a"
+        quiet_since = time.monotonic()
+        mesh.proxy.sweep(quiet_since + 3599)
+        await asyncio.sleep(0.2)
+        assert not reader.at_eof() and backend.ended == 0
+        mesh.proxy.sweep(quiet_since + 3601)
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""
+    finally:
+        writer.close()
+
+
 async def test_idle_connections_are_closed_on_both_sides(tcp_mesh: MeshMaker) -> None:
     mesh = await tcp_mesh(ProxySettings(tcp_idle_timeout_s=0.5))
     backend = await mesh.add()
