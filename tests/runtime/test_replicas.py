@@ -184,8 +184,7 @@ async def test_a_dockerfile_healthcheck_is_ignored(
     rec, registry, _ = setup
     tag = f"meshlocal-test/failing-healthcheck:{uuid.uuid4().hex[:8]}"
     dockerfile = (
-        f"FROM {busybox_image}\n"
-        "HEALTHCHECK --interval=1s --timeout=1s --retries=1 CMD false\n"
+        f"FROM {busybox_image}\nHEALTHCHECK --interval=1s --timeout=1s --retries=1 CMD false\n"
     )
     await asyncio.to_thread(
         docker_client.images.build, fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True
