@@ -174,9 +174,7 @@ def render_prometheus(metrics: Metrics) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stats_table(
-    snapshot: dict[str, dict[str, Any]], modes: dict[str, str] | None = None
-) -> Any:
+def stats_table(snapshot: dict[str, dict[str, Any]], modes: dict[str, str] | None = None) -> Any:
     """A rich Table for `meshlocal stats`, from `Metrics.snapshot()` (or /stats JSON).
 
     `modes` (service -> tcp/http/http2/grpc) adds a column: in tcp mode only the
