@@ -11,9 +11,11 @@ rounds x targets x duration + 4 x hey duration, plus start-up):
 - nginx as a round-robin proxy over both backends with an HTTP/1.1
   keep-alive upstream pool, on 127.0.0.30:8080 (worker_processes 1) and on
   127.0.0.32:8080 (worker_processes auto = 2 here);
-- meshlocal's proxy (uvloop) on 127.0.0.31:8080 over the same two backends,
-  and again with its parsed-head cache off (`--head-cache 0`, every head
-  parsed) on 127.0.0.35:8080 ("meshlocal-nocache");
+- meshlocal's proxy (uvloop, HTTP mode: `--mode http`) on 127.0.0.31:8080
+  over the same two backends, and again with its parsed-head cache off
+  (`--head-cache 0`, every head parsed) on 127.0.0.35:8080
+  ("meshlocal-nocache");
+- TCP mode against HAProxy: bench/proxy/modes.py;
 - direct: clients straight to one backend, 127.0.0.21:8081.
 
 Throughput: wrk -t1 -c50 -d{duration}s --latency, targets alternated in
@@ -178,6 +180,8 @@ def main() -> None:
             [
                 sys.executable,
                 str(HERE / "serve_meshlocal.py"),
+                "--mode",
+                "http",
                 "--listen",
                 "127.0.0.31:8080",
                 "--backend",
@@ -192,6 +196,8 @@ def main() -> None:
             [
                 sys.executable,
                 str(HERE / "serve_meshlocal.py"),
+                "--mode",
+                "http",
                 "--listen",
                 "127.0.0.35:8080",
                 "--backend",

@@ -1,9 +1,19 @@
-"""Run meshlocal's Service Connect proxy over given backends, for the benchmark.
+"""Run meshlocal's Service Connect proxy for one endpoint, for the benchmarks.
 
-    python bench/proxy/serve_meshlocal.py --listen 127.0.0.31:8080 \
-        --backend 127.0.0.21:8081 --backend 127.0.0.22:8081
+    python bench/proxy/serve_meshlocal.py --mode tcp --listen 127.0.0.134:18080 \
+        --backend 127.0.0.121:18081 --backend 127.0.0.122:18081
 
-Routes Host `api` (any port) to the backends in round robin. Exits on SIGTERM/SIGINT.
+One Service Connect endpoint, `api`, whose VIP and port are `--listen`
+(the proxy listens on the endpoint's own address, as in ECS), proxied in
+`--mode`:
+
+- `tcp`: no AppProtocol (what Copilot deploys): a replica per client
+  connection, round robin, bytes untouched (meshlocal/proxy/tcp.py);
+- `http`: AppProtocol http: a replica per request, round robin, pooled
+  keep-alive connections to the replicas (meshlocal/proxy/forward.py).
+
+The event loop is uvloop when the `speed` extra is installed, as in the data
+plane. Prints `ready` once listening; exits on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -26,31 +36,33 @@ from meshlocal.proxy.app import ServiceConnectProxy, new_event_loop
 from meshlocal.proxy.settings import ProxySettings
 from meshlocal.registry import Replica, ReplicaRegistry
 
+MODES = {"tcp": None, "http": "http"}  # --mode -> Service.app_protocol
 
-async def main(listen: str, backends: list[str], head_cache: int = 256) -> None:
+
+async def main(listen: str, backends: list[str], mode: str, head_cache: int = 256) -> None:
     host, port = listen.rsplit(":", 1)
     svc = Service(
         name="api",
         type=ServiceType.BACKEND_SERVICE,
         manifest_path=Path("/dev/null"),
-        port=80,
-        target_port=80,
+        port=int(port),
+        target_port=int(port),
         connect=Connect(enabled=True),
+        app_protocol=MODES[mode],
     )
     ws = Workspace(Path("/tmp"), "bench", {}, {"api": Path("/dev/null")})
     spec = EnvironmentSpec(ws, Environment("test", None), (svc,))
+    naming = NamingModel(spec, vips={"api": host})
+    (endpoint,) = naming.sc_endpoints
+    assert endpoint.protocol.value == mode, endpoint
     registry = ReplicaRegistry()
     for i, b in enumerate(backends, 1):
         addr, bport = b.rsplit(":", 1)
         registry.upsert(Replica("api", i, f"c{i}", addr, int(bport)))
-    proxy = ServiceConnectProxy(
-        NamingModel(spec),
-        registry,
-        host,
-        ProxySettings(port_map={80: int(port)}, head_cache=head_cache),
-    )
+    proxy = ServiceConnectProxy(naming, registry, host, ProxySettings(head_cache=head_cache))
     await proxy.start()
-    print("ready", flush=True)
+    bound = proxy.bound("api")
+    print(f"ready {mode} {bound[0]}:{bound[1]}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -61,9 +73,10 @@ async def main(listen: str, backends: list[str], head_cache: int = 256) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--listen", required=True)
-    parser.add_argument("--backend", action="append", required=True)
-    parser.add_argument("--head-cache", type=int, default=256, help="0: parse every head")
+    parser.add_argument("--listen", required=True, help="the endpoint's VIP:port")
+    parser.add_argument("--backend", action="append", required=True, help="a replica's ip:port")
+    parser.add_argument("--mode", choices=sorted(MODES), default="http")
+    parser.add_argument("--head-cache", type=int, default=256, help="http: 0 parses every head")
     args = parser.parse_args()
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        runner.run(main(args.listen, args.backend, args.head_cache))
+        runner.run(main(args.listen, args.backend, args.mode, args.head_cache))
