@@ -164,7 +164,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--hey", type=int, default=10, help="seconds per fixed-rate run")
-    parser.add_argument("--write", action="store_true", help="write bench/results/proxy.md")
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help="write this run's raw output to bench/results/proxy-run-<UTC time>.md",
+    )
     args = parser.parse_args()
     for tool in ("nginx", "wrk", "hey", "curl"):
         if shutil.which(tool) is None:
@@ -329,7 +333,9 @@ def main() -> None:
     print()
     print(report)
     if args.write:
-        out = ROOT / "bench" / "results" / "proxy-latest.md"
+        # One file per run: a later run must never overwrite the raw output a doc cites.
+        stamp = time.strftime("%Y%m%dT%H%MZ", time.gmtime())
+        out = ROOT / "bench" / "results" / f"proxy-run-{stamp}.md"
         out.write_text(report + "\n")
         print(f"\nwritten to {out}")
 
