@@ -23,6 +23,8 @@ json.dump({"command": "$CMD", "date": "$DATE", "loadavg": "$LOAD",
            "wall_seconds": $WALL, "result": "$RESULT", "exit_status": $STATUS},
           open(sys.argv[1], "w"), indent=2)
 PY
+# The soak table again from its stored raw samples: the figures can be regenerated.
+"$ROOT/.venv/bin/python" -m tests.reliability.figures "$OUT"
 "$ROOT/.venv/bin/python" bench/reliability/report.py bench/reliability/results docs/reliability.md
 echo "suite: $RESULT in ${WALL}s (exit $STATUS); figures written to docs/reliability.md"
 exit $STATUS

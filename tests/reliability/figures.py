@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -129,6 +130,15 @@ def results_dir() -> Path | None:
     return Path(raw) if raw else None
 
 
+def write_quiet(name: str, data: dict[str, Any], fallback: Path) -> Path:
+    """`write` without echoing the data (raw samples run to thousands of lines)."""
+    folder = results_dir() or fallback
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(data, sort_keys=True) + "\n")
+    return path
+
+
 def write(name: str, data: dict[str, Any], fallback: Path) -> Path:
     """Write `<name>.json` to the results directory (or `fallback`) and return its path."""
     folder = results_dir() or fallback
@@ -137,3 +147,51 @@ def write(name: str, data: dict[str, Any], fallback: Path) -> Path:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     print(f"\nreliability figures: {path}\n{json.dumps(data, indent=2, sort_keys=True)}")
     return path
+
+
+# -- raw samples: what the soak table is computed from, kept so it can be recomputed --
+
+
+def raw(
+    phases: Sequence[Phase],
+    samples: Sequence[Sample],
+    snapshots: Sequence[Snapshot],
+    window: float,
+) -> dict[str, Any]:
+    """Everything `summarize` reads, as JSON."""
+    return {
+        "window": window,
+        "phases": [dataclasses.asdict(p) for p in phases],
+        "samples": [dataclasses.asdict(s) for s in samples],
+        "snapshots": [{"at": s.at, "addresses": sorted(s.addresses)} for s in snapshots],
+    }
+
+
+def summarize_raw(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """`summarize` again, from what `raw` stored."""
+    return summarize(
+        [Phase(**p) for p in data["phases"]],
+        [Sample(**{**s, "answers": tuple(s["answers"])}) for s in data["samples"]],
+        [Snapshot(s["at"], frozenset(s["addresses"])) for s in data["snapshots"]],
+        float(data["window"]),
+    )
+
+
+def main(argv: Sequence[str]) -> int:
+    """`python -m tests.reliability.figures DIR`: soak.json's phases again, from soak-raw.json."""
+    folder = Path(argv[0]) if argv else Path("bench/reliability/results")
+    soak_path, raw_path = folder / "soak.json", folder / "soak-raw.json"
+    soak = json.loads(soak_path.read_text())
+    phases = summarize_raw(json.loads(raw_path.read_text()))
+    same = phases == soak["phases"]
+    soak["phases"] = phases
+    soak_path.write_text(json.dumps(soak, indent=2, sort_keys=True) + "\n")
+    verdict = "unchanged" if same else "changed"
+    print(f"{soak_path}: phases recomputed from {raw_path.name} ({verdict})")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from .figures import Liveness, Phase, summarize
+import json
+from pathlib import Path
+
+from .figures import Liveness, Phase, main, raw, summarize, summarize_raw
 from .load import Sample, Snapshot
 
 
@@ -64,3 +67,19 @@ def test_a_request_cut_by_the_next_fault_counts_against_that_fault() -> None:
     assert by_name["restart"]["http_failed"] == 0
     assert by_name["crash"]["http_failed"] == 1
     assert by_name["crash"]["http_failed_after_window"] == 0
+
+
+def test_the_table_is_recomputed_from_the_stored_raw_samples(tmp_path: Path) -> None:
+    phases = [Phase("baseline", 0.0, None, 5.0), Phase("kill", 5.0, 6.0, 12.0, "docker kill")]
+    samples = [_http(1.0, True), _http(6.1, False, "503"), _dns(7.0, "b"), _http(11.0, True)]
+    snaps = [Snapshot(0.0, frozenset({"a", "b"})), Snapshot(6.5, frozenset({"a"}))]
+    data = json.loads(json.dumps(raw(phases, samples, snaps, 2.0)))  # through JSON, as stored
+    assert summarize_raw(data) == summarize(phases, samples, snaps, 2.0)
+    # The command rewrites soak.json's phases from soak-raw.json.
+    (tmp_path / "soak-raw.json").write_text(json.dumps(data))
+    (tmp_path / "soak.json").write_text(json.dumps({"phases": [], "totals": {}}))
+    assert main([str(tmp_path)]) == 0
+    stored = json.loads((tmp_path / "soak.json").read_text())
+    assert stored["phases"] == summarize(phases, samples, snaps, 2.0)
+    assert stored["phases"][1]["http_failed"] == 1
+    assert stored["phases"][1]["dns_answers_naming_dead_replicas"] == 1

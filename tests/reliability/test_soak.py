@@ -172,6 +172,10 @@ def test_soak_with_faults(mesh: Soak, results_fallback: Any) -> None:
         "test_seconds": round(time.monotonic() - test_started, 1),
     }
     figures.write("soak", data, results_fallback)
+    # The samples themselves, so the table can be recomputed (figures.main).
+    figures.write_quiet(
+        "soak-raw", figures.raw(phases, samples, monitor.snapshots, WINDOW), results_fallback
+    )
 
     by = {p["phase"]: p for p in summary}
     # The monitor saw the killed and scaled-in replicas die: the stale-answer
