@@ -45,6 +45,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# Shared with the HTTP-only benchmark (this folder is on sys.path when run as a script).
+from run import cpu_ticks, to_ms, workers_of
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 
@@ -153,27 +156,6 @@ def wait_http(url: str, deadline_s: float = 15.0) -> None:
     raise SystemExit(f"{url} did not come up")
 
 
-def to_ms(value: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s)", value)
-    assert m, value
-    n = float(m.group(1))
-    return {"us": n / 1000, "ms": n, "s": n * 1000}[m.group(2)]
-
-
-def cpu_ticks(pids: list[int]) -> int:
-    """user + system clock ticks used so far by these processes."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total
-
-
-def children_of(master: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout
-    return [int(x) for x in out.split()]
-
-
 def run_wrk(url: str, duration: int, pids: list[int]) -> dict[str, float]:
     cmd = ["wrk", "-t1", "-c50", f"-d{duration}s", "--latency", url]
     before = cpu_ticks(pids)
@@ -271,11 +253,11 @@ def main() -> None:
             wait_http(f"http://{addr}/")
         # Whose CPU time counts for each target: the server's own processes.
         pids = {
-            "direct": children_of(backends.pid),
+            "direct": workers_of(backends.pid),
             "meshlocal-tcp": [ml_tcp.pid],
-            "haproxy-tcp": [haproxy.pid, *children_of(haproxy.pid)],
+            "haproxy-tcp": [haproxy.pid, *workers_of(haproxy.pid)],
             "meshlocal-http": [ml_http.pid],
-            "nginx-1w": children_of(nginx1.pid),
+            "nginx-1w": workers_of(nginx1.pid),
         }
         print("cpu accounted to:", pids, flush=True)
         for name, addr in TARGETS.items():  # warm-up: pools, caches, page-ins
