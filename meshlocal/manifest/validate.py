@@ -241,6 +241,14 @@ def check(
         elif isinstance(result, SkippedService):
             skipped.append(result)
     check_environment(services, diag)
+    for name in sorted(set(workspace.app_protocols) - set(workspace.service_manifests)):
+        # A typo here would otherwise leave a service in the wrong mode, silently.
+        diag.note(
+            "warning",
+            f"services.{name}: no service named {name} in this workspace; its app_protocol "
+            "is ignored",
+            Location(workspace.root / "copilot" / ".meshlocal.yml"),
+        )
     spec = EnvironmentSpec(workspace, environment, tuple(services), tuple(skipped))
     return Report(workspace, environment, spec, diag.errors, diag.notes)
 

@@ -450,3 +450,16 @@ def test_plan_table_notes_the_replaced_name_and_tcp_balancing(
         "Service Connect name; clients call http://frontend.local:8080"
     ) in out
     assert "tcp endpoints balance per connection" in out
+
+
+def test_meshlocal_config_naming_no_service_is_a_warning(make_ws: MakeWorkspace) -> None:
+    _, rep = report(
+        make_ws,
+        "",
+        files={"copilot/.meshlocal.yml": "services:\n  apii:\n    app_protocol: http\n"},
+    )
+    assert rep.ok
+    assert protocol_of(rep) is AppProtocol.TCP
+    assert warnings(rep) == [
+        "services.apii: no service named apii in this workspace; its app_protocol is ignored"
+    ]
