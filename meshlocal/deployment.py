@@ -487,24 +487,41 @@ class Deployment:
         else:
             started = self.start_dataplane_process(config, log_file=self._state_file(".log"))
             plane = self._wait_dataplane(timeout, started.pid)
+        if replace_services:
+            self._wait_admin(plane.admin_url, timeout)  # a data plane started just now
         for service in replace_services:
             progress(f"replacing every replica of {service}")
             admin_call(plane.admin_url, "/v1/replace", {"service": service}, timeout)
         if wait:
             self.wait_ready(timeout)
+        self._remember_vips()
         return plane
 
     def current_vips(self) -> dict[str, str]:
-        """Endpoint -> address from the running data plane, if one answers."""
+        """Endpoint -> address: the running data plane's, else the last one remembered.
+
+        The file outlives a data plane that is replaced while it doesn't answer.
+        """
         try:
             services = self.state()["services"]
         except MeshlocalError:
+            with contextlib.suppress(OSError, ValueError):
+                kept = json.loads(self._state_file(".vips").read_text())
+                if isinstance(kept, dict):
+                    return {str(k): str(v) for k, v in kept.items()}
             return {}
         return {
             s["connect"]["name"]: s["connect"]["vip"]
             for s in services.values()
             if s.get("connect") and s["connect"].get("vip")
         }
+
+    def _remember_vips(self) -> None:
+        vips = self.current_vips()
+        if vips:
+            path = self._state_file(".vips")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(vips, sort_keys=True))
 
     def _wait_dataplane(self, timeout: float, pid: int | None = None) -> DataPlane:
         deadline = time.monotonic() + timeout
@@ -588,10 +605,13 @@ class Deployment:
         """
         try:
             self.stop_dataplane_process()
+            self._state_file(".vips").unlink(missing_ok=True)
         except MeshlocalError:
             # No --env and manifests that no longer load (a variable unset, a
             # typo): stop every host-mode agent of the project instead.
             stop_host_agents(self.project)
+            for kept in _STATE_DIR.glob(f"{self.project}-*.vips"):
+                kept.unlink(missing_ok=True)
         return teardown(
             self.engine,
             self.project,

@@ -159,6 +159,8 @@ class Agent:
             self.network.subnet or "", self.network.ip_range, self.network.gateway
         )
         cfg = self.config = await self._with_vips(cfg, cfg.vips)
+        # Host mode puts them on the host's bridge: they must not outlive the agent.
+        self._stack.push_async_callback(self._release_vips)
         self.naming = NamingModel(cfg.spec, cfg.vips)
         self.health.update(self.naming)
         core = ProxyCore(self.registry, cfg.proxy)
@@ -234,14 +236,17 @@ class Agent:
         unchanged replica, stays as it is.
         """
         assert self.resolver is not None and self.proxy is not None and self.public is not None
+        # The steps that can fail first (addresses, listeners), so a failure
+        # leaves the running configuration in charge.
         config = await self._with_vips(config, self.config.vips)
+        naming = NamingModel(config.spec, config.vips)
+        await self.proxy.update(naming)
         self.config = config
-        self.naming = NamingModel(config.spec, config.vips)
+        self.naming = naming
         if self.reconciler is not None:
             # Replicas started from now on see the new endpoints; older ones keep theirs.
             self.reconciler.sc_view = self.naming.endpoint_names
         self.resolver.naming = self.naming
-        await self.proxy.update(self.naming)
         self.public.update(self.naming)
         self.health.update(self.naming)
         self._persist(config)
@@ -254,6 +259,13 @@ class Agent:
         gone = [a for n, a in previous.items() if vips.get(n) != a]
         await asyncio.to_thread(vipnet.assign, self.address, sorted(vips.values()), gone)
         return dataclasses.replace(config, vips=vips)
+
+    async def _release_vips(self) -> None:
+        # Best effort at shutdown: the bridge may be gone already (`down`).
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(
+                vipnet.assign, self.address, (), sorted(self.config.vips.values())
+            )
 
     def _persist(self, config: AgentConfig) -> None:
         if config.state_file:
@@ -424,7 +436,10 @@ class Agent:
             config = AgentConfig.from_json(await request.text())
         except (ValueError, KeyError, TypeError) as exc:
             return web.json_response({"error": f"bad configuration: {exc}"}, status=400)
-        await self.reconfigure(config)
+        try:
+            await self.reconfigure(config)
+        except MeshlocalError as exc:
+            return web.json_response({"error": exc.render()}, status=409)
         return web.json_response(self.state())
 
     async def _scale(self, request: web.Request) -> web.Response:

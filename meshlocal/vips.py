@@ -25,8 +25,11 @@ MAX_PREFIX = 23
 
 def container_range(subnet: str) -> str:
     """The `ip_range` containers are allocated from: the subnet's lower half."""
-    net = ipaddress.ip_network(subnet, strict=False)
-    if net.version != 4 or net.prefixlen > MAX_PREFIX:
+    try:
+        net = ipaddress.ip_network(subnet, strict=False)
+    except ValueError:
+        net = None
+    if net is None or net.version != 4 or net.prefixlen > MAX_PREFIX:
         raise DataPlaneError(
             f"the network subnet {subnet} is too small to reserve Service Connect addresses",
             hint=f"meshlocal needs an IPv4 subnet of /{MAX_PREFIX} or larger; check Docker's "
@@ -41,13 +44,25 @@ def vip_block(subnet: str, ip_range: str | None, gateway: str | None = None) -> 
     Raises DataPlaneError when the network leaves no such block (a network
     created without an `ip_range`, by an older meshlocal or by hand).
     """
-    net = ipaddress.IPv4Network(subnet, strict=False)
+    try:
+        net = ipaddress.IPv4Network(subnet, strict=False)
+    except ValueError:
+        raise DataPlaneError(
+            f"the network has no IPv4 subnet ({subnet or 'none'}) for Service Connect addresses",
+            hint="meshlocal needs an IPv4 bridge network: run `meshlocal down`, then `up`",
+        ) from None
     if ip_range is None:
         raise DataPlaneError(
             f"the network's subnet {subnet} has no range reserved for Service Connect addresses",
             hint="it was created by an older meshlocal: run `meshlocal down`, then `meshlocal up`",
         )
-    pool = ipaddress.IPv4Network(ip_range, strict=False)
+    try:
+        pool = ipaddress.IPv4Network(ip_range, strict=False)
+    except ValueError:
+        raise DataPlaneError(
+            f"the network's container range {ip_range} is not IPv4",
+            hint="run `meshlocal down`, then `meshlocal up`, to recreate the network",
+        ) from None
     if net.prefixlen > MAX_PREFIX:
         container_range(subnet)  # raises with the reason
     top = list(net.subnets(new_prefix=24))[-1]
@@ -71,18 +86,23 @@ def allocate(
     """name -> address: previous addresses kept, new names get the lowest free ones."""
     wanted = sorted(set(names))
     allowed = set(block)
-    out = {n: a for n, a in (previous or {}).items() if n in wanted and a in allowed}
-    used = set(out.values())
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    for name, address in sorted((previous or {}).items()):
+        # A kept address is valid once: a damaged map must not give two endpoints one.
+        if name in wanted and address in allowed and address not in used:
+            out[name] = address
+            used.add(address)
     free = (a for a in block if a not in used)
     for name in wanted:
         if name in out:
             continue
-        address = next(free, None)
-        if address is None:
+        found = next(free, None)
+        if found is None:
             raise DataPlaneError(
                 f"no Service Connect address left for endpoint {name} "
                 f"({len(block)} endpoints at most)",
                 hint="fewer services with network.connect, or a larger network subnet",
             )
-        out[name] = address
+        out[name] = found
     return out

@@ -155,7 +155,7 @@ class _Listeners:
         self.registry = registry
         self.host = host
         self.route_label = route_label
-        self.servers: dict[Any, asyncio.Server] = {}  # endpoint name (or port) -> server
+        self.servers: dict[int | str, asyncio.Server] = {}  # endpoint name (or port) -> server
         self._started = False
 
     async def _bind(self) -> None:
@@ -256,7 +256,7 @@ class ServiceConnectProxy(_Listeners):
     def _factory(self, ep: ServiceConnectEndpoint) -> Callable[[], asyncio.Protocol]:
         core = self.engine
         if ep.protocol is AppProtocol.TCP:
-            return core.tcp.factory(ep.service)
+            return core.tcp.factory(ep.service, ep.name)
         if ep.protocol is AppProtocol.HTTP:
             route = Route(ep.service, SC_ROUTE)
 
@@ -265,7 +265,7 @@ class ServiceConnectProxy(_Listeners):
 
             self._routers[ep.name] = router
             return core.forwarder.factory(router, ep.port, SC_ROUTE)
-        return core.h2.factory(ep.service, grpc=ep.protocol is AppProtocol.GRPC)
+        return core.h2.factory(ep.service, grpc=ep.protocol is AppProtocol.GRPC, endpoint=ep.name)
 
     async def _open(self, ep: ServiceConnectEndpoint) -> None:
         host = ep.vip or self.host
@@ -279,12 +279,14 @@ class ServiceConnectProxy(_Listeners):
         if server is not None:
             server.close()
         router = self._routers.pop(name, None)
+        # Clients of a removed (or changed) endpoint must not go on reaching its
+        # old service over a kept-alive or long-lived connection.
         if ep is not None and router is not None:
-            # A keep-alive client of a removed (or changed) HTTP endpoint must not
-            # go on reaching its old service.
             for conn in list(self.engine.forwarder.connections):
                 if conn.router is router:
                     conn.abort()
+        self.engine.tcp.close_endpoint(name)
+        self.engine.h2.close_endpoint(name)
 
     async def _bind(self) -> None:
         for ep in self.naming.sc_endpoints:

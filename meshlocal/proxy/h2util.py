@@ -139,10 +139,13 @@ def grpc_status(headers: Iterable[Header]) -> int | None:
     value = header(headers, b"grpc-status")
     if value is None:
         return None
-    try:
-        return int(value)
-    except ValueError:
-        return 2  # UNKNOWN, as gRPC clients read an unparsable status
+    # Only the 17 codes gRPC defines; anything else is UNKNOWN, as gRPC clients
+    # read it (and a replica can't grow the per-status metrics without bound).
+    text = value.strip()
+    if not text.isdigit() or not text.isascii() or len(text) > 2:
+        return 2
+    code = int(text)
+    return code if code <= 16 else 2
 
 
 # Envoy's Grpc::Utility::grpcToHttpStatus (source/common/grpc/status.cc), used

@@ -55,8 +55,16 @@ class H2Proxy:
         self.limits: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def factory(self, service: str, *, grpc: bool) -> Callable[[], asyncio.Protocol]:
-        return lambda: Downstream(self, service, grpc)
+    def factory(
+        self, service: str, *, grpc: bool, endpoint: str = ""
+    ) -> Callable[[], asyncio.Protocol]:
+        return lambda: Downstream(self, service, grpc, endpoint)
+
+    def close_endpoint(self, endpoint: str) -> None:
+        """An endpoint went away or changed: its clients must not reach the old service."""
+        for conn in list(self.connections):
+            if conn.endpoint == endpoint:
+                conn.abort()
 
     def sweep(self, now: float) -> None:
         """Request timeouts and idle timeouts (no byte either way), one pass for all.
@@ -147,10 +155,11 @@ class _Conn(asyncio.Protocol):
 class Downstream(_Conn):
     """One client connection; each of its streams goes to a replica of its own."""
 
-    def __init__(self, proxy: H2Proxy, service: str, grpc: bool) -> None:
+    def __init__(self, proxy: H2Proxy, service: str, grpc: bool, endpoint: str = "") -> None:
         super().__init__()
         self.proxy = proxy
         self.service = service
+        self.endpoint = endpoint
         self.grpc = grpc
         self.m: ServiceMetrics = proxy.metrics.service(service)
         self.client = ""  # the caller's IP: whose round robin and outlier view (one Envoy each)
@@ -263,7 +272,10 @@ class Downstream(_Conn):
             self.close()
 
     def close(self) -> None:
-        """GOAWAY, then close once written."""
+        """GOAWAY, then close once written; a client that never drains it is aborted."""
+        if self.transport is not None and self.transport.is_closing():
+            self.abort()  # closed before and still not flushed: a stuck client
+            return
         if self.ready and self.transport is not None:
             with contextlib.suppress(ProtocolError):
                 self.conn.close_connection()

@@ -62,8 +62,14 @@ class TcpProxy:
         self.settings = settings
         self.connections: set[TcpConnection] = set()
 
-    def factory(self, service: str) -> Callable[[], asyncio.Protocol]:
-        return lambda: TcpConnection(self, service)
+    def factory(self, service: str, endpoint: str = "") -> Callable[[], asyncio.Protocol]:
+        return lambda: TcpConnection(self, service, endpoint)
+
+    def close_endpoint(self, endpoint: str) -> None:
+        """An endpoint went away or changed: its clients must not reach the old service."""
+        for conn in list(self.connections):
+            if conn.endpoint == endpoint:
+                conn.abort()
 
     def sweep(self, now: float) -> None:
         """Close connections with no byte either way for `tcp_idle_timeout_s` (0: never)."""
@@ -139,9 +145,10 @@ class _Upstream(asyncio.Protocol):
 class TcpConnection(asyncio.Protocol):
     """One client connection and the replica connection it is pinned to."""
 
-    def __init__(self, proxy: TcpProxy, service: str) -> None:
+    def __init__(self, proxy: TcpProxy, service: str, endpoint: str = "") -> None:
         self.proxy = proxy
         self.service = service
+        self.endpoint = endpoint  # the listener's endpoint name, for close_endpoint
         self.m: ServiceMetrics = proxy.metrics.service(service)
         self.transport: asyncio.Transport | None = None
         self.client = ""  # balancer key: the client task's address

@@ -16,6 +16,7 @@ import contextlib
 import os
 import re
 import threading
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -110,6 +111,15 @@ def engine_errors(what: str | None = None) -> Iterator[None]:
 
 
 # -- value types ----------------------------------------------------------------
+
+
+def _ipv4_config(net: Mapping[str, Any]) -> dict[str, Any]:
+    """The network's IPv4 IPAM pool (a dual-stack network lists an IPv6 one too)."""
+    configs = (net.get("IPAM") or {}).get("Config") or []
+    for config in configs:
+        if ":" not in str(config.get("Subnet") or ""):
+            return dict(config)
+    return {}
 
 
 @dataclass(frozen=True)
@@ -469,7 +479,7 @@ class Engine:
             else:
                 root = None if workspace is None else Path(os.fspath(workspace))
                 net = self._create_network(name, L.base_labels(project, env, L.Role.NETWORK, root))
-        config = ((net.get("IPAM") or {}).get("Config") or [{}])[0]
+        config = _ipv4_config(net)
         return NetworkInfo(
             name=name,
             id=str(net["Id"]),
@@ -485,12 +495,14 @@ class Engine:
         # the create fails with an overlap and the whole thing is tried again.
         last: BaseException | None = None
         for _ in range(5):
-            probe = self.api.create_network(name, driver="bridge", labels=dict(labels))
+            # Its own unlabelled name: nothing may find and adopt the probe meanwhile.
+            probe_name = f"{name}-probe-{uuid.uuid4().hex[:8]}"
+            probe = self.api.create_network(probe_name, driver="bridge")
             try:
                 info = self.api.inspect_network(probe["Id"])
             finally:
                 self.api.remove_network(probe["Id"])
-            config = ((info.get("IPAM") or {}).get("Config") or [{}])[0]
+            config = _ipv4_config(info)
             subnet, gateway = config.get("Subnet"), config.get("Gateway")
             if not subnet:
                 raise RuntimeFailure(f"Docker gave network {name} no IPv4 subnet")

@@ -813,3 +813,14 @@ async def test_http1_client_is_told_to_speak_http2(harness: Any) -> None:
     writer.close()
     assert answer.startswith(b"HTTP/1.1 505 ")
     assert b"HTTP/2 with prior knowledge" in answer
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [(b"0", 0), (b"5", 5), (b"16", 16), (b"17", 2), (b"-99999", 2), (b" 1_0 ", 2), (b"x", 2)],
+)
+def test_grpc_status_outside_grpcs_17_codes_is_unknown(raw: bytes, code: int) -> None:
+    # A replica must not grow the per-status metrics with statuses gRPC doesn't define.
+    from meshlocal.proxy.h2util import grpc_status
+
+    assert grpc_status([(b"grpc-status", raw)]) == code

@@ -167,3 +167,25 @@ async def test_interleaved_clients_each_get_their_own_strict_rotation(
         expected = [order[(start + k) % 3] for k in range(len(replicas))]
         assert replicas == expected, src
     assert seen["127.0.0.8"][0] == "api-1" and seen["127.0.0.7"][0] == "api-1"
+
+
+@pytest.mark.parametrize("protocol", [None, "http"])
+async def test_an_endpoint_that_goes_away_closes_its_open_connections(
+    mesh_factory: MeshFactory, protocol: str | None
+) -> None:
+    # tcp (None) and http: a long-lived client of the old name must not keep
+    # reaching the service once the endpoint is gone.
+    mesh = await mesh_factory(service("api", alias="old", app_protocol=protocol), replicas=1)
+    reader, writer = await asyncio.open_connection("127.0.0.2", mesh.proxy.bound("old")[1])
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: old\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        assert await asyncio.wait_for(reader.readexactly(length), 5) == b"api-1"
+        await mesh.proxy.update(naming(service("api", alias="new", app_protocol=protocol)))
+        # The held connection ends (EOF or reset), it is not served any more.
+        with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+            writer.write(b"GET / HTTP/1.1\r\nHost: old\r\n\r\n")
+            await asyncio.wait_for(reader.readexactly(1), 5)
+    finally:
+        writer.close()
