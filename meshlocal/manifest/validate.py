@@ -52,6 +52,59 @@ def is_service_name(name: str) -> bool:
     return bool(_LABEL.fullmatch(name)) and "--" not in name
 
 
+# Copilot's names for applications and environments (internal/pkg/cli/validate.go,
+# basicNameValidation): what `copilot app init` / `env init` accept, so what a
+# deployable workspace holds.
+_BASIC_NAME = re.compile(r"[a-z][a-z0-9\-]+")
+_BASIC_NAME_RULE = (
+    "value must have a length of at least 2, start with a letter, contain only lower-case "
+    "letters, numbers, and hyphens, and have no consecutive or trailing hyphen"
+)
+
+
+def basic_name_error(name: str) -> str | None:
+    """Copilot's message for an invalid application or environment name, or None."""
+    if not name:
+        return "value must not be empty"
+    if len(name) > 255:
+        return "value must not exceed 255 characters"
+    if not _BASIC_NAME.fullmatch(name) or "--" in name or name.endswith("-"):
+        return _BASIC_NAME_RULE
+    return None
+
+
+def _line_of(path: Path, key: str) -> Location:
+    """Where `key:` is written in a small file (its first line when absent)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return Location(path)
+    for number, line in enumerate(lines, 1):
+        if line.lstrip().startswith(f"{key}:"):
+            return Location(path, number)
+    return Location(path, 1)
+
+
+def check_names(workspace: Workspace, environment: Environment, diag: Diagnostics) -> None:
+    """The application's and the environment's names, by Copilot's rules and messages."""
+    copilot = workspace.root / "copilot"
+    app_error = basic_name_error(workspace.app)
+    if app_error:
+        diag.error(
+            f"application name {workspace.app} is invalid: {app_error}",
+            _line_of(copilot / ".workspace", "application"),
+            "Copilot creates no such application: use the name `copilot app init` gave it",
+        )
+    env_error = basic_name_error(environment.name)
+    if env_error:
+        where = environment.manifest_path or copilot / ".meshlocal.yml"
+        diag.error(
+            f"environment name {environment.name} is invalid: {env_error}",
+            Location(where) if environment.manifest_path else _line_of(where, environment.name),
+            "rename the environment's folder under copilot/environments/ to a valid name",
+        )
+
+
 def is_dns_name(name: str) -> bool:
     if not name or len(name) > 253 or name.endswith("."):
         return False
@@ -223,6 +276,7 @@ def check(
     workspace = _workspace(start_or_workspace)
     environment = select_environment(workspace, env)
     diag = Diagnostics()
+    check_names(workspace, environment, diag)
     load_environment_manifest(environment, diag)
     loader = ServiceLoader(workspace, environment, os.environ if environ is None else environ, diag)
     services: list[Service] = []
