@@ -30,12 +30,16 @@ def container_range(subnet: str) -> str:
     except ValueError:
         net = None
     if net is None or net.version != 4 or net.prefixlen > MAX_PREFIX:
-        raise DataPlaneError(
-            f"the network subnet {subnet} is too small to reserve Service Connect addresses",
-            hint=f"meshlocal needs an IPv4 subnet of /{MAX_PREFIX} or larger; check Docker's "
-            "default-address-pools in /etc/docker/daemon.json",
-        )
+        raise _too_small(subnet)
     return str(next(net.subnets(prefixlen_diff=1)))
+
+
+def _too_small(subnet: str) -> DataPlaneError:
+    return DataPlaneError(
+        f"the network subnet {subnet} is too small to reserve Service Connect addresses",
+        hint=f"meshlocal needs an IPv4 subnet of /{MAX_PREFIX} or larger; check Docker's "
+        "default-address-pools in /etc/docker/daemon.json",
+    )
 
 
 def vip_block(subnet: str, ip_range: str | None, gateway: str | None = None) -> list[str]:
@@ -64,8 +68,8 @@ def vip_block(subnet: str, ip_range: str | None, gateway: str | None = None) -> 
             hint="run `meshlocal down`, then `meshlocal up`, to recreate the network",
         ) from None
     if net.prefixlen > MAX_PREFIX:
-        container_range(subnet)  # raises with the reason
-    top = list(net.subnets(new_prefix=24))[-1]
+        raise _too_small(subnet)
+    top = ipaddress.IPv4Network((int(net.broadcast_address) & ~0xFF, 24))
     taken = {gateway} if gateway else set()
     block = [
         str(a)

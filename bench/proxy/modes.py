@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 # Shared with the HTTP-only benchmark (this folder is on sys.path when run as a script).
-from run import cpu_ticks, to_ms, workers_of
+from run import cpu_ticks, start_nginx, to_ms, workers_of
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -72,20 +72,6 @@ GROUPS: list[tuple[str, ...]] = [
 ]
 PAIRS = [("meshlocal-tcp", "haproxy-tcp"), ("meshlocal-http", "nginx-1w")]
 
-NGINX_CONF = """
-worker_processes {workers};
-daemon off;
-pid {tmp}/nginx-{name}.pid;
-error_log {tmp}/error-{name}.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp};
-  uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
-  keepalive_requests 1000000;
-  {body}
-}}
-"""
 BACKENDS = (
     "server { "
     + " ".join(f"listen {a};" for a in BACKEND_ADDRS)
@@ -120,12 +106,6 @@ backend be
   balance roundrobin
 {servers}
 """
-
-
-def start_nginx(tmp: Path, name: str, workers: str, body: str) -> subprocess.Popen[bytes]:
-    conf = tmp / f"{name}.conf"
-    conf.write_text(NGINX_CONF.format(workers=workers, tmp=tmp, name=name, body=body))
-    return subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp)])
 
 
 def haproxy_conf() -> str:

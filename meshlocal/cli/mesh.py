@@ -14,21 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from meshlocal.cli.app import Context, cli, pass_context
 from meshlocal.cli.logprefix import LogPrinter
+from meshlocal.cli.render import err, out, print_ps, stats_modes
 from meshlocal.cli.workspace import env_option
 from meshlocal.deployment import Deployment, admin_call, stop_host_agents, teardown
 from meshlocal.errors import MeshlocalError, RuntimeFailure
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.engine import ContainerInfo, Engine
-
-out = Console(highlight=False, soft_wrap=True)
-if not out.is_terminal:  # pipes and CI: don't squeeze tables into 80 columns
-    out.width = 160
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _display_name(info: ContainerInfo) -> str:
@@ -235,7 +230,7 @@ def up(
             return
         err.print(f"[+] Data plane ({plane.mode}) for {dep.project}/{dep.env}", markup=False)
         if detach:
-            _print_ps(dep.state(), plane.public_url)  # with the unresolved-endpoint notes
+            print_ps(dep.state(), plane.public_url)  # with the unresolved-endpoint notes
             return
         _attach_until_interrupted(dep, plane.public_url, timeout)
 
@@ -397,51 +392,6 @@ def ls(as_json: bool) -> None:
 # -- ps / scale / stats ----------------------------------------------------
 
 
-def _print_unresolved(state: dict[str, Any]) -> None:
-    """Clients that started before an endpoint existed: ECS leaves them blind to it."""
-    for name, svc in sorted(state["services"].items()):
-        missing = svc.get("unresolved_endpoints") or []
-        if missing:
-            err.print(
-                f"[!] {name}: replicas started before Service Connect endpoint(s) "
-                f"{', '.join(missing)} existed and can't resolve them (as on ECS); "
-                f"`meshlocal up -d --replace {name}` replaces them",
-                markup=False,
-                style="yellow",
-            )
-
-
-def _endpoint_text(svc: dict[str, Any]) -> list[str]:
-    sc = svc.get("connect")
-    if sc:
-        return [f"{sc['url']} ({sc['protocol']}, {sc['vip']})"]
-    return [*svc["connect_endpoints"]]
-
-
-def _print_ps(state: dict[str, Any], public_url: str | None) -> None:
-    table = Table(title=f"{state['app']}/{state['env']} ({state['mode']} data plane)")
-    for col in ("REPLICA", "ADDRESS", "HEALTH", "ROTATION", "ENDPOINTS"):
-        table.add_column(col)
-    for name, svc in sorted(state["services"].items()):
-        endpoints = _endpoint_text(svc)
-        if svc["discovery_name"]:
-            endpoints.append(f"{svc['discovery_name']}:{svc['port']}")
-        if not svc["replicas"]:
-            table.add_row(f"{name} (0/{svc['desired']})", "-", "-", "-", ", ".join(endpoints))
-        for r in svc["replicas"]:
-            rotation = "draining" if r["draining"] else ("in" if r["in_rotation"] else "out")
-            table.add_row(r["name"], r["address"], r["health"], rotation, ", ".join(endpoints))
-    out.print(table)
-    out.print(
-        f"Data plane (DNS): {state['address']}; each Service Connect endpoint answers on "
-        "its own address (ENDPOINTS)",
-        markup=False,
-    )
-    _print_unresolved(state)
-    if public_url:
-        out.print(f"Public endpoint: {public_url}", markup=False)
-
-
 @cli.command()
 @env_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -455,7 +405,7 @@ def ps(ctx: Context, env: str | None, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps(state, indent=2, sort_keys=True))
         else:
-            _print_ps(state, plane.public_url)
+            print_ps(state, plane.public_url)
 
 
 @cli.command()
@@ -498,12 +448,7 @@ def stats(ctx: Context, env: str | None, as_json: bool) -> None:
             click.echo(json.dumps(snapshot, indent=2, sort_keys=True))
             return
         state = dep.state()
-    services, state_rules = state["services"], state.get("public_rules") or []
-    modes = {n: s["connect"]["protocol"] for n, s in services.items() if s.get("connect")}
-    for _path, service in state_rules:
-        # The public endpoint (the ALB) counts HTTP requests, whatever the SC mode.
-        modes[service] = f"{modes[service]}, ALB http" if service in modes else "ALB http"
-    out.print(stats_table(snapshot, modes))
+    out.print(stats_table(snapshot, stats_modes(state)))
 
 
 # -- logs ------------------------------------------------------------------

@@ -71,6 +71,8 @@ class Engine:
         self.forwarder = Forwarder(self.balancer, self.pool, self.metrics, settings)
         self.tcp = TcpProxy(self.balancer, self.metrics, settings)
         self.h2 = H2Proxy(self.balancer, self.metrics, settings)
+        # The connection-holding data paths beside the HTTP/1 forwarder.
+        self.relays: tuple[TcpProxy | H2Proxy, ...] = (self.tcp, self.h2)
         self._users = 0
         self._unsubscribe: Callable[[], None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -93,8 +95,8 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         self.pool.close()
-        self.tcp.close_all()
-        self.h2.close_all()
+        for relay in self.relays:
+            relay.close_all()
         self.balancer.close()
 
     def _on_change(self, before: Replica | None, after: Replica | None) -> None:
@@ -103,8 +105,8 @@ class Engine:
             self.pool.drop_replica(before.container_id)
         if before is not None and after is None:
             # Gone: connections pinned to it can't be served any more.
-            self.tcp.close_replica(before.container_id)
-            self.h2.close_replica(before.container_id)
+            for relay in self.relays:
+                relay.close_replica(before.container_id)
 
     async def _sweep(self) -> None:
         # Request timeouts are enforced here: precise to a tenth of their value (max 1 s).
@@ -115,8 +117,8 @@ class Engine:
             now = time.monotonic()
             self.pool.sweep()
             self.forwarder.sweep(now)
-            self.tcp.sweep(now)
-            self.h2.sweep(now)
+            for relay in self.relays:
+                relay.sweep(now)
 
     async def wait_drained(self, container_id: str, timeout_s: float = 30.0) -> bool:
         """After `registry.set_draining`: wait for the replica's in-flight requests to end."""
@@ -124,8 +126,8 @@ class Engine:
         while self.balancer.in_flight(container_id) > 0:
             if time.monotonic() >= deadline:
                 # Long-lived TCP and HTTP/2 connections end with the drain window.
-                self.tcp.close_replica(container_id)
-                self.h2.close_replica(container_id)
+                for relay in self.relays:
+                    relay.close_replica(container_id)
                 return False
             await asyncio.sleep(0.02)
         self.pool.drop_replica(container_id)
@@ -285,8 +287,8 @@ class ServiceConnectProxy(_Listeners):
             for conn in list(self.engine.forwarder.connections):
                 if conn.router is router:
                     conn.abort()
-        self.engine.tcp.close_endpoint(name)
-        self.engine.h2.close_endpoint(name)
+        for relay in self.engine.relays:
+            relay.close_endpoint(name)
 
     async def _bind(self) -> None:
         for ep in self.naming.sc_endpoints:

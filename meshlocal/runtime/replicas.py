@@ -184,13 +184,16 @@ class Reconciler:
         names = sorted(set(self.desired) | gone | {o.service for o in observed})
         await asyncio.gather(*(self.converge(name) for name in names))
 
-    async def replace(self, service: str) -> None:
-        """Roll every replica of `service`, changed or not (`up --replace`)."""
+    def _known(self, service: str) -> None:
         if service not in self.desired:
             raise RuntimeFailure(
                 f"no service named {service} runs in {self.env}",
                 hint="`meshlocal ps` lists the services",
             )
+
+    async def replace(self, service: str) -> None:
+        """Roll every replica of `service`, changed or not (`up --replace`)."""
+        self._known(service)
         lock = self._locks.setdefault(service, asyncio.Lock())
         async with lock:
             current = [o for o in await self._observe(service) if o.alive]
@@ -198,11 +201,7 @@ class Reconciler:
                 await self._roll(service, current)
 
     async def scale(self, service: str, count: int) -> None:
-        if service not in self.desired:
-            raise RuntimeFailure(
-                f"no service named {service} runs in {self.env}",
-                hint="`meshlocal ps` lists the services",
-            )
+        self._known(service)
         if count < 0:
             raise RuntimeFailure(f"cannot scale {service} to {count} replicas")
         current = self.desired[service]

@@ -1,0 +1,71 @@
+"""How a running mesh's state reads in the terminal: `ps`, `up -d`'s summary, `stats` modes.
+
+Pure rendering of the admin API's `/v1/state` document; the commands fetch it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+out = Console(highlight=False, soft_wrap=True)
+if not out.is_terminal:  # pipes and CI: don't squeeze tables into 80 columns
+    out.width = 160
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def print_unresolved(state: dict[str, Any]) -> None:
+    """Clients that started before an endpoint existed: ECS leaves them blind to it."""
+    for name, svc in sorted(state["services"].items()):
+        missing = svc.get("unresolved_endpoints") or []
+        if missing:
+            err.print(
+                f"[!] {name}: replicas started before Service Connect endpoint(s) "
+                f"{', '.join(missing)} existed and can't resolve them (as on ECS); "
+                f"`meshlocal up -d --replace {name}` replaces them",
+                markup=False,
+                style="yellow",
+            )
+
+
+def endpoint_text(svc: dict[str, Any]) -> list[str]:
+    sc = svc.get("connect")
+    if sc:
+        return [f"{sc['url']} ({sc['protocol']}, {sc['vip']})"]
+    return [*svc["connect_endpoints"]]
+
+
+def print_ps(state: dict[str, Any], public_url: str | None) -> None:
+    table = Table(title=f"{state['app']}/{state['env']} ({state['mode']} data plane)")
+    for col in ("REPLICA", "ADDRESS", "HEALTH", "ROTATION", "ENDPOINTS"):
+        table.add_column(col)
+    for name, svc in sorted(state["services"].items()):
+        endpoints = endpoint_text(svc)
+        if svc["discovery_name"]:
+            endpoints.append(f"{svc['discovery_name']}:{svc['port']}")
+        if not svc["replicas"]:
+            table.add_row(f"{name} (0/{svc['desired']})", "-", "-", "-", ", ".join(endpoints))
+        for r in svc["replicas"]:
+            rotation = "draining" if r["draining"] else ("in" if r["in_rotation"] else "out")
+            table.add_row(r["name"], r["address"], r["health"], rotation, ", ".join(endpoints))
+    out.print(table)
+    out.print(
+        f"Data plane (DNS): {state['address']}; each Service Connect endpoint answers on "
+        "its own address (ENDPOINTS)",
+        markup=False,
+    )
+    print_unresolved(state)
+    if public_url:
+        out.print(f"Public endpoint: {public_url}", markup=False)
+
+
+def stats_modes(state: dict[str, Any]) -> dict[str, str]:
+    """service -> the mode its metrics come from, for `meshlocal stats`."""
+    services = state["services"]
+    modes = {n: s["connect"]["protocol"] for n, s in services.items() if s.get("connect")}
+    for _path, service in state.get("public_rules") or []:
+        # The public endpoint (the ALB) counts HTTP requests, whatever the SC mode.
+        modes[service] = f"{modes[service]}, ALB http" if service in modes else "ALB http"
+    return modes
