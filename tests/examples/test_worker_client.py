@@ -27,16 +27,24 @@ def api_vip(mesh: Mesh) -> str:
 
 
 def test_worker_calls_api_through_service_connect_round_robin(example_mesh: Mesh) -> None:
-    def last_calls() -> list[re.Match[str]] | None:
-        logged = (line.strip() for line in example_mesh.logs("worker", tail=200))
-        lines = [line for line in logged if line.startswith("http://api/ ->")]
-        # The last 6 calls, one after another, all answered.
-        matched = [m for line in lines[-6:] if (m := LINE.match(line))]
-        return matched if len(matched) == 6 else None
+    def calls() -> list[str]:
+        logged = (line.strip() for line in example_mesh.logs("worker", tail=5000))
+        return [line for line in logged if line.startswith("http://api/ ->")]
 
-    found = example_mesh.wait_until(last_calls, timeout=30, message="6 worker calls to http://api/")
+    # Only calls made from now on: the worker starts with api, and its first
+    # calls may come before both api replicas are in rotation.
+    before = len(calls())
+
+    def next_calls() -> list[str] | None:
+        lines = calls()[before : before + 6]
+        return lines if len(lines) == 6 else None
+
+    found = example_mesh.wait_until(next_calls, timeout=30, message="6 worker calls to http://api/")
     assert found is not None
-    seen = [m.groupdict() for m in found]
+    # The next 6 calls, one after another, all answered.
+    matched = [LINE.match(line) for line in found]
+    assert all(matched), found
+    seen = [m.groupdict() for m in matched if m]
     assert {(s["route"], s["mode"]) for s in seen} == {("service-connect", "tcp")}, seen
     assert {s["dialled"] for s in seen} == {f"{api_vip(example_mesh)}:80"}, seen
     # One worker task, a new connection per call: strict per-connection round robin.
