@@ -40,6 +40,7 @@ from meshlocal.proxy.healthcheck import HttpHealthChecker
 from meshlocal.proxy.settings import ProxySettings
 from meshlocal.registry import ReplicaRegistry
 from meshlocal.runtime import vipnet
+from meshlocal.runtime.backoff import Crash
 from meshlocal.runtime.engine import Engine, NetworkInfo
 from meshlocal.runtime.reconcile import DesiredService, desired_from_json, desired_to_json
 from meshlocal.runtime.replicas import Reconciler
@@ -181,6 +182,7 @@ class Agent:
             dns=[self.address],
             pause_image=cfg.pause_image,
             on_change=lambda msg: log.info("%s", msg),
+            max_replicas=cfg.spec.workspace.max_replicas,
         )
         self.reconciler.sc_view = self.naming.endpoint_names
         # Adopt what already runs first (a restarted data plane), so the first
@@ -225,6 +227,8 @@ class Agent:
         self.applied.clear()
         self.apply_error = None
         previous = self._apply_task
+        if self.reconciler is not None:
+            self.reconciler.supersede()  # the previous apply stops queuing, not waited out
         self._apply_task = asyncio.create_task(
             self._apply(desired, previous), name="meshlocal-apply"
         )
@@ -347,6 +351,7 @@ class Agent:
         """What `ps`, `up -d` and the pytest plugin read."""
         rec = self.reconciler
         services: dict[str, Any] = {}
+        restarting = rec.restarting() if rec else []
         for svc in self.naming.services.values():
             desired = rec.desired.get(svc.name) if rec else None
             starting = [r for r in (rec.starting() if rec else []) if r.service == svc.name]
@@ -374,6 +379,9 @@ class Agent:
                         for e in self.naming.missing_from(svc.name, r.sc_view)
                     }
                 ),
+                # Replicas neither running nor starting: queued, or backing off.
+                "not_started": rec.pending_starts(svc.name) if rec else 0,
+                "restarting": [_crash_state(c) for c in restarting if c.service == svc.name],
                 "replicas": [
                     {
                         "name": r.name,
@@ -450,7 +458,8 @@ class Agent:
         except (ValueError, KeyError, TypeError):
             return web.json_response({"error": "expected {service, count}"}, status=400)
         try:
-            await self.reconciler.scale(service, count)
+            # Returns at once: the caller waits for readiness with its own timeout.
+            self.reconciler.request_scale(service, count)
         except MeshlocalError as exc:
             return web.json_response({"error": exc.render()}, status=409)
         return web.json_response(self.state())
@@ -469,6 +478,20 @@ class Agent:
         except MeshlocalError as exc:
             return web.json_response({"error": exc.render()}, status=409)
         return web.json_response(self.state())
+
+
+def _crash_state(crash: Crash) -> dict[str, Any]:
+    return {
+        "index": crash.index,
+        "exit_code": crash.exit_code,
+        "count": crash.count,
+        "looping": crash.looping,
+        "retry_in": round(crash.retry_in, 1),
+        "status": crash.status(),
+        "kept": crash.kept,
+        "last_log": crash.last_logs[-1] if crash.last_logs else None,
+        "health": crash.health.describe() if crash.health else None,
+    }
 
 
 def admin_peer_allowed(peer: str | None, gateway: str | None) -> bool:

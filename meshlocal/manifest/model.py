@@ -170,6 +170,11 @@ class SkippedService:
     reason: str
 
 
+# The default upper bound on one service's replicas: a count meant for a
+# cluster (ECS allows 5,000 tasks per service) would swamp a laptop's engine.
+MAX_REPLICAS = 50
+
+
 @dataclass(frozen=True)
 class Workspace:
     """A copilot/ workspace on disk, before an environment is chosen."""
@@ -181,6 +186,9 @@ class Workspace:
     # copilot/.meshlocal.yml `services: {NAME: {app_protocol: ...}}`: a local
     # Service Connect protocol that wins over the manifest's taskdef_overrides.
     app_protocols: dict[str, str] = field(default_factory=dict)
+    # copilot/.meshlocal.yml `max_replicas`: meshlocal's own bound on a count.
+    max_replicas: int = MAX_REPLICAS
+    max_replicas_location: Location | None = None
 
 
 @dataclass(frozen=True)

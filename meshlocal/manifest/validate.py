@@ -304,7 +304,32 @@ def check(
             Location(workspace.root / "copilot" / ".meshlocal.yml"),
         )
     spec = EnvironmentSpec(workspace, environment, tuple(services), tuple(skipped))
+    for error in over_replica_limit(spec):
+        # Copilot deploys it (not an error here); `up` refuses to run it.
+        diag.note("warning", f"{error.message}; `meshlocal up` refuses it", error.location)
     return Report(workspace, environment, spec, diag.errors, diag.notes)
+
+
+def over_replica_limit(spec: EnvironmentSpec) -> list[ManifestError]:
+    """Counts above copilot/.meshlocal.yml's max_replicas: meshlocal's bound, not Copilot's."""
+    limit = spec.workspace.max_replicas
+    return [
+        ManifestError(
+            f"{svc.name}: count {svc.count} is above meshlocal's limit of {limit} replicas "
+            "per service",
+            location=svc.where("count"),
+            hint=replica_limit_hint(limit),
+        )
+        for svc in spec.services
+        if svc.count > limit
+    ]
+
+
+def replica_limit_hint(limit: int) -> str:
+    return (
+        f"lower count, or raise the limit in copilot/.meshlocal.yml (max_replicas: {limit} "
+        "today): every replica is a container on this machine's Docker engine"
+    )
 
 
 def load_environment(

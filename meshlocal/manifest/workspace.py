@@ -11,6 +11,7 @@ services live at `copilot/<svc>/manifest.yml`; environments at
     services:
       api:
         app_protocol: http     # Service Connect mode without touching the manifest
+    max_replicas: 50           # refuse a count or scale above this (per service)
 
 An environment named there needs no manifest (legacy environments predate
 environment manifests).
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshlocal.errors import Location, ManifestError, WorkspaceNotFound
-from meshlocal.manifest.model import Environment, Workspace
+from meshlocal.manifest.model import MAX_REPLICAS, Environment, Workspace
 from meshlocal.manifest.yaml12 import Map, Node, Scalar, load_file
 
 COPILOT_DIR = "copilot"
@@ -48,6 +49,8 @@ class Config:
     path: Path | None = None
     environments: dict[str, EnvConfig] = field(default_factory=dict)
     app_protocols: dict[str, str] = field(default_factory=dict)
+    max_replicas: int = MAX_REPLICAS
+    max_replicas_location: Location | None = None
 
 
 def find_root(start: Path) -> Path:
@@ -91,16 +94,18 @@ def read_config(path: Path) -> Config:
         )
     envs: dict[str, EnvConfig] = {}
     for key in root:
-        if key not in ("environments", "services"):
+        if key not in ("environments", "services", "max_replicas"):
             raise ManifestError(
                 f'unknown setting "{key}"',
                 location=root.keys[key],
-                hint="known: environments, services",
+                hint="known: environments, services, max_replicas",
             )
     protocols = _read_services(root.get("services"))
+    limit = _read_max_replicas(root.get("max_replicas"))
+    limit_at = root.keys["max_replicas"] if "max_replicas" in root else None
     node = root.get("environments")
     if node is None or (isinstance(node, Scalar) and node.kind == "null"):
-        return Config(path, {}, protocols)
+        return Config(path, {}, protocols, limit, limit_at)
     if not isinstance(node, Map):
         raise ManifestError(
             "environments must be a mapping of names",
@@ -132,7 +137,21 @@ def read_config(path: Path) -> Config:
                 hint="write NAME: {legacy_namespace: true}",
             )
         envs[name] = EnvConfig(legacy, node.keys[name])
-    return Config(path, envs, protocols)
+    return Config(path, envs, protocols, limit, limit_at)
+
+
+def _read_max_replicas(node: Node | None) -> int:
+    if node is None or (isinstance(node, Scalar) and node.kind == "null"):
+        return MAX_REPLICAS
+    value = node.value if isinstance(node, Scalar) and node.kind == "int" else None
+    if isinstance(value, int) and value >= 1:
+        return value
+    shown = node.text if isinstance(node, Scalar) else "a mapping or list"
+    raise ManifestError(
+        f"max_replicas must be a whole number of at least 1, not {shown}",
+        location=node.loc,
+        hint=f"write max_replicas: {MAX_REPLICAS} (the default)",
+    )
 
 
 def _read_services(node: Node | None) -> dict[str, str]:
@@ -192,5 +211,11 @@ def find_workspace(start: Path) -> Workspace:
         if (sub / MANIFEST).is_file():
             services[sub.name] = sub / MANIFEST
     return Workspace(
-        root, app, dict(sorted(environments.items())), services, dict(config.app_protocols)
+        root,
+        app,
+        dict(sorted(environments.items())),
+        services,
+        dict(config.app_protocols),
+        config.max_replicas,
+        config.max_replicas_location,
     )

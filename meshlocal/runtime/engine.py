@@ -38,6 +38,7 @@ from meshlocal.errors import (
 from meshlocal.manifest.model import ContainerHealthCheck
 from meshlocal.registry import Health
 from meshlocal.runtime import labels as L
+from meshlocal.runtime.backoff import HealthReport
 from meshlocal.vips import container_range
 
 _NS = 1_000_000_000
@@ -259,6 +260,25 @@ def _health_from_status(status: str) -> Health | None:
     word = match.group(1)
     # Not startswith("health"): "healthy" starts with it too.
     return Health.STARTING if word == "health: starting" else _HEALTH[word]
+
+
+def health_report(raw: Mapping[str, Any]) -> HealthReport | None:
+    """From `docker inspect`: Config.Healthcheck.Test and State.Health.Log[-1]."""
+    test = ((raw.get("Config") or {}).get("Healthcheck") or {}).get("Test") or []
+    health = (raw.get("State") or {}).get("Health") or {}
+    runs = health.get("Log") or []
+    if not test or test[0] == "NONE" or not runs:
+        return None
+    last = runs[-1]
+    kind, *args = [str(t) for t in test]
+    command = f"{kind} {' '.join(args)}" if kind == "CMD-SHELL" else " ".join([kind, *args])
+    output = str(last.get("Output") or "").strip()
+    return HealthReport(
+        command=command,
+        exit_code=last.get("ExitCode"),
+        output=output[-500:],  # a check that prints a page: its end says why
+        failing_streak=int(health.get("FailingStreak") or 0),
+    )
 
 
 def _healthcheck_dict(check: ContainerHealthCheck) -> dict[str, Any]:
@@ -600,6 +620,15 @@ class Engine:
             addresses={n: str(v.get("IPAddress") or "") for n, v in nets.items()},
             exit_code=None if state.get("Running") else state.get("ExitCode"),
         )
+
+    def health_report(self, container_id: str) -> HealthReport | None:
+        """The health check's command and its last run, from Docker's health log."""
+        try:
+            with engine_errors():
+                raw = self.api.inspect_container(container_id)
+        except RuntimeFailure:
+            return None
+        return health_report(raw)
 
     def list_containers(
         self,

@@ -8,11 +8,16 @@ Docker's event stream (never a polling loop):
 - `health_status`: updates the registry; an unhealthy replica is stopped and
   replaced, as ECS replaces a task whose essential container is unhealthy;
 - `die`: the replica leaves the registry at once, and unless meshlocal
-  stopped it, a replacement starts (backing off when it keeps crashing).
+  stopped it, a replacement starts (backing off when it keeps crashing, see
+  backoff.py); the dead container is kept, stopped, so `logs` shows why.
 
 `apply()` converges to a desired state: missing replicas start, extra ones
 drain then stop, and services whose config hash changed roll: the new
 replica is ready before the old one drains and stops.
+
+Work is bounded: at most `max_parallel` containers start or stop at once,
+whatever the count, and a new desired state (`scale`, `up`) supersedes the
+work still queued for the old one instead of waiting behind it.
 
 Engine calls are synchronous and run in threads (asyncio.to_thread).
 """
@@ -21,18 +26,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from meshlocal.errors import MeshlocalError, RuntimeFailure
-from meshlocal.manifest.model import ContainerHealthCheck
+from meshlocal.manifest.model import MAX_REPLICAS, ContainerHealthCheck
+from meshlocal.manifest.validate import replica_limit_hint
 from meshlocal.registry import Health, Replica, ReplicaRegistry
 from meshlocal.runtime import labels as L
+from meshlocal.runtime.backoff import (
+    KEPT_SUFFIX,
+    STABLE_AFTER_S,
+    Crash,
+    Slot,
+)
 from meshlocal.runtime.engine import (
     ContainerEvent,
     ContainerInfo,
@@ -53,35 +66,12 @@ from meshlocal.runtime.reconcile import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-CRASH_LOOP_AFTER = 3  # consecutive deaths before a replica counts as crash-looping
-_BACKOFF_CAP_S = 10.0
 TASK = "meshlocal.task"  # one id per task: its main container, sidecars and pause
 NETNS = "meshlocal.netns"  # on a main container: the pause container owning its namespace
 ESSENTIAL = "meshlocal.essential"
 # ECS ignores a Dockerfile's HEALTHCHECK: only the task definition's counts.
 NO_HEALTHCHECK = ContainerHealthCheck(command=("NONE",))
-STABLE_AFTER_S = 10.0  # healthy this long, then a death no longer counts as a crash loop
-
-
-@dataclass
-class Crash:
-    """What is known about a replica that keeps dying: for `up -d`'s failure message."""
-
-    service: str
-    index: int
-    exit_code: int | None
-    count: int
-    last_logs: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _Slot:
-    """Restart bookkeeping for one (service, index)."""
-
-    failures: int = 0  # consecutive deaths since it was last healthy
-    last_exit: int | None = None
-    last_logs: list[str] = field(default_factory=list)
-    stable_since: float | None = None  # when it last became healthy (or running, without a check)
+MAX_PARALLEL = 8  # containers starting or stopping at once, per agent
 
 
 class Reconciler:
@@ -101,6 +91,8 @@ class Reconciler:
         replace_unhealthy: bool = True,
         pause_image: str | None = None,
         on_change: Callable[[str], None] | None = None,
+        max_parallel: int = MAX_PARALLEL,
+        max_replicas: int = MAX_REPLICAS,
     ) -> None:
         self.engine = engine
         self.registry = registry
@@ -119,7 +111,14 @@ class Reconciler:
         self._hashes: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._expected_stop: set[str] = set()  # container ids meshlocal stops on purpose
-        self._slots: dict[tuple[str, int], _Slot] = {}
+        self._slots: dict[tuple[str, int], Slot] = {}
+        self.max_replicas = max_replicas
+        # One bound for every service: a huge count queues, it never floods the engine.
+        self._work = asyncio.Semaphore(max_parallel)
+        self._max_parallel = max_parallel
+        self._superseded: dict[str, asyncio.Event] = {}  # set: drop the queued work
+        self._queued: dict[str, int] = {}  # converges asked for and not yet done
+        self._busy: set[str] = set()  # services converging now
         self._tasks: set[asyncio.Task[Any]] = set()
         self._events: EventStream | None = None
         self._consumer: asyncio.Task[None] | None = None
@@ -178,8 +177,14 @@ class Reconciler:
     async def apply(self, desired: Mapping[str, DesiredService]) -> None:
         """Converge every service (and remove services that are no longer desired)."""
         gone = set(self.desired) - set(desired)
+        hashes = {name: self.config_hash(d.template) for name, d in desired.items()}
+        for (service, _), slot in self._slots.items():
+            if hashes.get(service) != self._hashes.get(service):
+                slot.recovered()  # a new task definition: no longer throttled, as on ECS
         self.desired = dict(desired)
-        self._hashes = {name: self.config_hash(d.template) for name, d in desired.items()}
+        self._hashes = hashes
+        for name in set(desired) | gone:
+            self.supersede(name)
         observed = await self._observe(None)
         names = sorted(set(self.desired) | gone | {o.service for o in observed})
         await asyncio.gather(*(self.converge(name) for name in names))
@@ -201,57 +206,150 @@ class Reconciler:
                 await self._roll(service, current)
 
     async def scale(self, service: str, count: int) -> None:
+        """Set the count and converge; returns once the service matches it."""
+        await self.request_scale(service, count)
+
+    def request_scale(self, service: str, count: int) -> asyncio.Task[None]:
+        """Set the count now and converge in the background (the admin API's scale).
+
+        Work still queued for an earlier count is dropped, not waited for.
+        """
         self._known(service)
         if count < 0:
             raise RuntimeFailure(f"cannot scale {service} to {count} replicas")
+        if count > self.max_replicas:
+            raise RuntimeFailure(
+                f"cannot scale {service} to {count} replicas: above meshlocal's limit of "
+                f"{self.max_replicas} replicas per service",
+                hint=replica_limit_hint(self.max_replicas),
+            )
         current = self.desired[service]
         self.desired[service] = DesiredService(current.template, count)
-        await self.converge(service)
+        self.supersede(service)
+        return self.request_converge(service)
+
+    def supersede(self, service: str | None = None) -> None:
+        """The desired state changed: running converges stop queuing work (None: all)."""
+        for name, flag in self._superseded.items():
+            if service is None or name == service:
+                flag.set()
+
+    def request_converge(self, service: str) -> asyncio.Task[None]:
+        """Converge in the background; `all_ready` is false until it is done."""
+        self._queued[service] = self._queued.get(service, 0) + 1
+
+        async def run() -> None:
+            try:
+                await self.converge(service)
+            finally:
+                self._queued[service] -= 1
+
+        task = asyncio.create_task(run(), name=f"meshlocal-converge-{service}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
+        return task
 
     async def converge(self, service: str) -> None:
-        """Make one service match its desired state; serialized per service."""
+        """Make one service match its desired state; serialized per service.
+
+        Starts and removals go through the bounded queue; when the desired
+        state changes meanwhile, the rest of this plan is dropped and the
+        next converge plans afresh.
+        """
         lock = self._locks.setdefault(service, asyncio.Lock())
         async with lock:
             if self._closing:
                 return
-            observed = await self._observe(service)
-            want = (
-                {service: (d.count, self._hashes[service])}
-                if (d := self.desired.get(service))
-                else {}
-            )
-            todo = plan(want, observed, services=[service])
-            if todo.empty:
-                return
-            removals = [self._retire(o) for o in todo.remove]
-            starts = [self._start_replica(s, i) for s, i in todo.start]
-            results: list[object] = list(
-                await asyncio.gather(*removals, *starts, return_exceptions=True)
-            )
-            if todo.roll:
-                try:
-                    await self._roll(service, list(todo.roll))
-                except MeshlocalError as exc:
-                    results.append(exc)
-            errors = [r for r in results if isinstance(r, BaseException)]
-            if errors:
-                first = errors[0]
-                if isinstance(first, MeshlocalError):
-                    raise first
-                raise RuntimeFailure(f"reconciling {service} failed: {first}") from first
+            superseded = self._superseded[service] = asyncio.Event()
+            self._busy.add(service)
+            try:
+                await self._converge(service, superseded)
+            finally:
+                self._busy.discard(service)
+
+    async def _converge(self, service: str, superseded: asyncio.Event) -> None:
+        observed = await self._observe(service)
+        want = (
+            {service: (d.count, self._hashes[service])} if (d := self.desired.get(service)) else {}
+        )
+        todo = plan(want, observed, services=[service])
+        now = time.monotonic()
+        starts = [i for _, i in todo.start if self._slot(service, i).waiting(now) <= 0]
+        jobs: list[Callable[[], Awaitable[object]]] = [
+            *(functools.partial(self._retire, o) for o in todo.remove),
+            *(functools.partial(self._start_replica, service, i) for i in starts),
+        ]
+        errors = await self._bounded(jobs, superseded)
+        if todo.roll and not superseded.is_set():
+            try:
+                await self._roll(service, list(todo.roll), superseded)
+            except MeshlocalError as exc:
+                errors.append(exc)
+        if errors:
+            first = errors[0]
+            if isinstance(first, MeshlocalError):
+                raise first
+            raise RuntimeFailure(f"reconciling {service} failed: {first}") from first
+
+    async def _bounded(
+        self, jobs: Sequence[Callable[[], Awaitable[object]]], superseded: asyncio.Event
+    ) -> list[BaseException]:
+        """Run `jobs` at most `max_parallel` at a time (across services); stop when superseded."""
+        pending = iter(jobs)
+        errors: list[BaseException] = []
+
+        async def worker() -> None:
+            for job in pending:  # one iterator shared by the workers: each job runs once
+                if superseded.is_set() or self._closing:
+                    return
+                async with self._work:
+                    try:
+                        await job()
+                    except Exception as exc:
+                        errors.append(exc)
+
+        await asyncio.gather(*(worker() for _ in range(min(self._max_parallel, len(jobs)))))
+        return errors
 
     # -- health -------------------------------------------------------------------------
 
     def crashes(self) -> list[Crash]:
-        """Replicas that died CRASH_LOOP_AFTER times in a row without becoming healthy."""
+        """Replicas that died CRASH_LOOP_AFTER times in a row without recovering."""
+        return [c for c in self.restarting() if c.looping]
+
+    def restarting(self) -> list[Crash]:
+        """Every replica that died and has not recovered since: `ps` shows them."""
+        now = time.monotonic()
         return [
-            Crash(svc, idx, slot.last_exit, slot.failures, list(slot.last_logs))
+            Crash(
+                svc,
+                idx,
+                slot.last_exit,
+                slot.failures,
+                list(slot.last_logs),
+                retry_in=slot.waiting(now),
+                kept=slot.kept,
+                health=slot.health,
+            )
             for (svc, idx), slot in sorted(self._slots.items())
-            if slot.failures >= CRASH_LOOP_AFTER and svc in self.desired
+            if slot.failures and svc in self.desired and idx <= self.desired[svc].count
         ]
+
+    def pending_starts(self, service: str) -> int:
+        """Replicas of `service` neither running nor starting: queued or backing off."""
+        d = self.desired.get(service)
+        if d is None:
+            return 0
+        here = len(self.registry.for_service(service)) + sum(
+            1 for r in self._pending.values() if r.service == service
+        )
+        return max(0, d.count - here)
 
     def all_ready(self) -> bool:
         for name, d in self.desired.items():
+            if self._queued.get(name) or name in self._busy:
+                return False  # a converge is under way: not settled yet
             ready = [
                 r
                 for r in self.registry.in_rotation(name)
@@ -300,7 +398,9 @@ class Reconciler:
         for name, d in sorted(self.desired.items()):
             ready = len(self.registry.in_rotation(name))
             starting = sum(1 for r in self._pending.values() if r.service == name)
+            queued = self.pending_starts(name)
             more = f" ({starting} starting)" if starting else ""
+            more += f" ({queued} not started)" if queued else ""
             parts.append(f"{name} {ready}/{d.count} healthy{more}")
         return ", ".join(parts)
 
@@ -388,8 +488,7 @@ class Reconciler:
                 and self.replace_unhealthy
                 and cid not in self._expected_stop
             ):
-                self.on_change(f"{event.name} is unhealthy: replacing it")
-                self._spawn(self._thread(self.engine.stop, cid, self.stop_timeout_s))
+                self._spawn(self._replace_unhealthy(event))
 
     async def _address_of(self, info: ContainerInfo) -> str | None:
         """A replica's address; in a pause container's namespace, the pause's."""
@@ -436,11 +535,36 @@ class Reconciler:
 
     def _healthy(self, cid: str, event: ContainerEvent | None) -> None:
         replica = self.registry.get(cid)
-        if replica is not None:
-            slot = self._slots.get((replica.service, replica.index))
-            if slot is not None:
-                slot.stable_since = time.monotonic()
+        if replica is not None and (replica.service, replica.index) in self._slots:
+            # Recovered only once it stays up: a crash loop is "healthy" for an instant.
+            asyncio.get_running_loop().call_later(
+                STABLE_AFTER_S, lambda: self._spawn(self._recovered(replica))
+            )
         self._resolve_waiter(cid, True)
+
+    async def _recovered(self, replica: Replica) -> None:
+        slot = self._slots.get((replica.service, replica.index))
+        if slot is None or self.registry.get(replica.container_id) is None:
+            return  # it died meanwhile: still crashing
+        kept = slot.kept
+        del self._slots[(replica.service, replica.index)]
+        if kept:
+            await self._thread(self.engine.remove, kept)
+        self.on_change(f"{replica.name} recovered")
+
+    async def _replace_unhealthy(self, event: ContainerEvent) -> None:
+        """Stop a replica whose check failed, keeping the check's own words for `ps`."""
+        cid = event.container_id
+        report = await self._thread(self.engine.health_report, cid)
+        service, index = event.service, event.labels.get(L.REPLICA, "")
+        if service is not None and index.isdigit():
+            self._slot(service, int(index)).health = report
+        why = f": {report.describe()}" if report else ""
+        self.on_change(f"{event.name} is unhealthy{why}; replacing it")
+        await self._thread(self.engine.stop, cid, self.stop_timeout_s)
+
+    def _slot(self, service: str, index: int) -> Slot:
+        return self._slots.setdefault((service, index), Slot())
 
     def _resolve_waiter(self, cid: str, ok: bool) -> None:
         fut = self._ready_waiters.pop(cid, None)
@@ -460,17 +584,26 @@ class Reconciler:
         if service is None or not raw_index.isdigit() or service not in self.desired:
             return
         index = int(raw_index)
-        slot = self._slots.setdefault((service, index), _Slot())
-        if slot.stable_since is not None and time.monotonic() - slot.stable_since > STABLE_AFTER_S:
-            slot.failures = 0  # it served for a while: this is a new failure, not a loop
-        slot.stable_since = None
-        slot.failures += 1
-        slot.last_exit = event.exit_code
-        slot.last_logs = await self._thread(self.engine.logs, cid, 20)
-        self.on_change(f"{service}-{index} exited ({event.exit_code}): replacing it")
-        await self._thread(self.engine.remove, cid)
-        if slot.failures >= CRASH_LOOP_AFTER:  # crash loop: back off like ECS's throttling
-            await asyncio.sleep(min(_BACKOFF_CAP_S, 0.5 * 2 ** (slot.failures - CRASH_LOOP_AFTER)))
+        slot = self._slot(service, index)
+        logs = await self._thread(self.engine.logs, cid, 20)
+        delay = slot.died(event.exit_code, logs, time.monotonic())
+        # Keep the dead container, stopped and out of the way of its successor's
+        # name, so `meshlocal logs` shows why; the one kept before it goes.
+        kept = L.container_name(self.project, self.env, service, index) + KEPT_SUFFIX
+        await self._thread(self.engine.remove, kept)
+        try:
+            await self._thread(self.engine.rename, cid, kept)
+            slot.kept = kept
+        except MeshlocalError:
+            await self._thread(self.engine.remove, cid)  # gone already, or renamed meanwhile
+            slot.kept = None
+        when = f"in {delay:.0f} s" if delay else "now"
+        self.on_change(f"{service}-{index} exited ({event.exit_code}): restarting it {when}")
+        if delay:
+            asyncio.get_running_loop().call_later(
+                delay, lambda: None if self._closing else self.request_converge(service)
+            )
+            return
         await self.converge(service)
 
     async def _task_member_died(self, event: ContainerEvent) -> None:
@@ -524,6 +657,8 @@ class Reconciler:
                 continue
             if info.id in self._expected_stop:
                 continue  # already on its way out
+            if info.name.endswith(KEPT_SUFFIX) and info.state in ("exited", "dead"):
+                continue  # a crashed replica kept for its logs, not a replica
             out.append(
                 Observed(
                     container_id=info.id,
@@ -691,7 +826,9 @@ class Reconciler:
         info = await self._thread(self.engine.inspect, cid)
         return info.labels if info is not None else None
 
-    async def _roll(self, service: str, stale: list[Observed]) -> None:
+    async def _roll(
+        self, service: str, stale: list[Observed], superseded: asyncio.Event | None = None
+    ) -> None:
         """Replace stale replicas: the new ones are ready before the old ones stop.
 
         Like ECS with maximumPercent 200: every stale replica gets its
@@ -713,10 +850,19 @@ class Reconciler:
                 replica = self.registry.get(cid)
                 fut.set_result(replica is not None and replica.in_rotation)
             futures.append(fut)
-        try:
-            done = await asyncio.wait_for(asyncio.gather(*futures), timeout=self.roll_timeout_s)
-        except TimeoutError:
-            done = [False]
+        everything = asyncio.gather(*futures)
+        waits: list[asyncio.Future[Any]] = [everything]
+        if superseded is not None:
+            waits.append(asyncio.ensure_future(superseded.wait()))
+        await asyncio.wait(waits, timeout=self.roll_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        for w in waits[1:]:
+            w.cancel()
+        if not everything.done() and superseded is not None and superseded.is_set():
+            everything.cancel()
+            return  # a newer desired state: the next converge sorts old and new out
+        done = everything.result() if everything.done() else [False]
+        if not everything.done():
+            everything.cancel()
         if all(done):
             await asyncio.gather(*(self._retire(old) for old in stale))
             self.on_change(f"{service}: rolled {len(stale)} replica(s)")
@@ -741,6 +887,12 @@ class Reconciler:
         task = asyncio.create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if task.cancelled() or (exc := task.exception()) is None:
+        return
+    log.warning("%s", exc.message if isinstance(exc, MeshlocalError) else repr(exc))
 
 
 def _crash_error(crashes: list[Crash]) -> RuntimeFailure:

@@ -125,7 +125,10 @@ async def test_a_dead_replica_leaves_within_1s_and_is_replaced(
     new = [r for r in registry.for_service("api") if r.container_id != survivor.container_id]
     assert [r.index for r in new] == [victim.index]
     assert registry.get(survivor.container_id) == survivor  # untouched
-    assert engine.inspect(victim.container_id) is None  # the dead container was removed
+    # The dead container is kept, stopped and renamed, so `logs` can show why it died.
+    kept = engine.inspect(victim.container_id)
+    assert kept is not None and kept.state == "exited", kept
+    assert kept.name == L.container_name(rec.project, "test", "api", victim.index) + "-crashed"
 
 
 async def test_health_check_drives_registry_health_and_unhealthy_is_replaced(
