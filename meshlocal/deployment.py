@@ -28,6 +28,7 @@ from typing import Any, Literal
 import docker.errors
 
 from meshlocal.errors import (
+    DataPlaneDown,
     DataPlaneError,
     MeshlocalError,
     MeshNotRunning,
@@ -442,13 +443,41 @@ class Deployment:
         if info is not None and info.running:
             return self._dataplane_from(info)
         admin = self._state_file(".admin")
+        host_pid: int | None = None
         if admin.exists():
             data = json.loads(admin.read_text())
-            return DataPlane("host", data["admin_url"], data.get("public_url"), pid=data.get("pid"))
-        raise MeshNotRunning(
-            f"no mesh is running for environment {self.env} of {self.workspace.root}",
-            hint="start it with `meshlocal up -d`",
+            host_pid = data.get("pid")
+            if not _exited(host_pid):  # a stale file outlives an agent that was killed
+                return DataPlane("host", data["admin_url"], data.get("public_url"), pid=host_pid)
+        raise self._not_running(info, host_pid)
+
+    def _not_running(self, plane: ContainerInfo | None, host_pid: int | None) -> MeshNotRunning:
+        """No mesh at all, or replicas left without their data plane (DataPlaneDown)."""
+        replicas = tuple(
+            c
+            for c in self.engine.list_containers(self.project, self.env, role=L.Role.REPLICA)
+            if c.state != "removing"
         )
+        if plane is None and not replicas:
+            return MeshNotRunning(
+                f"no mesh is running for environment {self.env} of {self.workspace.root}",
+                hint="start it with `meshlocal up -d`",
+            )
+        if plane is not None:
+            code = f", exit code {plane.exit_code}" if plane.exit_code is not None else ""
+            why = f"its container {plane.name} is {plane.state}{code}"
+        elif host_pid is not None:
+            why = f"its host-mode process {host_pid} has ended"
+        else:
+            why = "its container was removed"
+        running = sum(1 for c in replicas if c.running)
+        return DataPlaneDown(
+            f"the data plane is not running ({why}); {running} replica(s) run and are "
+            f"unreachable by name (environment {self.env} of {self.workspace.root})",
+            hint="`meshlocal up -d` restores it; `meshlocal down` removes what is left",
+            containers=replicas,
+        )
+
 
     def record_host_admin(self, admin_url: str, public_url: str | None) -> None:
         _STATE_DIR.mkdir(parents=True, exist_ok=True)

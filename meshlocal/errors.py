@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from meshlocal.runtime.engine import ContainerInfo
 
 
 @dataclass(frozen=True)
@@ -101,3 +105,24 @@ class DataPlaneError(MeshlocalError):
 
 class MeshNotRunning(MeshlocalError):
     """A command needs a running mesh and none is up for this workspace."""
+
+
+class ServiceNotFound(MeshlocalError):
+    """A command names a service the workspace and the running mesh don't have."""
+
+
+class DataPlaneDown(MeshNotRunning):
+    """Replicas of the environment run, but its data plane (DNS, proxy) does not.
+
+    `containers` are the replicas seen on the engine by label, for `ps` to list.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        containers: tuple[ContainerInfo, ...] = (),
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.containers = containers

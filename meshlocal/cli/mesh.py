@@ -18,10 +18,11 @@ from rich.table import Table
 
 from meshlocal.cli.app import Context, cli, pass_context
 from meshlocal.cli.logprefix import LogPrinter
-from meshlocal.cli.render import err, out, print_ps, stats_modes
+from meshlocal.cli.render import err, out, print_dataplane_down, print_ps, stats_modes
+from meshlocal.cli.running import check_down_environment, running_mesh
 from meshlocal.cli.workspace import env_option
 from meshlocal.deployment import Deployment, admin_call, stop_host_agents, teardown
-from meshlocal.errors import MeshlocalError, RuntimeFailure
+from meshlocal.errors import DataPlaneDown, MeshlocalError, RuntimeFailure
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.engine import ContainerInfo, Engine
 
@@ -66,6 +67,11 @@ class LogFollower:
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._events: Any = None
+
+    @property
+    def attached(self) -> int:
+        """How many containers' logs are shown."""
+        return len(self._attached)
 
     def _wanted(self, info: ContainerInfo) -> bool:
         if info.role == L.Role.DATAPLANE.value:
@@ -334,6 +340,7 @@ def down(ctx: Context, env: str | None, keep_images: bool, project: str | None) 
         finally:
             engine.close()
     else:
+        check_down_environment(ctx.directory, env)
         dep = Deployment(ctx.directory, env)
         try:
             removed = dep.down(images=not keep_images)
@@ -398,8 +405,13 @@ def ls(as_json: bool) -> None:
 @pass_context
 def ps(ctx: Context, env: str | None, as_json: bool) -> None:
     """List services, replicas, addresses, health and endpoints."""
-    with _deployment(ctx, env) as dep:
-        plane = dep.dataplane()
+    with running_mesh(ctx.directory, env, dataplane=False) as dep:
+        try:
+            plane = dep.dataplane()
+        except DataPlaneDown as down:
+            # What the engine still runs, by label: the agent that knew more is gone.
+            print_dataplane_down(down.containers, dep.project, dep.env, as_json=as_json)
+            raise
         state = admin_call(plane.admin_url, "/v1/state")
         state["public_url"] = plane.public_url
         if as_json:
@@ -425,7 +437,7 @@ def scale(ctx: Context, env: str | None, assignments: tuple[str, ...], timeout: 
                 f"cannot read {item!r}", hint="write SERVICE=COUNT, e.g. `meshlocal scale api=3`"
             )
         wanted.append((name, int(number)))
-    with _deployment(ctx, env) as dep:
+    with running_mesh(ctx.directory, env, [name for name, _ in wanted]) as dep:
         for name, count in wanted:
             dep.scale(name, count)
         # Like `up -d`: return once the new replicas are in rotation.
@@ -442,7 +454,7 @@ def stats(ctx: Context, env: str | None, as_json: bool) -> None:
     """Service Connect metrics per service (the names ECS publishes to CloudWatch)."""
     from meshlocal.proxy.metrics import stats_table
 
-    with _deployment(ctx, env) as dep:
+    with running_mesh(ctx.directory, env) as dep:
         snapshot = dep.call("/stats")
         if as_json:
             click.echo(json.dumps(snapshot, indent=2, sort_keys=True))
@@ -462,7 +474,9 @@ def stats(ctx: Context, env: str | None, as_json: bool) -> None:
 @pass_context
 def logs(ctx: Context, env: str | None, services: tuple[str, ...], follow: bool, tail: str) -> None:
     """Show replica logs with compose-style prefixes."""
-    with _deployment(ctx, env) as dep:
+    with running_mesh(ctx.directory, env, services, dataplane=False) as dep:
+        if not dep.engine.list_containers(dep.project, dep.env):
+            dep.dataplane()  # nothing on the engine: `no mesh is running`, as everywhere
         printer = LogPrinter(sys.stdout, colour=sys.stdout.isatty())
         follower = LogFollower(
             dep.engine,
@@ -475,6 +489,12 @@ def logs(ctx: Context, env: str | None, services: tuple[str, ...], follow: bool,
             dataplane=not services,
         )
         follower.start()
+        if not follower.attached:
+            err.print(
+                f"[+] No container of {', '.join(services) or 'the mesh'} runs in {dep.env}"
+                + (": waiting for one to start" if follow else ""),
+                markup=False,
+            )
         try:
             if follow:
                 threading.Event().wait()
@@ -501,7 +521,7 @@ def resolve(
     """What a service's containers get for NAME, asked from inside one of them."""
     from meshlocal.probe import resolve_from
 
-    with _deployment(ctx, env) as dep:
+    with running_mesh(ctx.directory, env, [from_]) as dep:
         result = resolve_from(dep, name, from_, qtype.upper())
     if as_json:
         click.echo(json.dumps(result, indent=2, sort_keys=True))

@@ -5,10 +5,14 @@ Pure rendering of the admin API's `/v1/state` document; the commands fetch it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from meshlocal.runtime.engine import ContainerInfo
+from meshlocal.runtime.labels import network_name
 
 out = Console(highlight=False, soft_wrap=True)
 if not out.is_terminal:  # pipes and CI: don't squeeze tables into 80 columns
@@ -69,3 +73,34 @@ def stats_modes(state: dict[str, Any]) -> dict[str, str]:
         # The public endpoint (the ALB) counts HTTP requests, whatever the SC mode.
         modes[service] = f"{modes[service]}, ALB http" if service in modes else "ALB http"
     return modes
+
+
+def print_dataplane_down(
+    containers: Sequence[ContainerInfo], project: str, env: str, *, as_json: bool
+) -> None:
+    """`ps` without a data plane: the replicas the engine still has, by label."""
+    network = network_name(project, env)
+    rows: list[dict[str, Any]] = [
+        {
+            "name": f"{c.service}-{c.index}",
+            "service": c.service,
+            "index": c.index,
+            "container_id": c.id,
+            "address": c.address_on(network),
+            "state": c.state,
+            "health": c.health.value if c.health is not None else None,
+        }
+        for c in sorted(containers, key=lambda c: (c.service or "", c.index or 0))
+    ]
+    if as_json:
+        doc = {"env": env, "project": project, "dataplane_running": False, "replicas": rows}
+        out.print_json(data=doc, sort_keys=True)
+        return
+    table = Table(title=f"{project}/{env} (no data plane: as the engine lists them)")
+    for col in ("REPLICA", "ADDRESS", "STATE", "HEALTH"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(
+            str(row["name"]), row["address"] or "-", str(row["state"]), row["health"] or "-"
+        )
+    out.print(table)
