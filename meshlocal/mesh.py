@@ -418,6 +418,7 @@ class Agent:
                     "exit_code": c.exit_code,
                     "count": c.count,
                     "last_logs": c.last_logs,
+                    "health": c.health.describe() if c.health else None,
                 }
                 for c in crashes
             ],

@@ -71,11 +71,11 @@ class Slot:
         """Seconds left before this slot may start again (0: now)."""
         return max(0.0, self.next_try - now) if self.next_try is not None else 0.0
 
-    def recovered(self) -> None:
+    def unthrottle(self) -> None:
+        """Start again at once; the kept container stays until a replica is stable."""
         self.failures = 0
         self.next_try = None
         self.health = None
-        self.kept = None
 
 
 @dataclass

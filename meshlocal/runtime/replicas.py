@@ -180,7 +180,7 @@ class Reconciler:
         hashes = {name: self.config_hash(d.template) for name, d in desired.items()}
         for (service, _), slot in self._slots.items():
             if hashes.get(service) != self._hashes.get(service):
-                slot.recovered()  # a new task definition: no longer throttled, as on ECS
+                slot.unthrottle()  # a new task definition: no longer throttled, as on ECS
         self.desired = dict(desired)
         self._hashes = hashes
         for name in set(desired) | gone:
