@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 
@@ -70,7 +71,7 @@ async def test_a_crashing_replica_backs_off_and_its_last_container_is_kept(
                 deaths.append(time.monotonic())
     finally:
         watch.close()
-    gaps = [b - a for a, b in zip(deaths, deaths[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(deaths)]
     # Immediate, then 5 s, then 10 s: deaths near 0, 0, 5 and 15 s. Without the
     # back-off a container exiting at once dies several times a second.
     assert 3 <= len(deaths) <= 4, gaps
