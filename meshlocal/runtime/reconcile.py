@@ -8,6 +8,7 @@ remove. The async executor in `replicas.py` carries a plan out.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -217,12 +218,16 @@ def plan(
     desired: Mapping[str, tuple[int, str]],  # service -> (count, config hash)
     observed: Iterable[Observed],
     services: Iterable[str] | None = None,
+    max_starts: int | None = None,
 ) -> Plan:
     """What to do so that `observed` becomes `desired`.
 
     `services` limits the plan to those services (None: all observed and
     desired). Per index 1..count the healthiest matching replica is kept;
     a stale one is rolled; indexes above count and anything dead go.
+    `max_starts` caps the starts planned per service (the lowest missing
+    indexes): the work for a huge count is planned a batch at a time, in
+    time and memory that follow what runs, not the count.
     """
     scope = set(services) if services is not None else None
     by_service: dict[str, list[Observed]] = {}
@@ -241,8 +246,11 @@ def plan(
             remove.extend(alive)
             continue
         count, want = desired[svc]
-        for index in range(1, count + 1):
-            here = [o for o in alive if o.index == index]
+        by_index: dict[int, list[Observed]] = {}
+        for o in alive:
+            by_index.setdefault(o.index, []).append(o)
+        for index in sorted(i for i in by_index if 1 <= i <= count):
+            here = by_index[index]
             fresh = sorted(
                 (o for o in here if o.config_hash == want),
                 key=lambda o: (o.healthy is False, o.container_id),
@@ -251,12 +259,12 @@ def plan(
             if fresh:
                 remove.extend(fresh[1:])  # duplicates, e.g. after an interrupted roll
                 remove.extend(stale)  # a roll that got as far as a healthy new replica
-            elif stale:
+            else:
                 roll.append(stale[0])
                 remove.extend(stale[1:])
-            else:
-                start.append((svc, index))
-        extra = sorted((o for o in alive if o.index > count), key=lambda o: -o.index)
+        missing = (i for i in range(1, count + 1) if i not in by_index)
+        start.extend((svc, i) for i in itertools.islice(missing, max_starts))
+        extra = sorted((o for o in alive if not 1 <= o.index <= count), key=lambda o: -o.index)
         remove.extend(extra)
     return Plan(tuple(start), tuple(roll), tuple(remove))
 

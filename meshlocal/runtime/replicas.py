@@ -72,6 +72,7 @@ ESSENTIAL = "meshlocal.essential"
 # ECS ignores a Dockerfile's HEALTHCHECK: only the task definition's counts.
 NO_HEALTHCHECK = ContainerHealthCheck(command=("NONE",))
 MAX_PARALLEL = 8  # containers starting or stopping at once, per agent
+START_BATCH = 64  # starts planned at a time per service
 
 
 class Reconciler:
@@ -269,23 +270,27 @@ class Reconciler:
                 self._busy.discard(service)
 
     async def _converge(self, service: str, superseded: asyncio.Event) -> None:
-        observed = await self._observe(service)
-        want = (
-            {service: (d.count, self._hashes[service])} if (d := self.desired.get(service)) else {}
-        )
-        todo = plan(want, observed, services=[service])
-        now = time.monotonic()
-        starts = [i for _, i in todo.start if self._slot(service, i).waiting(now) <= 0]
-        jobs: list[Callable[[], Awaitable[object]]] = [
-            *(functools.partial(self._retire, o) for o in todo.remove),
-            *(functools.partial(self._start_replica, service, i) for i in starts),
-        ]
-        errors = await self._bounded(jobs, superseded)
-        if todo.roll and not superseded.is_set():
-            try:
-                await self._roll(service, list(todo.roll), superseded)
-            except MeshlocalError as exc:
-                errors.append(exc)
+        errors: list[BaseException] = []
+        while not (errors or superseded.is_set() or self._closing):
+            observed = await self._observe(service)
+            d = self.desired.get(service)
+            want = {service: (d.count, self._hashes[service])} if d else {}
+            # A batch at a time: a huge count never becomes a huge plan in memory.
+            todo = plan(want, observed, services=[service], max_starts=START_BATCH)
+            now = time.monotonic()
+            starts = [i for _, i in todo.start if self._slot(service, i).waiting(now) <= 0]
+            jobs: list[Callable[[], Awaitable[object]]] = [
+                *(functools.partial(self._retire, o) for o in todo.remove),
+                *(functools.partial(self._start_replica, service, i) for i in starts),
+            ]
+            errors = await self._bounded(jobs, superseded)
+            if todo.roll and not superseded.is_set():
+                try:
+                    await self._roll(service, list(todo.roll), superseded)
+                except MeshlocalError as exc:
+                    errors.append(exc)
+            if len(todo.start) < START_BATCH or not starts:
+                break  # that was the last batch (or the rest waits out a back-off)
         if errors:
             first = errors[0]
             if isinstance(first, MeshlocalError):
