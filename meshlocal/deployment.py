@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -336,14 +337,14 @@ class Deployment:
             environment={CONFIG_ENV: config.to_json()},
             publish=ports,
             workspace=self.workspace.root,
+            # A data plane that was removed or stopped comes back on the address
+            # the replicas ask for names, so it adopts them instead of rolling all.
+            address=self._replicas_dns(network) if current is None or not current.running else None,
         )
         spec = replace(spec, labels={**spec.labels, L.CONFIG_HASH: identity})
+        # Docker restarts a crashed data plane by itself (restart policy in
+        # dataplane_spec); `up` brings back one stopped, killed or removed.
         cid, _address, started = ensure_dataplane(self.engine, spec)
-        if started:
-            # Docker restarts a crashed data plane by itself (not one stopped or
-            # killed on purpose); the agent then resumes its last configuration
-            # and adopts the replicas. `up` brings back a stopped one.
-            self.engine.api.update_container(cid, restart_policy={"Name": "unless-stopped"})
         info = self.engine.inspect(cid)
         if info is None:
             raise DataPlaneError("the data-plane container vanished after start")
@@ -353,6 +354,17 @@ class Deployment:
             self._wait_admin(plane.admin_url, 30.0)
             admin_call(plane.admin_url, "/v1/apply", json.loads(config.to_json()), 60.0)
         return plane
+
+    def _replicas_dns(self, network: NetworkInfo) -> str | None:
+        """The DNS server the running replicas were created with, if on `network`."""
+        for info in self.engine.list_containers(
+            self.project, self.env, role=L.Role.REPLICA, running_only=True
+        ):
+            with contextlib.suppress(docker.errors.DockerException):
+                servers = self.engine.api.inspect_container(info.id)["HostConfig"].get("Dns")
+                if servers and _in_subnet(servers[0], network):
+                    return str(servers[0])
+        return None
 
     def _wait_admin(self, admin_url: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -755,6 +767,17 @@ def _exited(pid: int | None) -> bool:
 def _remote(rendered: str) -> str:
     """An error the agent already rendered; re-rendering must not say `error: error:`."""
     return rendered.removeprefix("error: ")
+
+
+def _in_subnet(address: str, network: NetworkInfo) -> bool:
+    """An address a container may take on the network: in its subnet, not its gateway."""
+    try:
+        ip = ipaddress.ip_address(address)
+        return ip in ipaddress.ip_network(network.subnet or "", strict=False) and (
+            address != network.gateway
+        )
+    except ValueError:
+        return False
 
 
 def _free_port(host: str) -> int:

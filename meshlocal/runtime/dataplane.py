@@ -14,11 +14,11 @@ import json
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
-from meshlocal.errors import DataPlaneError
+from meshlocal.errors import DataPlaneError, MeshlocalError
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.engine import ContainerSpec, Engine, NetworkInfo, split_lines
 
@@ -56,12 +56,24 @@ def dataplane_spec(
     publish: Mapping[int, int | tuple[str, int]] | None = None,
     binds: Sequence[str] = (),
     workspace: Path | None = None,
+    address: str | None = None,
 ) -> ContainerSpec:
     """The data plane's container: `python3 -m meshlocal <args>`, socket mounted.
 
     `publish` maps container ports to localhost ports (the public endpoints of
     Load Balanced Web Services). The config-hash label makes `ensure_dataplane`
-    keep an identical running data plane.
+    keep an identical running data plane. `address` asks for the address the
+    replicas already use as their DNS server (a data plane that was removed
+    comes back where they look for it).
+
+    Restart policy `unless-stopped`: Docker restarts the agent whenever its
+    process ends (a crash, an OOM kill, an exit 0 from a bug) and when the
+    engine itself restarts, without meshlocal running; the agent then resumes
+    its last configuration and adopts the replicas that run. `on-failure`
+    would miss an exit 0 and a daemon that stopped it cleanly; `always`
+    would bring back, at the next engine start, one the user stopped on
+    purpose. Docker never restarts a container it was told to stop or kill
+    (`docker stop`, `docker kill`), nor one removed (`meshlocal down`).
     """
     name = L.dataplane_name(project, env)
     lbl = L.base_labels(project, env, L.Role.DATAPLANE, workspace)
@@ -84,6 +96,8 @@ def dataplane_spec(
         # Service Connect endpoint addresses go on its own interface (vipnet.py);
         # NET_ADMIN is scoped to the container's own network namespace.
         cap_add=("NET_ADMIN",),
+        restart_policy="unless-stopped",
+        ipv4_address=address,
     )
     blob = json.dumps(asdict(spec), sort_keys=True, default=str)
     lbl[L.CONFIG_HASH] = hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -104,7 +118,13 @@ def ensure_dataplane(engine: Engine, spec: ContainerSpec) -> tuple[str, str, boo
         if same and old.running and old.address_on(spec.network):
             return old.id, old.address_on(spec.network) or "", False
         engine.remove(old.id)
-    cid = engine.run_container(spec)
+    try:
+        cid = engine.run_container(spec)
+    except MeshlocalError:
+        if spec.ipv4_address is None:
+            raise
+        # That address was taken meanwhile: any address (the replicas then roll).
+        cid = engine.run_container(replace(spec, ipv4_address=None))
     info = engine.inspect(cid)
     address = info.address_on(spec.network) if info is not None else None
     if not address:

@@ -158,6 +158,9 @@ class ContainerSpec:
     stop_signal: str | None = None
     init: bool = False
     cap_add: Sequence[str] = ()
+    # Docker's restart policy ("unless-stopped", ...); None: never restarted by Docker.
+    restart_policy: str | None = None
+    ipv4_address: str | None = None  # a fixed address on `network` (in its subnet)
 
 
 @dataclass(frozen=True)
@@ -561,11 +564,16 @@ class Engine:
             binds=list(spec.binds) or None,
             init=spec.init or None,
             cap_add=list(spec.cap_add) or None,
+            restart_policy={"Name": spec.restart_policy} if spec.restart_policy else None,
         )
         networking = None
         if spec.network and not spec.network_mode:
             networking = self.api.create_networking_config(
-                {spec.network: self.api.create_endpoint_config(aliases=list(spec.aliases) or None)}
+                {
+                    spec.network: self.api.create_endpoint_config(
+                        aliases=list(spec.aliases) or None, ipv4_address=spec.ipv4_address
+                    )
+                }
             )
         with engine_errors(f"creating container {spec.name}"):
             created = self.api.create_container(
