@@ -132,7 +132,9 @@ def test_every_mesh_command_says_no_mesh_is_running_the_same_way(ws: Path) -> No
     assert all(m == first for m in messages.values()), messages
 
 
-@pytest.mark.parametrize("args", [*MESH_COMMANDS, ("down",)], ids=" ".join)
+@pytest.mark.parametrize(
+    "args", [*MESH_COMMANDS, ("down",), ("up", "-d"), ("validate",), ("plan",)], ids=" ".join
+)
 def test_an_unknown_environment_is_named_with_the_known_ones(
     ws: Path, args: tuple[str, ...]
 ) -> None:
