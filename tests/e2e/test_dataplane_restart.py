@@ -172,3 +172,28 @@ def test_a_dead_host_mode_agent_is_no_data_plane(
     proc = run_cli(ws, "ps", env=cli_env(XDG_STATE_HOME=str(state_home)))
     assert proc.returncode == 1, proc
     assert "error: no mesh is running for environment test" in proc.stderr, proc.stderr
+
+
+def test_up_restores_on_the_replicas_address_even_when_docker_would_pick_another(
+    mesh: Mesh, docker_client: Any, busybox_image: str
+) -> None:
+    """The fallback when that address is taken (replicas roll), then the pin itself."""
+    network = L.network_name(mesh.project, "test")
+    first = json.loads(ok(run_cli(mesh.workspace, "ps", "--json")).stdout)["address"]
+    docker_client.containers.get(mesh.plane_name).remove(force=True)
+    # Something else takes the freed address while the data plane is away.
+    squatter = docker_client.containers.run(
+        busybox_image, ["sleep", "300"], network=network, detach=True, name=f"{mesh.project}-sq"
+    )
+    try:
+        squatter.reload()
+        assert squatter.attrs["NetworkSettings"]["Networks"][network]["IPAddress"] == first
+        ok(run_cli(mesh.workspace, "up", "-d", "--timeout", "120"))
+        second = json.loads(ok(run_cli(mesh.workspace, "ps", "--json")).stdout)["address"]
+        assert second != first  # it came back elsewhere, and the replicas followed
+    finally:
+        squatter.remove(force=True)
+    # Now the lowest free address (Docker's pick) is `first`, not the replicas' DNS server.
+    replicas = replica_ids(docker_client, mesh.project)
+    docker_client.containers.get(mesh.plane_name).remove(force=True)
+    assert_restored(mesh, docker_client, replicas, second)
