@@ -33,6 +33,7 @@ from meshlocal.errors import (
     DataPlaneError,
     MeshlocalError,
     MeshNotRunning,
+    PortInUse,
     RuntimeFailure,
 )
 from meshlocal.manifest import find_workspace, load_environment, read_env_file
@@ -181,7 +182,13 @@ class Deployment:
                 if sc.build is not None:
                     tag = self.image_tag(svc.name, sc.name)
                     image_id = images.build_service_image(
-                        client, sc.build, tag, progress, location=svc.where(f"sidecars.{sc.name}")
+                        client,
+                        sc.build,
+                        tag,
+                        progress,
+                        location=svc.where(f"sidecars.{sc.name}"),
+                        # Labelled like a service's: undo and `down` find it and its predecessors.
+                        image_labels=L.base_labels(self.base_project, self.env, L.Role.SIDECAR),
                     )
                     out[key] = (tag, image_id)
                 elif sc.image is not None:
@@ -658,7 +665,37 @@ class Deployment:
             self.project,
             self._env_arg,
             image_prefix=f"meshlocal/{self.base_project}-" if images else None,
+            image_project=self.base_project,
         )
+
+    def check_public_port(self, public_port: int) -> None:
+        """Fail before anything is built or replaced when `--port` is taken by someone else.
+
+        The running data plane's own port is no conflict: `up` keeps or hands it over.
+        """
+        if public_port == 0 or not public_rules(NamingModel(self.spec)):
+            return
+        current = self._dataplane_container()
+        if (
+            current is not None
+            and current.running
+            and published_ports(self.engine, current.id).get(PUBLIC_PORT) == public_port
+        ):
+            return
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            admin = json.loads(self._state_file(".admin").read_text())
+            if str(admin.get("public_url") or "").endswith(f":{public_port}"):
+                return  # the host-mode agent's own, handed over on restart
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", public_port))
+            except OSError:
+                raise PortInUse(
+                    f"port {public_port} on 127.0.0.1 is already in use",
+                    hint=f"stop what listens there (`ss -ltnp 'sport = :{public_port}'`, "
+                    "`docker ps`) or publish on another port (`--port`)",
+                ) from None
 
     def remove_images(self) -> tuple[str, ...]:
         """Untag (and so delete) this workspace's service images: `meshlocal/<project>-*`."""
@@ -666,12 +703,21 @@ class Deployment:
 
 
 def teardown(
-    engine: Engine, project: str, env: str | None = None, *, image_prefix: str | None = None
+    engine: Engine,
+    project: str,
+    env: str | None = None,
+    *,
+    image_prefix: str | None = None,
+    image_project: str | None = None,
 ) -> Removed:
     """Remove a project's containers and networks by label, controller first.
 
     The data plane goes first: a live agent would replace what we remove.
     Needs no workspace, so it also cleans up after a workspace that is gone.
+    With `image_prefix`, the service images tagged so go too. Superseded
+    images (labelled with `image_project`, default `project`, and no longer
+    tagged: a rebuild's predecessors) always go, as nothing can use them once
+    the containers are gone.
     """
     first: list[str] = []
     for info in engine.list_containers(project, env, role=L.Role.DATAPLANE):
@@ -679,7 +725,30 @@ def teardown(
         first.append(info.name)
     removed = engine.remove_all(project, env)
     gone = remove_images(engine, image_prefix, env) if image_prefix else ()
+    gone += remove_superseded_images(engine, image_project or project, env)
     return Removed((*first, *removed.containers), removed.networks, gone)
+
+
+def remove_superseded_images(engine: Engine, project: str, env: str | None) -> tuple[str, ...]:
+    """Delete the untagged images meshlocal built for a project: predecessors of rebuilds.
+
+    One a container still runs (another copy of the workspace) is kept: Docker refuses.
+    """
+    with engine_errors("listing images"):
+        rows = engine.api.images(filters={"label": L.filters(project, env), "dangling": True})
+    removed: list[str] = []
+    for row in rows:
+        image_id = str(row["Id"])
+        try:
+            engine.api.remove_image(image_id, force=False, noprune=False)
+        except docker.errors.NotFound:
+            continue
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # in use by a container
+                continue
+            raise map_docker_error(exc, f"removing image {image_id[:19]}") from exc
+        removed.append(f"{image_id.removeprefix('sha256:')[:12]} (superseded)")
+    return tuple(removed)
 
 
 def remove_images(engine: Engine, prefix: str, env: str | None) -> tuple[str, ...]:

@@ -30,6 +30,15 @@ class Context:
 pass_context = click.make_pass_decorator(Context)
 
 
+class Interrupted(Exception):
+    """A command stopped by Ctrl-C (130) or SIGTERM (143), after saying what it did about it."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-C",
@@ -67,8 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MeshlocalError as error:
         report(error)
         return error.exit_code
+    except Interrupted as stopped:
+        err_console.print(stopped.message, markup=False, soft_wrap=True)
+        return stopped.exit_code
     except click.exceptions.Abort:
-        err_console.print("Aborted.")
+        err_console.print("Interrupted (Ctrl-C): stopped before finishing.", markup=False)
         return 130
     except click.ClickException as exc:
         exc.show()

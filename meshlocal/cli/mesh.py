@@ -16,7 +16,13 @@ from typing import Any
 import click
 from rich.table import Table
 
-from meshlocal.cli.app import Context, cli, pass_context
+from meshlocal.cli.app import Context, Interrupted, cli, pass_context
+from meshlocal.cli.interrupts import (
+    interrupted,
+    sigterm_interrupts,
+    undo_attempt,
+    uninterrupted,
+)
 from meshlocal.cli.logprefix import LogPrinter
 from meshlocal.cli.render import err, out, print_dataplane_down, print_ps, stats_modes
 from meshlocal.cli.running import check_down_environment, running_mesh
@@ -24,7 +30,8 @@ from meshlocal.cli.workspace import env_option
 from meshlocal.deployment import Deployment, admin_call, stop_host_agents, teardown
 from meshlocal.errors import DataPlaneDown, MeshlocalError, RuntimeFailure
 from meshlocal.runtime import labels as L
-from meshlocal.runtime.engine import ContainerInfo, Engine
+from meshlocal.runtime.engine import ContainerInfo, Engine, Removed, engine_errors
+from meshlocal.undo import Snapshot, snapshot
 
 
 def _display_name(info: ContainerInfo) -> str:
@@ -204,7 +211,7 @@ def up(
     timeout: float,
 ) -> None:
     """Build, start and connect every service of an environment."""
-    with _deployment(ctx, env) as dep:
+    with _deployment(ctx, env) as dep, sigterm_interrupts():
         unknown = sorted(set(replace_services) - {s.name for s in dep.spec.services})
         if unknown:
             raise click.BadParameter(
@@ -213,11 +220,15 @@ def up(
             )
         for skipped in dep.spec.skipped:
             _say(f"{skipped.name}: {skipped.type.value} is not emulated, skipped")
-        if dataplane == "host" and not detach:
-            _up_host_foreground(dep, public_port=public_port, force_build=force_build)
-            return
-        err.print(f"[+] Building {len(dep.spec.services)} service image(s)", markup=False)
+        before: Snapshot | None = None
         try:
+            # What this attempt finds, so a failure undoes only what it created.
+            before = snapshot(dep)
+            dep.check_public_port(public_port)
+            if dataplane == "host" and not detach:
+                _up_host_foreground(dep, public_port=public_port, force_build=force_build)
+                return
+            err.print(f"[+] Building {len(dep.spec.services)} service image(s)", markup=False)
             plane = dep.up(
                 mode="host" if dataplane == "host" else "container",
                 public_port=public_port,
@@ -226,32 +237,33 @@ def up(
                 progress=_say,
                 replace_services=replace_services,
             )
-        except KeyboardInterrupt:
-            if detach:
-                raise
-            # Ctrl-C while still building or starting: the foreground `up`
-            # tears down whatever it had created so far, as once attached.
-            err.print("[+] Interrupted: removing containers, network and images", markup=False)
-            dep.down(images=True)
-            return
+        except Interrupted:
+            raise  # already handled (host mode's foreground agent)
+        except KeyboardInterrupt as exc:
+            done = undo_attempt(dep, before)
+            wait = "before every replica was healthy" if detach else "before the mesh was up"
+            raise interrupted(exc, f"during `up`, {wait}; {done}") from None
+        except BaseException:
+            undo_attempt(dep, before)
+            raise
         err.print(f"[+] Data plane ({plane.mode}) for {dep.project}/{dep.env}", markup=False)
         if detach:
             print_ps(dep.state(), plane.public_url)  # with the unresolved-endpoint notes
             return
-        _attach_until_interrupted(dep, plane.public_url, timeout)
+        # A mesh that ran before this `up` is attached to, never owned: Ctrl-C leaves it.
+        _attach_until_interrupted(dep, plane.public_url, owned=not before.running)
 
 
 def _up_host_foreground(dep: Deployment, *, public_port: int, force_build: bool) -> None:
-    """Host mode in the foreground: the agent runs in this process, for debugging."""
+    """Host mode in the foreground: the agent runs in this process, for debugging.
+
+    A failure or Ctrl-C while building is undone by `up`; once the agent runs,
+    Ctrl-C removes everything, as an attached `up` that started the mesh does.
+    """
     err.print(f"[+] Building {len(dep.spec.services)} service image(s)", markup=False)
-    try:
-        desired = dep.desired(dep.build(_say, force_build=force_build))
-        network = dep.network()
-        config = dep.agent_config(desired, "host", network, public_port=public_port)
-    except KeyboardInterrupt:
-        err.print("[+] Interrupted: removing containers, network and images", markup=False)
-        dep.down(images=True)
-        return
+    desired = dep.desired(dep.build(_say, force_build=force_build))
+    network = dep.network()
+    config = dep.agent_config(desired, "host", network, public_port=public_port)
     from meshlocal.mesh import Agent
 
     logging.basicConfig(level=logging.INFO, format="meshlocal  | %(message)s")
@@ -275,35 +287,60 @@ def _up_host_foreground(dep: Deployment, *, public_port: int, force_build: bool)
         finally:
             await agent.stop()
 
+    stopped: KeyboardInterrupt | None = None
     try:
         asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt as exc:
+        stopped = exc
     finally:
-        err.print("[+] Stopping: removing containers and network", markup=False)
-        dep.down(images=True)
+        with uninterrupted():
+            err.print("[+] Stopping: removing containers and network", markup=False)
+            removed = dep.down(images=True)
+    if stopped is not None:
+        raise interrupted(stopped, f"while attached; removed {_counts(removed)}")
 
 
-def _attach_until_interrupted(dep: Deployment, public_url: str | None, timeout: float) -> None:
+def _counts(removed: Removed) -> str:
+    return (
+        f"{len(removed.containers)} container(s), "
+        f"{len(removed.networks)} network(s), {len(removed.images)} image(s)"
+    )
+
+
+def _attach_until_interrupted(dep: Deployment, public_url: str | None, *, owned: bool) -> None:
+    """Stream the logs until Ctrl-C; then remove the mesh if this `up` started it."""
+    name = f"{dep.workspace.app}/{dep.env}"
     printer = LogPrinter(sys.stdout, colour=sys.stdout.isatty())
     follower = LogFollower(dep.engine, dep.project, dep.env, printer)
+    stopped: KeyboardInterrupt | None = None
     try:
         follower.start()
         if public_url:
             err.print(f"[+] Public endpoint {public_url}", markup=False)
-        err.print("[+] Attached. Press Ctrl-C to stop and remove everything.", markup=False)
+        if owned:
+            err.print("[+] Attached. Press Ctrl-C to stop and remove everything.", markup=False)
+        else:
+            err.print(
+                f"[+] attaching to the running mesh {name}; Ctrl-C detaches and leaves it running",
+                markup=False,
+            )
         threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt as exc:
+        stopped = exc
     finally:
         follower.stop()
-        err.print("[+] Stopping: removing containers and network", markup=False)
-        removed = dep.down(images=True)
-        err.print(
-            f"[+] Removed {len(removed.containers)} container(s), "
-            f"{len(removed.networks)} network(s), {len(removed.images)} image(s)",
-            markup=False,
-        )
+        if owned:
+            with uninterrupted():
+                err.print("[+] Stopping: removing containers and network", markup=False)
+                removed = dep.down(images=True)
+                err.print(f"[+] Removed {_counts(removed)}", markup=False)
+    if stopped is None:
+        return
+    if owned:
+        raise interrupted(stopped, f"while attached: {name} was removed")
+    raise interrupted(
+        stopped, f"while attached: detached; {name} keeps running (`meshlocal down` removes it)"
+    )
 
 
 # -- down ------------------------------------------------------------------
@@ -365,15 +402,19 @@ def ls(as_json: bool) -> None:
         rows: list[dict[str, Any]] = []
         for project, env in engine.projects():
             containers = engine.list_containers(project, env or None)
-            workspace = next(
-                (c.labels.get(L.WORKSPACE) for c in containers if c.labels.get(L.WORKSPACE)), ""
-            )
+            # The network carries the workspace too: a mesh that has only its
+            # network left (no container yet, or none any more) is still known.
+            with engine_errors("listing networks"):
+                nets = engine.api.networks(filters={"label": L.filters(project, env or None)})
+            labelled = [dict(c.labels) for c in containers] + [n.get("Labels") or {} for n in nets]
+            workspace = next((lb[L.WORKSPACE] for lb in labelled if lb.get(L.WORKSPACE)), "")
             running = sum(1 for c in containers if c.running)
             rows.append(
                 {
                     "project": project,
                     "env": env,
                     "workspace": workspace,
+                    "workspace_exists": bool(workspace) and Path(workspace).is_dir(),
                     "running": running,
                     "containers": len(containers),
                 }
@@ -391,7 +432,9 @@ def ls(as_json: bool) -> None:
             row["project"],
             row["env"],
             f"{row['running']}/{row['containers']}",
-            row["workspace"] or "(unknown: `meshlocal down --project` removes it)",
+            row["workspace"]
+            if row["workspace_exists"]
+            else f"{row['workspace'] or '(unknown)'} (gone: `meshlocal down --project` removes it)",
         )
     out.print(table)
 

@@ -52,6 +52,21 @@ def leftovers(client: Any, project: str) -> list[str]:
     return names
 
 
+def labelled(client: Any, project: str) -> dict[str, set[str]]:
+    """Ids of the containers, networks and images labelled with the project."""
+    label = f"{L.PROJECT}={project}"
+    rows = client.api.containers(all=True, filters={"label": label})
+    return {
+        "containers": {str(r["Id"]) for r in rows},
+        "networks": {str(n["Id"]) for n in client.api.networks(filters={"label": label})},
+        "images": {str(i["Id"]) for i in client.api.images(filters={"label": label})},
+    }
+
+
+def counts(found: Mapping[str, set[str]]) -> dict[str, int]:
+    return {kind: len(ids) for kind, ids in found.items()}
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **extra}
     env.pop("MESHLOCAL_DATAPLANE", None)
@@ -73,6 +88,25 @@ def run_cli(
         env=dict(env) if env is not None else cli_env(),
         check=False,
     )
+
+
+def popen_cli(workspace: Path, *args: str) -> subprocess.Popen[str]:
+    """`meshlocal -C <workspace> ARGS` in the background, stdout and stderr merged."""
+    return subprocess.Popen(
+        [str(MESHLOCAL), "-C", str(workspace), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=cli_env(PYTHONUNBUFFERED="1"),
+    )
+
+
+def failed(proc: subprocess.CompletedProcess[str]) -> str:
+    """A failure as a user sees it: non-zero, a message, no traceback. Returns stderr."""
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    assert "error:" in proc.stderr, proc.stderr
+    return proc.stderr
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:

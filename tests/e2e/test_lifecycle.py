@@ -22,11 +22,12 @@ import pytest
 from meshlocal.runtime import labels as L
 
 from .conftest import (
-    MESHLOCAL,
     cli_env,
     copy_workspace,
+    failed,
     leftovers,
     ok,
+    popen_cli,
     project_of,
     run_cli,
     wait_for,
@@ -49,14 +50,6 @@ def workspace(
     yield ws
     run_cli(ws, "down")
     assert leftovers(docker_client, project_of(ws)) == []
-
-
-def failed(proc: subprocess.CompletedProcess[str]) -> str:
-    """A failure as a user sees it: non-zero, a message, no traceback. Returns stderr."""
-    assert proc.returncode != 0, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
-    assert "error:" in proc.stderr, proc.stderr
-    return proc.stderr
 
 
 @pytest.mark.ws("buildfail")
@@ -115,22 +108,12 @@ def test_down_is_idempotent(workspace: Path, docker_client: Any) -> None:
     assert gone.returncode != 0 and "no mesh is running" in gone.stderr
 
 
-def _popen(workspace: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [str(MESHLOCAL), "-C", str(workspace), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=cli_env(PYTHONUNBUFFERED="1"),
-    )
-
-
 @pytest.mark.parametrize("mode", ["container", "host"])
 def test_ctrl_c_in_foreground_up_tears_everything_down(
     workspace: Path, docker_client: Any, mode: str
 ) -> None:
     project = project_of(workspace)
-    proc = _popen(workspace, "up", "--dataplane", mode)
+    proc = popen_cli(workspace, "up", "--dataplane", mode)
     lines: list[str] = []
     try:
         assert proc.stdout is not None
@@ -170,7 +153,7 @@ def test_sigkill_mid_start_then_down_leaves_nothing(
     """The agent outlives a SIGKILLed CLI (a container, or a process of its own): down ends it."""
     ws = copy_workspace(tmp_path_factory, "mini")
     project = project_of(ws)
-    proc = _popen(ws, "up", "-d", "--dataplane", mode)
+    proc = popen_cli(ws, "up", "-d", "--dataplane", mode)
     try:
         # Kill it once the data plane has started creating replicas.
         label = {"label": [f"{L.PROJECT}={project}", f"{L.ROLE}=replica"]}
@@ -204,7 +187,7 @@ def test_two_workspaces_run_side_by_side(
     procs: list[subprocess.Popen[str]] = []
     try:
         # Both at once: neither may trip over the other's network, names or ports.
-        procs += [_popen(ws, "up", "-d", "--timeout", "90") for ws in (first, second)]
+        procs += [popen_cli(ws, "up", "-d", "--timeout", "90") for ws in (first, second)]
         for proc in procs:
             out, _ = proc.communicate(timeout=150)
             assert proc.returncode == 0 and "Traceback" not in out, out

@@ -203,10 +203,18 @@ def test_down_after_a_failed_image_build(
     assert up.returncode != 0
     assert "Traceback" not in up.stderr, up.stderr
     assert "worker" in up.stderr and "non-zero code: 7" in up.stderr, up.stderr
+    assert "undo: removed 1 image" in up.stderr, up.stderr  # api's, built before worker failed
     _down_and_record(
         "failed image build",
         ws,
         busybox_image,
         docker_client,
         "meshlocal up -d (worker's build fails after api's succeeded); meshlocal down",
+        expect_images=False,
     )
+    # The failed `up` undid itself: api's image is gone before `down` runs.
+    assert RESULTS["failed image build"]["left_before_down"] == {
+        "containers": 0,
+        "networks": 0,
+        "images": 0,
+    }

@@ -1,0 +1,251 @@
+"""Undo a failed `up`: remove what that attempt created, and only that.
+
+`snapshot()` notes, before `up` touches anything, what the engine holds for
+the environment (by meshlocal's labels), which service image each tag names,
+which host-mode state files exist, and whether the mesh was already running
+(with the configuration its data plane runs). `undo()` then puts things back
+after a failure or an interruption at any phase:
+
+- a mesh that was not running: the data plane this attempt started is
+  removed first (a live agent would replace what is being removed), then
+  every container and network that was not there before, and the host
+  agent with its state files;
+- a mesh that was running: it keeps running. Its data plane gets the
+  configuration it ran before back (so it stops rolling towards the failed
+  one), containers the attempt started go, and the data plane is never
+  removed;
+- in both cases, the images this attempt built are removed and every tag
+  names the image it named before (a rebuilt service's predecessor gets its
+  tag back).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import tarfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker.errors
+
+from meshlocal.deployment import Deployment, admin_call
+from meshlocal.errors import MeshlocalError
+from meshlocal.mesh import CONTAINER_STATE_FILE
+from meshlocal.runtime import labels as L
+from meshlocal.runtime.engine import Engine, Removed, engine_errors
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What an environment had before an `up` attempt."""
+
+    running: bool
+    containers: frozenset[str]  # ids, labelled with the project and env
+    networks: frozenset[str]  # ids
+    images: frozenset[str]  # ids of images labelled with the (base) project and env
+    tags: Mapping[str, str] = field(default_factory=dict)  # the project's tags -> image id
+    files: frozenset[str] = frozenset()  # host-mode state files (names)
+    config: str | None = None  # the running data plane's configuration (JSON)
+
+    @property
+    def fresh(self) -> bool:
+        return not self.running
+
+
+def _image_rows(engine: Engine, dep: Deployment) -> list[dict[str, Any]]:
+    with engine_errors("listing images"):
+        rows: list[dict[str, Any]] = engine.api.images(
+            filters={"label": L.filters(dep.base_project, dep.env)}
+        )
+    return rows
+
+
+def _tags(engine: Engine, dep: Deployment) -> dict[str, str]:
+    prefix = f"meshlocal/{dep.base_project}-"
+    suffix = f":{L.slug(dep.env)}"
+    with engine_errors("listing images"):
+        rows = engine.api.images()
+    return {
+        str(tag): str(row["Id"])
+        for row in rows
+        for tag in row.get("RepoTags") or ()
+        if str(tag).startswith(prefix) and str(tag).endswith(suffix)
+    }
+
+
+def _network_ids(engine: Engine, dep: Deployment) -> dict[str, str]:
+    with engine_errors("listing networks"):
+        nets = engine.api.networks(filters={"label": L.filters(dep.project, dep.env)})
+    return {str(n["Id"]): str(n["Name"]) for n in nets}
+
+
+def _state_files(dep: Deployment) -> frozenset[str]:
+    folder = dep._state_file("").parent
+    stem = dep._state_file("").name
+    if not folder.is_dir():
+        return frozenset()
+    return frozenset(p.name for p in folder.glob(f"{stem}.*"))
+
+
+def _running_config(dep: Deployment) -> tuple[bool, str | None]:
+    """Whether the mesh answers, and the configuration its data plane runs."""
+    try:
+        plane = dep.dataplane()
+        admin_call(plane.admin_url, "/healthz", timeout=3.0)
+    except MeshlocalError:
+        return False, None
+    if plane.container_id is not None:
+        return True, _read_container_file(dep.engine, plane.container_id, CONTAINER_STATE_FILE)
+    with contextlib.suppress(OSError):
+        return True, dep._state_file(".json").read_text()
+    return True, None
+
+
+def _read_container_file(engine: Engine, container_id: str, path: str) -> str | None:
+    try:
+        stream, _ = engine.api.get_archive(container_id, path)
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            member = tar.next()
+            handle = tar.extractfile(member) if member is not None else None
+            return handle.read().decode() if handle is not None else None
+    except (docker.errors.DockerException, tarfile.TarError, OSError):
+        return None
+
+
+def snapshot(dep: Deployment) -> Snapshot:
+    """What the environment holds now, before `up` changes anything."""
+    engine = dep.engine
+    running, config = _running_config(dep)
+    return Snapshot(
+        running=running,
+        containers=frozenset(c.id for c in engine.list_containers(dep.project, dep.env)),
+        networks=frozenset(_network_ids(engine, dep)),
+        images=frozenset(str(r["Id"]) for r in _image_rows(engine, dep)),
+        tags=_tags(engine, dep),
+        files=_state_files(dep),
+        config=config,
+    )
+
+
+def undo(dep: Deployment, before: Snapshot) -> Removed:
+    """Remove what was created since `before`; a mesh that was running keeps running.
+
+    Uses a fresh engine connection: the interrupted one may be mid-request.
+    """
+    dep.close()
+    engine = dep.engine
+    containers: list[str] = []
+    if before.running:
+        _restore_config(dep, before)
+    else:
+        containers += _stop_new_dataplane(dep, before)
+    containers += _remove_new_containers(engine, dep, before)
+    networks: list[str] = []
+    for net_id, name in _network_ids(engine, dep).items():
+        if net_id in before.networks:
+            continue
+        with contextlib.suppress(docker.errors.NotFound), engine_errors(f"removing network {name}"):
+            engine.api.remove_network(net_id)
+        networks.append(name)
+    images = _restore_images(engine, dep, before)
+    for name in _state_files(dep) - before.files:
+        (dep._state_file("").parent / name).unlink(missing_ok=True)
+    return Removed(tuple(containers), tuple(networks), tuple(images))
+
+
+def _stop_new_dataplane(dep: Deployment, before: Snapshot) -> list[str]:
+    """The controller first: a live agent would replace what undo removes."""
+    if dep._state_file(".pid").name not in before.files:
+        dep.stop_dataplane_process()
+    removed: list[str] = []
+    for info in dep.engine.list_containers(dep.project, dep.env, role=L.Role.DATAPLANE):
+        if info.id in before.containers:
+            if info.running:
+                dep.engine.stop(info.id)  # it was stopped before this attempt
+        else:
+            dep.engine.remove(info.id)
+            removed.append(info.name)
+    return removed
+
+
+def _restore_config(dep: Deployment, before: Snapshot) -> None:
+    """Give a running mesh's data plane back the configuration it ran before."""
+    if before.config is None:
+        return
+    with contextlib.suppress(MeshlocalError):
+        plane = dep.dataplane()
+        if plane.container_id is not None:
+            admin_call(plane.admin_url, "/v1/apply", json.loads(before.config), 60.0)
+            return
+    # Host mode: `up` restarts the agent process; start it again on the old configuration.
+    from meshlocal.mesh import AgentConfig
+
+    with contextlib.suppress(MeshlocalError, ValueError):
+        config = AgentConfig.from_json(before.config)
+        started = dep.start_dataplane_process(config, log_file=dep._state_file(".log"))
+        dep._wait_dataplane(30.0, started.pid)
+
+
+def _remove_new_containers(engine: Engine, dep: Deployment, before: Snapshot) -> list[str]:
+    order = {L.Role.SIDECAR.value: 0, L.Role.PROBE.value: 0, L.Role.PAUSE.value: 2}
+    # A running agent given its old configuration back drains what it started;
+    # wait a little for that before removing the rest by force.
+    deadline = time.monotonic() + (10.0 if before.running else 0.0)
+    while True:
+        new = [
+            c
+            for c in engine.list_containers(dep.project, dep.env)
+            if c.id not in before.containers and c.role != L.Role.DATAPLANE.value
+        ]
+        if not new or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    new.sort(key=lambda c: order.get(c.role or "", 1))
+    for info in new:
+        engine.remove(info.id)
+    return [c.name for c in new]
+
+
+def _restore_images(engine: Engine, dep: Deployment, before: Snapshot) -> list[str]:
+    """Tags back on the images they named before; images built since then removed."""
+    for tag, image_id in before.tags.items():
+        repo, _, name = tag.rpartition(":")
+        with contextlib.suppress(docker.errors.DockerException):
+            engine.api.tag(image_id, repo, name, force=True)
+    removed: list[str] = []
+    for row in _image_rows(engine, dep):
+        image_id = str(row["Id"])
+        if image_id in before.images:
+            continue
+        tags = [str(t) for t in row.get("RepoTags") or () if str(t) != "<none>:<none>"]
+        try:
+            for tag in tags:
+                engine.api.remove_image(tag, force=False, noprune=False)
+            if not tags:
+                engine.api.remove_image(image_id, force=False, noprune=False)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # in use by a container: not ours to remove
+                continue
+            raise
+        removed.append(tags[0] if tags else image_id.removeprefix("sha256:")[:12])
+    return removed
+
+
+def describe(removed: Removed) -> str:
+    """`removed 3 containers, network kudos-test, 2 images` (or `nothing to remove`)."""
+    parts: list[str] = []
+    if removed.containers:
+        n = len(removed.containers)
+        parts.append(f"{n} container{'s' if n != 1 else ''}")
+    for name in removed.networks:
+        parts.append(f"network {name}")
+    if removed.images:
+        n = len(removed.images)
+        parts.append(f"{n} image{'s' if n != 1 else ''}")
+    return "removed " + ", ".join(parts) if parts else "nothing to remove"
