@@ -11,8 +11,9 @@ after a failure or an interruption at any phase:
   every container and network that was not there before, and the host
   agent with its state files;
 - a mesh that was running: it keeps running. Its data plane gets the
-  configuration it ran before back (so it stops rolling towards the failed
-  one), containers the attempt started go, and the data plane is never
+  configuration it ran before back, so it rolls back what the attempt had
+  rolled (replicas are the live agent's to start and stop: removing them
+  under it would only make it start them again); the data plane is never
   removed;
 - in both cases, the images this attempt built are removed and every tag
   names the image it named before (a rebuilt service's predecessor gets its
@@ -140,10 +141,12 @@ def undo(dep: Deployment, before: Snapshot) -> Removed:
     engine = dep.engine
     containers: list[str] = []
     if before.running:
+        # The live agent owns the replicas: removing them under it only makes
+        # it start them again. Given its old configuration, it rolls back.
         _restore_config(dep, before)
     else:
         containers += _stop_new_dataplane(dep, before)
-    containers += _remove_new_containers(engine, dep, before)
+        containers += _remove_new_containers(engine, dep, before)
     networks: list[str] = []
     for net_id, name in _network_ids(engine, dep).items():
         if net_id in before.networks:
@@ -172,38 +175,45 @@ def _stop_new_dataplane(dep: Deployment, before: Snapshot) -> list[str]:
     return removed
 
 
-def _restore_config(dep: Deployment, before: Snapshot) -> None:
-    """Give a running mesh's data plane back the configuration it ran before."""
+def _restore_config(dep: Deployment, before: Snapshot, timeout: float = 30.0) -> None:
+    """Give a running mesh's data plane back the configuration it ran before.
+
+    Then wait (bounded) until it reports every replica ready again: a service
+    the failed attempt had already rolled is rolled back.
+    """
     if before.config is None:
         return
-    with contextlib.suppress(MeshlocalError):
+    try:
         plane = dep.dataplane()
         if plane.container_id is not None:
             admin_call(plane.admin_url, "/v1/apply", json.loads(before.config), 60.0)
-            return
-    # Host mode: `up` restarts the agent process; start it again on the old configuration.
-    from meshlocal.mesh import AgentConfig
+        else:
+            raise MeshlocalError("no data-plane container")
+    except MeshlocalError:
+        # Host mode: `up` restarts the agent process; start it again on the old configuration.
+        from meshlocal.mesh import AgentConfig
 
-    with contextlib.suppress(MeshlocalError, ValueError):
-        config = AgentConfig.from_json(before.config)
-        started = dep.start_dataplane_process(config, log_file=dep._state_file(".log"))
-        dep._wait_dataplane(30.0, started.pid)
+        try:
+            config = AgentConfig.from_json(before.config)
+            started = dep.start_dataplane_process(config, log_file=dep._state_file(".log"))
+            dep._wait_dataplane(timeout, started.pid)
+        except (MeshlocalError, ValueError):
+            return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(MeshlocalError):
+            if dep.state().get("ready"):
+                return
+        time.sleep(0.2)
 
 
 def _remove_new_containers(engine: Engine, dep: Deployment, before: Snapshot) -> list[str]:
     order = {L.Role.SIDECAR.value: 0, L.Role.PROBE.value: 0, L.Role.PAUSE.value: 2}
-    # A running agent given its old configuration back drains what it started;
-    # wait a little for that before removing the rest by force.
-    deadline = time.monotonic() + (10.0 if before.running else 0.0)
-    while True:
-        new = [
-            c
-            for c in engine.list_containers(dep.project, dep.env)
-            if c.id not in before.containers and c.role != L.Role.DATAPLANE.value
-        ]
-        if not new or time.monotonic() >= deadline:
-            break
-        time.sleep(0.2)
+    new = [
+        c
+        for c in engine.list_containers(dep.project, dep.env)
+        if c.id not in before.containers and c.role != L.Role.DATAPLANE.value
+    ]
     new.sort(key=lambda c: order.get(c.role or "", 1))
     for info in new:
         engine.remove(info.id)

@@ -62,5 +62,7 @@ def undo_attempt(dep: Deployment, before: Snapshot | None) -> str:
     line = f"undo: {describe(removed)}"
     if before.running:
         line += f"; the running mesh {dep.workspace.app}/{dep.env} was left running"
+        if before.config is not None:
+            line += " on its previous configuration"
     err.print(line, markup=False)
     return line

@@ -27,6 +27,7 @@ from .conftest import (
     ok,
     popen_cli,
     project_of,
+    replica_containers,
     run_cli,
     wait_for,
 )
@@ -145,3 +146,25 @@ def test_a_running_mesh_is_left_as_it_was_after_a_failed_re_up(
     assert docker_client.images.get(tag).id == image  # the tag names the running image again
     state = json.loads(ok(run_cli(workspace, "ps", "--json")).stdout)
     assert state["ready"] is True
+
+
+def test_a_running_mesh_gets_its_configuration_back_after_a_re_up_that_times_out(
+    workspace: Path, docker_client: Any
+) -> None:
+    project = project_of(workspace)
+    ok(run_cli(workspace, "up", "-d", "--timeout", "60"))
+    [before] = replica_containers(docker_client, project, "web")
+    manifest = workspace / "copilot" / "web" / "manifest.yml"
+    text = manifest.read_text()
+    command = next(line for line in text.splitlines() if line.startswith("command:"))
+    manifest.write_text(text.replace(command, 'command: ["sh", "-c", "sleep 300"]'))
+    err = failed(run_cli(workspace, "up", "-d", "--timeout", "5"))
+    assert "not healthy after 5s" in err, err
+    assert "left running on its previous configuration" in err, err
+
+    def rolled_back() -> bool:
+        running = replica_containers(docker_client, project, "web")
+        same = [c.labels[L.CONFIG_HASH] for c in running] == [before.labels[L.CONFIG_HASH]]
+        return same and json.loads(ok(run_cli(workspace, "ps", "--json")).stdout)["ready"]
+
+    wait_for("web back on its previous configuration", rolled_back, timeout=30, interval=0.5)
