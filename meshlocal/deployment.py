@@ -37,10 +37,13 @@ from meshlocal.errors import (
     RuntimeFailure,
 )
 from meshlocal.manifest import find_workspace, load_environment, read_env_file
+from meshlocal.manifest.diagnostics import ManifestErrors
 from meshlocal.manifest.model import BuildSpec, EnvironmentSpec, Service, Workspace
+from meshlocal.manifest.validate import over_replica_limit
 from meshlocal.mesh import ADMIN_PORT, CONFIG_ENV, CONTAINER_STATE_FILE, PUBLIC_PORT, AgentConfig
 from meshlocal.naming import NamingModel
 from meshlocal.proxy.app import public_rules
+from meshlocal.readiness import crash_failure, starting_replicas, timeout_failure
 from meshlocal.runtime import images
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.dataplane import dataplane_spec, ensure_dataplane
@@ -497,7 +500,6 @@ class Deployment:
             containers=replicas,
         )
 
-
     def record_host_admin(self, admin_url: str, public_url: str | None) -> None:
         _STATE_DIR.mkdir(parents=True, exist_ok=True)
         self._state_file(".admin").write_text(
@@ -522,6 +524,9 @@ class Deployment:
         Idempotent: run again, it rolls changed services and keeps the rest.
         `replace_services` rolls those services' replicas even when unchanged.
         """
+        over = over_replica_limit(self.spec)
+        if over:
+            raise ManifestErrors(over)  # before anything is built or started
         built = self.build(progress, force_build=force_build)
         desired = self.desired(built)
         network = self.network()
@@ -624,12 +629,12 @@ class Deployment:
                 if last.get("ready"):
                     return last
             if time.monotonic() > deadline:
-                raise RuntimeFailure(
-                    f"replicas were not healthy after {timeout:.0f}s: {not_ready(last)}",
-                    hint="`meshlocal logs` shows what the replicas print; `meshlocal ps` shows "
-                    "their health. A replica without a health check joins once its port "
-                    "accepts connections: does it listen on image.port, on 0.0.0.0?",
-                )
+                checks = {
+                    name: report
+                    for name, cid in starting_replicas(last)
+                    if (report := self.engine.health_report(cid)) is not None
+                }
+                raise timeout_failure(last, timeout, checks)
             time.sleep(0.1)
 
     def _check_dataplane_alive(self) -> None:
@@ -865,25 +870,6 @@ def published_ports(engine: Engine, container_id: str) -> dict[int, int]:
         if proto == "tcp" and bindings:
             out[int(port)] = int(bindings[0]["HostPort"])
     return out
-
-
-def not_ready(state: Mapping[str, Any]) -> str:
-    parts = []
-    for name, svc in sorted((state.get("services") or {}).items()):
-        ready = sum(1 for r in svc["replicas"] if r["in_rotation"])
-        if ready < svc["desired"]:
-            parts.append(f"{name} {ready}/{svc['desired']}")
-    return ", ".join(parts) or "the data plane did not report"
-
-
-def crash_failure(crashes: list[dict[str, Any]]) -> RuntimeFailure:
-    first = crashes[0]
-    logs = "\n".join(f"    {line}" for line in first.get("last_logs", [])[-15:])
-    return RuntimeFailure(
-        f"{first['service']}-{first['index']} keeps crashing "
-        f"(exit code {first['exit_code']}, {first['count']} times in a row)",
-        hint="fix the service and run `meshlocal up` again; its last log lines:\n" + logs,
-    )
 
 
 BUILD_KEY_LABEL = "meshlocal.build-key"

@@ -63,10 +63,22 @@ def timeout_failure(
             replica = f"{name}-{crash['index']}"
             if crash.get("health") and replica not in checks:
                 lines.append(f"    {replica} (replaced): {crash['health']}")
+    queued = {
+        name: svc["not_started"]
+        for name, svc in sorted((state.get("services") or {}).items())
+        if svc.get("not_started")
+    }
     if lines:
         hint = "the failing health checks:\n" + "\n".join(lines)
+    elif queued:
+        counts = ", ".join(f"{n} of {name}" for name, n in queued.items())
+        hint = (
+            f"{counts} not started yet: meshlocal starts a few containers at a time; "
+            "they go on starting in the background (`meshlocal ps`), or `meshlocal scale` "
+            "to a smaller count takes over at once"
+        )
     else:
-        hint = "`meshlocal logs` shows what the replicas print; " + NO_CHECK_HINT
+        hint = "`meshlocal logs` shows what the replicas print. " + NO_CHECK_HINT
     return RuntimeFailure(
         f"replicas were not healthy after {timeout:.0f}s: {not_ready(state)}", hint=hint
     )

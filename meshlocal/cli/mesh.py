@@ -30,6 +30,7 @@ from meshlocal.cli.workspace import env_option
 from meshlocal.deployment import Deployment, admin_call, stop_host_agents, teardown
 from meshlocal.errors import DataPlaneDown, MeshlocalError, RuntimeFailure
 from meshlocal.runtime import labels as L
+from meshlocal.runtime.backoff import KEPT_SUFFIX
 from meshlocal.runtime.engine import ContainerInfo, Engine, Removed, engine_errors
 from meshlocal.undo import Snapshot, snapshot
 
@@ -38,6 +39,8 @@ def _display_name(info: ContainerInfo) -> str:
     if info.role == L.Role.DATAPLANE.value:
         return "meshlocal"
     base = f"{info.service}-{info.index}"
+    if info.name.endswith(KEPT_SUFFIX):
+        base += KEPT_SUFFIX  # the last crashed container of that replica, kept for this
     sidecar = info.labels.get(L.SIDECAR)
     return f"{base}-{sidecar}" if sidecar else base
 

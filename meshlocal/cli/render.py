@@ -49,12 +49,20 @@ def print_ps(state: dict[str, Any], public_url: str | None) -> None:
         endpoints = endpoint_text(svc)
         if svc["discovery_name"]:
             endpoints.append(f"{svc['discovery_name']}:{svc['port']}")
-        if not svc["replicas"]:
+        restarting = svc.get("restarting") or []
+        running = {r["index"] for r in svc["replicas"]}
+        waiting = [c for c in restarting if c["index"] not in running]
+        if not svc["replicas"] and not waiting:
             table.add_row(f"{name} (0/{svc['desired']})", "-", "-", "-", ", ".join(endpoints))
         for r in svc["replicas"]:
             rotation = "draining" if r["draining"] else ("in" if r["in_rotation"] else "out")
             table.add_row(r["name"], r["address"], r["health"], rotation, ", ".join(endpoints))
+        for c in waiting:
+            table.add_row(f"{name}-{c['index']}", "-", c["status"], "out", ", ".join(endpoints))
+        if svc.get("not_started"):
+            table.add_row(f"{name} ({svc['not_started']} not started)", "-", "queued", "-", "")
     out.print(table)
+    print_restarting(state)
     out.print(
         f"Data plane (DNS): {state['address']}; each Service Connect endpoint answers on "
         "its own address (ENDPOINTS)",
@@ -63,6 +71,21 @@ def print_ps(state: dict[str, Any], public_url: str | None) -> None:
     print_unresolved(state)
     if public_url:
         out.print(f"Public endpoint: {public_url}", markup=False)
+
+
+def print_restarting(state: dict[str, Any]) -> None:
+    """Why a replica keeps restarting: its exit code or failing check, and its last words."""
+    for name, svc in sorted(state["services"].items()):
+        for c in svc.get("restarting") or []:
+            why = c.get("health") or (
+                f"last log line: {c['last_log']}" if c.get("last_log") else "it printed nothing"
+            )
+            kept = f"; `meshlocal logs {name}` shows the crashed container" if c.get("kept") else ""
+            err.print(
+                f"[!] {name}-{c['index']}: {c['status']}; {why}{kept}",
+                markup=False,
+                style="yellow",
+            )
 
 
 def stats_modes(state: dict[str, Any]) -> dict[str, str]:
