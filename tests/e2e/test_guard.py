@@ -121,6 +121,16 @@ def test_a_huge_scale_is_bounded_keeps_its_timeout_and_is_superseded(
     assert sorted(c.labels[L.REPLICA] for c in running) == ["1", "2"], [c.name for c in running]
 
 
+def test_up_takes_over_from_a_pending_huge_scale(guard: Path, docker_client: Any) -> None:
+    failed(run_cli(guard, "scale", "orders=100000", "--timeout", "3", timeout=60))
+    t0 = time.monotonic()
+    ok(run_cli(guard, "up", "-d", "--timeout", "90", timeout=150))
+    assert time.monotonic() - t0 < 90
+    # Back to the manifest's count: the queued starts were dropped, the extra replicas removed.
+    running = replica_containers(docker_client, project_of(guard))
+    assert [c.labels[L.REPLICA] for c in running] == ["1"], [c.name for c in running]
+
+
 def test_a_dying_replica_backs_off_and_ps_says_why(guard: Path, docker_client: Any) -> None:
     project = project_of(guard)
     name = L.container_name(project, "test", "orders", 1)
