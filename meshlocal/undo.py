@@ -139,6 +139,8 @@ def undo(dep: Deployment, before: Snapshot) -> Removed:
     """
     dep.close()
     engine = dep.engine
+    # Tags first: a data plane rolling back starts replicas from the tag.
+    _restore_tags(engine, before)
     containers: list[str] = []
     if before.running:
         # The live agent owns the replicas: removing them under it only makes
@@ -154,7 +156,7 @@ def undo(dep: Deployment, before: Snapshot) -> Removed:
         with contextlib.suppress(docker.errors.NotFound), engine_errors(f"removing network {name}"):
             engine.api.remove_network(net_id)
         networks.append(name)
-    images = _restore_images(engine, dep, before)
+    images = _remove_new_images(engine, dep, before)
     for name in _state_files(dep) - before.files:
         (dep._state_file("").parent / name).unlink(missing_ok=True)
     return Removed(tuple(containers), tuple(networks), tuple(images))
@@ -183,6 +185,8 @@ def _restore_config(dep: Deployment, before: Snapshot, timeout: float = 30.0) ->
     """
     if before.config is None:
         return
+    if _running_config(dep)[1] == before.config:
+        return  # the attempt failed before it changed anything (a build, --port)
     try:
         plane = dep.dataplane()
         if plane.container_id is not None:
@@ -220,31 +224,46 @@ def _remove_new_containers(engine: Engine, dep: Deployment, before: Snapshot) ->
     return [c.name for c in new]
 
 
-def _restore_images(engine: Engine, dep: Deployment, before: Snapshot) -> list[str]:
-    """Tags back on the images they named before; images built since then removed."""
+def _restore_tags(engine: Engine, before: Snapshot) -> None:
+    """Every tag back on the image it named before (a rebuilt service's predecessor)."""
     for tag, image_id in before.tags.items():
         repo, _, name = tag.rpartition(":")
         with contextlib.suppress(docker.errors.DockerException):
             engine.api.tag(image_id, repo, name, force=True)
+
+
+def _remove_new_images(engine: Engine, dep: Deployment, before: Snapshot) -> list[str]:
+    """The images built since `before`, now that no tag names them.
+
+    An image a container still uses is kept. In a mesh that was running, the
+    data plane may still be draining the replica it rolled back from: such an
+    image is tried again for a few seconds.
+    """
     removed: list[str] = []
-    for row in _image_rows(engine, dep):
-        image_id = str(row["Id"])
-        if image_id in before.images:
-            continue
-        tags = [str(t) for t in row.get("RepoTags") or () if str(t) != "<none>:<none>"]
-        try:
-            for tag in tags:
-                engine.api.remove_image(tag, force=False, noprune=False)
-            if not tags:
-                engine.api.remove_image(image_id, force=False, noprune=False)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            if exc.status_code == 409:  # in use by a container: not ours to remove
+    deadline = time.monotonic() + (15.0 if before.running else 0.0)
+    while True:
+        in_use = 0
+        for row in _image_rows(engine, dep):
+            image_id = str(row["Id"])
+            if image_id in before.images:
                 continue
-            raise
-        removed.append(tags[0] if tags else image_id.removeprefix("sha256:")[:12])
-    return removed
+            tags = [str(t) for t in row.get("RepoTags") or () if str(t) != "<none>:<none>"]
+            try:
+                for tag in tags:
+                    engine.api.remove_image(tag, force=False, noprune=False)
+                if not tags:
+                    engine.api.remove_image(image_id, force=False, noprune=False)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:
+                    raise
+                in_use += 1  # a container uses it
+                continue
+            removed.append(tags[0] if tags else image_id.removeprefix("sha256:")[:12])
+        if not in_use or time.monotonic() >= deadline:
+            return removed
+        time.sleep(0.5)
 
 
 def describe(removed: Removed) -> str:

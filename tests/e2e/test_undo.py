@@ -148,13 +148,17 @@ def test_a_running_mesh_is_left_as_it_was_after_a_failed_re_up(
     assert state["ready"] is True
 
 
+@pytest.mark.ws("rebuild")
 def test_a_running_mesh_gets_its_configuration_back_after_a_re_up_that_times_out(
     workspace: Path, docker_client: Any
 ) -> None:
     project = project_of(workspace)
     ok(run_cli(workspace, "up", "-d", "--timeout", "60"))
-    [before] = replica_containers(docker_client, project, "web")
-    manifest = workspace / "copilot" / "web" / "manifest.yml"
+    [before] = replica_containers(docker_client, project, "app")
+    images = labelled(docker_client, project)["images"]
+    # app is rebuilt and its new replicas never listen: the re-up rolls it, then times out.
+    (workspace / "app" / "index.html").write_text("version 2\n")
+    manifest = workspace / "copilot" / "app" / "manifest.yml"
     text = manifest.read_text()
     command = next(line for line in text.splitlines() if line.startswith("command:"))
     manifest.write_text(text.replace(command, 'command: ["sh", "-c", "sleep 300"]'))
@@ -163,8 +167,11 @@ def test_a_running_mesh_gets_its_configuration_back_after_a_re_up_that_times_out
     assert "left running on its previous configuration" in err, err
 
     def rolled_back() -> bool:
-        running = replica_containers(docker_client, project, "web")
-        same = [c.labels[L.CONFIG_HASH] for c in running] == [before.labels[L.CONFIG_HASH]]
-        return same and json.loads(ok(run_cli(workspace, "ps", "--json")).stdout)["ready"]
+        [now] = replica_containers(docker_client, project, "app") or [None]
+        if now is None or now.labels[L.CONFIG_HASH] != before.labels[L.CONFIG_HASH]:
+            return False
+        assert now.image.id == before.image.id  # the old image, not the rebuilt one
+        return bool(json.loads(ok(run_cli(workspace, "ps", "--json")).stdout)["ready"])
 
-    wait_for("web back on its previous configuration", rolled_back, timeout=30, interval=0.5)
+    wait_for("app back on its previous configuration", rolled_back, timeout=30, interval=0.5)
+    assert labelled(docker_client, project)["images"] == images  # the rebuilt one is gone
