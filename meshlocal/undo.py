@@ -93,14 +93,22 @@ def _state_files(dep: Deployment) -> frozenset[str]:
 
 
 def _running_config(dep: Deployment) -> tuple[bool, str | None]:
-    """Whether the mesh answers, and the configuration its data plane runs."""
+    """Whether the mesh runs, and the configuration its data plane runs.
+
+    A running data-plane container is a running mesh even if its admin API is
+    slow to answer: a failed `up` must never stop it. A host-mode agent counts
+    when it answers (its admin file may be left from one that died).
+    """
     try:
         plane = dep.dataplane()
-        admin_call(plane.admin_url, "/healthz", timeout=3.0)
     except MeshlocalError:
         return False, None
     if plane.container_id is not None:
         return True, _read_container_file(dep.engine, plane.container_id, CONTAINER_STATE_FILE)
+    try:
+        admin_call(plane.admin_url, "/healthz", timeout=3.0)
+    except MeshlocalError:
+        return False, None
     with contextlib.suppress(OSError):
         return True, dep._state_file(".json").read_text()
     return True, None
