@@ -48,8 +48,11 @@ def interrupted(exc: KeyboardInterrupt, what: str) -> Interrupted:
     return Interrupted(f"[+] Interrupted (Ctrl-C) {what}", 130)
 
 
-def undo_attempt(dep: Deployment, before: Snapshot | None) -> str:
-    """Remove what this failed `up` created; say what (an already running mesh keeps running)."""
+def undo_attempt(dep: Deployment, before: Snapshot | None, *, say: bool = True) -> str:
+    """Remove what this failed `up` created; say what (an already running mesh keeps running).
+
+    Returns the line; `say=False` leaves printing it to the caller.
+    """
     if before is None:
         return "nothing was created"
     with uninterrupted():
@@ -64,5 +67,6 @@ def undo_attempt(dep: Deployment, before: Snapshot | None) -> str:
         line += f"; the running mesh {dep.workspace.app}/{dep.env} was left running"
         if before.config is not None:
             line += " on its previous configuration"
-    err.print(line, markup=False)
+    if say:
+        err.print(line, markup=False)
     return line

@@ -243,7 +243,7 @@ def up(
         except Interrupted:
             raise  # already handled (host mode's foreground agent)
         except KeyboardInterrupt as exc:
-            done = undo_attempt(dep, before)
+            done = undo_attempt(dep, before, say=False)  # said once, in the last line
             wait = "before every replica was healthy" if detach else "before the mesh was up"
             raise interrupted(exc, f"during `up`, {wait}; {done}") from None
         except BaseException:
