@@ -827,6 +827,29 @@ class Reconciler:
         if labels is not None:
             await self._remove_task(labels)
 
+    async def _serving(
+        self, cids: Sequence[str], timeout: float, superseded: asyncio.Event | None
+    ) -> bool:
+        """Until every container in `cids` is in rotation; False if one leaves or time runs out."""
+        changed = asyncio.Event()
+        unsubscribe = self.registry.subscribe(lambda _b, _a: changed.set())
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                replicas = [self.registry.get(cid) for cid in cids]
+                if any(r is None for r in replicas):
+                    return False  # died, or never joined
+                if all(r is not None and r.in_rotation for r in replicas):
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0 or (superseded is not None and superseded.is_set()):
+                    return False
+                changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), timeout=min(left, 0.5))
+        finally:
+            unsubscribe()
+
     async def _labels_of(self, cid: str) -> Mapping[str, str] | None:
         info = await self._thread(self.engine.inspect, cid)
         return info.labels if info is not None else None
@@ -847,14 +870,17 @@ class Reconciler:
                 suffix = f"-old-{old.container_id[:8]}"
                 await self._thread(self.engine.rename, info.id, info.name + suffix)
         futures: list[asyncio.Future[bool]] = []
+        cids: list[str] = []
         for old in stale:
             cid = await self._start_replica(service, old.index, wait_ready=True)
+            cids.append(cid)
             fut = self._ready_waiters.get(cid)
             if fut is None:  # already resolved (joined healthy, or died) before we looked
                 fut = asyncio.get_running_loop().create_future()
                 replica = self.registry.get(cid)
                 fut.set_result(replica is not None and replica.in_rotation)
             futures.append(fut)
+        roll_deadline = time.monotonic() + self.roll_timeout_s
         everything = asyncio.gather(*futures)
         waits: list[asyncio.Future[Any]] = [everything]
         if superseded is not None:
@@ -868,6 +894,12 @@ class Reconciler:
         done = everything.result() if everything.done() else [False]
         if not everything.done():
             everything.cancel()
+        if all(done):
+            # Joined is not yet in rotation: the data plane's own probes (the
+            # port accepting, http.healthcheck) may still hold it out. The old
+            # replica goes only once its successor serves.
+            left = max(1.0, roll_deadline - time.monotonic())
+            done = [await self._serving(cids, left, superseded)]
         if all(done):
             await asyncio.gather(*(self._retire(old) for old in stale))
             self.on_change(f"{service}: rolled {len(stale)} replica(s)")

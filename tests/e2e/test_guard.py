@@ -191,3 +191,22 @@ def test_up_quotes_the_failing_health_check(
     assert "cannot reach db:5432" in err
     # Not the hint meant for replicas without a health check.
     assert "does it listen on image.port" not in err, err
+
+
+def test_a_roll_keeps_the_old_replica_until_its_successor_listens(
+    guard: Path, docker_client: Any
+) -> None:
+    project = project_of(guard)
+    before = {c.id for c in replica_containers(docker_client, project)}
+    manifest = guard / "copilot" / "orders" / "manifest.yml"
+    original = manifest.read_text()
+    # The new version runs but never listens on its port: never in rotation.
+    manifest.write_text(original.replace("httpd -f -p 8000 -h /tmp & pid=$!", "sleep 600 & pid=$!"))
+    try:
+        err = failed(run_cli(guard, "up", "-d", "--timeout", "15", timeout=120))
+    finally:
+        manifest.write_text(original)
+    assert "not healthy after 15s" in err or "did not become healthy" in err, err
+    # The replica that served before the failed roll is the one serving now.
+    after = {c.id for c in replica_containers(docker_client, project)}
+    assert before <= after, (before, after)
