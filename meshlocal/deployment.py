@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import ipaddress
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,6 +24,8 @@ from typing import Any, Literal
 
 import docker.errors
 
+from meshlocal.adminapi import admin_call, remote_message
+from meshlocal.builds import build_images
 from meshlocal.errors import (
     DataPlaneDown,
     DataPlaneError,
@@ -38,7 +36,7 @@ from meshlocal.errors import (
 )
 from meshlocal.manifest import find_workspace, load_environment, read_env_file
 from meshlocal.manifest.diagnostics import ManifestErrors
-from meshlocal.manifest.model import BuildSpec, EnvironmentSpec, Service, Workspace
+from meshlocal.manifest.model import EnvironmentSpec, Workspace
 from meshlocal.manifest.validate import over_replica_limit
 from meshlocal.mesh import ADMIN_PORT, CONFIG_ENV, CONTAINER_STATE_FILE, PUBLIC_PORT, AgentConfig
 from meshlocal.naming import NamingModel
@@ -46,16 +44,21 @@ from meshlocal.proxy.app import public_rules
 from meshlocal.readiness import crash_failure, starting_replicas, timeout_failure
 from meshlocal.runtime import images
 from meshlocal.runtime import labels as L
-from meshlocal.runtime.dataplane import dataplane_spec, ensure_dataplane
+from meshlocal.runtime.dataplane import (
+    dataplane_spec,
+    ensure_dataplane,
+    free_port,
+    in_subnet,
+    published_ports,
+)
 from meshlocal.runtime.engine import (
     ContainerInfo,
     Engine,
     NetworkInfo,
     Removed,
-    engine_errors,
-    map_docker_error,
 )
 from meshlocal.runtime.reconcile import DesiredService, template_for
+from meshlocal.teardown import remove_images, teardown
 from meshlocal.vips import vip_block
 
 Progress = Callable[[str], None]
@@ -138,97 +141,15 @@ class Deployment:
     def build(
         self, progress: Progress = _quiet, *, force_build: bool = False
     ) -> dict[str, tuple[str, str | None]]:
-        """Every service's image: service -> (ref to run, image id for rolling).
-
-        A build whose inputs are unchanged since the last one is skipped, as
-        compose skips building an image that exists; `force_build` rebuilds.
-        """
-        client = self.engine.client
-        out: dict[str, tuple[str, str | None]] = {}
-        base: str | None = None
-
-        def python_base() -> str:
-            nonlocal base
-            if base is None:
-                base = images.ensure_python_base(client, progress=progress)
-            return base
-
-        for svc in self.spec.services:
-            loc = svc.where("image")
-            if svc.build is not None:
-                tag = self.image_tag(svc.name)
-                defaults = self._base_image_args(svc, python_base, progress)
-                key = build_key(svc.build, defaults, client)
-                image_id = None if force_build else _image_with_key(client, tag, key)
-                if image_id is not None:
-                    progress(f"[{svc.name}] {tag} is up to date")
-                else:
-                    progress(f"[{svc.name}] building {tag}")
-                    image_id = images.build_service_image(
-                        client,
-                        svc.build,
-                        tag,
-                        _prefixed(progress, svc.name),
-                        default_args=defaults,
-                        location=loc,
-                        image_labels={
-                            **L.base_labels(self.base_project, self.env, L.Role.REPLICA),
-                            BUILD_KEY_LABEL: key,
-                        },
-                    )
-                out[svc.name] = (tag, image_id)
-            elif svc.image_location is not None:
-                ref = images.ensure_image(client, svc.image_location, progress, location=loc)
-                out[svc.name] = (ref, str(client.images.get(ref).id))
-            for sc in svc.sidecars:
-                key = f"{svc.name}/{sc.name}"
-                if sc.build is not None:
-                    tag = self.image_tag(svc.name, sc.name)
-                    image_id = images.build_service_image(
-                        client,
-                        sc.build,
-                        tag,
-                        progress,
-                        location=svc.where(f"sidecars.{sc.name}"),
-                        # Labelled like a service's: undo and `down` find it and its predecessors.
-                        image_labels=L.base_labels(self.base_project, self.env, L.Role.SIDECAR),
-                    )
-                    out[key] = (tag, image_id)
-                elif sc.image is not None:
-                    ref = images.ensure_image(
-                        client, sc.image, progress, location=svc.where(f"sidecars.{sc.name}")
-                    )
-                    out[key] = (ref, None)
-        return out
-
-    def _base_image_args(
-        self, svc: Service, python_base: Callable[[], str], progress: Progress
-    ) -> dict[str, str]:
-        """BASE_IMAGE -> a local Python base when the Dockerfile's default can't be had.
-
-        Offline machines can't pull `python:*-slim`; the examples declare
-        `ARG BASE_IMAGE`, so meshlocal builds one from Debian packages and
-        says so, instead of failing the build.
-        """
-        assert svc.build is not None
-        if "BASE_IMAGE" not in images.declared_build_args(svc.build.dockerfile):
-            return {}
-        if "BASE_IMAGE" in svc.build.args:
-            return {}
-        default = _arg_default(svc.build.dockerfile, "BASE_IMAGE")
-        client = self.engine.client
-        if default and images.image_exists(client, default):
-            return {}
-        if default:
-            with contextlib.suppress(Exception):
-                images.ensure_image(client, default, _quiet)
-                return {}
-        local = python_base()
-        progress(
-            f"[{svc.name}] base image {default or 'BASE_IMAGE'} cannot be pulled here: "
-            f"using {local}, built locally from Debian packages"
+        """Every service's image: service -> (ref to run, image id for rolling)."""
+        return build_images(
+            self.engine.client,
+            self.spec,
+            tag=self.image_tag,
+            labels=lambda role: L.base_labels(self.base_project, self.env, role),
+            progress=progress,
+            force_build=force_build,
         )
-        return {"BASE_IMAGE": local}
 
     # -- desired state ----------------------------------------------------
 
@@ -337,7 +258,7 @@ class Deployment:
         kept = published_ports(self.engine, current.id) if current is not None else {}
         for inner, (host, port) in list(ports.items()):
             if port == 0:
-                ports[inner] = (host, kept.get(inner) or _free_port(host))
+                ports[inner] = (host, kept.get(inner) or free_port(host))
         spec = dataplane_spec(
             self.engine,
             project=self.project,
@@ -372,7 +293,7 @@ class Deployment:
         ):
             with contextlib.suppress(docker.errors.DockerException):
                 servers = self.engine.api.inspect_container(info.id)["HostConfig"].get("Dns")
-                if servers and _in_subnet(servers[0], network):
+                if servers and in_subnet(servers[0], network):
                     return str(servers[0])
         return None
 
@@ -623,7 +544,7 @@ class Deployment:
                 if on_poll is not None:
                     on_poll(last)
                 if last.get("error"):
-                    raise RuntimeFailure(_remote(str(last["error"])))
+                    raise RuntimeFailure(remote_message(str(last["error"])))
                 if last.get("crashes"):
                     raise crash_failure(last["crashes"])
                 if last.get("ready"):
@@ -707,83 +628,6 @@ class Deployment:
         return remove_images(self.engine, f"meshlocal/{self.base_project}-", self._env_arg)
 
 
-def teardown(
-    engine: Engine,
-    project: str,
-    env: str | None = None,
-    *,
-    image_prefix: str | None = None,
-    image_project: str | None = None,
-) -> Removed:
-    """Remove a project's containers and networks by label, controller first.
-
-    The data plane goes first: a live agent would replace what we remove.
-    Needs no workspace, so it also cleans up after a workspace that is gone.
-    With `image_prefix`, the service images tagged so go too. Superseded
-    images (labelled with `image_project`, default `project`, and no longer
-    tagged: a rebuild's predecessors) always go, as nothing can use them once
-    the containers are gone.
-    """
-    first: list[str] = []
-    for info in engine.list_containers(project, env, role=L.Role.DATAPLANE):
-        engine.remove(info.id)
-        first.append(info.name)
-    removed = engine.remove_all(project, env)
-    gone = remove_images(engine, image_prefix, env) if image_prefix else ()
-    gone += remove_superseded_images(engine, image_project or project, env)
-    return Removed((*first, *removed.containers), removed.networks, gone)
-
-
-def remove_superseded_images(engine: Engine, project: str, env: str | None) -> tuple[str, ...]:
-    """Delete the untagged images meshlocal built for a project: predecessors of rebuilds.
-
-    One a container still runs (another copy of the workspace) is kept: Docker refuses.
-    """
-    with engine_errors("listing images"):
-        rows = engine.api.images(filters={"label": L.filters(project, env), "dangling": True})
-    removed: list[str] = []
-    for row in rows:
-        image_id = str(row["Id"])
-        try:
-            engine.api.remove_image(image_id, force=False, noprune=False)
-        except docker.errors.NotFound:
-            continue
-        except docker.errors.APIError as exc:
-            if exc.status_code == 409:  # in use by a container
-                continue
-            raise map_docker_error(exc, f"removing image {image_id[:19]}") from exc
-        removed.append(f"{image_id.removeprefix('sha256:')[:12]} (superseded)")
-    return tuple(removed)
-
-
-def remove_images(engine: Engine, prefix: str, env: str | None) -> tuple[str, ...]:
-    """Untag (and so delete) the service images tagged `<prefix>*[:<env>]`.
-
-    Shared caches (the Python base, busybox, the data-plane image) are never
-    matched: every project uses them. A tag still used by a container (another
-    copy of the workspace, e.g. a pytest session) is kept too: Docker refuses,
-    and that copy's own `down` removes it later.
-    """
-    suffix = None if env is None else f":{L.slug(env)}"
-    removed: list[str] = []
-    with engine_errors("listing images"):
-        rows = engine.api.images()
-    for row in rows:
-        for tag in row.get("RepoTags") or ():
-            if not tag.startswith(prefix) or (suffix and not tag.endswith(suffix)):
-                continue
-            try:
-                engine.api.remove_image(tag, force=False, noprune=False)
-            except docker.errors.NotFound:
-                continue
-            except docker.errors.APIError as exc:
-                if exc.status_code == 409:  # in use by a container
-                    continue
-                raise map_docker_error(exc, f"removing image {tag}") from exc
-            removed.append(tag)
-    return tuple(removed)
-
-
 def stop_host_agents(project: str) -> int:
     """Stop every host-mode agent of a project, by its pid files."""
     files = list(_STATE_DIR.glob(f"{project}-*.pid"))
@@ -796,30 +640,6 @@ def _stop_pid_file(pid_file: Path) -> None:
     with contextlib.suppress(OSError, ValueError, ProcessLookupError, PermissionError):
         os.kill(int(pid_file.read_text()), signal.SIGTERM)
     pid_file.unlink(missing_ok=True)
-
-
-def admin_call(base_url: str, path: str, body: Any = None, timeout: float = 30.0) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(
-        base_url + path,
-        data=data,
-        method="POST" if data is not None else "GET",
-        headers={"content-type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.loads(exc.read()).get("error", str(exc))
-        except ValueError:
-            message = str(exc)
-        raise RuntimeFailure(_remote(str(message))) from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise DataPlaneError(
-            f"the data plane's admin API at {base_url} does not answer: {exc}",
-            hint="`meshlocal ps` checks it; `meshlocal up -d` restarts it",
-        ) from None
 
 
 def _exited(pid: int | None) -> bool:
@@ -836,84 +656,3 @@ def _exited(pid: int | None) -> bool:
         except PermissionError:
             return False
         return False
-
-
-def _remote(rendered: str) -> str:
-    """An error the agent already rendered; re-rendering must not say `error: error:`."""
-    return rendered.removeprefix("error: ")
-
-
-def _in_subnet(address: str, network: NetworkInfo) -> bool:
-    """An address a container may take on the network: in its subnet, not its gateway."""
-    try:
-        ip = ipaddress.ip_address(address)
-        return ip in ipaddress.ip_network(network.subnet or "", strict=False) and (
-            address != network.gateway
-        )
-    except ValueError:
-        return False
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def published_ports(engine: Engine, container_id: str) -> dict[int, int]:
-    """Container TCP port -> host port, for the ports a container publishes."""
-    data = engine.api.inspect_container(container_id)
-    out: dict[int, int] = {}
-    for key, bindings in ((data.get("NetworkSettings") or {}).get("Ports") or {}).items():
-        port, _, proto = str(key).partition("/")
-        if proto == "tcp" and bindings:
-            out[int(port)] = int(bindings[0]["HostPort"])
-    return out
-
-
-BUILD_KEY_LABEL = "meshlocal.build-key"
-
-
-def build_key(build: BuildSpec, defaults: Mapping[str, str], client: Any) -> str:
-    """A digest of everything a build reads: context files, Dockerfile, args, base.
-
-    Files count by path, size and mtime (not content), so the key costs a
-    directory walk, not a read of every byte.
-    """
-    digest = hashlib.sha256()
-    digest.update(build.dockerfile.read_bytes() if build.dockerfile.is_file() else b"")
-    args = {**defaults, **build.args}
-    digest.update(json.dumps([args, build.target, list(build.cache_from)], sort_keys=True).encode())
-    for value in args.values():  # a rebuilt base image must rebuild its users
-        with contextlib.suppress(Exception):
-            digest.update(str(client.images.get(value).id).encode())
-    for root, dirs, files in os.walk(build.context):
-        dirs[:] = sorted(d for d in dirs if d not in (".git", "__pycache__"))
-        for name in sorted(files):
-            path = Path(root) / name
-            with contextlib.suppress(OSError):
-                st = path.stat()
-                rel = path.relative_to(build.context)
-                digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:32]
-
-
-def _image_with_key(client: Any, tag: str, key: str) -> str | None:
-    try:
-        image = client.images.get(tag)
-    except Exception:
-        return None
-    if (image.labels or {}).get(BUILD_KEY_LABEL) == key:
-        return str(image.id)
-    return None
-
-
-def _prefixed(progress: Progress, name: str) -> Progress:
-    return lambda line: progress(f"[{name}] {line}")
-
-
-def _arg_default(dockerfile: Path, name: str) -> str | None:
-    text = dockerfile.read_text(errors="replace")
-    m = re.search(rf"(?im)^\s*ARG\s+{name}\s*=\s*(\S+)", text)
-    return m.group(1).strip("\"'") if m else None

@@ -33,7 +33,8 @@ from typing import Any
 
 import docker.errors
 
-from meshlocal.deployment import Deployment, admin_call
+from meshlocal.adminapi import admin_call
+from meshlocal.deployment import Deployment
 from meshlocal.errors import MeshlocalError
 from meshlocal.mesh import CONTAINER_STATE_FILE
 from meshlocal.runtime import labels as L

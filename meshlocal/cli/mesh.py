@@ -16,6 +16,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from meshlocal.adminapi import admin_call
 from meshlocal.cli.app import Context, Interrupted, cli, pass_context
 from meshlocal.cli.interrupts import (
     interrupted,
@@ -27,11 +28,12 @@ from meshlocal.cli.logprefix import LogPrinter
 from meshlocal.cli.render import err, out, print_dataplane_down, print_ps, stats_modes
 from meshlocal.cli.running import check_down_environment, running_mesh
 from meshlocal.cli.workspace import env_option
-from meshlocal.deployment import Deployment, admin_call, stop_host_agents, teardown
-from meshlocal.errors import DataPlaneDown, MeshlocalError, RuntimeFailure
+from meshlocal.deployment import Deployment, stop_host_agents
+from meshlocal.errors import DataPlaneDown, MeshlocalError, RuntimeFailure, ServiceNotFound
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.backoff import KEPT_SUFFIX
 from meshlocal.runtime.engine import ContainerInfo, Engine, Removed, engine_errors
+from meshlocal.teardown import teardown
 from meshlocal.undo import Snapshot, snapshot
 
 
@@ -215,11 +217,13 @@ def up(
 ) -> None:
     """Build, start and connect every service of an environment."""
     with _deployment(ctx, env) as dep, sigterm_interrupts():
-        unknown = sorted(set(replace_services) - {s.name for s in dep.spec.services})
+        known = sorted(s.name for s in dep.spec.services)
+        unknown = [name for name in replace_services if name not in known]
         if unknown:
-            raise click.BadParameter(
-                f"no service named {', '.join(unknown)} in this workspace",
-                param_hint="--replace",
+            raise ServiceNotFound(
+                f'no service "{unknown[0]}" in environment {dep.env} of application '
+                f"{dep.workspace.app}",
+                hint=f"services: {', '.join(known) or 'none'}",
             )
         for skipped in dep.spec.skipped:
             _say(f"{skipped.name}: {skipped.type.value} is not emulated, skipped")

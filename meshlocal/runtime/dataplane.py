@@ -10,8 +10,10 @@ the replicas' config hash: an unchanged data plane rolls nothing.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
+import socket
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
@@ -156,3 +158,32 @@ def wait_for_log(engine: Engine, container_id: str, marker: str, timeout: float 
     raise DataPlaneError(
         f"the data plane did not report ready{state}", hint=f"its last output:\n{tail}"
     )
+
+
+def in_subnet(address: str, network: NetworkInfo) -> bool:
+    """An address a container may take on the network: in its subnet, not its gateway."""
+    try:
+        ip = ipaddress.ip_address(address)
+        return ip in ipaddress.ip_network(network.subnet or "", strict=False) and (
+            address != network.gateway
+        )
+    except ValueError:
+        return False
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def published_ports(engine: Engine, container_id: str) -> dict[int, int]:
+    """Container TCP port -> host port, for the ports a container publishes."""
+    data = engine.api.inspect_container(container_id)
+    out: dict[int, int] = {}
+    for key, bindings in ((data.get("NetworkSettings") or {}).get("Ports") or {}).items():
+        port, _, proto = str(key).partition("/")
+        if proto == "tcp" and bindings:
+            out[int(port)] = int(bindings[0]["HostPort"])
+    return out

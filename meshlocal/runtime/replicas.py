@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from meshlocal.errors import MeshlocalError, RuntimeFailure
-from meshlocal.manifest.model import MAX_REPLICAS, ContainerHealthCheck
+from meshlocal.manifest.model import MAX_REPLICAS
 from meshlocal.manifest.validate import replica_limit_hint
 from meshlocal.registry import Health, Replica, ReplicaRegistry
 from meshlocal.runtime import labels as L
@@ -49,7 +49,6 @@ from meshlocal.runtime.backoff import (
 from meshlocal.runtime.engine import (
     ContainerEvent,
     ContainerInfo,
-    ContainerSpec,
     Engine,
     EventStream,
     NetworkInfo,
@@ -58,19 +57,14 @@ from meshlocal.runtime.reconcile import (
     DesiredService,
     Observed,
     ReplicaTemplate,
-    SidecarTemplate,
     plan,
     start_order,
 )
+from meshlocal.runtime.tasks import ESSENTIAL, NETNS, TASK, TaskSpecs, wait_condition
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-TASK = "meshlocal.task"  # one id per task: its main container, sidecars and pause
-NETNS = "meshlocal.netns"  # on a main container: the pause container owning its namespace
-ESSENTIAL = "meshlocal.essential"
-# ECS ignores a Dockerfile's HEALTHCHECK: only the task definition's counts.
-NO_HEALTHCHECK = ContainerHealthCheck(command=("NONE",))
 MAX_PARALLEL = 8  # containers starting or stopping at once, per agent
 START_BATCH = 64  # starts planned at a time per service
 
@@ -676,75 +670,11 @@ class Reconciler:
             )
         return out
 
-    def replica_spec(
-        self, template: ReplicaTemplate, index: int, task: str = "", netns: str | None = None
-    ) -> ContainerSpec:
-        """The main container; `netns`: the pause container whose namespace it joins."""
-        name = L.container_name(self.project, self.env, template.service, index)
-        lbl = self._task_labels(template, index, task, L.Role.REPLICA)
-        lbl[L.CONFIG_HASH] = self._hashes.get(template.service) or self.config_hash(template)
-        if template.port is not None:
-            lbl[L.PORT] = str(template.port)
-        if self.sc_view is not None:
-            lbl[L.SC_VIEW] = ",".join(sorted(self.sc_view))
-        if netns is not None:
-            lbl[NETNS] = netns
-        return ContainerSpec(
-            name=name,
-            image=template.image,
-            labels=lbl,
-            environment=dict(template.environment),
-            command=template.command,
-            entrypoint=template.entrypoint,
-            network=None if netns else self.network.name,
-            network_mode=f"container:{netns}" if netns else None,
-            hostname=None if netns else L.hostname_for(name),
-            dns=() if netns else self.dns,
-            healthcheck=template.healthcheck or NO_HEALTHCHECK,
+    @property
+    def specs(self) -> TaskSpecs:
+        return TaskSpecs(
+            self.project, self.env, self.network.name, self.dns, self.workspace, self.pause_image
         )
-
-    def pause_spec(self, template: ReplicaTemplate, index: int, task: str) -> ContainerSpec:
-        """Holds a task's network namespace when its main container waits for sidecars."""
-        assert self.pause_image is not None
-        name = L.sidecar_name(self.project, self.env, template.service, index, "pause")
-        return ContainerSpec(
-            name=name,
-            image=self.pause_image,
-            labels=self._task_labels(template, index, task, L.Role.PAUSE),
-            command=("sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait; done"),
-            network=self.network.name,
-            hostname=L.hostname_for(
-                L.container_name(self.project, self.env, template.service, index)
-            ),
-            dns=self.dns,
-            healthcheck=NO_HEALTHCHECK,
-        )
-
-    def sidecar_spec(
-        self, template: ReplicaTemplate, index: int, sc: SidecarTemplate, netns: str, task: str = ""
-    ) -> ContainerSpec:
-        lbl = self._task_labels(template, index, task, L.Role.SIDECAR)
-        lbl[L.SIDECAR] = sc.name
-        lbl[ESSENTIAL] = "true" if sc.essential else "false"
-        return ContainerSpec(
-            name=L.sidecar_name(self.project, self.env, template.service, index, sc.name),
-            image=sc.image,
-            labels=lbl,
-            environment=dict(sc.environment),
-            command=sc.command,
-            entrypoint=sc.entrypoint,
-            network_mode=f"container:{netns}",  # one task, one network namespace
-            healthcheck=sc.healthcheck or NO_HEALTHCHECK,
-        )
-
-    def _task_labels(
-        self, template: ReplicaTemplate, index: int, task: str, role: L.Role
-    ) -> dict[str, str]:
-        lbl = L.base_labels(self.project, self.env, role, self.workspace)
-        lbl.update({L.SERVICE: template.service, L.REPLICA: str(index)})
-        if task:
-            lbl[TASK] = task
-        return lbl
 
     async def _start_replica(self, service: str, index: int, wait_ready: bool = False) -> str:
         """Start one task: its containers in depends_on order, in one network namespace.
@@ -759,7 +689,7 @@ class Reconciler:
         order = start_order(template)
         netns: str | None = None
         if template.sidecars and order[0] != template.service and self.pause_image:
-            pause = self.pause_spec(template, index, task)
+            pause = self.specs.pause(template, index, task)
             await self._thread(self.engine.remove, pause.name)  # a dead leftover holds the name
             netns = await self._thread(self.engine.run_container, pause)
         elif order[0] != template.service:
@@ -772,9 +702,12 @@ class Reconciler:
         for name in order:
             for dep, condition in deps.get(name, {}).items():
                 if dep in started:
-                    await self._wait_condition(started[dep], condition)
+                    await wait_condition(self.engine, started[dep], condition)
             if name == template.service:
-                spec = self.replica_spec(template, index, task, netns)
+                config_hash = self._hashes.get(service) or self.config_hash(template)
+                spec = self.specs.replica(
+                    template, index, config_hash, task=task, netns=netns, sc_view=self.sc_view
+                )
                 await self._thread(self.engine.remove, spec.name)
                 main_id = await self._thread(self.engine.create_container, spec)
                 self._hash_of[main_id] = spec.labels[L.CONFIG_HASH]
@@ -786,32 +719,10 @@ class Reconciler:
                 self.on_change(f"{service}-{index} started")
             else:
                 assert netns is not None
-                side = self.sidecar_spec(template, index, sidecars[name], netns, task)
+                side = self.specs.sidecar(template, index, sidecars[name], netns, task)
                 await self._thread(self.engine.remove, side.name)
                 started[name] = await self._thread(self.engine.run_container, side)
         return main_id
-
-    async def _wait_condition(self, cid: str, condition: str, timeout: float = 60.0) -> None:
-        """ECS container dependency conditions, checked with the engine's own state."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            info = await self._thread(self.engine.inspect, cid)
-            if info is None:
-                return
-            if condition == "start" and info.state != "created":
-                return
-            if condition == "healthy" and info.health in (Health.HEALTHY, None):
-                return
-            if condition in ("complete", "success") and info.state in ("exited", "dead"):
-                if condition == "success" and info.exit_code not in (0, None):
-                    raise RuntimeFailure(
-                        f"container {info.name} exited with {info.exit_code}; "
-                        "a dependant needs it to succeed"
-                    )
-                return
-            # Bounded wait for a state change; Docker has no per-condition event to await.
-            await asyncio.sleep(0.2)
-        raise RuntimeFailure(f"timed out waiting for {cid[:12]} to be {condition}")
 
     async def _retire(self, observed: Observed) -> None:
         """Drain (out of rotation, in-flight requests finish), then stop and remove."""

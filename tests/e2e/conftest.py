@@ -67,6 +67,28 @@ def counts(found: Mapping[str, set[str]]) -> dict[str, int]:
     return {kind: len(ids) for kind, ids in found.items()}
 
 
+ZERO = {"containers": 0, "networks": 0, "images": 0}
+
+
+@pytest.fixture
+def workspace(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    docker_client: Any,
+    busybox_image: str,
+    dataplane_image: str,
+) -> Iterator[Path]:
+    """A fresh copy of the workspace named by the test's `ws` mark, downed afterwards.
+
+    Nothing labelled with its project may be left: containers, networks, images.
+    """
+    marker = request.node.get_closest_marker("ws")
+    ws = copy_workspace(tmp_path_factory, marker.args[0] if marker else "single")
+    yield ws
+    run_cli(ws, "down")
+    assert counts(labelled(docker_client, project_of(ws))) == ZERO
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **extra}
     env.pop("MESHLOCAL_DATAPLANE", None)

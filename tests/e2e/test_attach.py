@@ -14,12 +14,9 @@ import pytest
 
 from meshlocal.runtime import labels as L
 
-from .conftest import counts, labelled, ok, popen_cli, project_of, run_cli, wait_for
-from .test_undo import ZERO, workspace
+from .conftest import ZERO, counts, labelled, ok, popen_cli, project_of, run_cli, wait_for
 
 pytestmark = pytest.mark.docker
-
-__all__ = ["workspace"]  # the fixture, shared with test_undo.py
 
 
 def read_until(proc: subprocess.Popen[str], text: str, lines: list[str], timeout: float) -> None:

@@ -150,6 +150,7 @@ def test_an_unknown_environment_is_named_with_the_known_ones(
         ("logs", "api", "nope"),
         ("scale", "nope=2"),
         ("resolve", "api", "--from", "nope"),
+        ("up", "-d", "--replace", "nope"),
     ],
     ids=" ".join,
 )

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +33,6 @@ from .conftest import (
 )
 
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture
-def workspace(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    docker_client: Any,
-    busybox_image: str,
-    dataplane_image: str,
-) -> Iterator[Path]:
-    """A fresh copy of the workspace named by the test's `ws` mark, downed afterwards."""
-    marker = request.node.get_closest_marker("ws")
-    ws = copy_workspace(tmp_path_factory, marker.args[0] if marker else "single")
-    yield ws
-    run_cli(ws, "down")
-    assert leftovers(docker_client, project_of(ws)) == []
 
 
 @pytest.mark.ws("buildfail")

@@ -11,7 +11,6 @@ import json
 import re
 import signal
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import pytest
 from meshlocal.runtime import labels as L
 
 from .conftest import (
-    copy_workspace,
+    ZERO,
     counts,
     failed,
     labelled,
@@ -33,24 +32,6 @@ from .conftest import (
 )
 
 pytestmark = pytest.mark.docker
-
-ZERO = {"containers": 0, "networks": 0, "images": 0}
-
-
-@pytest.fixture
-def workspace(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    docker_client: Any,
-    busybox_image: str,
-    dataplane_image: str,
-) -> Iterator[Path]:
-    """A fresh copy of the workspace named by the test's `ws` mark, downed afterwards."""
-    marker = request.node.get_closest_marker("ws")
-    ws = copy_workspace(tmp_path_factory, marker.args[0] if marker else "single")
-    yield ws
-    run_cli(ws, "down")
-    assert counts(labelled(docker_client, project_of(ws))) == ZERO
 
 
 def add_broken_service(ws: Path) -> None:
