@@ -93,8 +93,10 @@ class Deployment:
         environ: Mapping[str, str] | None = None,
         engine: Engine | None = None,
         project_suffix: str | None = None,
+        lenient: bool = False,
     ) -> None:
-        self.workspace: Workspace = find_workspace(start)
+        # `lenient`: find a running mesh even when copilot/.meshlocal.yml is broken.
+        self.workspace: Workspace = find_workspace(start, lenient=lenient)
         self._env_arg = env
         self._environ = environ
         self._spec: EnvironmentSpec | None = None
@@ -445,9 +447,7 @@ class Deployment:
         Idempotent: run again, it rolls changed services and keeps the rest.
         `replace_services` rolls those services' replicas even when unchanged.
         """
-        over = over_replica_limit(self.spec)
-        if over:
-            raise ManifestErrors(over)  # before anything is built or started
+        self.check_replica_limit()
         built = self.build(progress, force_build=force_build)
         desired = self.desired(built)
         network = self.network()
@@ -554,6 +554,7 @@ class Deployment:
                     name: report
                     for name, cid in starting_replicas(last)
                     if (report := self.engine.health_report(cid)) is not None
+                    and report.exit_code != 0  # a passing check: merely not healthy yet
                 }
                 raise timeout_failure(last, timeout, checks)
             time.sleep(0.1)
@@ -593,6 +594,12 @@ class Deployment:
             image_prefix=f"meshlocal/{self.base_project}-" if images else None,
             image_project=self.base_project,
         )
+
+    def check_replica_limit(self) -> None:
+        """A count above max_replicas fails before anything is built or started."""
+        over = over_replica_limit(self.spec)
+        if over:
+            raise ManifestErrors(over)
 
     def check_public_port(self, public_port: int) -> None:
         """Fail before anything is built or replaced when `--port` is taken by someone else.

@@ -250,6 +250,7 @@ class Agent:
         if self.reconciler is not None:
             # Replicas started from now on see the new endpoints; older ones keep theirs.
             self.reconciler.sc_view = self.naming.endpoint_names
+            self.reconciler.max_replicas = config.spec.workspace.max_replicas
         self.resolver.naming = self.naming
         self.public.update(self.naming)
         self.health.update(self.naming)

@@ -225,6 +225,7 @@ def up(
                 f"{dep.workspace.app}",
                 hint=f"services: {', '.join(known) or 'none'}",
             )
+        dep.check_replica_limit()
         for skipped in dep.spec.skipped:
             _say(f"{skipped.name}: {skipped.type.value} is not emulated, skipped")
         before: Snapshot | None = None
@@ -235,7 +236,9 @@ def up(
             if dataplane == "host" and not detach:
                 _up_host_foreground(dep, public_port=public_port, force_build=force_build)
                 return
-            err.print(f"[+] Building {len(dep.spec.services)} service image(s)", markup=False)
+            if any(s.build is not None for s in dep.spec.services):
+                built = sum(1 for s in dep.spec.services if s.build is not None)
+                err.print(f"[+] Building {built} service image(s)", markup=False)
             plane = dep.up(
                 mode="host" if dataplane == "host" else "container",
                 public_port=public_port,
@@ -385,7 +388,7 @@ def down(ctx: Context, env: str | None, keep_images: bool, project: str | None) 
             engine.close()
     else:
         check_down_environment(ctx.directory, env)
-        dep = Deployment(ctx.directory, env)
+        dep = Deployment(ctx.directory, env, lenient=True)
         try:
             removed = dep.down(images=not keep_images)
         finally:
@@ -491,7 +494,15 @@ def scale(ctx: Context, env: str | None, assignments: tuple[str, ...], timeout: 
         for name, count in wanted:
             dep.scale(name, count)
         # Like `up -d`: return once the new replicas are in rotation.
-        dep.wait_ready(timeout)
+        try:
+            dep.wait_ready(timeout)
+        except KeyboardInterrupt as exc:
+            goal = ", ".join(f"{name} to {count}" for name, count in wanted)
+            raise interrupted(
+                exc,
+                f"while waiting: the data plane goes on scaling {goal}; `meshlocal ps` shows "
+                "how far it got, another `meshlocal scale` changes it",
+            ) from None
         for name, count in wanted:
             err.print(f"[+] {name} scaled to {count}", markup=False)
 

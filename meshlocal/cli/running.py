@@ -88,8 +88,8 @@ def running_mesh(
 
     Raises EnvironmentNotFound, ServiceNotFound, MeshNotRunning or DataPlaneDown.
     """
-    name = environment(find_workspace(directory), env)
-    dep = Deployment(directory, name)
+    name = environment(find_workspace(directory, lenient=True), env)
+    dep = Deployment(directory, name, lenient=True)
     try:
         check_services(dep, services)
         if dataplane:
@@ -102,4 +102,4 @@ def running_mesh(
 def check_down_environment(directory: Path, env: str | None) -> None:
     """`down --env X`: X must be the workspace's, or still have something to remove."""
     if env is not None:
-        environment(find_workspace(directory), env)
+        environment(find_workspace(directory, lenient=True), env)

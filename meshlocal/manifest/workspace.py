@@ -185,12 +185,22 @@ def _read_services(node: Node | None) -> dict[str, str]:
     return out
 
 
-def find_workspace(start: Path) -> Workspace:
-    """The workspace that holds `start`, with its environments and service manifests."""
+def find_workspace(start: Path, *, lenient: bool = False) -> Workspace:
+    """The workspace that holds `start`, with its environments and service manifests.
+
+    `lenient`: a broken copilot/.meshlocal.yml counts as absent, for the
+    commands that only find and inspect a running mesh (`down` must always
+    clean up, whatever the settings file says meanwhile).
+    """
     root = find_root(start)
     copilot = root / COPILOT_DIR
     app = read_app_name(copilot / WORKSPACE_FILE)
-    config = read_config(copilot / CONFIG_FILE)
+    try:
+        config = read_config(copilot / CONFIG_FILE)
+    except ManifestError:
+        if not lenient:
+            raise
+        config = Config()
 
     environments: dict[str, Environment] = {}
     env_dir = copilot / "environments"

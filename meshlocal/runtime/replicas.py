@@ -285,6 +285,7 @@ class Reconciler:
                     errors.append(exc)
             if len(todo.start) < START_BATCH or not starts:
                 break  # that was the last batch (or the rest waits out a back-off)
+        await self._prune_slots(service)
         if errors:
             first = errors[0]
             if isinstance(first, MeshlocalError):
@@ -336,14 +337,19 @@ class Reconciler:
         ]
 
     def pending_starts(self, service: str) -> int:
-        """Replicas of `service` neither running nor starting: queued or backing off."""
+        """Replicas of `service` queued to start: neither running, starting nor backing off."""
         d = self.desired.get(service)
         if d is None:
             return 0
-        here = len(self.registry.for_service(service)) + sum(
-            1 for r in self._pending.values() if r.service == service
-        )
-        return max(0, d.count - here)
+        here = {r.index for r in self.registry.for_service(service)}
+        here |= {r.index for r in self._pending.values() if r.service == service}
+        now = time.monotonic()
+        waiting = {
+            idx
+            for (svc, idx), slot in self._slots.items()
+            if svc == service and idx not in here and slot.waiting(now) > 0
+        }
+        return max(0, d.count - len(here) - len(waiting))
 
     def all_ready(self) -> bool:
         for name, d in self.desired.items():
@@ -535,11 +541,14 @@ class Reconciler:
     def _healthy(self, cid: str, event: ContainerEvent | None) -> None:
         replica = self.registry.get(cid)
         if replica is not None and (replica.service, replica.index) in self._slots:
-            # Recovered only once it stays up: a crash loop is "healthy" for an instant.
-            asyncio.get_running_loop().call_later(
-                STABLE_AFTER_S, lambda: self._spawn(self._recovered(replica))
-            )
+            self._recover_later(replica)
         self._resolve_waiter(cid, True)
+
+    def _recover_later(self, replica: Replica) -> None:
+        # Recovered only once it stays up: a crash loop is "healthy" for an instant.
+        asyncio.get_running_loop().call_later(
+            STABLE_AFTER_S, lambda: self._spawn(self._recovered(replica))
+        )
 
     async def _recovered(self, replica: Replica) -> None:
         slot = self._slots.get((replica.service, replica.index))
@@ -561,6 +570,22 @@ class Reconciler:
         why = f": {report.describe()}" if report else ""
         self.on_change(f"{event.name} is unhealthy{why}; replacing it")
         await self._thread(self.engine.stop, cid, self.stop_timeout_s)
+
+    async def _prune_slots(self, service: str) -> None:
+        """Restart records of replicas no longer wanted go, with their kept containers;
+        one whose index serves again recovers once it stays up."""
+        d = self.desired.get(service)
+        for (svc, idx), slot in list(self._slots.items()):
+            if svc != service:
+                continue
+            if d is None or idx > d.count:
+                del self._slots[(svc, idx)]
+                if slot.kept:
+                    await self._thread(self.engine.remove, slot.kept)
+                continue
+            serving = [r for r in self.registry.for_service(svc) if r.index == idx]
+            if serving and serving[0].in_rotation:
+                self._recover_later(serving[0])
 
     def _slot(self, service: str, index: int) -> Slot:
         return self._slots.setdefault((service, index), Slot())
@@ -779,7 +804,8 @@ class Reconciler:
             labels = await self._labels_of(old.container_id) or {}
             for info in await self._task_containers(labels):
                 suffix = f"-old-{old.container_id[:8]}"
-                await self._thread(self.engine.rename, info.id, info.name + suffix)
+                if not info.name.endswith(suffix):  # renamed by an earlier, failed roll
+                    await self._thread(self.engine.rename, info.id, info.name + suffix)
         futures: list[asyncio.Future[bool]] = []
         cids: list[str] = []
         for old in stale:
@@ -815,9 +841,16 @@ class Reconciler:
             await asyncio.gather(*(self._retire(old) for old in stale))
             self.on_change(f"{service}: rolled {len(stale)} replica(s)")
             return
+        why = [
+            f"{service}-{old.index} {c.status()}; last log lines:\n"
+            + "\n".join(f"    {line}" for line in c.last_logs[-10:])
+            for old in stale
+            for c in self.restarting()
+            if c.service == service and c.index == old.index
+        ]
         raise RuntimeFailure(
             f"the new replicas of {service} did not become healthy; the old ones keep running",
-            hint="`meshlocal logs " + service + "` shows why",
+            hint="\n".join(why) or f"`meshlocal logs {service}` shows why",
         )
 
     # -- plumbing -----------------------------------------------------------------------------

@@ -210,3 +210,46 @@ def test_a_roll_keeps_the_old_replica_until_its_successor_listens(
     # The replica that served before the failed roll is the one serving now.
     after = {c.id for c in replica_containers(docker_client, project)}
     assert before <= after, (before, after)
+
+
+def test_a_changed_replica_limit_reaches_the_running_mesh(guard: Path) -> None:
+    settings = guard / "copilot" / ".meshlocal.yml"
+    original = settings.read_text()
+    try:
+        settings.write_text("max_replicas: 2\n")
+        ok(run_cli(guard, "up", "-d", "--timeout", "60"))
+        err = failed(run_cli(guard, "scale", "orders=3", "--timeout", "30"))
+        assert "above meshlocal's limit of 2 replicas per service" in err, err
+        settings.write_text("max_replicas: 3\n")
+        ok(run_cli(guard, "up", "-d", "--timeout", "60"))
+        ok(run_cli(guard, "scale", "orders=3", "--timeout", "60"))
+        # A broken settings file must not lock the user out of a running mesh.
+        settings.write_text("max_replicas: ten\n")
+        ok(run_cli(guard, "ps"))
+        ok(run_cli(guard, "scale", "orders=1", "--timeout", "60"))
+    finally:
+        settings.write_text(original)
+
+
+def test_a_failed_up_leaves_no_crashed_container_behind(guard: Path, docker_client: Any) -> None:
+    boom = guard / "copilot" / "boom"
+    boom.mkdir()
+    (boom / "manifest.yml").write_text(
+        "name: boom\ntype: Backend Service\nimage:\n  location: ${BUSYBOX_IMAGE}\n"
+        'command: ["sh", "-c", "echo boom; exit 3"]\n'
+    )
+    try:
+        err = failed(run_cli(guard, "up", "-d", "--timeout", "60", timeout=120))
+    finally:
+        (boom / "manifest.yml").unlink()
+        boom.rmdir()
+    assert "boom-1 keeps crashing (exit code 3" in err, err
+    project = project_of(guard)
+
+    def boom_gone() -> bool:
+        label = [f"{L.PROJECT}={project}", f"{L.SERVICE}=boom"]
+        return not docker_client.containers.list(all=True, filters={"label": label})
+
+    # The undo hands the data plane its previous configuration: boom and its kept
+    # crashed container go.
+    wait_for("boom's containers to go", boom_gone, timeout=30)

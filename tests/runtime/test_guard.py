@@ -82,6 +82,7 @@ async def test_a_crashing_replica_backs_off_and_its_last_container_is_kept(
     (crash,) = rec.restarting()
     assert crash.looping and crash.exit_code == 3 and crash.count == len(deaths)
     assert crash.retry_in > 0
+    assert rec.pending_starts("api") == 0  # waiting out its back-off, not queued
     assert crash.status().startswith("crash-looping, exit 3"), crash.status()
     # The last crashed container stays, stopped, with its output; only one.
     kept = L.container_name(rec.project, "test", "api", 1) + KEPT_SUFFIX
