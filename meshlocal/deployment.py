@@ -49,6 +49,7 @@ from meshlocal.runtime.dataplane import (
     ensure_dataplane,
     free_port,
     in_subnet,
+    port_free,
     published_ports,
 )
 from meshlocal.runtime.engine import (
@@ -258,9 +259,16 @@ class Deployment:
         # data-plane restart. A replaced data plane keeps its ports too.
         current = self._dataplane_container()
         kept = published_ports(self.engine, current.id) if current is not None else {}
+        if not kept:  # a data plane that was removed: the ports it had, when still free
+            with contextlib.suppress(OSError, ValueError):
+                remembered = json.loads(self._state_file(".ports").read_text())
+                kept = {int(k): int(v) for k, v in remembered.items() if port_free(int(v))}
         for inner, (host, port) in list(ports.items()):
             if port == 0:
                 ports[inner] = (host, kept.get(inner) or free_port(host))
+        path = self._state_file(".ports")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({str(k): v[1] for k, v in ports.items()}))
         spec = dataplane_spec(
             self.engine,
             project=self.project,
@@ -581,11 +589,15 @@ class Deployment:
         try:
             self.stop_dataplane_process()
             self._state_file(".vips").unlink(missing_ok=True)
+            self._state_file(".ports").unlink(missing_ok=True)
         except MeshlocalError:
             # No --env and manifests that no longer load (a variable unset, a
             # typo): stop every host-mode agent of the project instead.
             stop_host_agents(self.project)
-            for kept in _STATE_DIR.glob(f"{self.project}-*.vips"):
+            for kept in (
+                *_STATE_DIR.glob(f"{self.project}-*.vips"),
+                *_STATE_DIR.glob(f"{self.project}-*.ports"),
+            ):
                 kept.unlink(missing_ok=True)
         return teardown(
             self.engine,

@@ -131,7 +131,8 @@ def test_a_removed_data_plane_ps_lists_the_replicas_and_up_restores_it(
     mesh: Mesh, docker_client: Any
 ) -> None:
     replicas = replica_ids(docker_client, mesh.project)
-    address = json.loads(ok(run_cli(mesh.workspace, "ps", "--json")).stdout)["address"]
+    before = json.loads(ok(run_cli(mesh.workspace, "ps", "--json")).stdout)
+    address = before["address"]
     docker_client.containers.get(mesh.plane_name).remove(force=True)
 
     proc = run_cli(mesh.workspace, "ps")
@@ -156,6 +157,9 @@ def test_a_removed_data_plane_ps_lists_the_replicas_and_up_restores_it(
     assert "web-1" in logs.stdout and "web ready on" in logs.stdout, logs.stdout
 
     assert_restored(mesh, docker_client, replicas, address)
+    # The public endpoint comes back on the URL a browser tab still has open.
+    after = json.loads(ok(run_cli(mesh.workspace, "ps", "--json")).stdout)
+    assert after["public_url"] == before["public_url"] is not None, (before, after)
 
 
 def test_a_dead_host_mode_agent_is_no_data_plane(
