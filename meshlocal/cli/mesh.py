@@ -527,11 +527,22 @@ def stats(ctx: Context, env: str | None, as_json: bool) -> None:
 # -- logs ------------------------------------------------------------------
 
 
+def _tail(value: str) -> str:
+    if value == "all" or value.isdigit():
+        return value
+    raise click.BadParameter(f"{value!r} is not a number of lines or `all`")
+
+
 @cli.command()
 @env_option
 @click.argument("services", nargs=-1)
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming new lines and replicas.")
-@click.option("--tail", default="all", help="Lines to show from the end of each log.")
+@click.option(
+    "--tail",
+    default="all",
+    callback=lambda _ctx, _param, value: _tail(value),
+    help="Lines to show from the end of each log (a number, or all).",
+)
 @pass_context
 def logs(ctx: Context, env: str | None, services: tuple[str, ...], follow: bool, tail: str) -> None:
     """Show replica logs with compose-style prefixes."""
@@ -573,7 +584,14 @@ def logs(ctx: Context, env: str | None, services: tuple[str, ...], follow: bool,
 @env_option
 @click.argument("name")
 @click.option("--from", "from_", required=True, metavar="SVC", help="Ask from a replica of SVC.")
-@click.option("--type", "qtype", default="A", show_default=True, help="A or SRV.")
+@click.option(
+    "--type",
+    "qtype",
+    type=click.Choice(["A", "SRV"], case_sensitive=False),
+    default="A",
+    show_default=True,
+    help="A or SRV.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_context
 def resolve(

@@ -166,6 +166,24 @@ def test_logs_never_prints_nothing_with_success(ws: Path) -> None:
         assert "no mesh is running" in explained(proc), args
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("resolve", "api", "--from", "api", "--type", "MX"),
+            "Invalid value for '--type': 'MX' is not one of",
+        ),
+        (("logs", "--tail", "abc"), "'abc' is not a number of lines or `all`"),
+        (("logs", "--tail", "-3"), "'-3' is not a number of lines or `all`"),
+    ],
+    ids=["type-MX", "tail-abc", "tail-negative"],
+)
+def test_a_bad_option_value_is_a_usage_error(ws: Path, args: tuple[str, ...], message: str) -> None:
+    proc = run_cli(ws, *args, timeout=60)
+    assert proc.returncode == 2, proc
+    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_down_with_nothing_to_remove_is_still_a_success(ws: Path) -> None:
     proc = run_cli(ws, "down", timeout=60)
     assert proc.returncode == 0 and "Nothing to remove" in proc.stderr, proc.stderr
