@@ -102,6 +102,7 @@ class Deployment:
         self._environ = environ
         self._spec: EnvironmentSpec | None = None
         self._engine = engine
+        self.phase = "loading the workspace"  # where `up` is, for an interruption's message
         # Images are shared by every copy of a workspace; containers and
         # networks are not: a suffix (the pytest plugin's, one per session)
         # gives a second, independent mesh of the same workspace.
@@ -456,8 +457,10 @@ class Deployment:
         `replace_services` rolls those services' replicas even when unchanged.
         """
         self.check_replica_limit()
+        self.phase = "building images"
         built = self.build(progress, force_build=force_build)
         desired = self.desired(built)
+        self.phase = "starting the data plane"
         network = self.network()
         config = self.agent_config(desired, mode, network, public_port=public_port)
         # Endpoints keep their addresses when the agent is restarted or replaced.
@@ -475,6 +478,7 @@ class Deployment:
             progress(f"replacing every replica of {service}")
             admin_call(plane.admin_url, "/v1/replace", {"service": service}, timeout)
         if wait:
+            self.phase = "waiting for the replicas"
             self.wait_ready(timeout)
         self._remember_vips()
         return plane

@@ -62,9 +62,12 @@ def undo_attempt(dep: Deployment, before: Snapshot | None, *, say: bool = True) 
             line = f"undo failed ({error}); `meshlocal down` removes what is left"
             err.print(line, markup=False, style="red")
             return line
-    line = f"undo: {describe(removed)}"
+    what = describe(removed)
+    line = f"undo: {what}"
     if before.running:
-        line += f"; the running mesh {dep.workspace.app}/{dep.env} was left running"
+        # Nothing to remove, yet the data plane may have rolled services back.
+        line = "undo: " if what == "nothing to remove" else f"{line}; "
+        line += f"the running mesh {dep.workspace.app}/{dep.env} was left running"
         if before.config is not None:
             line += " on its previous configuration"
     if say:

@@ -252,7 +252,7 @@ def up(
         except KeyboardInterrupt as exc:
             done = undo_attempt(dep, before, say=False)  # said once, in the last line
             wait = "before every replica was healthy" if detach else "before the mesh was up"
-            raise interrupted(exc, f"during `up`, {wait}; {done}") from None
+            raise interrupted(exc, f"during `up`, {wait} ({dep.phase}); {done}") from None
         except BaseException:
             undo_attempt(dep, before)
             raise

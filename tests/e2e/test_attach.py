@@ -112,7 +112,7 @@ def test_ctrl_c_during_a_foreground_build_undoes_it_and_exits_130(
     out = interrupt(proc, lines)
     assert time.monotonic() - started < 15, out
     assert proc.returncode == 130, out
-    assert "Interrupted (Ctrl-C) during `up`, before the mesh was up" in out, out
+    assert "Interrupted (Ctrl-C) during `up`, before the mesh was up (building images)" in out, out
     assert counts(labelled(docker_client, project)) == ZERO
     # The build the daemon was running is cancelled, not tagged later.
     time.sleep(2)
