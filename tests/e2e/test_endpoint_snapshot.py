@@ -84,8 +84,9 @@ def test_replace_of_an_unknown_service_is_a_clear_error(
     proc = run_cli(
         workspace, "up", "-d", "--replace", "nope", env=cli_env(BUSYBOX_IMAGE=busybox_image)
     )
-    assert proc.returncode != 0
-    assert "no service named nope" in proc.stderr
+    assert proc.returncode == 1, proc
+    assert 'no service "nope" in environment test of application snap' in proc.stderr
+    assert "hint: services: cli, srv" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
