@@ -542,9 +542,16 @@ class Deployment:
         return state
 
     def wait_ready(
-        self, timeout: float, on_poll: Callable[[dict[str, Any]], None] | None = None
+        self,
+        timeout: float,
+        on_poll: Callable[[dict[str, Any]], None] | None = None,
+        *,
+        services: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """Until every replica is healthy; a crash loop or apply error fails at once."""
+        """Until every replica is healthy; a crash loop or apply error fails at once.
+
+        `services`: only those (`scale`): another service's crash loop is not this failure.
+        """
         deadline = time.monotonic() + timeout
         last: dict[str, Any] = {}
         while True:
@@ -557,9 +564,14 @@ class Deployment:
                     on_poll(last)
                 if last.get("error"):
                     raise RuntimeFailure(remote_message(str(last["error"])))
-                if last.get("crashes"):
-                    raise crash_failure(last["crashes"])
-                if last.get("ready"):
+                crashes = [c for c in last.get("crashes") or [] if _among(c["service"], services)]
+                if crashes:
+                    raise crash_failure(crashes)
+                if services and all(
+                    last.get("services", {}).get(name, {}).get("ready") for name in services
+                ):
+                    return last
+                if not services and last.get("ready"):
                     return last
             if time.monotonic() > deadline:
                 checks = {
@@ -679,3 +691,7 @@ def _exited(pid: int | None) -> bool:
         except PermissionError:
             return False
         return False
+
+
+def _among(service: str, services: Sequence[str]) -> bool:
+    return not services or service in services

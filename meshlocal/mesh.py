@@ -289,13 +289,16 @@ class Agent:
             # order whole applies.
             with contextlib.suppress(asyncio.CancelledError):
                 await previous
+        current = asyncio.current_task()
         try:
             await self.reconciler.apply(desired)
         except MeshlocalError as exc:
-            self.apply_error = exc
             log.error("%s", exc.render())
+            if current is self._apply_task:  # a superseded apply's error is not the new one's
+                self.apply_error = exc
         finally:
-            self.applied.set()
+            if current is self._apply_task:
+                self.applied.set()
 
     async def stop(self) -> None:
         await self._stack.aclose()
@@ -382,6 +385,7 @@ class Agent:
                 ),
                 # Replicas neither running nor starting: queued, or backing off.
                 "not_started": rec.pending_starts(svc.name) if rec else 0,
+                "ready": bool(rec and self.applied.is_set() and rec.service_ready(svc.name)),
                 "restarting": [_crash_state(c) for c in restarting if c.service == svc.name],
                 "replicas": [
                     {

@@ -196,6 +196,12 @@ def _restore_config(dep: Deployment, before: Snapshot, timeout: float = 30.0) ->
         return
     if _running_config(dep)[1] == before.config:
         return  # the attempt failed before it changed anything (a build, --port)
+    from meshlocal.mesh import AgentConfig
+
+    try:
+        config = AgentConfig.from_json(before.config)
+    except (ValueError, KeyError, TypeError):
+        return
     try:
         plane = dep.dataplane()
         if plane.container_id is not None:
@@ -203,11 +209,10 @@ def _restore_config(dep: Deployment, before: Snapshot, timeout: float = 30.0) ->
         else:
             raise MeshlocalError("no data-plane container")
     except MeshlocalError:
+        if config.mode != "host":
+            raise  # a container-mode data plane that refused: say so, don't start a host agent
         # Host mode: `up` restarts the agent process; start it again on the old configuration.
-        from meshlocal.mesh import AgentConfig
-
         try:
-            config = AgentConfig.from_json(before.config)
             started = dep.start_dataplane_process(config, log_file=dep._state_file(".log"))
             dep._wait_dataplane(timeout, started.pid)
         except (MeshlocalError, ValueError):

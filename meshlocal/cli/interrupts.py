@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from meshlocal.cli.app import Interrupted
 from meshlocal.cli.render import err
 from meshlocal.deployment import Deployment
-from meshlocal.errors import MeshlocalError
 from meshlocal.undo import Snapshot, describe, undo
 
 
@@ -58,7 +57,7 @@ def undo_attempt(dep: Deployment, before: Snapshot | None, *, say: bool = True) 
     with uninterrupted():
         try:
             removed = undo(dep, before)
-        except MeshlocalError as error:
+        except Exception as error:  # the undo reports; it never ends in a traceback
             line = f"undo failed ({error}); `meshlocal down` removes what is left"
             err.print(line, markup=False, style="red")
             return line

@@ -234,6 +234,13 @@ def up(
             before = snapshot(dep)
             dep.check_public_port(public_port)
             if dataplane == "host" and not detach:
+                if before.running:
+                    # This path owns what it starts and removes it on exit: never a running mesh.
+                    raise RuntimeFailure(
+                        f"a mesh is already running for {dep.workspace.app}/{dep.env}",
+                        hint="`meshlocal up -d --dataplane host` applies to it and `meshlocal "
+                        "logs -f` follows it; or `meshlocal down` first",
+                    )
                 _up_host_foreground(dep, public_port=public_port, force_build=force_build)
                 return
             if any(s.build is not None for s in dep.spec.services):
@@ -495,7 +502,7 @@ def scale(ctx: Context, env: str | None, assignments: tuple[str, ...], timeout: 
             dep.scale(name, count)
         # Like `up -d`: return once the new replicas are in rotation.
         try:
-            dep.wait_ready(timeout)
+            dep.wait_ready(timeout, services=[name for name, _ in wanted])
         except KeyboardInterrupt as exc:
             goal = ", ".join(f"{name} to {count}" for name, count in wanted)
             raise interrupted(

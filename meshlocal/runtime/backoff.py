@@ -57,9 +57,18 @@ class Slot:
     next_try: float | None = None  # monotonic time of the next start; None: now
     kept: str | None = None  # name of the last crashed container, kept stopped
     health: HealthReport | None = None  # the failing check, when it was stopped unhealthy
+    stopped: str | None = None  # the container stopped as unhealthy, whose death that explains
 
-    def died(self, exit_code: int | None, logs: list[str], now: float) -> float:
-        """Record a death; returns the delay before the next start."""
+    def died(
+        self, exit_code: int | None, logs: list[str], now: float, *, unhealthy: bool = False
+    ) -> float:
+        """Record a death; returns the delay before the next start.
+
+        `unhealthy`: the container meshlocal stopped for failing its health
+        check; any other death is a crash, whatever an earlier check said.
+        """
+        if not unhealthy:
+            self.health = None
         self.failures += 1
         self.last_exit = exit_code
         self.last_logs = logs

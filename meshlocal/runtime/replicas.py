@@ -114,6 +114,7 @@ class Reconciler:
         self._superseded: dict[str, asyncio.Event] = {}  # set: drop the queued work
         self._queued: dict[str, int] = {}  # converges asked for and not yet done
         self._busy: set[str] = set()  # services converging now
+        self._timers: set[asyncio.TimerHandle] = set()  # back-off and recovery, cancelled at close
         self._tasks: set[asyncio.Task[Any]] = set()
         self._events: EventStream | None = None
         self._consumer: asyncio.Task[None] | None = None
@@ -137,10 +138,15 @@ class Reconciler:
         ):
             if info.running:
                 self._join(info, await self._address_of(info))
+            elif info.name.endswith(KEPT_SUFFIX) and info.service and info.index:
+                # Kept by an agent before this one: ours to remove once it recovers.
+                self._slot(info.service, info.index).kept = info.name
 
     async def close(self, remove: bool = False) -> None:
         """Stop reacting to events; with remove=True also remove every replica."""
         self._closing = True
+        for timer in self._timers:
+            timer.cancel()
         if self._events is not None:
             self._events.close()
         for task in list(self._tasks):
@@ -272,7 +278,11 @@ class Reconciler:
             # A batch at a time: a huge count never becomes a huge plan in memory.
             todo = plan(want, observed, services=[service], max_starts=START_BATCH)
             now = time.monotonic()
-            starts = [i for _, i in todo.start if self._slot(service, i).waiting(now) <= 0]
+            starts = [
+                i
+                for _, i in todo.start
+                if (slot := self._slots.get((service, i))) is None or slot.waiting(now) <= 0
+            ]
             jobs: list[Callable[[], Awaitable[object]]] = [
                 *(functools.partial(self._retire, o) for o in todo.remove),
                 *(functools.partial(self._start_replica, service, i) for i in starts),
@@ -352,17 +362,21 @@ class Reconciler:
         return max(0, d.count - len(here) - len(waiting))
 
     def all_ready(self) -> bool:
-        for name, d in self.desired.items():
-            if self._queued.get(name) or name in self._busy:
-                return False  # a converge is under way: not settled yet
-            ready = [
-                r
-                for r in self.registry.in_rotation(name)
-                if self._hash_of.get(r.container_id) == self._hashes[name]
-            ]
-            if len(ready) < d.count:
-                return False
-        return True
+        return all(self.service_ready(name) for name in self.desired)
+
+    def service_ready(self, name: str) -> bool:
+        """Converged: `count` replicas of the current definition in rotation, nothing under way."""
+        d = self.desired.get(name)
+        if d is None:
+            return True
+        if self._queued.get(name) or name in self._busy:
+            return False  # a converge is under way: not settled yet
+        ready = [
+            r
+            for r in self.registry.in_rotation(name)
+            if self._hash_of.get(r.container_id) == self._hashes[name]
+        ]
+        return len(ready) >= d.count
 
     async def wait_ready(self, timeout: float, settle_s: float = 1.0) -> None:
         """Return once every desired replica is in rotation; else RuntimeFailure saying why.
@@ -546,14 +560,23 @@ class Reconciler:
 
     def _recover_later(self, replica: Replica) -> None:
         # Recovered only once it stays up: a crash loop is "healthy" for an instant.
-        asyncio.get_running_loop().call_later(
-            STABLE_AFTER_S, lambda: self._spawn(self._recovered(replica))
-        )
+        self._later(STABLE_AFTER_S, lambda: self._spawn(self._recovered(replica)))
+
+    def _later(self, delay: float, callback: Callable[[], object]) -> None:
+        def fire() -> None:
+            self._timers.discard(handle)
+            if not self._closing:
+                callback()
+
+        handle = asyncio.get_running_loop().call_later(delay, fire)
+        self._timers.add(handle)
 
     async def _recovered(self, replica: Replica) -> None:
         slot = self._slots.get((replica.service, replica.index))
         if slot is None or self.registry.get(replica.container_id) is None:
             return  # it died meanwhile: still crashing
+        if self._hash_of.get(replica.container_id) != self._hashes.get(replica.service):
+            return  # an old replica still serving during a roll: not the one that crashed
         kept = slot.kept
         del self._slots[(replica.service, replica.index)]
         if kept:
@@ -566,7 +589,8 @@ class Reconciler:
         report = await self._thread(self.engine.health_report, cid)
         service, index = event.service, event.labels.get(L.REPLICA, "")
         if service is not None and index.isdigit():
-            self._slot(service, int(index)).health = report
+            slot = self._slot(service, int(index))
+            slot.health, slot.stopped = report, cid
         why = f": {report.describe()}" if report else ""
         self.on_change(f"{event.name} is unhealthy{why}; replacing it")
         await self._thread(self.engine.stop, cid, self.stop_timeout_s)
@@ -583,9 +607,11 @@ class Reconciler:
                 if slot.kept:
                     await self._thread(self.engine.remove, slot.kept)
                 continue
-            serving = [r for r in self.registry.for_service(svc) if r.index == idx]
-            if serving and serving[0].in_rotation:
-                self._recover_later(serving[0])
+            current = self._hashes.get(svc)
+            for r in self.registry.for_service(svc):
+                fresh = self._hash_of.get(r.container_id) == current
+                if r.index == idx and r.in_rotation and fresh:
+                    self._recover_later(r)
 
     def _slot(self, service: str, index: int) -> Slot:
         return self._slots.setdefault((service, index), Slot())
@@ -608,9 +634,9 @@ class Reconciler:
         if service is None or not raw_index.isdigit() or service not in self.desired:
             return
         index = int(raw_index)
-        slot = self._slot(service, index)
         logs = await self._thread(self.engine.logs, cid, 20)
-        delay = slot.died(event.exit_code, logs, time.monotonic())
+        slot = self._slot(service, index)  # after the await: pruning may have replaced it
+        delay = slot.died(event.exit_code, logs, time.monotonic(), unhealthy=cid == slot.stopped)
         # Keep the dead container, stopped and out of the way of its successor's
         # name, so `meshlocal logs` shows why; the one kept before it goes.
         kept = L.container_name(self.project, self.env, service, index) + KEPT_SUFFIX
@@ -624,9 +650,7 @@ class Reconciler:
         when = f"in {delay:.0f} s" if delay else "now"
         self.on_change(f"{service}-{index} exited ({event.exit_code}): restarting it {when}")
         if delay:
-            asyncio.get_running_loop().call_later(
-                delay, lambda: None if self._closing else self.request_converge(service)
-            )
+            self._later(delay, lambda: self.request_converge(service))
             return
         await self.converge(service)
 
@@ -827,7 +851,11 @@ class Reconciler:
             w.cancel()
         if not everything.done() and superseded is not None and superseded.is_set():
             everything.cancel()
-            return  # a newer desired state: the next converge sorts old and new out
+            # A newer desired state: the old replicas keep serving, and the next
+            # converge rolls them again; successors not yet serving would look
+            # fresh to it and push the old ones out first.
+            await self._drop_unserving(service, stale, cids)
+            return
         done = everything.result() if everything.done() else [False]
         if not everything.done():
             everything.cancel()
@@ -841,6 +869,9 @@ class Reconciler:
             await asyncio.gather(*(self._retire(old) for old in stale))
             self.on_change(f"{service}: rolled {len(stale)} replica(s)")
             return
+        await self._drop_unserving(service, stale, cids)  # circuit breaker: back to the old
+        if superseded is not None and superseded.is_set():
+            return  # not a failure: a newer desired state took over
         why = [
             f"{service}-{old.index} {c.status()}; last log lines:\n"
             + "\n".join(f"    {line}" for line in c.last_logs[-10:])
@@ -852,6 +883,15 @@ class Reconciler:
             f"the new replicas of {service} did not become healthy; the old ones keep running",
             hint="\n".join(why) or f"`meshlocal logs {service}` shows why",
         )
+
+    async def _drop_unserving(self, service: str, stale: list[Observed], cids: list[str]) -> None:
+        """Remove the successors of a roll that stopped short which are not serving."""
+        by_cid = dict(zip(cids, stale, strict=False))
+        for cid, old in by_cid.items():
+            replica = self.registry.get(cid)
+            if (replica is not None and replica.in_rotation) or cid not in self._hash_of:
+                continue  # serving, or dead already (its crash is kept for `logs`)
+            await self._retire(replace(old, container_id=cid, config_hash=self._hash_of.get(cid)))
 
     # -- plumbing -----------------------------------------------------------------------------
 

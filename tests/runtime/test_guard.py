@@ -179,3 +179,33 @@ async def test_scale_above_the_limit_is_refused(rec: Reconciler, busybox_image: 
     assert "above meshlocal's limit of 10000" in info.value.message
     assert info.value.hint is not None and "max_replicas" in info.value.hint
     assert rec.desired["api"].count == 0
+
+
+async def test_a_superseded_roll_keeps_the_old_replica_serving(
+    rec: Reconciler, busybox_image: str
+) -> None:
+    v1 = ReplicaTemplate(service="api", image=busybox_image, command=SLEEPER)
+    await rec.apply({"api": DesiredService(v1, 1)})
+    await rec.wait_ready(20)
+    (old,) = rec.registry.in_rotation("api")
+    # v2 never becomes healthy: its roll waits for it.
+    never = ContainerHealthCheck(
+        command=("CMD-SHELL", "exit 1"), interval_s=0.5, timeout_s=2, retries=10, start_period_s=60
+    )
+    v2 = ReplicaTemplate(
+        service="api",
+        image=busybox_image,
+        command=SLEEPER,
+        environment={"V": "2"},
+        healthcheck=never,
+    )
+    rolling = asyncio.create_task(rec.apply({"api": DesiredService(v2, 1)}))
+    await asyncio.sleep(2)
+    assert not rolling.done()
+    # A new desired state takes over: not a failure, and the old replica keeps serving
+    # instead of being pushed out by a successor that never served.
+    again = rec.request_scale("api", 1)
+    await asyncio.wait_for(rolling, timeout=15)
+    await asyncio.sleep(3)
+    assert old.container_id in {r.container_id for r in rec.registry.in_rotation("api")}
+    again.cancel()
