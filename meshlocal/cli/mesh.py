@@ -26,10 +26,10 @@ from meshlocal.cli.interrupts import (
 )
 from meshlocal.cli.logprefix import LogPrinter
 from meshlocal.cli.render import err, out, print_dataplane_down, print_ps, stats_modes
-from meshlocal.cli.running import check_down_environment, running_mesh
+from meshlocal.cli.running import check_down_environment, require_known, running_mesh
 from meshlocal.cli.workspace import env_option
 from meshlocal.deployment import Deployment, stop_host_agents
-from meshlocal.errors import DataPlaneDown, MeshlocalError, RuntimeFailure, ServiceNotFound
+from meshlocal.errors import DataPlaneDown, MeshlocalError, RuntimeFailure
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.backoff import KEPT_SUFFIX
 from meshlocal.runtime.engine import ContainerInfo, Engine, Removed, engine_errors
@@ -217,14 +217,7 @@ def up(
 ) -> None:
     """Build, start and connect every service of an environment."""
     with _deployment(ctx, env) as dep, sigterm_interrupts():
-        known = sorted(s.name for s in dep.spec.services)
-        unknown = [name for name in replace_services if name not in known]
-        if unknown:
-            raise ServiceNotFound(
-                f'no service "{unknown[0]}" in environment {dep.env} of application '
-                f"{dep.workspace.app}",
-                hint=f"services: {', '.join(known) or 'none'}",
-            )
+        require_known(dep, replace_services, (s.name for s in dep.spec.services))
         dep.check_replica_limit()
         for skipped in dep.spec.skipped:
             _say(f"{skipped.name}: {skipped.type.value} is not emulated, skipped")

@@ -71,12 +71,18 @@ def check_services(dep: Deployment, names: Iterable[str]) -> None:
             for c in dep.engine.list_containers(dep.project, dep.env, role=L.Role.REPLICA)
             if c.service
         }
-    unknown = [name for name in wanted if name not in known]
+    require_known(dep, wanted, known)
+
+
+def require_known(dep: Deployment, names: Iterable[str], known: Iterable[str]) -> None:
+    """ServiceNotFound, with the known services, for the first of `names` not in `known`."""
+    known = sorted(set(known))
+    unknown = [name for name in names if name not in known]
     if unknown:
         raise ServiceNotFound(
             f'no service "{unknown[0]}" in environment {dep.env} of application '
             f"{dep.workspace.app}",
-            hint=f"services: {', '.join(sorted(known)) or 'none'}",
+            hint=f"services: {', '.join(known) or 'none'}",
         )
 
 
