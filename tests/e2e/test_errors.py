@@ -154,7 +154,10 @@ def test_an_unknown_environment_is_named_with_the_known_ones(
     ],
     ids=" ".join,
 )
-def test_an_unknown_service_is_named_with_the_known_ones(ws: Path, args: tuple[str, ...]) -> None:
+def test_an_unknown_service_is_named_with_the_known_ones(
+    ws: Path, args: tuple[str, ...], busybox_image: str
+) -> None:
+    # busybox_image: sets BUSYBOX_IMAGE, which `up` needs to load the manifests.
     stderr = explained(run_cli(ws, *args, timeout=60))
     assert 'error: no service "nope" in environment test of application mini' in stderr
     assert "hint: services: api, client, legacy, web" in stderr
