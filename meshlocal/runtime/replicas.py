@@ -115,6 +115,7 @@ class Reconciler:
         self._queued: dict[str, int] = {}  # converges asked for and not yet done
         self._busy: set[str] = set()  # services converging now
         self._timers: set[asyncio.TimerHandle] = set()  # back-off and recovery, cancelled at close
+        self._recovering: set[str] = set()  # replicas with a recovery check pending
         self._tasks: set[asyncio.Task[Any]] = set()
         self._events: EventStream | None = None
         self._consumer: asyncio.Task[None] | None = None
@@ -560,7 +561,16 @@ class Reconciler:
 
     def _recover_later(self, replica: Replica) -> None:
         # Recovered only once it stays up: a crash loop is "healthy" for an instant.
-        self._later(STABLE_AFTER_S, lambda: self._spawn(self._recovered(replica)))
+        # One check per replica: every converge asks again while it waits.
+        if replica.container_id in self._recovering:
+            return
+        self._recovering.add(replica.container_id)
+
+        async def check() -> None:
+            self._recovering.discard(replica.container_id)
+            await self._recovered(replica)
+
+        self._later(STABLE_AFTER_S, lambda: self._spawn(check()))
 
     def _later(self, delay: float, callback: Callable[[], object]) -> None:
         def fire() -> None:
@@ -886,8 +896,7 @@ class Reconciler:
 
     async def _drop_unserving(self, service: str, stale: list[Observed], cids: list[str]) -> None:
         """Remove the successors of a roll that stopped short which are not serving."""
-        by_cid = dict(zip(cids, stale, strict=False))
-        for cid, old in by_cid.items():
+        for cid, old in zip(cids, stale, strict=True):
             replica = self.registry.get(cid)
             if (replica is not None and replica.in_rotation) or cid not in self._hash_of:
                 continue  # serving, or dead already (its crash is kept for `logs`)
