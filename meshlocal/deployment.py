@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -24,6 +25,7 @@ from typing import Any, Literal
 
 import docker.errors
 
+from meshlocal import control
 from meshlocal.adminapi import admin_call, remote_message
 from meshlocal.builds import build_images
 from meshlocal.errors import (
@@ -45,12 +47,15 @@ from meshlocal.readiness import crash_failure, starting_replicas, timeout_failur
 from meshlocal.runtime import images
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.dataplane import (
+    controller_spec,
     dataplane_spec,
+    ensure_controller,
     ensure_dataplane,
     free_port,
     in_subnet,
     port_free,
     published_ports,
+    with_identity,
 )
 from meshlocal.runtime.engine import (
     ContainerInfo,
@@ -81,6 +86,8 @@ class DataPlane:
     public_url: str | None
     container_id: str | None = None
     pid: int | None = None
+    controller_id: str | None = None  # container mode: where commands go (docker exec)
+    control_socket: str | None = None  # host mode: the controller's socket
 
 
 class Deployment:
@@ -217,6 +224,7 @@ class Deployment:
                 self_container=L.dataplane_name(self.project, self.env),
                 pause_image=pause_image,
                 state_file=CONTAINER_STATE_FILE,
+                helper_image=images.ensure_busybox_image(self.engine.client),
             )
         if not network.gateway:
             raise DataPlaneError(f"network {network.name} has no gateway address for host mode")
@@ -271,12 +279,10 @@ class Deployment:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({str(k): v[1] for k, v in ports.items()}))
         spec = dataplane_spec(
-            self.engine,
             project=self.project,
             env=self.env,
             image=image,
             network=network,
-            environment={CONFIG_ENV: config.to_json()},
             publish=ports,
             workspace=self.workspace.root,
             # A data plane that was removed or stopped comes back on the address
@@ -284,17 +290,38 @@ class Deployment:
             address=self._replicas_dns(network) if current is None or not current.running else None,
         )
         spec = replace(spec, labels={**spec.labels, L.CONFIG_HASH: identity})
+        # The link volume first: the data plane listens in it.
+        self.engine.ensure_volume(
+            L.link_volume_name(self.project, self.env),
+            L.base_labels(self.project, self.env, L.Role.DATAPLANE),
+        )
         # Docker restarts a crashed data plane by itself (restart policy in
         # dataplane_spec); `up` brings back one stopped, killed or removed.
-        cid, _address, started = ensure_dataplane(self.engine, spec)
+        cid, _address, _started = ensure_dataplane(self.engine, spec)
+        # The controller is tied to this data plane (its address, its namespace):
+        # a new data plane gets a new controller; a kept one keeps it.
+        ctl = with_identity(
+            controller_spec(
+                self.engine,
+                project=self.project,
+                env=self.env,
+                image=image,
+                environment={},
+                workspace=self.workspace.root,
+            ),
+            image,
+            cid,
+        )
+        # The configuration is no part of its identity: a kept controller gets it hot.
+        ctl = replace(ctl, environment={**ctl.environment, CONFIG_ENV: config.to_json()})
+        ctl_id, ctl_started = ensure_controller(self.engine, ctl)
         info = self.engine.inspect(cid)
         if info is None:
             raise DataPlaneError("the data-plane container vanished after start")
-        plane = self._dataplane_from(info)
-        if not started:
+        plane = replace(self._dataplane_from(info), controller_id=ctl_id)
+        if not ctl_started:
             progress("data plane already running: applying the new configuration")
-            self._wait_admin(plane.admin_url, 30.0)
-            admin_call(plane.admin_url, "/v1/apply", json.loads(config.to_json()), 60.0)
+            self.control(plane, "apply", json.loads(config.to_json()), 60.0)
         return plane
 
     def _replicas_dns(self, network: NetworkInfo) -> str | None:
@@ -337,6 +364,8 @@ class Deployment:
                     str(cfg_path),
                     "--admin-file",
                     str(self._state_file(".admin")),
+                    "--control-socket",
+                    str(self.control_path()),
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -371,11 +400,23 @@ class Deployment:
         self._state_file(".admin").unlink(missing_ok=True)
         return True
 
+    def control_path(self) -> Path:
+        """Host mode: the controller's socket; short, as a unix socket path must be."""
+        path = self._state_file(".control")
+        if len(str(path)) < 100:
+            return path
+        digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"meshlocal-{os.getuid()}" / f"{digest}.control"
+
     def _state_file(self, suffix: str) -> Path:
         return _STATE_DIR / f"{self.project}-{L.slug(self.env)}{suffix}"
 
     def _dataplane_container(self) -> ContainerInfo | None:
         found = self.engine.list_containers(self.project, self.env, role=L.Role.DATAPLANE)
+        return found[0] if found else None
+
+    def _controller_container(self) -> ContainerInfo | None:
+        found = self.engine.list_containers(self.project, self.env, role=L.Role.CONTROLLER)
         return found[0] if found else None
 
     def _dataplane_from(self, info: ContainerInfo) -> DataPlane:
@@ -384,11 +425,13 @@ class Deployment:
         if admin is None:
             raise DataPlaneError(f"the data plane {info.name} publishes no admin port")
         public = ports.get(PUBLIC_PORT)
+        ctl = self._controller_container()
         return DataPlane(
             "container",
             f"http://127.0.0.1:{admin}",
             f"http://127.0.0.1:{public}" if public else None,
             container_id=info.id,
+            controller_id=ctl.id if ctl is not None and ctl.running else None,
         )
 
     def dataplane(self) -> DataPlane:
@@ -402,7 +445,13 @@ class Deployment:
             data = json.loads(admin.read_text())
             host_pid = data.get("pid")
             if not _exited(host_pid):  # a stale file outlives an agent that was killed
-                return DataPlane("host", data["admin_url"], data.get("public_url"), pid=host_pid)
+                return DataPlane(
+                    "host",
+                    data["admin_url"],
+                    data.get("public_url"),
+                    pid=host_pid,
+                    control_socket=data.get("control"),
+                )
         raise self._not_running(info, host_pid)
 
     def _not_running(self, plane: ContainerInfo | None, host_pid: int | None) -> MeshNotRunning:
@@ -432,10 +481,17 @@ class Deployment:
             containers=replicas,
         )
 
-    def record_host_admin(self, admin_url: str, public_url: str | None) -> None:
+    def record_host_admin(self, admin_url: str, public_url: str | None, control: str) -> None:
         _STATE_DIR.mkdir(parents=True, exist_ok=True)
         self._state_file(".admin").write_text(
-            json.dumps({"admin_url": admin_url, "public_url": public_url, "pid": os.getpid()})
+            json.dumps(
+                {
+                    "admin_url": admin_url,
+                    "public_url": public_url,
+                    "pid": os.getpid(),
+                    "control": control,
+                }
+            )
         )
 
     # -- the whole of `up -d` ---------------------------------------------
@@ -476,7 +532,7 @@ class Deployment:
             self._wait_admin(plane.admin_url, timeout)  # a data plane started just now
         for service in replace_services:
             progress(f"replacing every replica of {service}")
-            admin_call(plane.admin_url, "/v1/replace", {"service": service}, timeout)
+            self.control(plane, "replace", {"service": service}, timeout)
         if wait:
             self.phase = "waiting for the replicas"
             self.wait_ready(timeout)
@@ -538,8 +594,31 @@ class Deployment:
         return state
 
     def scale(self, service: str, count: int) -> dict[str, Any]:
-        state: dict[str, Any] = self.call("/v1/scale", {"service": service, "count": count}, 120)
+        state: dict[str, Any] = self.control(
+            self.dataplane(), "scale", {"service": service, "count": count}, 120
+        )
         return state
+
+    def control(self, plane: DataPlane, op: str, body: Any = None, timeout: float = 60.0) -> Any:
+        """A command for the controller (`apply`, `scale`, `replace`), never the data plane.
+
+        Container mode: `docker exec` into the controller, so only who holds
+        the engine can change the mesh. Host mode: its root-only socket.
+        """
+        if plane.control_socket is not None:
+            return control.call_socket(plane.control_socket, op, body, timeout)
+        ctl = plane.controller_id
+        if ctl is None:
+            info = self._controller_container()
+            if info is None or not info.running:
+                why = "was removed" if info is None else f"is {info.state}"
+                raise DataPlaneDown(
+                    f"the controller is not running (its container {why}): nothing can "
+                    f"change the mesh of environment {self.env}",
+                    hint="`meshlocal up -d` restores it; `meshlocal down` removes what is left",
+                )
+            ctl = info.id
+        return control.call_container(self.engine, ctl, op, body, timeout)
 
     def wait_ready(
         self,
@@ -584,15 +663,18 @@ class Deployment:
             time.sleep(0.1)
 
     def _check_dataplane_alive(self) -> None:
-        """A data plane that crashed fails `up -d` at once, with its last words."""
-        info = self._dataplane_container()
-        if info is None or info.state not in ("exited", "dead", "restarting"):
-            return
-        logs = "\n".join(f"    {line}" for line in self.engine.logs(info.id, tail=15))
-        raise DataPlaneError(
-            f"the data plane {info.name} is {info.state} (exit code {info.exit_code})",
-            hint="this is a meshlocal bug or a bad configuration; its last log lines:\n" + logs,
-        )
+        """A data plane or controller that crashed fails `up -d` at once, with its last words."""
+        for info, what in (
+            (self._dataplane_container(), "data plane"),
+            (self._controller_container(), "controller"),
+        ):
+            if info is None or info.state not in ("exited", "dead", "restarting"):
+                continue
+            logs = "\n".join(f"    {line}" for line in self.engine.logs(info.id, tail=15))
+            raise DataPlaneError(
+                f"the {what} {info.name} is {info.state} (exit code {info.exit_code})",
+                hint="this is a meshlocal bug or a bad configuration; its last log lines:\n" + logs,
+            )
 
     # -- teardown ---------------------------------------------------------
 

@@ -1,14 +1,16 @@
-"""One running mesh: the agent that wires runtime, registry, DNS and proxy.
+"""One running mesh's controller: the part that holds the Docker engine.
 
-The agent owns one environment. The reconciler keeps `count` replicas alive
-and feeds the registry from Docker's event stream; DNS and the Service
-Connect proxy answer from the registry; an admin API serves state, metrics
-and scaling to the CLI.
+The controller owns one environment. Its reconciler keeps `count` replicas
+alive from Docker's event stream; it puts the Service Connect addresses in
+place, and it tells the data plane (serving.py) what to serve over the link
+(link.py). It listens on no network: the CLI reaches it through `docker
+exec` (container mode) or a root-only unix socket (host mode), control.py.
 
-It runs either in the data-plane container on the environment's network
-(the default: no root on the host, works under Docker Desktop) or
-in-process on the network's gateway address (host mode, Linux root). The
-code is the same; only the addresses differ.
+Container mode: the controller container has the Docker socket and no
+network (`network_mode: none`); the data plane is another, unprivileged
+container. Host mode (Linux, root): the controller is a root process on the
+host and runs the data plane as its child, which drops root before it
+listens (privileges.py). The code is the same; only the transport differs.
 """
 
 from __future__ import annotations
@@ -16,45 +18,63 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import ipaddress
 import json
 import logging
 import os
 import signal
+import socket
+import sys
+import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from aiohttp import web
-
-from meshlocal.dns.resolver import MeshResolver
-from meshlocal.dns.server import DnsServer
-from meshlocal.errors import MeshlocalError, RuntimeFailure
+from meshlocal import control
+from meshlocal.control import CONTAINER_SOCKET as CONTROL_SOCKET
+from meshlocal.errors import DataPlaneError, MeshlocalError, RuntimeFailure
+from meshlocal.link import (
+    LINE_LIMIT,
+    LINK_SOCKET,
+    LinkClosed,
+    ServingConfig,
+    parse_served,
+    receive,
+    replica_to_json,
+    send,
+    serving_view,
+)
 from meshlocal.manifest.codec import from_jsonable, to_jsonable
 from meshlocal.manifest.model import EnvironmentSpec
 from meshlocal.naming import NamingModel
-from meshlocal.proxy.app import Engine as ProxyCore
-from meshlocal.proxy.app import PublicEndpoint, ServiceConnectProxy, admin_app
-from meshlocal.proxy.healthcheck import HttpHealthChecker
 from meshlocal.proxy.settings import ProxySettings
-from meshlocal.registry import ReplicaRegistry
+from meshlocal.registry import Health, Replica, ReplicaRegistry
+from meshlocal.runtime import labels as L
 from meshlocal.runtime import vipnet
 from meshlocal.runtime.backoff import Crash
-from meshlocal.runtime.engine import Engine, NetworkInfo
+from meshlocal.runtime.engine import ContainerSpec, Engine, NetworkInfo
 from meshlocal.runtime.reconcile import DesiredService, desired_from_json, desired_to_json
 from meshlocal.runtime.replicas import Reconciler
+from meshlocal.serving import ADMIN_PORT, API_VERSION, PUBLIC_PORT, Listen, admin_peer_allowed
 from meshlocal.vips import allocate, vip_block
 
-log = logging.getLogger("meshlocal.agent")
+log = logging.getLogger("meshlocal.controller")
 
 Mode = Literal["container", "host"]
 
-# Ports inside the data-plane container. Envoy's admin port is 9901 and
-# Istio's 15000; high ports keep clear of the client alias ports.
-ADMIN_PORT = 15000
-PUBLIC_PORT = 15080
-API_VERSION = "v1"
+__all__ = [
+    "ADMIN_PORT",
+    "API_VERSION",
+    "PUBLIC_PORT",
+    "AgentConfig",
+    "Controller",
+    "admin_peer_allowed",
+]
+
+LINK_WAIT_S = 30.0  # the data plane's first connection, before replicas start
+ACK_TIMEOUT_S = 30.0
+STATUS_EVERY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -67,7 +87,7 @@ class AgentConfig:
     mode: Mode = "container"
     bind: str = "0.0.0.0"  # DNS and Service Connect listen here
     advertise: str | None = None  # replicas' DNS and SC address; None: own network address
-    self_container: str | None = None  # container mode: own name, to find own address
+    self_container: str | None = None  # container mode: the data plane's container
     public_host: str = "0.0.0.0"
     public_port: int = PUBLIC_PORT
     admin_host: str = "0.0.0.0"
@@ -82,6 +102,10 @@ class AgentConfig:
     # Service Connect endpoint -> its address (VIP); filled in by the agent and
     # kept in the state file, so an endpoint keeps its address across restarts.
     vips: Mapping[str, str] = field(default_factory=dict)
+    # Container mode: the image of the one-shot helper that puts those
+    # addresses in the data plane's namespace (it needs NET_ADMIN; the data
+    # plane has no capability at all). Any image with busybox's `ip`.
+    helper_image: str | None = None
 
     @property
     def env(self) -> str:
@@ -106,6 +130,7 @@ class AgentConfig:
                 "pause_image": self.pause_image,
                 "state_file": self.state_file,
                 "vips": dict(self.vips),
+                "helper_image": self.helper_image,
             },
             sort_keys=True,
         )
@@ -125,30 +150,33 @@ class AgentConfig:
         )
 
 
-class Agent:
-    """The running mesh for one environment."""
+class Controller:
+    """The controller of one environment: engine, replicas, addresses; no listener."""
 
     def __init__(self, config: AgentConfig, engine: Engine) -> None:
         self.config = config
         self.engine = engine
         self.naming = NamingModel(config.spec)
-        self.registry = ReplicaRegistry()
+        self.registry = ReplicaRegistry()  # membership and Docker's health
+        self.view = ReplicaRegistry()  # the same replicas as the data plane serves them
+        self.served: dict[str, tuple[Health, bool]] = {}
         self.address = ""
         self.network: NetworkInfo | None = None
-        self._stack = contextlib.AsyncExitStack()
-        self._admin: web.AppRunner | None = None
         self.reconciler: Reconciler | None = None
-        self.dns: DnsServer | None = None
-        self.proxy: ServiceConnectProxy | None = None
-        self.public: PublicEndpoint | None = None
-        self.admin_port = config.admin_port
-        self.public_port = config.public_port
         self.applied = asyncio.Event()
         self.apply_error: MeshlocalError | None = None
-        self.resolver: MeshResolver | None = None
-        self.health = HttpHealthChecker(self.naming, self.registry)
+        self.linked = asyncio.Event()  # the data plane took a configuration once
+        self.link_error: str | None = None  # its refusal of the first one, if any
+        self.admin_port: int | None = None
+        self.public_port: int | None = None
+        self._stack = contextlib.AsyncExitStack()
         self._apply_task: asyncio.Task[None] | None = None
         self._vip_block: list[str] = []
+        self._writer: asyncio.StreamWriter | None = None
+        self._acks: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._next_id = 0
+        self._push_pending = False
+        self._vips_in: str | None = None  # data-plane container start the VIPs were put in
 
     # -- lifecycle --------------------------------------------------------
 
@@ -160,19 +188,9 @@ class Agent:
             self.network.subnet or "", self.network.ip_range, self.network.gateway
         )
         cfg = self.config = await self._with_vips(cfg, cfg.vips)
-        # Host mode puts them on the host's bridge: they must not outlive the agent.
+        # Host mode puts them on the host's bridge: they must not outlive the controller.
         self._stack.push_async_callback(self._release_vips)
         self.naming = NamingModel(cfg.spec, cfg.vips)
-        self.health.update(self.naming)
-        core = ProxyCore(self.registry, cfg.proxy)
-        self.proxy = ServiceConnectProxy(
-            self.naming, self.registry, self._host(cfg.bind), engine=core
-        )
-        self.public = PublicEndpoint(
-            self.naming, self.registry, self._host(cfg.public_host), cfg.public_port, engine=core
-        )
-        self.resolver = MeshResolver(self.naming, self.registry, self.address)
-        self.dns = DnsServer(self.resolver, self._host(cfg.bind), cfg.dns_port)
         self.reconciler = Reconciler(
             self.engine,
             self.registry,
@@ -183,41 +201,28 @@ class Agent:
             pause_image=cfg.pause_image,
             on_change=lambda msg: log.info("%s", msg),
             max_replicas=cfg.spec.workspace.max_replicas,
+            view=self.view,
         )
         self.reconciler.sc_view = self.naming.endpoint_names
-        # Adopt what already runs first (a restarted data plane), so the first
-        # request after a restart finds the replicas instead of a 503.
+        # Adopt what already runs first (a restarted controller): the data plane
+        # gets the whole set in its first snapshot.
         await self.reconciler.start()
         self._stack.push_async_callback(self.reconciler.close)
-        # Serve before new replicas start, so their first lookups already work.
-        for part in (self.dns, self.proxy, self.public, self.health):
-            await part.start()
-            self._stack.push_async_callback(part.stop)
-        if self.public.rules:
-            self.public_port = self.public.bound
-        await self._start_admin(core)
-        log.info(
-            "mesh %s/%s: DNS %s:%d, Service Connect endpoints %s, admin port %d",
-            cfg.project,
-            cfg.env,
-            self.address,
-            self.dns.port,
-            ", ".join(f"{e.address}={e.vip} ({e.protocol})" for e in self.naming.sc_endpoints)
-            or "none",
-            self.admin_port,
-        )
+        self._stack.callback(self.registry.subscribe(lambda _b, _a: self._changed()))
         self._persist(cfg)
+        for job in (self._link_forever(), self._tick()):
+            task = asyncio.create_task(job)
+            self._stack.push_async_callback(_cancelled, task)
+        # Replicas started from here on ask the data plane for names: it serves first.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.linked.wait(), LINK_WAIT_S)
+        if not self.linked.is_set():
+            log.warning("the data plane has not connected yet: starting replicas anyway")
         self._stack.callback(self._cancel_apply)
         self._schedule_apply(cfg.desired)
 
-    def _host(self, configured: str) -> str:
-        """The agent's own address for a wildcard: its VIPs then answer nothing else.
-
-        Bound to 0.0.0.0, DNS, admin and public ports would also answer on
-        every endpoint address; ECS refuses a connection to an endpoint on any
-        port but its own.
-        """
-        return self.address if configured == "0.0.0.0" and self.address else configured
+    async def stop(self) -> None:
+        await self._stack.aclose()
 
     def _cancel_apply(self) -> None:
         if self._apply_task is not None:
@@ -239,33 +244,62 @@ class Agent:
         The data plane keeps running, so its address, and with it every
         unchanged replica, stays as it is.
         """
-        assert self.resolver is not None and self.proxy is not None and self.public is not None
-        # The steps that can fail first (addresses, listeners), so a failure
-        # leaves the running configuration in charge.
+        # The steps that can fail first (addresses, the data plane's listeners),
+        # so a failure leaves the running configuration in charge.
         config = await self._with_vips(config, self.config.vips)
-        naming = NamingModel(config.spec, config.vips)
-        await self.proxy.update(naming)
+        if self._writer is not None:
+            await self._send_config(config)
         self.config = config
-        self.naming = naming
+        self.naming = NamingModel(config.spec, config.vips)
         if self.reconciler is not None:
             # Replicas started from now on see the new endpoints; older ones keep theirs.
             self.reconciler.sc_view = self.naming.endpoint_names
             self.reconciler.max_replicas = config.spec.workspace.max_replicas
-        self.resolver.naming = self.naming
-        self.public.update(self.naming)
-        self.health.update(self.naming)
         self._persist(config)
         self._schedule_apply(config.desired)
+        self._changed()
 
     async def _with_vips(self, config: AgentConfig, previous: Mapping[str, str]) -> AgentConfig:
-        """`config` with an address for every endpoint, put on the data plane's interface."""
+        """`config` with an address for every endpoint, put in the data plane's namespace."""
         names = NamingModel(config.spec).endpoint_names
         vips = allocate(names, self._vip_block, previous)
         gone = [a for n, a in previous.items() if vips.get(n) != a]
-        await asyncio.to_thread(vipnet.assign, self.address, sorted(vips.values()), gone)
+        await self._put_vips(sorted(vips.values()), gone, config)
         return dataclasses.replace(config, vips=vips)
 
+    async def _put_vips(self, add: list[str], remove: list[str], config: AgentConfig) -> None:
+        if config.mode == "host" or config.helper_image is None:
+            await asyncio.to_thread(vipnet.assign, self.address, add, remove)
+            return
+        if not add and not remove:
+            return
+        plane = await asyncio.to_thread(self._dataplane_started)
+        if plane is None:
+            return  # not running: put in place when it connects
+        spec = vip_helper_spec(config, plane[0], self.address, add, remove)
+        code, out = await asyncio.to_thread(self.engine.run_to_end, spec)
+        if code != 0:
+            raise DataPlaneError(
+                "cannot put the Service Connect addresses on the data plane's interface",
+                hint="the helper said:\n" + "\n".join(f"    {line}" for line in out[-10:]),
+            )
+        self._vips_in = plane[1]
+
+    def _dataplane_started(self) -> tuple[str, str] | None:
+        """(id, start time) of the running data-plane container: a new start is a new namespace."""
+        name = self.config.self_container
+        if name is None:
+            return None
+        with contextlib.suppress(Exception):
+            raw = self.engine.api.inspect_container(name)
+            state = raw.get("State") or {}
+            if state.get("Running"):
+                return str(raw["Id"]), str(raw["Id"]) + str(state.get("StartedAt"))
+        return None
+
     async def _release_vips(self) -> None:
+        if self.config.mode != "host":
+            return  # in the data plane's namespace: they go with it
         # Best effort at shutdown: the bridge may be gone already (`down`).
         with contextlib.suppress(Exception):
             await asyncio.to_thread(
@@ -299,60 +333,258 @@ class Agent:
         finally:
             if current is self._apply_task:
                 self.applied.set()
-
-    async def stop(self) -> None:
-        await self._stack.aclose()
+                self._changed()
 
     async def _own_address(self, network: NetworkInfo) -> str:
         name = self.config.self_container
         if name is None:
-            raise RuntimeFailure("the agent needs `advertise` or `self_container` to find itself")
-        info = await asyncio.to_thread(self.engine.inspect, name)
-        address = info.address_on(network.name) if info else None
-        if not address:
-            raise RuntimeFailure(
-                f"the data-plane container {name} has no address on {network.name}"
+            raise RuntimeFailure("the controller needs `advertise` or `self_container`")
+        for _ in range(50):  # the data plane may be starting with us
+            info = await asyncio.to_thread(self.engine.inspect, name)
+            address = info.address_on(network.name) if info else None
+            if address:
+                return address
+            await asyncio.sleep(0.2)
+        raise RuntimeFailure(f"the data-plane container {name} has no address on {network.name}")
+
+    # -- the link to the data plane ----------------------------------------------------
+
+    async def _link_forever(self) -> None:
+        delay = 0.1
+        while True:
+            started = time.monotonic()
+            try:
+                if self.config.mode == "host":
+                    await self._run_child()
+                else:
+                    reader, writer = await asyncio.open_unix_connection(
+                        LINK_SOCKET, limit=LINE_LIMIT
+                    )
+                    await self._run_link(reader, writer)
+            except OSError:
+                pass  # not there yet, or restarting
+            except DataPlaneError as exc:
+                log.error("%s", exc.render())
+            if time.monotonic() - started > 10:
+                delay = 0.1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)  # a restarting data plane is back within a second
+
+    async def _run_child(self) -> None:
+        """Host mode: the data plane is this process's child, unprivileged."""
+        ours, theirs = socket.socketpair()
+        listen = json.dumps(dataclasses.asdict(self._listen()))
+        with ours, theirs:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "meshlocal",
+                "dataplane",
+                "--listen",
+                listen,
+                "--link-fd",
+                str(theirs.fileno()),
+                "--drop-privileges",
+                pass_fds=(theirs.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+                cwd="/",  # `-m` puts the cwd first on sys.path; `nobody` may not read it
             )
-        return address
+            theirs.close()
+            reader, writer = await asyncio.open_connection(sock=ours.dup(), limit=LINE_LIMIT)
+        try:
+            await self._run_link(reader, writer)
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 10)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+            if not self.linked.is_set():
+                self.link_error = self.link_error or f"the data plane exited ({proc.returncode})"
+                self.linked.set()  # `serve` fails instead of waiting
 
-    # -- admin API --------------------------------------------------------
+    def _listen(self) -> Listen:
+        cfg = self.config
+        # A child started again keeps the ports the first one got: the admin
+        # file and a browser tab still point there.
+        return Listen(
+            mode=cfg.mode,
+            bind=cfg.bind,
+            public_host=cfg.public_host,
+            public_port=self.public_port or cfg.public_port,
+            admin_host=cfg.admin_host,
+            admin_port=self.admin_port or cfg.admin_port,
+            dns_port=cfg.dns_port,
+        )
 
-    async def _start_admin(self, core: ProxyCore) -> None:
-        app = admin_app(core.metrics)
-        app.middlewares.append(self._admin_guard)
-        app.router.add_get(f"/{API_VERSION}/state", self._state)
-        app.router.add_post(f"/{API_VERSION}/scale", self._scale)
-        app.router.add_post(f"/{API_VERSION}/apply", self._reconfigure)
-        app.router.add_post(f"/{API_VERSION}/replace", self._replace)
-        app.router.add_get("/healthz", self._healthz)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host(self.config.admin_host), self.config.admin_port)
-        await site.start()
-        self._stack.push_async_callback(runner.cleanup)
-        server: Any = site._server
-        self.admin_port = server.sockets[0].getsockname()[1]
+    async def _run_link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        reading = asyncio.create_task(self._read_link(reader))
+        self._writer = writer
+        try:
+            try:
+                await self._send_config(self.config)
+            except DataPlaneError as exc:
+                if not self.linked.is_set():
+                    self.link_error = exc.render()
+                    self.linked.set()
+                raise
+            self._push_now()  # DNS answers from here on
+            if self.config.mode == "container":
+                plane = await asyncio.to_thread(self._dataplane_started)
+                if plane is not None and plane[1] != self._vips_in:
+                    # A data plane (re)started: a new namespace, without the addresses
+                    # (it listens on them already: ip_nonlocal_bind).
+                    try:
+                        await self._put_vips(sorted(self.config.vips.values()), [], self.config)
+                    except MeshlocalError as exc:  # names still answer; endpoints wait
+                        log.error("%s", exc.render())
+            self.linked.set()
+            log.info("data plane linked (admin port %s)", self.admin_port)
+            await reading
+        except (LinkClosed, ConnectionError) as exc:
+            log.warning("data plane link lost (%s)", exc)
+        finally:
+            self._writer = None
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LinkClosed, ConnectionError):
+                await reading
+            writer.close()
+            for fut in self._acks.values():
+                if not fut.done():
+                    fut.set_exception(LinkClosed("the data plane went away"))
+            self._acks.clear()
+            self.served = {}  # nothing is served until it says so again
+            serving_view(self.registry, self.served, self.view)
 
-    @web.middleware
-    async def _admin_guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        # In container mode the admin port listens on the environment's network,
-        # where every replica could reach it (and /v1/apply starts containers).
-        # Only the host may talk to it: via the published 127.0.0.1 port its
-        # requests arrive from the network's gateway.
-        gateway = self.network.gateway if self.network else None
-        if not admin_peer_allowed(request.remote, gateway):
-            return web.json_response(
-                {"error": "the admin API answers only the host (its published 127.0.0.1 port)"},
-                status=403,
-            )
-        response: web.StreamResponse = await handler(request)
-        return response
+    async def _read_link(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            message = await receive(reader)
+            kind = message.get("t")
+            if kind == "ack":
+                ident = message.get("id")
+                fut = self._acks.pop(ident, None) if isinstance(ident, int) else None
+                if fut is not None and not fut.done():
+                    fut.set_result(message)
+            elif kind == "served":
+                items = message.get("replicas")
+                self.served = parse_served(items if isinstance(items, list) else [])
+                serving_view(self.registry, self.served, self.view)
+                self._schedule_push()
 
-    async def _healthz(self, _: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
+    async def _send_config(self, config: AgentConfig) -> None:
+        writer = self._writer
+        if writer is None:
+            raise LinkClosed("no data plane")
+        assert self.network is not None
+        self._next_id += 1
+        ident = self._next_id
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._acks[ident] = fut
+        serving = ServingConfig(
+            project=config.project,
+            spec=config.spec,
+            address=self.address,
+            gateway=self.network.gateway,
+            vips=config.vips,
+            proxy=config.proxy,
+        )
+        await send(writer, {"t": "config", "id": ident, "config": serving.to_jsonable()})
+        try:
+            ack = await asyncio.wait_for(fut, ACK_TIMEOUT_S)
+        except LinkClosed:
+            raise DataPlaneError(
+                "the data plane went away while applying the configuration"
+            ) from None
+        except TimeoutError:
+            raise DataPlaneError("the data plane did not take the configuration in time") from None
+        if ack.get("error"):
+            raise DataPlaneError(str(ack["error"]).removeprefix("error: "))
+        self.admin_port = ack.get("admin_port")
+        self.public_port = ack.get("public_port")
+
+    def _changed(self) -> None:
+        serving_view(self.registry, self.served, self.view)
+        self._schedule_push()
+
+    def _schedule_push(self) -> None:
+        if not self._push_pending:
+            self._push_pending = True
+            asyncio.get_running_loop().call_soon(self._push_now)
+
+    def _push_now(self) -> None:
+        self._push_pending = False
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            return
+        replicas = [replica_to_json(r) for r in self.registry.all()]
+        for message in (
+            {"t": "replicas", "replicas": replicas},
+            {"t": "status", "status": self.state()},
+        ):
+            writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    async def _tick(self) -> None:
+        # Back-off countdowns and queued starts change with time, not events.
+        while True:
+            await asyncio.sleep(STATUS_EVERY_S)
+            self._schedule_push()
+
+    # -- commands (control.py) ---------------------------------------------------------
+
+    async def command(self, op: str, body: Any) -> Any:
+        result = await self._command(op, body)
+        # The CLI reads state from the data plane next: it must see this command's effect.
+        await self._sync_status()
+        return result
+
+    async def _sync_status(self) -> None:
+        writer = self._writer
+        if writer is None:
+            return
+        self._next_id += 1
+        ident = self._next_id
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._acks[ident] = fut
+        with contextlib.suppress(LinkClosed, ConnectionError, TimeoutError):
+            await send(writer, {"t": "status", "id": ident, "status": self.state()})
+            await asyncio.wait_for(fut, ACK_TIMEOUT_S)
+
+    async def _command(self, op: str, body: Any) -> Any:
+        assert self.reconciler is not None
+        if op == "state":
+            return self.state()
+        if op == "apply":
+            try:
+                config = AgentConfig.from_json(json.dumps(body))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise RuntimeFailure(f"bad configuration: {exc}") from None
+            await self.reconfigure(config)
+            return self.state()
+        if op == "scale":
+            try:
+                service, count = str(body["service"]), int(body["count"])
+            except (ValueError, KeyError, TypeError):
+                raise RuntimeFailure("expected {service, count}") from None
+            # Returns at once: the caller waits for readiness with its own timeout.
+            self.reconciler.request_scale(service, count)
+            return self.state()
+        if op == "replace":
+            try:
+                service = str(body["service"])
+            except (KeyError, TypeError):
+                raise RuntimeFailure("expected {service}") from None
+            await self.applied.wait()
+            await self.reconciler.replace(service)
+            return self.state()
+        raise RuntimeFailure(f"unknown command {op!r}")
+
+    # -- status -----------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        """What `ps`, `up -d` and the pytest plugin read."""
+        """What `ps`, `up -d` and the pytest plugin read (through the data plane)."""
         rec = self.reconciler
         services: dict[str, Any] = {}
         restarting = rec.restarting() if rec else []
@@ -387,21 +619,7 @@ class Agent:
                 "not_started": rec.pending_starts(svc.name) if rec else 0,
                 "ready": bool(rec and self.applied.is_set() and rec.service_ready(svc.name)),
                 "restarting": [_crash_state(c) for c in restarting if c.service == svc.name],
-                "replicas": [
-                    {
-                        "name": r.name,
-                        "index": r.index,
-                        "container_id": r.container_id,
-                        "address": r.address,
-                        "port": r.port,
-                        "health": r.health.value,
-                        "draining": r.draining,
-                        "in_rotation": r.in_rotation,
-                        "ejected_by": self.proxy.balancer.ejected_for(r) if self.proxy else [],
-                        "sc_view": None if r.sc_view is None else sorted(r.sc_view),
-                    }
-                    for r in replicas
-                ],
+                "replicas": [self._replica_state(r) for r in replicas],
             }
         crashes = rec.crashes() if rec else []
         return {
@@ -410,9 +628,6 @@ class Agent:
             "env": self.naming.env,
             "mode": self.config.mode,
             "address": self.address,
-            "dns_port": self.dns.port if self.dns else None,
-            "public_port": self.public_port if self.public and self.public.rules else None,
-            "public_rules": [[p, s] for p, s in self.public.rules] if self.public else [],
             "applied": self.applied.is_set(),
             "ready": bool(rec and self.applied.is_set() and rec.all_ready()),
             "error": self.apply_error.render() if self.apply_error else None,
@@ -430,6 +645,21 @@ class Agent:
             "services": services,
         }
 
+    def _replica_state(self, r: Replica) -> dict[str, Any]:
+        served = self.view.get(r.container_id)
+        shown = served or r
+        return {
+            "name": r.name,
+            "index": r.index,
+            "container_id": r.container_id,
+            "address": r.address,
+            "port": r.port,
+            "health": shown.health.value,
+            "draining": shown.draining,
+            "in_rotation": served is not None and served.in_rotation,
+            "sc_view": None if r.sc_view is None else sorted(r.sc_view),
+        }
+
     def _endpoint_state(self, service: str) -> dict[str, Any] | None:
         ep = self.naming.endpoint_of(service)
         if ep is None:
@@ -442,48 +672,41 @@ class Agent:
             "protocol": ep.protocol.value,
         }
 
-    async def _state(self, _: web.Request) -> web.Response:
-        return web.json_response(self.state())
 
-    async def _reconfigure(self, request: web.Request) -> web.Response:
-        try:
-            config = AgentConfig.from_json(await request.text())
-        except (ValueError, KeyError, TypeError) as exc:
-            return web.json_response({"error": f"bad configuration: {exc}"}, status=400)
-        try:
-            await self.reconfigure(config)
-        except MeshlocalError as exc:
-            return web.json_response({"error": exc.render()}, status=409)
-        return web.json_response(self.state())
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
-    async def _scale(self, request: web.Request) -> web.Response:
-        assert self.reconciler is not None
-        try:
-            body = await request.json()
-            service, count = str(body["service"]), int(body["count"])
-        except (ValueError, KeyError, TypeError):
-            return web.json_response({"error": "expected {service, count}"}, status=400)
-        try:
-            # Returns at once: the caller waits for readiness with its own timeout.
-            self.reconciler.request_scale(service, count)
-        except MeshlocalError as exc:
-            return web.json_response({"error": exc.render()}, status=409)
-        return web.json_response(self.state())
 
-    async def _replace(self, request: web.Request) -> web.Response:
-        """Roll every replica of a service (`up --replace`): new tasks see every endpoint."""
-        assert self.reconciler is not None
-        try:
-            body = await request.json()
-            service = str(body["service"])
-        except (ValueError, KeyError, TypeError):
-            return web.json_response({"error": "expected {service}"}, status=400)
-        try:
-            await self.applied.wait()
-            await self.reconciler.replace(service)
-        except MeshlocalError as exc:
-            return web.json_response({"error": exc.render()}, status=409)
-        return web.json_response(self.state())
+def vip_helper_spec(
+    config: AgentConfig, dataplane_id: str, anchor: str, add: list[str], remove: list[str]
+) -> ContainerSpec:
+    """A one-shot root container in the data plane's namespace, with NET_ADMIN only.
+
+    The data plane itself has no capability: it listens on these addresses
+    (ip_nonlocal_bind) and this puts them on its interface, the one that
+    holds its own address; the kernel then answers ARP for them.
+    """
+    dev = f"$(ip -o -4 addr show | grep ' inet {anchor}/' | cut -d' ' -f2)"
+    script = [f'dev="{dev}"', '[ -n "$dev" ] || dev=eth0']
+    script += [f'ip addr del {a}/32 dev "$dev" 2>/dev/null || true' for a in remove]
+    # Present already (kept from before a controller restart) is no failure.
+    present = 'ip -4 addr show dev "$dev" | grep -q " {}/32 "'
+    script += [f'ip addr add {a}/32 dev "$dev" 2>/dev/null || {present.format(a)}' for a in add]
+    assert config.helper_image is not None
+    return ContainerSpec(
+        name=f"{L.dataplane_name(config.project, config.env)}-vips-{uuid.uuid4().hex[:8]}",
+        image=config.helper_image,
+        labels=L.base_labels(config.project, config.env, L.Role.PROBE),
+        command=("sh", "-ec", "\n".join(script)),
+        network_mode=f"container:{dataplane_id}",
+        user="0",
+        cap_drop=("ALL",),
+        cap_add=("NET_ADMIN",),
+        security_opt=("no-new-privileges",),
+        read_only=True,
+    )
 
 
 def _crash_state(crash: Crash) -> dict[str, Any]:
@@ -500,46 +723,43 @@ def _crash_state(crash: Crash) -> dict[str, Any]:
     }
 
 
-def admin_peer_allowed(peer: str | None, gateway: str | None) -> bool:
-    """Loopback, or the network's gateway (the host, through a published port)."""
-    if not peer:
-        return False
-    try:
-        address = ipaddress.ip_address(peer.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if address.is_loopback:
-        return True
-    return gateway is not None and str(address) == gateway
-
-
 CONFIG_ENV = "MESHLOCAL_AGENT_CONFIG"
 
 
 async def serve(
     config: AgentConfig,
     engine: Engine | None = None,
-    on_started: Callable[[Agent], None] | None = None,
+    *,
+    control_path: str = CONTROL_SOCKET,
+    on_started: Callable[[Controller], None] | None = None,
 ) -> None:
-    """Run an agent until SIGTERM/SIGINT; the data-plane container's main."""
+    """Run a controller until SIGTERM/SIGINT: the controller container's main."""
     owned = engine is None
     if engine is None:
         engine = await asyncio.to_thread(Engine.from_env)
-    agent = Agent(config, engine)
+    controller = Controller(config, engine)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    server: asyncio.AbstractServer | None = None
     try:
-        await agent.start()
+        await controller.start()
+        if controller.link_error and controller.admin_port is None:
+            # The data plane refused its very first configuration (a port taken):
+            # nothing serves, so fail and let `up` show why.
+            raise DataPlaneError(controller.link_error)
+        server = await control.serve(control_path, controller.command)
         if on_started is not None:
-            on_started(agent)
+            on_started(controller)
         await stop.wait()
     finally:
-        await agent.stop()
+        if server is not None:
+            server.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(control_path)
+        await controller.stop()
         if owned:
             engine.close()
 
@@ -551,7 +771,7 @@ def config_from_environment() -> AgentConfig:
     """The last applied configuration if one was kept, else the one started with."""
     text = os.environ.get(CONFIG_ENV)
     if not text:
-        raise RuntimeFailure(f"{CONFIG_ENV} is not set: the agent has no configuration")
+        raise RuntimeFailure(f"{CONFIG_ENV} is not set: the controller has no configuration")
     initial = AgentConfig.from_json(text)
     return load_kept(initial)
 

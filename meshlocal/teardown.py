@@ -21,7 +21,7 @@ def teardown(
 ) -> Removed:
     """Remove a project's containers and networks by label, controller first.
 
-    The data plane goes first: a live agent would replace what we remove.
+    The controller goes first: a live one would replace what we remove.
     Needs no workspace, so it also cleans up after a workspace that is gone.
     With `image_prefix`, the service images tagged so go too. Superseded
     images (labelled with `image_project`, default `project`, and no longer
@@ -29,9 +29,10 @@ def teardown(
     the containers are gone.
     """
     first: list[str] = []
-    for info in engine.list_containers(project, env, role=L.Role.DATAPLANE):
-        engine.remove(info.id)
-        first.append(info.name)
+    for role in (L.Role.CONTROLLER, L.Role.DATAPLANE):
+        for info in engine.list_containers(project, env, role=role):
+            engine.remove(info.id)
+            first.append(info.name)
     removed = engine.remove_all(project, env)
     gone = remove_images(engine, image_prefix, env) if image_prefix else ()
     gone += remove_superseded_images(engine, image_project or project, env)

@@ -51,6 +51,7 @@ class Snapshot:
     images: frozenset[str]  # ids of images labelled with the (base) project and env
     tags: Mapping[str, str] = field(default_factory=dict)  # the project's tags -> image id
     files: frozenset[str] = frozenset()  # host-mode state files (names)
+    volumes: frozenset[str] = frozenset()  # names (the data plane's link)
     config: str | None = None  # the running data plane's configuration (JSON)
 
     @property
@@ -105,7 +106,9 @@ def _running_config(dep: Deployment) -> tuple[bool, str | None]:
     except MeshlocalError:
         return False, None
     if plane.container_id is not None:
-        return True, _read_container_file(dep.engine, plane.container_id, CONTAINER_STATE_FILE)
+        if plane.controller_id is None:
+            return True, None
+        return True, _read_container_file(dep.engine, plane.controller_id, CONTAINER_STATE_FILE)
     try:
         admin_call(plane.admin_url, "/healthz", timeout=3.0)
     except MeshlocalError:
@@ -138,6 +141,7 @@ def snapshot(dep: Deployment) -> Snapshot:
         tags=_tags(engine, dep),
         files=_state_files(dep),
         config=config,
+        volumes=frozenset(engine.volumes(dep.project, dep.env)),
     )
 
 
@@ -165,6 +169,10 @@ def undo(dep: Deployment, before: Snapshot) -> Removed:
         with contextlib.suppress(docker.errors.NotFound), engine_errors(f"removing network {name}"):
             engine.api.remove_network(net_id)
         networks.append(name)
+    for volume in engine.volumes(dep.project, dep.env):
+        if volume not in before.volumes:
+            with contextlib.suppress(docker.errors.DockerException):
+                engine.api.remove_volume(volume, force=True)
     images = _remove_new_images(engine, dep, before)
     for name in _state_files(dep) - before.files:
         (dep._state_file("").parent / name).unlink(missing_ok=True)
@@ -176,13 +184,14 @@ def _stop_new_dataplane(dep: Deployment, before: Snapshot) -> list[str]:
     if dep._state_file(".pid").name not in before.files:
         dep.stop_dataplane_process()
     removed: list[str] = []
-    for info in dep.engine.list_containers(dep.project, dep.env, role=L.Role.DATAPLANE):
-        if info.id in before.containers:
-            if info.running:
-                dep.engine.stop(info.id)  # it was stopped before this attempt
-        else:
-            dep.engine.remove(info.id)
-            removed.append(info.name)
+    for role in (L.Role.CONTROLLER, L.Role.DATAPLANE):
+        for info in dep.engine.list_containers(dep.project, dep.env, role=role):
+            if info.id in before.containers:
+                if info.running:
+                    dep.engine.stop(info.id)  # it was stopped before this attempt
+            else:
+                dep.engine.remove(info.id)
+                removed.append(info.name)
     return removed
 
 
@@ -205,7 +214,7 @@ def _restore_config(dep: Deployment, before: Snapshot, timeout: float = 30.0) ->
     try:
         plane = dep.dataplane()
         if plane.container_id is not None:
-            admin_call(plane.admin_url, "/v1/apply", json.loads(before.config), 60.0)
+            dep.control(plane, "apply", json.loads(before.config), 60.0)
         else:
             raise MeshlocalError("no data-plane container")
     except MeshlocalError:
@@ -230,7 +239,8 @@ def _remove_new_containers(engine: Engine, dep: Deployment, before: Snapshot) ->
     new = [
         c
         for c in engine.list_containers(dep.project, dep.env)
-        if c.id not in before.containers and c.role != L.Role.DATAPLANE.value
+        if c.id not in before.containers
+        and c.role not in (L.Role.DATAPLANE.value, L.Role.CONTROLLER.value)
     ]
     new.sort(key=lambda c: order.get(c.role or "", 1))
     for info in new:

@@ -17,7 +17,11 @@ err_console = Console(stderr=True, highlight=False)
 
 # Modules that add commands to `cli`; imported lazily by main() so a broken
 # optional family cannot stop `meshlocal validate` from working.
-COMMAND_MODULES: Sequence[str] = ("meshlocal.cli.workspace", "meshlocal.cli.mesh")
+COMMAND_MODULES: Sequence[str] = (
+    "meshlocal.cli.workspace",
+    "meshlocal.cli.mesh",
+    "meshlocal.cli.daemons",
+)
 
 
 class Context:

@@ -29,7 +29,7 @@ from meshlocal.cli.render import err, out, print_dataplane_down, print_ps, stats
 from meshlocal.cli.running import check_down_environment, require_known, running_mesh
 from meshlocal.cli.workspace import env_option
 from meshlocal.deployment import Deployment, stop_host_agents
-from meshlocal.errors import DataPlaneDown, MeshlocalError, RuntimeFailure
+from meshlocal.errors import DataPlaneDown, RuntimeFailure
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.backoff import KEPT_SUFFIX
 from meshlocal.runtime.engine import ContainerInfo, Engine, Removed, engine_errors
@@ -40,6 +40,8 @@ from meshlocal.undo import Snapshot, snapshot
 def _display_name(info: ContainerInfo) -> str:
     if info.role == L.Role.DATAPLANE.value:
         return "meshlocal"
+    if info.role == L.Role.CONTROLLER.value:
+        return "meshlocal-controller"
     base = f"{info.service}-{info.index}"
     if info.name.endswith(KEPT_SUFFIX):
         base += KEPT_SUFFIX  # the last crashed container of that replica, kept for this
@@ -86,7 +88,7 @@ class LogFollower:
         return len(self._attached)
 
     def _wanted(self, info: ContainerInfo) -> bool:
-        if info.role == L.Role.DATAPLANE.value:
+        if info.role in (L.Role.DATAPLANE.value, L.Role.CONTROLLER.value):
             return self.dataplane
         if info.role not in (L.Role.REPLICA.value, L.Role.SIDECAR.value):
             return False
@@ -274,20 +276,24 @@ def _up_host_foreground(dep: Deployment, *, public_port: int, force_build: bool)
     desired = dep.desired(dep.build(_say, force_build=force_build))
     network = dep.network()
     config = dep.agent_config(desired, "host", network, public_port=public_port)
-    from meshlocal.mesh import Agent
+    from meshlocal import control
+    from meshlocal.errors import DataPlaneError
+    from meshlocal.mesh import Controller
 
     logging.basicConfig(level=logging.INFO, format="meshlocal  | %(message)s")
 
     async def main() -> None:
-        agent = Agent(config, dep.engine)
+        controller = Controller(config, dep.engine)
+        server: asyncio.AbstractServer | None = None
         try:
-            await agent.start()
-            public = (
-                f"http://127.0.0.1:{agent.public_port}"
-                if agent.public and agent.public.rules
-                else None
-            )
-            dep.record_host_admin(f"http://127.0.0.1:{agent.admin_port}", public)
+            await controller.start()
+            if controller.link_error and controller.admin_port is None:
+                raise DataPlaneError(controller.link_error)
+            path = str(dep.control_path())
+            server = await control.serve(path, controller.command)
+            port = controller.public_port
+            public = f"http://127.0.0.1:{port}" if port else None
+            dep.record_host_admin(f"http://127.0.0.1:{controller.admin_port}", public, path)
             printer = LogPrinter(sys.stdout, colour=sys.stdout.isatty())
             follower = LogFollower(dep.engine, dep.project, dep.env, printer, dataplane=False)
             await asyncio.to_thread(follower.start)
@@ -295,7 +301,9 @@ def _up_host_foreground(dep: Deployment, *, public_port: int, force_build: bool)
                 err.print(f"[+] Public endpoint {public}", markup=False)
             await asyncio.Event().wait()
         finally:
-            await agent.stop()
+            if server is not None:
+                server.close()
+            await controller.stop()
 
     stopped: KeyboardInterrupt | None = None
     try:
@@ -610,54 +618,3 @@ def resolve(
         raise SystemExit(1)
     targets = " ".join(result["answers"]) or "(no records)"
     out.print(f"{name} -> {targets} ({result['meaning']}, from {result['client']})", markup=False)
-
-
-# -- agent (the data plane's main) -----------------------------------------
-
-
-@cli.command(hidden=True)
-@click.option("--config-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option(
-    "--admin-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Host mode: write the admin and public URLs here once serving.",
-)
-def agent(config_file: Path | None, admin_file: Path | None) -> None:
-    """Run the data plane for one environment (used by `up`)."""
-    from meshlocal.mesh import Agent, AgentConfig, config_from_environment, serve
-
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout
-    )
-    config = (
-        AgentConfig.from_json(config_file.read_text())
-        if config_file is not None
-        else config_from_environment()
-    )
-    try:
-        import uvloop
-
-        runner: Any = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-
-    def started(running: Agent) -> None:
-        if admin_file is not None:
-            public = running.public_port if running.public and running.public.rules else None
-            admin_file.write_text(
-                json.dumps(
-                    {
-                        "admin_url": f"http://127.0.0.1:{running.admin_port}",
-                        "public_url": f"http://127.0.0.1:{public}" if public else None,
-                        "pid": os.getpid(),
-                    }
-                )
-            )
-
-    try:
-        runner(serve(config, on_started=started))
-    except MeshlocalError:
-        raise
-    except KeyboardInterrupt:
-        pass

@@ -1,10 +1,11 @@
-"""The data-plane container: meshlocal's agent (DNS, proxy, reconciler) on the env network.
+"""Container mode: the data-plane and controller containers.
 
 It works rootless and under Docker Desktop, because it needs no host
-privileges. It sits on the environment network, and it reaches the engine
-through the Docker socket mounted into it. Replicas get its address as their
-DNS server. Keeping it running across `up` runs keeps that address, and so
-the replicas' config hash: an unchanged data plane rolls nothing.
+privileges. The data plane sits on the environment network; replicas get
+its address as their DNS server. Keeping it running across `up` runs keeps
+that address, and so the replicas' config hash: an unchanged data plane
+rolls nothing. The controller, beside it, holds the engine's socket and no
+network (docs/concepts.md, "Trust boundary").
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
 from meshlocal.errors import DataPlaneError, MeshlocalError
+from meshlocal.link import LINK_DIR, LINK_SOCKET
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.engine import ContainerSpec, Engine, NetworkInfo, split_lines
 
@@ -46,64 +48,114 @@ def host_socket(engine: Engine) -> str:
     return url.path
 
 
+# The data plane's container: unprivileged, read-only, no engine access.
+DATAPLANE_USER = "65534:65534"
+DATAPLANE_SYSCTLS = {
+    # Binds port 53 and endpoint ports as a plain user (Docker sets this on its
+    # own since 20.10; said here for older engines).
+    "net.ipv4.ip_unprivileged_port_start": "0",
+    # Listens on an endpoint address before the controller's helper puts it on
+    # the interface (and again at once after a restart).
+    "net.ipv4.ip_nonlocal_bind": "1",
+}
+
+
 def dataplane_spec(
-    engine: Engine,
     *,
     project: str,
     env: str,
     image: str,
     network: NetworkInfo,
-    args: Sequence[str] = ("agent",),
-    environment: Mapping[str, str] | None = None,
     publish: Mapping[int, int | tuple[str, int]] | None = None,
-    binds: Sequence[str] = (),
     workspace: Path | None = None,
     address: str | None = None,
 ) -> ContainerSpec:
-    """The data plane's container: `python3 -m meshlocal <args>`, socket mounted.
+    """The data plane's container: what replicas talk to, with nothing to give away.
+
+    Non-root, every capability dropped, `no-new-privileges`, a read-only
+    root filesystem, no Docker socket. It owns the network namespace (its
+    address is every replica's DNS server) and publishes the admin and
+    public ports; the controller reaches it through the link volume only.
 
     `publish` maps container ports to localhost ports (the public endpoints of
-    Load Balanced Web Services). The config-hash label makes `ensure_dataplane`
-    keep an identical running data plane. `address` asks for the address the
-    replicas already use as their DNS server (a data plane that was removed
-    comes back where they look for it).
+    Load Balanced Web Services). `address` asks for the address the replicas
+    already use as their DNS server (a data plane that was removed comes back
+    where they look for it).
 
-    Restart policy `unless-stopped`: Docker restarts the agent whenever its
-    process ends (a crash, an OOM kill, an exit 0 from a bug) and when the
-    engine itself restarts, without meshlocal running; the agent then resumes
-    its last configuration and adopts the replicas that run. `on-failure`
-    would miss an exit 0 and a daemon that stopped it cleanly; `always`
-    would bring back, at the next engine start, one the user stopped on
-    purpose. Docker never restarts a container it was told to stop or kill
-    (`docker stop`, `docker kill`), nor one removed (`meshlocal down`).
+    Restart policy `unless-stopped`: Docker restarts it whenever its process
+    ends (a crash, an OOM kill, an exit 0 from a bug) and when the engine
+    itself restarts; it then serves again as soon as the controller
+    reconnects. Docker never restarts a container it was told to stop or
+    kill, nor one removed (`meshlocal down`).
     """
     name = L.dataplane_name(project, env)
-    lbl = L.base_labels(project, env, L.Role.DATAPLANE, workspace)
-    env_vars = {
-        "MESHLOCAL_PROJECT": project,
-        "MESHLOCAL_ENV": env,
-        "MESHLOCAL_NETWORK": network.name,
-        **(environment or {}),
-    }
-    spec = ContainerSpec(
+    return ContainerSpec(
         name=name,
         image=image,
-        labels=lbl,
-        environment=env_vars,
-        command=tuple(args),
+        labels=L.base_labels(project, env, L.Role.DATAPLANE, workspace),
+        environment={"MESHLOCAL_PROJECT": project, "MESHLOCAL_ENV": env},
+        command=("dataplane", "--socket", LINK_SOCKET),
         network=network.name,
         hostname=L.hostname_for(name),
         ports=dict(publish or {}),
-        binds=(f"{host_socket(engine)}:{CONTAINER_SOCKET}", *binds),
-        # Service Connect endpoint addresses go on its own interface (vipnet.py);
-        # NET_ADMIN is scoped to the container's own network namespace.
-        cap_add=("NET_ADMIN",),
+        binds=(f"{L.link_volume_name(project, env)}:{LINK_DIR}",),
+        user=DATAPLANE_USER,
+        cap_drop=("ALL",),
+        security_opt=("no-new-privileges",),
+        read_only=True,
+        tmpfs={"/tmp": "rw,nosuid,nodev,noexec,size=16m"},
+        sysctls=DATAPLANE_SYSCTLS,
         restart_policy="unless-stopped",
         ipv4_address=address,
     )
-    blob = json.dumps(asdict(spec), sort_keys=True, default=str)
-    lbl[L.CONFIG_HASH] = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    return spec
+
+
+def controller_spec(
+    engine: Engine,
+    *,
+    project: str,
+    env: str,
+    image: str,
+    environment: Mapping[str, str],
+    workspace: Path | None = None,
+) -> ContainerSpec:
+    """The controller's container: the Docker socket, and no network at all.
+
+    `network_mode: none` leaves it only a loopback interface: nothing on the
+    environment's network (or anywhere) can connect to it. It reaches the
+    data plane through the link volume and the engine through its socket.
+    """
+    return ContainerSpec(
+        name=L.controller_name(project, env),
+        image=image,
+        labels=L.base_labels(project, env, L.Role.CONTROLLER, workspace),
+        environment={"MESHLOCAL_PROJECT": project, "MESHLOCAL_ENV": env, **environment},
+        command=("agent",),
+        network_mode="none",
+        binds=(
+            f"{host_socket(engine)}:{CONTAINER_SOCKET}",
+            f"{L.link_volume_name(project, env)}:{LINK_DIR}",
+        ),
+        restart_policy="unless-stopped",
+    )
+
+
+def with_identity(spec: ContainerSpec, *parts: object) -> ContainerSpec:
+    """`spec` labelled with a hash of what makes it the same container."""
+    blob = json.dumps([asdict(spec), *parts], sort_keys=True, default=str)
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return replace(spec, labels={**spec.labels, L.CONFIG_HASH: digest})
+
+
+def ensure_controller(engine: Engine, spec: ContainerSpec) -> tuple[str, bool]:
+    """(container id, started now?): a running controller of the same identity is kept."""
+    for old in engine.list_containers(
+        spec.labels[L.PROJECT], spec.labels[L.ENV], role=L.Role.CONTROLLER
+    ):
+        if old.config_hash == spec.labels.get(L.CONFIG_HASH) and old.running:
+            return old.id, False
+        engine.remove(old.id)
+    return engine.run_container(spec), True
 
 
 def ensure_dataplane(engine: Engine, spec: ContainerSpec) -> tuple[str, str, bool]:

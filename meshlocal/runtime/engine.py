@@ -158,6 +158,11 @@ class ContainerSpec:
     stop_signal: str | None = None
     init: bool = False
     cap_add: Sequence[str] = ()
+    cap_drop: Sequence[str] = ()
+    security_opt: Sequence[str] = ()  # e.g. "no-new-privileges"
+    read_only: bool = False  # a read-only root filesystem
+    tmpfs: Mapping[str, str] = field(default_factory=dict)  # path -> mount options
+    sysctls: Mapping[str, str] = field(default_factory=dict)
     # Docker's restart policy ("unless-stopped", ...); None: never restarted by Docker.
     restart_policy: str | None = None
     ipv4_address: str | None = None  # a fixed address on `network` (in its subnet)
@@ -456,6 +461,7 @@ _REMOVE_ORDER = {
     L.Role.REPLICA.value: 1,
     L.Role.PAUSE.value: 2,
     L.Role.DATAPLANE.value: 3,
+    L.Role.CONTROLLER.value: -1,  # first: it would replace what goes after it
 }
 
 
@@ -564,6 +570,11 @@ class Engine:
             binds=list(spec.binds) or None,
             init=spec.init or None,
             cap_add=list(spec.cap_add) or None,
+            cap_drop=list(spec.cap_drop) or None,
+            security_opt=list(spec.security_opt) or None,
+            read_only=spec.read_only or None,
+            tmpfs=dict(spec.tmpfs) or None,
+            sysctls=dict(spec.sysctls) or None,
             restart_policy={"Name": spec.restart_policy} if spec.restart_policy else None,
         )
         networking = None
@@ -804,7 +815,53 @@ class Engine:
                     removed_nets.append(str(net["Name"]))
                 else:
                     raise map_docker_error(exc, f"removing network {net['Name']}") from exc
+        for vol in self.volumes(project, env):
+            with contextlib.suppress(docker.errors.NotFound), engine_errors():
+                self.api.remove_volume(vol, force=True)
         return Removed(tuple(c.name for c in containers), tuple(removed_nets))
+
+    def volumes(self, project: str, env: str | None = None) -> list[str]:
+        """The volumes meshlocal made for a project (the data plane's link)."""
+        with engine_errors("listing volumes"):
+            found = self.api.volumes(filters={"label": L.filters(project, env)})
+        return [str(v["Name"]) for v in (found or {}).get("Volumes") or []]
+
+    def ensure_volume(self, name: str, labels: Mapping[str, str]) -> str:
+        with engine_errors(f"creating volume {name}"):
+            self.api.create_volume(name=name, labels=dict(labels))
+        return name
+
+    def run_to_end(self, spec: ContainerSpec, timeout: float = 30.0) -> tuple[int, list[str]]:
+        """Run a short-lived helper to its end: (exit code, its output); removed after."""
+        cid = self.run_container(spec)
+        try:
+            with engine_errors(f"waiting for {spec.name}"):
+                result = self.api.wait(cid, timeout=timeout)
+            return int(result.get("StatusCode", -1)), self.logs(cid, "all")
+        finally:
+            self.remove(cid)
+
+    def exec_capture(
+        self,
+        container_id: str,
+        command: Sequence[str],
+        environment: Mapping[str, str],
+        timeout: float,
+    ) -> tuple[int, bytes, bytes]:
+        """`docker exec` to its end: (exit code, stdout, stderr). A client of its own,
+        so a long command outlives the engine client's read timeout."""
+        with engine_errors("connecting to the Docker engine"):
+            client = docker.from_env(timeout=int(timeout) + 10).api
+        try:
+            with engine_errors(f"running a command in {container_id[:12]}"):
+                made = client.exec_create(
+                    container_id, list(command), environment=dict(environment)
+                )
+                out, err = client.exec_start(made["Id"], demux=True)
+                code = client.exec_inspect(made["Id"]).get("ExitCode")
+        finally:
+            client.close()
+        return int(code if code is not None else -1), out or b"", err or b""
 
     def _disconnect_all(self, network_id: str) -> None:
         with engine_errors():

@@ -355,6 +355,10 @@ COPY site/ /opt/meshlocal/site/
 # Byte-compiled once here: uncompiled, the agent's imports take over a second
 # on every start, which every `up` and data-plane restart waits for.
 RUN python3 -m compileall -q -j 0 /opt/meshlocal/site >/dev/null || true
+# The link volume takes this directory's owner when first mounted: the
+# unprivileged data plane listens there, the root controller connects.
+RUN mkdir -p /run/meshlocal/link && chown 65534:65534 /run/meshlocal/link \
+    && chmod 0700 /run/meshlocal/link
 ENV PYTHONPATH=/opt/meshlocal/site PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 LABEL meshlocal.image=dataplane
 ENTRYPOINT ["python3", "-m", "meshlocal"]

@@ -35,7 +35,8 @@ class Role(StrEnum):
     REPLICA = "replica"
     SIDECAR = "sidecar"
     PAUSE = "pause"  # holds a task's network namespace when sidecars must start first
-    DATAPLANE = "dataplane"
+    DATAPLANE = "dataplane"  # DNS and proxies: faces replicas, holds no engine access
+    CONTROLLER = "controller"  # holds the engine, faces no traffic
     NETWORK = "network"
     PROBE = "probe"  # short-lived helpers (resolve --from, tests)
 
@@ -74,6 +75,15 @@ def sidecar_name(project: str, env: str, service: str, index: int, sidecar: str)
 
 def dataplane_name(project: str, env: str) -> str:
     return f"{project}-{_slug(env)}-meshlocal"
+
+
+def controller_name(project: str, env: str) -> str:
+    return f"{project}-{_slug(env)}-meshlocal-controller"
+
+
+def link_volume_name(project: str, env: str) -> str:
+    """The volume only the data plane and the controller mount: their link."""
+    return f"{project}-{_slug(env)}-meshlocal-link"
 
 
 def hostname_for(name: str) -> str:

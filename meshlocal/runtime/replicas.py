@@ -88,9 +88,13 @@ class Reconciler:
         on_change: Callable[[str], None] | None = None,
         max_parallel: int = MAX_PARALLEL,
         max_replicas: int = MAX_REPLICAS,
+        view: ReplicaRegistry | None = None,
     ) -> None:
         self.engine = engine
         self.registry = registry
+        # Readiness is judged on what the data plane serves (its own probes may
+        # hold a replica out); in one process that is the registry itself.
+        self.view = view if view is not None else registry
         self.project = project
         self.env = env
         self.network = network
@@ -374,7 +378,7 @@ class Reconciler:
             return False  # a converge is under way: not settled yet
         ready = [
             r
-            for r in self.registry.in_rotation(name)
+            for r in self.view.in_rotation(name)
             if self._hash_of.get(r.container_id) == self._hashes[name]
         ]
         return len(ready) >= d.count
@@ -387,7 +391,7 @@ class Reconciler:
         running for an instant.
         """
         changed = asyncio.Event()
-        unsubscribe = self.registry.subscribe(lambda _b, _a: changed.set())
+        unsubscribe = self._on_any_change(changed.set)
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -416,7 +420,7 @@ class Reconciler:
     def _summary(self) -> str:
         parts = []
         for name, d in sorted(self.desired.items()):
-            ready = len(self.registry.in_rotation(name))
+            ready = len(self.view.in_rotation(name))
             starting = sum(1 for r in self._pending.values() if r.service == name)
             queued = self.pending_starts(name)
             more = f" ({starting} starting)" if starting else ""
@@ -618,10 +622,20 @@ class Reconciler:
                     await self._thread(self.engine.remove, slot.kept)
                 continue
             current = self._hashes.get(svc)
-            for r in self.registry.for_service(svc):
+            for r in self.view.for_service(svc):
                 fresh = self._hash_of.get(r.container_id) == current
                 if r.index == idx and r.in_rotation and fresh:
                     self._recover_later(r)
+
+    def _on_any_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Subscribe to the registry and the served view; returns the unsubscriber."""
+        offs = [reg.subscribe(lambda _b, _a: callback()) for reg in {self.registry, self.view}]
+
+        def off() -> None:
+            for unsubscribe in offs:
+                unsubscribe()
+
+        return off
 
     def _slot(self, service: str, index: int) -> Slot:
         return self._slots.setdefault((service, index), Slot())
@@ -802,14 +816,14 @@ class Reconciler:
     ) -> bool:
         """Until every container in `cids` is in rotation; False if one leaves or time runs out."""
         changed = asyncio.Event()
-        unsubscribe = self.registry.subscribe(lambda _b, _a: changed.set())
+        unsubscribe = self._on_any_change(changed.set)
         deadline = time.monotonic() + timeout
         try:
             while True:
-                replicas = [self.registry.get(cid) for cid in cids]
-                if any(r is None for r in replicas):
+                if any(self.registry.get(cid) is None for cid in cids):
                     return False  # died, or never joined
-                if all(r is not None and r.in_rotation for r in replicas):
+                served = [self.view.get(cid) for cid in cids]
+                if all(r is not None and r.in_rotation for r in served):
                     return True
                 left = deadline - time.monotonic()
                 if left <= 0 or (superseded is not None and superseded.is_set()):
@@ -848,8 +862,7 @@ class Reconciler:
             fut = self._ready_waiters.get(cid)
             if fut is None:  # already resolved (joined healthy, or died) before we looked
                 fut = asyncio.get_running_loop().create_future()
-                replica = self.registry.get(cid)
-                fut.set_result(replica is not None and replica.in_rotation)
+                fut.set_result(self.registry.get(cid) is not None)
             futures.append(fut)
         roll_deadline = time.monotonic() + self.roll_timeout_s
         everything = asyncio.gather(*futures)
@@ -897,7 +910,7 @@ class Reconciler:
     async def _drop_unserving(self, service: str, stale: list[Observed], cids: list[str]) -> None:
         """Remove the successors of a roll that stopped short which are not serving."""
         for cid, old in zip(cids, stale, strict=True):
-            replica = self.registry.get(cid)
+            replica = self.view.get(cid)
             if (replica is not None and replica.in_rotation) or cid not in self._hash_of:
                 continue  # serving, or dead already (its crash is kept for `logs`)
             await self._retire(replace(old, container_id=cid, config_hash=self._hash_of.get(cid)))

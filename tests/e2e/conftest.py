@@ -43,12 +43,14 @@ def project_of(workspace: Path) -> str:
 
 
 def leftovers(client: Any, project: str) -> list[str]:
-    """Everything still labelled with the project: containers and networks."""
+    """Everything still labelled with the project: containers, networks, volumes."""
     label = f"{L.PROJECT}={project}"
     # One list call each (no per-item inspect): containers may vanish meanwhile.
     rows = client.api.containers(all=True, filters={"label": label})
     names = [str(r["Names"][0]).lstrip("/") for r in rows]
     names += [f"network {n['Name']}" for n in client.api.networks(filters={"label": label})]
+    volumes = client.api.volumes(filters={"label": label}).get("Volumes") or []
+    names += [f"volume {v['Name']}" for v in volumes]
     return names
 
 

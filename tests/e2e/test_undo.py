@@ -78,8 +78,9 @@ def test_replicas_not_healthy_in_time_are_undone(workspace: Path, docker_client:
     err = failed(run_cli(workspace, "up", "-d", "--timeout", "3"))
     assert "not healthy after 3s" in err, err
     network = L.network_name(project, "test")
-    # The data plane and the replicas it had started (2, or 1 if the second was not yet created).
-    assert re.search(rf"undo: removed [23] containers, network {network}\n", err), err
+    # The data plane, its controller and the replicas started (2, or 1 if the
+    # second was not yet created).
+    assert re.search(rf"undo: removed [34] containers, network {network}\n", err), err
     assert counts(labelled(docker_client, project)) == ZERO
 
 
@@ -103,7 +104,7 @@ def test_sigint_while_up_d_waits_undoes_and_exits_130(workspace: Path, docker_cl
     assert proc.returncode == 130, out
     assert "Traceback" not in out, out
     assert "Interrupted (Ctrl-C) during `up`, before every replica was healthy" in out, out
-    assert re.search(r"undo: removed 3 containers, network \S+\n", out), out
+    assert re.search(r"undo: removed 4 containers, network \S+\n", out), out
     assert counts(labelled(docker_client, project)) == ZERO
 
 
@@ -114,7 +115,7 @@ def test_a_running_mesh_is_left_as_it_was_after_a_failed_re_up(
     project = project_of(workspace)
     ok(run_cli(workspace, "up", "-d", "--timeout", "60"))
     before = labelled(docker_client, project)
-    assert counts(before) == {"containers": 2, "networks": 1, "images": 1}
+    assert counts(before) == {"containers": 3, "networks": 1, "images": 1}
     tag = f"meshlocal/{project}-app:test"
     image = docker_client.images.get(tag).id
     # app changes (so it is rebuilt first), then broken's build fails.

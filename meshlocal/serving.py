@@ -1,0 +1,376 @@
+"""The data plane: everything that faces replica traffic, and nothing that holds the engine.
+
+DNS, the Service Connect and public-endpoint proxies, health probes and the
+admin/state API. It has no Docker socket and runs unprivileged (see
+docs/concepts.md, "Trust boundary"). What it serves comes from the
+controller over the link (link.py): the configuration, the replica set and
+the reconciler's status. It answers with what it serves, so the controller
+knows when a replica is really in rotation.
+
+A data plane restarted alone starts empty and serves again as soon as the
+controller reconnects and sends the set (well under a second); one whose
+controller is away keeps serving the last set it had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiohttp import web
+
+from meshlocal.dns.resolver import MeshResolver
+from meshlocal.dns.server import DnsServer
+from meshlocal.errors import MeshlocalError
+from meshlocal.link import (
+    LINE_LIMIT,
+    LinkClosed,
+    Mirror,
+    ServingConfig,
+    receive,
+    replica_from_json,
+    send,
+    served_to_json,
+)
+from meshlocal.naming import NamingModel
+from meshlocal.proxy.app import Engine as ProxyCore
+from meshlocal.proxy.app import PublicEndpoint, ServiceConnectProxy, admin_app
+from meshlocal.proxy.healthcheck import HttpHealthChecker
+from meshlocal.registry import ReplicaRegistry
+
+log = logging.getLogger("meshlocal.dataplane")
+
+Mode = Literal["container", "host"]
+
+# Ports inside the data-plane container. Envoy's admin port is 9901 and
+# Istio's 15000; high ports keep clear of the client alias ports.
+ADMIN_PORT = 15000
+PUBLIC_PORT = 15080
+API_VERSION = "v1"
+
+
+@dataclass(frozen=True)
+class Listen:
+    """Where the data plane listens: fixed when it starts, unlike what it serves."""
+
+    mode: Mode = "container"
+    bind: str = "0.0.0.0"  # DNS and Service Connect; 0.0.0.0: its own address only
+    public_host: str = "0.0.0.0"
+    public_port: int = PUBLIC_PORT
+    admin_host: str = "0.0.0.0"
+    admin_port: int = ADMIN_PORT
+    dns_port: int = 53
+
+
+class DataPlane:
+    def __init__(self, listen: Listen) -> None:
+        self.listen = listen
+        self.registry = ReplicaRegistry()
+        self.mirror = Mirror(self.registry)
+        self.config: ServingConfig | None = None
+        self.naming: NamingModel | None = None
+        self.status: dict[str, Any] = {}
+        self.admin_port = listen.admin_port
+        self.public_port = listen.public_port
+        self.dns: DnsServer | None = None
+        self.proxy: ServiceConnectProxy | None = None
+        self.public: PublicEndpoint | None = None
+        self.health: HttpHealthChecker | None = None
+        self.resolver: MeshResolver | None = None
+        self.core: ProxyCore | None = None
+        self.serving = asyncio.Event()  # first configuration applied, listeners up
+        self._stack = contextlib.AsyncExitStack()
+        self._writer: asyncio.StreamWriter | None = None
+        self._served_dirty = False
+        self._started_health = False
+
+    # -- what the controller sends ------------------------------------------------------
+
+    async def configure(self, config: ServingConfig) -> None:
+        """The first configuration starts every listener; later ones update them.
+
+        The steps that can fail (listeners) come first, so a failure leaves
+        the running configuration in charge.
+        """
+        naming = NamingModel(config.spec, config.vips)
+        if self.proxy is None:
+            await self._start(config, naming)
+        else:
+            assert self.resolver is not None and self.public is not None
+            assert self.health is not None
+            await self.proxy.update(naming)
+            self.resolver.naming = naming
+            self.public.update(naming)
+            self.health.update(naming)
+        self.config, self.naming = config, naming
+
+    async def _start(self, config: ServingConfig, naming: NamingModel) -> None:
+        lst = self.listen
+        self.core = core = ProxyCore(self.registry, config.proxy)
+        host = self._host(lst.bind, config.address)
+        self.proxy = ServiceConnectProxy(naming, self.registry, host, engine=core)
+        self.public = PublicEndpoint(
+            naming,
+            self.registry,
+            self._host(lst.public_host, config.address),
+            lst.public_port,
+            engine=core,
+        )
+        self.resolver = MeshResolver(naming, self.registry, config.address)
+        self.dns = DnsServer(self.resolver, host, lst.dns_port)
+        self.health = HttpHealthChecker(naming, self.registry)
+        self.config, self.naming = config, naming
+        # Serve before new replicas start, so their first lookups already work.
+        for part in (self.dns, self.proxy, self.public):
+            await part.start()
+            self._stack.push_async_callback(part.stop)
+        if self.public.rules:
+            self.public_port = self.public.bound
+        await self._start_admin(core, config.address)
+        log.info(
+            "serving %s/%s: DNS %s:%d, Service Connect endpoints %s, admin port %d",
+            config.project,
+            config.spec.env,
+            config.address,
+            self.dns.port,
+            ", ".join(f"{e.address}={e.vip} ({e.protocol})" for e in naming.sc_endpoints) or "none",
+            self.admin_port,
+        )
+        self.serving.set()
+
+    @staticmethod
+    def _host(configured: str, address: str) -> str:
+        """Its own address for a wildcard: the VIPs then answer nothing else.
+
+        Bound to 0.0.0.0, DNS, admin and public ports would also answer on
+        every endpoint address; ECS refuses a connection to an endpoint on any
+        port but its own.
+        """
+        return address if configured == "0.0.0.0" and address else configured
+
+    async def stop(self) -> None:
+        await self._stack.aclose()
+
+    # -- the link -----------------------------------------------------------------------
+
+    async def handle_link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One controller connection; a newer one replaces it (a restarted controller)."""
+        if self._writer is not None:
+            self._writer.close()
+        self._writer = writer
+        unsubscribe = self.registry.subscribe(lambda _b, _a: self._served_changed())
+        log.info("controller connected")
+        try:
+            await self._send_served()
+            while True:
+                message = await receive(reader)
+                try:
+                    await self._on_message(message, writer)
+                except (KeyError, ValueError, TypeError) as exc:  # a malformed message: skip it
+                    log.warning("ignoring a malformed %r message: %r", message.get("t"), exc)
+        except (LinkClosed, ConnectionError) as exc:
+            log.info("controller link closed (%s): serving the last replica set", exc)
+        finally:
+            unsubscribe()
+            if self._writer is writer:
+                self._writer = None
+            writer.close()
+
+    async def _on_message(self, message: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        kind = message.get("t")
+        if kind == "config":
+            error: str | None = None
+            try:
+                await self.configure(ServingConfig.from_jsonable(message["config"]))
+            except MeshlocalError as exc:
+                error = exc.render()
+            except (KeyError, ValueError, TypeError) as exc:
+                error = f"bad configuration: {exc!r}"
+            except OSError as exc:  # a listener that cannot bind
+                error = f"the data plane cannot listen: {exc}"
+            await send(
+                writer,
+                {
+                    "t": "ack",
+                    "id": message.get("id"),
+                    "error": error,
+                    "admin_port": self.admin_port,
+                    "public_port": self.public_port if self.public and self.public.rules else None,
+                },
+            )
+        elif kind == "replicas":
+            self.mirror.apply(replica_from_json(r) for r in message.get("replicas") or [])
+            if not self._started_health and self.health is not None:
+                # After the first set: replicas that already ran are adopted as they
+                # are (not probed out of rotation), as a restarted agent did.
+                self._started_health = True
+                await self.health.start()
+                self._stack.push_async_callback(self.health.stop)
+        elif kind == "status":
+            status = message.get("status")
+            if isinstance(status, dict):
+                self.status = status
+            if message.get("id") is not None:  # the controller waits: a command's barrier
+                await send(writer, {"t": "ack", "id": message.get("id"), "error": None})
+
+    def _served_changed(self) -> None:
+        if not self._served_dirty:
+            self._served_dirty = True
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._send_served()))
+
+    async def _send_served(self) -> None:
+        self._served_dirty = False
+        writer = self._writer
+        if writer is None:
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await send(writer, {"t": "served", "replicas": served_to_json(self.registry.all())})
+
+    # -- admin API ----------------------------------------------------------------------
+
+    async def _start_admin(self, core: ProxyCore, address: str) -> None:
+        app = admin_app(core.metrics)
+        app.middlewares.append(self._admin_guard)
+        app.router.add_get(f"/{API_VERSION}/state", self._state)
+        app.router.add_get("/healthz", self._healthz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host(self.listen.admin_host, address), self.admin_port)
+        await site.start()
+        self._stack.push_async_callback(runner.cleanup)
+        server: Any = site._server
+        self.admin_port = server.sockets[0].getsockname()[1]
+
+    @web.middleware
+    async def _admin_guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        # In container mode the admin port listens on the environment's network,
+        # where every replica could reach it. Only the host may: via the
+        # published 127.0.0.1 port its requests arrive from the network's gateway.
+        # It changes nothing any more (scale and apply go to the controller).
+        gateway = self.config.gateway if self.config else None
+        if not admin_peer_allowed(request.remote, gateway):
+            return web.json_response(
+                {"error": "the admin API answers only the host (its published 127.0.0.1 port)"},
+                status=403,
+            )
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "controller": self._writer is not None})
+
+    def state(self) -> dict[str, Any]:
+        """The controller's status, with what only the data plane knows filled in."""
+        doc = dict(self.status)
+        doc["dns_port"] = self.dns.port if self.dns else None
+        public = self.public
+        doc["public_port"] = self.public_port if public and public.rules else None
+        doc["public_rules"] = [[p, s] for p, s in public.rules] if public else []
+        doc["controller_connected"] = self._writer is not None
+        balancer = self.proxy.balancer if self.proxy else None
+        services = {}
+        for name, svc in (doc.get("services") or {}).items():
+            svc = dict(svc)
+            rows = []
+            for row in svc.get("replicas") or []:
+                row = dict(row)
+                live = self.registry.get(str(row.get("container_id")))
+                if live is not None:
+                    row["health"] = live.health.value
+                    row["draining"] = live.draining
+                    row["in_rotation"] = live.in_rotation
+                    row["ejected_by"] = balancer.ejected_for(live) if balancer else []
+                else:
+                    row["in_rotation"] = False
+                    row["ejected_by"] = []
+                rows.append(row)
+            svc["replicas"] = rows
+            services[name] = svc
+        doc["services"] = services
+        return doc
+
+    async def _state(self, _: web.Request) -> web.Response:
+        return web.json_response(self.state())
+
+
+def admin_peer_allowed(peer: str | None, gateway: str | None) -> bool:
+    """Loopback, or the network's gateway (the host, through a published port)."""
+    if not peer:
+        return False
+    try:
+        address = ipaddress.ip_address(peer.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_loopback:
+        return True
+    return gateway is not None and str(address) == gateway
+
+
+# -- running it -----------------------------------------------------------------------
+
+
+def peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+async def serve(
+    listen: Listen,
+    *,
+    socket_path: str | None = None,
+    link_fd: int | None = None,
+    on_started: Callable[[DataPlane], None] | None = None,
+) -> None:
+    """The data plane's main: until SIGTERM, or (host mode) until its controller is gone."""
+    plane = DataPlane(listen)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    server: asyncio.AbstractServer | None = None
+    try:
+        if socket_path is not None:
+
+            async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                sock = writer.get_extra_info("socket")
+                # Only the controller (root) mounts the volume; anyone else is refused.
+                if sock is None or peer_uid(sock) != 0:
+                    writer.close()
+                    return
+                await plane.handle_link(reader, writer)
+
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(socket_path)  # left by the previous run of this container
+            server = await asyncio.start_unix_server(accept, path=socket_path, limit=LINE_LIMIT)
+            log.info("waiting for the controller on %s", socket_path)
+        if link_fd is not None:
+            sock = socket.socket(fileno=link_fd)
+            reader, writer = await asyncio.open_connection(sock=sock, limit=LINE_LIMIT)
+
+            async def single() -> None:
+                await plane.handle_link(reader, writer)
+                stop.set()  # host mode: its controller is its parent; without it, nothing
+
+            link_task = asyncio.create_task(single())
+            plane._stack.callback(link_task.cancel)
+        if on_started is not None:
+            await plane.serving.wait()
+            on_started(plane)
+        await stop.wait()
+    finally:
+        if server is not None:
+            server.close()
+        await plane.stop()
