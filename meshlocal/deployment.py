@@ -319,10 +319,22 @@ class Deployment:
         if info is None:
             raise DataPlaneError("the data-plane container vanished after start")
         plane = replace(self._dataplane_from(info), controller_id=ctl_id)
-        if not ctl_started:
+        if not ctl_started and not self._runs_already(plane, config):
             progress("data plane already running: applying the new configuration")
             self.control(plane, "apply", json.loads(config.to_json()), 60.0)
         return plane
+
+    def _runs_already(self, plane: DataPlane, config: AgentConfig) -> bool:
+        """The running mesh has exactly this configuration, converged, with no error."""
+        try:
+            state = admin_call(plane.admin_url, "/v1/state", timeout=5.0)
+        except MeshlocalError:
+            return False
+        return bool(
+            state.get("config_digest") == config.digest()
+            and state.get("ready")
+            and not state.get("error")
+        )
 
     def _replicas_dns(self, network: NetworkInfo) -> str | None:
         """The DNS server the running replicas were created with, if on `network`."""

@@ -22,7 +22,8 @@ import os
 import signal
 import socket
 import struct
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,6 +34,7 @@ from meshlocal.dns.server import DnsServer
 from meshlocal.errors import MeshlocalError
 from meshlocal.link import (
     LINE_LIMIT,
+    LINK_SOCKET,
     LinkClosed,
     Mirror,
     ServingConfig,
@@ -374,3 +376,46 @@ async def serve(
         if server is not None:
             server.close()
         await plane.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m meshlocal.serving`: the data plane's process.
+
+    Not a CLI command: it imports neither the Docker SDK nor the CLI, so the
+    process replicas talk to has no engine client even in memory (and half
+    the footprint).
+    """
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m meshlocal.serving")
+    parser.add_argument("--listen", default="{}", help="where to listen, as JSON")
+    parser.add_argument("--socket", default=None, help="container mode: the link socket")
+    parser.add_argument("--link-fd", type=int, default=None, help="host mode: the link")
+    parser.add_argument("--drop-privileges", action="store_true", help="become nobody first")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout
+    )
+    listen = Listen(**json.loads(args.listen))
+    runner: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        runner = uvloop.run
+    if args.drop_privileges:
+        # Everything it runs is imported by now: nothing it reads later needs root.
+        import encodings.idna  # noqa: F401  (imported lazily by name handling)
+
+        from meshlocal.privileges import drop_to_nobody
+
+        drop_to_nobody()
+    socket_path = args.socket
+    if socket_path is None and args.link_fd is None:
+        socket_path = LINK_SOCKET
+    with contextlib.suppress(KeyboardInterrupt):
+        runner(serve(listen, socket_path=socket_path, link_fd=args.link_fd))
+
+
+if __name__ == "__main__":
+    main()

@@ -15,7 +15,8 @@ measures, all on the same machine and engine:
   keep-alive connection per worker, 8 workers, for `--seconds`; requests/s;
 - a data plane killed (SIGKILL of its process: Docker restarts it) until DNS
   answers again with every api replica, and until `ps` says ready;
-- memory of the mesh's own containers (`docker stats`).
+- memory of the mesh's own containers (`docker stats`): the agent before;
+  the data plane plus the controller after.
 
 The version under test is chosen by PYTHONPATH (the `before` tree, or this
 one); the data-plane image each builds holds that version's files.
@@ -176,6 +177,7 @@ def one(tree: Path, label: str, seconds: float, client: docker.DockerClient) -> 
         result["up_again_s"], _ = cli(tree, ws, "up", "-d")
         doc = state(tree, ws)
         project, address = doc["project"], doc["address"]
+        result["image"] = client.containers.get(f"{project}-test-meshlocal").image.id
         time.sleep(1.0)
         result["memory_mib"] = round(mesh_memory(client, project), 1)
         result["dns_qps"] = round(dns_rate(address, "api.test.kudos.local", seconds))
@@ -205,17 +207,26 @@ def main() -> None:
     args = parser.parse_args()
     client = docker.from_env()
     trees = {"before": args.before.resolve(), "after": ROOT}
-    # Warm: images built for both versions before anything is timed.
+    # Warm: images built for both versions before anything is timed. Each
+    # version's `up` prunes other data-plane images not in use: a stopped
+    # container of each keeps both, so no timed `up` rebuilds one.
+    holders = []
     for label, tree in trees.items():
         print(f"warming {label}", flush=True)
-        one(tree, label, 0.5, client)
+        image = one(tree, label, 0.5, client)["image"]
+        holders.append(client.containers.create(image, entrypoint=["true"], command=[]))
     runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
-    for round_ in range(args.rounds):
-        order = ["before", "after"] if round_ % 2 == 0 else ["after", "before"]
-        for label in order:
-            got = one(trees[label], label, args.seconds, client)
-            runs[label].append(got)
-            print(label, json.dumps(got), flush=True)
+    try:
+        for round_ in range(args.rounds):
+            order = ["before", "after"] if round_ % 2 == 0 else ["after", "before"]
+            for label in order:
+                got = one(trees[label], label, args.seconds, client)
+                got.pop("image")
+                runs[label].append(got)
+                print(label, json.dumps(got), flush=True)
+    finally:
+        for holder in holders:
+            holder.remove(force=True)
     summary = {
         label: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
         for label, rows in runs.items()

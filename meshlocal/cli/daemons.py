@@ -1,14 +1,13 @@
 """The mesh's own processes, started by `up`: the controller and the data plane.
 
-Hidden commands: `agent` runs the controller (the Docker socket, no
-listener), `dataplane` the part replicas talk to (no engine access,
-unprivileged). See docs/concepts.md, "Trust boundary".
+Hidden: `agent` runs the controller (the Docker socket, no listener). The
+data plane, the part replicas talk to, is `python -m meshlocal.serving`: no
+CLI, no Docker SDK (docs/concepts.md, "Trust boundary").
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -86,32 +85,3 @@ def agent(config_file: Path | None, admin_file: Path | None, control_socket: Pat
             on_started=started,
         )
     )
-
-
-@cli.command(hidden=True)
-@click.option("--listen", "listen_json", default="{}", help="Where to listen, as JSON.")
-@click.option("--socket", "socket_path", default=None, help="Container mode: the link socket.")
-@click.option("--link-fd", type=int, default=None, help="Host mode: the link to its controller.")
-@click.option("--drop-privileges", is_flag=True, help="Host mode: become nobody first.")
-def dataplane(
-    listen_json: str, socket_path: str | None, link_fd: int | None, drop_privileges: bool
-) -> None:
-    """Run the data plane: DNS, proxies, health probes, admin API (used by `up`)."""
-    from meshlocal.link import LINK_SOCKET
-    from meshlocal.serving import Listen, serve
-
-    _logging()
-    listen = Listen(**json.loads(listen_json))
-    with contextlib.suppress(ImportError):
-        import uvloop  # noqa: F401  (imported now: after the drop, nothing more is read)
-    if drop_privileges:
-        # Everything it will run is imported by now: nothing later reads files
-        # as root, and nothing it reads later needs root.
-        import encodings.idna  # noqa: F401  (imported lazily by name handling)
-
-        from meshlocal.privileges import drop_to_nobody
-
-        drop_to_nobody()
-    if socket_path is None and link_fd is None:
-        socket_path = LINK_SOCKET
-    _run(serve(listen, socket_path=socket_path, link_fd=link_fd))
