@@ -182,6 +182,7 @@ class Controller:
         self._next_id = 0
         self._push_pending = False
         self._vips_in: str | None = None  # data-plane container start the VIPs were put in
+        self._vips_lock = asyncio.Lock()
 
     # -- lifecycle --------------------------------------------------------
 
@@ -192,7 +193,16 @@ class Controller:
         self._vip_block = vip_block(
             self.network.subnet or "", self.network.ip_range, self.network.gateway
         )
-        cfg = self.config = await self._with_vips(cfg, cfg.vips)
+        early: asyncio.Task[None] | None = None
+        if cfg.mode == "container" and cfg.helper_image is not None:
+            # The helper that puts the addresses in runs while the rest starts.
+            names = NamingModel(cfg.spec).endpoint_names
+            vips = allocate(names, self._vip_block, cfg.vips)
+            cfg = self.config = dataclasses.replace(cfg, vips=vips)
+            early = asyncio.create_task(self._follow_dataplane())
+            self._stack.push_async_callback(_cancelled, early)
+        else:
+            cfg = self.config = await self._with_vips(cfg, cfg.vips)
         # Host mode puts them on the host's bridge: they must not outlive the controller.
         self._stack.push_async_callback(self._release_vips)
         self.naming = NamingModel(cfg.spec, cfg.vips)
@@ -223,6 +233,8 @@ class Controller:
             await asyncio.wait_for(self.linked.wait(), LINK_WAIT_S)
         if not self.linked.is_set():
             log.warning("the data plane has not connected yet: starting replicas anyway")
+        if early is not None:
+            await early  # endpoint addresses in place before any client starts
         self._stack.callback(self._cancel_apply)
         self._schedule_apply(cfg.desired)
 
@@ -269,8 +281,26 @@ class Controller:
         names = NamingModel(config.spec).endpoint_names
         vips = allocate(names, self._vip_block, previous)
         gone = [a for n, a in previous.items() if vips.get(n) != a]
-        await self._put_vips(sorted(vips.values()), gone, config)
+        async with self._vips_lock:
+            await self._put_vips(sorted(vips.values()), gone, config)
         return dataclasses.replace(config, vips=vips)
+
+    async def _follow_dataplane(self) -> None:
+        """Container mode: the addresses into the data plane's namespace, once per start of it.
+
+        A data plane (re)started has a new namespace without them; it listens
+        on them already (ip_nonlocal_bind), so names answer meanwhile.
+        """
+        if self.config.mode != "container" or self.config.helper_image is None:
+            return
+        async with self._vips_lock:
+            plane = await asyncio.to_thread(self._dataplane_started)
+            if plane is None or plane[1] == self._vips_in:
+                return
+            try:
+                await self._put_vips(sorted(self.config.vips.values()), [], self.config)
+            except MeshlocalError as exc:  # names still answer; endpoints wait
+                log.error("%s", exc.render())
 
     async def _put_vips(self, add: list[str], remove: list[str], config: AgentConfig) -> None:
         if config.mode == "host" or config.helper_image is None:
@@ -439,16 +469,8 @@ class Controller:
                     self.linked.set()
                 raise
             self._push_now()  # DNS answers from here on
-            if self.config.mode == "container":
-                plane = await asyncio.to_thread(self._dataplane_started)
-                if plane is not None and plane[1] != self._vips_in:
-                    # A data plane (re)started: a new namespace, without the addresses
-                    # (it listens on them already: ip_nonlocal_bind).
-                    try:
-                        await self._put_vips(sorted(self.config.vips.values()), [], self.config)
-                    except MeshlocalError as exc:  # names still answer; endpoints wait
-                        log.error("%s", exc.render())
             self.linked.set()
+            await self._follow_dataplane()
             log.info("data plane linked (admin port %s)", self.admin_port)
             await reading
         except (LinkClosed, ConnectionError) as exc:
