@@ -181,6 +181,7 @@ class Controller:
         self._acks: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next_id = 0
         self._push_pending = False
+        self._sent: dict[str, bytes] = {}  # the last line of each kind sent on this link
         self._vips_in: str | None = None  # data-plane container start the VIPs were put in
         self._vips_lock = asyncio.Lock()
 
@@ -460,6 +461,7 @@ class Controller:
     async def _run_link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         reading = asyncio.create_task(self._read_link(reader))
         self._writer = writer
+        self._sent.clear()  # a new data plane knows nothing yet
         try:
             try:
                 await self._send_config(self.config)
@@ -553,10 +555,14 @@ class Controller:
             {"t": "replicas", "replicas": replicas},
             {"t": "status", "status": self.state()},
         ):
-            writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+            line = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+            if self._sent.get(str(message["t"])) != line:
+                self._sent[str(message["t"])] = line
+                writer.write(line)
 
     async def _tick(self) -> None:
-        # Back-off countdowns and queued starts change with time, not events.
+        # Back-off countdowns and queued starts change with time, not events;
+        # what did not change since the last push is not sent again.
         while True:
             await asyncio.sleep(STATUS_EVERY_S)
             self._schedule_push()
