@@ -18,12 +18,14 @@ import contextlib
 import json
 import os
 import socket
+import stat
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from meshlocal.errors import DataPlaneError, MeshlocalError, RuntimeFailure
 from meshlocal.runtime.engine import Engine
+from meshlocal.serving import peer_uid
 
 CONTAINER_SOCKET = "/run/meshlocal/control.sock"
 REQUEST_ENV = "MESHLOCAL_REQUEST"
@@ -77,10 +79,12 @@ async def serve(path: str, handler: Handler) -> asyncio.AbstractServer:
 
     folder = os.path.dirname(path)
     os.makedirs(folder, mode=0o700, exist_ok=True)
-    if os.stat(folder).st_uid != os.geteuid():
-        # Someone else's directory (a shared /tmp) could swap the socket for theirs.
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        # Someone else's directory, or a link to one (a shared /tmp), could
+        # swap the socket for theirs.
         raise DataPlaneError(
-            f"{folder} belongs to another user: the controller will not listen there",
+            f"{folder} is not a directory of this user: the controller will not listen there",
             hint="remove it, or set XDG_STATE_HOME to a directory of your own",
         )
     with contextlib.suppress(FileNotFoundError):
@@ -112,6 +116,8 @@ def call_socket(path: str, op: str, body: Any = None, timeout: float = 120.0) ->
         with socket.socket(socket.AF_UNIX) as sock:
             sock.settimeout(timeout)
             sock.connect(path)
+            if peer_uid(sock) not in (0, os.geteuid()):
+                raise OSError(f"{path} is served by another user")
             sock.sendall(request)
             buf = b""
             while not buf.endswith(b"\n"):

@@ -325,16 +325,23 @@ class Deployment:
         return plane
 
     def _runs_already(self, plane: DataPlane, config: AgentConfig) -> bool:
-        """The running mesh has exactly this configuration, converged, with no error."""
+        """The controller runs exactly this configuration, converged, with no error.
+
+        The configuration is read from the controller's own state file through
+        the engine: what the data plane says never decides what runs.
+        """
+        if plane.controller_id is None:
+            return False
+        from meshlocal.undo import _read_container_file
+
+        running = _read_container_file(self.engine, plane.controller_id, CONTAINER_STATE_FILE)
+        if running != config.to_json():
+            return False
         try:
             state = admin_call(plane.admin_url, "/v1/state", timeout=5.0)
         except MeshlocalError:
             return False
-        return bool(
-            state.get("config_digest") == config.digest()
-            and state.get("ready")
-            and not state.get("error")
-        )
+        return bool(state.get("ready") and not state.get("error"))
 
     def _replicas_dns(self, network: NetworkInfo) -> str | None:
         """The DNS server the running replicas were created with, if on `network`."""
@@ -410,6 +417,7 @@ class Deployment:
                 os.kill(pid, signal.SIGKILL)
         pid_file.unlink(missing_ok=True)
         self._state_file(".admin").unlink(missing_ok=True)
+        self.control_path().unlink(missing_ok=True)  # left by a controller SIGKILLed
         return True
 
     def control_path(self) -> Path:

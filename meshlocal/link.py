@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from meshlocal.manifest.codec import from_jsonable, to_jsonable
-from meshlocal.manifest.model import EnvironmentSpec
+from meshlocal.manifest.model import EnvironmentSpec, Service
 from meshlocal.proxy.settings import ProxySettings
 from meshlocal.registry import Health, Replica, ReplicaRegistry
 
@@ -75,6 +75,31 @@ class ServingConfig:
             vips={str(k): str(v) for k, v in dict(raw.get("vips") or {}).items()},
             proxy=proxy,
         )
+
+
+def serving_spec(spec: EnvironmentSpec) -> EnvironmentSpec:
+    """The spec without what the data plane has no use for: variables, secrets, builds.
+
+    Names, ports, health checks and Service Connect settings are all it serves from.
+    """
+
+    def strip(svc: Service) -> Service:
+        sidecars = tuple(
+            replace(sc, variables={}, secrets={}, build=None, command=None, entrypoint=None)
+            for sc in svc.sidecars
+        )
+        return replace(
+            svc,
+            variables={},
+            secrets={},
+            env_file=None,
+            build=None,
+            command=None,
+            entrypoint=None,
+            sidecars=sidecars,
+        )
+
+    return replace(spec, services=tuple(strip(s) for s in spec.services))
 
 
 def replica_to_json(r: Replica) -> dict[str, Any]:
@@ -177,9 +202,20 @@ def parse_served(items: Iterable[Any]) -> dict[str, tuple[Health, bool]]:
 # -- framing -----------------------------------------------------------------------
 
 
-async def send(writer: asyncio.StreamWriter, message: Mapping[str, Any]) -> None:
+SEND_TIMEOUT_S = 30.0
+MAX_BACKLOG = 16 * 1024 * 1024  # unsent bytes a peer may leave: more, and the link is dropped
+
+
+async def send(
+    writer: asyncio.StreamWriter, message: Mapping[str, Any], timeout: float = SEND_TIMEOUT_S
+) -> None:
+    """One message; a peer that stops reading fails it (LinkClosed), never hangs it."""
     writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
-    await writer.drain()
+    try:
+        await asyncio.wait_for(writer.drain(), timeout)
+    except TimeoutError:
+        writer.close()
+        raise LinkClosed("the peer stopped reading") from None
 
 
 async def receive(reader: asyncio.StreamReader) -> dict[str, Any]:
@@ -191,8 +227,8 @@ async def receive(reader: asyncio.StreamReader) -> dict[str, Any]:
         raise LinkClosed("end of stream")
     try:
         message = json.loads(line)
-    except ValueError as exc:
-        raise LinkClosed(f"not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # the peer may be hostile: never more
+        raise LinkClosed(f"not JSON: {exc!r}") from exc
     if not isinstance(message, dict):
         raise LinkClosed("not a JSON object")
     return message

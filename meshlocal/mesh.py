@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from meshlocal import control
 from meshlocal.control import CONTAINER_SOCKET as CONTROL_SOCKET
@@ -38,12 +38,14 @@ from meshlocal.errors import DataPlaneError, MeshlocalError, RuntimeFailure
 from meshlocal.link import (
     LINE_LIMIT,
     LINK_SOCKET,
+    MAX_BACKLOG,
     LinkClosed,
     ServingConfig,
     parse_served,
     receive,
     replica_to_json,
     send,
+    serving_spec,
     serving_view,
 )
 from meshlocal.manifest.codec import from_jsonable, to_jsonable
@@ -57,12 +59,18 @@ from meshlocal.runtime.backoff import Crash
 from meshlocal.runtime.engine import ContainerSpec, Engine, NetworkInfo
 from meshlocal.runtime.reconcile import DesiredService, desired_from_json, desired_to_json
 from meshlocal.runtime.replicas import Reconciler
-from meshlocal.serving import ADMIN_PORT, API_VERSION, PUBLIC_PORT, Listen, admin_peer_allowed
+from meshlocal.serving import (
+    ADMIN_PORT,
+    API_VERSION,
+    PUBLIC_PORT,
+    Listen,
+    Mode,
+    admin_peer_allowed,
+    peer_uid,
+)
 from meshlocal.vips import allocate, vip_block
 
 log = logging.getLogger("meshlocal.controller")
-
-Mode = Literal["container", "host"]
 
 __all__ = [
     "ADMIN_PORT",
@@ -73,6 +81,7 @@ __all__ = [
     "admin_peer_allowed",
 ]
 
+DATAPLANE_UID = 65534  # runtime/dataplane.py runs it so
 LINK_WAIT_S = 30.0  # the data plane's first connection, before replicas start
 ACK_TIMEOUT_S = 30.0
 STATUS_EVERY_S = 0.5
@@ -396,11 +405,16 @@ class Controller:
                     reader, writer = await asyncio.open_unix_connection(
                         LINK_SOCKET, limit=LINE_LIMIT
                     )
+                    if not _is_dataplane(writer):
+                        writer.close()
+                        raise DataPlaneError(f"{LINK_SOCKET} is not the data plane's socket")
                     await self._run_link(reader, writer)
             except OSError:
                 pass  # not there yet, or restarting
             except DataPlaneError as exc:
                 log.error("%s", exc.render())
+            except Exception:  # whatever the data plane did, keep reconnecting
+                log.exception("data plane link failed")
             if time.monotonic() - started > 10:
                 lost_at = time.monotonic()
             # A restarting data plane is back within a second or two: look often
@@ -426,6 +440,7 @@ class Controller:
                 pass_fds=(theirs.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
                 cwd="/",  # `-m` puts the cwd first on sys.path; `nobody` may not read it
+                env=_child_environment(),
             )
             theirs.close()
             reader, writer = await asyncio.open_connection(sock=ours.dup(), limit=LINE_LIMIT)
@@ -516,7 +531,7 @@ class Controller:
         self._acks[ident] = fut
         serving = ServingConfig(
             project=config.project,
-            spec=config.spec,
+            spec=serving_spec(config.spec),
             address=self.address,
             gateway=self.network.gateway,
             vips=config.vips,
@@ -550,6 +565,10 @@ class Controller:
         writer = self._writer
         if writer is None or writer.is_closing():
             return
+        if writer.transport.get_write_buffer_size() > MAX_BACKLOG:
+            log.warning("the data plane stopped reading: dropping the link")
+            writer.close()
+            return
         replicas = [replica_to_json(r) for r in self.registry.all()]
         for message in (
             {"t": "replicas", "replicas": replicas},
@@ -563,9 +582,13 @@ class Controller:
     async def _tick(self) -> None:
         # Back-off countdowns and queued starts change with time, not events;
         # what did not change since the last push is not sent again.
+        ticks = 0
         while True:
             await asyncio.sleep(STATUS_EVERY_S)
             self._schedule_push()
+            ticks += 1
+            if ticks % 20 == 0 and self._writer is not None:
+                await self._follow_dataplane()  # a helper that failed is tried again
 
     # -- commands (control.py) ---------------------------------------------------------
 
@@ -583,6 +606,7 @@ class Controller:
         ident = self._next_id
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._acks[ident] = fut
+        self._sent.pop("status", None)  # sent below, outside the de-duplication
         with contextlib.suppress(LinkClosed, ConnectionError, TimeoutError):
             await send(writer, {"t": "status", "id": ident, "status": self.state()})
             await asyncio.wait_for(fut, ACK_TIMEOUT_S)
@@ -707,6 +731,25 @@ class Controller:
             "vip": ep.vip,
             "protocol": ep.protocol.value,
         }
+
+
+def _child_environment() -> dict[str, str]:
+    """What the host-mode data plane inherits: how to run Python, nothing else.
+
+    No credentials, no DOCKER_HOST, no AWS_*: it runs as nobody and faces replicas.
+    """
+    keep = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "TZ")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _is_dataplane(writer: asyncio.StreamWriter) -> bool:
+    """The link socket's listener runs as the data plane's user (a volume it owns)."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return False
+    return peer_uid(sock) == DATAPLANE_UID
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:

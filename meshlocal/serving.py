@@ -94,6 +94,7 @@ class DataPlane:
         self._writer: asyncio.StreamWriter | None = None
         self._served_dirty = False
         self._started_health = False
+        self._configuring = asyncio.Lock()
 
     # -- what the controller sends ------------------------------------------------------
 
@@ -103,6 +104,10 @@ class DataPlane:
         The steps that can fail (listeners) come first, so a failure leaves
         the running configuration in charge.
         """
+        async with self._configuring:  # one at a time, whichever link sent it
+            await self._configure(config)
+
+    async def _configure(self, config: ServingConfig) -> None:
         naming = NamingModel(config.spec, config.vips)
         if self.proxy is None:
             await self._start(config, naming)
@@ -116,28 +121,38 @@ class DataPlane:
         self.config, self.naming = config, naming
 
     async def _start(self, config: ServingConfig, naming: NamingModel) -> None:
+        """Every listener, or none: a failure stops what started, for a clean retry."""
         lst = self.listen
-        self.core = core = ProxyCore(self.registry, config.proxy)
+        core = ProxyCore(self.registry, config.proxy)
         host = self._host(lst.bind, config.address)
-        self.proxy = ServiceConnectProxy(naming, self.registry, host, engine=core)
-        self.public = PublicEndpoint(
+        proxy = ServiceConnectProxy(naming, self.registry, host, engine=core)
+        public = PublicEndpoint(
             naming,
             self.registry,
             self._host(lst.public_host, config.address),
             lst.public_port,
             engine=core,
         )
-        self.resolver = MeshResolver(naming, self.registry, config.address)
-        self.dns = DnsServer(self.resolver, host, lst.dns_port)
+        resolver = MeshResolver(naming, self.registry, config.address)
+        dns = DnsServer(resolver, host, lst.dns_port)
+        async with contextlib.AsyncExitStack() as started:
+            for part in (dns, proxy, public):
+                await part.start()
+                started.push_async_callback(part.stop)
+            admin = await self._start_admin(core, config.address)
+            started.push_async_callback(admin.cleanup)
+            self._stack.push_async_exit(started.pop_all())
+        self.core, self.proxy, self.public, self.resolver, self.dns = (
+            core,
+            proxy,
+            public,
+            resolver,
+            dns,
+        )
         self.health = HttpHealthChecker(naming, self.registry)
         self.config, self.naming = config, naming
-        # Serve before new replicas start, so their first lookups already work.
-        for part in (self.dns, self.proxy, self.public):
-            await part.start()
-            self._stack.push_async_callback(part.stop)
-        if self.public.rules:
-            self.public_port = self.public.bound
-        await self._start_admin(core, config.address)
+        if public.rules:
+            self.public_port = public.bound
         log.info(
             "serving %s/%s: DNS %s:%d, Service Connect endpoints %s, admin port %d",
             config.project,
@@ -239,7 +254,7 @@ class DataPlane:
 
     # -- admin API ----------------------------------------------------------------------
 
-    async def _start_admin(self, core: ProxyCore, address: str) -> None:
+    async def _start_admin(self, core: ProxyCore, address: str) -> web.AppRunner:
         app = admin_app(core.metrics)
         app.middlewares.append(self._admin_guard)
         app.router.add_get(f"/{API_VERSION}/state", self._state)
@@ -247,10 +262,14 @@ class DataPlane:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self._host(self.listen.admin_host, address), self.admin_port)
-        await site.start()
-        self._stack.push_async_callback(runner.cleanup)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
         server: Any = site._server
         self.admin_port = server.sockets[0].getsockname()[1]
+        return runner
 
     @web.middleware
     async def _admin_guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -278,6 +297,9 @@ class DataPlane:
         doc["public_port"] = self.public_port if public and public.rules else None
         doc["public_rules"] = [[p, s] for p, s in public.rules] if public else []
         doc["controller_connected"] = self._writer is not None
+        if self._writer is None:
+            # Without its controller nothing converges, and this status may be old.
+            doc["ready"] = False
         balancer = self.proxy.balancer if self.proxy else None
         services = {}
         for name, svc in (doc.get("services") or {}).items():
@@ -296,6 +318,8 @@ class DataPlane:
                     row["ejected_by"] = []
                 rows.append(row)
             svc["replicas"] = rows
+            if self._writer is None:
+                svc["ready"] = False
             services[name] = svc
         doc["services"] = services
         return doc

@@ -202,6 +202,10 @@ def _restore_config(dep: Deployment, before: Snapshot, timeout: float = 30.0) ->
     the failed attempt had already rolled is rolled back.
     """
     if before.config is None:
+        # The data plane ran without a controller: one this attempt started goes.
+        for info in dep.engine.list_containers(dep.project, dep.env, role=L.Role.CONTROLLER):
+            if info.id not in before.containers:
+                dep.engine.remove(info.id)
         return
     if _running_config(dep)[1] == before.config:
         return  # the attempt failed before it changed anything (a build, --port)

@@ -167,10 +167,7 @@ def restart_recovery(
     return dns_back, ready_back
 
 
-def one(tree: Path, label: str, seconds: float, client: docker.DockerClient) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix=f"split-{label}-"))
-    ws = tmp / "kudos"
-    shutil.copytree(KUDOS, ws)
+def one(tree: Path, ws: Path, seconds: float, client: docker.DockerClient) -> dict[str, Any]:
     result: dict[str, Any] = {}
     try:
         result["up_cold_s"], _ = cli(tree, ws, "up", "-d")
@@ -195,7 +192,6 @@ def one(tree: Path, label: str, seconds: float, client: docker.DockerClient) -> 
             timeout=300,
             check=False,
         )
-        shutil.rmtree(tmp, ignore_errors=True)
     return result
 
 
@@ -210,23 +206,40 @@ def main() -> None:
     # Warm: images built for both versions before anything is timed. Each
     # version's `up` prunes other data-plane images not in use: a stopped
     # container of each keeps both, so no timed `up` rebuilds one.
+    # One copy of the workspace per version, kept across rounds: its service
+    # images are built once (a new copy is a new project, with images of its own).
+    tmp = Path(tempfile.mkdtemp(prefix="split-"))
+    spaces = {}
+    for label in trees:
+        spaces[label] = tmp / label / "kudos"
+        shutil.copytree(KUDOS, spaces[label])
     holders = []
     for label, tree in trees.items():
         print(f"warming {label}", flush=True)
-        image = one(tree, label, 0.5, client)["image"]
+        image = one(tree, spaces[label], 0.5, client)["image"]
         holders.append(client.containers.create(image, entrypoint=["true"], command=[]))
     runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
     try:
         for round_ in range(args.rounds):
             order = ["before", "after"] if round_ % 2 == 0 else ["after", "before"]
             for label in order:
-                got = one(trees[label], label, args.seconds, client)
+                got = one(trees[label], spaces[label], args.seconds, client)
                 got.pop("image")
                 runs[label].append(got)
                 print(label, json.dumps(got), flush=True)
     finally:
         for holder in holders:
             holder.remove(force=True)
+        for label, tree in trees.items():
+            subprocess.run(
+                [sys.executable, "-m", "meshlocal", "-C", str(spaces[label]), "down"],
+                env={**os.environ, "PYTHONPATH": str(tree)},
+                cwd="/",
+                capture_output=True,
+                timeout=300,
+                check=False,
+            )
+        shutil.rmtree(tmp, ignore_errors=True)
     summary = {
         label: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
         for label, rows in runs.items()
