@@ -297,24 +297,29 @@ class Deployment:
         )
         # Docker restarts a crashed data plane by itself (restart policy in
         # dataplane_spec); `up` brings back one stopped, killed or removed.
-        cid, _address, _started = ensure_dataplane(self.engine, spec)
-        # The controller is tied to this data plane (its address, its namespace):
-        # a new data plane gets a new controller; a kept one keeps it.
-        ctl = with_identity(
-            controller_spec(
-                self.engine,
-                project=self.project,
-                env=self.env,
-                image=image,
-                environment={},
-                workspace=self.workspace.root,
-            ),
-            image,
-            cid,
-        )
-        # The configuration is no part of its identity: a kept controller gets it hot.
-        ctl = replace(ctl, environment={**ctl.environment, CONFIG_ENV: config.to_json()})
-        ctl_id, ctl_started = ensure_controller(self.engine, ctl)
+        controller: list[tuple[str, bool]] = []
+
+        def start_controller(dataplane_id: str) -> None:
+            # Tied to this data plane (its address, its namespace): a new data
+            # plane gets a new controller, started while it starts; a kept one keeps it.
+            ctl = with_identity(
+                controller_spec(
+                    self.engine,
+                    project=self.project,
+                    env=self.env,
+                    image=image,
+                    environment={},
+                    workspace=self.workspace.root,
+                ),
+                image,
+                dataplane_id,
+            )
+            # The configuration is no part of its identity: a kept controller gets it hot.
+            ctl = replace(ctl, environment={**ctl.environment, CONFIG_ENV: config.to_json()})
+            controller.append(ensure_controller(self.engine, ctl))
+
+        cid, _address, _started = ensure_dataplane(self.engine, spec, start_controller)
+        ctl_id, ctl_started = controller[-1]
         info = self.engine.inspect(cid)
         if info is None:
             raise DataPlaneError("the data-plane container vanished after start")

@@ -243,8 +243,10 @@ class Controller:
             await asyncio.wait_for(self.linked.wait(), LINK_WAIT_S)
         if not self.linked.is_set():
             log.warning("the data plane has not connected yet: starting replicas anyway")
-        if early is not None:
-            await early  # endpoint addresses in place before any client starts
+        # The helper (`early`) may still be at work: a client that dials an
+        # endpoint address before it is in place sees its first SYN unanswered
+        # and resent (ARP resolves once the address is there), never a refusal,
+        # and a replica takes longer than the helper to start anyway.
         self._stack.callback(self._cancel_apply)
         self._schedule_apply(cfg.desired)
 

@@ -16,7 +16,8 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 from urllib.parse import urlparse
@@ -159,11 +160,15 @@ def ensure_controller(engine: Engine, spec: ContainerSpec) -> tuple[str, bool]:
     return engine.run_container(spec), True
 
 
-def ensure_dataplane(engine: Engine, spec: ContainerSpec) -> tuple[str, str, bool]:
+def ensure_dataplane(
+    engine: Engine, spec: ContainerSpec, created: Callable[[str], object] | None = None
+) -> tuple[str, str, bool]:
     """(container id, address on the network, started now?) of the data plane.
 
     A running data plane with the same config hash is kept, so its address stays.
-    Any other one is replaced.
+    Any other one is replaced. `created` is called with the id of a new one
+    while it starts, in another thread (its controller starts alongside), and
+    with the id of a kept one.
     """
     assert spec.network is not None
     for old in engine.list_containers(
@@ -171,15 +176,17 @@ def ensure_dataplane(engine: Engine, spec: ContainerSpec) -> tuple[str, str, boo
     ):
         same = old.config_hash == spec.labels.get(L.CONFIG_HASH)
         if same and old.running and old.address_on(spec.network):
+            if created is not None:
+                created(old.id)
             return old.id, old.address_on(spec.network) or "", False
         engine.remove(old.id)
     try:
-        cid = engine.run_container(spec)
+        cid = _start_alongside(engine, spec, created)
     except MeshlocalError:
         if spec.ipv4_address is None:
             raise
         # That address was taken meanwhile: any address (the replicas then roll).
-        cid = engine.run_container(replace(spec, ipv4_address=None))
+        cid = _start_alongside(engine, replace(spec, ipv4_address=None), created)
     info = engine.inspect(cid)
     address = info.address_on(spec.network) if info is not None else None
     if not address:
@@ -189,6 +196,32 @@ def ensure_dataplane(engine: Engine, spec: ContainerSpec) -> tuple[str, str, boo
             hint=f"its last output:\n{logs}" if logs else None,
         )
     return cid, address, True
+
+
+def _start_alongside(
+    engine: Engine, spec: ContainerSpec, created: Callable[[str], object] | None
+) -> str:
+    """Create and start; `created(id)` runs meanwhile in a thread, its error re-raised."""
+    cid = engine.create_container(spec)
+    if created is None:
+        try:
+            engine.start(cid)
+        except MeshlocalError:
+            engine.remove(cid)
+            raise
+        return cid
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        beside = pool.submit(created, cid)
+        try:
+            engine.start(cid)
+        except MeshlocalError:
+            engine.remove(cid)
+            raise
+        finally:
+            error = beside.exception()
+    if error is not None:
+        raise error
+    return cid
 
 
 def wait_for_log(engine: Engine, container_id: str, marker: str, timeout: float = 30.0) -> None:
