@@ -56,7 +56,7 @@ from meshlocal.registry import Health, Replica, ReplicaRegistry
 from meshlocal.runtime import labels as L
 from meshlocal.runtime import vipnet
 from meshlocal.runtime.backoff import Crash
-from meshlocal.runtime.engine import ContainerSpec, Engine, NetworkInfo
+from meshlocal.runtime.engine import ContainerEvent, ContainerSpec, Engine, NetworkInfo
 from meshlocal.runtime.reconcile import DesiredService, desired_from_json, desired_to_json
 from meshlocal.runtime.replicas import Reconciler
 from meshlocal.serving import (
@@ -193,6 +193,7 @@ class Controller:
         self._sent: dict[str, bytes] = {}  # the last line of each kind sent on this link
         self._vips_in: str | None = None  # data-plane container start the VIPs were put in
         self._vips_lock = asyncio.Lock()
+        self._helpers: set[asyncio.Task[None]] = set()
 
     # -- lifecycle --------------------------------------------------------
 
@@ -229,6 +230,8 @@ class Controller:
             view=self.view,
         )
         self.reconciler.sc_view = self.naming.endpoint_names
+        self.reconciler.on_other_event = self._on_own_event
+        self._stack.callback(lambda: [t.cancel() for t in self._helpers])
         # Adopt what already runs first (a restarted controller): the data plane
         # gets the whole set in its first snapshot.
         await self.reconciler.start()
@@ -296,6 +299,14 @@ class Controller:
         async with self._vips_lock:
             await self._put_vips(sorted(vips.values()), gone, config)
         return dataclasses.replace(config, vips=vips)
+
+    def _on_own_event(self, event: ContainerEvent) -> None:
+        # A data plane (re)started: its new namespace gets the addresses now,
+        # while its process is still starting, not once it has connected.
+        if event.role == L.Role.DATAPLANE.value and event.action == "start":
+            task = asyncio.create_task(self._follow_dataplane())
+            self._helpers.add(task)
+            task.add_done_callback(self._helpers.discard)
 
     async def _follow_dataplane(self) -> None:
         """Container mode: the addresses into the data plane's namespace, once per start of it.

@@ -131,6 +131,8 @@ class Reconciler:
         # Stamped on each new replica (a label, outside the config hash), so an
         # ECS-like snapshot survives data-plane restarts: None stamps nothing.
         self.sc_view: frozenset[str] | None = None
+        # Events of meshlocal's own containers (the data plane's), for whoever runs this.
+        self.on_other_event: Callable[[ContainerEvent], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -481,6 +483,8 @@ class Reconciler:
                 self._spawn(self._task_member_died(event))
             return
         if role != L.Role.REPLICA.value:
+            if self.on_other_event is not None:
+                self.on_other_event(event)
             return
         cid = event.container_id
         if event.action == "die" or event.action == "destroy":
