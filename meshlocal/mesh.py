@@ -491,6 +491,9 @@ class Controller:
         self._writer = writer
         self._sent.clear()  # a new data plane knows nothing yet
         try:
+            # The replica set first: a restarted data plane has it before it listens,
+            # so its first requests find replicas (a 503 otherwise).
+            self._push_now()
             try:
                 await self._send_config(self.config)
             except DataPlaneError as exc:
@@ -498,7 +501,6 @@ class Controller:
                     self.link_error = exc.render()
                     self.linked.set()
                 raise
-            self._push_now()  # DNS answers from here on
             self.linked.set()
             await self._follow_dataplane()
             log.info("data plane linked (admin port %s)", self.admin_port)

@@ -106,6 +106,13 @@ class DataPlane:
         """
         async with self._configuring:  # one at a time, whichever link sent it
             await self._configure(config)
+            if not self._started_health and self.health is not None:
+                # The controller sent the replica set before this first
+                # configuration: replicas that already ran are adopted as they
+                # are (not probed out of rotation); new ones are probed.
+                self._started_health = True
+                await self.health.start()
+                self._stack.push_async_callback(self.health.stop)
 
     async def _configure(self, config: ServingConfig) -> None:
         naming = NamingModel(config.spec, config.vips)
@@ -226,12 +233,6 @@ class DataPlane:
             )
         elif kind == "replicas":
             self.mirror.apply(replica_from_json(r) for r in message.get("replicas") or [])
-            if not self._started_health and self.health is not None:
-                # After the first set: replicas that already ran are adopted as they
-                # are (not probed out of rotation), as a restarted agent did.
-                self._started_health = True
-                await self.health.start()
-                self._stack.push_async_callback(self.health.stop)
         elif kind == "status":
             status = message.get("status")
             if isinstance(status, dict):
