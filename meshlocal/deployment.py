@@ -27,6 +27,7 @@ import docker.errors
 
 from meshlocal import control
 from meshlocal.adminapi import admin_call, remote_message
+from meshlocal.agentconfig import CONFIG_ENV, CONTAINER_STATE_FILE, AgentConfig
 from meshlocal.builds import build_images
 from meshlocal.errors import (
     DataPlaneDown,
@@ -40,7 +41,6 @@ from meshlocal.manifest import find_workspace, load_environment, read_env_file
 from meshlocal.manifest.diagnostics import ManifestErrors
 from meshlocal.manifest.model import EnvironmentSpec, Workspace
 from meshlocal.manifest.validate import over_replica_limit
-from meshlocal.mesh import ADMIN_PORT, CONFIG_ENV, CONTAINER_STATE_FILE, PUBLIC_PORT, AgentConfig
 from meshlocal.naming import NamingModel
 from meshlocal.proxy.app import public_rules
 from meshlocal.readiness import crash_failure, starting_replicas, timeout_failure
@@ -64,6 +64,7 @@ from meshlocal.runtime.engine import (
     Removed,
 )
 from meshlocal.runtime.reconcile import DesiredService, template_for
+from meshlocal.serving import ADMIN_PORT, PUBLIC_PORT
 from meshlocal.teardown import remove_images, teardown
 from meshlocal.vips import vip_block
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -26,13 +25,14 @@ import signal
 import socket
 import sys
 import time
-import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from meshlocal import control
+from meshlocal.agentconfig import (
+    AgentConfig,
+)
 from meshlocal.control import CONTAINER_SOCKET as CONTROL_SOCKET
 from meshlocal.errors import DataPlaneError, MeshlocalError, RuntimeFailure
 from meshlocal.link import (
@@ -48,26 +48,23 @@ from meshlocal.link import (
     serving_spec,
     serving_view,
 )
-from meshlocal.manifest.codec import from_jsonable, to_jsonable
-from meshlocal.manifest.model import EnvironmentSpec
 from meshlocal.naming import NamingModel
-from meshlocal.proxy.settings import ProxySettings
-from meshlocal.registry import Health, Replica, ReplicaRegistry
+from meshlocal.registry import Health, ReplicaRegistry
 from meshlocal.runtime import labels as L
 from meshlocal.runtime import vipnet
-from meshlocal.runtime.backoff import Crash
-from meshlocal.runtime.engine import ContainerEvent, ContainerSpec, Engine, NetworkInfo
-from meshlocal.runtime.reconcile import DesiredService, desired_from_json, desired_to_json
+from meshlocal.runtime.dataplane import vip_helper_spec
+from meshlocal.runtime.engine import ContainerEvent, Engine, NetworkInfo
+from meshlocal.runtime.reconcile import DesiredService
 from meshlocal.runtime.replicas import Reconciler
 from meshlocal.serving import (
     ADMIN_PORT,
     API_VERSION,
     PUBLIC_PORT,
     Listen,
-    Mode,
     admin_peer_allowed,
     peer_uid,
 )
+from meshlocal.status import status_document
 from meshlocal.vips import allocate, vip_block
 
 log = logging.getLogger("meshlocal.controller")
@@ -85,83 +82,6 @@ DATAPLANE_UID = 65534  # runtime/dataplane.py runs it so
 LINK_WAIT_S = 30.0  # the data plane's first connection, before replicas start
 ACK_TIMEOUT_S = 30.0
 STATUS_EVERY_S = 0.5
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    """Everything the agent needs, as JSON: it may run where the workspace isn't."""
-
-    project: str
-    spec: EnvironmentSpec
-    desired: Mapping[str, DesiredService]
-    mode: Mode = "container"
-    bind: str = "0.0.0.0"  # DNS and Service Connect listen here
-    advertise: str | None = None  # replicas' DNS and SC address; None: own network address
-    self_container: str | None = None  # container mode: the data plane's container
-    public_host: str = "0.0.0.0"
-    public_port: int = PUBLIC_PORT
-    admin_host: str = "0.0.0.0"
-    admin_port: int = ADMIN_PORT
-    dns_port: int = 53
-    proxy: ProxySettings = field(default_factory=ProxySettings)
-    # Holds a task's network namespace so sidecars can start before the main
-    # container (image.depends_on); any image with `sleep` will do.
-    pause_image: str | None = None
-    # Where an applied configuration is kept, so a restarted agent resumes it.
-    state_file: str | None = None
-    # Service Connect endpoint -> its address (VIP); filled in by the agent and
-    # kept in the state file, so an endpoint keeps its address across restarts.
-    vips: Mapping[str, str] = field(default_factory=dict)
-    # Container mode: the image of the one-shot helper that puts those
-    # addresses in the data plane's namespace (it needs NET_ADMIN; the data
-    # plane has no capability at all). Any image with busybox's `ip`.
-    helper_image: str | None = None
-
-    @property
-    def env(self) -> str:
-        return self.spec.env
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "project": self.project,
-                "spec": to_jsonable(self.spec),
-                "desired": json.loads(desired_to_json(self.desired)),
-                "mode": self.mode,
-                "bind": self.bind,
-                "advertise": self.advertise,
-                "self_container": self.self_container,
-                "public_host": self.public_host,
-                "public_port": self.public_port,
-                "admin_host": self.admin_host,
-                "admin_port": self.admin_port,
-                "dns_port": self.dns_port,
-                "proxy": to_jsonable(self.proxy),
-                "pause_image": self.pause_image,
-                "state_file": self.state_file,
-                "vips": dict(self.vips),
-                "helper_image": self.helper_image,
-            },
-            sort_keys=True,
-        )
-
-    def digest(self) -> str:
-        """Names this exact configuration: `up` sends none a running controller has."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
-
-    @classmethod
-    def from_json(cls, text: str) -> AgentConfig:
-        raw = json.loads(text)
-        proxy = from_jsonable(ProxySettings, raw.pop("proxy"))
-        proxy = ProxySettings(
-            **{**proxy.__dict__, "port_map": {int(k): v for k, v in proxy.port_map.items()}}
-        )
-        return cls(
-            spec=from_jsonable(EnvironmentSpec, raw.pop("spec")),
-            desired=desired_from_json(json.dumps(raw.pop("desired"))),
-            proxy=proxy,
-            **raw,
-        )
 
 
 class Controller:
@@ -659,93 +579,7 @@ class Controller:
 
     def state(self) -> dict[str, Any]:
         """What `ps`, `up -d` and the pytest plugin read (through the data plane)."""
-        rec = self.reconciler
-        services: dict[str, Any] = {}
-        restarting = rec.restarting() if rec else []
-        for svc in self.naming.services.values():
-            desired = rec.desired.get(svc.name) if rec else None
-            starting = [r for r in (rec.starting() if rec else []) if r.service == svc.name]
-            replicas = sorted(
-                [*self.registry.for_service(svc.name), *starting], key=lambda r: r.index
-            )
-            services[svc.name] = {
-                "type": svc.type.value,
-                "desired": desired.count if desired else 0,
-                "port": svc.target_port,
-                "discovery_name": (
-                    self.naming.sd_name(svc.name) if svc.name in self.naming.registered else None
-                ),
-                "connect_endpoints": [
-                    e.url for e in self.naming.sc_endpoints if e.service == svc.name
-                ],
-                "connect": self._endpoint_state(svc.name),
-                "shadowed_name": self.naming.shadowed_name(svc.name),
-                # Endpoints some replica of this client can't resolve: it started
-                # before they existed (replace it to see them, as on ECS).
-                "unresolved_endpoints": sorted(
-                    {
-                        e.name
-                        for r in replicas
-                        for e in self.naming.missing_from(svc.name, r.sc_view)
-                    }
-                ),
-                # Replicas neither running nor starting: queued, or backing off.
-                "not_started": rec.pending_starts(svc.name) if rec else 0,
-                "ready": bool(rec and self.applied.is_set() and rec.service_ready(svc.name)),
-                "restarting": [_crash_state(c) for c in restarting if c.service == svc.name],
-                "replicas": [self._replica_state(r) for r in replicas],
-            }
-        crashes = rec.crashes() if rec else []
-        return {
-            "project": self.config.project,
-            "app": self.naming.app,
-            "env": self.naming.env,
-            "mode": self.config.mode,
-            "address": self.address,
-            "config_digest": self.config.digest(),
-            "applied": self.applied.is_set(),
-            "ready": bool(rec and self.applied.is_set() and rec.all_ready()),
-            "error": self.apply_error.render() if self.apply_error else None,
-            "crashes": [
-                {
-                    "service": c.service,
-                    "index": c.index,
-                    "exit_code": c.exit_code,
-                    "count": c.count,
-                    "last_logs": c.last_logs,
-                    "health": c.health.describe() if c.health else None,
-                }
-                for c in crashes
-            ],
-            "services": services,
-        }
-
-    def _replica_state(self, r: Replica) -> dict[str, Any]:
-        served = self.view.get(r.container_id)
-        shown = served or r
-        return {
-            "name": r.name,
-            "index": r.index,
-            "container_id": r.container_id,
-            "address": r.address,
-            "port": r.port,
-            "health": shown.health.value,
-            "draining": shown.draining,
-            "in_rotation": served is not None and served.in_rotation,
-            "sc_view": None if r.sc_view is None else sorted(r.sc_view),
-        }
-
-    def _endpoint_state(self, service: str) -> dict[str, Any] | None:
-        ep = self.naming.endpoint_of(service)
-        if ep is None:
-            return None
-        return {
-            "name": ep.name,
-            "port": ep.port,
-            "url": ep.url,
-            "vip": ep.vip,
-            "protocol": ep.protocol.value,
-        }
+        return status_document(self)
 
 
 def _child_environment() -> dict[str, str]:
@@ -771,53 +605,6 @@ async def _cancelled(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-
-
-def vip_helper_spec(
-    config: AgentConfig, dataplane_id: str, anchor: str, add: list[str], remove: list[str]
-) -> ContainerSpec:
-    """A one-shot root container in the data plane's namespace, with NET_ADMIN only.
-
-    The data plane itself has no capability: it listens on these addresses
-    (ip_nonlocal_bind) and this puts them on its interface, the one that
-    holds its own address; the kernel then answers ARP for them.
-    """
-    dev = f"$(ip -o -4 addr show | grep ' inet {anchor}/' | cut -d' ' -f2)"
-    script = [f'dev="{dev}"', '[ -n "$dev" ] || dev=eth0']
-    script += [f'ip addr del {a}/32 dev "$dev" 2>/dev/null || true' for a in remove]
-    # Present already (kept from before a controller restart) is no failure.
-    present = 'ip -4 addr show dev "$dev" | grep -q " {}/32 "'
-    script += [f'ip addr add {a}/32 dev "$dev" 2>/dev/null || {present.format(a)}' for a in add]
-    assert config.helper_image is not None
-    return ContainerSpec(
-        name=f"{L.dataplane_name(config.project, config.env)}-vips-{uuid.uuid4().hex[:8]}",
-        image=config.helper_image,
-        labels=L.base_labels(config.project, config.env, L.Role.PROBE),
-        command=("sh", "-ec", "\n".join(script)),
-        network_mode=f"container:{dataplane_id}",
-        user="0",
-        cap_drop=("ALL",),
-        cap_add=("NET_ADMIN",),
-        security_opt=("no-new-privileges",),
-        read_only=True,
-    )
-
-
-def _crash_state(crash: Crash) -> dict[str, Any]:
-    return {
-        "index": crash.index,
-        "exit_code": crash.exit_code,
-        "count": crash.count,
-        "looping": crash.looping,
-        "retry_in": round(crash.retry_in, 1),
-        "status": crash.status(),
-        "kept": crash.kept,
-        "last_log": crash.last_logs[-1] if crash.last_logs else None,
-        "health": crash.health.describe() if crash.health else None,
-    }
-
-
-CONFIG_ENV = "MESHLOCAL_AGENT_CONFIG"
 
 
 async def serve(
@@ -856,22 +643,3 @@ async def serve(
         await controller.stop()
         if owned:
             engine.close()
-
-
-CONTAINER_STATE_FILE = "/var/lib/meshlocal/agent.json"
-
-
-def config_from_environment() -> AgentConfig:
-    """The last applied configuration if one was kept, else the one started with."""
-    text = os.environ.get(CONFIG_ENV)
-    if not text:
-        raise RuntimeFailure(f"{CONFIG_ENV} is not set: the controller has no configuration")
-    initial = AgentConfig.from_json(text)
-    return load_kept(initial)
-
-
-def load_kept(initial: AgentConfig) -> AgentConfig:
-    if initial.state_file:
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            return AgentConfig.from_json(Path(initial.state_file).read_text())
-    return initial

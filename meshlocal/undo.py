@@ -34,9 +34,9 @@ from typing import Any
 import docker.errors
 
 from meshlocal.adminapi import admin_call
+from meshlocal.agentconfig import CONTAINER_STATE_FILE
 from meshlocal.deployment import Deployment
 from meshlocal.errors import MeshlocalError
-from meshlocal.mesh import CONTAINER_STATE_FILE
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.engine import Engine, Removed, engine_errors
 
@@ -209,7 +209,7 @@ def _restore_config(dep: Deployment, before: Snapshot, timeout: float = 30.0) ->
         return
     if _running_config(dep)[1] == before.config:
         return  # the attempt failed before it changed anything (a build, --port)
-    from meshlocal.mesh import AgentConfig
+    from meshlocal.agentconfig import AgentConfig
 
     try:
         config = AgentConfig.from_json(before.config)

@@ -54,8 +54,9 @@ def _logging() -> None:
 )
 def agent(config_file: Path | None, admin_file: Path | None, control_socket: Path | None) -> None:
     """Run the controller of one environment (used by `up`)."""
+    from meshlocal.agentconfig import AgentConfig, config_from_environment
     from meshlocal.control import CONTAINER_SOCKET
-    from meshlocal.mesh import AgentConfig, Controller, config_from_environment, serve
+    from meshlocal.mesh import Controller, serve
 
     _logging()
     config = (

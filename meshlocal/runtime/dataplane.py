@@ -16,16 +16,21 @@ import json
 import os
 import socket
 import threading
+import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from meshlocal.errors import DataPlaneError, MeshlocalError
 from meshlocal.link import LINK_DIR, LINK_SOCKET
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.engine import ContainerSpec, Engine, NetworkInfo, split_lines
+
+if TYPE_CHECKING:
+    from meshlocal.agentconfig import AgentConfig
 
 CONTAINER_SOCKET = "/var/run/docker.sock"
 
@@ -283,3 +288,33 @@ def published_ports(engine: Engine, container_id: str) -> dict[int, int]:
         if proto == "tcp" and bindings:
             out[int(port)] = int(bindings[0]["HostPort"])
     return out
+
+
+def vip_helper_spec(
+    config: AgentConfig, dataplane_id: str, anchor: str, add: list[str], remove: list[str]
+) -> ContainerSpec:
+    """A one-shot root container in the data plane's namespace, with NET_ADMIN only.
+
+    The data plane itself has no capability: it listens on these addresses
+    (ip_nonlocal_bind) and this puts them on its interface, the one that
+    holds its own address; the kernel then answers ARP for them.
+    """
+    dev = f"$(ip -o -4 addr show | grep ' inet {anchor}/' | cut -d' ' -f2)"
+    script = [f'dev="{dev}"', '[ -n "$dev" ] || dev=eth0']
+    script += [f'ip addr del {a}/32 dev "$dev" 2>/dev/null || true' for a in remove]
+    # Present already (kept from before a controller restart) is no failure.
+    present = 'ip -4 addr show dev "$dev" | grep -q " {}/32 "'
+    script += [f'ip addr add {a}/32 dev "$dev" 2>/dev/null || {present.format(a)}' for a in add]
+    assert config.helper_image is not None
+    return ContainerSpec(
+        name=f"{L.dataplane_name(config.project, config.env)}-vips-{uuid.uuid4().hex[:8]}",
+        image=config.helper_image,
+        labels=L.base_labels(config.project, config.env, L.Role.PROBE),
+        command=("sh", "-ec", "\n".join(script)),
+        network_mode=f"container:{dataplane_id}",
+        user="0",
+        cap_drop=("ALL",),
+        cap_add=("NET_ADMIN",),
+        security_opt=("no-new-privileges",),
+        read_only=True,
+    )
