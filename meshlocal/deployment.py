@@ -338,9 +338,7 @@ class Deployment:
         """
         if plane.controller_id is None:
             return False
-        from meshlocal.undo import _read_container_file
-
-        running = _read_container_file(self.engine, plane.controller_id, CONTAINER_STATE_FILE)
+        running = self.engine.read_file(plane.controller_id, CONTAINER_STATE_FILE)
         if running != config.to_json():
             return False
         try:

@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 import socket
 import sys
 import time
@@ -63,6 +62,7 @@ from meshlocal.serving import (
     Listen,
     admin_peer_allowed,
     peer_uid,
+    stop_on_signals,
 )
 from meshlocal.status import status_document
 from meshlocal.vips import allocate, vip_block
@@ -619,11 +619,7 @@ async def serve(
     if engine is None:
         engine = await asyncio.to_thread(Engine.from_env)
     controller = Controller(config, engine)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     server: asyncio.AbstractServer | None = None
     try:
         await controller.start()

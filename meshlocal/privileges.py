@@ -70,14 +70,3 @@ def drop_to_nobody(uid: int = NOBODY, gid: int = NOBODY) -> None:
         raise DataPlaneError(f"capset failed: {os.strerror(ctypes.get_errno())}")
     prctl(_PR_SET_KEEPCAPS, 0)
     prctl(_PR_SET_NO_NEW_PRIVS, 1)
-
-
-def capabilities() -> dict[str, str]:
-    """This process's capability sets, as /proc shows them (for tests and `ps`)."""
-    out: dict[str, str] = {}
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(("Cap", "Uid", "Gid", "NoNewPrivs")):
-                key, _, value = line.partition(":")
-                out[key] = value.strip()
-    return out

@@ -347,6 +347,16 @@ def admin_peer_allowed(peer: str | None, gateway: str | None) -> bool:
 # -- running it -----------------------------------------------------------------------
 
 
+def stop_on_signals() -> asyncio.Event:
+    """An event SIGTERM and SIGINT set: a process's main waits on it, then cleans up."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 def peer_uid(sock: socket.socket) -> int:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
@@ -358,15 +368,10 @@ async def serve(
     *,
     socket_path: str | None = None,
     link_fd: int | None = None,
-    on_started: Callable[[DataPlane], None] | None = None,
 ) -> None:
     """The data plane's main: until SIGTERM, or (host mode) until its controller is gone."""
     plane = DataPlane(listen)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     server: asyncio.AbstractServer | None = None
     try:
         if socket_path is not None:
@@ -393,9 +398,6 @@ async def serve(
 
             link_task = asyncio.create_task(single())
             plane._stack.callback(link_task.cancel)
-        if on_started is not None:
-            await plane.serving.wait()
-            on_started(plane)
         await stop.wait()
     finally:
         if server is not None:

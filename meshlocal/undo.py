@@ -23,9 +23,7 @@ after a failure or an interruption at any phase:
 from __future__ import annotations
 
 import contextlib
-import io
 import json
-import tarfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -108,7 +106,7 @@ def _running_config(dep: Deployment) -> tuple[bool, str | None]:
     if plane.container_id is not None:
         if plane.controller_id is None:
             return True, None
-        return True, _read_container_file(dep.engine, plane.controller_id, CONTAINER_STATE_FILE)
+        return True, dep.engine.read_file(plane.controller_id, CONTAINER_STATE_FILE)
     try:
         admin_call(plane.admin_url, "/healthz", timeout=3.0)
     except MeshlocalError:
@@ -116,17 +114,6 @@ def _running_config(dep: Deployment) -> tuple[bool, str | None]:
     with contextlib.suppress(OSError):
         return True, dep._state_file(".json").read_text()
     return True, None
-
-
-def _read_container_file(engine: Engine, container_id: str, path: str) -> str | None:
-    try:
-        stream, _ = engine.api.get_archive(container_id, path)
-        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-            member = tar.next()
-            handle = tar.extractfile(member) if member is not None else None
-            return handle.read().decode() if handle is not None else None
-    except (docker.errors.DockerException, tarfile.TarError, OSError):
-        return None
 
 
 def snapshot(dep: Deployment) -> Snapshot:

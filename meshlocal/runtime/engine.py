@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import re
+import tarfile
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -708,6 +710,17 @@ class Engine:
             raise map_docker_error(exc, f"removing container {container_id[:12]}") from exc
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise map_docker_error(exc) from exc
+
+    def read_file(self, container_id: str, path: str) -> str | None:
+        """A file's text from a container's filesystem; None when it can't be read."""
+        try:
+            stream, _ = self.api.get_archive(container_id, path)
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                member = tar.next()
+                handle = tar.extractfile(member) if member is not None else None
+                return handle.read().decode() if handle is not None else None
+        except (docker.errors.DockerException, tarfile.TarError, OSError):
+            return None
 
     def rename(self, container_id: str, name: str) -> None:
         with engine_errors(f"renaming container {container_id[:12]}"):

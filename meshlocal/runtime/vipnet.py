@@ -1,10 +1,10 @@
 """Putting endpoint VIPs on the data plane's interface (the I/O side of vips.py).
 
-Container mode: the data-plane container's own interface on the
-environment's network (it runs with NET_ADMIN, in its own namespace). Host
-mode: the network's bridge on the host, which holds the gateway address. In
-both the interface is the one that holds the agent's advertised address;
-the kernel then answers ARP for the VIPs, so replicas reach them directly.
+Host mode: the root controller puts them on the network's bridge, which
+holds the gateway address the data plane listens on. (Container mode: a
+one-shot NET_ADMIN helper in the data plane's namespace does it with `ip`,
+runtime/dataplane.py `vip_helper_spec`; the data plane has no capability.)
+The kernel then answers ARP for the VIPs, so replicas reach them directly.
 """
 
 from __future__ import annotations
