@@ -173,6 +173,10 @@ class SkippedService:
 # The default upper bound on one service's replicas: a count meant for a
 # cluster (ECS allows 5,000 tasks per service) would swamp a laptop's engine.
 MAX_REPLICAS = 50
+# Where AWS_REGION points and ARNs/URLs live when copilot/.meshlocal.yml names
+# no region; the account id stands in for the AWS account (moto's default).
+DEFAULT_REGION = "us-east-1"
+LOCAL_ACCOUNT_ID = "123456789012"
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,7 @@ class Workspace:
     # copilot/.meshlocal.yml `max_replicas`: meshlocal's own bound on a count.
     max_replicas: int = MAX_REPLICAS
     max_replicas_location: Location | None = None
+    region: str = DEFAULT_REGION
 
 
 @dataclass(frozen=True)

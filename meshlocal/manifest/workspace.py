@@ -12,6 +12,7 @@ services live at `copilot/<svc>/manifest.yml`; environments at
       api:
         app_protocol: http     # Service Connect mode without touching the manifest
     max_replicas: 50           # refuse a count or scale above this (per service)
+    region: us-west-2          # AWS_REGION in every container, ARNs and URLs (us-east-1)
 
 An environment named there needs no manifest (legacy environments predate
 environment manifests).
@@ -19,11 +20,12 @@ environment manifests).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshlocal.errors import Location, ManifestError, WorkspaceNotFound
-from meshlocal.manifest.model import MAX_REPLICAS, Environment, Workspace
+from meshlocal.manifest.model import DEFAULT_REGION, MAX_REPLICAS, Environment, Workspace
 from meshlocal.manifest.yaml12 import Map, Node, Scalar, load_file
 
 COPILOT_DIR = "copilot"
@@ -34,6 +36,8 @@ MANIFEST = "manifest.yml"
 LOCAL_PROTOCOLS = ("tcp", "http", "http2", "grpc")
 # Directories under copilot/ that hold no service.
 NOT_SERVICES = frozenset({"environments", "pipelines"})
+# An AWS region code: us-east-1, ap-southeast-2, us-gov-west-1, eu-isoe-west-1.
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class Config:
     app_protocols: dict[str, str] = field(default_factory=dict)
     max_replicas: int = MAX_REPLICAS
     max_replicas_location: Location | None = None
+    region: str = DEFAULT_REGION
 
 
 def find_root(start: Path) -> Path:
@@ -94,18 +99,19 @@ def read_config(path: Path) -> Config:
         )
     envs: dict[str, EnvConfig] = {}
     for key in root:
-        if key not in ("environments", "services", "max_replicas"):
+        if key not in ("environments", "services", "max_replicas", "region"):
             raise ManifestError(
                 f'unknown setting "{key}"',
                 location=root.keys[key],
-                hint="known: environments, services, max_replicas",
+                hint="known: environments, services, max_replicas, region",
             )
     protocols = _read_services(root.get("services"))
     limit = _read_max_replicas(root.get("max_replicas"))
     limit_at = root.keys["max_replicas"] if "max_replicas" in root else None
+    region = _read_region(root.get("region"))
     node = root.get("environments")
     if node is None or (isinstance(node, Scalar) and node.kind == "null"):
-        return Config(path, {}, protocols, limit, limit_at)
+        return Config(path, {}, protocols, limit, limit_at, region)
     if not isinstance(node, Map):
         raise ManifestError(
             "environments must be a mapping of names",
@@ -137,7 +143,20 @@ def read_config(path: Path) -> Config:
                 hint="write NAME: {legacy_namespace: true}",
             )
         envs[name] = EnvConfig(legacy, node.keys[name])
-    return Config(path, envs, protocols, limit, limit_at)
+    return Config(path, envs, protocols, limit, limit_at, region)
+
+
+def _read_region(node: Node | None) -> str:
+    if node is None or (isinstance(node, Scalar) and node.kind == "null"):
+        return DEFAULT_REGION
+    if isinstance(node, Scalar) and node.kind == "str" and _REGION.fullmatch(node.text):
+        return node.text
+    shown = node.text if isinstance(node, Scalar) else "a mapping or list"
+    raise ManifestError(
+        f'region must be an AWS region code, not "{shown}"',
+        location=node.loc,
+        hint=f"write region: {DEFAULT_REGION} (the default), or the region you deploy to",
+    )
 
 
 def _read_max_replicas(node: Node | None) -> int:
@@ -228,4 +247,5 @@ def find_workspace(start: Path, *, lenient: bool = False) -> Workspace:
         dict(config.app_protocols),
         config.max_replicas,
         config.max_replicas_location,
+        config.region,
     )
