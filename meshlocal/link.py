@@ -9,6 +9,7 @@ controller -> data plane:
   {"t": "config", "id": n, "config": {...}}   answered by {"t": "ack", "id": n, ...}
   {"t": "replicas", "replicas": [...]}        the whole set, on every change
   {"t": "status", "status": {...}}            the reconciler's part of `ps`
+  {"t": "tasks", "tasks": [...]}              every task's containers (metadata.py), on change
 data plane -> controller:
   {"t": "ack", "id": n, "error": str | null, "admin_port": int, "public_port": int | null}
   {"t": "served", "replicas": [{"id", "health", "draining"}]}  what DNS and proxy use
@@ -48,6 +49,7 @@ class ServingConfig:
     spec: EnvironmentSpec
     address: str  # its own address on the network: replicas' DNS server
     gateway: str | None = None  # the host, as the admin API sees it
+    subnet: str | None = None  # the network's, for the task metadata documents
     vips: Mapping[str, str] = field(default_factory=dict)
     proxy: ProxySettings = field(default_factory=ProxySettings)
 
@@ -57,6 +59,7 @@ class ServingConfig:
             "spec": to_jsonable(self.spec),
             "address": self.address,
             "gateway": self.gateway,
+            "subnet": self.subnet,
             "vips": dict(self.vips),
             "proxy": to_jsonable(self.proxy),
         }
@@ -72,6 +75,7 @@ class ServingConfig:
             spec=from_jsonable(EnvironmentSpec, raw["spec"]),
             address=str(raw["address"]),
             gateway=None if raw.get("gateway") is None else str(raw["gateway"]),
+            subnet=None if raw.get("subnet") is None else str(raw["subnet"]),
             vips={str(k): str(v) for k, v in dict(raw.get("vips") or {}).items()},
             proxy=proxy,
         )

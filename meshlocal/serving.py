@@ -43,6 +43,9 @@ from meshlocal.link import (
     send,
     served_to_json,
 )
+from meshlocal.manifest.model import LOCAL_ACCOUNT_ID
+from meshlocal.metadata import METADATA_PORT, Context, parse_records
+from meshlocal.metadata_endpoint import MetadataEndpoint
 from meshlocal.naming import NamingModel
 from meshlocal.proxy.app import Engine as ProxyCore
 from meshlocal.proxy.app import PublicEndpoint, ServiceConnectProxy, admin_app
@@ -71,6 +74,7 @@ class Listen:
     admin_host: str = "0.0.0.0"
     admin_port: int = ADMIN_PORT
     dns_port: int = 53
+    metadata_port: int = METADATA_PORT  # the task metadata endpoint, beside DNS
 
 
 class DataPlane:
@@ -89,6 +93,7 @@ class DataPlane:
         self.health: HttpHealthChecker | None = None
         self.resolver: MeshResolver | None = None
         self.core: ProxyCore | None = None
+        self.metadata = MetadataEndpoint(self._metadata_context)
         self.serving = asyncio.Event()  # first configuration applied, listeners up
         self._stack = contextlib.AsyncExitStack()
         self._writer: asyncio.StreamWriter | None = None
@@ -148,6 +153,8 @@ class DataPlane:
                 started.push_async_callback(part.stop)
             admin = await self._start_admin(core, config.address)
             started.push_async_callback(admin.cleanup)
+            metadata = await self._start_metadata(host)
+            started.push_async_callback(metadata.cleanup)
             self._stack.push_async_exit(started.pop_all())
         self.core, self.proxy, self.public, self.resolver, self.dns = (
             core,
@@ -233,6 +240,8 @@ class DataPlane:
             )
         elif kind == "replicas":
             self.mirror.apply(replica_from_json(r) for r in message.get("replicas") or [])
+        elif kind == "tasks":
+            self.metadata.update(parse_records(message.get("tasks") or []))
         elif kind == "status":
             status = message.get("status")
             if isinstance(status, dict):
@@ -252,6 +261,41 @@ class DataPlane:
             return
         with contextlib.suppress(ConnectionError, RuntimeError):
             await send(writer, {"t": "served", "replicas": served_to_json(self.registry.all())})
+
+    # -- task metadata endpoint ---------------------------------------------------------
+
+    async def _start_metadata(self, host: str) -> web.AppRunner:
+        runner = web.AppRunner(self.metadata.app(), access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, self.listen.metadata_port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        return runner
+
+    def _metadata_context(self) -> Context | None:
+        config = self.config
+        if config is None:
+            return None
+        spec = config.spec
+        ports: dict[tuple[str, str], int] = {}
+        for svc in spec.services:
+            if svc.port is not None:
+                ports[(svc.name, svc.name)] = svc.port
+            for sc in svc.sidecars:
+                if sc.port is not None:
+                    ports[(svc.name, sc.name)] = sc.port
+        return Context(
+            app=spec.app,
+            env=spec.env,
+            region=spec.workspace.region,
+            account=LOCAL_ACCOUNT_ID,
+            subnet=config.subnet,
+            gateway=config.gateway,
+            dns=config.address,
+            ports=ports,
+        )
 
     # -- admin API ----------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
@@ -19,6 +20,7 @@ from meshlocal.link import (
     served_to_json,
     serving_view,
 )
+from meshlocal.metadata import TaskContainer, TaskRecord, parse_records, record_to_json
 from meshlocal.registry import Health, Replica, ReplicaRegistry
 
 
@@ -108,3 +110,68 @@ def test_receive_gives_an_object_or_link_closed(data: bytes) -> None:
         assert isinstance(message, dict)
 
     asyncio.run(run())
+
+
+# -- task metadata records (metadata.py) --------------------------------------------
+
+texts = st.text(max_size=12)
+containers = st.builds(
+    TaskContainer,
+    name=texts,
+    docker_id=texts,
+    docker_name=texts,
+    image=texts,
+    image_id=texts,
+    created_at=texts,
+    started_at=texts,
+    finished_at=texts,
+    exit_code=st.none() | st.integers(-(2**31), 2**31),
+    running=st.booleans(),
+)
+records = st.builds(
+    TaskRecord,
+    task_id=texts,
+    service=texts,
+    index=st.integers(0, 10**6),
+    address=texts,
+    mac=texts,
+    containers=st.lists(containers, max_size=3).map(tuple),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(records, max_size=4))
+def test_task_records_cross_the_link_unchanged(sent: list[TaskRecord]) -> None:
+    line = json.dumps({"t": "tasks", "tasks": [record_to_json(r) for r in sent]})
+    assert parse_records(json.loads(line)["tasks"]) == sent
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_parse_records_never_raises_on_a_malformed_message(value: Any) -> None:
+    items = value if isinstance(value, list) else [value]
+    assert all(isinstance(r, TaskRecord) for r in parse_records(items))
+
+
+def test_the_task_records_carry_no_environment() -> None:
+    """Names, ids, images, times, the address: nothing of the container's variables."""
+    c = TaskContainer("api", "id", "dn", "img", "sha256:1", "t0", "t1")
+    sent = record_to_json(TaskRecord("t", "api", 1, "10.0.0.2", "m", (c,)))
+    assert set(sent) == {"task", "service", "index", "address", "mac", "containers"}
+    assert set(sent["containers"][0]) == {
+        "name", "id", "docker_name", "image", "image_id",
+        "created", "started", "finished", "exit_code", "running",
+    }  # fmt: skip
+
+
+def test_the_serving_config_carries_the_subnet() -> None:
+    from meshlocal.link import ServingConfig
+    from meshlocal.manifest.model import Environment, EnvironmentSpec, Workspace
+
+    spec = EnvironmentSpec(Workspace(Path("/w"), "app", {}, {}), Environment("test", None), ())
+    config = ServingConfig("p", spec, "172.27.0.2", "172.27.0.1", subnet="172.27.0.0/16")
+    back = ServingConfig.from_jsonable(json.loads(json.dumps(config.to_jsonable())))
+    assert (back.subnet, back.gateway) == ("172.27.0.0/16", "172.27.0.1")
+    raw = config.to_jsonable()
+    del raw["subnet"]  # a controller from before it: no subnet, no harm
+    assert ServingConfig.from_jsonable(raw).subnet is None
