@@ -47,6 +47,7 @@ from meshlocal.link import (
     serving_spec,
     serving_view,
 )
+from meshlocal.metadata import METADATA_PORT, record_to_json
 from meshlocal.naming import NamingModel
 from meshlocal.registry import Health, ReplicaRegistry
 from meshlocal.runtime import labels as L
@@ -55,6 +56,7 @@ from meshlocal.runtime.dataplane import vip_helper_spec
 from meshlocal.runtime.engine import ContainerEvent, Engine, NetworkInfo
 from meshlocal.runtime.reconcile import DesiredService
 from meshlocal.runtime.replicas import Reconciler
+from meshlocal.runtime.taskbook import TaskBook
 from meshlocal.serving import (
     ADMIN_PORT,
     API_VERSION,
@@ -97,6 +99,7 @@ class Controller:
         self.address = ""
         self.network: NetworkInfo | None = None
         self.reconciler: Reconciler | None = None
+        self.taskbook: TaskBook | None = None
         self.applied = asyncio.Event()
         self.apply_error: MeshlocalError | None = None
         self.linked = asyncio.Event()  # the data plane took a configuration once
@@ -151,6 +154,14 @@ class Controller:
         )
         self.reconciler.sc_view = self.naming.endpoint_names
         self.reconciler.on_other_event = self._on_own_event
+        # Every task container, from its start: the task metadata endpoint's records.
+        self.taskbook = TaskBook(
+            self.engine, cfg.project, cfg.env, self.network.name, self._schedule_push
+        )
+        self.reconciler.on_task_event = self.taskbook.on_event
+        self.reconciler.metadata = f"http://{self.address}:{METADATA_PORT}"
+        self.taskbook.start()
+        self._stack.push_async_callback(self.taskbook.close)
         self._stack.callback(lambda: [t.cancel() for t in self._helpers])
         # Adopt what already runs first (a restarted controller): the data plane
         # gets the whole set in its first snapshot.
@@ -469,6 +480,7 @@ class Controller:
             spec=serving_spec(config.spec),
             address=self.address,
             gateway=self.network.gateway,
+            subnet=self.network.subnet,
             vips=config.vips,
             proxy=config.proxy,
         )
@@ -505,7 +517,9 @@ class Controller:
             writer.close()
             return
         replicas = [replica_to_json(r) for r in self.registry.all()]
+        tasks = [record_to_json(r) for r in self.taskbook.records()] if self.taskbook else []
         for message in (
+            {"t": "tasks", "tasks": tasks},
             {"t": "replicas", "replicas": replicas},
             {"t": "status", "status": self.state()},
         ):

@@ -180,6 +180,12 @@ class ContainerInfo:
     health: Health | None  # None: the container has no health check
     addresses: Mapping[str, str]  # network name -> IPv4
     exit_code: int | None = None
+    # From inspect only (a listing leaves them empty): the task metadata endpoint's.
+    image_id: str = ""  # sha256:...
+    created: str = ""  # RFC 3339, nanoseconds, as ECS reports them too
+    started_at: str = ""
+    finished_at: str = ""
+    macs: Mapping[str, str] = field(default_factory=dict)  # network name -> MAC
 
     @property
     def service(self) -> str | None:
@@ -225,6 +231,12 @@ class ContainerEvent:
     @property
     def role(self) -> str | None:
         return self.labels.get(L.ROLE)
+
+
+def _docker_time(value: Any) -> str:
+    """Docker's time, or "" for its zero time (never started, not finished)."""
+    text = str(value or "")
+    return "" if text.startswith("0001-01-01") else text
 
 
 _HEALTH = {"healthy": Health.HEALTHY, "unhealthy": Health.UNHEALTHY, "starting": Health.STARTING}
@@ -640,6 +652,11 @@ class Engine:
             health=_HEALTH.get(health) if health else None,
             addresses={n: str(v.get("IPAddress") or "") for n, v in nets.items()},
             exit_code=None if state.get("Running") else state.get("ExitCode"),
+            image_id=str(raw.get("Image") or ""),
+            created=str(raw.get("Created") or ""),
+            started_at=_docker_time(state.get("StartedAt")),
+            finished_at=_docker_time(state.get("FinishedAt")),
+            macs={n: str(v.get("MacAddress") or "") for n, v in nets.items()},
         )
 
     def health_report(self, container_id: str) -> HealthReport | None:

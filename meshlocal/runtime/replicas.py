@@ -133,6 +133,10 @@ class Reconciler:
         self.sc_view: frozenset[str] | None = None
         # Events of meshlocal's own containers (the data plane's), for whoever runs this.
         self.on_other_event: Callable[[ContainerEvent], None] | None = None
+        # Every event, for the task metadata record (None: the stream was lost).
+        self.on_task_event: Callable[[ContainerEvent | None], None] | None = None
+        # `http://<data plane>:<port>` of the task metadata endpoint; None: no variables.
+        self.metadata: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -459,6 +463,8 @@ class Reconciler:
 
     async def _resync(self) -> None:
         """Make the registry match the engine, then converge every desired service."""
+        if self.on_task_event is not None:
+            self.on_task_event(None)
         infos = await self._thread(
             self.engine.list_containers, self.project, self.env, role=L.Role.REPLICA
         )
@@ -477,6 +483,8 @@ class Reconciler:
             self._spawn(self.converge(name))
 
     async def _on_event(self, event: ContainerEvent) -> None:
+        if self.on_task_event is not None:
+            self.on_task_event(event)
         role = event.role
         if role in (L.Role.SIDECAR.value, L.Role.PAUSE.value):
             if event.action == "die" and event.container_id not in self._expected_stop:
@@ -750,7 +758,13 @@ class Reconciler:
     @property
     def specs(self) -> TaskSpecs:
         return TaskSpecs(
-            self.project, self.env, self.network.name, self.dns, self.workspace, self.pause_image
+            self.project,
+            self.env,
+            self.network.name,
+            self.dns,
+            self.workspace,
+            self.pause_image,
+            self.metadata,
         )
 
     async def _start_replica(self, service: str, index: int, wait_ready: bool = False) -> str:
@@ -762,7 +776,7 @@ class Reconciler:
         fast join or death cannot be missed.
         """
         template = self.desired[service].template
-        task = uuid.uuid4().hex[:12]
+        task = uuid.uuid4().hex  # 32 hex digits, as an ECS task id
         order = start_order(template)
         netns: str | None = None
         if template.sidecars and order[0] != template.service and self.pause_image:

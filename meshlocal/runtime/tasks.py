@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from meshlocal.errors import RuntimeFailure
 from meshlocal.manifest.model import ContainerHealthCheck
+from meshlocal.metadata import uri_vars
 from meshlocal.registry import Health
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.engine import ContainerSpec, Engine
@@ -36,6 +38,18 @@ class TaskSpecs:
     dns: tuple[str, ...]
     workspace: Path | None = None
     pause_image: str | None = None  # e.g. the busybox image; enables main-after-sidecar
+    # `http://<data plane>:<port>`: the task metadata endpoint, None for no variables.
+    metadata: str | None = None
+
+    def environment(self, base: Mapping[str, str], task: str, name: str) -> dict[str, str]:
+        """A container's variables: the template's, plus its own metadata URIs.
+
+        Per container, so outside the template and its config hash.
+        """
+        env = dict(base)
+        if self.metadata and task:
+            env.update(uri_vars(self.metadata, task, name))
+        return env
 
     def labels(
         self, template: ReplicaTemplate, index: int, task: str, role: L.Role
@@ -74,7 +88,7 @@ class TaskSpecs:
             name=name,
             image=template.image,
             labels=lbl,
-            environment=dict(template.environment),
+            environment=self.environment(template.environment, task, template.service),
             command=template.command,
             entrypoint=template.entrypoint,
             network=None if netns else self.network,
@@ -111,7 +125,7 @@ class TaskSpecs:
             name=L.sidecar_name(self.project, self.env, template.service, index, sc.name),
             image=sc.image,
             labels=lbl,
-            environment=dict(sc.environment),
+            environment=self.environment(sc.environment, task, sc.name),
             command=sc.command,
             entrypoint=sc.entrypoint,
             network_mode=f"container:{netns}",  # one task, one network namespace
