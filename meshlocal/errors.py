@@ -69,6 +69,10 @@ class ManifestError(MeshlocalError):
     """A manifest is malformed or breaks a Copilot rule."""
 
 
+class DecodeError(ManifestError):
+    """A value of the wrong shape: go-yaml fails decoding it, in any environment's block."""
+
+
 class InterpolationError(ManifestError):
     """A ${VAR} in a manifest names a variable that is not set."""
 

@@ -1,12 +1,18 @@
 """Copilot's `${VAR}` interpolation, applied to a parsed manifest tree.
 
-Copilot substitutes shell variables in every string scalar (keys included)
-after parsing, never in ints or bools. Names follow POSIX
-(`[_a-zA-Z][_a-zA-Z0-9]*`); anything else, like `${1}` or `$VAR`, stays as
-written. COPILOT_APPLICATION_NAME and COPILOT_ENVIRONMENT_NAME are
-predefined and a process variable may not contradict them. `\\${` writes a
-literal `${`. A string that becomes a JSON array of strings turns into a
-list, as Copilot documents for fields such as security_groups.
+Follows internal/pkg/manifest/interpolate.go, which runs on the whole file
+(every `environments.<env>` block too) before anything is decoded:
+
+- only `!!str` values are interpolated: never map keys, ints, bools, or
+  scalars with a custom tag;
+- names are POSIX (`[_a-zA-Z][_a-zA-Z0-9]*`); `${1}` or `$VAR` stay as written;
+- COPILOT_APPLICATION_NAME and COPILOT_ENVIRONMENT_NAME are predefined and
+  a process variable may not contradict them;
+- each reference found in the original string is replaced with
+  `strings.ReplaceAll`, in order, so `\\${X}` loses its backslash (and a later
+  `${X}` in the same string then replaces that too, as Copilot does);
+- afterwards any string that is a JSON array of strings, except a literal
+  `|` block, becomes a list (Copilot v1.29), whether or not it held a variable.
 """
 
 from __future__ import annotations
@@ -21,9 +27,8 @@ from meshlocal.manifest.yaml12 import Map, Node, Scalar, Seq
 APP_VAR = "COPILOT_APPLICATION_NAME"
 ENV_VAR = "COPILOT_ENVIRONMENT_NAME"
 
-_TOKEN = re.compile(r"\\\$\{|\$\{([_a-zA-Z][_a-zA-Z0-9]*)\}")
-# An unescaped reference: only a substituted value may turn into a list.
-_REFERENCE = re.compile(r"(?<!\\)\$\{[_a-zA-Z][_a-zA-Z0-9]*\}")
+# interpolatorEnvVarRegExp: an optional backslash, then ${NAME}.
+_TOKEN = re.compile(r"(\\?)\$\{([_a-zA-Z][_a-zA-Z0-9]*)\}")
 
 
 def predefined(app: str, env: str) -> dict[str, str]:
@@ -35,34 +40,38 @@ def interpolate_string(
     environ: Mapping[str, str],
     predefined_vars: Mapping[str, str],
 ) -> str:
-    """Substitute `${VAR}` in one string; KeyError-free: raises InterpolationError."""
-
-    def replace(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name is None:  # the `\${` escape
-            return "${"
+    """Copilot's interpolatePart: substitute `${VAR}` in one string."""
+    replaced = text
+    for match in _TOKEN.finditer(text):
+        escape, name = match.group(1), match.group(2)
+        segment = "${" + name + "}"
+        if escape:
+            replaced = replaced.replace("\\" + segment, segment)
+            continue
         if name in predefined_vars:
             value = predefined_vars[name]
             if name in environ and environ[name] != value:
                 raise InterpolationError(
-                    f'predefined variable "{name}" cannot be overridden by the process '
-                    f'environment ("{environ[name]}" != "{value}")',
-                    hint=f"unset {name} in your shell",
+                    f'predefined environment variable "{name}" cannot be overridden by OS '
+                    "environment variable with the same name",
+                    hint=f'unset {name} in your shell (it is "{environ[name]}", Copilot '
+                    f'sets "{value}")',
                 )
-            return value
-        if name in environ:
-            return environ[name]
-        raise InterpolationError(
-            f'environment variable "{name}" is not defined',
-            hint=f"export {name}=... before running meshlocal, or write \\${{{name}}} "
-            "for a literal ${",
-        )
-
-    return _TOKEN.sub(replace, text)
+            replaced = replaced.replace(segment, value)
+        elif name in environ:
+            replaced = replaced.replace(segment, environ[name])
+        else:
+            raise InterpolationError(
+                f'environment variable "{name}" is not defined',
+                hint=f"export {name}=... before running meshlocal, or write \\${{{name}}} "
+                "for a literal ${",
+            )
+    return replaced
 
 
 def _as_list(node: Scalar, value: str) -> Seq | None:
-    if not value.startswith("["):
+    """A JSON array of strings as a list, as Go's json.Unmarshal into []string."""
+    if "[" not in value:
         return None
     try:
         decoded = json.loads(value)
@@ -70,9 +79,11 @@ def _as_list(node: Scalar, value: str) -> Seq | None:
         return None
     if not isinstance(decoded, list) or not decoded:
         return None
-    if not all(isinstance(item, str) for item in decoded):
+    # Go leaves a string element unset for a JSON null: "".
+    if not all(item is None or isinstance(item, str) for item in decoded):
         return None
-    return Seq(node.loc, [Scalar(node.loc, item, item, "str") for item in decoded])
+    items = ["" if item is None else item for item in decoded]
+    return Seq(node.loc, [Scalar(node.loc, item, item, "str") for item in items])
 
 
 def interpolate(
@@ -81,7 +92,7 @@ def interpolate(
     predefined_vars: Mapping[str, str],
     errors: list[InterpolationError] | None = None,
 ) -> Node | None:
-    """A new tree with every string scalar interpolated; errors carry file:line.
+    """A new tree with every string value interpolated; errors carry file:line.
 
     With `errors`, every failure is appended there (the scalar stays as
     written) so a caller can report them all; without, the first one raises.
@@ -99,21 +110,22 @@ def interpolate(
 
     def walk(node: Node) -> Node:
         if isinstance(node, Scalar):
-            if node.kind != "str" or "$" not in node.text:
+            if node.kind != "str" or node.custom_tag:
                 return node
-            value = sub(node.text, node.loc)
+            value = sub(node.text, node.loc) if "$" in node.text else node.text
+            as_list = None if node.literal else _as_list(node, value)
+            if as_list is not None:
+                return as_list
             if value == node.text:
                 return node
-            as_list = _as_list(node, value) if _REFERENCE.search(node.text) else None
-            return as_list if as_list is not None else Scalar(node.loc, value, value, "str")
+            return Scalar(node.loc, value, value, "str", node.literal)
         if isinstance(node, Seq):
             return Seq(node.loc, [walk(item) for item in node.items])
         assert isinstance(node, Map)
         out = Map(node.loc)
         for key, child in node.items.items():
-            new_key = sub(key, node.keys[key]) if "$" in key else key
-            out.items[new_key] = walk(child)
-            out.keys[new_key] = node.keys[key]
+            out.items[key] = walk(child)  # keys stay as written
+            out.keys[key] = node.keys[key]
         return out
 
     return None if node is None else walk(node)

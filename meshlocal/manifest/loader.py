@@ -17,22 +17,23 @@ environment to be set, so meshlocal is deliberately lenient there.
 
 from __future__ import annotations
 
+import copy
 import re
-import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from meshlocal.errors import (
+    DecodeError,
     EnvironmentNotFound,
     InterpolationError,
     Location,
     ManifestError,
     SecretNotFound,
 )
-from meshlocal.manifest import appprotocol
+from meshlocal.manifest import appprotocol, events
 from meshlocal.manifest.diagnostics import Diagnostics
 from meshlocal.manifest.envfile import parse_env_file, read_dotenv
+from meshlocal.manifest.fields import Fields, kind_of
 from meshlocal.manifest.interpolate import interpolate, predefined
 from meshlocal.manifest.merge import is_null, merge
 from meshlocal.manifest.model import (
@@ -154,186 +155,65 @@ _SIDECAR_FIELDS = frozenset(
 )
 _SIDECAR_NOT_EMULATED = ("credentialsParameter", "mount_points", "labels", "env_file")
 DEPENDS_ON_CONDITIONS = frozenset({"start", "complete", "success", "healthy"})
-_LEGACY_BOOLS = {"yes": True, "on": True, "no": False, "off": False}
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
 _SKIP_REASONS = {
     ServiceType.STATIC_SITE: "not emulated: a Static Site is served by S3 and CloudFront",
     ServiceType.SCHEDULED_JOB: "not emulated: a Scheduled Job runs on a schedule, not in the mesh",
 }
-_RANGE = re.compile(r"\s*(\d+)\s*-\s*(\d+)\s*")
+_RANGE = re.compile(r"(\d+)-(\d+)")
+# ECS HealthCheck (API reference): interval 5-300 s, timeout 2-60 s, retries
+# 1-10, startPeriod 0-300 s.
+_ECS_HEALTHCHECK_BOUNDS: dict[str, tuple[int, int]] = {
+    "interval": (5, 300),
+    "timeout": (2, 60),
+    "retries": (1, 10),
+    "start_period": (0, 300),
+}
+# AdvancedCount.validScalingFields / getInvalidFieldsSet (internal/pkg/manifest/svc.go).
+_SCALING_FIELDS: dict[ServiceType, tuple[str, ...]] = {
+    ServiceType.LOAD_BALANCED_WEB_SERVICE: (
+        "cpu_percentage",
+        "memory_percentage",
+        "requests",
+        "response_time",
+    ),
+    ServiceType.BACKEND_SERVICE: (
+        "cpu_percentage",
+        "memory_percentage",
+        "requests",
+        "response_time",
+    ),
+    ServiceType.WORKER_SERVICE: ("cpu_percentage", "memory_percentage", "queue_delay"),
+}
+_INVALID_SCALING: dict[ServiceType, tuple[str, ...]] = {
+    ServiceType.LOAD_BALANCED_WEB_SERVICE: ("queue_delay",),
+    ServiceType.BACKEND_SERVICE: ("queue_delay",),
+    ServiceType.WORKER_SERVICE: ("requests", "response_time"),
+}
 
 
-def parse_duration(text: str) -> float | None:
-    """Go's time.ParseDuration, which Copilot uses: "10s", "1m30s", "500ms"; seconds."""
-    text = text.strip()
-    if text == "0":
-        return 0.0
-    pos, total = 0, 0.0
-    while pos < len(text):
-        match = _DURATION.match(text, pos)
-        if match is None:
-            return None
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    return total if text else None
+def _series(words: list[str], conjunction: str) -> str:
+    """go-humanize's english.WordSeries: "a", "a and b", "a, b and c"."""
+    if len(words) <= 1:
+        return "".join(words)
+    return f"{', '.join(words[:-1])} {conjunction} {words[-1]}"
 
 
-def split_command(text: str) -> list[str]:
-    """Split a command string the way Copilot does (shell words, no expansion)."""
-    return shlex.split(text, comments=False, posix=True)
+def has_env_extension(path: str) -> bool:
+    """Go's filepath.Ext(path) == ".env": the final element's last dot onwards."""
+    name = path.rsplit("/", 1)[-1]
+    return "." in name and name[name.rfind(".") :] == ".env"
 
 
-def _kind(node: Node) -> str:
+def _collect_positions(node: Node, out: set[tuple[int | None, int | None]]) -> None:
+    out.add((node.loc.line, node.loc.column))
     if isinstance(node, Map):
-        return "a mapping"
-    if isinstance(node, Seq):
-        return "a list"
-    assert isinstance(node, Scalar)
-    return {"null": "null", "bool": "a boolean", "int": "an integer", "float": "a number"}.get(
-        node.kind, f"{node.text!r}"
-    )
-
-
-@dataclass
-class _Fields:
-    """Typed reads of tree nodes; every failure becomes an error at its location."""
-
-    diag: Diagnostics
-
-    def fail(self, node: Node, field: str, expected: str, hint: str | None = None) -> None:
-        self.diag.error(
-            f"{field}: expected {expected}, got {_kind(node)}",
-            node.loc,
-            hint or f"write {expected} here (see docs/manifest-support.md)",
-        )
-
-    def string(self, node: Node | None, field: str) -> str | None:
-        if node is None or is_null(node):
-            return None
-        if isinstance(node, Scalar):
-            return node.text
-        self.fail(node, field, "a string")
-        return None
-
-    def integer(
-        self, node: Node | None, field: str, low: int = 0, high: int | None = None
-    ) -> int | None:
-        if node is None or is_null(node):
-            return None
-        value: int | None = None
-        if isinstance(node, Scalar):
-            if node.kind == "int":
-                assert isinstance(node.value, int)
-                value = node.value
-            elif node.kind == "str" and re.fullmatch(r"\s*[+-]?\d+\s*", node.text):
-                value = int(node.text)  # an interpolated "${PORT}"
-        if value is None:
-            self.fail(node, field, "an integer")
-            return None
-        if value < low or (high is not None and value > high):
-            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-            self.diag.error(
-                f"{field}: {value} is out of range, must be {bounds}",
-                node.loc,
-                f"use a value {bounds}",
-            )
-            return None
-        return value
-
-    def port(self, node: Node | None, field: str) -> int | None:
-        return self.integer(node, field, 1, 65535)
-
-    def boolean(self, node: Node | None, field: str) -> bool | None:
-        if node is None or is_null(node):
-            return None
-        if isinstance(node, Scalar):
-            if node.kind == "bool":
-                return bool(node.value)
-            # go-yaml v3 still reads YAML 1.1 booleans into a typed bool field.
-            lowered = node.text.strip().lower()
-            if node.kind == "str" and lowered in ("true", "false"):
-                return lowered == "true"
-            if node.kind == "str" and lowered in _LEGACY_BOOLS:
-                return _LEGACY_BOOLS[lowered]
-        self.fail(node, field, "true or false")
-        return None
-
-    def duration(self, node: Node | None, field: str) -> float | None:
-        if node is None or is_null(node):
-            return None
-        if isinstance(node, Scalar) and node.kind == "str":
-            seconds = parse_duration(node.text)
-            if seconds is not None:
-                return seconds
-        if isinstance(node, Scalar) and node.kind == "int" and node.value == 0:
-            return 0.0
-        # A bare number would be nanoseconds to Copilot: almost surely a mistake.
-        self.fail(node, field, 'a duration such as "10s" or "1m30s"')
-        return None
-
-    def mapping(self, node: Node | None, field: str) -> Map | None:
-        if node is None or is_null(node):
-            return None
-        if isinstance(node, Map):
-            return node
-        self.fail(node, field, "a mapping")
-        return None
-
-    def str_list(self, node: Node | None, field: str) -> tuple[str, ...] | None:
-        if node is None or is_null(node):
-            return None
-        if isinstance(node, Seq):
-            out: list[str] = []
-            for item in node.items:
-                if isinstance(item, Scalar) and item.kind != "null":
-                    out.append(item.text)
-                else:
-                    self.fail(item, f"{field}[]", "a string")
-            return tuple(out)
-        self.fail(node, field, "a list of strings")
-        return None
-
-    def str_map(self, node: Node | None, field: str) -> dict[str, str]:
-        mapping = self.mapping(node, field)
-        out: dict[str, str] = {}
-        if mapping is None:
-            return out
-        for key, value in mapping.items.items():
-            if isinstance(value, Scalar):
-                out[key] = "" if value.kind == "null" else value.text
-            else:
-                self.fail(value, f"{field}.{key}", "a string")
-        return out
-
-    def command(self, node: Node | None, field: str) -> tuple[str, ...] | None:
-        if node is None or is_null(node):
-            return None
-        if isinstance(node, Scalar):
-            try:
-                return tuple(split_command(node.text))
-            except ValueError as exc:
-                self.diag.error(
-                    f"{field}: cannot split {node.text!r}: {exc}",
-                    node.loc,
-                    "close the quote, or write the command as a list",
-                )
-                return None
-        return self.str_list(node, field)
-
-    def unknown(self, mapping: Map, known: frozenset[str], field: str) -> None:
-        for key in mapping:
-            if key not in known:
-                where = f"{field}.{key}" if field else key
-                self.diag.note("warning", f"unknown field {where}, ignored", mapping.keys[key])
+        for key, value in node.items.items():
+            loc = node.keys[key]
+            out.add((loc.line, loc.column))
+            _collect_positions(value, out)
+    elif isinstance(node, Seq):
+        for value in node.items:
+            _collect_positions(value, out)
 
 
 def record_locations(node: Node, prefix: str, out: dict[str, Location]) -> None:
@@ -364,9 +244,11 @@ class ServiceLoader:
         self.env = environment
         self.environ = environ
         self.diag = diag
-        self.f = _Fields(diag)
+        self.f = Fields(diag)
         self.vars = predefined(workspace.app, environment.name)
         self.secrets = self._secrets_source()
+        # The last manifest's other environments: name -> (base, their block).
+        self.other_overrides: dict[str, tuple[Map, Map]] = {}
 
     def _secrets_source(self) -> SecretsSource:
         files = []
@@ -392,38 +274,46 @@ class ServiceLoader:
             return None
         if not isinstance(raw, Map):
             self.diag.error(
-                f"expected a mapping of fields, got {_kind(raw)}",
+                f"expected a mapping of fields, got {kind_of(raw)}",
                 raw.loc,
                 "start with name: and type:",
             )
             return None
-        base = Map(raw.loc, dict(raw.items), dict(raw.keys))
+        # Copilot interpolates the whole file, every environment's block too,
+        # before decoding it (internal/pkg/cli/svc_deploy.go, workloadManifest).
+        problems: list[InterpolationError] = []
+        interpolated = interpolate(raw, self.environ, self.vars, problems)
+        if problems:  # all of them, so `validate` lists every undefined variable
+            for problem in problems:
+                self.diag.add(problem)
+            return None
+        assert isinstance(interpolated, Map)
+        base = Map(interpolated.loc, dict(interpolated.items), dict(interpolated.keys))
         overrides = base.items.pop("environments", None)
         base.keys.pop("environments", None)
         override: Node | None = None
+        self.other_overrides = {}
         if overrides is not None and not is_null(overrides):
             if not isinstance(overrides, Map):
                 self.f.fail(overrides, "environments", "a mapping of environment names")
             else:
-                for name in overrides:
+                for name, block in overrides.items.items():
                     if name not in self.ws.environments:
                         self.diag.note(
                             "warning",
                             f'environments.{name}: no environment "{name}" in this workspace',
                             overrides.keys[name],
                         )
-                override = overrides.get(self.env.name)
-                if override is not None and not is_null(override) and not isinstance(override, Map):
-                    self.f.fail(override, f"environments.{self.env.name}", "a mapping")
-                    override = None
-        problems: list[InterpolationError] = []
-        base_i = interpolate(base, self.environ, self.vars, problems)
-        override_i = interpolate(override, self.environ, self.vars, problems)
-        if problems:  # all of them, so `validate` lists every undefined variable
-            for problem in problems:
-                self.diag.add(problem)
-            return None
-        result = merge(base_i, override_i)
+                    if is_null(block):
+                        continue
+                    if not isinstance(block, Map):
+                        # go-yaml decodes every block, whichever environment deploys.
+                        self.f.fail(block, f"environments.{name}", "a mapping")
+                    elif name == self.env.name:
+                        override = block
+                    else:
+                        self.other_overrides[name] = (base, block)
+        result = merge(base, override)
         assert isinstance(result, Map)
         return result
 
@@ -431,6 +321,41 @@ class ServiceLoader:
         m = self.merged(path)
         if m is None:
             return None
+        result = self._service(name, path, m)
+        if result is not None:
+            for env_name, (base, block) in self.other_overrides.items():
+                self._decode_other(name, path, env_name, merge(base, block), block)
+        return result
+
+    def _decode_other(
+        self, name: str, path: Path, env_name: str, merged: Node | None, block: Map
+    ) -> None:
+        """Another environment's block: Copilot decodes it too, and fails on a wrong shape.
+
+        Only decoding errors count there (go-yaml's type errors); Copilot
+        validates the rules for the deployed environment alone
+        (internal/pkg/cli/svc_deploy.go: unmarshal, then ApplyEnv, then Validate).
+        """
+        if not isinstance(merged, Map):
+            return
+        inside: set[tuple[int | None, int | None]] = set()
+        _collect_positions(block, inside)
+        other = copy.copy(self)
+        other.diag = Diagnostics()
+        other.f = Fields(other.diag)
+        other._service(name, path, merged)
+        for error in other.diag.errors:
+            loc = error.location
+            if (
+                isinstance(error, DecodeError)
+                and loc is not None
+                and (loc.line, loc.column) in inside
+            ):
+                self.diag.error(
+                    f"environments.{env_name}.{error.message}", loc, error.hint, cls=DecodeError
+                )
+
+    def _service(self, name: str, path: Path, m: Map) -> Service | SkippedService | None:
         f = self.f
         type_node = m.get("type")
         type_text = f.string(type_node, "type")
@@ -469,6 +394,8 @@ class ServiceLoader:
 
         f.unknown(m, _TOP_FIELDS[svc_type], "")
         not_emulated: list[str] = [k for k in NOT_EMULATED_TOP if k in m]
+        if isinstance(lg := m.get("logging"), Map):
+            self.env_extension(lg.get("env_file"), "logging.env_file")
 
         locations: dict[str, Location] = {}
         record_locations(m, "", locations)
@@ -549,6 +476,16 @@ class ServiceLoader:
             f.unknown(network, frozenset({"connect", *NOT_EMULATED_NETWORK}), "network")
             not_emulated += [f"network.{k}" for k in NOT_EMULATED_NETWORK if k in network]
             connect = self.connect(network.get("connect"))
+            if svc_type is ServiceType.REQUEST_DRIVEN_WEB_SERVICE and "connect" in network:
+                # The RDWS manifest has no network.connect (rd_web_svc.go): go-yaml
+                # skips the field and Copilot deploys without Service Connect.
+                self.diag.note(
+                    "warning",
+                    "network.connect: a Request-Driven Web Service cannot use Service Connect; "
+                    "Copilot ignores the field",
+                    network.keys["connect"],
+                )
+                connect = Connect()
 
         app_protocol = self.app_protocol(
             m, name, svc_type, port, target_port, target_container, sidecars, not_emulated
@@ -557,6 +494,11 @@ class ServiceLoader:
         variables = self.variables(m.get("variables"), "variables")
         secrets = self.resolve_secrets(m.get("secrets"), "secrets")
         env_file = self.env_file(m.get("env_file"))
+        queue_fifo, topic_queues = (
+            events.subscriptions(f, m.get("subscribe"))
+            if svc_type is ServiceType.WORKER_SERVICE
+            else (False, ())
+        )
 
         return Service(
             name=name,
@@ -580,6 +522,10 @@ class ServiceLoader:
             app_protocol=app_protocol,
             sidecars=tuple(sidecars),
             depends_on=depends_on,
+            publish_topics=events.publish_topics(f, m.get("publish")),
+            queue_fifo=queue_fifo,
+            topic_queues=topic_queues,
+            mount_points=events.mount_points(f, m.get("storage"), "storage"),
             not_emulated=tuple(dict.fromkeys(not_emulated)),
             locations=locations,
         )
@@ -682,17 +628,41 @@ class ServiceLoader:
                 'write command: ["CMD-SHELL", "curl -f http://localhost/ || exit 1"]',
             )
             return None
-        defaults = ContainerHealthCheck(command=command)
-        interval = f.duration(hc.get("interval"), f"{field}.interval")
-        timeout = f.duration(hc.get("timeout"), f"{field}.timeout")
-        start = f.duration(hc.get("start_period"), f"{field}.start_period")
-        retries = f.integer(hc.get("retries"), f"{field}.retries", 1)
+        d = ContainerHealthCheck(command=command)
+        interval = self._hc_seconds(hc, "interval", field, d.interval_s)
+        timeout = self._hc_seconds(hc, "timeout", field, d.timeout_s)
+        start = self._hc_seconds(hc, "start_period", field, d.start_period_s)
+        retries = f.integer(hc.get("retries"), f"{field}.retries", -(2**63))
+        if retries is not None:
+            self._hc_bound(hc, "retries", field, retries, "")
         return ContainerHealthCheck(
             command=command,
-            interval_s=defaults.interval_s if interval is None else interval,
-            timeout_s=defaults.timeout_s if timeout is None else timeout,
-            retries=defaults.retries if retries is None else retries,
-            start_period_s=defaults.start_period_s if start is None else start,
+            interval_s=interval,
+            timeout_s=timeout,
+            retries=d.retries if retries is None else retries,
+            start_period_s=start,
+        )
+
+    def _hc_seconds(self, hc: Map, key: str, field: str, default: float) -> float:
+        """Whole seconds, as Copilot passes them to ECS (int64(d.Seconds()) truncates)."""
+        value = self.f.duration(hc.get(key), f"{field}.{key}")
+        if value is None:
+            return default
+        seconds = float(int(value))
+        self._hc_bound(hc, key, field, int(seconds), " seconds")
+        return seconds
+
+    def _hc_bound(self, hc: Map, key: str, field: str, value: int, unit: str) -> None:
+        """The bounds ECS's RegisterTaskDefinition enforces (the HealthCheck API type);
+        Copilot checks none, so the deployment would fail there."""
+        low, high = _ECS_HEALTHCHECK_BOUNDS[key]
+        if low <= value <= high:
+            return
+        node = hc.get(key)
+        self.diag.error(
+            f"{field}.{key}: {value}{unit} is outside what ECS accepts ({low} to {high}{unit})",
+            node.loc if node is not None else hc.loc,
+            f"use {low} to {high}{unit}; ECS refuses the task definition otherwise",
         )
 
     def http_healthcheck(self, node: Node | None) -> HttpHealthCheck | None:
@@ -755,59 +725,125 @@ class ServiceLoader:
         m = node
         known = frozenset({"spot", "range", *AUTOSCALING_METRICS})
         f.unknown(m, known, "count")
-        metrics = [k for k in AUTOSCALING_METRICS if k in m]
-        not_emulated += [f"count.{k}" for k in metrics]
-        spot, rng = m.get("spot"), m.get("range")
-        if spot is not None and (rng is not None or metrics):
-            self.diag.error(
-                "count: spot and range/autoscaling exclude each other",
-                m.keys["spot"],
-                "use `spot: N` alone, or `range: {min, max, spot_from}`",
-            )
+        not_emulated += [f"count.{k}" for k in AUTOSCALING_METRICS if k in m]
+        low = self._range(m.get("range"))
+        spot = f.integer(m.get("spot"), "count.spot")
+        self._check_autoscaling(m, svc_type)
+        if "range" in m:
+            not_emulated.append("count.range")
         if spot is not None:
-            value = f.integer(spot, "count.spot")
-            return 1 if value is None else value
-        if rng is None:
-            if metrics:
-                self.diag.error(
-                    f"count.{metrics[0]}: autoscaling needs count.range",
-                    m.keys[metrics[0]],
-                    'add range: "1-10" (meshlocal runs the minimum)',
-                )
-            return 1
-        not_emulated.append("count.range")
+            return spot
+        return 1 if low is None else low
+
+    def _range(self, rng: Node | None) -> int | None:
+        """count.range's minimum, the count meshlocal runs; None when unset or broken."""
+        f = self.f
+        if rng is None or is_null(rng):
+            return None
         if isinstance(rng, Scalar):
+            # IntRangeBand.validate: `^(\d+)-(\d+)$`, nothing else.
             match = _RANGE.fullmatch(rng.text) if rng.kind == "str" else None
             if match is None:
-                f.fail(rng, "count.range", 'a range "min-max" or {min, max, spot_from}')
-                return 1
+                self.diag.error(
+                    f"count.range: invalid range value {rng.text}: valid format is "
+                    "${min}-${max}",
+                    rng.loc,
+                    'write the range as "min-max", e.g. "1-10"',
+                )
+                return None
             low, high = int(match.group(1)), int(match.group(2))
             if low > high:
                 self.diag.error(
-                    f"count.range: minimum {low} is above maximum {high}",
+                    f"count.range: min value {low} cannot be greater than max value {high}",
                     rng.loc,
                     'write the range as "min-max"',
                 )
             return low
         rm = f.mapping(rng, "count.range")
         if rm is None:
-            return 1
+            return None
         f.unknown(rm, frozenset({"min", "max", "spot_from"}), "count.range")
-        low_v = f.integer(rm.get("min"), "count.range.min")
-        high_v = f.integer(rm.get("max"), "count.range.max")
-        f.integer(rm.get("spot_from"), "count.range.spot_from")
+        low_v = f.integer(rm.get("min"), "count.range.min", -(2**63))
+        high_v = f.integer(rm.get("max"), "count.range.max", -(2**63))
+        spot_from = f.integer(rm.get("spot_from"), "count.range.spot_from", -(2**63))
+        if "min" not in rm or "max" not in rm or is_null(rm.get("min")) or is_null(rm.get("max")):
+            self.diag.error(
+                'count.range: "min/max" must be specified', rm.loc, "set both min and max"
+            )
+            return None
         if low_v is None or high_v is None:
-            missing = "min" if "min" not in rm else "max"
-            if missing not in rm:
-                self.diag.error(
-                    f"count.range: {missing} is required", rm.loc, "set both min and max"
-                )
-            return 1 if low_v is None else low_v
+            return None  # not integers: reported
+        if low_v < 0 or high_v < 0 or (spot_from or 0) < 0:
+            self.diag.error(
+                f"count.range: min value {low_v}, max value {high_v}, and spot_from value "
+                f"{spot_from or 0} must all be positive",
+                rm.loc,
+                "use numbers of 0 and more",
+            )
+            return None
         if low_v > high_v:
             self.diag.error(
-                f"count.range: min {low_v} is above max {high_v}", rm.loc, "swap min and max"
+                f"count.range: min value {low_v} cannot be greater than max value {high_v}",
+                rm.loc,
+                "swap min and max",
             )
         return low_v
+
+    def _check_autoscaling(self, m: Map, svc_type: ServiceType) -> None:
+        """AdvancedCount.validate (internal/pkg/manifest/validate.go), in its order.
+
+        Copilot stops at the first broken rule; so does this.
+        """
+        valid = _SCALING_FIELDS.get(svc_type, ())
+        metrics = [k for k in valid if not is_null(m.get(k)) and k in m]
+        invalid = [k for k in _INVALID_SCALING.get(svc_type, ()) if k in m]
+        first = next(iter(m.keys.values()), m.loc)
+        if invalid:
+            fields = _series([f'"{k}"' for k in invalid], "and")
+            noun, verb = ("field", "is") if len(invalid) == 1 else ("fields", "are")
+            self.diag.error(
+                f"count: autoscaling {noun} {fields} {verb} invalid with workload type "
+                f"{svc_type.value}",
+                m.keys[invalid[0]],
+                f"a {svc_type.value} scales on " + _series([f'"{k}"' for k in valid], "or"),
+            )
+            return
+        has_range = "range" in m and not is_null(m.get("range"))
+        if "spot" in m and (has_range or metrics):
+            self.diag.error(
+                f'count: must specify one, not both, of "spot" and "range/{"/".join(valid)}"',
+                m.keys["spot"],
+                "use `spot: N` alone, or `range: {min, max, spot_from}` with a scaling metric",
+            )
+            return
+        quoted = _series([f'"{k}"' for k in valid], "or")
+        if not has_range and metrics:
+            verb = "is" if len(valid) == 1 else "are"
+            self.diag.error(
+                f'count: "range" must be specified if {quoted} {verb} specified',
+                m.keys[metrics[0]],
+                'add range: "1-10" (meshlocal runs the minimum)',
+            )
+            return
+        for field in ("range", "cooldown"):
+            if field in m and not is_null(m.get(field)) and not metrics:
+                self.diag.error(
+                    f'count: must specify at least one of {quoted} if "{field}" is specified',
+                    m.keys.get(field, first),
+                    f"add a scaling metric, e.g. cpu_percentage: 70, next to {field}",
+                )
+                return
+        for field in ("cpu_percentage", "memory_percentage"):
+            value = m.get(field)
+            if isinstance(value, Scalar) and value.kind == "int":
+                assert isinstance(value.value, int)
+                if not 0 <= value.value <= 100:
+                    self.diag.error(
+                        f"count.{field}: percentage value {value.value} must be an integer "
+                        "from 0 to 100",
+                        value.loc,
+                        "use a percentage from 0 to 100",
+                    )
 
     def connect(self, node: Node | None) -> Connect:
         f = self.f
@@ -873,9 +909,23 @@ class ServiceLoader:
             )
         return value
 
-    def env_file(self, node: Node | None) -> Path | None:
-        text = self.f.string(node, "env_file")
+    def env_extension(self, node: Node | None, field: str) -> bool:
+        """validate.go: filepath.Ext(envFile) must be ".env", for every container."""
+        text = self.f.string(node, field)
+        if text is None or node is None or has_env_extension(text):
+            return True
+        self.diag.error(
+            f"{field}: environment file {text} must have a .env file extension",
+            node.loc,
+            "rename the file to end in .env (Copilot uploads only .env files)",
+        )
+        return False
+
+    def env_file(self, node: Node | None, field: str = "env_file") -> Path | None:
+        text = self.f.string(node, field)
         if text is None or node is None:
+            return None
+        if not self.env_extension(node, field):
             return None
         path = self._path(text)
         if not path.is_file():
@@ -908,6 +958,7 @@ class ServiceLoader:
                 continue
             f.unknown(sc, _SIDECAR_FIELDS | set(_SIDECAR_NOT_EMULATED), field)
             not_emulated += [f"{field}.{k}" for k in _SIDECAR_NOT_EMULATED if k in sc]
+            self.env_extension(sc.get("env_file"), f"{field}.env_file")
             image_node = sc.get("image")
             image: str | None = None
             build: BuildSpec | None = None
@@ -942,6 +993,9 @@ class ServiceLoader:
                     depends_on=self.depends_on(sc.get("depends_on"), f"{field}.depends_on"),
                     healthcheck=self.container_healthcheck(
                         sc.get("healthcheck"), f"{field}.healthcheck"
+                    ),
+                    mount_points=events.sidecar_mount_points(
+                        f, sc.get("mount_points"), f"{field}.mount_points"
                     ),
                 )
             )
@@ -999,7 +1053,7 @@ def load_environment_manifest(environment: Environment, diag: Diagnostics) -> No
         return
     if not isinstance(root, Map):
         diag.error(
-            f"expected a mapping of fields, got {_kind(root)}",
+            f"expected a mapping of fields, got {kind_of(root)}",
             root.loc,
             "start with name: and type:",
         )
@@ -1023,7 +1077,7 @@ def load_environment_manifest(environment: Environment, diag: Diagnostics) -> No
         node = root.get(key)
         if node is not None and not isinstance(node, Scalar):
             diag.error(
-                f"{key}: expected a string, got {_kind(node)}",
+                f"{key}: expected a string, got {kind_of(node)}",
                 node.loc,
                 f"write `{key}: {environment.name if key == 'name' else 'Environment'}`",
             )
@@ -1033,7 +1087,7 @@ def load_environment_manifest(environment: Environment, diag: Diagnostics) -> No
             if key in _ENV_SECTIONS and node is not None and not isinstance(node, Map):
                 # Copilot rejects these too; saying so here beats a surprise at deploy.
                 diag.error(
-                    f"{key}: expected a mapping of fields, got {_kind(node)}",
+                    f"{key}: expected a mapping of fields, got {kind_of(node)}",
                     node.loc,
                     f"see Copilot's environment manifest reference for `{key}:`",
                 )

@@ -32,11 +32,30 @@ EXCLUSIVE: dict[tuple[str, ...], tuple[frozenset[str], ...]] = {
 }
 
 
+# Entries of a Go map of structs (`map[string]Secret`, `map[string]Variable`):
+# mergo with WithOverride sets the override's entry whole, so `secretsmanager`,
+# an SSM name and `from_cfn` replace each other (the effect Copilot's
+# secretTransformer in internal/pkg/manifest/transform.go also asks for).
+# Sidecars are `map[string]*SidecarConfig`, pointers, and merge field by field.
+REPLACED: tuple[tuple[str, ...], ...] = (
+    ("secrets", "*"),
+    ("variables", "*"),
+    ("sidecars", "*", "secrets", "*"),
+    ("sidecars", "*", "variables", "*"),
+    ("logging", "secrets", "*"),
+    ("logging", "variables", "*"),
+)
+
+
+def _matches(pattern: tuple[str, ...], path: tuple[str, ...]) -> bool:
+    return len(pattern) == len(path) and all(
+        p in ("*", k) for p, k in zip(pattern, path, strict=True)
+    )
+
+
 def _exclusive_groups(path: tuple[str, ...]) -> tuple[frozenset[str], ...]:
     for pattern, groups in EXCLUSIVE.items():
-        if len(pattern) == len(path) and all(
-            p in ("*", k) for p, k in zip(pattern, path, strict=True)
-        ):
+        if _matches(pattern, path):
             return groups
     return ()
 
@@ -50,6 +69,8 @@ def merge(base: Node | None, override: Node | None, path: tuple[str, ...] = ()) 
     if is_null(override):
         return base
     if not isinstance(base, Map) or not isinstance(override, Map):
+        return override
+    if any(_matches(pattern, path) for pattern in REPLACED):
         return override
     out = Map(base.loc)
     drop: set[str] = set()

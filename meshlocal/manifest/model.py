@@ -90,6 +90,15 @@ class Connect:
 
 
 @dataclass(frozen=True)
+class TopicQueue:
+    """A Worker's subscription with its own queue: COPILOT_TOPIC_QUEUE_URIS."""
+
+    service: str
+    topic: str  # with `.fifo` for a FIFO queue, as Copilot names the subscription
+    fifo: bool = False
+
+
+@dataclass(frozen=True)
 class Sidecar:
     name: str
     image: str | None  # image location (sidecars.image may be a string)
@@ -102,6 +111,7 @@ class Sidecar:
     essential: bool = True
     depends_on: dict[str, str] = field(default_factory=dict)
     healthcheck: ContainerHealthCheck | None = None
+    mount_points: dict[str, str] = field(default_factory=dict)  # volume -> path
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,12 @@ class Service:
     app_protocol: str | None = None
     sidecars: tuple[Sidecar, ...] = ()
     depends_on: dict[str, str] = field(default_factory=dict)  # container -> condition
+    # publish.topics names (`.fifo` on FIFO topics), for COPILOT_SNS_TOPIC_ARNS.
+    publish_topics: tuple[str, ...] = ()
+    # Worker Services: whether the default queue is FIFO, and topic-specific queues.
+    queue_fifo: bool = False
+    topic_queues: tuple[TopicQueue, ...] = ()
+    mount_points: dict[str, str] = field(default_factory=dict)  # storage.volumes: name -> path
     # Dotted paths of fields that load fine but only matter on AWS.
     not_emulated: tuple[str, ...] = ()
     # Dotted field path -> where it was written; for error messages downstream.
@@ -194,6 +210,9 @@ class Workspace:
     max_replicas: int = MAX_REPLICAS
     max_replicas_location: Location | None = None
     region: str = DEFAULT_REGION
+    # copilot/.meshlocal.yml `health_check_interval`: a local probe period for
+    # container health checks, in place of the manifest's (ECS's minimum is 5 s).
+    health_check_interval: float | None = None
 
 
 @dataclass(frozen=True)

@@ -31,25 +31,23 @@ from meshlocal.manifest.model import (
 )
 from meshlocal.manifest.workspace import find_workspace
 
-# What every container gets from Copilot; a manifest may not redefine them.
-RESERVED_VARIABLES = frozenset(
-    {
-        "COPILOT_APPLICATION_NAME",
-        "COPILOT_ENVIRONMENT_NAME",
-        "COPILOT_SERVICE_NAME",
-        "COPILOT_SERVICE_DISCOVERY_ENDPOINT",
-        "COPILOT_LB_DNS",
-        "COPILOT_SNS_TOPIC_ARNS",
-        "COPILOT_QUEUE_URI",
-    }
-)
-_LABEL = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+# Directory names Copilot keeps for itself (reservedWorkloadNames, internal/pkg/cli/validate.go).
+RESERVED_WORKLOAD_NAMES = frozenset({"pipelines", "environments"})
 
 
-def is_service_name(name: str) -> bool:
-    """A DNS label Copilot accepts: lower-case, starts with a letter, no `--`."""
-    return bool(_LABEL.fullmatch(name)) and "--" not in name
+def service_name_error(name: str, svc_type: ServiceType) -> str | None:
+    """Copilot's validateSvcName (internal/pkg/cli/validate.go), or None.
+
+    `copilot svc init` refuses any other name, so no deployable workspace
+    holds one; App Runner caps a Request-Driven Web Service at 40 characters.
+    """
+    if svc_type is ServiceType.REQUEST_DRIVEN_WEB_SERVICE and len(name) > 40:
+        return "value must not exceed 40 characters"
+    error = basic_name_error(name)
+    if error is None and name in RESERVED_WORKLOAD_NAMES:
+        error = "value is reserved"
+    return error
 
 
 # Copilot's names for applications and environments (internal/pkg/cli/validate.go,
@@ -113,12 +111,13 @@ def is_dns_name(name: str) -> bool:
 
 def check_service(svc: Service, diag: Diagnostics) -> None:
     """Rules local to one service."""
-    if not is_service_name(svc.name):
+    name_error = service_name_error(svc.name, svc.type)
+    if name_error:
         diag.error(
-            f'service name "{svc.name}" is not a valid DNS label',
+            f"service name {svc.name} is invalid: {name_error}",
             svc.locations.get("name", Location(svc.manifest_path, 1)),
-            "use lower-case letters, digits and single hyphens, starting with a letter, "
-            "at most 63 characters (rename copilot/<name>/ too)",
+            "Copilot creates no such service (`copilot svc init` refuses the name): rename "
+            "copilot/<name>/ and its `name:`",
         )
     if svc.build is not None and svc.image_location is not None:
         diag.error(
@@ -131,12 +130,6 @@ def check_service(svc: Service, diag: Diagnostics) -> None:
             "image: set image.build or image.location",
             svc.where("image"),
             "add build: path/to/Dockerfile or location: REPO:TAG",
-        )
-    if svc.type is ServiceType.REQUEST_DRIVEN_WEB_SERVICE and svc.connect.enabled:
-        diag.error(
-            "a Request-Driven Web Service cannot use Service Connect",
-            svc.where("network.connect"),
-            "remove network.connect: App Runner services are not part of the ECS mesh",
         )
     if svc.connect.alias is not None:
         alias_loc = svc.where("network.connect.alias")
@@ -192,14 +185,6 @@ def check_service(svc: Service, diag: Diagnostics) -> None:
                     f'{prefix}.{container}: no container "{container}" in this service',
                     svc.where(f"{prefix}.{container}"),
                     "containers: " + ", ".join(sorted(containers)),
-                )
-    for section, names in (("variables", svc.variables), ("secrets", svc.secrets)):
-        for name in names:
-            if name in RESERVED_VARIABLES:
-                diag.error(
-                    f"{section}.{name}: {name} is set by Copilot and cannot be redefined",
-                    svc.where(f"{section}.{name}"),
-                    "rename the variable",
                 )
 
 

@@ -13,6 +13,8 @@ services live at `copilot/<svc>/manifest.yml`; environments at
         app_protocol: http     # Service Connect mode without touching the manifest
     max_replicas: 50           # refuse a count or scale above this (per service)
     region: us-west-2          # AWS_REGION in every container, ARNs and URLs (us-east-1)
+    health_check_interval: 1s  # run container health checks this often locally
+                               # (ECS needs 5 s or more in the manifest)
 
 An environment named there needs no manifest (legacy environments predate
 environment manifests).
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshlocal.errors import Location, ManifestError, WorkspaceNotFound
+from meshlocal.manifest.fields import parse_duration
 from meshlocal.manifest.model import DEFAULT_REGION, MAX_REPLICAS, Environment, Workspace
 from meshlocal.manifest.yaml12 import Map, Node, Scalar, load_file
 
@@ -36,6 +39,7 @@ MANIFEST = "manifest.yml"
 LOCAL_PROTOCOLS = ("tcp", "http", "http2", "grpc")
 # Directories under copilot/ that hold no service.
 NOT_SERVICES = frozenset({"environments", "pipelines"})
+_SETTINGS = ("environments", "services", "max_replicas", "region", "health_check_interval")
 # An AWS region code: us-east-1, ap-southeast-2, us-gov-west-1, eu-isoe-west-1.
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
 
@@ -56,6 +60,7 @@ class Config:
     max_replicas: int = MAX_REPLICAS
     max_replicas_location: Location | None = None
     region: str = DEFAULT_REGION
+    health_check_interval: float | None = None
 
 
 def find_root(start: Path) -> Path:
@@ -99,19 +104,20 @@ def read_config(path: Path) -> Config:
         )
     envs: dict[str, EnvConfig] = {}
     for key in root:
-        if key not in ("environments", "services", "max_replicas", "region"):
+        if key not in _SETTINGS:
             raise ManifestError(
                 f'unknown setting "{key}"',
                 location=root.keys[key],
-                hint="known: environments, services, max_replicas, region",
+                hint="known: " + ", ".join(_SETTINGS),
             )
     protocols = _read_services(root.get("services"))
     limit = _read_max_replicas(root.get("max_replicas"))
     limit_at = root.keys["max_replicas"] if "max_replicas" in root else None
     region = _read_region(root.get("region"))
+    interval = _read_interval(root.get("health_check_interval"))
     node = root.get("environments")
     if node is None or (isinstance(node, Scalar) and node.kind == "null"):
-        return Config(path, {}, protocols, limit, limit_at, region)
+        return Config(path, {}, protocols, limit, limit_at, region, interval)
     if not isinstance(node, Map):
         raise ManifestError(
             "environments must be a mapping of names",
@@ -143,7 +149,21 @@ def read_config(path: Path) -> Config:
                 hint="write NAME: {legacy_namespace: true}",
             )
         envs[name] = EnvConfig(legacy, node.keys[name])
-    return Config(path, envs, protocols, limit, limit_at, region)
+    return Config(path, envs, protocols, limit, limit_at, region, interval)
+
+
+def _read_interval(node: Node | None) -> float | None:
+    if node is None or (isinstance(node, Scalar) and node.kind == "null"):
+        return None
+    seconds = parse_duration(node.text) if isinstance(node, Scalar) else None
+    if seconds is not None and seconds >= 0.1:
+        return seconds
+    shown = node.text if isinstance(node, Scalar) else "a mapping or list"
+    raise ManifestError(
+        f'health_check_interval must be a duration of at least 100ms, not "{shown}"',
+        location=node.loc,
+        hint="write health_check_interval: 1s",
+    )
 
 
 def _read_region(node: Node | None) -> str:
@@ -248,4 +268,5 @@ def find_workspace(start: Path, *, lenient: bool = False) -> Workspace:
         config.max_replicas,
         config.max_replicas_location,
         config.region,
+        config.health_check_interval,
     )

@@ -73,6 +73,10 @@ class Scalar(Node):
     text: str
     # "str", "int", "float", "bool", "null" (other explicit tags count as "str")
     kind: str = "str"
+    # Copilot's interpolation skips these: a `|` block keeps a JSON array as
+    # text, and a custom tag (`!Ref`) is no `!!str` to go-yaml.
+    literal: bool = False
+    custom_tag: bool = False
 
     def plain(self) -> ScalarValue:
         return self.value
@@ -165,7 +169,8 @@ class _Converter:
                 value = _scalar_value(kind, node.value)
             except ValueError:  # e.g. an explicit `!!int abc`
                 raise ManifestError(f"{node.value!r} is not a valid {kind}", location=loc) from None
-            return Scalar(loc, value, node.value, kind)
+            custom = not node.tag.startswith(_TAG)
+            return Scalar(loc, value, node.value, kind, node.style == "|", custom)
         if isinstance(node, yaml.SequenceNode):
             return Seq(loc, [self.convert(child, depth + 1) for child in node.value])
         assert isinstance(node, yaml.MappingNode)

@@ -34,12 +34,14 @@ def test_validate_bad_workspace_in_a_real_process() -> None:
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr + proc.stdout
     for where in (
-        "copilot/a/manifest.yml:5:13: error: image.build and image.location exclude each other",
-        "copilot/b/manifest.yml:7:12: error: network.connect.alias",
-        "copilot/c/manifest.yml:4:11: error: a Request-Driven Web Service cannot use",
+        "copilot/svc-a/manifest.yml:5:13: error: image.build and image.location exclude each other",
+        "copilot/svc-b/manifest.yml:7:12: error: network.connect.alias",
+        "copilot/svc-c/manifest.yml:5:11: error: env_file: environment file config/c.txt must",
     ):
         assert where in proc.stderr
     assert "5 errors" in proc.stderr
+    # Copilot ignores an RDWS's network.connect: a warning, not one of the errors
+    assert "svc-c/manifest.yml:4:11: note: network.connect: a Request-Driven" in proc.stdout
 
 
 def test_validate_unknown_app_protocol_in_a_real_process() -> None:
@@ -174,6 +176,7 @@ def test_plan_table_realworld(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MESHLOCAL_SECRET_DB_HOST", "db")
+    monkeypatch.setenv("TAG", "v1")  # staging's image tag: Copilot interpolates every block
     assert main(["-C", str(FIXTURES / "realworld"), "plan", "--env", "prod"]) == 0
     out = capsys.readouterr().out
     assert "orders.prod.shop.local:9000" in out
@@ -186,6 +189,7 @@ def test_plan_json_does_not_leak_secret_values(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MESHLOCAL_SECRET_DB_HOST", "db")
+    monkeypatch.setenv("TAG", "v1")
     assert main(["-C", str(FIXTURES / "realworld"), "plan", "--env", "test", "--json"]) == 0
     out = capsys.readouterr().out
     assert "local-session-secret" not in out

@@ -9,7 +9,7 @@ import pytest
 
 from meshlocal.errors import EnvironmentNotFound, ManifestError, WorkspaceNotFound
 from meshlocal.manifest import check, find_workspace, load_environment, read_env_file
-from meshlocal.manifest.loader import parse_duration, split_command
+from meshlocal.manifest.fields import parse_duration, split_command
 from meshlocal.manifest.model import ContainerHealthCheck, HttpHealthCheck, ServiceType
 from meshlocal.naming import NamingModel
 
@@ -121,17 +121,60 @@ def test_container_healthcheck_durations(make_ws: MakeWorkspace) -> None:
     svc = one(
         make_ws,
         "image:\n  location: x\n  healthcheck:\n    command: [CMD, /bin/check]\n"
-        "    interval: 1m30s\n    retries: 5\n    timeout: 500ms\n    start_period: 0\n",
+        "    interval: 1m30s\n    retries: 5\n    timeout: 2500ms\n    start_period: 0\n",
     )
     hc = svc.container_healthcheck
     assert hc is not None
+    # whole seconds, truncated, as Copilot hands them to ECS (int64(d.Seconds()))
     assert (hc.command, hc.interval_s, hc.retries, hc.timeout_s, hc.start_period_s) == (
         ("CMD", "/bin/check"),
         90.0,
         5,
-        0.5,
+        2.0,
         0.0,
     )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "shown", "bounds"),
+    [
+        ("interval", "4s", "4 seconds", "5 to 300 seconds"),
+        ("interval", "301s", "301 seconds", "5 to 300 seconds"),
+        ("timeout", "1999ms", "1 seconds", "2 to 60 seconds"),
+        ("timeout", "61s", "61 seconds", "2 to 60 seconds"),
+        ("retries", "0", "0", "1 to 10"),
+        ("retries", "11", "11", "1 to 10"),
+        ("start_period", "5m1s", "301 seconds", "0 to 300 seconds"),
+    ],
+)  # fmt: skip
+def test_container_healthcheck_bounds_are_ecs(
+    make_ws: MakeWorkspace, field: str, value: str, shown: str, bounds: str
+) -> None:
+    message = f"image.healthcheck.{field}: {shown} is outside what ECS accepts ({bounds})"
+    root = make_ws(
+        {
+            "api": "type: Backend Service\nimage:\n  location: x\n  healthcheck:\n"
+            f"    command: [CMD, /bin/check]\n    {field}: {value}\n"
+        }
+    )
+    assert [e.message for e in check(root, None, {}).errors] == [message]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("interval", "5s"), ("interval", "5m"), ("timeout", "2s"), ("timeout", "60s"),
+     ("retries", "1"), ("retries", "10"), ("start_period", "0s"), ("start_period", "300s")],
+)  # fmt: skip
+def test_container_healthcheck_bounds_include_their_ends(
+    make_ws: MakeWorkspace, field: str, value: str
+) -> None:
+    root = make_ws(
+        {
+            "api": "type: Backend Service\nimage:\n  location: x\n  healthcheck:\n"
+            f"    command: [CMD, /bin/check]\n    {field}: {value}\n"
+        }
+    )
+    assert check(root, None, {}).ok
 
 
 # Copilot's defaults, from its source (aws/copilot-cli): NewDefaultContainerHealthCheck in
@@ -249,8 +292,8 @@ def test_lbws_http_false_disables_http(make_ws: MakeWorkspace) -> None:
         ("count: 4", 4),
         ("count: 0", 0),
         ("", 1),
-        ("count:\n  range: 3-10", 3),
-        ("count:\n  range: {min: 2, max: 6, spot_from: 4}", 2),
+        ("count:\n  range: 3-10\n  cpu_percentage: 70", 3),
+        ("count:\n  range: {min: 2, max: 6, spot_from: 4}\n  requests: 10", 2),
         ("count:\n  spot: 5", 5),
         ("count:\n  range: 1-10\n  cpu_percentage: 70\n  requests: 30", 1),
         (
@@ -395,10 +438,10 @@ def test_sidecars_and_depends_on(make_ws: MakeWorkspace) -> None:
 
 
 def test_worker_port_is_ignored_with_a_note(make_ws: MakeWorkspace) -> None:
-    root = make_ws({"w": "type: Worker Service\n" + BUSYBOX + "  port: 80\n"})
+    root = make_ws({"worker": "type: Worker Service\n" + BUSYBOX + "  port: 80\n"})
     report = check(root, None, {})
     assert report.ok
-    assert report.spec.service("w").port is None
+    assert report.spec.service("worker").port is None
     assert any("Worker Service takes no traffic" in n.message for n in report.notes)
 
 

@@ -85,8 +85,13 @@ def test_staging_without_tag_names_the_variable_and_line() -> None:
     assert error.message == 'environment variable "TAG" is not defined'
     assert error.location is not None
     assert (error.location.path.name, error.location.line) == ("manifest.yml", 126)
-    # other environments don't need TAG
-    assert check(ROOT, "prod", {"MESHLOCAL_SECRET_DB_HOST": "x"}).ok
+    # Copilot interpolates the whole file before choosing an environment
+    # (interpolate.go runs on the raw manifest): prod needs TAG as well.
+    prod = check(ROOT, "prod", {"MESHLOCAL_SECRET_DB_HOST": "x"})
+    assert [(e.message, e.location.line if e.location else 0) for e in prod.errors] == [
+        ('environment variable "TAG" is not defined', 126)
+    ]
+    assert check(ROOT, "prod", {"MESHLOCAL_SECRET_DB_HOST": "x", "TAG": "v1"}).ok
 
 
 def test_prod_count_range_and_connect_override() -> None:
