@@ -165,8 +165,12 @@ class Deployment:
 
     # -- desired state ----------------------------------------------------
 
-    def desired(self, built: Mapping[str, tuple[str, str | None]]) -> dict[str, DesiredService]:
+    def desired(
+        self, built: Mapping[str, tuple[str, str | None]], public_port: int = 0
+    ) -> dict[str, DesiredService]:
+        """`public_port`: the host port of the public endpoint, for COPILOT_LB_DNS."""
         naming = NamingModel(self.spec)
+        lb_dns = f"localhost:{public_port}" if public_port else None
         out: dict[str, DesiredService] = {}
         for svc in self.spec.services:
             if svc.name not in built:
@@ -189,6 +193,8 @@ class Deployment:
                 image_id=image_id,
                 env_file=env_file,
                 sidecar_images=sidecar_images,
+                lb_dns=lb_dns,
+                health_interval=self.workspace.health_check_interval,
             )
             out[svc.name] = DesiredService(template, svc.count)
         return out
@@ -537,9 +543,11 @@ class Deployment:
         `replace_services` rolls those services' replicas even when unchanged.
         """
         self.check_replica_limit()
+        # Known before the replicas are made: COPILOT_LB_DNS names it.
+        public_port = self.resolve_public_port(mode, public_port)
         self.phase = "building images"
         built = self.build(progress, force_build=force_build)
-        desired = self.desired(built)
+        desired = self.desired(built, public_port)
         self.phase = "starting the data plane"
         network = self.network()
         config = self.agent_config(desired, mode, network, public_port=public_port)
@@ -562,6 +570,27 @@ class Deployment:
             self.wait_ready(timeout)
         self._remember_vips()
         return plane
+
+    def resolve_public_port(self, mode: Mode, public_port: int) -> int:
+        """The public endpoint's host port: `--port`, else the one it has, else a free one.
+
+        Concrete, never 0: the URLs a person has open survive a data-plane
+        restart, and replicas are told it in COPILOT_LB_DNS.
+        """
+        if public_port or not public_rules(NamingModel(self.spec)):
+            return public_port
+        if mode == "container":
+            current = self._dataplane_container()
+            kept = published_ports(self.engine, current.id) if current is not None else {}
+            if not kept:  # a data plane that was removed: its port, when still free
+                with contextlib.suppress(OSError, ValueError):
+                    remembered = json.loads(self._state_file(".ports").read_text())
+                    kept = {int(k): int(v) for k, v in remembered.items() if port_free(int(v))}
+            return kept.get(PUBLIC_PORT) or free_port("127.0.0.1")
+        with contextlib.suppress(OSError, ValueError, KeyError, AttributeError):
+            admin = json.loads(self._state_file(".admin").read_text())
+            return int(str(admin["public_url"]).rsplit(":", 1)[1].rstrip("/"))
+        return free_port("127.0.0.1")
 
     def current_vips(self) -> dict[str, str]:
         """Endpoint -> address: the running data plane's, else the last one remembered.

@@ -26,11 +26,20 @@ ECS rules encoded here (see docs/concepts.md):
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from meshlocal.manifest.model import EnvironmentSpec, Service, ServiceType
+from meshlocal.manifest.model import (
+    LOCAL_ACCOUNT_ID,
+    EnvironmentSpec,
+    Service,
+    ServiceType,
+    Sidecar,
+    TopicQueue,
+)
 
 # Services that run on ECS tasks and so can take part in Service Connect.
 _ECS_TYPES = frozenset(
@@ -108,6 +117,7 @@ class NamingModel:
     def __init__(self, spec: EnvironmentSpec, vips: Mapping[str, str] | None = None) -> None:
         self.app = spec.app
         self.env = spec.env
+        self.region = spec.workspace.region
         self.legacy = spec.environment.legacy_namespace
         self.namespace = (
             f"{self.app}.local".lower() if self.legacy else f"{self.env}.{self.app}.local".lower()
@@ -236,24 +246,106 @@ class NamingModel:
 
     # -- Containers -------------------------------------------------------
 
-    def copilot_vars(self, service: str) -> dict[str, str]:
-        return {
+    def copilot_vars(self, service: str, lb_dns: str | None = None) -> dict[str, str]:
+        """Copilot's envvars-common.yml for one service, in its order.
+
+        Every container of the task gets these, sidecars included
+        (internal/pkg/template/templates/workloads/partials/cf/). ARNs and
+        queue URLs are in the local region and account: names only until a
+        local SNS/SQS exists.
+        """
+        svc = self.services[service]
+        out = {
             "COPILOT_APPLICATION_NAME": self.app,
+            "COPILOT_SERVICE_DISCOVERY_ENDPOINT": self.discovery_endpoint,
             "COPILOT_ENVIRONMENT_NAME": self.env,
             "COPILOT_SERVICE_NAME": service,
-            "COPILOT_SERVICE_DISCOVERY_ENDPOINT": self.discovery_endpoint,
+        }
+        if svc.publish_topics:
+            # generateSNSJSON: json.Marshal of a map, so keys sorted, no spaces.
+            arns = {t: self.topic_arn(service, t) for t in svc.publish_topics}
+            out["COPILOT_SNS_TOPIC_ARNS"] = _json(arns)
+        if svc.type is ServiceType.WORKER_SERVICE:
+            out["COPILOT_QUEUE_URI"] = self.queue_url(
+                f"{self.app}-{self.env}-{service}-EventsQueue", svc.queue_fifo
+            )
+            if svc.topic_queues:
+                out["COPILOT_TOPIC_QUEUE_URIS"] = _json(
+                    {_queue_key(q): self.topic_queue_url(service, q) for q in svc.topic_queues}
+                )
+        if lb_dns is not None and svc.http_path is not None and svc.type in _ALB_TYPES:
+            out["COPILOT_LB_DNS"] = lb_dns
+        return out
+
+    def agent_vars(self) -> dict[str, str]:
+        """What the ECS agent sets in every Fargate container (the metadata URIs aside)."""
+        return {
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_EXECUTION_ENV": "AWS_ECS_FARGATE",
         }
 
-    def env_vars(self, service: str, env_file: dict[str, str] | None = None) -> dict[str, str]:
-        """A replica's environment: env_file < variables < secrets < COPILOT_*.
+    def topic_arn(self, service: str, topic: str) -> str:
+        # snsARNPattern in internal/pkg/template/workload.go
+        return (
+            f"arn:aws:sns:{self.region}:{LOCAL_ACCOUNT_ID}:{self.app}-{self.env}-{service}-{topic}"
+        )
 
-        COPILOT_* come last because ECS rejects a task definition that
-        redefines them; validation reports the clash, this keeps it safe.
+    def queue_url(self, name: str, fifo: bool) -> str:
+        suffix = ".fifo" if fifo else ""
+        return f"https://sqs.{self.region}.amazonaws.com/{LOCAL_ACCOUNT_ID}/{name}{suffix}"
+
+    def topic_queue_url(self, service: str, q: TopicQueue) -> str:
+        # The queue's logical id in subscribe.yml: {Service}{Topic}EventsQueue.
+        logical = f"{_logical_id(q.service)}{_logical_id(q.topic)}EventsQueue"
+        return self.queue_url(f"{self.app}-{self.env}-{service}-{logical}", q.fifo)
+
+    def env_vars(
+        self, service: str, env_file: dict[str, str] | None = None, lb_dns: str | None = None
+    ) -> dict[str, str]:
+        """A replica's environment, in the order ECS applies it (the last name wins).
+
+        env_file < the agent's < envvars-common < variables < secrets <
+        COPILOT_MOUNT_POINTS: Copilot writes the manifest's variables after
+        its own COPILOT_* (workload-container.yml), so a variable of the same
+        name replaces them; the mount points come after the variables.
         """
         svc = self.services[service]
         env: dict[str, str] = {}
         env.update(env_file or {})
+        env.update(self.agent_vars())
+        env.update(self.copilot_vars(service, lb_dns))
         env.update(svc.variables)
         env.update(svc.secrets)
-        env.update(self.copilot_vars(service))
+        if svc.mount_points:
+            env["COPILOT_MOUNT_POINTS"] = _json(svc.mount_points)
         return env
+
+    def sidecar_env_vars(
+        self, service: str, sidecar: Sidecar, lb_dns: str | None = None
+    ) -> dict[str, str]:
+        """A sidecar's: the task's envvars-common, then its own variables (sidecars.yml)."""
+        env = {**self.agent_vars(), **self.copilot_vars(service, lb_dns)}
+        env.update(sidecar.variables)
+        env.update(sidecar.secrets)
+        if sidecar.mount_points:
+            env["COPILOT_MOUNT_POINTS"] = _json(sidecar.mount_points)
+        return env
+
+
+_ALB_TYPES = frozenset({ServiceType.LOAD_BALANCED_WEB_SERVICE, ServiceType.BACKEND_SERVICE})
+
+
+def _json(data: Mapping[str, str]) -> str:
+    return json.dumps(dict(data), sort_keys=True, separators=(",", ":"))
+
+
+def _logical_id(name: str) -> str:
+    """template's StripNonAlphaNumFunc, as logicalIDSafe uses it for these names."""
+    return re.sub(r"[^a-zA-Z0-9]", "", name)
+
+
+def _queue_key(q: TopicQueue) -> str:
+    # generateQueueURIJSON: {svc}{Title(topic)}EventsQueue, both stripped.
+    topic = _logical_id(q.topic)
+    return f"{_logical_id(q.service)}{topic[:1].upper()}{topic[1:].lower()}EventsQueue"

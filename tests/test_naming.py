@@ -292,7 +292,7 @@ def test_copilot_vars_are_exact() -> None:
     }
 
 
-def test_env_vars_layering_env_file_variables_secrets_then_copilot_vars() -> None:
+def test_env_vars_layering_env_file_copilot_vars_variables_then_secrets() -> None:
     api = svc(
         "api",
         variables={"LOG": "on", "SHARED": "variable", "COPILOT_SERVICE_NAME": "spoof"},
@@ -303,9 +303,17 @@ def test_env_vars_layering_env_file_variables_secrets_then_copilot_vars() -> Non
         env_file={"LOG": "off", "FROM_FILE": "1", "TOKEN": "file", "COPILOT_APPLICATION_NAME": "x"},
     )
     assert env == {
+        **COPILOT_VARS,
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EXECUTION_ENV": "AWS_ECS_FARGATE",
         "LOG": "on",  # variables beat env_file
         "FROM_FILE": "1",
         "TOKEN": "s3cret",  # secrets beat env_file
         "SHARED": "secret",  # secrets beat variables
-        **COPILOT_VARS,  # and nothing redefines Copilot's own
+        # Copilot writes the manifest's after its own (workload-container.yml),
+        # and ECS keeps the last of a repeated name: the manifest wins; an
+        # env_file never does (the task definition's environment beats it).
+        "COPILOT_SERVICE_NAME": "spoof",
+        "COPILOT_ENVIRONMENT_NAME": "spoof",
     }

@@ -273,7 +273,8 @@ def _up_host_foreground(dep: Deployment, *, public_port: int, force_build: bool)
     Ctrl-C removes everything, as an attached `up` that started the mesh does.
     """
     err.print(f"[+] Building {len(dep.spec.services)} service image(s)", markup=False)
-    desired = dep.desired(dep.build(_say, force_build=force_build))
+    public_port = dep.resolve_public_port("host", public_port)
+    desired = dep.desired(dep.build(_say, force_build=force_build), public_port)
     network = dep.network()
     config = dep.agent_config(desired, "host", network, public_port=public_port)
     from meshlocal import control

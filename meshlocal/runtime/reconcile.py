@@ -11,7 +11,7 @@ import hashlib
 import itertools
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from meshlocal.manifest.model import ContainerHealthCheck, Service
@@ -78,20 +78,22 @@ def template_for(
     image_id: str | None = None,
     env_file: Mapping[str, str] | None = None,
     sidecar_images: Mapping[str, str] | None = None,
+    lb_dns: str | None = None,
+    health_interval: float | None = None,
 ) -> ReplicaTemplate:
-    """The replica template of a merged service manifest."""
+    """The replica template of a merged service manifest.
+
+    `lb_dns`: where a person reaches the public endpoint (COPILOT_LB_DNS);
+    `health_interval`: copilot/.meshlocal.yml's local probe period.
+    """
     sidecars = tuple(
         SidecarTemplate(
             name=sc.name,
             image=(sidecar_images or {}).get(sc.name) or sc.image or "",
-            environment={
-                **sc.variables,
-                **sc.secrets,
-                **naming.copilot_vars(service.name),
-            },
+            environment=naming.sidecar_env_vars(service.name, sc, lb_dns),
             command=sc.command,
             entrypoint=sc.entrypoint,
-            healthcheck=sc.healthcheck,
+            healthcheck=local_check(sc.healthcheck, health_interval),
             essential=sc.essential,
             depends_on=dict(sc.depends_on),
         )
@@ -100,16 +102,25 @@ def template_for(
     return ReplicaTemplate(
         service=service.name,
         image=image,
-        environment=naming.env_vars(service.name, dict(env_file or {})),
+        environment=naming.env_vars(service.name, dict(env_file or {}), lb_dns),
         command=service.command,
         entrypoint=service.entrypoint,
-        healthcheck=service.container_healthcheck,
+        healthcheck=local_check(service.container_healthcheck, health_interval),
         port=service.target_port,
         sidecars=sidecars,
         depends_on=dict(service.depends_on),
         image_id=image_id,
         service_connect=_connect_identity(naming, service),
     )
+
+
+def local_check(
+    check: ContainerHealthCheck | None, interval: float | None
+) -> ContainerHealthCheck | None:
+    """The manifest's check, probed every `interval` locally when one is set."""
+    if check is None or interval is None:
+        return check
+    return replace(check, interval_s=interval)
 
 
 def _connect_identity(naming: NamingModel, service: Service) -> str:

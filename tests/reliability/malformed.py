@@ -24,7 +24,7 @@ API: dict[str, Any] = {
     "image": {
         "location": "busybox:local",
         "port": 80,
-        "healthcheck": {"command": ["CMD-SHELL", "true"], "interval": "1s", "retries": 2},
+        "healthcheck": {"command": ["CMD-SHELL", "true"], "interval": "5s", "retries": 2},
     },
     "command": ["httpd", "-f"],
     "count": 2,
@@ -91,6 +91,7 @@ def _dump(doc: Any) -> bytes:
 def _base() -> dict[str, bytes]:
     return {
         "copilot/.workspace": b"application: fuzz\n",
+        "copilot/.meshlocal.yml": b"health_check_interval: 1s\n",
         "copilot/api/manifest.yml": _dump(API),
         "copilot/web/manifest.yml": _dump(WEB),
         "copilot/environments/test/manifest.yml": _dump(ENV),
