@@ -37,10 +37,10 @@ from meshlocal.errors import (
     PortInUse,
     RuntimeFailure,
 )
-from meshlocal.manifest import find_workspace, load_environment, read_env_file
-from meshlocal.manifest.diagnostics import ManifestErrors
+from meshlocal.manifest import check, find_workspace, read_env_file
+from meshlocal.manifest.diagnostics import ManifestErrors, Note
 from meshlocal.manifest.model import EnvironmentSpec, Workspace
-from meshlocal.manifest.validate import over_replica_limit
+from meshlocal.manifest.validate import over_replica_limit, runnable_hint
 from meshlocal.naming import NamingModel
 from meshlocal.proxy.app import public_rules
 from meshlocal.readiness import crash_failure, starting_replicas, timeout_failure
@@ -103,12 +103,16 @@ class Deployment:
         engine: Engine | None = None,
         project_suffix: str | None = None,
         lenient: bool = False,
+        services: Sequence[str] = (),
     ) -> None:
         # `lenient`: find a running mesh even when copilot/.meshlocal.yml is broken.
         self.workspace: Workspace = find_workspace(start, lenient=lenient)
         self._env_arg = env
         self._environ = environ
+        # `up SERVICE...`: only these are loaded (a broken manifest elsewhere is a warning).
+        self.services = tuple(services)
         self._spec: EnvironmentSpec | None = None
+        self._left_out: list[Note] = []
         self._engine = engine
         self.phase = "loading the workspace"  # where `up` is, for an interruption's message
         # Images are shared by every copy of a workspace; containers and
@@ -124,8 +128,17 @@ class Deployment:
     @property
     def spec(self) -> EnvironmentSpec:
         if self._spec is None:
-            self._spec = load_environment(self.workspace, self._env_arg, self._environ)
+            report = check(self.workspace, self._env_arg, self._environ, self.services or None)
+            if report.errors:
+                raise ManifestErrors(report.errors, footer=runnable_hint(report))
+            self._spec = report.spec
+            self._left_out = [n for n in report.notes if n.kind == "left-out"]
         return self._spec
+
+    def load_notes(self) -> list[str]:
+        """The broken manifests of services `up SERVICE...` left out, one line each."""
+        _ = self.spec
+        return [note.render() for note in self._left_out]
 
     @property
     def env(self) -> str:
@@ -570,6 +583,13 @@ class Deployment:
             self.wait_ready(timeout)
         self._remember_vips()
         return plane
+
+    def running_services(self) -> list[str]:
+        """The services of the running mesh, or none when it isn't running."""
+        try:
+            return sorted(self.state()["services"])
+        except MeshlocalError:
+            return []
 
     def resolve_public_port(self, mode: Mode, public_port: int) -> int:
         """The public endpoint's host port: `--port`, else the one it has, else a free one.

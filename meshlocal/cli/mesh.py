@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from meshlocal.cli.running import check_down_environment, require_known, running
 from meshlocal.cli.workspace import env_option
 from meshlocal.deployment import Deployment, stop_host_agents
 from meshlocal.errors import DataPlaneDown, RuntimeFailure
+from meshlocal.manifest.loader import select_environment
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.backoff import KEPT_SUFFIX
 from meshlocal.runtime.engine import ContainerInfo, Engine, Removed, engine_errors
@@ -161,8 +162,22 @@ def _say(line: str) -> None:
 
 
 @contextlib.contextmanager
-def _deployment(ctx: Context, env: str | None) -> Iterator[Deployment]:
-    dep = Deployment(ctx.directory, env)
+def _deployment(
+    ctx: Context, env: str | None, services: Sequence[str] = ()
+) -> Iterator[Deployment]:
+    if services:
+        # The running mesh's other services stay: they are loaded as if named.
+        probe = Deployment(ctx.directory, env)
+        env = select_environment(probe.workspace, env).name
+        probe = Deployment(ctx.directory, env)
+        try:
+            running = probe.running_services()
+        finally:
+            probe.close()
+        services = (*services, *(s for s in running if s not in services))
+    dep = Deployment(ctx.directory, env, services=services)
+    for note in dep.load_notes():
+        _say(note)
     try:
         yield dep
     finally:
@@ -206,6 +221,7 @@ def _deployment(ctx: Context, env: str | None) -> Iterator[Deployment]:
     show_default=True,
     help="Seconds to wait for every replica to become healthy.",
 )
+@click.argument("services", nargs=-1, metavar="[SERVICE]...")
 @pass_context
 def up(
     ctx: Context,
@@ -216,9 +232,15 @@ def up(
     force_build: bool,
     replace_services: tuple[str, ...],
     timeout: float,
+    services: tuple[str, ...],
 ) -> None:
-    """Build, start and connect every service of an environment."""
-    with _deployment(ctx, env) as dep, sigterm_interrupts():
+    """Build, start and connect every service of an environment, or only SERVICE...
+
+    With names, only those manifests are loaded (another service's broken
+    manifest is a warning), as `copilot svc deploy` deploys one service at a
+    time; services the running mesh already has keep running.
+    """
+    with _deployment(ctx, env, services) as dep, sigterm_interrupts():
         require_known(dep, replace_services, (s.name for s in dep.spec.services))
         dep.check_replica_limit()
         for skipped in dep.spec.skipped:

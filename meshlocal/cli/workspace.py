@@ -12,6 +12,7 @@ from rich.table import Table
 from meshlocal.cli.app import Context, cli, pass_context
 from meshlocal.manifest import ManifestErrors, check, load_environment
 from meshlocal.manifest.model import EnvironmentSpec, Service
+from meshlocal.manifest.validate import runnable_hint
 from meshlocal.naming import NamingModel
 
 PLAN_SCHEMA = 1
@@ -34,15 +35,22 @@ def _console() -> Console:
 
 @cli.command()
 @env_option
+@click.argument("services", nargs=-1, metavar="[SERVICE]...")
 @pass_context
-def validate(ctx: Context, env: str | None) -> None:
-    """Check the manifests for one environment; list every error and what is not emulated."""
-    report = check(ctx.directory, env)
+def validate(ctx: Context, env: str | None, services: tuple[str, ...]) -> None:
+    """Check the manifests for one environment; list every error and what is not emulated.
+
+    With SERVICE names, only those are checked (another service's broken
+    manifest is a warning), as `copilot svc deploy` deploys one at a time.
+    """
+    report = check(ctx.directory, env, services=services or None)
     out = _console()
     for note in report.notes:
-        out.print(note.render(), markup=False, style="dim" if note.kind != "warning" else "yellow")
+        warn = note.kind in ("warning", "left-out")
+        out.print(note.render(), markup=False, style="yellow" if warn else "dim")
     if report.errors:
-        raise ManifestErrors(report.errors, suggest_validate=False)
+        footer = None if services else runnable_hint(report)
+        raise ManifestErrors(report.errors, suggest_validate=False, footer=footer)
     names = ", ".join(s.name for s in report.spec.services) or "none"
     out.print(
         f"{report.workspace.app}/{report.environment.name}: "

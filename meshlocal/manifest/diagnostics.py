@@ -11,7 +11,7 @@ from meshlocal.errors import Location, ManifestError
 class Note:
     """Something worth telling that is not an error (not emulated, skipped, unknown)."""
 
-    kind: str  # "not-emulated" | "skipped" | "warning"
+    kind: str  # "not-emulated" | "skipped" | "warning" | "left-out" (a broken, unnamed service)
     message: str
     location: Location | None = None
 
@@ -51,9 +51,16 @@ def _sort_key(error: ManifestError) -> tuple[str, int, int]:
 class ManifestErrors(ManifestError):
     """Several manifest errors at once; renders every one of them."""
 
-    def __init__(self, errors: list[ManifestError], *, suggest_validate: bool = True) -> None:
+    def __init__(
+        self,
+        errors: list[ManifestError],
+        *,
+        suggest_validate: bool = True,
+        footer: str | None = None,
+    ) -> None:
         self.errors = sorted(errors, key=_sort_key)
         self.suggest_validate = suggest_validate
+        self.footer = footer  # a closing line, e.g. how to run the services that load
         first = self.errors[0]
         super().__init__(first.message, location=first.location, hint=first.hint)
 
@@ -61,4 +68,5 @@ class ManifestErrors(ManifestError):
         body = "\n".join(e.render() for e in self.errors)
         count = f"{len(self.errors)} error" + ("s" if len(self.errors) != 1 else "")
         tail = "; `meshlocal validate` lists them with notes" if self.suggest_validate else ""
-        return f"{body}\n{count}{tail}"
+        footer = f"\n  hint: {self.footer}" if self.footer else ""
+        return f"{body}\n{count}{tail}{footer}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -236,6 +236,7 @@ class Report:
     spec: EnvironmentSpec
     errors: list[ManifestError] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)  # services whose manifest has errors
 
     @property
     def ok(self) -> bool:
@@ -252,24 +253,47 @@ def check(
     start_or_workspace: Path | str | Workspace,
     env: str | None = None,
     environ: Mapping[str, str] | None = None,
+    services: Sequence[str] | None = None,
 ) -> Report:
     """Load one environment and collect every rule violation and note.
 
     Only a missing workspace or environment raises; every manifest problem is
-    in the report, each with its file:line.
+    in the report, each with its file:line. `services`: only those are
+    loaded, as `copilot svc deploy` deploys one at a time; another service's
+    broken manifest is a warning then.
     """
     workspace = _workspace(start_or_workspace)
     environment = select_environment(workspace, env)
+    named = _named(workspace, services)
     diag = Diagnostics()
     check_names(workspace, environment, diag)
     load_environment_manifest(environment, diag)
-    loader = ServiceLoader(workspace, environment, os.environ if environ is None else environ, diag)
-    services: list[Service] = []
+    environ = os.environ if environ is None else environ
+    loader = ServiceLoader(workspace, environment, environ, diag)
+    loaded: list[Service] = []
     skipped: list[SkippedService] = []
+    broken: list[str] = []
     for name, path in workspace.service_manifests.items():
+        if named is not None and name not in named:
+            own = Diagnostics()
+            other = ServiceLoader(workspace, environment, environ, own)
+            result = other.load(name, path)
+            if isinstance(result, Service):
+                check_service(result, own)
+            if own.errors:
+                first = own.errors[0]
+                more = f" (and {len(own.errors) - 1} more)" if len(own.errors) > 1 else ""
+                diag.note(
+                    "left-out",
+                    f"service {name} is not named and its manifest is broken, left out: "
+                    f"{first.message}{more}",
+                    first.location,
+                )
+            continue
+        before = len(diag.errors)
         result = loader.load(name, path)
         if isinstance(result, Service):
-            services.append(result)
+            loaded.append(result)
             check_service(result, diag)
             for dotted in result.not_emulated:
                 diag.note(
@@ -279,7 +303,9 @@ def check(
                 )
         elif isinstance(result, SkippedService):
             skipped.append(result)
-    check_environment(services, diag)
+        if len(diag.errors) > before:
+            broken.append(name)
+    check_environment(loaded, diag)
     for name in sorted(set(workspace.app_protocols) - set(workspace.service_manifests)):
         # A typo here would otherwise leave a service in the wrong mode, silently.
         diag.note(
@@ -288,11 +314,38 @@ def check(
             "is ignored",
             Location(workspace.root / "copilot" / ".meshlocal.yml"),
         )
-    spec = EnvironmentSpec(workspace, environment, tuple(services), tuple(skipped))
+    spec = EnvironmentSpec(workspace, environment, tuple(loaded), tuple(skipped))
     for error in over_replica_limit(spec):
         # Copilot deploys it (not an error here); `up` refuses to run it.
         diag.note("warning", f"{error.message}; `meshlocal up` refuses it", error.location)
-    return Report(workspace, environment, spec, diag.errors, diag.notes)
+    report = Report(workspace, environment, spec, diag.errors, diag.notes)
+    report.broken = broken
+    return report
+
+
+def _named(workspace: Workspace, services: Sequence[str] | None) -> frozenset[str] | None:
+    if not services:
+        return None
+    unknown = [s for s in services if s not in workspace.service_manifests]
+    if unknown:
+        known = ", ".join(workspace.service_manifests) or "none"
+        raise ManifestError(
+            f"no service {', '.join(unknown)} in this workspace",
+            location=Location(workspace.root / "copilot"),
+            hint=f"known services: {known}",
+        )
+    return frozenset(services)
+
+
+def runnable_hint(report: Report) -> str | None:
+    """How to run the services whose manifests load, when some don't."""
+    good = [n for n in report.workspace.service_manifests if n not in report.broken]
+    if not report.broken or not good:
+        return None
+    return (
+        f"the other services load: `meshlocal up {' '.join(good)}` runs them "
+        f"(`meshlocal validate {' '.join(good)}` checks them)"
+    )
 
 
 def over_replica_limit(spec: EnvironmentSpec) -> list[ManifestError]:
@@ -321,9 +374,13 @@ def load_environment(
     start_or_workspace: Path | str | Workspace,
     env: str | None = None,
     environ: Mapping[str, str] | None = None,
+    services: Sequence[str] | None = None,
 ) -> EnvironmentSpec:
-    """The merged model of one environment; raises every manifest error at once."""
-    report = check(start_or_workspace, env, environ)
+    """The merged model of one environment; raises every manifest error at once.
+
+    `services`: only those, as `copilot svc deploy` does one at a time.
+    """
+    report = check(start_or_workspace, env, environ, services)
     if report.errors:
-        raise ManifestErrors(report.errors)
+        raise ManifestErrors(report.errors, footer=runnable_hint(report))
     return report.spec

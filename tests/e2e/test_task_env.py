@@ -1,0 +1,111 @@
+"""A replica's environment as ECS gives it, and `up SERVICE...` on a partly broken workspace.
+
+One mesh: the `single` workspace (an LBWS) plus a Worker Service that
+subscribes to a topic and a service whose manifest is broken.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import (
+    container_of,
+    copy_workspace,
+    failed,
+    leftovers,
+    ok,
+    project_of,
+    run_cli,
+    sh,
+)
+
+pytestmark = pytest.mark.docker
+
+WORKER = """\
+name: worker
+type: Worker Service
+image:
+  location: ${BUSYBOX_IMAGE}
+command: ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
+subscribe:
+  topics:
+    - name: orders
+      service: web
+publish:
+  topics:
+    - name: receipts
+variables:
+  COPILOT_SERVICE_NAME: renamed
+  FLAG: on
+"""
+BROKEN = """\
+name: broken
+type: Backend Service
+image:
+  location: ${BUSYBOX_IMAGE}
+  port: 99999
+"""
+
+
+def _env(client: Any, container: str) -> dict[str, str]:
+    code, out = sh(client, container, "env")
+    assert code == 0, out
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def test_up_named_services_with_a_broken_other_and_their_environment(
+    tmp_path_factory: pytest.TempPathFactory,
+    docker_client: Any,
+    busybox_image: str,
+    dataplane_image: str,
+) -> None:
+    ws: Path = copy_workspace(tmp_path_factory, "single")
+    for name, text in (("worker", WORKER), ("broken", BROKEN)):
+        (ws / "copilot" / name).mkdir()
+        (ws / "copilot" / name / "manifest.yml").write_text(text)
+    (ws / "copilot" / ".meshlocal.yml").write_text("region: eu-west-3\n")
+    project = project_of(ws)
+    try:
+        # No names: refused, every error listed, and how to run the others.
+        stderr = failed(run_cli(ws, "up", "-d", "--timeout", "60"))
+        assert "copilot/broken/manifest.yml:5:9: error: image.port: 99999" in stderr
+        assert "`meshlocal up web worker` runs them" in stderr
+        assert leftovers(docker_client, project) == []
+
+        proc = ok(run_cli(ws, "up", "-d", "web", "worker", "--timeout", "120"))
+        assert "service broken is not named and its manifest is broken" in proc.stderr
+        port = re.search(r"http://127\.0\.0\.1:(\d+)", proc.stdout + proc.stderr)
+        assert port is not None, proc.stdout + proc.stderr
+
+        web = _env(docker_client, container_of(docker_client, project, "web"))
+        assert web["COPILOT_APPLICATION_NAME"] == "single"
+        assert web["COPILOT_ENVIRONMENT_NAME"] == "test"
+        assert web["COPILOT_SERVICE_NAME"] == "web"
+        assert web["COPILOT_SERVICE_DISCOVERY_ENDPOINT"] == "test.single.local"
+        assert web["COPILOT_LB_DNS"] == f"localhost:{port.group(1)}"
+        assert web["AWS_REGION"] == web["AWS_DEFAULT_REGION"] == "eu-west-3"
+        assert web["AWS_EXECUTION_ENV"] == "AWS_ECS_FARGATE"
+        assert "COPILOT_QUEUE_URI" not in web
+
+        worker = _env(docker_client, container_of(docker_client, project, "worker"))
+        account = "123456789012"
+        assert worker["COPILOT_QUEUE_URI"] == (
+            f"https://sqs.eu-west-3.amazonaws.com/{account}/single-test-worker-EventsQueue"
+        )
+        assert worker["COPILOT_SNS_TOPIC_ARNS"] == (
+            f'{{"receipts":"arn:aws:sns:eu-west-3:{account}:single-test-worker-receipts"}}'
+        )
+        assert worker["COPILOT_SERVICE_NAME"] == "renamed"  # the manifest's comes last
+        assert worker["FLAG"] == "on"
+        assert "COPILOT_LB_DNS" not in worker
+
+        # `up web` on the running mesh keeps the worker running.
+        ok(run_cli(ws, "up", "-d", "web", "--timeout", "120"))
+        container_of(docker_client, project, "worker")
+    finally:
+        run_cli(ws, "down", timeout=120)
+    assert leftovers(docker_client, project) == []
