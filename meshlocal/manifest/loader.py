@@ -726,9 +726,11 @@ class ServiceLoader:
         known = frozenset({"spot", "range", *AUTOSCALING_METRICS})
         f.unknown(m, known, "count")
         not_emulated += [f"count.{k}" for k in AUTOSCALING_METRICS if k in m]
+        reported = len(self.diag.errors)
         low = self._range(m.get("range"))
         spot = f.integer(m.get("spot"), "count.spot")
-        self._check_autoscaling(m, svc_type)
+        if len(self.diag.errors) == reported:  # Copilot reports one count error
+            self._check_autoscaling(m, svc_type)
         if "range" in m:
             not_emulated.append("count.range")
         if spot is not None:

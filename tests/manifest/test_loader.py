@@ -495,3 +495,35 @@ def test_bad_meshlocal_config_is_located(make_ws: MakeWorkspace) -> None:
     with pytest.raises(ManifestError) as info:
         find_workspace(root)
     assert str(info.value.location).endswith(".meshlocal.yml:3:5")
+
+
+def test_secret_overrides_replace_each_other(make_ws: MakeWorkspace) -> None:
+    # map[string]Secret: mergo sets the override's entry whole, so an SSM name,
+    # `secretsmanager` and `from_cfn` replace each other (secretTransformer).
+    root = make_ws(
+        {
+            "api": "type: Backend Service\n" + BUSYBOX + "secrets:\n"
+            "  A: {secretsmanager: sm-a}\n  B: /ssm/b\n  C: {from_cfn: export-c}\n"
+            "environments:\n  test:\n    secrets:\n"
+            "      A: /ssm/a\n      B: {from_cfn: export-b}\n      C: {secretsmanager: sm-c}\n"
+        },
+        files={"copilot/.meshlocal/secrets.env": "/ssm/a=1\nexport-b=2\nsm-c=3\nsm-a=x\n"},
+    )
+    spec = load_environment(root, None, {})
+    assert spec.service("api").secrets == {"A": "1", "B": "2", "C": "3"}
+
+
+def test_another_environment_is_decoded_but_not_validated(make_ws: MakeWorkspace) -> None:
+    # svc_deploy.go: the whole file is unmarshalled (type errors anywhere fail),
+    # then only the deployed environment is validated.
+    root = make_ws(
+        {
+            "api": "type: Backend Service\n" + BUSYBOX + "environments:\n  prod:\n"
+            "    count:\n      range: 10-2\n"
+        },
+        envs=("test", "prod"),
+    )
+    assert check(root, "test", {}).ok
+    assert [e.message for e in check(root, "prod", {}).errors] == [
+        "count.range: min value 10 cannot be greater than max value 2"
+    ]
