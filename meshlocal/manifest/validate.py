@@ -50,6 +50,16 @@ def service_name_error(name: str, svc_type: ServiceType) -> str | None:
     return error
 
 
+# envvars-common.yml: what Copilot sets in every container of every service.
+_COPILOT_SETS = frozenset(
+    {
+        "COPILOT_APPLICATION_NAME",
+        "COPILOT_ENVIRONMENT_NAME",
+        "COPILOT_SERVICE_NAME",
+        "COPILOT_SERVICE_DISCOVERY_ENDPOINT",
+    }
+)
+
 # Copilot's names for applications and environments (internal/pkg/cli/validate.go,
 # basicNameValidation): what `copilot app init` / `env init` accept, so what a
 # deployable workspace holds.
@@ -168,6 +178,14 @@ def check_service(svc: Service, diag: Diagnostics) -> None:
                 svc.where(f"sidecars.{sidecar.name}"),
                 "rename the sidecar",
             )
+    for name in sorted(set(svc.variables) & _COPILOT_SETS):
+        # Copilot accepts it; ECS keeps the last of a repeated name, and Copilot
+        # writes the manifest's variables after its own (workload-container.yml).
+        diag.note(
+            "warning",
+            f"variables.{name}: replaces the value Copilot sets in every container",
+            svc.where(f"variables.{name}"),
+        )
     containers = {svc.name, *(s.name for s in svc.sidecars)}
     if svc.target_container is not None and svc.target_container not in containers:
         diag.error(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from meshlocal.manifest import load_environment
+from meshlocal.manifest import check, load_environment
 from meshlocal.naming import NamingModel
 
 from .conftest import MakeWorkspace
@@ -153,3 +153,16 @@ def test_sidecars_get_the_common_variables_and_their_own(make_ws: MakeWorkspace)
     assert "COPILOT_SNS_TOPIC_ARNS" in env
     assert env["COPILOT_MOUNT_POINTS"] == '{"data":"/var/data"}'
     assert env["AWS_EXECUTION_ENV"] == "AWS_ECS_FARGATE"
+
+
+def test_redefining_a_copilot_variable_is_accepted_with_a_warning(make_ws: MakeWorkspace) -> None:
+    root = make_ws(
+        {"api": "type: Backend Service\n" + IMAGE + "variables:\n  COPILOT_SERVICE_NAME: x\n"}
+    )
+    report = check(root, None, {})
+    assert report.ok
+    [note] = [n for n in report.notes if n.kind == "warning"]
+    assert note.message == (
+        "variables.COPILOT_SERVICE_NAME: replaces the value Copilot sets in every container"
+    )
+    assert note.location is not None and note.location.line == 5
