@@ -30,19 +30,16 @@ from meshlocal.errors import (
     ManifestError,
     SecretNotFound,
 )
-from meshlocal.manifest import appprotocol, events
+from meshlocal.manifest import appprotocol, counts, events, healthchecks
 from meshlocal.manifest.diagnostics import Diagnostics
 from meshlocal.manifest.envfile import parse_env_file, read_dotenv
 from meshlocal.manifest.fields import Fields, kind_of
 from meshlocal.manifest.interpolate import interpolate, predefined
 from meshlocal.manifest.merge import is_null, merge
 from meshlocal.manifest.model import (
-    DEFAULT_HEALTHCHECK_COMMAND,
     BuildSpec,
     Connect,
-    ContainerHealthCheck,
     Environment,
-    HttpHealthCheck,
     Service,
     ServiceType,
     Sidecar,
@@ -82,14 +79,6 @@ NOT_EMULATED_HTTP = (
     "ingress",
 )
 NOT_EMULATED_NETWORK = ("vpc",)
-AUTOSCALING_METRICS = (
-    "cpu_percentage",
-    "memory_percentage",
-    "requests",
-    "response_time",
-    "queue_delay",
-    "cooldown",
-)
 
 _ECS = frozenset(
     {
@@ -126,19 +115,6 @@ _IMAGE_FIELDS = frozenset({"build", "location", "port", "healthcheck", "depends_
 _HTTP_FIELDS = frozenset(
     {"path", "healthcheck", "target_container", "targetContainer", "target_port"}
 )
-_HTTP_HC_FIELDS = frozenset(
-    {
-        "path",
-        "port",
-        "success_codes",
-        "healthy_threshold",
-        "unhealthy_threshold",
-        "interval",
-        "timeout",
-        "grace_period",
-    }
-)
-_CONTAINER_HC_FIELDS = frozenset({"command", "interval", "retries", "timeout", "start_period"})
 _BUILD_FIELDS = frozenset({"dockerfile", "context", "args", "target", "cache_from"})
 _SIDECAR_FIELDS = frozenset(
     {
@@ -159,43 +135,6 @@ _SKIP_REASONS = {
     ServiceType.STATIC_SITE: "not emulated: a Static Site is served by S3 and CloudFront",
     ServiceType.SCHEDULED_JOB: "not emulated: a Scheduled Job runs on a schedule, not in the mesh",
 }
-_RANGE = re.compile(r"(\d+)-(\d+)")
-# ECS HealthCheck (API reference): interval 5-300 s, timeout 2-60 s, retries
-# 1-10, startPeriod 0-300 s.
-_ECS_HEALTHCHECK_BOUNDS: dict[str, tuple[int, int]] = {
-    "interval": (5, 300),
-    "timeout": (2, 60),
-    "retries": (1, 10),
-    "start_period": (0, 300),
-}
-# AdvancedCount.validScalingFields / getInvalidFieldsSet (internal/pkg/manifest/svc.go).
-_SCALING_FIELDS: dict[ServiceType, tuple[str, ...]] = {
-    ServiceType.LOAD_BALANCED_WEB_SERVICE: (
-        "cpu_percentage",
-        "memory_percentage",
-        "requests",
-        "response_time",
-    ),
-    ServiceType.BACKEND_SERVICE: (
-        "cpu_percentage",
-        "memory_percentage",
-        "requests",
-        "response_time",
-    ),
-    ServiceType.WORKER_SERVICE: ("cpu_percentage", "memory_percentage", "queue_delay"),
-}
-_INVALID_SCALING: dict[ServiceType, tuple[str, ...]] = {
-    ServiceType.LOAD_BALANCED_WEB_SERVICE: ("queue_delay",),
-    ServiceType.BACKEND_SERVICE: ("queue_delay",),
-    ServiceType.WORKER_SERVICE: ("requests", "response_time"),
-}
-
-
-def _series(words: list[str], conjunction: str) -> str:
-    """go-humanize's english.WordSeries: "a", "a and b", "a, b and c"."""
-    if len(words) <= 1:
-        return "".join(words)
-    return f"{', '.join(words[:-1])} {conjunction} {words[-1]}"
 
 
 def has_env_extension(path: str) -> bool:
@@ -419,7 +358,9 @@ class ServiceLoader:
             build = self.build(image.get("build"), "image.build")
             location = f.string(image.get("location"), "image.location")
             port = f.port(image.get("port"), "image.port")
-            container_hc = self.container_healthcheck(image.get("healthcheck"), "image.healthcheck")
+            container_hc = healthchecks.container_healthcheck(
+                f, image.get("healthcheck"), "image.healthcheck"
+            )
             depends_on = self.depends_on(image.get("depends_on"), "image.depends_on")
             if svc_type is ServiceType.WORKER_SERVICE and "port" in image:
                 self.diag.note(
@@ -454,7 +395,7 @@ class ServiceLoader:
                         ServiceType.REQUEST_DRIVEN_WEB_SERVICE,
                     ):
                         http_path = "/"
-                    http_hc = self.http_healthcheck(http.get("healthcheck"))
+                    http_hc = healthchecks.http_healthcheck(f, http.get("healthcheck"))
                     tc = http.get("target_container") or http.get("targetContainer")
                     target_container = f.string(tc, "http.target_container")
                     target_port = f.port(http.get("target_port"), "http.target_port")
@@ -467,7 +408,7 @@ class ServiceLoader:
         if target_port is None:
             target_port = port
 
-        count = self.count(m.get("count"), svc_type, not_emulated)
+        count = counts.count(f, m.get("count"), svc_type, not_emulated)
 
         # network
         connect = Connect()
@@ -603,98 +544,6 @@ class ServiceLoader:
             cache_from=f.str_list(spec.get("cache_from"), f"{field}.cache_from") or (),
         )
 
-    def container_healthcheck(self, node: Node | None, field: str) -> ContainerHealthCheck | None:
-        f = self.f
-        hc = f.mapping(node, field)
-        if hc is None:
-            return None
-        f.unknown(hc, _CONTAINER_HC_FIELDS, field)
-        if all(is_null(hc.get(key)) for key in _CONTAINER_HC_FIELDS):
-            return None  # Copilot: a check that sets nothing is no check (IsEmpty)
-        cmd_node = hc.get("command")
-        command: tuple[str, ...] | None
-        if is_null(cmd_node):
-            command = DEFAULT_HEALTHCHECK_COMMAND  # Copilot's default, as for every field
-        elif isinstance(cmd_node, Scalar) and cmd_node.kind == "str":
-            command = ("CMD-SHELL", cmd_node.text)
-        else:
-            command = f.str_list(cmd_node, f"{field}.command")
-            if command is None:
-                return None  # not a list of strings: reported
-        if not command:
-            self.diag.error(
-                f"{field}.command: a health check needs a command",
-                cmd_node.loc if cmd_node is not None else hc.loc,
-                'write command: ["CMD-SHELL", "curl -f http://localhost/ || exit 1"]',
-            )
-            return None
-        d = ContainerHealthCheck(command=command)
-        interval = self._hc_seconds(hc, "interval", field, d.interval_s)
-        timeout = self._hc_seconds(hc, "timeout", field, d.timeout_s)
-        start = self._hc_seconds(hc, "start_period", field, d.start_period_s)
-        retries = f.integer(hc.get("retries"), f"{field}.retries", -(2**63))
-        if retries is not None:
-            self._hc_bound(hc, "retries", field, retries, "")
-        return ContainerHealthCheck(
-            command=command,
-            interval_s=interval,
-            timeout_s=timeout,
-            retries=d.retries if retries is None else retries,
-            start_period_s=start,
-        )
-
-    def _hc_seconds(self, hc: Map, key: str, field: str, default: float) -> float:
-        """Whole seconds, as Copilot passes them to ECS (int64(d.Seconds()) truncates)."""
-        value = self.f.duration(hc.get(key), f"{field}.{key}")
-        if value is None:
-            return default
-        seconds = float(int(value))
-        self._hc_bound(hc, key, field, int(seconds), " seconds")
-        return seconds
-
-    def _hc_bound(self, hc: Map, key: str, field: str, value: int, unit: str) -> None:
-        """The bounds ECS's RegisterTaskDefinition enforces (the HealthCheck API type);
-        Copilot checks none, so the deployment would fail there."""
-        low, high = _ECS_HEALTHCHECK_BOUNDS[key]
-        if low <= value <= high:
-            return
-        node = hc.get(key)
-        self.diag.error(
-            f"{field}.{key}: {value}{unit} is outside what ECS accepts ({low} to {high}{unit})",
-            node.loc if node is not None else hc.loc,
-            f"use {low} to {high}{unit}; ECS refuses the task definition otherwise",
-        )
-
-    def http_healthcheck(self, node: Node | None) -> HttpHealthCheck | None:
-        f = self.f
-        field = "http.healthcheck"
-        if node is None or is_null(node):
-            return None
-        if isinstance(node, Scalar):
-            return HttpHealthCheck(path=node.text)
-        hc = f.mapping(node, field)
-        if hc is None:
-            return None
-        f.unknown(hc, _HTTP_HC_FIELDS, field)
-        d = HttpHealthCheck()
-        path = f.string(hc.get("path"), f"{field}.path")
-        codes = f.string(hc.get("success_codes"), f"{field}.success_codes")
-        healthy = f.integer(hc.get("healthy_threshold"), f"{field}.healthy_threshold", 1)
-        unhealthy = f.integer(hc.get("unhealthy_threshold"), f"{field}.unhealthy_threshold", 1)
-        interval = f.duration(hc.get("interval"), f"{field}.interval")
-        timeout = f.duration(hc.get("timeout"), f"{field}.timeout")
-        grace = f.duration(hc.get("grace_period"), f"{field}.grace_period")
-        return HttpHealthCheck(
-            path=d.path if path is None else path,
-            port=f.port(hc.get("port"), f"{field}.port"),
-            success_codes=d.success_codes if codes is None else codes,
-            healthy_threshold=d.healthy_threshold if healthy is None else healthy,
-            unhealthy_threshold=d.unhealthy_threshold if unhealthy is None else unhealthy,
-            interval_s=d.interval_s if interval is None else interval,
-            timeout_s=d.timeout_s if timeout is None else timeout,
-            grace_period_s=d.grace_period_s if grace is None else grace,
-        )
-
     def depends_on(self, node: Node | None, field: str) -> dict[str, str]:
         deps = self.f.str_map(node, field)
         mapping = node if isinstance(node, Map) else None
@@ -707,145 +556,6 @@ class ServiceLoader:
                     "use one of " + ", ".join(sorted(DEPENDS_ON_CONDITIONS)),
                 )
         return deps
-
-    def count(self, node: Node | None, svc_type: ServiceType, not_emulated: list[str]) -> int:
-        f = self.f
-        if node is None or is_null(node):
-            return 1
-        if svc_type is ServiceType.REQUEST_DRIVEN_WEB_SERVICE:
-            # RDWS `count` names an App Runner auto scaling configuration.
-            not_emulated.append("count")
-            return 1
-        if isinstance(node, Scalar):
-            value = f.integer(node, "count")
-            return 1 if value is None else value
-        if not isinstance(node, Map):
-            f.fail(node, "count", "an integer or a mapping")
-            return 1
-        m = node
-        known = frozenset({"spot", "range", *AUTOSCALING_METRICS})
-        f.unknown(m, known, "count")
-        not_emulated += [f"count.{k}" for k in AUTOSCALING_METRICS if k in m]
-        reported = len(self.diag.errors)
-        low = self._range(m.get("range"))
-        spot = f.integer(m.get("spot"), "count.spot")
-        if len(self.diag.errors) == reported:  # Copilot reports one count error
-            self._check_autoscaling(m, svc_type)
-        if "range" in m:
-            not_emulated.append("count.range")
-        if spot is not None:
-            return spot
-        return 1 if low is None else low
-
-    def _range(self, rng: Node | None) -> int | None:
-        """count.range's minimum, the count meshlocal runs; None when unset or broken."""
-        f = self.f
-        if rng is None or is_null(rng):
-            return None
-        if isinstance(rng, Scalar):
-            # IntRangeBand.validate: `^(\d+)-(\d+)$`, nothing else.
-            match = _RANGE.fullmatch(rng.text) if rng.kind == "str" else None
-            if match is None:
-                self.diag.error(
-                    f"count.range: invalid range value {rng.text}: valid format is "
-                    "${min}-${max}",
-                    rng.loc,
-                    'write the range as "min-max", e.g. "1-10"',
-                )
-                return None
-            low, high = int(match.group(1)), int(match.group(2))
-            if low > high:
-                self.diag.error(
-                    f"count.range: min value {low} cannot be greater than max value {high}",
-                    rng.loc,
-                    'write the range as "min-max"',
-                )
-            return low
-        rm = f.mapping(rng, "count.range")
-        if rm is None:
-            return None
-        f.unknown(rm, frozenset({"min", "max", "spot_from"}), "count.range")
-        low_v = f.integer(rm.get("min"), "count.range.min", -(2**63))
-        high_v = f.integer(rm.get("max"), "count.range.max", -(2**63))
-        spot_from = f.integer(rm.get("spot_from"), "count.range.spot_from", -(2**63))
-        if "min" not in rm or "max" not in rm or is_null(rm.get("min")) or is_null(rm.get("max")):
-            self.diag.error(
-                'count.range: "min/max" must be specified', rm.loc, "set both min and max"
-            )
-            return None
-        if low_v is None or high_v is None:
-            return None  # not integers: reported
-        if low_v < 0 or high_v < 0 or (spot_from or 0) < 0:
-            self.diag.error(
-                f"count.range: min value {low_v}, max value {high_v}, and spot_from value "
-                f"{spot_from or 0} must all be positive",
-                rm.loc,
-                "use numbers of 0 and more",
-            )
-            return None
-        if low_v > high_v:
-            self.diag.error(
-                f"count.range: min value {low_v} cannot be greater than max value {high_v}",
-                rm.loc,
-                "swap min and max",
-            )
-        return low_v
-
-    def _check_autoscaling(self, m: Map, svc_type: ServiceType) -> None:
-        """AdvancedCount.validate (internal/pkg/manifest/validate.go), in its order.
-
-        Copilot stops at the first broken rule; so does this.
-        """
-        valid = _SCALING_FIELDS.get(svc_type, ())
-        metrics = [k for k in valid if not is_null(m.get(k)) and k in m]
-        invalid = [k for k in _INVALID_SCALING.get(svc_type, ()) if k in m]
-        first = next(iter(m.keys.values()), m.loc)
-        if invalid:
-            fields = _series([f'"{k}"' for k in invalid], "and")
-            noun, verb = ("field", "is") if len(invalid) == 1 else ("fields", "are")
-            self.diag.error(
-                f"count: autoscaling {noun} {fields} {verb} invalid with workload type "
-                f"{svc_type.value}",
-                m.keys[invalid[0]],
-                f"a {svc_type.value} scales on " + _series([f'"{k}"' for k in valid], "or"),
-            )
-            return
-        has_range = "range" in m and not is_null(m.get("range"))
-        if "spot" in m and (has_range or metrics):
-            self.diag.error(
-                f'count: must specify one, not both, of "spot" and "range/{"/".join(valid)}"',
-                m.keys["spot"],
-                "use `spot: N` alone, or `range: {min, max, spot_from}` with a scaling metric",
-            )
-            return
-        quoted = _series([f'"{k}"' for k in valid], "or")
-        if not has_range and metrics:
-            verb = "is" if len(valid) == 1 else "are"
-            self.diag.error(
-                f'count: "range" must be specified if {quoted} {verb} specified',
-                m.keys[metrics[0]],
-                'add range: "1-10" (meshlocal runs the minimum)',
-            )
-            return
-        for field in ("range", "cooldown"):
-            if field in m and not is_null(m.get(field)) and not metrics:
-                self.diag.error(
-                    f'count: must specify at least one of {quoted} if "{field}" is specified',
-                    m.keys.get(field, first),
-                    f"add a scaling metric, e.g. cpu_percentage: 70, next to {field}",
-                )
-                return
-        for field in ("cpu_percentage", "memory_percentage"):
-            value = m.get(field)
-            if isinstance(value, Scalar) and value.kind == "int":
-                assert isinstance(value.value, int)
-                if not 0 <= value.value <= 100:
-                    self.diag.error(
-                        f"count.{field}: percentage value {value.value} must be an integer "
-                        "from 0 to 100",
-                        value.loc,
-                        "use a percentage from 0 to 100",
-                    )
 
     def connect(self, node: Node | None) -> Connect:
         f = self.f
@@ -993,8 +703,8 @@ class ServiceLoader:
                     entrypoint=f.command(sc.get("entrypoint"), f"{field}.entrypoint"),
                     essential=f.boolean(sc.get("essential"), f"{field}.essential") is not False,
                     depends_on=self.depends_on(sc.get("depends_on"), f"{field}.depends_on"),
-                    healthcheck=self.container_healthcheck(
-                        sc.get("healthcheck"), f"{field}.healthcheck"
+                    healthcheck=healthchecks.container_healthcheck(
+                        f, sc.get("healthcheck"), f"{field}.healthcheck"
                     ),
                     mount_points=events.sidecar_mount_points(
                         f, sc.get("mount_points"), f"{field}.mount_points"
