@@ -35,6 +35,14 @@ subscribe:
   topics:
     - name: orders
       service: web
+    - name: refunds
+      service: web
+      queue: true
+storage:
+  volumes:
+    scratch:
+      path: /var/scratch
+      efs: true
 publish:
   topics:
     - name: receipts
@@ -99,6 +107,11 @@ def test_up_named_services_with_a_broken_other_and_their_environment(
         assert worker["COPILOT_SNS_TOPIC_ARNS"] == (
             f'{{"receipts":"arn:aws:sns:eu-west-3:{account}:single-test-worker-receipts"}}'
         )
+        assert worker["COPILOT_TOPIC_QUEUE_URIS"] == (
+            '{"webRefundsEventsQueue":"https://sqs.eu-west-3.amazonaws.com/'
+            f'{account}/single-test-worker-webrefundsEventsQueue"}}'
+        )
+        assert worker["COPILOT_MOUNT_POINTS"] == '{"scratch":"/var/scratch"}'
         assert worker["COPILOT_SERVICE_NAME"] == "renamed"  # the manifest's comes last
         assert worker["FLAG"] == "on"
         assert "COPILOT_LB_DNS" not in worker
