@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from meshlocal.deployment import Deployment
+from meshlocal.metadata import METADATA_PORT, URI_V3, URI_V4
 from meshlocal.runtime import labels as L
 from meshlocal.serving import ADMIN_PORT
 
@@ -36,6 +37,7 @@ from .conftest import (
     nslookup,
     ok,
     run_cli,
+    sh,
     wait_for,
 )
 
@@ -151,11 +153,12 @@ def test_no_address_or_port_a_replica_reaches_answers_the_docker_api(mesh: Mesh)
         port = state["services"][service]["connect"]["port"]
         assert {p for p, _ in found[vip]} - others == {port}, (service, vip, found[vip])
     if mesh.mode == "container":
-        # The data plane's own address: DNS and its admin API. The public
-        # endpoint listens on the gateway-facing port too (published on 127.0.0.1).
+        # The data plane's own address: DNS, its admin API and the task metadata
+        # endpoint. The public endpoint listens on the gateway-facing port too
+        # (published on 127.0.0.1).
         offered = {p for p, _ in found[plane]}
-        assert offered <= {53, ADMIN_PORT, 15080}, offered
-        assert {53, ADMIN_PORT} <= offered
+        assert offered <= {53, ADMIN_PORT, 15080, METADATA_PORT}, offered
+        assert {53, ADMIN_PORT, METADATA_PORT} <= offered
 
 
 def _wildcard_listeners() -> set[int]:
@@ -198,6 +201,59 @@ def test_the_admin_api_refuses_replicas(mesh: Mesh) -> None:
     else:  # host mode: the admin API listens on the host's loopback only
         assert set(got.values()) == {"refused"}, got
     assert mesh.state()["services"]["api"]["desired"] == 2  # nothing changed
+
+
+def _env(container: Any) -> dict[str, str]:
+    return dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
+
+
+def test_each_task_reads_its_own_metadata_and_no_other(mesh: Mesh) -> None:
+    """ECS_CONTAINER_METADATA_URI_V4 in every container: its own task, its own address."""
+    client, network = mesh.client, mesh.dep.network().name
+    outsider = client.containers.get(mesh.container("outsider"))
+    task_id = outsider.labels["meshlocal.task"]
+    address = outsider.attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
+    (meta,) = client.containers.list(
+        filters={"label": ["meshlocal.task=" + task_id, f"{L.ROLE}=sidecar"]}
+    )
+    code, out = sh(client, outsider.id, 'wget -qO- "$ECS_CONTAINER_METADATA_URI_V4/task"')
+    assert code == 0, out
+    task = json.loads(out)
+    assert task["TaskARN"] == f"arn:aws:ecs:us-east-1:123456789012:task/sc-test-Cluster/{task_id}"
+    assert (task["Family"], task["LaunchType"], task["KnownStatus"]) == (
+        "sc-test-outsider",
+        "FARGATE",
+        "RUNNING",
+    )
+    containers = {c["Name"]: c for c in task["Containers"]}
+    assert set(containers) == {"outsider", "meta"}
+    assert containers["outsider"]["DockerId"] == outsider.id
+    assert containers["meta"]["DockerId"] == meta.id
+    for c in task["Containers"]:
+        assert c["Networks"][0]["IPv4Addresses"] == [address]
+        assert c["Labels"]["com.amazonaws.ecs.task-arn"] == task["TaskARN"]
+    code, out = sh(client, outsider.id, 'wget -qO- "$ECS_CONTAINER_METADATA_URI_V4"')
+    assert code == 0, out
+    own = json.loads(out)
+    assert (own["Name"], own["DockerId"], own["ImageID"]) == (
+        "outsider",
+        outsider.id,
+        outsider.attrs["Image"],
+    )
+    code, out = sh(client, outsider.id, 'wget -qO- "$ECS_CONTAINER_METADATA_URI"')
+    assert code == 0 and json.loads(out)["DockerId"] == outsider.id, out
+    # The sidecar has its own URIs, answered from the task's (shared) address.
+    assert {URI_V3, URI_V4} <= set(_env(meta))
+    assert _env(meta)[URI_V4] != _env(outsider)[URI_V4]
+    code, out = sh(client, meta.id, 'wget -qO- "$ECS_CONTAINER_METADATA_URI_V4"')
+    assert code == 0 and json.loads(out)["Name"] == "meta", out
+    # Another replica holding outsider's URI is refused; its own URI is its own.
+    stolen = _env(outsider)[URI_V4]
+    api = mesh.container("api")
+    code, out = sh(client, api, f'wget -qO- "{stolen}/task"; wget -qO- "{stolen}"')
+    assert code != 0 and "403" in out and task_id not in out, out
+    code, out = sh(client, api, 'wget -qO- "$ECS_CONTAINER_METADATA_URI_V4/task"')
+    assert code == 0 and json.loads(out)["Family"] == "sc-test-api", out
 
 
 def _proc_status(pid: int) -> dict[str, str]:
