@@ -87,14 +87,21 @@ class Fields:
         if node is None or is_null(node):
             return None
         value: int | None = None
-        if isinstance(node, Scalar):
-            if node.kind == "int":
-                assert isinstance(node.value, int)
-                value = node.value
-            elif node.kind == "str" and re.fullmatch(r"\s*[+-]?\d+\s*", node.text):
-                value = int(node.text)  # an interpolated "${PORT}"
+        if isinstance(node, Scalar) and node.kind == "int":
+            assert isinstance(node.value, int)
+            value = node.value
         if value is None:
-            self.fail(node, field, "an integer")
+            # go-yaml won't decode a string into an int, quoted or interpolated:
+            # Copilot keeps `${PORT}` a !!str (aws/copilot-cli#4928).
+            digits = isinstance(node, Scalar) and re.fullmatch(r"\s*[+-]?\d+\s*", node.text)
+            self.fail(
+                node,
+                field,
+                "an integer",
+                "write the number unquoted; Copilot reads a quoted or ${VAR} value as a string here"
+                if digits
+                else None,
+            )
             return None
         if value < low or (high is not None and value > high):
             bounds = f"between {low} and {high}" if high is not None else f"at least {low}"

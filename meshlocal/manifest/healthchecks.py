@@ -45,9 +45,7 @@ def container_healthcheck(f: Fields, node: Node | None, field: str) -> Container
     command: tuple[str, ...] | None
     if is_null(cmd_node):
         command = DEFAULT_HEALTHCHECK_COMMAND  # Copilot's default, as for every field
-    elif isinstance(cmd_node, Scalar) and cmd_node.kind == "str":
-        command = ("CMD-SHELL", cmd_node.text)
-    else:
+    else:  # ContainerHealthCheck.Command is a []string: a plain string fails to decode
         command = f.str_list(cmd_node, f"{field}.command")
         if command is None:
             return None  # not a list of strings: reported

@@ -77,6 +77,7 @@ NOT_EMULATED_HTTP = (
     "version",
     "private",
     "ingress",
+    "alb",  # an imported ALB (http.go ImportedALB): only its DNS name would differ
 )
 NOT_EMULATED_NETWORK = ("vpc",)
 
@@ -384,6 +385,17 @@ class ServiceLoader:
                 enabled = f.boolean(http_node, "http")
                 if enabled:
                     http_path = "/"
+                elif (
+                    enabled is False
+                    and svc_type is ServiceType.LOAD_BALANCED_WEB_SERVICE
+                    and is_null(m.get("nlb"))
+                ):
+                    # LoadBalancedWebServiceConfig.validate (validate.go).
+                    self.diag.error(
+                        'must specify at least one of "http" or "nlb"',
+                        http_node.loc,
+                        "enable http (http: {path: /}) or add an nlb listener",
+                    )
             else:
                 http = f.mapping(http_node, "http")
                 if http is not None:
@@ -545,7 +557,8 @@ class ServiceLoader:
         )
 
     def depends_on(self, node: Node | None, field: str) -> dict[str, str]:
-        deps = self.f.str_map(node, field)
+        # Copilot upper-cases the condition (DependsOn.validate, convertDependsOn).
+        deps = {c: cond.lower() for c, cond in self.f.str_map(node, field).items()}
         mapping = node if isinstance(node, Map) else None
         for container, condition in deps.items():
             if condition not in DEPENDS_ON_CONDITIONS:

@@ -144,10 +144,18 @@ def check_service(svc: Service, diag: Diagnostics) -> None:
     if svc.connect.alias is not None:
         alias_loc = svc.where("network.connect.alias")
         if svc.type is ServiceType.WORKER_SERVICE or svc.target_port is None:
-            diag.error(
-                f'network.connect.alias "{svc.connect.alias}" needs an exposed port',
+            # ServiceConnectArgs.validate is a no-op and convertServiceConnectServer
+            # makes no server without a target port: Copilot deploys a client only.
+            hint = (
+                "a Worker Service takes no traffic"
+                if svc.type is ServiceType.WORKER_SERVICE
+                else "set image.port (or http.target_port) to serve it"
+            )
+            diag.note(
+                "warning",
+                f'network.connect.alias "{svc.connect.alias}" is ignored: the service exposes '
+                f"no port, so it is a Service Connect client only ({hint})",
                 alias_loc,
-                "set image.port (or http.target_port), or drop the alias to stay a client only",
             )
         if not is_dns_name(svc.connect.alias):
             diag.error(
@@ -171,6 +179,14 @@ def check_service(svc: Service, diag: Diagnostics) -> None:
             svc.where("http"),
             "set image.port",
         )
+    scaling = [m for m in ("count.requests", "count.response_time") if m in svc.not_emulated]
+    if svc.type is ServiceType.BACKEND_SERVICE and svc.http_path is None and scaling:
+        diag.error(
+            '"http" must be specified if "count.requests" or "count.response_time" are specified',
+            svc.where(scaling[0]),
+            "add http: {path: /api}, or scale on cpu_percentage/memory_percentage",
+        )
+    check_containers(svc, diag)
     for sidecar in svc.sidecars:
         if sidecar.name == svc.name:
             diag.error(
@@ -204,6 +220,73 @@ def check_service(svc: Service, diag: Diagnostics) -> None:
                     svc.where(f"{prefix}.{container}"),
                     "containers: " + ", ".join(sorted(containers)),
                 )
+
+
+def check_containers(svc: Service, diag: Diagnostics) -> None:
+    """Ports and dependencies across a task's containers, as validate.go checks them."""
+    exposed: dict[int, str] = {}
+    for sidecar in svc.sidecars:
+        if sidecar.port is not None:
+            first = exposed.setdefault(sidecar.port, sidecar.name)
+            if first != sidecar.name:
+                _same_port(svc, diag, sidecar.name, first, sidecar.port, f"sidecars.{sidecar.name}")
+    if svc.port is not None and svc.port in exposed:
+        _same_port(svc, diag, svc.name, exposed[svc.port], svc.port, "image.port")
+    essential = {svc.name: True, **{s.name: s.essential for s in svc.sidecars}}
+    deps = {svc.name: ("image.depends_on", svc.depends_on)} | {
+        s.name: (f"sidecars.{s.name}.depends_on", s.depends_on) for s in svc.sidecars
+    }
+    for name, (where, depends_on) in deps.items():
+        for dep, status in depends_on.items():
+            if essential.get(dep) and status not in ("start", "healthy"):
+                # validateDepsForEssentialContainers (validate.go).
+                diag.error(
+                    f"validate {name} container dependencies status: essential container "
+                    f"{dep} can only have status START or HEALTHY",
+                    svc.where(f"{where}.{dep}"),
+                    f"wait for {dep} to start or be healthy, or mark it essential: false",
+                )
+    cycle = _dependency_cycle({n: list(d) for n, (_, d) in deps.items()})
+    if cycle:
+        where = deps[cycle[0]][0]
+        message = (
+            f"container {cycle[0]} cannot depend on itself"
+            if len(cycle) == 1
+            else "circular container dependency chain includes the following containers: "
+            f"[{' '.join(sorted(cycle))}]"
+        )
+        diag.error(message, svc.where(where), "remove one of the depends_on entries")
+
+
+def _same_port(svc: Service, diag: Diagnostics, a: str, b: str, port: int, field: str) -> None:
+    diag.error(
+        f'containers "{a}" and "{b}" are exposing the same port {port}',
+        svc.where(field),
+        "give each container its own port",
+    )
+
+
+def _dependency_cycle(graph: dict[str, list[str]]) -> list[str]:
+    """The containers of a depends_on cycle, or [] (validateNoCircularDependencies)."""
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str]:
+        if node in path:
+            return path[path.index(node) :]
+        if node in done or node not in graph:
+            return []
+        for nxt in graph[node]:
+            found = visit(nxt, [*path, node])
+            if found:
+                return found
+        done.add(node)
+        return []
+
+    for start in graph:
+        cycle = visit(start, [])
+        if cycle:
+            return cycle
+    return []
 
 
 def check_environment(services: list[Service], diag: Diagnostics) -> None:

@@ -35,7 +35,7 @@ def test_validate_bad_workspace_in_a_real_process() -> None:
     assert "Traceback" not in proc.stderr + proc.stdout
     for where in (
         "copilot/svc-a/manifest.yml:5:13: error: image.build and image.location exclude each other",
-        "copilot/svc-b/manifest.yml:7:12: error: network.connect.alias",
+        "copilot/svc-b/manifest.yml:5:3: error: container svc-b cannot depend on itself",
         "copilot/svc-c/manifest.yml:5:11: error: env_file: environment file config/c.txt must",
     ):
         assert where in proc.stderr

@@ -278,9 +278,19 @@ def test_target_container_sidecar_gives_the_target_port(make_ws: MakeWorkspace) 
 
 def test_lbws_http_false_disables_http(make_ws: MakeWorkspace) -> None:
     root = make_ws(
-        {"web": "type: Load Balanced Web Service\n" + BUSYBOX + "  port: 80\nhttp: false\n"}
+        {
+            "web": "type: Load Balanced Web Service\n" + BUSYBOX + "  port: 80\nhttp: false\n"
+            "nlb:\n  port: 80/tcp\n"
+        }
     )
     assert load_environment(root, None, {}).service("web").http_path is None
+    # and without an nlb Copilot refuses it (LoadBalancedWebServiceConfig.validate)
+    bare = make_ws(
+        {"web": "type: Load Balanced Web Service\n" + BUSYBOX + "  port: 80\nhttp: false\n"}
+    )
+    assert [e.message for e in check(bare, None, {}).errors] == [
+        'must specify at least one of "http" or "nlb"'
+    ]
 
 
 # -- count ---------------------------------------------------------------------
@@ -293,9 +303,9 @@ def test_lbws_http_false_disables_http(make_ws: MakeWorkspace) -> None:
         ("count: 0", 0),
         ("", 1),
         ("count:\n  range: 3-10\n  cpu_percentage: 70", 3),
-        ("count:\n  range: {min: 2, max: 6, spot_from: 4}\n  requests: 10", 2),
+        ("count:\n  range: {min: 2, max: 6, spot_from: 4}\n  memory_percentage: 10", 2),
         ("count:\n  spot: 5", 5),
-        ("count:\n  range: 1-10\n  cpu_percentage: 70\n  requests: 30", 1),
+        ("count:\n  range: 1-10\n  cpu_percentage: 70\n  memory_percentage: 30", 1),
         (
             "count:\n  range: 2-4\n  cpu_percentage:\n    value: 70\n    cooldown:\n"
             "      in: 30s\n      out: 60s",
@@ -527,3 +537,89 @@ def test_another_environment_is_decoded_but_not_validated(make_ws: MakeWorkspace
     assert [e.message for e in check(root, "prod", {}).errors] == [
         "count.range: min value 10 cannot be greater than max value 2"
     ]
+
+
+def test_an_alias_without_a_port_is_ignored_with_a_warning(make_ws: MakeWorkspace) -> None:
+    # ServiceConnectArgs.validate is a no-op; without a target port Copilot
+    # makes no Service Connect server (convertServiceConnectServer): a client.
+    root = make_ws(
+        {
+            "jobs": "type: Backend Service\n" + BUSYBOX + "network:\n  connect:\n"
+            "    alias: jobs.local\n",
+            "worker": "type: Worker Service\n" + BUSYBOX + "network:\n  connect:\n"
+            "    alias: work.local\n",
+        }
+    )
+    report = check(root, None, {})
+    assert report.ok
+    warned = sorted(n.message for n in report.notes if n.kind == "warning")
+    assert warned[0].startswith('network.connect.alias "jobs.local" is ignored')
+    assert warned[1].startswith('network.connect.alias "work.local" is ignored')
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            "  depends_on: {proxy: complete}\nsidecars:\n  proxy:\n    image: x\n",
+            "validate api container dependencies status: essential container proxy can only "
+            "have status START or HEALTHY",
+        ),
+        (
+            "sidecars:\n  a:\n    image: x\n    depends_on: {b: start}\n"
+            "  b:\n    image: x\n    depends_on: {a: start}\n",
+            "circular container dependency chain includes the following containers: [a b]",
+        ),
+        (
+            "  port: 8080\nsidecars:\n  proxy:\n    image: x\n    port: 8080\n",
+            'containers "api" and "proxy" are exposing the same port 8080',
+        ),
+        (
+            "count:\n  range: 1-4\n  requests: 10\n",
+            '"http" must be specified if "count.requests" or "count.response_time" are specified',
+        ),
+    ],
+)
+def test_task_rules_as_copilot(make_ws: MakeWorkspace, body: str, message: str) -> None:
+    root = make_ws({"api": "type: Backend Service\n" + BUSYBOX + body})
+    assert [e.message for e in check(root, None, {}).errors] == [message]
+
+
+def test_depends_on_conditions_are_case_insensitive(make_ws: MakeWorkspace) -> None:
+    root = make_ws(
+        {
+            "api": "type: Backend Service\n" + BUSYBOX + "  depends_on: {proxy: START}\n"
+            "sidecars:\n  proxy:\n    image: x\n  log:\n    image: x\n"
+            "    depends_on: {proxy: Healthy}\n"
+        }
+    )
+    svc = load_environment(root, None, {}).service("api")
+    assert svc.depends_on == {"proxy": "start"}
+    assert svc.sidecars[1].depends_on == {"proxy": "healthy"}
+
+
+@pytest.mark.parametrize(
+    ("body", "environ"),
+    [('  port: "8080"\n', {}), ("  port: ${PORT}\n", {"PORT": "8080"})],
+)
+def test_a_number_written_as_a_string_is_refused_as_copilot_does(
+    make_ws: MakeWorkspace, body: str, environ: dict[str, str]
+) -> None:
+    # go-yaml won't decode a !!str into uint16; an interpolated value stays a
+    # !!str (interpolate.go only rewrites node.Value; aws/copilot-cli#4928).
+    root = make_ws({"api": "type: Backend Service\n" + BUSYBOX + body})
+    [error] = check(root, None, environ).errors
+    assert error.message == "image.port: expected an integer, got '8080'"
+    assert error.hint is not None and "unquoted" in error.hint
+
+
+def test_a_health_check_command_must_be_a_list(make_ws: MakeWorkspace) -> None:
+    # ContainerHealthCheck.Command is a []string (workload_ecs.go).
+    root = make_ws(
+        {
+            "api": "type: Backend Service\n" + BUSYBOX + "  healthcheck:\n"
+            "    command: curl -f http://localhost/ || exit 1\n"
+        }
+    )
+    [error] = check(root, None, {}).errors
+    assert error.message.startswith("image.healthcheck.command: expected a list of strings")
