@@ -304,8 +304,8 @@ def check_environment(services: list[Service], diag: Diagnostics) -> None:
     seen: dict[str, Service] = {}
     for svc in services:
         alias = svc.connect.alias
-        if alias is None:
-            continue
+        if alias is None or svc.type is ServiceType.WORKER_SERVICE or svc.target_port is None:
+            continue  # no server, so no endpoint: the alias is ignored (a warning)
         key = alias.lower().rstrip(".")
         loc = svc.where("network.connect.alias")
         if key in seen:
