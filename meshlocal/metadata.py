@@ -79,6 +79,8 @@ class Context:
     gateway: str | None = None
     dns: str | None = None  # the replicas' DNS server: the data plane
     ports: Mapping[tuple[str, str], int] | None = None  # (service, container) -> port
+    # service -> (CPU units, memory MiB), the manifest's `cpu` and `memory`
+    sizes: Mapping[str, tuple[int, int]] | None = None
 
     @property
     def cluster_name(self) -> str:
@@ -173,6 +175,11 @@ def container_document(
     return doc
 
 
+def _limits(ctx: Context, service: str) -> dict[str, float | int]:
+    cpu, memory = (ctx.sizes or {}).get(service, (DEFAULT_CPU_UNITS, DEFAULT_MEMORY_MIB))
+    return {"CPU": cpu / 1024, "Memory": memory}
+
+
 def task_document(
     ctx: Context, task: TaskRecord, now: str, version: Version = "v4"
 ) -> dict[str, Any]:
@@ -186,7 +193,7 @@ def task_document(
         "Revision": "1",
         "DesiredStatus": "RUNNING",
         "KnownStatus": "RUNNING",
-        "Limits": {"CPU": DEFAULT_CPU_UNITS / 1024, "Memory": DEFAULT_MEMORY_MIB},
+        "Limits": _limits(ctx, task.service),
         "PullStartedAt": pulled,
         "PullStoppedAt": pulled,
         "AvailabilityZone": f"{ctx.region}a",

@@ -295,6 +295,7 @@ class DataPlane:
             gateway=config.gateway,
             dns=config.address,
             ports=ports,
+            sizes={svc.name: (svc.cpu, svc.memory) for svc in spec.services},
         )
 
     # -- admin API ----------------------------------------------------------------------

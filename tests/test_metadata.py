@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -121,6 +122,9 @@ def test_the_task_document_lists_every_container_with_copilots_limits() -> None:
     assert (doc["Family"], doc["Revision"]) == ("kudos-test-api", "1")
     assert (doc["DesiredStatus"], doc["KnownStatus"]) == ("RUNNING", "RUNNING")
     assert doc["Limits"] == {"CPU": 0.25, "Memory": 512}
+    # the manifest's cpu and memory, when the service sets them
+    sized = replace(CTX, sizes={"api": (1024, 2048)})
+    assert task_document(sized, RECORD, "now")["Limits"] == {"CPU": 1.0, "Memory": 2048}
     assert doc["PullStartedAt"] == doc["PullStoppedAt"] == "2025-03-20T16:41:24.713942268Z"
     assert (doc["AvailabilityZone"], doc["LaunchType"]) == ("eu-west-1a", "FARGATE")
     assert [c["Name"] for c in doc["Containers"]] == ["api", "envoy"]

@@ -475,6 +475,8 @@ class ServiceLoader:
             app_protocol=app_protocol,
             sidecars=tuple(sidecars),
             depends_on=depends_on,
+            cpu=f.integer(m.get("cpu"), "cpu", 0) or 256,
+            memory=f.integer(m.get("memory"), "memory", 0) or 512,
             publish_topics=events.publish_topics(f, m.get("publish")),
             queue_fifo=queue_fifo,
             topic_queues=topic_queues,

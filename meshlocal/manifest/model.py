@@ -143,6 +143,10 @@ class Service:
     app_protocol: str | None = None
     sidecars: tuple[Sidecar, ...] = ()
     depends_on: dict[str, str] = field(default_factory=dict)  # container -> condition
+    # Task size (Copilot's defaults: 256 CPU units, 512 MiB); reported by the task
+    # metadata endpoint, not enforced.
+    cpu: int = 256
+    memory: int = 512
     # publish.topics names (`.fifo` on FIFO topics), for COPILOT_SNS_TOPIC_ARNS.
     publish_topics: tuple[str, ...] = ()
     # Worker Services: whether the default queue is FIFO, and topic-specific queues.

@@ -623,3 +623,15 @@ def test_a_health_check_command_must_be_a_list(make_ws: MakeWorkspace) -> None:
     )
     [error] = check(root, None, {}).errors
     assert error.message.startswith("image.healthcheck.command: expected a list of strings")
+
+
+def test_cpu_and_memory_default_to_copilots(make_ws: MakeWorkspace) -> None:
+    root = make_ws(
+        {
+            "api": "type: Backend Service\n" + BUSYBOX + "cpu: 1024\nmemory: 2048\n",
+            "web": "type: Backend Service\n" + BUSYBOX,
+        }
+    )
+    spec = load_environment(root, None, {})
+    assert (spec.service("api").cpu, spec.service("api").memory) == (1024, 2048)
+    assert (spec.service("web").cpu, spec.service("web").memory) == (256, 512)
