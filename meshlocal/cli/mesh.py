@@ -176,9 +176,9 @@ def _deployment(
             probe.close()
         services = (*services, *(s for s in running if s not in services))
     dep = Deployment(ctx.directory, env, services=services)
-    for note in dep.load_notes():
-        _say(note)
     try:
+        for note in dep.load_notes() if services else ():
+            _say(note)
         yield dep
     finally:
         dep.close()
