@@ -81,7 +81,9 @@ async def test_a_crashing_replica_backs_off_and_its_last_container_is_kept(
 
     (crash,) = rec.restarting()
     assert crash.looping and crash.exit_code == 3 and crash.count == len(deaths)
-    assert crash.retry_in > 0
+    # The next try is scheduled within the back-off; on a busy machine the one
+    # due at 15 s may not have started by 17 s (then it is due: 0).
+    assert 0 <= crash.retry_in <= 20, crash.retry_in
     assert rec.pending_starts("api") == 0  # waiting out its back-off, not queued
     assert crash.status().startswith("crash-looping, exit 3"), crash.status()
     # The last crashed container stays, stopped, with its output; only one.
