@@ -52,8 +52,11 @@ def leaked(client: Any, project: str) -> dict[str, list[str]]:
     """What meshlocal created for the project and is still there: by label, and images by tag."""
     label = f"{L.PROJECT}={project}"
     return {
+        # The low-level list: no per-container inspect, which fails on a
+        # container removed meanwhile (a data plane still at work).
         "containers": sorted(
-            c.name for c in client.containers.list(all=True, filters={"label": label})
+            str(c["Names"][0]).lstrip("/")
+            for c in client.api.containers(all=True, filters={"label": label})
         ),
         "networks": sorted(n.name for n in client.networks.list(filters={"label": label})),
         "images": sorted(

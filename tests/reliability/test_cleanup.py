@@ -103,11 +103,8 @@ def _down_and_record(
 
 
 def _dataplane_exists(client: Any, project: str) -> bool:
-    return bool(
-        client.containers.list(
-            all=True, filters={"label": [f"{L.PROJECT}={project}", f"{L.ROLE}=dataplane"]}
-        )
-    )
+    labels = [f"{L.PROJECT}={project}", f"{L.ROLE}=dataplane"]
+    return bool(client.api.containers(all=True, filters={"label": labels}))
 
 
 def test_down_after_a_normal_exit(
