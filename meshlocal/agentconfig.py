@@ -18,9 +18,9 @@ from pathlib import Path
 from meshlocal.errors import RuntimeFailure
 from meshlocal.manifest.codec import from_jsonable, to_jsonable
 from meshlocal.manifest.model import EnvironmentSpec
+from meshlocal.ports import ADMIN_PORT, PUBLIC_PORT, Mode
 from meshlocal.proxy.settings import ProxySettings
 from meshlocal.runtime.reconcile import DesiredService, desired_from_json, desired_to_json
-from meshlocal.serving import ADMIN_PORT, PUBLIC_PORT, Mode
 
 CONFIG_ENV = "MESHLOCAL_AGENT_CONFIG"
 

@@ -24,8 +24,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from meshlocal.errors import DataPlaneError, MeshlocalError, RuntimeFailure
+from meshlocal.privileges import peer_uid
 from meshlocal.runtime.engine import Engine
-from meshlocal.serving import peer_uid
 
 CONTAINER_SOCKET = "/run/meshlocal/control.sock"
 REQUEST_ENV = "MESHLOCAL_REQUEST"

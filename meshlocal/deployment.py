@@ -41,8 +41,8 @@ from meshlocal.manifest import check, find_workspace, read_env_file
 from meshlocal.manifest.diagnostics import ManifestErrors, Note
 from meshlocal.manifest.model import EnvironmentSpec, Workspace
 from meshlocal.manifest.validate import over_replica_limit, runnable_hint
-from meshlocal.naming import NamingModel
-from meshlocal.proxy.app import public_rules
+from meshlocal.naming import NamingModel, public_rules
+from meshlocal.ports import ADMIN_PORT, PUBLIC_PORT
 from meshlocal.readiness import crash_failure, starting_replicas, timeout_failure
 from meshlocal.runtime import images
 from meshlocal.runtime import labels as L
@@ -64,7 +64,6 @@ from meshlocal.runtime.engine import (
     Removed,
 )
 from meshlocal.runtime.reconcile import DesiredService, template_for
-from meshlocal.serving import ADMIN_PORT, PUBLIC_PORT
 from meshlocal.teardown import remove_images, teardown
 from meshlocal.vips import vip_block
 

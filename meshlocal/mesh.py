@@ -49,6 +49,8 @@ from meshlocal.link import (
 )
 from meshlocal.metadata import METADATA_PORT, record_to_json
 from meshlocal.naming import NamingModel
+from meshlocal.ports import ADMIN_PORT, PUBLIC_PORT
+from meshlocal.privileges import peer_uid
 from meshlocal.registry import Health, ReplicaRegistry
 from meshlocal.runtime import labels as L
 from meshlocal.runtime import vipnet
@@ -57,15 +59,7 @@ from meshlocal.runtime.engine import ContainerEvent, Engine, NetworkInfo
 from meshlocal.runtime.reconcile import DesiredService
 from meshlocal.runtime.replicas import Reconciler
 from meshlocal.runtime.taskbook import TaskBook
-from meshlocal.serving import (
-    ADMIN_PORT,
-    API_VERSION,
-    PUBLIC_PORT,
-    Listen,
-    admin_peer_allowed,
-    peer_uid,
-    stop_on_signals,
-)
+from meshlocal.serving import API_VERSION, Listen, admin_peer_allowed, stop_on_signals
 from meshlocal.status import status_document
 from meshlocal.vips import allocate, vip_block
 

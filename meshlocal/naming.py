@@ -349,3 +349,15 @@ def _queue_key(q: TopicQueue) -> str:
     # generateQueueURIJSON: {svc}{Title(topic)}EventsQueue, both stripped.
     topic = _logical_id(q.topic)
     return f"{_logical_id(q.service)}{topic[:1].upper()}{topic[1:].lower()}EventsQueue"
+
+
+def public_rules(naming: NamingModel) -> list[tuple[str, str]]:
+    """(path prefix, service) of every Load Balanced Web Service, longest prefix first."""
+    rules: list[tuple[str, str]] = []
+    for svc in naming.services.values():
+        if svc.type is ServiceType.LOAD_BALANCED_WEB_SERVICE and svc.http_path is not None:
+            if svc.target_port is None:
+                continue
+            rules.append(("/" + svc.http_path.strip("/"), svc.name))
+    # Longest prefix first; "/" is the catch-all.
+    return sorted(rules, key=lambda r: len(r[0]), reverse=True)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import socket
+import struct
 
 from meshlocal.errors import DataPlaneError
 
@@ -70,3 +72,10 @@ def drop_to_nobody(uid: int = NOBODY, gid: int = NOBODY) -> None:
         raise DataPlaneError(f"capset failed: {os.strerror(ctypes.get_errno())}")
     prctl(_PR_SET_KEEPCAPS, 0)
     prctl(_PR_SET_NO_NEW_PRIVS, 1)
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end of a unix socket (SO_PEERCRED)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)

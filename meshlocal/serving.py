@@ -21,11 +21,10 @@ import logging
 import os
 import signal
 import socket
-import struct
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
 
@@ -47,6 +46,8 @@ from meshlocal.manifest.model import LOCAL_ACCOUNT_ID
 from meshlocal.metadata import METADATA_PORT, Context, parse_records
 from meshlocal.metadata_endpoint import MetadataEndpoint
 from meshlocal.naming import NamingModel
+from meshlocal.ports import ADMIN_PORT, PUBLIC_PORT, Mode
+from meshlocal.privileges import peer_uid
 from meshlocal.proxy.app import Engine as ProxyCore
 from meshlocal.proxy.app import PublicEndpoint, ServiceConnectProxy, admin_app
 from meshlocal.proxy.healthcheck import HttpHealthChecker
@@ -54,12 +55,6 @@ from meshlocal.registry import ReplicaRegistry
 
 log = logging.getLogger("meshlocal.dataplane")
 
-Mode = Literal["container", "host"]
-
-# Ports inside the data-plane container. Envoy's admin port is 9901 and
-# Istio's 15000; high ports keep clear of the client alias ports.
-ADMIN_PORT = 15000
-PUBLIC_PORT = 15080
 API_VERSION = "v1"
 
 
@@ -400,12 +395,6 @@ def stop_on_signals() -> asyncio.Event:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     return stop
-
-
-def peer_uid(sock: socket.socket) -> int:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
 
 
 async def serve(

@@ -23,8 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from meshlocal.errors import DataPlaneError, PortInUse
-from meshlocal.manifest.model import ServiceType
-from meshlocal.naming import AppProtocol, NamingModel, ServiceConnectEndpoint
+from meshlocal.naming import AppProtocol, NamingModel, ServiceConnectEndpoint, public_rules
 from meshlocal.proxy.balancer import Balancer
 from meshlocal.proxy.forward import Forwarder, Route, Router
 from meshlocal.proxy.http1 import HttpError, RequestHead
@@ -329,18 +328,6 @@ class ServiceConnectProxy(_Listeners):
         """Scale-in: mark draining, wait for in-flight requests; True when they all ended."""
         self.registry.set_draining(container_id, True)
         return await self.engine.wait_drained(container_id, timeout_s)
-
-
-def public_rules(naming: NamingModel) -> list[tuple[str, str]]:
-    """(path prefix, service) of every Load Balanced Web Service, longest prefix first."""
-    rules: list[tuple[str, str]] = []
-    for svc in naming.services.values():
-        if svc.type is ServiceType.LOAD_BALANCED_WEB_SERVICE and svc.http_path is not None:
-            if svc.target_port is None:
-                continue
-            rules.append(("/" + svc.http_path.strip("/"), svc.name))
-    # Longest prefix first; "/" is the catch-all.
-    return sorted(rules, key=lambda r: len(r[0]), reverse=True)
 
 
 class PublicEndpoint(_Listeners):

@@ -26,8 +26,8 @@ import pytest
 
 from meshlocal.deployment import Deployment
 from meshlocal.metadata import METADATA_PORT, URI_V3, URI_V4
+from meshlocal.ports import ADMIN_PORT
 from meshlocal.runtime import labels as L
-from meshlocal.serving import ADMIN_PORT
 
 from .conftest import (
     cli_env,
