@@ -62,6 +62,11 @@ def _libc() -> ctypes.CDLL | None:
 
 _LIBC = _libc()
 
+# mmsghdr as 32-bit words: its stride, msg_len, and the msg_hdr's msg_namelen
+_HSTRIDE = ctypes.sizeof(_MMsgHdr) // 4
+_LEN_AT = _MMsgHdr.msg_len.offset // 4
+_NAMELEN_AT = (_MMsgHdr.msg_hdr.offset + _MsgHdr.msg_namelen.offset) // 4
+
 
 def available() -> bool:
     return _LIBC is not None
@@ -109,13 +114,15 @@ class BatchedUdp:
             s.msg_namelen = 16 if sock.family == socket.AF_INET else 28
         self._rhdrs = [self._rmsgs[i] for i in range(BATCH)]
         self._shdrs = [self._smsgs[i].msg_hdr for i in range(BATCH)]
-        self._sio = [self._siov[i] for i in range(BATCH)]
         self._ips: dict[int, str] = {}
         self._names_list = [nbase + i * NAME_SIZE for i in range(BATCH)]
-        self._raddrs = [rbase + i * RECV_SIZE for i in range(BATCH)]
-        self._saddrs = [sbase + i * SEND_SIZE for i in range(BATCH)]
         self._words = (ctypes.c_uint32 * (BATCH * NAME_SIZE // 4)).from_buffer(self._names)
         self._rptr, self._sptr = addressof(self._rmsgs), addressof(self._smsgs)
+        # Views for the per-query work: slicing these costs a fraction of a ctypes call.
+        self._rview = memoryview(self._rbuf).cast("B")
+        self._sview = memoryview(self._sbuf).cast("B")
+        self._rwords = (c_uint32 * (BATCH * _HSTRIDE)).from_buffer(self._rmsgs)
+        self._slens = (c_size_t * (2 * BATCH)).from_buffer(self._siov)  # (base, len) pairs
         self._used = BATCH  # receive headers whose msg_namelen the kernel overwrote
         self.dropped = 0
 
@@ -127,14 +134,17 @@ class BatchedUdp:
         return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port
 
     def drain(self) -> None:
-        string_at, memmove = ctypes.string_at, ctypes.memmove
-        rhdrs, shdrs, sio, ips = self._rhdrs, self._shdrs, self._sio, self._ips
-        raddrs, saddrs, names, words = self._raddrs, self._saddrs, self._names_list, self._words
+        # Per query, plain memoryview slices and word stores instead of ctypes calls
+        # (string_at, memmove, structure fields): each of those costs ~0.5 us.
+        rview, sview, rwords, slens = self._rview, self._sview, self._rwords, self._slens
+        ips, names, words, answer = self._ips, self._names_list, self._words, self._answer
+        shdrs, rhdrs = self._shdrs, self._rhdrs
         v4 = self._family == socket.AF_INET
         stride = NAME_SIZE // 4
+        hstride, len_at, namelen_at = _HSTRIDE, _LEN_AT, _NAMELEN_AT
         for _ in range(16):  # bounded: let the loop run other callbacks too
             for k in range(self._used):
-                rhdrs[k].msg_hdr.msg_namelen = NAME_SIZE
+                rwords[k * hstride + namelen_at] = NAME_SIZE
             n = self._recv(self._fd, self._rptr, BATCH, MSG_DONTWAIT, None)
             if n <= 0:
                 self._used = 0
@@ -143,27 +153,28 @@ class BatchedUdp:
             j = 0
             moved: list[int] = []
             for i in range(n):
-                m = rhdrs[i]
-                data = string_at(raddrs[i], m.msg_len)
+                at = i * RECV_SIZE
+                data = rview[at : at + rwords[i * hstride + len_at]].tobytes()
                 if v4:
                     key = words[i * stride + 1]  # sin_addr, read in place
                     ip = ips.get(key)
                     if ip is None:
                         if len(ips) >= 4096:
                             ips.clear()
-                        ip = ips[key] = socket.inet_ntoa(string_at(names[i] + 4, 4))
+                        ip = ips[key] = socket.inet_ntoa(key.to_bytes(4, sys.byteorder))
                 else:
                     ip = self._peer(names[i])[0]
-                reply = self._answer(data, ip)
+                reply = answer(data, ip)
                 if reply is None:
                     continue
                 if reply.__class__ is bytes and (size := len(reply)) <= SEND_SIZE:
-                    memmove(saddrs[j], reply, size)
-                    sio[j].iov_len = size
-                    if j != i:
-                        s = shdrs[j]
-                        s.msg_name = names[i]
-                        s.msg_namelen = m.msg_hdr.msg_namelen
+                    at = j * SEND_SIZE
+                    sview[at : at + size] = reply
+                    slens[2 * j + 1] = size  # iov_len
+                    if j != i:  # a query before was dropped: answer j goes to sender i
+                        h = shdrs[j]
+                        h.msg_name = names[i]
+                        h.msg_namelen = rhdrs[i].msg_hdr.msg_namelen
                         moved.append(j)
                     j += 1
                 else:
@@ -173,8 +184,8 @@ class BatchedUdp:
                 if sent < j:
                     self.dropped += j - max(sent, 0)  # the client retries, as for any UDP loss
             for k in moved:  # back to the identity mapping
-                s = shdrs[k]
-                s.msg_name = names[k]
-                s.msg_namelen = 16 if v4 else 28
+                h = shdrs[k]
+                h.msg_name = names[k]
+                h.msg_namelen = 16 if v4 else 28
             if n < BATCH:
                 return
