@@ -203,6 +203,9 @@ class Phase:
     checked: int
     seconds: float
     cpu_s: float
+    wait_s: float  # the server's time runnable but waiting for a CPU (schedstat)
+    slices: int  # times the server was scheduled in (about its wakeups)
+    latency_ms: float  # mean time from a query to its answer, over every client
     late: float
     first_wrong: str
 
@@ -213,6 +216,14 @@ class Phase:
     @property
     def cpu_us_per_query(self) -> float:
         return self.cpu_s / self.answered * 1e6 if self.answered else float("nan")
+
+    @property
+    def wait_us_per_query(self) -> float:
+        return self.wait_s / self.answered * 1e6 if self.answered else float("nan")
+
+    @property
+    def per_wakeup(self) -> float:
+        return self.answered / self.slices if self.slices else float("nan")
 
 
 def phase(
@@ -230,6 +241,7 @@ def phase(
     max_seconds = args.max_phase_seconds
     procs = []
     before = cpu_seconds(pid)
+    sched_before = schedstat(pid)
     for cid, _, sc in clients:
         spec = {
             "count": count,
@@ -260,19 +272,30 @@ def phase(
             raise RuntimeError(f"client {ip} failed ({proc.returncode}): {err.strip()[-500:]}")
         reports.append(json.loads(out.strip().splitlines()[-1]))
     cpu = cpu_seconds(pid) - before
+    sched_after = schedstat(pid)
+    answered = sum(r["answered"] for r in reports)
     wrongs = [r["first_wrong"] for r in reports if r["first_wrong"]]
     return Phase(
         server,
         rnd,
-        sum(r["answered"] for r in reports),
+        answered,
         sum(r["lost"] for r in reports),
         sum(r["wrong"] for r in reports),
         sum(r["checked"] for r in reports),
         max(r["end"] for r in reports) - min(r["start"] for r in reports),
         cpu,
+        (sched_after[1] - sched_before[1]) / 1e9,
+        sched_after[2] - sched_before[2],
+        sum(r["latency_s"] for r in reports) / max(1, answered) * 1e3,
         max(r["late"] for r in reports),
         wrongs[0] if wrongs else "",
     )
+
+
+def schedstat(pid: int) -> tuple[int, int, int]:
+    """(ns on a CPU, ns runnable but waiting, times scheduled in) of a process's main thread."""
+    run_ns, wait_ns, slices = Path(f"/proc/{pid}/schedstat").read_text().split()[:3]
+    return int(run_ns), int(wait_ns), int(slices)
 
 
 def wait_ready(host: str, port: int, deadline: float) -> None:
@@ -439,7 +462,9 @@ def main() -> None:
                 print(
                     f"round {rnd} {name:9} {r.qps:8.0f} q/s  answered {r.answered}  lost {r.lost}  "
                     f"wrong {r.wrong} (checked {r.checked})  {r.seconds:.2f} s  "
-                    f"cpu {r.cpu_us_per_query:.1f} us/q  late {r.late:.2f} s"
+                    f"latency {r.latency_ms:.2f} ms  cpu {r.cpu_us_per_query:.1f} us/q  "
+                    f"waited for a CPU {r.wait_us_per_query:.1f} us/q  "
+                    f"{r.per_wakeup:.1f} q/wakeup  late {r.late:.2f} s"
                     + (f"  first wrong: {r.first_wrong}" if r.first_wrong else ""),
                     flush=True,
                 )
@@ -473,9 +498,10 @@ def report(phases: list[Phase], args: argparse.Namespace) -> None:
     print()
     print(
         "| server | median q/s | min-max q/s | paired ratio vs dnsmasq (median, min-max) "
-        "| lost | wrong (checked) | server CPU us/query |"
+        "| lost | wrong (checked) | mean latency ms | server CPU us/query "
+        "| server waiting for a CPU us/query | queries per wakeup |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in ("dnsmasq", "meshlocal"):
         ps = [p for p in phases if p.server == name]
         rs = ratios if name == "meshlocal" else [1.0]
@@ -485,7 +511,10 @@ def report(phases: list[Phase], args: argparse.Namespace) -> None:
             f"| {statistics.median(rs):.2f}x ({min(rs):.2f}-{max(rs):.2f}) "
             f"| {sum(p.lost for p in ps)} | {sum(p.wrong for p in ps)} "
             f"({sum(p.checked for p in ps)}) "
-            f"| {statistics.median(p.cpu_us_per_query for p in ps):.1f} |"
+            f"| {statistics.median(p.latency_ms for p in ps):.2f} "
+            f"| {statistics.median(p.cpu_us_per_query for p in ps):.1f} "
+            f"| {statistics.median(p.wait_us_per_query for p in ps):.1f} "
+            f"| {statistics.median(p.per_wakeup for p in ps):.1f} |"
         )
 
 

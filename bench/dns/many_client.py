@@ -115,6 +115,7 @@ def main() -> None:
     hard_stop = t0 + float(cfg["max_seconds"])
     inflight: dict[int, tuple[float, int]] = {}  # id -> (sent at, query index)
     sent = answered = lost = wrong = checked = stray = blocked = 0
+    latency = 0.0
     first_wrong = ""
     next_scan = t0 + timeout / 4
     while (sent < count or inflight) and monotonic() < hard_stop:
@@ -142,6 +143,7 @@ def main() -> None:
             else:
                 del inflight[qid]
                 answered += 1
+                latency += monotonic() - item[0]
                 qi = item[1]
                 if msg[3] & 0x0F != rcodes[qi] or not msg[2] & 0x80:
                     wrong += 1
@@ -177,6 +179,7 @@ def main() -> None:
                 "start": start,
                 "end": end,
                 "late": start - start_at,
+                "latency_s": latency,
                 "first_wrong": first_wrong,
             }
         )
