@@ -8,6 +8,7 @@ but the workspace to find it, even after meshlocal was SIGKILLed.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -63,6 +65,7 @@ from meshlocal.runtime.engine import (
     NetworkInfo,
     Removed,
 )
+from meshlocal.runtime.firststart import FirstStart, first_replicas, planned_address
 from meshlocal.runtime.reconcile import DesiredService, template_for
 from meshlocal.teardown import remove_images, teardown
 from meshlocal.vips import vip_block
@@ -297,6 +300,27 @@ class Deployment:
         path = self._state_file(".ports")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({str(k): v[1] for k, v in ports.items()}))
+        address: str | None = None
+        first: FirstStart | None = None
+        if current is None or not current.running:
+            # A data plane that was removed or stopped comes back on the address
+            # the replicas ask for names, so it adopts them instead of rolling all.
+            address, any_replica = self._replicas_dns(network)
+            if address is None and not any_replica:
+                # A mesh from nothing: the first replicas start beside the data plane.
+                address = planned_address(network, self.engine.network_addresses(network.id))
+                if address is not None:
+                    first = FirstStart(
+                        self.engine,
+                        first_replicas(
+                            config.desired,
+                            project=self.project,
+                            env=self.env,
+                            network=network,
+                            address=address,
+                            sc_view=NamingModel(self.spec).endpoint_names,
+                        ),
+                    )
         spec = dataplane_spec(
             project=self.project,
             env=self.env,
@@ -304,9 +328,7 @@ class Deployment:
             network=network,
             publish=ports,
             workspace=self.workspace.root,
-            # A data plane that was removed or stopped comes back on the address
-            # the replicas ask for names, so it adopts them instead of rolling all.
-            address=self._replicas_dns(network) if current is None or not current.running else None,
+            address=address,
         )
         spec = replace(spec, labels={**spec.labels, L.CONFIG_HASH: identity})
         # The link volume first: the data plane listens in it.
@@ -319,6 +341,8 @@ class Deployment:
         controller: list[tuple[str, bool]] = []
 
         def start_controller(dataplane_id: str) -> None:
+            if first is not None:
+                first.wait_created()  # the controller must find every replica it didn't start
             # Tied to this data plane (its address, its namespace): a new data
             # plane gets a new controller, started while it starts; a kept one keeps it.
             ctl = with_identity(
@@ -337,7 +361,15 @@ class Deployment:
             ctl = replace(ctl, environment={**ctl.environment, CONFIG_ENV: config.to_json()})
             controller.append(ensure_controller(self.engine, ctl))
 
-        cid, _address, _started = ensure_dataplane(self.engine, spec, start_controller)
+        try:
+            cid, _address, _started = ensure_dataplane(self.engine, spec, start_controller)
+        except BaseException:
+            if first is not None:
+                first.discard()
+            raise
+        if first is not None:
+            self.phase = "starting the replicas"
+            first.start()
         ctl_id, ctl_started = controller[-1]
         info = self.engine.inspect(cid)
         if info is None:
@@ -365,16 +397,17 @@ class Deployment:
             return False
         return bool(state.get("ready") and not state.get("error"))
 
-    def _replicas_dns(self, network: NetworkInfo) -> str | None:
-        """The DNS server the running replicas were created with, if on `network`."""
-        for info in self.engine.list_containers(
-            self.project, self.env, role=L.Role.REPLICA, running_only=True
-        ):
+    def _replicas_dns(self, network: NetworkInfo) -> tuple[str | None, bool]:
+        """(the DNS server the running replicas were created with if on `network`, any replica?)"""
+        replicas = self.engine.list_containers(self.project, self.env, role=L.Role.REPLICA)
+        for info in replicas:
+            if not info.running:
+                continue
             with contextlib.suppress(docker.errors.DockerException):
                 servers = self.engine.api.inspect_container(info.id)["HostConfig"].get("Dns")
                 if servers and in_subnet(servers[0], network):
-                    return str(servers[0])
-        return None
+                    return str(servers[0]), True
+        return None, bool(replicas)
 
     def _wait_admin(self, admin_url: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -558,10 +591,19 @@ class Deployment:
         # Known before the replicas are made: COPILOT_LB_DNS names it.
         public_port = self.resolve_public_port(mode, public_port)
         self.phase = "building images"
-        built = self.build(progress, force_build=force_build)
-        desired = self.desired(built, public_port)
-        self.phase = "starting the data plane"
-        network = self.network()
+        # The network is made while the images are checked or built: Docker
+        # takes a while to create one, and neither waits on the other.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="network") as pool:
+            made = pool.submit(self.network)
+            try:
+                built = self.build(progress, force_build=force_build)
+                desired = self.desired(built, public_port)
+            except BaseException:
+                # Created or not, it is settled before the caller undoes `up`.
+                concurrent.futures.wait([made])
+                raise
+            self.phase = "starting the data plane"
+            network = made.result()
         config = self.agent_config(desired, mode, network, public_port=public_port)
         # Endpoints keep their addresses when the agent is restarted or replaced.
         config = replace(config, vips=self.current_vips())
@@ -579,7 +621,7 @@ class Deployment:
             self.control(plane, "replace", {"service": service}, timeout)
         if wait:
             self.phase = "waiting for the replicas"
-            self.wait_ready(timeout)
+            self.wait_ready(timeout, plane=plane)
         self._remember_vips()
         return plane
 
@@ -698,16 +740,22 @@ class Deployment:
         on_poll: Callable[[dict[str, Any]], None] | None = None,
         *,
         services: Sequence[str] = (),
+        plane: DataPlane | None = None,
     ) -> dict[str, Any]:
         """Until every replica is healthy; a crash loop or apply error fails at once.
 
         `services`: only those (`scale`): another service's crash loop is not this failure.
+        `plane`: the data plane `up` just started, asked directly instead of
+        looked up through the engine on every poll.
         """
         deadline = time.monotonic() + timeout
         last: dict[str, Any] = {}
         while True:
             try:
-                last = self.state()
+                if plane is not None:
+                    last = admin_call(plane.admin_url, "/v1/state", timeout=5.0)
+                else:
+                    last = self.state()
             except (DataPlaneError, MeshNotRunning):
                 self._check_dataplane_alive()
             else:
@@ -732,7 +780,7 @@ class Deployment:
                     and report.exit_code != 0  # a passing check: merely not healthy yet
                 }
                 raise timeout_failure(last, timeout, checks)
-            time.sleep(0.1)
+            time.sleep(0.05)
 
     def _check_dataplane_alive(self) -> None:
         """A data plane or controller that crashed fails `up -d` at once, with its last words."""

@@ -26,7 +26,8 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from meshlocal import control
 from meshlocal.agentconfig import (
@@ -51,27 +52,27 @@ from meshlocal.metadata import METADATA_PORT, record_to_json
 from meshlocal.naming import NamingModel
 from meshlocal.ports import ADMIN_PORT, PUBLIC_PORT
 from meshlocal.privileges import peer_uid
+from meshlocal.process import stop_on_signals
 from meshlocal.registry import Health, ReplicaRegistry
 from meshlocal.runtime import labels as L
-from meshlocal.runtime import vipnet
 from meshlocal.runtime.dataplane import vip_helper_spec
 from meshlocal.runtime.engine import ContainerEvent, Engine, NetworkInfo
 from meshlocal.runtime.reconcile import DesiredService
 from meshlocal.runtime.replicas import Reconciler
 from meshlocal.runtime.taskbook import TaskBook
-from meshlocal.serving import API_VERSION, Listen, admin_peer_allowed, stop_on_signals
 from meshlocal.status import status_document
 from meshlocal.vips import allocate, vip_block
+
+if TYPE_CHECKING:
+    from meshlocal.serving import Listen
 
 log = logging.getLogger("meshlocal.controller")
 
 __all__ = [
     "ADMIN_PORT",
-    "API_VERSION",
     "PUBLIC_PORT",
     "AgentConfig",
     "Controller",
-    "admin_peer_allowed",
 ]
 
 DATAPLANE_UID = 65534  # runtime/dataplane.py runs it so
@@ -252,7 +253,7 @@ class Controller:
 
     async def _put_vips(self, add: list[str], remove: list[str], config: AgentConfig) -> None:
         if config.mode == "host" or config.helper_image is None:
-            await asyncio.to_thread(vipnet.assign, self.address, add, remove)
+            await asyncio.to_thread(_vipnet().assign, self.address, add, remove)
             return
         if not add and not remove:
             return
@@ -286,7 +287,7 @@ class Controller:
         # Best effort at shutdown: the bridge may be gone already (`down`).
         with contextlib.suppress(Exception):
             await asyncio.to_thread(
-                vipnet.assign, self.address, (), sorted(self.config.vips.values())
+                _vipnet().assign, self.address, (), sorted(self.config.vips.values())
             )
 
     def _persist(self, config: AgentConfig) -> None:
@@ -398,6 +399,8 @@ class Controller:
                 self.linked.set()  # `serve` fails instead of waiting
 
     def _listen(self) -> Listen:
+        from meshlocal.serving import Listen  # host mode only: the data plane's own module
+
         cfg = self.config
         # A child started again keeps the ports the first one got: the admin
         # file and a browser tab still point there.
@@ -647,3 +650,10 @@ async def serve(
         await controller.stop()
         if owned:
             engine.close()
+
+
+def _vipnet() -> ModuleType:
+    """Host mode's netlink client (pyroute2): not loaded by a container-mode controller."""
+    from meshlocal.runtime import vipnet
+
+    return vipnet

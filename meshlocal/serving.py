@@ -19,7 +19,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-import signal
 import socket
 import sys
 from collections.abc import Callable, Coroutine
@@ -48,6 +47,7 @@ from meshlocal.metadata_endpoint import MetadataEndpoint
 from meshlocal.naming import NamingModel
 from meshlocal.ports import ADMIN_PORT, PUBLIC_PORT, Mode
 from meshlocal.privileges import peer_uid
+from meshlocal.process import stop_on_signals
 from meshlocal.proxy.app import Engine as ProxyCore
 from meshlocal.proxy.app import PublicEndpoint, ServiceConnectProxy, admin_app
 from meshlocal.proxy.healthcheck import HttpHealthChecker
@@ -385,16 +385,6 @@ def admin_peer_allowed(peer: str | None, gateway: str | None) -> bool:
 
 
 # -- running it -----------------------------------------------------------------------
-
-
-def stop_on_signals() -> asyncio.Event:
-    """An event SIGTERM and SIGINT set: a process's main waits on it, then cleans up."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    return stop
 
 
 async def serve(

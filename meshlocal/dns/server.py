@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
+from meshlocal import prebind
 from meshlocal.dns import _mmsg
 from meshlocal.dns.resolver import (
     REFUSED,
@@ -285,6 +286,11 @@ class DnsServer:
             return False
 
     def _bind(self) -> tuple[socket.socket, socket.socket]:
+        early = prebind.take(self.host, self.port)  # bound before the imports (prebind.py)
+        if early is not None:
+            for sock in early:
+                sock.setblocking(False)
+            return early
         try:
             infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
         except socket.gaierror as exc:

@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 
 from meshlocal.errors import DataPlaneError, MeshlocalError
 from meshlocal.link import LINK_DIR, LINK_SOCKET
+from meshlocal.prebind import ENV as ENV_EARLY_DNS
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.engine import ContainerSpec, Engine, NetworkInfo, split_lines
 
@@ -99,8 +100,13 @@ def dataplane_spec(
         name=name,
         image=image,
         labels=L.base_labels(project, env, L.Role.DATAPLANE, workspace),
-        environment={"MESHLOCAL_PROJECT": project, "MESHLOCAL_ENV": env},
-        entrypoint=("python3", "-m", "meshlocal.serving"),
+        environment={
+            "MESHLOCAL_PROJECT": project,
+            "MESHLOCAL_ENV": env,
+            # A planned address: its DNS port is bound before the imports (prebind.py).
+            **({ENV_EARLY_DNS: address} if address else {}),
+        },
+        entrypoint=("python3", "-m", "meshlocal.prebind"),
         command=("--socket", LINK_SOCKET),
         network=network.name,
         hostname=L.hostname_for(name),
@@ -137,7 +143,7 @@ def controller_spec(
         image=image,
         labels=L.base_labels(project, env, L.Role.CONTROLLER, workspace),
         environment={"MESHLOCAL_PROJECT": project, "MESHLOCAL_ENV": env, **environment},
-        command=("agent",),
+        entrypoint=("python3", "-m", "meshlocal.agent"),  # not the CLI: it starts faster
         network_mode="none",
         binds=(
             f"{host_socket(engine)}:{CONTAINER_SOCKET}",

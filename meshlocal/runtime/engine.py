@@ -893,6 +893,15 @@ class Engine:
             client.close()
         return int(code if code is not None else -1), out or b"", err or b""
 
+    def network_addresses(self, network_id: str) -> list[str]:
+        """The IPv4 addresses containers hold on a network."""
+        with engine_errors("inspecting the network"):
+            info = self.api.inspect_network(network_id)
+        return [
+            str(c.get("IPv4Address") or "").split("/")[0]
+            for c in (info.get("Containers") or {}).values()
+        ]
+
     def _disconnect_all(self, network_id: str) -> None:
         with engine_errors():
             info = self.api.inspect_network(network_id)

@@ -149,6 +149,10 @@ class Reconciler:
         ):
             if info.running:
                 self._join(info, await self._address_of(info))
+            elif info.state == "created" and info.service and info.index:
+                # Created by the CLI beside the data plane (firststart.py), which
+                # starts it; one that stopped before doing so leaves it to us.
+                self._spawn(self._thread(self.engine.start, info.id))
             elif info.name.endswith(KEPT_SUFFIX) and info.service and info.index:
                 # Kept by an agent before this one: ours to remove once it recovers.
                 self._slot(info.service, info.index).kept = info.name
