@@ -7,14 +7,18 @@ everything the build reads (context files, Dockerfile, args, base image).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import re
+import stat
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from meshlocal.errors import Location
 from meshlocal.manifest.model import BuildSpec, EnvironmentSpec, Service
 from meshlocal.runtime import images
 from meshlocal.runtime import labels as L
@@ -40,58 +44,178 @@ def build_images(
     A build whose inputs are unchanged since the last one is skipped, as
     compose skips building an image that exists; `force_build` rebuilds.
     `tag(service, sidecar)` names a built image; `labels(role)` labels it.
+    Images are built (or pulled) in parallel, one thread each, as compose
+    does; the first failure cancels the others and is raised once every
+    thread has stopped, so an undo sees everything this call tagged.
     """
-    out: dict[str, tuple[str, str | None]] = {}
-    base: str | None = None
+    say = _locked(progress)
+    base_lock = threading.Lock()
+    base: list[str] = []
 
     def python_base() -> str:
-        nonlocal base
-        if base is None:
-            base = images.ensure_python_base(client, progress=progress)
-        return base
+        with base_lock:  # one debootstrap, however many services want it
+            if not base:
+                base.append(images.ensure_python_base(client, progress=say))
+            return base[0]
 
+    cancel = images.BuildCancel()
+    jobs: list[tuple[str, Callable[[], tuple[str, str | None]]]] = []
     for svc in spec.services:
-        loc = svc.where("image")
         if svc.build is not None:
-            ref = tag(svc.name, None)
-            defaults = base_image_args(client, svc, python_base, progress)
-            key = build_key(svc.build, defaults, client)
-            image_id = None if force_build else _image_with_key(client, ref, key)
-            if image_id is not None:
-                progress(f"[{svc.name}] {ref} is up to date")
-            else:
-                progress(f"[{svc.name}] building {ref}")
-                image_id = images.build_service_image(
-                    client,
-                    svc.build,
-                    ref,
-                    _prefixed(progress, svc.name),
-                    default_args=defaults,
-                    location=loc,
-                    image_labels={**labels(L.Role.REPLICA), BUILD_KEY_LABEL: key},
+            jobs.append(
+                (
+                    svc.name,
+                    _builder(
+                        client,
+                        svc.name,
+                        svc.build,
+                        tag(svc.name, None),
+                        labels(L.Role.REPLICA),
+                        svc.where("image"),
+                        functools.partial(base_image_args, client, svc, python_base, say),
+                        say,
+                        cancel,
+                        force_build,
+                    ),
                 )
-            out[svc.name] = (ref, image_id)
+            )
         elif svc.image_location is not None:
-            ref = images.ensure_image(client, svc.image_location, progress, location=loc)
-            out[svc.name] = (ref, str(client.images.get(ref).id))
+            pull = _puller(client, svc.image_location, _prefixed(say, svc.name), svc.where("image"))
+            jobs.append((svc.name, pull))
         for sc in svc.sidecars:
-            key = f"{svc.name}/{sc.name}"
             where = svc.where(f"sidecars.{sc.name}")
             if sc.build is not None:
-                ref = tag(svc.name, sc.name)
-                image_id = images.build_service_image(
-                    client,
-                    sc.build,
-                    ref,
-                    progress,
-                    location=where,
-                    # Labelled like a service's: undo and `down` find it and its predecessors.
-                    image_labels=labels(L.Role.SIDECAR),
+                jobs.append(
+                    (
+                        f"{svc.name}/{sc.name}",
+                        _builder(
+                            client,
+                            f"{svc.name}/{sc.name}",
+                            sc.build,
+                            tag(svc.name, sc.name),
+                            # Labelled as a service's: undo and `down` find it and predecessors
+                            labels(L.Role.SIDECAR),
+                            where,
+                            dict,
+                            say,
+                            cancel,
+                            force_build,
+                        ),
+                    )
                 )
-                out[key] = (ref, image_id)
             elif sc.image is not None:
-                out[key] = (images.ensure_image(client, sc.image, progress, location=where), None)
-    return out
+                ref = sc.image
+                jobs.append(
+                    (
+                        f"{svc.name}/{sc.name}",
+                        _puller(client, ref, _prefixed(say, svc.name), where, image_id=False),
+                    )
+                )
+    return _run_all(jobs, cancel)
+
+
+def _run_all(
+    jobs: list[tuple[str, Callable[[], tuple[str, str | None]]]], cancel: images.BuildCancel
+) -> dict[str, tuple[str, str | None]]:
+    """Run every job in its own thread; their results, or the first failure in job order."""
+    results: dict[str, tuple[str, str | None]] = {}
+    failures: dict[str, BaseException] = {}
+
+    def run(name: str, job: Callable[[], tuple[str, str | None]]) -> None:
+        try:
+            results[name] = job()
+        except BaseException as exc:  # handed to the caller's thread
+            failures[name] = exc
+            cancel.fire()  # the others stop: this `up` fails anyway
+
+    if len(jobs) == 1:  # no thread for a single build: Ctrl-C reaches it directly
+        name, job = jobs[0]
+        try:
+            results[name] = job()
+        except BaseException:
+            cancel.fire()
+            raise
+        return results
+    threads = [
+        threading.Thread(target=run, args=job, name=f"build-{job[0]}", daemon=True) for job in jobs
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    except BaseException:
+        # Ctrl-C: abort the daemon's builds, so nothing is tagged after `up`'s undo.
+        cancel.fire()
+        for thread in threads:
+            thread.join(timeout=_CANCEL_WAIT)
+        raise
+    for name, _ in jobs:
+        exc = failures.get(name)
+        if exc is not None and not isinstance(exc, images.BuildCancelled):
+            raise exc
+    for exc in failures.values():
+        raise exc  # only cancelled ones: cannot happen without a failure, but never hide it
+    return {name: results[name] for name, _ in jobs}
+
+
+_CANCEL_WAIT = 10.0  # seconds per thread, once its build's connection is shut down
+
+
+def _builder(
+    client: Any,
+    name: str,
+    build: BuildSpec,
+    ref: str,
+    image_labels: dict[str, str],
+    location: Location,
+    defaults: Callable[[], dict[str, str]],
+    progress: Progress,
+    cancel: images.BuildCancel,
+    force_build: bool,
+) -> Callable[[], tuple[str, str | None]]:
+    def job() -> tuple[str, str | None]:
+        args = defaults()
+        key = build_key(build, args, client)
+        image_id = None if force_build else _image_with_key(client, ref, key)
+        if image_id is not None:
+            progress(f"[{name}] {ref} is up to date")
+            return ref, image_id
+        progress(f"[{name}] building {ref}")
+        image_id = images.build_service_image(
+            client,
+            build,
+            ref,
+            _prefixed(progress, name),
+            default_args=args,
+            location=location,
+            image_labels={**image_labels, BUILD_KEY_LABEL: key},
+            cancel=cancel,
+        )
+        return ref, image_id
+
+    return job
+
+
+def _puller(
+    client: Any, ref: str, progress: Progress, location: Location, *, image_id: bool = True
+) -> Callable[[], tuple[str, str | None]]:
+    def job() -> tuple[str, str | None]:
+        found = images.ensure_image(client, ref, progress, location=location)
+        return found, str(client.images.get(found).id) if image_id else None
+
+    return job
+
+
+def _locked(progress: Progress) -> Progress:
+    """`progress` callable from many threads: whole lines, never interleaved."""
+    lock = threading.Lock()
+
+    def say(line: str) -> None:
+        with lock:
+            progress(line)
+
+    return say
 
 
 def base_image_args(
@@ -129,8 +253,9 @@ BUILD_KEY_LABEL = "meshlocal.build-key"
 def build_key(build: BuildSpec, defaults: Mapping[str, str], client: Any) -> str:
     """A digest of everything a build reads: context files, Dockerfile, args, base.
 
-    Files count by path, size and mtime (not content), so the key costs a
-    directory walk, not a read of every byte.
+    Files count by path, mode and content, as the build sends them
+    (.dockerignore applied): nothing that differs from run to run (mtimes,
+    a fresh checkout or copy) rebuilds an image whose inputs are the same.
     """
     digest = hashlib.sha256()
     digest.update(build.dockerfile.read_bytes() if build.dockerfile.is_file() else b"")
@@ -139,15 +264,22 @@ def build_key(build: BuildSpec, defaults: Mapping[str, str], client: Any) -> str
     for value in args.values():  # a rebuilt base image must rebuild its users
         with contextlib.suppress(Exception):
             digest.update(str(client.images.get(value).id).encode())
-    for root, dirs, files in os.walk(build.context):
-        dirs[:] = sorted(d for d in dirs if d not in (".git", "__pycache__"))
-        for name in sorted(files):
-            path = Path(root) / name
-            with contextlib.suppress(OSError):
-                st = path.stat()
-                rel = path.relative_to(build.context)
-                digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for rel in images.context_files(build):
+        path = build.context / rel
+        with contextlib.suppress(OSError):
+            st = path.lstat()
+            digest.update(f"{rel}\0{st.st_mode:o}\0".encode())
+            if stat.S_ISLNK(st.st_mode):
+                digest.update(os.readlink(path).encode())
+            elif stat.S_ISREG(st.st_mode):
+                digest.update(_file_digest(path))
+            digest.update(b"\n")
     return digest.hexdigest()[:32]
+
+
+def _file_digest(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").digest()
 
 
 def _image_with_key(client: Any, tag: str, key: str) -> str | None:

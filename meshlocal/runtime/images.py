@@ -9,16 +9,19 @@ tag, and the tag carries a content hash where the content can change.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import io
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
@@ -26,6 +29,8 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.utils
+import docker.utils.build
 
 import meshlocal
 from meshlocal.errors import ImageError, Location
@@ -459,13 +464,15 @@ def build_service_image(
     default_args: dict[str, str] | None = None,
     location: Location | None = None,
     image_labels: dict[str, str] | None = None,
+    cancel: BuildCancel | None = None,
 ) -> str:
     """`docker build` of image.build; returns the image id.
 
     `default_args` (e.g. BASE_IMAGE -> the local Python base) are passed for
     the ARGs the Dockerfile declares, unless the manifest sets them itself.
     Progress lines stream to `progress`; a failure raises ImageError with the
-    last lines of the build log.
+    last lines of the build log. `image_labels` cost one LABEL step (see
+    labelled_dockerfile); `cancel` aborts the build from another thread.
     """
     if not build.dockerfile.is_file():
         raise ImageError(
@@ -478,19 +485,143 @@ def build_service_image(
     declared = declared_build_args(build.dockerfile)
     args = {k: v for k, v in (default_args or {}).items() if k in declared}
     args.update(build.args)
-    return _build_stream(
-        client,
-        tag,
-        progress or _noop,
-        path=str(build.context),
-        dockerfile=str(build.dockerfile),
-        buildargs=args,
-        target=build.target,
-        cache_from=list(build.cache_from) or None,
-        labels=image_labels,
-        what=f"image {tag}",
-        location=location,
+    text = build.dockerfile.read_text(errors="replace")
+    if image_labels:
+        text = labelled_dockerfile(text, image_labels, build.target)
+    # The Dockerfile travels inside the context under its own name, as
+    # docker-py sends one that lies outside the context.
+    name = f".meshlocal.Dockerfile.{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    context = docker.utils.tar(
+        str(build.context), exclude=dockerignore(build.context), dockerfile=(name, text)
     )
+    with context:
+        return _build_stream(
+            client,
+            tag,
+            progress or _noop,
+            fileobj=context,
+            custom_context=True,
+            dockerfile=name,
+            buildargs=args,
+            target=build.target,
+            cache_from=list(build.cache_from) or None,
+            what=f"image {tag}",
+            location=location,
+            cancel=cancel,
+        )
+
+
+def dockerignore(context: Path) -> list[str] | None:
+    """The context's .dockerignore patterns, read as docker-py and the CLI read them."""
+    try:
+        lines = (context / ".dockerignore").read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+def context_files(build: BuildSpec) -> list[str]:
+    """The context's files a build sends (.dockerignore applied), relative, sorted."""
+    patterns = dockerignore(build.context) or []
+    return sorted(
+        docker.utils.build.exclude_paths(
+            str(build.context), patterns, dockerfile=build.dockerfile.name
+        )
+    )
+
+
+_FROM = re.compile(r"(?im)^[ \t]*FROM(?:[ \t]+--\S+)*[ \t]+\S+(?:[ \t]+AS[ \t]+(\S+))?[ \t]*$")
+_ESCAPE = re.compile(r"(?i)^#[ \t]*escape[ \t]*=[ \t]*(\S)")
+
+
+def labelled_dockerfile(text: str, image_labels: dict[str, str], target: str | None) -> str:
+    """`text` with one LABEL instruction for all of `image_labels`, in the stage built.
+
+    The legacy builder turns the build API's `labels` into a LABEL step per
+    label; one line makes one step. It goes at the end of the `target`
+    stage (the last stage without a target), where the builder puts its own.
+    """
+    escape = "\\"
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break  # parser directives come first
+        found = _ESCAPE.match(line)
+        if found:
+            escape = found.group(1)
+    words = []
+    for key, value in sorted(image_labels.items()):
+        words.append(f"{_quoted(key, escape)}={_quoted(value, escape)}")
+    label = "LABEL " + " ".join(words) + "\n"
+    if target:
+        stages = list(_FROM.finditer(text))
+        for i, stage in enumerate(stages):
+            if (stage.group(1) or "").lower() == target.lower() and i + 1 < len(stages):
+                cut = stages[i + 1].start()
+                return text[:cut] + label + text[cut:]
+    return text + ("" if text.endswith("\n") else "\n") + label
+
+
+def _quoted(word: str, escape: str) -> str:
+    """A double-quoted Dockerfile word: no variable expansion, no line continuation."""
+    for special in (escape, '"', "$"):
+        word = word.replace(special, escape + special)
+    return '"' + word.replace("\n", " ") + '"'
+
+
+class BuildCancelled(ImageError):
+    """A build stopped because another one failed or the user interrupted."""
+
+
+class BuildCancel:
+    """Aborts running builds from another thread: their connections are shut down.
+
+    The daemon cancels a legacy build whose client went away, so nothing is
+    tagged later; shutting the socket down also wakes the thread reading it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fired = False
+        self._sockets: set[socket.socket] = set()
+
+    @property
+    def fired(self) -> bool:
+        return self._fired
+
+    def fire(self) -> None:
+        with self._lock:
+            self._fired = True
+            live = list(self._sockets)
+        for sock in live:
+            _shutdown(sock)
+
+    def attach(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.add(sock)
+            fired = self._fired
+        if fired:
+            _shutdown(sock)
+
+    def detach(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.discard(sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _stream_socket(stream: object) -> socket.socket | None:
+    """The socket under a docker-py build stream (the response its generator reads)."""
+    frame = getattr(stream, "gi_frame", None)
+    response = frame.f_locals.get("response") if frame is not None else None
+    with contextlib.suppress(AttributeError):
+        raw = response.raw._fp.fp.raw  # type: ignore[union-attr]
+        sock = getattr(raw, "_sock", raw)
+        if isinstance(sock, socket.socket):
+            return sock
+    return None
 
 
 def _build_stream(
@@ -500,14 +631,20 @@ def _build_stream(
     *,
     what: str,
     location: Location | None = None,
+    cancel: BuildCancel | None = None,
     **kwargs: Any,
 ) -> str:
     tail: collections.deque[str] = collections.deque(maxlen=_BUILD_LOG_TAIL)
     image_id: str | None = None
+    sock: socket.socket | None = None
     try:
         stream: Iterable[dict[str, Any]] = client.api.build(
             tag=tag, rm=True, forcerm=True, decode=True, **kwargs
         )
+        if cancel is not None:
+            sock = _stream_socket(stream)
+            if sock is not None:
+                cancel.attach(sock)
         for chunk in stream:
             if "error" in chunk:
                 tail.append(str(chunk["error"]).rstrip())
@@ -535,6 +672,16 @@ def _build_stream(
         from meshlocal.runtime.engine import map_docker_error
 
         raise map_docker_error(exc) from exc
+    except Exception as exc:
+        if cancel is not None and cancel.fired:
+            raise BuildCancelled(f"building {what} was cancelled", location=location) from exc
+        raise
+    finally:
+        if cancel is not None and sock is not None:
+            cancel.detach(sock)
+    if cancel is not None and cancel.fired:
+        # The stream may end quietly when its socket is shut down: the tag is not ours.
+        raise BuildCancelled(f"building {what} was cancelled", location=location)
     if image_id is None:
         image_id = str(client.images.get(tag).id)
     return image_id
@@ -587,7 +734,10 @@ def _split_ref(ref: str) -> tuple[str, str | None]:
 
 __all__ = [
     "PYTHON_IMAGE_ENV",
+    "BuildCancel",
+    "BuildCancelled",
     "build_service_image",
+    "context_files",
     "declared_build_args",
     "ensure_busybox_image",
     "ensure_dataplane_image",
@@ -595,5 +745,6 @@ __all__ = [
     "ensure_python_base",
     "image_exists",
     "image_python_version",
+    "labelled_dockerfile",
     "runtime_distributions",
 ]
