@@ -5,10 +5,18 @@ Needs no workspace, so it also cleans up after a workspace that is gone.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import docker.errors
 
 from meshlocal.runtime import labels as L
-from meshlocal.runtime.engine import Engine, Removed, engine_errors, map_docker_error
+from meshlocal.runtime.engine import (
+    ContainerInfo,
+    Engine,
+    Removed,
+    engine_errors,
+    map_docker_error,
+)
 
 
 def teardown(
@@ -28,15 +36,62 @@ def teardown(
     tagged: a rebuild's predecessors) always go, as nothing can use them once
     the containers are gone.
     """
-    first: list[str] = []
-    for role in (L.Role.CONTROLLER, L.Role.DATAPLANE):
-        for info in engine.list_containers(project, env, role=role):
-            engine.remove(info.id)
-            first.append(info.name)
+    first = _remove_containers(engine, project, env)
+    # Networks and volumes, and any container the controller made meanwhile.
     removed = engine.remove_all(project, env)
     gone = remove_images(engine, image_prefix, env) if image_prefix else ()
     gone += remove_superseded_images(engine, image_project or project, env)
     return Removed((*first, *removed.containers), removed.networks, gone)
+
+
+def _remove_containers(engine: Engine, project: str, env: str | None) -> list[str]:
+    """Kill the controller, then remove every container at once; their names.
+
+    Once killed (which also keeps its restart policy from starting it again)
+    the controller replaces nothing, so the rest need not wait for its
+    removal; one not running (restarting, in a crash loop) is removed
+    before anything else. Sidecars still go before their replicas, and those
+    before the pause containers whose network they share, as
+    Engine.remove_all orders them.
+    """
+    containers = engine.list_containers(project, env)
+    waves: dict[int, list[ContainerInfo]] = {}
+    own: list[ContainerInfo] = []  # the controller and data plane: in the first wave
+    for info in containers:
+        if info.role == L.Role.CONTROLLER.value:
+            if info.state == "running" and _killed(engine, info.id):
+                own.append(info)
+            else:
+                engine.remove(info.id)
+        elif info.role == L.Role.DATAPLANE.value:
+            own.append(info)
+        else:
+            waves.setdefault(_WAVES.get(info.role or "", 1), []).append(info)
+    if own:
+        waves.setdefault(min(waves, default=0), []).extend(own)
+    if waves:
+        with ThreadPoolExecutor(max_workers=min(16, len(containers))) as pool:
+            for wave in sorted(waves):
+                list(pool.map(lambda c: engine.remove(c.id), waves[wave]))
+    first = {L.Role.CONTROLLER.value: 0, L.Role.DATAPLANE.value: 1}
+    return [c.name for c in sorted(containers, key=lambda c: first.get(c.role or "", 2))]
+
+
+def _killed(engine: Engine, container_id: str) -> bool:
+    """SIGKILL; False when the engine refused (not running any more, or gone)."""
+    try:
+        engine.api.kill(container_id)
+    except docker.errors.APIError:
+        return False
+    return True
+
+
+_WAVES = {
+    L.Role.SIDECAR.value: 0,
+    L.Role.PROBE.value: 0,
+    L.Role.REPLICA.value: 1,
+    L.Role.PAUSE.value: 2,
+}
 
 
 def remove_superseded_images(engine: Engine, project: str, env: str | None) -> tuple[str, ...]:
@@ -73,6 +128,25 @@ def remove_images(engine: Engine, prefix: str, env: str | None) -> tuple[str, ..
             if _remove_unused_image(engine, tag, tag):
                 removed.append(tag)
     return tuple(removed)
+
+
+def used_images(engine: Engine, project: str, env: str | None) -> tuple[str, ...]:
+    """The images a project's containers run by name (`--rmi all`), before they go.
+
+    meshlocal's own (`meshlocal/...`: service builds, shared caches) and bare
+    ids are left out: the builds go by tag, the caches are kept.
+    """
+    refs = {
+        info.image
+        for info in engine.list_containers(project, env)
+        if info.role in (L.Role.REPLICA.value, L.Role.SIDECAR.value)
+    }
+    return tuple(sorted(r for r in refs if r and not r.startswith(("meshlocal/", "sha256:"))))
+
+
+def remove_refs(engine: Engine, refs: tuple[str, ...]) -> tuple[str, ...]:
+    """Remove images by name; those still in use, or gone already, are skipped."""
+    return tuple(ref for ref in refs if _remove_unused_image(engine, ref, ref))
 
 
 def _remove_unused_image(engine: Engine, ref: str, shown: str) -> bool:

@@ -185,7 +185,7 @@ def one(tree: Path, ws: Path, seconds: float, client: docker.DockerClient) -> di
         result["restart_ready_s"] = round(ready_back, 2)
     finally:
         subprocess.run(
-            [sys.executable, "-m", "meshlocal", "-C", str(ws), "down", "--keep-images"],
+            [sys.executable, "-m", "meshlocal", "-C", str(ws), "down"],
             env={**os.environ, "PYTHONPATH": str(tree)},
             cwd="/",
             capture_output=True,

@@ -10,6 +10,7 @@ import os
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from meshlocal.manifest.loader import select_environment
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.backoff import KEPT_SUFFIX
 from meshlocal.runtime.engine import ContainerInfo, Engine, Removed, engine_errors
-from meshlocal.teardown import teardown
+from meshlocal.teardown import remove_refs, teardown, used_images
 from meshlocal.undo import Snapshot, snapshot
 
 
@@ -269,6 +270,7 @@ def up(
                 timeout=timeout,
                 wait=detach,
                 progress=_say,
+                force_build=force_build,
                 replace_services=replace_services,
             )
         except Interrupted:
@@ -390,10 +392,18 @@ def _attach_until_interrupted(dep: Deployment, public_url: str | None, *, owned:
 @cli.command()
 @env_option
 @click.option(
-    "--keep-images",
-    is_flag=True,
-    help="Keep the service images built for this workspace (shared caches are always kept).",
+    "--rmi",
+    type=click.Choice(["local", "all"]),
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[local|all]",
+    help="Also remove images, as compose's --rmi: `local` (what a bare --rmi means) the "
+    "service images built for this workspace; `all` also those its services ran by name "
+    "(image.location, sidecars). Shared caches are always kept.",
 )
+# Images are kept by default now: the old flag still parses, and changes nothing.
+@click.option("--keep-images", is_flag=True, hidden=True)
 @click.option(
     "--project",
     metavar="PROJECT",
@@ -402,26 +412,34 @@ def _attach_until_interrupted(dep: Deployment, public_url: str | None, *, owned:
     "for a mesh whose folder is gone.",
 )
 @pass_context
-def down(ctx: Context, env: str | None, keep_images: bool, project: str | None) -> None:
-    """Remove every container, network and service image the environment created.
+def down(
+    ctx: Context, env: str | None, rmi: str | None, keep_images: bool, project: str | None
+) -> None:
+    """Remove every container, network and volume the environment created.
 
-    Found by label and tag, so it works after meshlocal was killed. The
-    shared caches (Python base, busybox, data-plane image) are kept.
+    Found by label, so it works after meshlocal was killed. Images are kept,
+    as compose keeps them, so the next `up` builds nothing; `--rmi` removes
+    them. The shared caches (Python base, busybox, data-plane image) are kept.
     """
+    del keep_images  # the hidden no-op alias of the default
     if project is not None:
         engine = Engine.from_env()
         try:
+            ran = used_images(engine, project, env) if rmi == "all" else ()
             stop_host_agents(project)
             removed = teardown(
-                engine, project, env, image_prefix=None if keep_images else f"meshlocal/{project}-"
+                engine, project, env, image_prefix=f"meshlocal/{project}-" if rmi else None
             )
+            removed = replace(removed, images=(*removed.images, *remove_refs(engine, ran)))
         finally:
             engine.close()
     else:
         check_down_environment(ctx.directory, env)
         dep = Deployment(ctx.directory, env, lenient=True)
         try:
-            removed = dep.down(images=not keep_images)
+            ran = used_images(dep.engine, dep.project, env) if rmi == "all" else ()
+            removed = dep.down(images=rmi is not None)
+            removed = replace(removed, images=(*removed.images, *remove_refs(dep.engine, ran)))
         finally:
             dep.close()
     for name in removed.containers:

@@ -87,7 +87,7 @@ def workspace(
     marker = request.node.get_closest_marker("ws")
     ws = copy_workspace(tmp_path_factory, marker.args[0] if marker else "single")
     yield ws
-    run_cli(ws, "down")
+    run_cli(ws, "down", "--rmi")  # a temporary workspace: its images go too
     assert counts(labelled(docker_client, project_of(ws))) == ZERO
 
 

@@ -121,7 +121,7 @@ def test_ctrl_c_during_a_foreground_build_undoes_it_and_exits_130(
 
 
 @pytest.mark.ws("rebuild")
-def test_down_removes_superseded_images_even_with_keep_images(
+def test_down_removes_superseded_images_and_keeps_the_current_one(
     workspace: Path, docker_client: Any
 ) -> None:
     project = project_of(workspace)
@@ -132,9 +132,9 @@ def test_down_removes_superseded_images_even_with_keep_images(
     tagged = sorted(len(set(i.get("RepoTags") or ()) - {"<none>:<none>"}) for i in images)
     assert tagged == [0, 1], images  # the predecessor is untagged, and labelled
     current = docker_client.images.get(f"meshlocal/{project}-app:test").id
-    down = ok(run_cli(workspace, "down", "--keep-images")).stderr
+    down = ok(run_cli(workspace, "down")).stderr
     assert "(superseded)" in down, down
-    # The predecessor is gone; the current image is kept, as --keep-images says.
+    # The predecessor is gone; the current image is kept, as compose keeps it.
     assert labelled(docker_client, project)["images"] == {current}
 
 

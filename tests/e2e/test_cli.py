@@ -58,7 +58,7 @@ def up(
         proc = ok(run_cli(ws, "up", "-d", "--timeout", "120"))
         yield Up(ws, project, proc.stdout, proc.stderr)
     finally:
-        run_cli(ws, "down")
+        run_cli(ws, "down", "--rmi")
         left = leftovers(docker_client, project)
         assert left == [], f"down left behind: {left}"
 

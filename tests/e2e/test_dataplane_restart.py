@@ -56,7 +56,7 @@ def mesh(
         ok(run_cli(ws, "up", "-d", "--timeout", "120"))
         yield Mesh(ws, project)
     finally:
-        run_cli(ws, "down")
+        run_cli(ws, "down", "--rmi")
         assert leftovers(docker_client, project) == []
 
 

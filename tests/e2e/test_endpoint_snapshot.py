@@ -27,7 +27,7 @@ def workspace(
     try:
         yield ws
     finally:
-        run_cli(ws, "down", env=cli_env(BUSYBOX_IMAGE=busybox_image))
+        run_cli(ws, "down", "--rmi", env=cli_env(BUSYBOX_IMAGE=busybox_image))
 
 
 def test_an_endpoint_added_later_is_seen_only_by_replaced_clients(

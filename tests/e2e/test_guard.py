@@ -49,7 +49,7 @@ def guard(
         ok(run_cli(ws, "up", "-d", "--timeout", "60"))
         yield ws
     finally:
-        run_cli(ws, "down")
+        run_cli(ws, "down", "--rmi")
 
 
 def replica_containers(client: Any, project: str, *, running: bool = True) -> list[Any]:
@@ -186,7 +186,7 @@ def test_up_quotes_the_failing_health_check(
     try:
         err = failed(run_cli(ws, "up", "-d", "--timeout", "8"))
     finally:
-        run_cli(ws, "down")
+        run_cli(ws, "down", "--rmi")
     assert "health check `CMD-SHELL echo cannot reach db:5432; exit 1` exited 1" in err, err
     assert "cannot reach db:5432" in err
     # Not the hint meant for replicas without a health check.

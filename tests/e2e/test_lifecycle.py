@@ -192,6 +192,6 @@ def test_two_workspaces_run_side_by_side(
                 proc.kill()
                 proc.wait(timeout=10)
         for ws in (first, second):
-            run_cli(ws, "down")
+            run_cli(ws, "down", "--rmi")
     for project in projects:
         assert leftovers(docker_client, project) == []

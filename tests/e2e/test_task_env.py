@@ -120,5 +120,5 @@ def test_up_named_services_with_a_broken_other_and_their_environment(
         ok(run_cli(ws, "up", "-d", "web", "--timeout", "120"))
         container_of(docker_client, project, "worker")
     finally:
-        run_cli(ws, "down", timeout=120)
+        run_cli(ws, "down", "--rmi", timeout=120)
     assert leftovers(docker_client, project) == []

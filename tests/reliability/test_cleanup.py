@@ -4,8 +4,9 @@ Driven through the `meshlocal` executable as a user runs it. Each scenario
 counts what meshlocal created for the project before `down` (what the
 interrupted `up` left) and after it (what leaked: must be zero).
 
-Images: `down` removes the service images meshlocal built for the workspace
-(`meshlocal/<project>-<svc>:<env>`). The shared caches (busybox, the Python
+Images: `down --rmi` removes the service images meshlocal built for the
+workspace (`meshlocal/<project>-<svc>:<env>`); a plain `down` keeps them, as
+compose does. The shared caches (busybox, the Python
 base, the data-plane image) are kept on purpose, like compose keeps pulled
 images; they are not counted as leaks.
 """
@@ -80,7 +81,7 @@ def _down_and_record(
     # `down` without BUSYBOX_IMAGE: it must not need the manifests to load.
     env = {k: v for k, v in _env(busybox).items() if k != "BUSYBOX_IMAGE"}
     down = subprocess.run(
-        [str(MESHLOCAL), "-C", str(ws), "down"],
+        [str(MESHLOCAL), "-C", str(ws), "down", "--rmi"],
         capture_output=True,
         text=True,
         timeout=120,
