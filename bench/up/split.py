@@ -185,7 +185,8 @@ def one(tree: Path, ws: Path, seconds: float, client: docker.DockerClient) -> di
         result["restart_ready_s"] = round(ready_back, 2)
     finally:
         subprocess.run(
-            [sys.executable, "-m", "meshlocal", "-C", str(ws), "down"],
+            # The before tree removes images without --keep-images; now a hidden no-op.
+            [sys.executable, "-m", "meshlocal", "-C", str(ws), "down", "--keep-images"],
             env={**os.environ, "PYTHONPATH": str(tree)},
             cwd="/",
             capture_output=True,
