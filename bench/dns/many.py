@@ -475,7 +475,8 @@ def main() -> None:
                 print(
                     f"round {rnd} {name:9} {r.qps:8.0f} q/s  answered {r.answered}  lost {r.lost}  "
                     f"wrong {r.wrong} (checked {r.checked})  {r.seconds:.2f} s  "
-                    f"latency {r.latency_ms:.2f} ms  cpu {r.cpu_us_per_query:.1f} us/q  "
+                    f"latency {r.latency_ms:.2f} ms  cpu {r.cpu_us_per_query:.1f} us/q "
+                    f"(user {r.user_us_per_query:.1f})  "
                     f"waited for a CPU {r.wait_us_per_query:.1f} us/q  "
                     f"{r.per_wakeup:.1f} q/wakeup  late {r.late:.2f} s"
                     + (f"  first wrong: {r.first_wrong}" if r.first_wrong else ""),
