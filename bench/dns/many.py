@@ -350,6 +350,7 @@ def main() -> None:
     if not 0 <= args.sc <= args.clients or args.clients < 1:
         raise SystemExit("need 1 <= clients and 0 <= sc <= clients")
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # also when started with SIGINT ignored
 
     import docker as docker_sdk
 
