@@ -1,34 +1,46 @@
-"""`meshlocal up -d` against `docker-compose up -d` (v1) for the kudos example.
+"""`meshlocal up -d` against `docker-compose up -d` (v1), side by side, one run.
 
-    .venv/bin/python bench/up/run.py [ROUNDS]
+    .venv/bin/python bench/up/run.py [--rounds 5] [--only kudos,wide]
 
-What is timed, for each tool, from the command's start to "every replica is up":
+Two workspaces, each on its own copy in a temporary directory (so nothing
+else using compose-examples/kudos interferes):
 
-- meshlocal: the wall time of `meshlocal -C compose-examples/kudos up -d`. It returns
-  only once every replica is in DNS and proxy rotation (the kudos manifests have no
-  health check, so a replica is ready once running and joined). This includes
-  loading the manifests, the (cached) image builds, and starting the data plane.
-- docker-compose: the wall time of `docker-compose up -d` on an equivalent compose
-  file (api x3, front-end x2, the very images meshlocal built, same environment
-  variables, no health check either), then polling `docker inspect` until all five
-  containers are running (they already are when compose returns; the poll is there
-  so both sides are measured to the same condition).
+- kudos: the example (api x3 with AppProtocol http, front-end x2, a Load
+  Balanced Web Service with `http.healthcheck`), Python images built by
+  meshlocal once before the first round;
+- wide: generated, 10 services and 30 replicas (8 Backend Services and 2 Load
+  Balanced Web Services with a health-check path, 3 replicas each, busybox
+  httpd), every one a Service Connect server.
 
-Rounds alternate which tool goes first; each run is followed by its `down`, not
-timed. The images are built once before the first round. Finally, once, the time
-from a replica's `die` event (Docker's own clock) to its address leaving the mesh
-DNS answer for api.test.kudos.local (asked directly, every 5 ms).
+Each round, alternating which tool goes first, times for each tool:
+
+- `up`: from nothing (images built) until every replica is up. meshlocal's
+  `up -d` returns only once every replica is in DNS and proxy rotation (the
+  Load Balanced Web Services' health checks passed); compose's `up -d` is
+  followed by polling `docker inspect` until all its containers run;
+- `loop`: the everyday loop from a running mesh: `down` then `up -d`, both
+  timed together (the `down` part is printed too). meshlocal's `down` keeps
+  the images, as compose's does.
+
+Then both are brought down, untimed. The compose file has the same
+replicas, images, variables and commands, and publishes each Load Balanced
+Web Service's port on 127.0.0.1 (meshlocal publishes its public endpoint).
+Finally, once, on kudos: the time from a replica's `die` event (Docker's own
+clock) to its address leaving the mesh DNS answer.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +52,19 @@ ROOT = Path(__file__).resolve().parents[2]
 KUDOS = ROOT / "compose-examples" / "kudos"
 MESHLOCAL = Path(sys.executable).with_name("meshlocal")
 COMPOSE = "/usr/bin/docker-compose"
-PROJECT = "kudosbench"
 
 sys.path.insert(0, str(ROOT))
 from meshlocal.deployment import Deployment  # noqa: E402
+from meshlocal.manifest.model import ServiceType  # noqa: E402
+from meshlocal.runtime import images  # noqa: E402
+
+WIDE_BACKENDS = 8
+WIDE_WEBS = 2
+WIDE_COUNT = 3
+HTTPD = (
+    'mkdir -p /www && echo "$COPILOT_SERVICE_NAME $(hostname)" > /www/index.html; '
+    "exec httpd -f -p 80 -h /www"
+)
 
 
 def sh(cmd: list[str], timeout: float = 300) -> float:
@@ -56,49 +77,145 @@ def sh(cmd: list[str], timeout: float = 300) -> float:
     return elapsed
 
 
-def compose_file(dep: Deployment, path: Path) -> None:
-    """api x3 and front-end x2 with meshlocal's images and the variables meshlocal sets."""
-    built = {s.name: dep.image_tag(s.name) for s in dep.spec.services}
-    desired = dep.desired({name: (tag, None) for name, tag in built.items()})
+def wide_workspace(root: Path, busybox: str) -> None:
+    """10 services, 30 replicas: 8 backends and 2 web services, all Service Connect servers."""
+    shutil.copytree(KUDOS / "copilot" / "environments", root / "copilot" / "environments")
+    (root / "copilot" / ".workspace").write_text("application: wide\n")
+    names = [f"svc{i}" for i in range(WIDE_BACKENDS)] + [f"web{i}" for i in range(WIDE_WEBS)]
+    for name in names:
+        web = name.startswith("web")
+        lines = [
+            f"name: {name}",
+            f"type: {'Load Balanced Web Service' if web else 'Backend Service'}",
+            "image:",
+            f"  location: {busybox}",
+            "  port: 80",
+            f"command: [sh, -c, {json.dumps(HTTPD)}]",
+            f"count: {WIDE_COUNT}",
+            "network:",
+            "  connect: true",
+        ]
+        if web:
+            lines += ["http:", f"  path: '{name}'", "  healthcheck: '/'"]
+        path = root / "copilot" / name / "manifest.yml"
+        path.parent.mkdir(parents=True)
+        path.write_text("\n".join(lines) + "\n")
+
+
+def compose_file(dep: Deployment, path: Path) -> int:
+    """The same replicas, images, variables and commands; returns the container count."""
+    built = dep.build()
+    desired = dep.desired(built)
     services: dict[str, Any] = {}
-    for name, want in desired.items():
-        env = dict(want.template.environment)
-        services[name] = {
-            "image": built[name],
+    for svc in dep.spec.services:
+        want = desired[svc.name]
+        entry: dict[str, Any] = {
+            "image": built[svc.name][0],
             "scale": want.count,
-            "environment": env,
+            "environment": dict(want.template.environment),
         }
-    # The ALB stand-in: compose publishes each front-end replica on an ephemeral port.
-    services["front-end"]["ports"] = ["127.0.0.1::8080"]
+        if want.template.command is not None:
+            entry["command"] = list(want.template.command)
+        if svc.type is ServiceType.LOAD_BALANCED_WEB_SERVICE and want.template.port:
+            # The ALB stand-in: compose publishes each replica on an ephemeral port.
+            entry["ports"] = [f"127.0.0.1::{want.template.port}"]
+        services[svc.name] = entry
     path.write_text(json.dumps({"version": "2.4", "services": services}, indent=2))
+    return sum(d.count for d in desired.values())
 
 
-def compose_up(path: Path, client: docker.DockerClient) -> float:
-    started = time.perf_counter()
-    sh([COMPOSE, "-p", PROJECT, "-f", str(path), "up", "-d"])
-    deadline = time.monotonic() + 120
-    while True:
-        found = client.containers.list(
-            all=True, filters={"label": f"com.docker.compose.project={PROJECT}"}
-        )
-        if len(found) == 5 and all(c.status == "running" for c in found):
-            return time.perf_counter() - started
-        if time.monotonic() > deadline:
-            raise SystemExit("compose's containers were not all running after 120 s")
-        time.sleep(0.05)
+@dataclass
+class Bench:
+    name: str
+    root: Path
+    compose: Path
+    project: str
+    containers: int = 0
+    times: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, key: str, value: float) -> None:
+        self.times.setdefault(key, []).append(value)
+
+    # -- meshlocal ------------------------------------------------------------------
+    def ml_up(self) -> float:
+        return sh([str(MESHLOCAL), "-C", str(self.root), "up", "-d"])
+
+    def ml_down(self) -> float:
+        return sh([str(MESHLOCAL), "-C", str(self.root), "down"])
+
+    # -- docker-compose -------------------------------------------------------------
+    def dc_up(self, client: docker.DockerClient) -> float:
+        started = time.perf_counter()
+        sh([COMPOSE, "-p", self.project, "-f", str(self.compose), "up", "-d"])
+        deadline = time.monotonic() + 120
+        while True:
+            found = client.containers.list(
+                all=True, filters={"label": f"com.docker.compose.project={self.project}"}
+            )
+            if len(found) == self.containers and all(c.status == "running" for c in found):
+                return time.perf_counter() - started
+            if time.monotonic() > deadline:
+                raise SystemExit("compose's containers were not all running after 120 s")
+            time.sleep(0.05)
+
+    def dc_down(self) -> float:
+        # meshlocal stops replicas with ECS's SIGTERM then SIGKILL after its own
+        # stop timeout; compose's default (10 s) is the same order: both are
+        # killed well before it by SIGTERM-aware (httpd, python) processes.
+        return sh([COMPOSE, "-p", self.project, "-f", str(self.compose), "down"])
 
 
-def compose_down(path: Path) -> None:
-    sh([COMPOSE, "-p", PROJECT, "-f", str(path), "down", "-t", "1"])
+def prepare(name: str, tmp: Path, client: docker.DockerClient) -> Bench:
+    root = tmp / name
+    if name == "kudos":
+        shutil.copytree(KUDOS, root, ignore=shutil.ignore_patterns("tests", "__pycache__"))
+    else:
+        wide_workspace(root, images.ensure_busybox_image(client))
+    bench = Bench(name, root, tmp / f"{name}-compose.yml", f"{name}bench")
+    print(f"warm-up: {name}: building images with meshlocal ({root})", flush=True)
+    bench.ml_up()
+    bench.ml_down()
+    dep = Deployment(root)
+    try:
+        bench.containers = compose_file(dep, bench.compose)
+    finally:
+        dep.close()
+    bench.dc_down()
+    return bench
 
 
-def meshlocal_up() -> float:
-    return sh([str(MESHLOCAL), "-C", str(KUDOS), "up", "-d"])
+def round_of(bench: Bench, first: str, client: docker.DockerClient) -> None:
+    order = ["meshlocal", "docker-compose"]
+    if first != "meshlocal":
+        order.reverse()
+    for tool in order:
+        if tool == "meshlocal":
+            bench.add("meshlocal up", bench.ml_up())
+            down = bench.ml_down()
+            up = bench.ml_up()
+            bench.add("meshlocal down", down)
+            bench.add("meshlocal loop", down + up)
+            bench.ml_down()
+        else:
+            bench.add("docker-compose up", bench.dc_up(client))
+            down = bench.dc_down()
+            up = bench.dc_up(client)
+            bench.add("docker-compose down", down)
+            bench.add("docker-compose loop", down + up)
+            bench.dc_down()
 
 
-def meshlocal_down() -> None:
-    # Like compose's down: keep the images (meshlocal's default removes them).
-    sh([str(MESHLOCAL), "-C", str(KUDOS), "down", "--keep-images"])
+def report(bench: Bench) -> dict[str, float]:
+    med = {k: statistics.median(v) for k, v in bench.times.items()}
+    print(f"{bench.name} ({bench.containers} replicas):")
+    for key, values in bench.times.items():
+        shown = ", ".join(f"{v:.2f}" for v in values)
+        print(f"  {key:22s} median {med[key]:.2f} s  min {min(values):.2f} s  [{shown}]")
+    ratios = {}
+    for what in ("up", "loop", "down"):
+        ratios[what] = med[f"meshlocal {what}"] / med[f"docker-compose {what}"]
+        print(f"  ratio meshlocal/docker-compose, {what} (medians): {ratios[what]:.2f}x")
+    return ratios
 
 
 def die_to_dns(dep: Deployment, client: docker.DockerClient, index: int) -> float:
@@ -135,54 +252,61 @@ def die_to_dns(dep: Deployment, client: docker.DockerClient, index: int) -> floa
 
 
 def main() -> None:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--only", default="kudos,wide")
+    args = parser.parse_args()
     client = docker.from_env()
-    dep = Deployment(KUDOS)
-    print(f"warm-up: building the kudos images with meshlocal ({KUDOS})", flush=True)
-    meshlocal_down()
-    meshlocal_up()
-    meshlocal_down()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "docker-compose.yml"
-        compose_file(dep, path)
-        compose_down(path)
-        times: dict[str, list[float]] = {"meshlocal": [], "docker-compose": []}
-        for i in range(rounds):
-            order = ["meshlocal", "docker-compose"]
-            if i % 2:
-                order.reverse()
-            for tool in order:
-                if tool == "meshlocal":
-                    times[tool].append(meshlocal_up())
-                    meshlocal_down()
-                else:
-                    times[tool].append(compose_up(path, client))
-                    compose_down(path)
-            print(
-                f"round {i + 1}: meshlocal {times['meshlocal'][-1]:.2f} s, "
-                f"docker-compose {times['docker-compose'][-1]:.2f} s",
-                flush=True,
-            )
-    med = {k: statistics.median(v) for k, v in times.items()}
-    for tool, values in times.items():
-        print(f"{tool:15s} median {med[tool]:.2f} s  min {min(values):.2f} s  n={len(values)}")
-    ratio = med["meshlocal"] / med["docker-compose"]
-    print(f"ratio meshlocal/docker-compose (medians): {ratio:.2f}x")
-
-    meshlocal_up()
-    try:
-        samples = []
-        for index in (1, 2, 3):  # a different slot each time: no crash-loop back-off
-            dep.wait_ready(60)
-            samples.append(die_to_dns(dep, client, index))
-    finally:
-        meshlocal_down()
-        dep.close()
-    print(
-        "die -> out of mesh DNS: "
-        + ", ".join(f"{s * 1000:.0f} ms" for s in samples)
-        + f" (n={len(samples)}, max {max(samples) * 1000:.0f} ms)"
-    )
+    with open("/proc/loadavg") as f:
+        print(f"load average before: {' '.join(f.read().split()[:3])}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="meshlocal-bench-up-") as raw:
+        tmp = Path(raw)
+        benches = [prepare(name, tmp, client) for name in args.only.split(",")]
+        try:
+            for i in range(args.rounds):
+                for bench in benches:
+                    round_of(bench, "meshlocal" if i % 2 == 0 else "docker-compose", client)
+                    last = {k: v[-1] for k, v in bench.times.items()}
+                    print(
+                        f"round {i + 1} {bench.name}: "
+                        + ", ".join(f"{k} {v:.2f} s" for k, v in last.items()),
+                        flush=True,
+                    )
+            ratios = {b.name: report(b) for b in benches}
+            if len(ratios) > 1:
+                names = list(ratios)
+                growth = ratios[names[-1]]["up"] / ratios[names[0]]["up"]
+                print(f"up ratio, {names[-1]} over {names[0]}: {growth:.2f}")
+            kudos = next((b for b in benches if b.name == "kudos"), None)
+            if kudos is not None:
+                kudos.ml_up()
+                dep = Deployment(kudos.root)
+                try:
+                    samples = []
+                    for index in (1, 2, 3):  # a different slot each time: no back-off
+                        dep.wait_ready(60)
+                        samples.append(die_to_dns(dep, client, index))
+                finally:
+                    dep.close()
+                print(
+                    "die -> out of mesh DNS: "
+                    + ", ".join(f"{s * 1000:.0f} ms" for s in samples)
+                    + f" (n={len(samples)}, max {max(samples) * 1000:.0f} ms)"
+                )
+        finally:
+            for bench in benches:
+                subprocess.run(
+                    [str(MESHLOCAL), "-C", str(bench.root), "down", "--rmi"],
+                    check=False,
+                    capture_output=True,
+                )
+                subprocess.run(
+                    [COMPOSE, "-p", bench.project, "-f", str(bench.compose), "down"],
+                    check=False,
+                    capture_output=True,
+                )
+    with open("/proc/loadavg") as f:
+        print(f"load average after: {' '.join(f.read().split()[:3])}", flush=True)
 
 
 if __name__ == "__main__":
