@@ -264,6 +264,7 @@ def build_key(build: BuildSpec, defaults: Mapping[str, str], client: Any) -> str
     for value in args.values():  # a rebuilt base image must rebuild its users
         with contextlib.suppress(Exception):
             digest.update(str(client.images.get(value).id).encode())
+    known = _DigestCache(build.context)
     for rel in images.context_files(build):
         path = build.context / rel
         with contextlib.suppress(OSError):
@@ -272,14 +273,54 @@ def build_key(build: BuildSpec, defaults: Mapping[str, str], client: Any) -> str
             if stat.S_ISLNK(st.st_mode):
                 digest.update(os.readlink(path).encode())
             elif stat.S_ISREG(st.st_mode):
-                digest.update(_file_digest(path))
+                digest.update(known.digest(rel, path, st))
             digest.update(b"\n")
+    known.save()
     return digest.hexdigest()[:32]
 
 
-def _file_digest(path: Path) -> bytes:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").digest()
+_DIGEST_CACHE = (
+    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "meshlocal" / "contexts"
+)
+
+
+class _DigestCache:
+    """Content digests of a context's files, reused while a file's stat is unchanged.
+
+    Keeps an unchanged `up` at the cost of a directory walk, not a read of
+    every byte; a file touched but not changed re-hashes to the same digest.
+    """
+
+    def __init__(self, context: Path) -> None:
+        name = hashlib.sha256(str(context.resolve()).encode()).hexdigest()[:16]
+        self.path = _DIGEST_CACHE / f"{name}.json"
+        self.old: dict[str, list[Any]] = {}
+        with contextlib.suppress(OSError, ValueError):
+            loaded = json.loads(self.path.read_text())
+            if isinstance(loaded, dict):
+                self.old = loaded
+        self.new: dict[str, list[Any]] = {}
+
+    def digest(self, rel: str, path: Path, st: os.stat_result) -> bytes:
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+        entry = self.old.get(rel)
+        if isinstance(entry, list) and entry[:3] == stamp and isinstance(entry[3], str):
+            value = bytes.fromhex(entry[3])
+        else:
+            with path.open("rb") as f:
+                value = hashlib.file_digest(f, "sha256").digest()
+        self.new[rel] = [*stamp, value.hex()]
+        return value
+
+    def save(self) -> None:
+        if self.new == self.old:
+            return
+        # Best effort: a cache that cannot be written costs a re-read next time.
+        with contextlib.suppress(OSError):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_text(json.dumps(self.new))
+            os.replace(tmp, self.path)
 
 
 def _image_with_key(client: Any, tag: str, key: str) -> str | None:

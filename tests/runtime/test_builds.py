@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from meshlocal import builds
 from meshlocal.builds import BUILD_KEY_LABEL
 from meshlocal.deployment import Deployment
 from meshlocal.errors import ImageError
@@ -40,7 +41,12 @@ def test_labels_use_the_dockerfiles_escape_character() -> None:
     assert text.endswith('LABEL "k"="c:\\x`""\n')
 
 
-def test_build_key_ignores_mtimes_and_dockerignored_files(tmp_path: Path) -> None:
+def test_build_key_ignores_mtimes_and_dockerignored_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(builds, "_DIGEST_CACHE", tmp_path / "cache")
+    tmp_path = tmp_path / "ctx"
+    tmp_path.mkdir()
     (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY app.txt /\n")
     (tmp_path / "app.txt").write_text("v1\n")
     (tmp_path / ".dockerignore").write_text("scratch/\n")
@@ -50,14 +56,13 @@ def test_build_key_ignores_mtimes_and_dockerignored_files(tmp_path: Path) -> Non
     (tmp_path / "scratch").mkdir()
     (tmp_path / "scratch" / "notes").write_text("not sent to the daemon\n")
     assert _key(build) == key
-    (tmp_path / "app.txt").write_text("v2\n")
+    (tmp_path / "app.txt").write_text("v2\n")  # same size, new mtime: read again
     assert _key(build) != key
+    assert list((tmp_path.parent / "cache").iterdir())  # digests kept for the next run
 
 
 def _key(build: BuildSpec) -> str:
-    from meshlocal.builds import build_key
-
-    return build_key(build, {}, client=None)
+    return builds.build_key(build, {}, client=None)
 
 
 # -- against the engine ------------------------------------------------------------
