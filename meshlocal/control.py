@@ -12,7 +12,6 @@ exec` (importing meshlocal there would cost 0.6 s per command).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -21,11 +20,14 @@ import socket
 import stat
 import zlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshlocal.errors import DataPlaneError, MeshlocalError, RuntimeFailure
 from meshlocal.privileges import peer_uid
 from meshlocal.runtime.engine import Engine
+
+if TYPE_CHECKING:
+    import asyncio
 
 CONTAINER_SOCKET = "/run/meshlocal/control.sock"
 REQUEST_ENV = "MESHLOCAL_REQUEST"
@@ -56,6 +58,7 @@ class ControlError(RuntimeFailure):
 
 async def serve(path: str, handler: Handler) -> asyncio.AbstractServer:
     """Answer requests on a unix socket only its owner may open."""
+    import asyncio  # the controller's side only: the CLI calls, and need not load it
 
     async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -21,16 +21,18 @@ what starts or which image runs. Pure: no I/O here but line framing.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshlocal.manifest.codec import from_jsonable, to_jsonable
 from meshlocal.manifest.model import EnvironmentSpec, Service
 from meshlocal.proxy.settings import ProxySettings
 from meshlocal.registry import Health, Replica, ReplicaRegistry
+
+if TYPE_CHECKING:
+    import asyncio
 
 LINE_LIMIT = 64 * 1024 * 1024  # one snapshot of a large environment fits
 LINK_DIR = "/run/meshlocal/link"  # the volume both containers mount
@@ -214,6 +216,8 @@ async def send(
     writer: asyncio.StreamWriter, message: Mapping[str, Any], timeout: float = SEND_TIMEOUT_S
 ) -> None:
     """One message; a peer that stops reading fails it (LinkClosed), never hangs it."""
+    import asyncio  # here, not at the top: the CLI reads this module's constants only
+
     writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
     try:
         await asyncio.wait_for(writer.drain(), timeout)
@@ -223,6 +227,8 @@ async def send(
 
 
 async def receive(reader: asyncio.StreamReader) -> dict[str, Any]:
+    import asyncio
+
     try:
         line = await reader.readline()
     except (ValueError, asyncio.LimitOverrunError, ConnectionError) as exc:

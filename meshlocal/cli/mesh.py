@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -301,6 +300,8 @@ def _up_host_foreground(dep: Deployment, *, public_port: int, force_build: bool)
     desired = dep.desired(dep.build(_say, force_build=force_build), public_port)
     network = dep.network()
     config = dep.agent_config(desired, "host", network, public_port=public_port)
+    import asyncio  # the foreground host-mode controller only: not for every command
+
     from meshlocal import control
     from meshlocal.errors import DataPlaneError
     from meshlocal.mesh import Controller

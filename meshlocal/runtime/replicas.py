@@ -46,13 +46,7 @@ from meshlocal.runtime.backoff import (
     Crash,
     Slot,
 )
-from meshlocal.runtime.engine import (
-    ContainerEvent,
-    ContainerInfo,
-    Engine,
-    EventStream,
-    NetworkInfo,
-)
+from meshlocal.runtime.engine import ContainerEvent, ContainerInfo, Engine, NetworkInfo
 from meshlocal.runtime.reconcile import (
     DesiredService,
     Observed,
@@ -60,6 +54,7 @@ from meshlocal.runtime.reconcile import (
     plan,
     start_order,
 )
+from meshlocal.runtime.streams import EventStream
 from meshlocal.runtime.tasks import ESSENTIAL, NETNS, TASK, TaskSpecs, wait_condition
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,6 @@ decides when.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -135,6 +134,8 @@ class TaskSpecs:
 
 async def wait_condition(engine: Engine, cid: str, condition: str, timeout: float = 60.0) -> None:
     """ECS container dependency conditions, checked with the engine's own state."""
+    import asyncio  # the controller's: the CLI builds specs only
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         info = await asyncio.to_thread(engine.inspect, cid)

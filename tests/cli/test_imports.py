@@ -16,9 +16,10 @@ import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "compose-examples"
 
-# The data plane and what only it needs. meshlocal.proxy.settings is a plain
+# The data plane and what only it (or the controller: asyncio) needs.
+# meshlocal.proxy.settings is a plain
 # dataclass (the proxy's configuration), shared by the CLI and the data plane.
-HEAVY = ("aiohttp", "dnslib", "meshlocal.serving", "meshlocal.dns", "meshlocal.proxy")
+HEAVY = ("aiohttp", "dnslib", "meshlocal.serving", "meshlocal.dns", "meshlocal.proxy", "asyncio")
 ALLOWED = ("meshlocal.proxy", "meshlocal.proxy.settings")
 
 PROBE = """
