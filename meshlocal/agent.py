@@ -17,6 +17,9 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+# Set by `up` on the controller of a mesh whose first replicas it started (firststart.py).
+FIRST_START_ENV = "MESHLOCAL_FIRST_START"
+
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
     try:
@@ -67,6 +70,7 @@ def run(
             config,
             control_path=str(control_socket) if control_socket else CONTAINER_SOCKET,
             on_started=started,
+            first_start=os.environ.get(FIRST_START_ENV) == "1",
         )
     )
 

@@ -29,6 +29,7 @@ import docker.errors
 
 from meshlocal import control
 from meshlocal.adminapi import admin_call, remote_message
+from meshlocal.agent import FIRST_START_ENV
 from meshlocal.agentconfig import CONFIG_ENV, CONTAINER_STATE_FILE, AgentConfig
 from meshlocal.builds import build_images
 from meshlocal.errors import (
@@ -359,6 +360,8 @@ class Deployment:
             )
             # The configuration is no part of its identity: a kept controller gets it hot.
             ctl = replace(ctl, environment={**ctl.environment, CONFIG_ENV: config.to_json()})
+            if first is not None:  # no part of its identity either: it tells the first link
+                ctl = replace(ctl, environment={**ctl.environment, FIRST_START_ENV: "1"})
             controller.append(ensure_controller(self.engine, ctl))
 
         try:

@@ -84,9 +84,12 @@ STATUS_EVERY_S = 0.5
 class Controller:
     """The controller of one environment: engine, replicas, addresses; no listener."""
 
-    def __init__(self, config: AgentConfig, engine: Engine) -> None:
+    def __init__(self, config: AgentConfig, engine: Engine, *, first_start: bool = False) -> None:
         self.config = config
         self.engine = engine
+        # The CLI started the first replicas beside a new data plane (firststart.py):
+        # they are new to it, so the first link sends them after the configuration.
+        self.first_start = first_start
         self.naming = NamingModel(config.spec)
         self.registry = ReplicaRegistry()  # membership and Docker's health
         self.view = ReplicaRegistry()  # the same replicas as the data plane serves them
@@ -420,8 +423,12 @@ class Controller:
         self._sent.clear()  # a new data plane knows nothing yet
         try:
             # The replica set first: a restarted data plane has it before it listens,
-            # so its first requests find replicas (a 503 otherwise).
-            self._push_now()
+            # so its first requests find replicas (a 503 otherwise), and takes them
+            # as serving. A new mesh's first replicas are new to it: sent after the
+            # configuration, they are probed before they serve, as any new replica.
+            fresh, self.first_start = self.first_start, False
+            if not fresh:
+                self._push_now()
             try:
                 await self._send_config(self.config)
             except DataPlaneError as exc:
@@ -429,6 +436,8 @@ class Controller:
                     self.link_error = exc.render()
                     self.linked.set()
                 raise
+            if fresh:
+                self._push_now()
             self.linked.set()
             await self._follow_dataplane()
             log.info("data plane linked (admin port %s)", self.admin_port)
@@ -624,12 +633,13 @@ async def serve(
     *,
     control_path: str = CONTROL_SOCKET,
     on_started: Callable[[Controller], None] | None = None,
+    first_start: bool = False,
 ) -> None:
     """Run a controller until SIGTERM/SIGINT: the controller container's main."""
     owned = engine is None
     if engine is None:
         engine = await asyncio.to_thread(Engine.from_env)
-    controller = Controller(config, engine)
+    controller = Controller(config, engine, first_start=first_start)
     stop = stop_on_signals()
     server: asyncio.AbstractServer | None = None
     try:

@@ -339,7 +339,7 @@ def _up_host_foreground(dep: Deployment, *, public_port: int, force_build: bool)
     finally:
         with uninterrupted():
             err.print("[+] Stopping: removing containers and network", markup=False)
-            removed = dep.down(images=True)
+            removed = dep.down()  # images kept, as `down` keeps them
     if stopped is not None:
         raise interrupted(stopped, f"while attached; removed {_counts(removed)}")
 
@@ -362,7 +362,7 @@ def _attach_until_interrupted(dep: Deployment, public_url: str | None, *, owned:
         if public_url:
             err.print(f"[+] Public endpoint {public_url}", markup=False)
         if owned:
-            err.print("[+] Attached. Press Ctrl-C to stop and remove everything.", markup=False)
+            err.print("[+] Attached. Press Ctrl-C to stop and remove the containers and network.", markup=False)
         else:
             err.print(
                 f"[+] attaching to the running mesh {name}; Ctrl-C detaches and leaves it running",
@@ -376,7 +376,7 @@ def _attach_until_interrupted(dep: Deployment, public_url: str | None, *, owned:
         if owned:
             with uninterrupted():
                 err.print("[+] Stopping: removing containers and network", markup=False)
-                removed = dep.down(images=True)
+                removed = dep.down()  # images kept, as `down` keeps them
                 err.print(f"[+] Removed {_counts(removed)}", markup=False)
     if stopped is None:
         return
