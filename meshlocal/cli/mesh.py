@@ -362,7 +362,10 @@ def _attach_until_interrupted(dep: Deployment, public_url: str | None, *, owned:
         if public_url:
             err.print(f"[+] Public endpoint {public_url}", markup=False)
         if owned:
-            err.print("[+] Attached. Press Ctrl-C to stop and remove the containers and network.", markup=False)
+            err.print(
+                "[+] Attached. Press Ctrl-C to stop and remove the containers and network.",
+                markup=False,
+            )
         else:
             err.print(
                 f"[+] attaching to the running mesh {name}; Ctrl-C detaches and leaves it running",

@@ -16,6 +16,7 @@ import io
 import os
 import re
 import tarfile
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -719,10 +720,7 @@ class Engine:
                 continue
             except docker.errors.APIError as exc:
                 if "has active endpoints" in str(exc.explanation or exc):
-                    # Something outside meshlocal joined our network: cut it loose.
-                    self._disconnect_all(str(net["Id"]))
-                    with contextlib.suppress(docker.errors.NotFound), engine_errors():
-                        self.api.remove_network(net["Id"])
+                    self._remove_busy_network(str(net["Id"]), str(net["Name"]))
                     removed_nets.append(str(net["Name"]))
                 else:
                     raise map_docker_error(exc, f"removing network {net['Name']}") from exc
@@ -782,6 +780,32 @@ class Engine:
             str(c.get("IPv4Address") or "").split("/")[0]
             for c in (info.get("Containers") or {}).values()
         ]
+
+    def _remove_busy_network(self, network_id: str, name: str) -> None:
+        """A network that still has endpoints: cut loose what joined it, then retry.
+
+        Something outside meshlocal may have joined it; or the engine is still
+        releasing the endpoints of containers just removed. Docker 20.10 can
+        also keep an endpoint of a removed container for good, which only an
+        engine restart clears: that is said, not hidden.
+        """
+        for attempt in range(6):
+            self._disconnect_all(network_id)
+            try:
+                self.api.remove_network(network_id)
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as exc:
+                if "has active endpoints" not in str(exc.explanation or exc):
+                    raise map_docker_error(exc, f"removing network {name}") from exc
+            time.sleep(0.25 * (attempt + 1))
+        raise RuntimeFailure(
+            f"the Docker engine still counts an endpoint on network {name}, which no "
+            "container holds any more (a Docker engine bug after many containers leave at once)",
+            hint="restart the Docker engine (`sudo systemctl restart docker`, or Docker "
+            "Desktop's Restart), then run `meshlocal down` again: nothing else is left",
+        )
 
     def _disconnect_all(self, network_id: str) -> None:
         with engine_errors():

@@ -91,7 +91,12 @@ def test_ctrl_c_in_a_foreground_up_that_started_the_mesh_removes_it_and_exits_13
     project = project_of(workspace)
     proc = popen_cli(workspace, "up")
     lines: list[str] = []
-    read_until(proc, "Attached. Press Ctrl-C to stop and remove the containers and network.", lines, timeout=60)
+    read_until(
+        proc,
+        "Attached. Press Ctrl-C to stop and remove the containers and network.",
+        lines,
+        timeout=60,
+    )
     out = interrupt(proc, lines)
     assert proc.returncode == 130, out
     assert "Interrupted (Ctrl-C) while attached: single/test was removed" in out, out
