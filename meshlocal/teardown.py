@@ -5,9 +5,11 @@ Needs no workspace, so it also cleans up after a workspace that is gone.
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 
 import docker.errors
+import requests.exceptions
 
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.engine import (
@@ -45,14 +47,16 @@ def teardown(
 
 
 def _remove_containers(engine: Engine, project: str, env: str | None) -> list[str]:
-    """Kill the controller, then remove every container at once; their names.
+    """Kill the controller, then every other container, then remove them; their names.
 
     Once killed (which also keeps its restart policy from starting it again)
-    the controller replaces nothing, so the rest need not wait for its
-    removal; one not running (restarting, in a crash loop) is removed
-    before anything else. Sidecars still go before their replicas, and those
-    before the pause containers whose network they share, as
-    Engine.remove_all orders them.
+    the controller replaces nothing. The others are all killed at once and
+    removed only once they have exited, as compose stops then removes:
+    force-removing many running containers of one network at once made
+    Docker 20.10 keep a stale endpoint on it now and then (the network then
+    can't be removed until the engine restarts). Sidecars still go before
+    their replicas, and those before the pause containers whose network they
+    share, as Engine.remove_all orders them.
     """
     containers = engine.list_containers(project, env)
     waves: dict[int, list[ContainerInfo]] = {}
@@ -70,11 +74,20 @@ def _remove_containers(engine: Engine, project: str, env: str | None) -> list[st
     if own:
         waves.setdefault(min(waves, default=0), []).extend(own)
     if waves:
+        running = [c.id for wave in waves.values() for c in wave if c.running]
         with ThreadPoolExecutor(max_workers=min(16, len(containers))) as pool:
+            list(pool.map(lambda cid: _killed(engine, cid), running))
+            list(pool.map(lambda cid: _exited(engine, cid), running))
             for wave in sorted(waves):
                 list(pool.map(lambda c: engine.remove(c.id), waves[wave]))
     first = {L.Role.CONTROLLER.value: 0, L.Role.DATAPLANE.value: 1}
     return [c.name for c in sorted(containers, key=lambda c: first.get(c.role or "", 2))]
+
+
+def _exited(engine: Engine, container_id: str) -> None:
+    """Until a killed container has exited (bounded: a stuck one is force-removed anyway)."""
+    with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+        engine.api.wait(container_id, timeout=10)
 
 
 def _killed(engine: Engine, container_id: str) -> bool:

@@ -61,9 +61,11 @@ from meshlocal.runtime import images  # noqa: E402
 WIDE_BACKENDS = 8
 WIDE_WEBS = 2
 WIDE_COUNT = 3
+# SIGTERM ends it at once, as the kudos apps: `down` then measures the tools,
+# not a 10 s stop timeout (httpd as PID 1 ignores SIGTERM).
 HTTPD = (
     'mkdir -p /www && echo "$COPILOT_SERVICE_NAME $(hostname)" > /www/index.html; '
-    "exec httpd -f -p 80 -h /www"
+    "trap 'kill $pid; exit 0' TERM; httpd -f -p 80 -h /www & pid=$!; wait"
 )
 
 
@@ -112,10 +114,11 @@ def compose_file(dep: Deployment, path: Path) -> int:
         entry: dict[str, Any] = {
             "image": built[svc.name][0],
             "scale": want.count,
-            "environment": dict(want.template.environment),
+            # `$$`: compose would interpolate what the container's shell must see.
+            "environment": {k: v.replace("$", "$$") for k, v in want.template.environment.items()},
         }
         if want.template.command is not None:
-            entry["command"] = list(want.template.command)
+            entry["command"] = [part.replace("$", "$$") for part in want.template.command]
         if svc.type is ServiceType.LOAD_BALANCED_WEB_SERVICE and want.template.port:
             # The ALB stand-in: compose publishes each replica on an ephemeral port.
             entry["ports"] = [f"127.0.0.1::{want.template.port}"]
