@@ -62,6 +62,7 @@ T = TypeVar("T")
 
 MAX_PARALLEL = 8  # containers starting or stopping at once, per agent
 START_BATCH = 64  # starts planned at a time per service
+LEFT_CREATED_S = 15.0  # a replica the CLI created and did not start by then is ours
 
 
 class Reconciler:
@@ -146,11 +147,20 @@ class Reconciler:
                 self._join(info, await self._address_of(info))
             elif info.state == "created" and info.service and info.index:
                 # Created by the CLI beside the data plane (firststart.py), which
-                # starts it; one that stopped before doing so leaves it to us.
-                self._spawn(self._thread(self.engine.start, info.id))
+                # starts it; one that stopped before doing so leaves it to us. Not
+                # at once: two starts of one container race in the engine, which
+                # then keeps a stale endpoint on the network.
+                self._spawn(self._start_if_left(info.id))
             elif info.name.endswith(KEPT_SUFFIX) and info.service and info.index:
                 # Kept by an agent before this one: ours to remove once it recovers.
                 self._slot(info.service, info.index).kept = info.name
+
+    async def _start_if_left(self, cid: str, grace_s: float = LEFT_CREATED_S) -> None:
+        """Start a replica still "created" after `grace_s`: its creator stopped short."""
+        await asyncio.sleep(grace_s)
+        info = await self._thread(self.engine.inspect, cid)
+        if info is not None and info.state == "created" and not self._closing:
+            await self._thread(self.engine.start, cid)
 
     async def close(self, remove: bool = False) -> None:
         """Stop reacting to events; with remove=True also remove every replica."""
