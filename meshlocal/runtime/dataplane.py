@@ -57,7 +57,7 @@ def host_socket(engine: Engine) -> str:
 
 # Neither process makes a TLS connection (the engine is a unix socket), yet
 # aiohttp and the Docker SDK build default SSL contexts at import, loading the
-# whole CA store: 0.1 s of every start and 2 MiB of the data plane's memory.
+# whole CA store: aiohttp.connector's import took 95 ms with it, 10 ms without.
 NO_CA_STORE = {"SSL_CERT_FILE": "/dev/null"}
 
 # The data plane's container: unprivileged, read-only, no engine access.
