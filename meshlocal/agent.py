@@ -8,7 +8,6 @@ loader) cost it a noticeable part of that wait.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -22,6 +21,8 @@ FIRST_START_ENV = "MESHLOCAL_FIRST_START"
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
+    import asyncio  # here: `up` reads FIRST_START_ENV from this module
+
     try:
         import uvloop
 

@@ -122,6 +122,10 @@ class Reconciler:
         self._ready_waiters: dict[str, asyncio.Future[bool]] = {}  # container id -> ready?
         self._hash_of: dict[str, str] = {}  # container id -> config hash, for ready checks
         self._pending: dict[str, Replica] = {}  # running, not yet healthy: out of the registry
+        # Containers whose `die` event came: the engine's list may still say
+        # "running" for a while (it updates after the network is torn down),
+        # and a container listed so would be joined or kept, dead, for good.
+        self._dead: set[str] = set()
         self._closing = False
         # The Service Connect endpoint names a replica started now would see.
         # Stamped on each new replica (a label, outside the config hash), so an
@@ -504,6 +508,10 @@ class Reconciler:
                 self.on_other_event(event)
             return
         cid = event.container_id
+        if event.action == "die":
+            self._dead.add(cid)
+        elif event.action in ("destroy", "start"):
+            self._dead.discard(cid)
         if event.action == "die" or event.action == "destroy":
             before = self.registry.remove(cid)  # first: out of DNS and proxy at once
             self._pending.pop(cid, None)
@@ -549,7 +557,7 @@ class Reconciler:
         Until its first healthy status it waits in `starting()`, out of DNS and
         proxy, as a task joins Cloud Map and Service Connect only when healthy.
         """
-        if not address or info.service is None or info.index is None:
+        if not address or info.service is None or info.index is None or info.id in self._dead:
             return
         port_label = info.labels.get(L.PORT)
         health = info.health if info.health is not None else Health.HEALTHY
@@ -758,7 +766,8 @@ class Reconciler:
                     service=info.service,
                     index=info.index,
                     config_hash=info.config_hash,
-                    alive=info.state in ("created", "running", "restarting"),
+                    alive=info.state in ("created", "running", "restarting")
+                    and info.id not in self._dead,
                     healthy=None if info.health is None else info.health is Health.HEALTHY,
                 )
             )

@@ -64,7 +64,7 @@ def test_the_docs_example_passes_against_kudos(
         result = pytester.runpytest_subprocess(*FAST, "-v", str(root / "tests"), timeout=600)
         result.assert_outcomes(passed=5)
         result.stdout.fnmatch_lines(
-            ["meshlocal: [[]api] building *", f"meshlocal: {base}-t-*/test up in *s"]
+            ["meshlocal*: [[]api] building *", f"meshlocal*: {base}-t-*/test up in *s"]
         )
         assert projects_of(docker_client, base) == set()
     finally:
