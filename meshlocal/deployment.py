@@ -301,6 +301,11 @@ class Deployment:
         path = self._state_file(".ports")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({str(k): v[1] for k, v in ports.items()}))
+        # The link volume first: the data plane listens in it.
+        self.engine.ensure_volume(
+            L.link_volume_name(self.project, self.env),
+            L.base_labels(self.project, self.env, L.Role.DATAPLANE),
+        )
         address: str | None = None
         first: FirstStart | None = None
         if current is None or not current.running:
@@ -331,12 +336,6 @@ class Deployment:
             workspace=self.workspace.root,
             address=address,
         )
-        spec = replace(spec, labels={**spec.labels, L.CONFIG_HASH: identity})
-        # The link volume first: the data plane listens in it.
-        self.engine.ensure_volume(
-            L.link_volume_name(self.project, self.env),
-            L.base_labels(self.project, self.env, L.Role.DATAPLANE),
-        )
         # Docker restarts a crashed data plane by itself (restart policy in
         # dataplane_spec); `up` brings back one stopped, killed or removed.
         controller: list[tuple[str, bool]] = []
@@ -365,10 +364,14 @@ class Deployment:
             controller.append(ensure_controller(self.engine, ctl))
 
         try:
-            cid, _address, _started = ensure_dataplane(self.engine, spec, start_controller)
+            cid, _address, _started = ensure_dataplane(
+                self.engine,
+                replace(spec, labels={**spec.labels, L.CONFIG_HASH: identity}),
+                start_controller,
+            )
         except BaseException:
             if first is not None:
-                first.discard()
+                first.discard()  # settled before the caller's undo lists what to remove
             raise
         if first is not None:
             self.phase = "starting the replicas"
