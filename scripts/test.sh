@@ -12,4 +12,6 @@ ruff check meshlocal tests bench compose-examples
 echo "== mypy (strict)"
 mypy
 echo "== pytest"
-pytest "$@"
+# Two workers, each test module on one: most tests wait on the engine, so
+# the suite takes about half as long (10 min instead of 20 on 2 cores).
+pytest -n 2 --dist loadfile "$@"

@@ -28,7 +28,6 @@ bench's network.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -47,7 +46,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent.parent))
 
-from run import PROXY, ZONE, dnsmasq_conf  # noqa: E402
+from run import PROXY, ZONE, dnsmasq_cmd, dnsmasq_conf  # noqa: E402
+from serve import serve_with  # noqa: E402
 
 LABEL = "meshlocal.bench=dns-many"
 IMAGE = "meshlocal/python-base:bookworm"
@@ -62,7 +62,7 @@ DNSMASQ_PORT = 5301
 def serve_main(argv: list[str]) -> None:
     """`many.py serve`: meshlocal's DNS with the bench's services and clients."""
     from meshlocal.dns.resolver import MeshResolver
-    from meshlocal.dns.server import DnsServer, run
+    from meshlocal.dns.server import run
     from meshlocal.manifest.model import (
         Connect,
         Environment,
@@ -119,19 +119,7 @@ def serve_main(argv: list[str]) -> None:
             reg.upsert(Replica(name, r, f"{name}-{r}", ip, port))
 
     async def serve() -> None:
-        resolver = MeshResolver(naming, reg, PROXY)
-        server = DnsServer(
-            resolver, args.host, args.port, upstreams=None, udp_batching=not args.no_mmsg
-        )
-        await server.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        print(f"ready {type(loop).__module__} batching={server.udp_batching}", flush=True)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), args.max_seconds)
-        await server.stop()
+        await serve_with(MeshResolver(naming, reg, PROXY), args)
 
     run(serve(), use_uvloop=False if args.no_uvloop else None)
 
@@ -408,24 +396,7 @@ def main() -> None:
 
         conf = tmp / "dnsmasq.conf"
         conf.write_text(many_dnsmasq_conf(args.services, args.replicas, sc_ips, plain_ips))
-        procs["dnsmasq"] = subprocess.Popen(
-            [
-                "timeout",
-                str(budget),
-                "dnsmasq",
-                "-k",
-                f"--conf-file={conf}",
-                "--no-resolv",
-                "--no-hosts",
-                "--no-poll",
-                f"--port={DNSMASQ_PORT}",
-                f"--listen-address={gateway}",
-                "--bind-interfaces",
-                "--local-ttl=10",
-                "--pid-file=",
-                "--log-facility=/dev/null",
-            ],
-        )
+        procs["dnsmasq"] = subprocess.Popen(dnsmasq_cmd(budget, conf, gateway, DNSMASQ_PORT))
         procs["meshlocal"] = subprocess.Popen(
             [
                 sys.executable,

@@ -53,6 +53,26 @@ class Result:
         return self.cpu_s / done * 1e6 if done else float("nan")
 
 
+def dnsmasq_cmd(budget: float, conf: Path, address: str, port: int) -> list[str]:
+    """dnsmasq in the foreground on address:port with `conf` only, ended after `budget` s."""
+    return [
+        "timeout",
+        str(budget),
+        "dnsmasq",
+        "-k",
+        f"--conf-file={conf}",
+        "--no-resolv",
+        "--no-hosts",
+        "--no-poll",
+        f"--port={port}",
+        f"--listen-address={address}",
+        "--bind-interfaces",
+        "--local-ttl=10",
+        "--pid-file=",
+        "--log-facility=/dev/null",
+    ]
+
+
 def queries(services: int) -> str:
     lines = []
     for i in range(services):
@@ -189,24 +209,7 @@ def main() -> None:
     procs: dict[str, subprocess.Popen[bytes]] = {}
     hosts: dict[str, str] = {}
     try:
-        procs["dnsmasq"] = subprocess.Popen(
-            [
-                "timeout",
-                str(budget),
-                "dnsmasq",
-                "-k",
-                f"--conf-file={conf}",
-                "--no-resolv",
-                "--no-hosts",
-                "--no-poll",
-                f"--port={PORT}",
-                f"--listen-address={DNSMASQ_HOST}",
-                "--bind-interfaces",
-                "--local-ttl=10",
-                "--pid-file=",
-                "--log-facility=/dev/null",
-            ],
-        )
+        procs["dnsmasq"] = subprocess.Popen(dnsmasq_cmd(budget, conf, DNSMASQ_HOST, PORT))
         hosts["dnsmasq"] = DNSMASQ_HOST
         for variant in variants:
             host, flags = VARIANTS[variant]

@@ -76,6 +76,11 @@ def registry(services: int, replicas: int, client: str) -> ReplicaRegistry:
 async def serve(args: argparse.Namespace) -> None:
     naming = NamingModel(environment(args.services))
     resolver = MeshResolver(naming, registry(args.services, args.replicas, args.client), PROXY)
+    await serve_with(resolver, args)
+
+
+async def serve_with(resolver: MeshResolver, args: argparse.Namespace) -> None:
+    """Serve `resolver` on args.host:port until SIGTERM/SIGINT or args.max_seconds."""
     server = DnsServer(
         resolver, args.host, args.port, upstreams=None, udp_batching=not args.no_mmsg
     )
