@@ -126,6 +126,9 @@ class Reconciler:
         # "running" for a while (it updates after the network is torn down),
         # and a container listed so would be joined or kept, dead, for good.
         self._dead: set[str] = set()
+        # The last health each container's events reported: newer than a list
+        # taken before them, which would leave a healthy replica "starting".
+        self._health_seen: dict[str, Health] = {}
         self._closing = False
         # The Service Connect endpoint names a replica started now would see.
         # Stamped on each new replica (a label, outside the config hash), so an
@@ -512,6 +515,9 @@ class Reconciler:
             self._dead.add(cid)
         elif event.action in ("destroy", "start"):
             self._dead.discard(cid)
+            self._health_seen.pop(cid, None)
+        if event.action == "health_status" and event.health is not None:
+            self._health_seen[cid] = event.health
         if event.action == "die" or event.action == "destroy":
             before = self.registry.remove(cid)  # first: out of DNS and proxy at once
             self._pending.pop(cid, None)
@@ -560,7 +566,7 @@ class Reconciler:
         if not address or info.service is None or info.index is None or info.id in self._dead:
             return
         port_label = info.labels.get(L.PORT)
-        health = info.health if info.health is not None else Health.HEALTHY
+        health = self._health_seen.get(info.id) or info.health or Health.HEALTHY
         self._hash_of[info.id] = info.config_hash or ""
         replica = Replica(
             service=info.service,
