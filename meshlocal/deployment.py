@@ -756,6 +756,9 @@ class Deployment:
         """
         deadline = time.monotonic() + timeout
         last: dict[str, Any] = {}
+        # Ready on two polls in a row: a replica that dies just after it joins
+        # (a crash at start) is ready for a moment, and one poll can land there.
+        seen_ready = False
         while True:
             try:
                 if plane is not None:
@@ -772,12 +775,14 @@ class Deployment:
                 crashes = [c for c in last.get("crashes") or [] if _among(c["service"], services)]
                 if crashes:
                     raise crash_failure(crashes)
-                if services and all(
-                    last.get("services", {}).get(name, {}).get("ready") for name in services
-                ):
+                ready = (
+                    all(last.get("services", {}).get(name, {}).get("ready") for name in services)
+                    if services
+                    else bool(last.get("ready"))
+                )
+                if ready and seen_ready:
                     return last
-                if not services and last.get("ready"):
-                    return last
+                seen_ready = ready
             if time.monotonic() > deadline:
                 checks = {
                     name: report
