@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import import_module
 from pathlib import Path
 
@@ -15,13 +15,23 @@ from meshlocal.errors import MeshlocalError
 
 err_console = Console(stderr=True, highlight=False)
 
-# Modules that add commands to `cli`; imported lazily by main() so a broken
-# optional family cannot stop `meshlocal validate` from working.
-COMMAND_MODULES: Sequence[str] = (
-    "meshlocal.cli.workspace",
-    "meshlocal.cli.mesh",
-    "meshlocal.cli.daemons",
-)
+# Where each command lives: a command's module is imported only when that
+# command runs (or `--help` lists them), so `meshlocal up` loads neither the
+# other commands nor their libraries, and a broken optional family cannot stop
+# `meshlocal validate` from working.
+COMMANDS: Mapping[str, str] = {
+    "validate": "meshlocal.cli.workspace",
+    "plan": "meshlocal.cli.workspace",
+    "up": "meshlocal.cli.up",
+    "down": "meshlocal.cli.mesh",
+    "ls": "meshlocal.cli.mesh",
+    "ps": "meshlocal.cli.mesh",
+    "scale": "meshlocal.cli.mesh",
+    "stats": "meshlocal.cli.mesh",
+    "logs": "meshlocal.cli.mesh",
+    "resolve": "meshlocal.cli.mesh",
+    "agent": "meshlocal.cli.daemons",
+}
 
 
 class Context:
@@ -43,7 +53,19 @@ class Interrupted(Exception):
         self.exit_code = exit_code
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose commands are imported from COMMANDS on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            _import(COMMANDS[cmd_name])
+        return self.commands.get(cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-C",
     "directory",
@@ -63,18 +85,25 @@ def report(error: MeshlocalError) -> None:
     err_console.print(error.render(), markup=False, style="red", soft_wrap=True)
 
 
-def _load_commands() -> None:
-    for name in COMMAND_MODULES:
-        try:
-            import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:  # a real import error inside the module
-                raise
+env_option = click.option(
+    "--env",
+    "env",
+    metavar="ENV",
+    default=None,
+    help="Environment to use; may be left out when the workspace has exactly one.",
+)
+
+
+def _import(name: str) -> None:
+    try:
+        import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:  # a real import error inside the module
+            raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run the CLI and map MeshlocalError to a message and exit code."""
-    _load_commands()
     try:
         cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
     except MeshlocalError as error:

@@ -6,13 +6,15 @@ Pure rendering of the admin API's `/v1/state` document; the commands fetch it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
-from meshlocal.runtime.engine import ContainerInfo
 from meshlocal.runtime.labels import network_name
+
+if TYPE_CHECKING:
+    from meshlocal.runtime.engine import ContainerInfo
 
 out = Console(highlight=False, soft_wrap=True)
 if not out.is_terminal:  # pipes and CI: don't squeeze tables into 80 columns

@@ -9,21 +9,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from meshlocal.cli.app import Context, cli, pass_context
+from meshlocal.cli.app import Context, cli, env_option, pass_context
 from meshlocal.manifest import ManifestErrors, check, load_environment
 from meshlocal.manifest.model import EnvironmentSpec, Service
 from meshlocal.manifest.validate import runnable_hint
 from meshlocal.naming import NamingModel
 
 PLAN_SCHEMA = 1
-
-env_option = click.option(
-    "--env",
-    "env",
-    metavar="ENV",
-    default=None,
-    help="Environment to use; may be left out when the workspace has exactly one.",
-)
 
 
 def _console() -> Console:

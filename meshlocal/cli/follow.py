@@ -1,0 +1,131 @@
+"""Following the logs of every container of an environment, as compose's `logs -f` does."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any
+
+from meshlocal.cli.logprefix import LogPrinter
+from meshlocal.runtime import labels as L
+from meshlocal.runtime.backoff import KEPT_SUFFIX
+from meshlocal.runtime.engine import ContainerInfo, Engine
+
+
+def _display_name(info: ContainerInfo) -> str:
+    if info.role == L.Role.DATAPLANE.value:
+        return "meshlocal"
+    if info.role == L.Role.CONTROLLER.value:
+        return "meshlocal-controller"
+    base = f"{info.service}-{info.index}"
+    if info.name.endswith(KEPT_SUFFIX):
+        base += KEPT_SUFFIX  # the last crashed container of that replica, kept for this
+    sidecar = info.labels.get(L.SIDECAR)
+    return f"{base}-{sidecar}" if sidecar else base
+
+
+class LogFollower:
+    """Streams every container of an environment, attaching to new ones as they start.
+
+    New replicas (replacements, scale-out) are found from Docker's event
+    stream; each container's logs are followed in its own thread because
+    the docker SDK's log streams block.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        project: str,
+        env: str,
+        printer: LogPrinter,
+        *,
+        services: set[str] | None = None,
+        tail: int | str = "all",
+        follow: bool = True,
+        dataplane: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.project = project
+        self.env = env
+        self.printer = printer
+        self.services = services
+        self.tail = tail
+        self.follow = follow
+        self.dataplane = dataplane
+        self._attached: set[str] = set()
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._events: Any = None
+
+    @property
+    def attached(self) -> int:
+        """How many containers' logs are shown."""
+        return len(self._attached)
+
+    def _wanted(self, info: ContainerInfo) -> bool:
+        if info.role in (L.Role.DATAPLANE.value, L.Role.CONTROLLER.value):
+            return self.dataplane
+        if info.role not in (L.Role.REPLICA.value, L.Role.SIDECAR.value):
+            return False
+        return self.services is None or info.service in self.services
+
+    def attach(self, info: ContainerInfo) -> None:
+        if info.id in self._attached or not self._wanted(info):
+            return
+        self._attached.add(info.id)
+        name = _display_name(info)
+        self.printer.widen([name])
+        thread = threading.Thread(target=self._pump, args=(info.id, name), daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _pump(self, container_id: str, name: str) -> None:
+        try:
+            stream = self.engine.api.logs(
+                container_id, stream=True, follow=self.follow, tail=self.tail
+            )
+            pending = b""
+            for chunk in stream:
+                if self._stop.is_set():
+                    break
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    self.printer.line(name, line.decode(errors="replace"))
+            if pending:
+                self.printer.line(name, pending.decode(errors="replace"))
+        except Exception:  # the container went away: its stream simply ends
+            return
+
+    def start(self) -> None:
+        existing = self.engine.list_containers(self.project, self.env)
+        self.printer.widen([_display_name(c) for c in existing if self._wanted(c)])
+        for info in existing:
+            self.attach(info)
+        if self.follow:
+            thread = threading.Thread(target=self._watch, daemon=True)
+            thread.start()
+
+    def _watch(self) -> None:
+        filters = {"label": L.filters(self.project, self.env), "type": "container"}
+        try:
+            self._events = self.engine.client.events(decode=True, filters=filters)
+            for event in self._events:
+                if self._stop.is_set():
+                    break
+                if event.get("status") == "start" or event.get("Action") == "start":
+                    info = self.engine.inspect(str(event.get("id")))
+                    if info is not None:
+                        self.attach(info)
+        except Exception:
+            return
+
+    def wait(self) -> None:
+        for thread in list(self._threads):
+            thread.join()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._events is not None:
+            with contextlib.suppress(Exception):
+                self._events.close()

@@ -1,0 +1,266 @@
+"""`up`: build, start and connect an environment, or apply a change to it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import click
+
+from meshlocal.cli.app import Context, Interrupted, cli, env_option, pass_context
+from meshlocal.cli.render import err, print_ps
+
+if TYPE_CHECKING:
+    from meshlocal.deployment import Deployment
+    from meshlocal.runtime.engine import Removed
+
+
+def _say(line: str) -> None:
+    err.print(line, markup=False, style="dim")
+
+
+@contextlib.contextmanager
+def _deployment(
+    ctx: Context, env: str | None, services: Sequence[str] = ()
+) -> Iterator[Deployment]:
+    from meshlocal.deployment import Deployment
+    from meshlocal.manifest.loader import select_environment
+
+    if services:
+        # The running mesh's other services stay: they are loaded as if named.
+        probe = Deployment(ctx.directory, env)
+        env = select_environment(probe.workspace, env).name
+        probe = Deployment(ctx.directory, env)
+        try:
+            running = probe.running_services()
+        finally:
+            probe.close()
+        services = (*services, *(s for s in running if s not in services))
+    dep = Deployment(ctx.directory, env, services=services)
+    try:
+        for note in dep.load_notes() if services else ():
+            _say(note)
+        yield dep
+    finally:
+        dep.close()
+
+
+@cli.command()
+@env_option
+@click.option("-d", "--detach", is_flag=True, help="Return once every replica is healthy.")
+@click.option(
+    "--dataplane",
+    type=click.Choice(["container", "host"]),
+    default=lambda: os.environ.get("MESHLOCAL_DATAPLANE", "container"),
+    show_default="container",
+    help="Run DNS and proxy in a container on the network, or on the host's gateway "
+    "address (Linux, root).",
+)
+@click.option(
+    "--port",
+    "public_port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="Host port for Load Balanced Web Services (127.0.0.1). 0: any free port.",
+)
+@click.option("--build", "force_build", is_flag=True, help="Rebuild images even if unchanged.")
+@click.option(
+    "--replace",
+    "replace_services",
+    multiple=True,
+    metavar="SERVICE",
+    help="Replace every replica of SERVICE (rolling), e.g. so a Service Connect client "
+    "sees endpoints added after it started. Repeatable.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=180.0,
+    show_default=True,
+    help="Seconds to wait for every replica to become healthy.",
+)
+@click.argument("services", nargs=-1, metavar="[SERVICE]...")
+@pass_context
+def up(
+    ctx: Context,
+    env: str | None,
+    detach: bool,
+    dataplane: str,
+    public_port: int,
+    force_build: bool,
+    replace_services: tuple[str, ...],
+    timeout: float,
+    services: tuple[str, ...],
+) -> None:
+    """Build, start and connect every service of an environment, or only SERVICE...
+
+    With names, only those manifests are loaded (another service's broken
+    manifest is a warning), as `copilot svc deploy` deploys one service at a
+    time; services the running mesh already has keep running.
+    """
+    # Imported here, not at the top: a no-op `up -d` returns before needing them.
+    from meshlocal.cli.interrupts import interrupted, sigterm_interrupts, undo_attempt
+    from meshlocal.cli.running import require_known
+    from meshlocal.errors import RuntimeFailure
+    from meshlocal.undo import Snapshot, snapshot
+
+    with _deployment(ctx, env, services) as dep, sigterm_interrupts():
+        require_known(dep, replace_services, (s.name for s in dep.spec.services))
+        dep.check_replica_limit()
+        for skipped in dep.spec.skipped:
+            _say(f"{skipped.name}: {skipped.type.value} is not emulated, skipped")
+        before: Snapshot | None = None
+        try:
+            # What this attempt finds, so a failure undoes only what it created.
+            before = snapshot(dep)
+            dep.check_public_port(public_port)
+            if dataplane == "host" and not detach:
+                if before.running:
+                    # This path owns what it starts and removes it on exit: never a running mesh.
+                    raise RuntimeFailure(
+                        f"a mesh is already running for {dep.workspace.app}/{dep.env}",
+                        hint="`meshlocal up -d --dataplane host` applies to it and `meshlocal "
+                        "logs -f` follows it; or `meshlocal down` first",
+                    )
+                _up_host_foreground(dep, public_port=public_port, force_build=force_build)
+                return
+            if any(s.build is not None for s in dep.spec.services):
+                built = sum(1 for s in dep.spec.services if s.build is not None)
+                err.print(f"[+] Building {built} service image(s)", markup=False)
+            plane = dep.up(
+                mode="host" if dataplane == "host" else "container",
+                public_port=public_port,
+                timeout=timeout,
+                wait=detach,
+                progress=_say,
+                force_build=force_build,
+                replace_services=replace_services,
+            )
+        except Interrupted:
+            raise  # already handled (host mode's foreground agent)
+        except KeyboardInterrupt as exc:
+            done = undo_attempt(dep, before, say=False)  # said once, in the last line
+            wait = "before every replica was healthy" if detach else "before the mesh was up"
+            raise interrupted(exc, f"during `up`, {wait} ({dep.phase}); {done}") from None
+        except BaseException:
+            undo_attempt(dep, before)
+            raise
+        err.print(f"[+] Data plane ({plane.mode}) for {dep.project}/{dep.env}", markup=False)
+        if detach:
+            print_ps(dep.state(), plane.public_url)  # with the unresolved-endpoint notes
+            return
+        # A mesh that ran before this `up` is attached to, never owned: Ctrl-C leaves it.
+        _attach_until_interrupted(dep, plane.public_url, owned=not before.running)
+
+
+def _up_host_foreground(dep: Deployment, *, public_port: int, force_build: bool) -> None:
+    """Host mode in the foreground: the agent runs in this process, for debugging.
+
+    A failure or Ctrl-C while building is undone by `up`; once the agent runs,
+    Ctrl-C removes everything, as an attached `up` that started the mesh does.
+    """
+    err.print(f"[+] Building {len(dep.spec.services)} service image(s)", markup=False)
+    public_port = dep.resolve_public_port("host", public_port)
+    desired = dep.desired(dep.build(_say, force_build=force_build), public_port)
+    network = dep.network()
+    config = dep.agent_config(desired, "host", network, public_port=public_port)
+    import asyncio  # the foreground host-mode controller only: not for every command
+
+    from meshlocal import control
+    from meshlocal.cli.follow import LogFollower
+    from meshlocal.cli.interrupts import interrupted, uninterrupted
+    from meshlocal.cli.logprefix import LogPrinter
+    from meshlocal.errors import DataPlaneError
+    from meshlocal.mesh import Controller
+
+    logging.basicConfig(level=logging.INFO, format="meshlocal  | %(message)s")
+
+    async def main() -> None:
+        controller = Controller(config, dep.engine)
+        server: asyncio.AbstractServer | None = None
+        try:
+            await controller.start()
+            if controller.link_error and controller.admin_port is None:
+                raise DataPlaneError(controller.link_error)
+            path = str(dep.control_path())
+            server = await control.serve(path, controller.command)
+            port = controller.public_port
+            public = f"http://127.0.0.1:{port}" if port else None
+            dep.record_host_admin(f"http://127.0.0.1:{controller.admin_port}", public, path)
+            printer = LogPrinter(sys.stdout, colour=sys.stdout.isatty())
+            follower = LogFollower(dep.engine, dep.project, dep.env, printer, dataplane=False)
+            await asyncio.to_thread(follower.start)
+            if public:
+                err.print(f"[+] Public endpoint {public}", markup=False)
+            await asyncio.Event().wait()
+        finally:
+            if server is not None:
+                server.close()
+            await controller.stop()
+
+    stopped: KeyboardInterrupt | None = None
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt as exc:
+        stopped = exc
+    finally:
+        with uninterrupted():
+            err.print("[+] Stopping: removing containers and network", markup=False)
+            removed = dep.down()  # images kept, as `down` keeps them
+    if stopped is not None:
+        raise interrupted(stopped, f"while attached; removed {_counts(removed)}")
+
+
+def _counts(removed: Removed) -> str:
+    return (
+        f"{len(removed.containers)} container(s), "
+        f"{len(removed.networks)} network(s), {len(removed.images)} image(s)"
+    )
+
+
+def _attach_until_interrupted(dep: Deployment, public_url: str | None, *, owned: bool) -> None:
+    """Stream the logs until Ctrl-C; then remove the mesh if this `up` started it."""
+    from meshlocal.cli.follow import LogFollower
+    from meshlocal.cli.interrupts import interrupted, uninterrupted
+    from meshlocal.cli.logprefix import LogPrinter
+
+    name = f"{dep.workspace.app}/{dep.env}"
+    printer = LogPrinter(sys.stdout, colour=sys.stdout.isatty())
+    follower = LogFollower(dep.engine, dep.project, dep.env, printer)
+    stopped: KeyboardInterrupt | None = None
+    try:
+        follower.start()
+        if public_url:
+            err.print(f"[+] Public endpoint {public_url}", markup=False)
+        if owned:
+            err.print(
+                "[+] Attached. Press Ctrl-C to stop and remove the containers and network.",
+                markup=False,
+            )
+        else:
+            err.print(
+                f"[+] attaching to the running mesh {name}; Ctrl-C detaches and leaves it running",
+                markup=False,
+            )
+        threading.Event().wait()
+    except KeyboardInterrupt as exc:
+        stopped = exc
+    finally:
+        follower.stop()
+        if owned:
+            with uninterrupted():
+                err.print("[+] Stopping: removing containers and network", markup=False)
+                removed = dep.down()  # images kept, as `down` keeps them
+                err.print(f"[+] Removed {_counts(removed)}", markup=False)
+    if stopped is None:
+        return
+    if owned:
+        raise interrupted(stopped, f"while attached: {name} was removed")
+    raise interrupted(
+        stopped, f"while attached: detached; {name} keeps running (`meshlocal down` removes it)"
+    )
