@@ -118,6 +118,9 @@ class Deployment:
         self._left_out: list[Note] = []
         self._engine = engine
         self.phase = "loading the workspace"  # where `up` is, for an interruption's message
+        # What the last `up` ran: the controller's configuration and the images.
+        self.applied_config: str | None = None
+        self.images_run: dict[str, str] = {}
         # Images are shared by every copy of a workspace; containers and
         # networks are not: a suffix (the pytest plugin's, one per session)
         # gives a second, independent mesh of the same workspace.
@@ -613,6 +616,8 @@ class Deployment:
         config = self.agent_config(desired, mode, network, public_port=public_port)
         # Endpoints keep their addresses when the agent is restarted or replaced.
         config = replace(config, vips=self.current_vips())
+        self.applied_config = config.to_json()
+        self.images_run = {ref: image_id for ref, image_id in built.values() if image_id}
         if mode == "container":
             plane = self.start_dataplane_container(
                 config, network, public_port=public_port, progress=progress
@@ -630,6 +635,17 @@ class Deployment:
             self.wait_ready(timeout, plane=plane)
         self._remember_vips()
         return plane
+
+    def inputs(self) -> list[str]:
+        """What `up` reads outside copilot/: build contexts, Dockerfiles, env files."""
+        paths: list[str] = []
+        for svc in self.spec.services:
+            for build in (svc.build, *(sc.build for sc in svc.sidecars)):
+                if build is not None:
+                    paths += [str(build.context), str(build.dockerfile)]
+            if svc.env_file is not None:
+                paths.append(str(svc.env_file))
+        return paths
 
     def running_services(self) -> list[str]:
         """The services of the running mesh, or none when it isn't running."""
@@ -815,6 +831,9 @@ class Deployment:
         With `images`, also the service images `build` tagged for this
         workspace (see remove_images). Works when the manifests no longer load.
         """
+        from meshlocal import quickup
+
+        quickup.forget(self.workspace.root)
         try:
             self.stop_dataplane_process()
             self._state_file(".vips").unlink(missing_ok=True)

@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,7 +16,7 @@ from meshlocal.cli.app import Context, Interrupted, cli, env_option, pass_contex
 from meshlocal.cli.render import err, print_ps
 
 if TYPE_CHECKING:
-    from meshlocal.deployment import Deployment
+    from meshlocal.deployment import DataPlane, Deployment
     from meshlocal.runtime.engine import Removed
 
 
@@ -103,6 +103,9 @@ def up(
     manifest is a warning), as `copilot svc deploy` deploys one service at a
     time; services the running mesh already has keep running.
     """
+    quick = _quick_options(click.get_current_context().params)
+    if quick is not None and _nothing_changed(ctx, quick):
+        return
     # Imported here, not at the top: a no-op `up -d` returns before needing them.
     from meshlocal.cli.interrupts import interrupted, sigterm_interrupts, undo_attempt
     from meshlocal.cli.running import require_known
@@ -152,10 +155,58 @@ def up(
             raise
         err.print(f"[+] Data plane ({plane.mode}) for {dep.project}/{dep.env}", markup=False)
         if detach:
-            print_ps(dep.state(), plane.public_url)  # with the unresolved-endpoint notes
+            state = dep.state()
+            print_ps(state, plane.public_url)  # with the unresolved-endpoint notes
+            if quick is not None:
+                _remember(dep, plane, quick)
             return
         # A mesh that ran before this `up` is attached to, never owned: Ctrl-C leaves it.
         _attach_until_interrupted(dep, plane.public_url, owned=not before.running)
+
+
+def _quick_options(params: dict[str, Any]) -> dict[str, Any] | None:
+    """The options a no-op `up -d` is recognised by; None when it can't be one."""
+    if not params.get("detach") or params.get("dataplane") != "container":
+        return None
+    if params.get("force_build") or params.get("replace_services") or params.get("watch"):
+        return None  # each asks for work whatever changed
+    # How long to wait changes nothing that runs.
+    return {k: v for k, v in params.items() if k not in ("timeout", "detach")}
+
+
+def _nothing_changed(ctx: Context, options: dict[str, Any]) -> bool:
+    """A previous `up -d` left this very mesh, converged: say so and touch nothing."""
+    from meshlocal import quickup
+
+    found = quickup.check(ctx.directory, options)
+    if found is None:
+        return False
+    err.print(
+        f"[+] Data plane (container) for {found.project}/{found.env}: up to date, nothing changed",
+        markup=False,
+    )
+    print_ps(found.state, found.public_url)
+    return True
+
+
+def _remember(dep: Deployment, plane: DataPlane, options: dict[str, Any]) -> None:
+    from meshlocal import quickup
+
+    if dep.applied_config is None or plane.container_id is None or plane.controller_id is None:
+        return
+    quickup.record(
+        dep.workspace.root,
+        options,
+        inputs=dep.inputs(),
+        project=dep.project,
+        env=dep.env,
+        dataplane_id=plane.container_id,
+        controller_id=plane.controller_id,
+        admin_url=plane.admin_url,
+        public_url=plane.public_url,
+        config_json=dep.applied_config,
+        images=dep.images_run,
+    )
 
 
 def _up_host_foreground(dep: Deployment, *, public_port: int, force_build: bool) -> None:
