@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from meshlocal.errors import RuntimeFailure
 from meshlocal.manifest.codec import from_jsonable, to_jsonable
@@ -54,6 +55,9 @@ class AgentConfig:
     # addresses in the data plane's namespace (it needs NET_ADMIN; the data
     # plane has no capability at all). Any image with busybox's `ip`.
     helper_image: str | None = None
+    # `up --env-var-override/--port-override` (overrides.Overrides.describe), for `ps`:
+    # the environment is already in `desired`, the port in the published ports.
+    overrides: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def env(self) -> str:
@@ -79,6 +83,7 @@ class AgentConfig:
                 "state_file": self.state_file,
                 "vips": dict(self.vips),
                 "helper_image": self.helper_image,
+                "overrides": dict(self.overrides),
             },
             sort_keys=True,
         )

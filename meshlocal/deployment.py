@@ -45,6 +45,9 @@ from meshlocal.manifest.diagnostics import ManifestErrors, Note
 from meshlocal.manifest.model import EnvironmentSpec, Workspace
 from meshlocal.manifest.validate import over_replica_limit, runnable_hint
 from meshlocal.naming import NamingModel, public_rules
+from meshlocal.overrides import NO_OVERRIDES, EnvOverride, Overrides, PortOverride
+from meshlocal.overrides import apply as apply_overrides
+from meshlocal.overrides import check as check_overrides
 from meshlocal.ports import ADMIN_PORT, PUBLIC_PORT
 from meshlocal.readiness import crash_failure, starting_replicas, timeout_failure
 from meshlocal.runtime import images
@@ -96,6 +99,9 @@ class DataPlane:
 
 class Deployment:
     """`meshlocal up/down/ps/scale/resolve` for one environment."""
+
+    # `up --env-var-override/--port-override`, set by use_overrides: this `up`'s only.
+    overrides: Overrides = NO_OVERRIDES
 
     def __init__(
         self,
@@ -215,6 +221,7 @@ class Deployment:
                 lb_dns=lb_dns,
                 health_interval=self.workspace.health_check_interval,
             )
+            template = apply_overrides(template, self.overrides.env)
             out[svc.name] = DesiredService(template, svc.count)
         return out
 
@@ -251,6 +258,7 @@ class Deployment:
                 pause_image=pause_image,
                 state_file=CONTAINER_STATE_FILE,
                 helper_image=images.ensure_busybox_image(self.engine.client),
+                overrides=self.overrides.describe(),
             )
         if not network.gateway:
             raise DataPlaneError(f"network {network.name} has no gateway address for host mode")
@@ -267,6 +275,7 @@ class Deployment:
             admin_host="127.0.0.1",
             admin_port=0,
             pause_image=pause_image,
+            overrides=self.overrides.describe(),
         )
 
     def start_dataplane_container(
@@ -889,6 +898,16 @@ class Deployment:
                     hint=f"stop what listens there (`ss -ltnp 'sport = :{public_port}'`, "
                     "`docker ps`) or publish on another port (`--port`)",
                 ) from None
+
+    def use_overrides(
+        self, env: Sequence[EnvOverride], ports: Sequence[PortOverride], public_port: int = 0
+    ) -> int:
+        """Check `up`'s overrides against the spec and keep them for desired() and the config.
+
+        Returns the public endpoint's host port: `--port`, else the port override's.
+        """
+        self.overrides = check_overrides(self.spec, env, ports, public_port)
+        return public_port or self.overrides.public_port
 
     def remove_images(self) -> tuple[str, ...]:
         """Untag (and so delete) this workspace's service images: `meshlocal/<project>-*`."""

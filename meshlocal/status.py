@@ -56,6 +56,8 @@ def status_document(c: Controller) -> dict[str, Any]:
         "applied": c.applied.is_set(),
         "ready": bool(rec and c.applied.is_set() and rec.all_ready()),
         "error": c.apply_error.render() if c.apply_error else None,
+        # `up --env-var-override/--port-override`: they last until an `up` without them.
+        "overrides": {"env": [], "ports": [], **c.config.overrides},
         "crashes": [
             {
                 "service": c.service,

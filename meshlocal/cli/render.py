@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from meshlocal.overrides import summary
 from meshlocal.runtime.labels import network_name
 
 if TYPE_CHECKING:
@@ -73,6 +74,9 @@ def print_ps(state: dict[str, Any], public_url: str | None) -> None:
     print_unresolved(state)
     if public_url:
         out.print(f"Public endpoint: {public_url}", markup=False)
+    line = summary(state.get("overrides"))
+    if line:
+        out.print(line, markup=False)
 
 
 def print_restarting(state: dict[str, Any]) -> None:

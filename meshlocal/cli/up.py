@@ -7,17 +7,40 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from meshlocal.cli.app import Context, Interrupted, cli, env_option, pass_context
 from meshlocal.cli.render import err, print_ps
+from meshlocal.overrides import (
+    ENV_FORMAT,
+    PORT_FORMAT,
+    EnvOverride,
+    OverrideSyntaxError,
+    PortOverride,
+    parse_env_override,
+    parse_port_override,
+)
 
 if TYPE_CHECKING:
     from meshlocal.deployment import DataPlane, Deployment
     from meshlocal.runtime.engine import Removed
+
+
+def _parsed(parse: Callable[[str], object]) -> Callable[..., tuple[object, ...]]:
+    """Parse a repeatable override flag: bad syntax is a usage error, before anything runs."""
+
+    def callback(
+        ctx: click.Context, param: click.Parameter, values: Sequence[str]
+    ) -> tuple[object, ...]:
+        try:
+            return tuple(parse(v) for v in values)
+        except OverrideSyntaxError as exc:
+            raise click.BadParameter(f"{exc.message}\n  hint: {exc.hint}", ctx, param) from None
+
+    return callback
 
 
 def _say(line: str) -> None:
@@ -68,6 +91,25 @@ def _deployment(
     default=0,
     help="Host port for Load Balanced Web Services (127.0.0.1). 0: any free port.",
 )
+@click.option(
+    "--port-override",
+    "port_overrides",
+    multiple=True,
+    callback=_parsed(parse_port_override),
+    metavar=PORT_FORMAT,
+    help="Put the public endpoint on host port HOSTPORT, given the port of a Load Balanced "
+    "Web Service behind it, e.g. 8000:80 (Copilot's `run local` flag). Repeatable.",
+)
+@click.option(
+    "--env-var-override",
+    "env_overrides",
+    multiple=True,
+    callback=_parsed(parse_env_override),
+    metavar=ENV_FORMAT,
+    help="Set KEY=VALUE in the replicas of SERVICE (or its SIDECAR), over the manifest; "
+    "without a prefix in every container (Copilot's `run local` flag). Repeatable; "
+    "kept by a later `up` only if given again.",
+)
 @click.option("--build", "force_build", is_flag=True, help="Rebuild images even if unchanged.")
 @click.option(
     "--replace",
@@ -92,6 +134,8 @@ def up(
     detach: bool,
     dataplane: str,
     public_port: int,
+    port_overrides: tuple[PortOverride, ...],
+    env_overrides: tuple[EnvOverride, ...],
     force_build: bool,
     replace_services: tuple[str, ...],
     timeout: float,
@@ -114,6 +158,7 @@ def up(
 
     with _deployment(ctx, env, services) as dep, sigterm_interrupts():
         require_known(dep, replace_services, (s.name for s in dep.spec.services))
+        public_port = dep.use_overrides(env_overrides, port_overrides, public_port)
         dep.check_replica_limit()
         for skipped in dep.spec.skipped:
             _say(f"{skipped.name}: {skipped.type.value} is not emulated, skipped")
