@@ -130,3 +130,11 @@ class DataPlaneDown(MeshNotRunning):
     ) -> None:
         super().__init__(message, hint=hint)
         self.containers = containers
+
+
+class ReplicaNotFound(MeshlocalError):
+    """`exec` names a replica (or a sidecar of it) the running service does not have."""
+
+
+class CommandNotFound(MeshlocalError):
+    """`exec` or `run` names a program the container's image does not have (no shell, too)."""

@@ -8,6 +8,7 @@ a socketpair with its child process (host mode). One JSON object per line.
 controller -> data plane:
   {"t": "config", "id": n, "config": {...}}   answered by {"t": "ack", "id": n, ...}
   {"t": "replicas", "replicas": [...]}        the whole set, on every change
+  {"t": "clients", "clients": [...]}          client-only members (`meshlocal run`), on change
   {"t": "status", "status": {...}}            the reconciler's part of `ps`
   {"t": "tasks", "tasks": [...]}              every task's containers (metadata.py), on change
 data plane -> controller:

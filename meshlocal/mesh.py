@@ -166,6 +166,7 @@ class Controller:
         await self.reconciler.start()
         self._stack.push_async_callback(self.reconciler.close)
         self._stack.callback(self.registry.subscribe(lambda _b, _a: self._changed()))
+        self._stack.callback(self.registry.subscribe_clients(self._schedule_push))
         self._persist(cfg)
         for job in (self._link_forever(), self._tick()):
             task = asyncio.create_task(job)
@@ -523,10 +524,13 @@ class Controller:
             writer.close()
             return
         replicas = [replica_to_json(r) for r in self.registry.all()]
+        clients = [replica_to_json(r) for r in self.registry.clients()]
         tasks = [record_to_json(r) for r in self.taskbook.records()] if self.taskbook else []
+        # Clients before status: a one-off the status lists is known to the data plane.
         for message in (
             {"t": "tasks", "tasks": tasks},
             {"t": "replicas", "replicas": replicas},
+            {"t": "clients", "clients": clients},
             {"t": "status", "status": self.state()},
         ):
             line = json.dumps(message, separators=(",", ":")).encode() + b"\n"

@@ -8,7 +8,7 @@ by hand. Subscribers are called synchronously, in the event loop thread.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -49,6 +49,12 @@ class ReplicaRegistry:
         self._by_id: dict[str, Replica] = {}
         self._by_address: dict[str, Replica] = {}  # hot path: DNS identifies clients by it
         self._listeners: list[Listener] = []
+        # Client-only members (`meshlocal run` one-offs): DNS knows them by address
+        # as clients of their service; never in rotation, Service Discovery or
+        # a service's replicas, so the replica listeners never hear of them.
+        self._clients: dict[str, Replica] = {}
+        self._client_by_address: dict[str, Replica] = {}
+        self._client_listeners: list[Callable[[], None]] = []
         self.version = 0
 
     # -- writes -----------------------------------------------------------
@@ -85,6 +91,27 @@ class ReplicaRegistry:
         for cid in list(self._by_id):
             self.remove(cid)
 
+    def set_clients(self, clients: Iterable[Replica]) -> None:
+        """The whole client-only set; a change bumps `version` (DNS drops its caches)."""
+        new = {r.container_id: r for r in clients}
+        if new == self._clients:
+            return
+        self._clients = new
+        self._client_by_address = {r.address: r for r in new.values()}
+        self.version += 1
+        for listener in list(self._client_listeners):
+            listener()
+
+    def add_client(self, client: Replica) -> None:
+        others = (r for r in self._clients.values() if r.container_id != client.container_id)
+        self.set_clients([*others, client])
+
+    def remove_client(self, container_id: str) -> Replica | None:
+        gone = self._clients.get(container_id)
+        if gone is not None:
+            self.set_clients(r for cid, r in self._clients.items() if cid != container_id)
+        return gone
+
     # -- reads ------------------------------------------------------------
 
     def get(self, container_id: str) -> Replica | None:
@@ -102,8 +129,17 @@ class ReplicaRegistry:
         return [r for r in self.for_service(service) if r.in_rotation]
 
     def by_address(self, address: str) -> Replica | None:
-        """The replica that owns an address: how DNS and proxy identify clients."""
-        return self._by_address.get(address)
+        """The replica (or client-only member) that owns an address: how DNS knows clients."""
+        found = self._by_address.get(address)
+        return found if found is not None else self._client_by_address.get(address)
+
+    def clients(self) -> list[Replica]:
+        """The client-only members, by service."""
+        return sorted(self._clients.values(), key=lambda r: (r.service, r.container_id))
+
+    def subscribe_clients(self, listener: Callable[[], None]) -> Callable[[], None]:
+        self._client_listeners.append(listener)
+        return lambda: self._client_listeners.remove(listener)
 
     # -- change notification ---------------------------------------------
 

@@ -235,6 +235,8 @@ class DataPlane:
             )
         elif kind == "replicas":
             self.mirror.apply(replica_from_json(r) for r in message.get("replicas") or [])
+        elif kind == "clients":
+            self.registry.set_clients(replica_from_json(r) for r in message.get("clients") or [])
         elif kind == "tasks":
             self.metadata.update(parse_records(message.get("tasks") or []))
         elif kind == "status":

@@ -70,6 +70,11 @@ def status_document(c: Controller) -> dict[str, Any]:
             for c in crashes
         ],
         "services": services,
+        # One-offs (`meshlocal run`): Service Connect clients of their service, no replicas.
+        "runs": [
+            {"service": r.service, "container_id": r.container_id, "address": r.address}
+            for r in c.registry.clients()
+        ],
     }
 
 

@@ -104,6 +104,9 @@ _WAVES = {
     L.Role.PROBE.value: 0,
     L.Role.REPLICA.value: 1,
     L.Role.PAUSE.value: 2,
+    # A one-off (`meshlocal run`): its command before the holder of its namespace.
+    L.Role.RUN_COMMAND.value: 0,
+    L.Role.RUN.value: 2,
 }
 
 

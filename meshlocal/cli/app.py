@@ -30,6 +30,8 @@ COMMANDS: Mapping[str, str] = {
     "stats": "meshlocal.cli.mesh",
     "logs": "meshlocal.cli.mesh",
     "resolve": "meshlocal.cli.mesh",
+    "exec": "meshlocal.cli.tasks",
+    "run": "meshlocal.cli.tasks",
     "agent": "meshlocal.cli.daemons",
 }
 

@@ -352,6 +352,8 @@ _REMOVE_ORDER = {
     L.Role.PROBE.value: 0,
     L.Role.REPLICA.value: 1,
     L.Role.PAUSE.value: 2,
+    L.Role.RUN_COMMAND.value: 0,  # a one-off's command, then the holder of its namespace
+    L.Role.RUN.value: 2,
     L.Role.DATAPLANE.value: 3,
     L.Role.CONTROLLER.value: -1,  # first: it would replace what goes after it
 }

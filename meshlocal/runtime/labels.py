@@ -39,6 +39,10 @@ class Role(StrEnum):
     CONTROLLER = "controller"  # holds the engine, faces no traffic
     NETWORK = "network"
     PROBE = "probe"  # short-lived helpers (resolve --from, tests)
+    # `meshlocal run`: the one-off's network holder, a Service Connect client of
+    # its service to DNS, never a replica; and its command, in the holder's namespace.
+    RUN = "run"
+    RUN_COMMAND = "run-command"
 
 
 _UNSAFE = re.compile(r"[^a-z0-9_.-]+")

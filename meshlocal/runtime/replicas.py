@@ -161,6 +161,49 @@ class Reconciler:
             elif info.name.endswith(KEPT_SUFFIX) and info.service and info.index:
                 # Kept by an agent before this one: ours to remove once it recovers.
                 self._slot(info.service, info.index).kept = info.name
+        await self._adopt_clients()
+
+    async def _adopt_clients(self) -> None:
+        """The one-offs (`meshlocal run`) that run now: the client-only set, afresh."""
+        infos = await self._thread(
+            self.engine.list_containers, self.project, self.env, role=L.Role.RUN
+        )
+        self.registry.set_clients(
+            client for info in infos if info.running and (client := self._client(info)) is not None
+        )
+
+    def _client(self, info: ContainerInfo) -> Replica | None:
+        """A one-off as a client-only member: its service's DNS view, nothing served."""
+        address = info.address_on(self.network.name)
+        if not address or info.service is None or info.id in self._dead:
+            return None
+        view = L.parse_view(info.labels.get(L.SC_VIEW))
+        return Replica(
+            service=info.service,
+            index=0,
+            container_id=info.id,
+            address=address,
+            port=None,
+            # A new task sees the endpoints of the moment it starts.
+            sc_view=view if view is not None else self.sc_view,
+        )
+
+    async def _client_event(self, event: ContainerEvent) -> None:
+        cid = event.container_id
+        if event.action in ("die", "destroy"):
+            if event.action == "die":
+                self._dead.add(cid)  # a list taken before this event may say "running"
+            else:
+                self._dead.discard(cid)  # gone for good: nothing to remember
+            if self.registry.remove_client(cid) is not None:
+                self.on_change(f"one-off {event.name} of {event.service} left")
+        elif event.action == "start":
+            self._dead.discard(cid)
+            info = await self._thread(self.engine.inspect, cid)
+            client = self._client(info) if info is not None and info.running else None
+            if client is not None:
+                self.registry.add_client(client)
+                self.on_change(f"one-off {info.name if info else cid} of {client.service} joined")
 
     async def _start_if_left(self, cid: str, grace_s: float = LEFT_CREATED_S) -> None:
         """Start a replica still "created" after `grace_s`: its creator stopped short."""
@@ -495,6 +538,7 @@ class Reconciler:
                 self._join(info, await self._address_of(info))
             elif info.health is not None:
                 self.registry.set_health(cid, info.health)
+        await self._adopt_clients()
         for name in list(self.desired):
             self._spawn(self.converge(name))
 
@@ -505,6 +549,9 @@ class Reconciler:
         if role in (L.Role.SIDECAR.value, L.Role.PAUSE.value):
             if event.action == "die" and event.container_id not in self._expected_stop:
                 self._spawn(self._task_member_died(event))
+            return
+        if role == L.Role.RUN.value:
+            await self._client_event(event)
             return
         if role != L.Role.REPLICA.value:
             if self.on_other_event is not None:
