@@ -840,9 +840,14 @@ class Deployment:
         With `images`, also the service images `build` tagged for this
         workspace (see remove_images). Works when the manifests no longer load.
         """
-        from meshlocal import quickup
+        from meshlocal import quickup, watch
 
         quickup.forget(self.workspace.root)
+        # The watcher first: a rebuild it runs now would start what is being removed.
+        try:
+            watch.stop(watch.pid_file(self), log=True)
+        except MeshlocalError:  # no --env, manifests that don't load: every one of the project
+            watch.stop_all(self.project)
         try:
             self.stop_dataplane_process()
             self._state_file(".vips").unlink(missing_ok=True)

@@ -32,6 +32,7 @@ COMMANDS: Mapping[str, str] = {
     "resolve": "meshlocal.cli.mesh",
     "exec": "meshlocal.cli.tasks",
     "run": "meshlocal.cli.tasks",
+    "watch": "meshlocal.cli.watch",
     "agent": "meshlocal.cli.daemons",
 }
 

@@ -26,6 +26,8 @@ from meshlocal.errors import DataPlaneDown, RuntimeFailure
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.engine import Engine, engine_errors
 from meshlocal.teardown import remove_refs, teardown, used_images
+from meshlocal.watch import running as watching
+from meshlocal.watch import stop_all as stop_all_watchers
 
 # -- down ------------------------------------------------------------------
 
@@ -67,6 +69,7 @@ def down(
         engine = Engine.from_env()
         try:
             ran = used_images(engine, project, env) if rmi == "all" else ()
+            stop_all_watchers(project)
             stop_host_agents(project)
             removed = teardown(
                 engine, project, env, image_prefix=f"meshlocal/{project}-" if rmi else None
@@ -157,10 +160,14 @@ def ps(ctx: Context, env: str | None, as_json: bool) -> None:
             raise
         state = admin_call(plane.admin_url, "/v1/state")
         state["public_url"] = plane.public_url
+        watcher = watching(dep)
         if as_json:
+            state["watcher"] = {"pid": watcher.pid, "log": str(watcher.log)} if watcher else None
             click.echo(json.dumps(state, indent=2, sort_keys=True))
         else:
             print_ps(state, plane.public_url)
+            if watcher is not None:
+                out.print(f"watching: pid {watcher.pid}, log {watcher.log}", markup=False)
 
 
 @cli.command()

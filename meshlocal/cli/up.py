@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -112,6 +113,12 @@ def _deployment(
 )
 @click.option("--build", "force_build", is_flag=True, help="Rebuild images even if unchanged.")
 @click.option(
+    "--watch",
+    is_flag=True,
+    help="Then rebuild and roll a service when a file of its build context changes, and "
+    "apply manifest changes (with -d: a background watcher that `down` stops).",
+)
+@click.option(
     "--replace",
     "replace_services",
     multiple=True,
@@ -137,6 +144,7 @@ def up(
     port_overrides: tuple[PortOverride, ...],
     env_overrides: tuple[EnvOverride, ...],
     force_build: bool,
+    watch: bool,
     replace_services: tuple[str, ...],
     timeout: float,
     services: tuple[str, ...],
@@ -147,9 +155,12 @@ def up(
     manifest is a warning), as `copilot svc deploy` deploys one service at a
     time; services the running mesh already has keep running.
     """
-    quick = _quick_options(click.get_current_context().params)
+    params = click.get_current_context().params
+    quick = _quick_options(params)
     if quick is not None and _nothing_changed(ctx, quick):
         return
+    if watch and dataplane == "host" and not detach:
+        raise click.UsageError("--watch with --dataplane host needs -d")
     # Imported here, not at the top: a no-op `up -d` returns before needing them.
     from meshlocal.cli.interrupts import interrupted, sigterm_interrupts, undo_attempt
     from meshlocal.cli.running import require_known
@@ -158,6 +169,10 @@ def up(
 
     with _deployment(ctx, env, services) as dep, sigterm_interrupts():
         require_known(dep, replace_services, (s.name for s in dep.spec.services))
+        if watch:  # one watcher per environment: this one replaces a running one
+            from meshlocal.cli.watch import stop_detached
+
+            stop_detached(dep)
         public_port = dep.use_overrides(env_overrides, port_overrides, public_port)
         dep.check_replica_limit()
         for skipped in dep.spec.skipped:
@@ -204,9 +219,23 @@ def up(
             print_ps(state, plane.public_url)  # with the unresolved-endpoint notes
             if quick is not None:
                 _remember(dep, plane, quick)
+            if watch:
+                from meshlocal.cli.watch import start_detached
+
+                start_detached(dep, params)
             return
+        watching: Callable[[], None] | None = None
+        if watch:
+            from meshlocal.cli.watch import loop
+            from meshlocal.watch import UpOptions
+
+            port = params["public_port"]  # as given: the overrides' port is applied again
+            options = UpOptions(plane.mode, port, timeout, env_overrides, port_overrides)
+            watching = functools.partial(loop, ctx, dep.env, services, options)
         # A mesh that ran before this `up` is attached to, never owned: Ctrl-C leaves it.
-        _attach_until_interrupted(dep, plane.public_url, owned=not before.running)
+        _attach_until_interrupted(
+            dep, plane.public_url, owned=not before.running, watching=watching
+        )
 
 
 def _quick_options(params: dict[str, Any]) -> dict[str, Any] | None:
@@ -319,8 +348,17 @@ def _counts(removed: Removed) -> str:
     )
 
 
-def _attach_until_interrupted(dep: Deployment, public_url: str | None, *, owned: bool) -> None:
-    """Stream the logs until Ctrl-C; then remove the mesh if this `up` started it."""
+def _attach_until_interrupted(
+    dep: Deployment,
+    public_url: str | None,
+    *,
+    owned: bool,
+    watching: Callable[[], None] | None = None,
+) -> None:
+    """Stream the logs until Ctrl-C; then remove the mesh if this `up` started it.
+
+    `watching`: `up --watch`, run in this thread while the logs stream.
+    """
     from meshlocal.cli.follow import LogFollower
     from meshlocal.cli.interrupts import interrupted, uninterrupted
     from meshlocal.cli.logprefix import LogPrinter
@@ -343,6 +381,8 @@ def _attach_until_interrupted(dep: Deployment, public_url: str | None, *, owned:
                 f"[+] attaching to the running mesh {name}; Ctrl-C detaches and leaves it running",
                 markup=False,
             )
+        if watching is not None:
+            watching()  # returns only when the mesh was removed under it
         threading.Event().wait()
     except KeyboardInterrupt as exc:
         stopped = exc
