@@ -15,12 +15,13 @@ import re
 import stat
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from meshlocal.errors import Location
 from meshlocal.manifest.model import BuildSpec, EnvironmentSpec, Service
-from meshlocal.runtime import images
+from meshlocal.runtime import images, patchbuild
 from meshlocal.runtime import labels as L
 
 Progress = Callable[[str], None]
@@ -176,11 +177,26 @@ def _builder(
 ) -> Callable[[], tuple[str, str | None]]:
     def job() -> tuple[str, str | None]:
         args = defaults()
-        key = build_key(build, args, client)
+        state = context_state(build, args, client)
+        key = state.key
         image_id = None if force_build else _image_with_key(client, ref, key)
         if image_id is not None:
             progress(f"[{name}] {ref} is up to date")
             return ref, image_id
+        if not force_build:
+            patched = patchbuild.try_patch(
+                client,
+                build,
+                ref,
+                fixed=state.fixed,
+                files=state.files,
+                key=key,
+                key_label=BUILD_KEY_LABEL,
+                args=args,
+                progress=_prefixed(progress, name),
+            )
+            if patched is not None:
+                return ref, patched
         progress(f"[{name}] building {ref}")
         image_id = images.build_service_image(
             client,
@@ -192,6 +208,7 @@ def _builder(
             image_labels={**image_labels, BUILD_KEY_LABEL: key},
             cancel=cancel,
         )
+        patchbuild.remember(image_id, state.fixed, state.files)
         return ref, image_id
 
     return job
@@ -250,33 +267,52 @@ def base_image_args(
 BUILD_KEY_LABEL = "meshlocal.build-key"
 
 
-def build_key(build: BuildSpec, defaults: Mapping[str, str], client: Any) -> str:
-    """A digest of everything a build reads: context files, Dockerfile, args, base.
+@dataclass(frozen=True)
+class ContextState:
+    """What a build reads: `fixed` (Dockerfile, args, base images) and the context's files."""
+
+    fixed: str
+    files: dict[str, str]  # context-relative path -> mode and content digest (or link target)
+
+    @property
+    def key(self) -> str:
+        digest = hashlib.sha256(self.fixed.encode())
+        for rel, fingerprint in sorted(self.files.items()):
+            digest.update(f"{rel}\0{fingerprint}\n".encode(errors="surrogateescape"))
+        return digest.hexdigest()[:32]
+
+
+def context_state(build: BuildSpec, defaults: Mapping[str, str], client: Any) -> ContextState:
+    """Everything a build reads, by content.
 
     Files count by path, mode and content, as the build sends them
     (.dockerignore applied): nothing that differs from run to run (mtimes,
     a fresh checkout or copy) rebuilds an image whose inputs are the same.
     """
-    digest = hashlib.sha256()
-    digest.update(build.dockerfile.read_bytes() if build.dockerfile.is_file() else b"")
+    fixed = hashlib.sha256()
+    fixed.update(build.dockerfile.read_bytes() if build.dockerfile.is_file() else b"")
     args = {**defaults, **build.args}
-    digest.update(json.dumps([args, build.target, list(build.cache_from)], sort_keys=True).encode())
+    fixed.update(json.dumps([args, build.target, list(build.cache_from)], sort_keys=True).encode())
     for value in args.values():  # a rebuilt base image must rebuild its users
         with contextlib.suppress(Exception):
-            digest.update(str(client.images.get(value).id).encode())
+            fixed.update(str(client.images.get(value).id).encode())
     known = _DigestCache(build.context)
+    files: dict[str, str] = {}
     for rel in images.context_files(build):
         path = build.context / rel
         with contextlib.suppress(OSError):
             st = path.lstat()
-            digest.update(f"{rel}\0{st.st_mode:o}\0".encode())
             if stat.S_ISLNK(st.st_mode):
-                digest.update(os.readlink(path).encode())
+                files[rel] = f"{st.st_mode:o}->{os.readlink(path)}"
             elif stat.S_ISREG(st.st_mode):
-                digest.update(known.digest(rel, path, st))
-            digest.update(b"\n")
+                files[rel] = f"{st.st_mode:o}:{known.digest(rel, path, st).hex()}"
     known.save()
-    return digest.hexdigest()[:32]
+    return ContextState(fixed.hexdigest(), files)
+
+
+def build_key(build: BuildSpec, defaults: Mapping[str, str], client: Any) -> str:
+    """A digest of everything a build reads: context files, Dockerfile, args, base."""
+    return context_state(build, defaults, client).key
 
 
 _DIGEST_CACHE = (
@@ -328,7 +364,7 @@ def _image_with_key(client: Any, tag: str, key: str) -> str | None:
         image = client.images.get(tag)
     except Exception:
         return None
-    if (image.labels or {}).get(BUILD_KEY_LABEL) == key:
+    if (image.labels or {}).get(BUILD_KEY_LABEL) == key or patchbuild.answers(str(image.id), key):
         return str(image.id)
     return None
 
