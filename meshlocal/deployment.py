@@ -850,8 +850,8 @@ class Deployment:
             watch.stop_all(self.project)
         try:
             self.stop_dataplane_process()
-            self._state_file(".vips").unlink(missing_ok=True)
-            self._state_file(".ports").unlink(missing_ok=True)
+            for suffix in (".vips", ".ports", ".port-override"):
+                self._state_file(suffix).unlink(missing_ok=True)
         except MeshlocalError:
             # No --env and manifests that no longer load (a variable unset, a
             # typo): stop every host-mode agent of the project instead.
@@ -859,6 +859,7 @@ class Deployment:
             for kept in (
                 *_STATE_DIR.glob(f"{self.project}-*.vips"),
                 *_STATE_DIR.glob(f"{self.project}-*.ports"),
+                *_STATE_DIR.glob(f"{self.project}-*.port-override"),
             ):
                 kept.unlink(missing_ok=True)
         return teardown(
@@ -912,7 +913,29 @@ class Deployment:
         Returns the public endpoint's host port: `--port`, else the port override's.
         """
         self.overrides = check_overrides(self.spec, env, ports, public_port)
-        return public_port or self.overrides.public_port
+        chosen = public_port or self.overrides.public_port
+        # An override lasts while it is given: the port the public endpoint had
+        # before it is remembered, and a later `up` without it goes back there.
+        before = self._state_file(".port-override")
+        if public_port or not public_rules(NamingModel(self.spec)):
+            before.unlink(missing_ok=True)  # `--port` decides, as it always did
+        elif self.overrides.public_port:
+            if not before.exists():
+                before.parent.mkdir(parents=True, exist_ok=True)
+                before.write_text(str(self._public_port_now() or 0))
+        elif before.exists():
+            with contextlib.suppress(OSError, ValueError):
+                port = int(before.read_text())
+                chosen = port if port and port_free(port) else free_port("127.0.0.1")
+            before.unlink(missing_ok=True)
+        return chosen
+
+    def _public_port_now(self) -> int | None:
+        """The running data plane's public host port, if any."""
+        current = self._dataplane_container()
+        if current is None or not current.running:
+            return None
+        return published_ports(self.engine, current.id).get(PUBLIC_PORT)
 
     def remove_images(self) -> tuple[str, ...]:
         """Untag (and so delete) this workspace's service images: `meshlocal/<project>-*`."""

@@ -136,9 +136,11 @@ def test_up_without_them_rolls_them_back(mesh: tuple[Path, str, int], docker_cli
     env = _env(docker_client, after)
     assert env["GREETING"] == "manifest"
     assert "DSN" not in env
-    # The public endpoint stays where it is, as after `--port N`.
-    assert wait_for("the public endpoint", lambda: _get(f"http://127.0.0.1:{port}/"), 30)
+    # Kept only while given: the public endpoint leaves the overridden port.
     ps = ok(run_cli(ws, "ps"))
     assert "overrides:" not in ps.stdout
     state = json.loads(ok(run_cli(ws, "ps", "--json")).stdout)
     assert state["overrides"] == {"env": [], "ports": []}
+    assert state["public_url"] != f"http://127.0.0.1:{port}"
+    assert wait_for("the public endpoint", lambda: _get(state["public_url"] + "/"), 30)
+    assert env["COPILOT_LB_DNS"] == "localhost:" + state["public_url"].rsplit(":", 1)[1]
