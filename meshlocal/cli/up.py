@@ -44,6 +44,28 @@ def _parsed(parse: Callable[[str], object]) -> Callable[..., tuple[object, ...]]
     return callback
 
 
+def port_override_option(help_text: str) -> Callable[[Any], Any]:
+    return click.option(
+        "--port-override",
+        "port_overrides",
+        multiple=True,
+        callback=_parsed(parse_port_override),
+        metavar=PORT_FORMAT,
+        help=help_text,
+    )
+
+
+def env_override_option(help_text: str) -> Callable[[Any], Any]:
+    return click.option(
+        "--env-var-override",
+        "env_overrides",
+        multiple=True,
+        callback=_parsed(parse_env_override),
+        metavar=ENV_FORMAT,
+        help=help_text,
+    )
+
+
 def _say(line: str) -> None:
     err.print(line, markup=False, style="dim")
 
@@ -92,24 +114,15 @@ def _deployment(
     default=0,
     help="Host port for Load Balanced Web Services (127.0.0.1). 0: any free port.",
 )
-@click.option(
-    "--port-override",
-    "port_overrides",
-    multiple=True,
-    callback=_parsed(parse_port_override),
-    metavar=PORT_FORMAT,
-    help="Put the public endpoint on host port HOSTPORT, given the port of a Load Balanced "
-    "Web Service behind it, e.g. 8000:80 (Copilot's `run local` flag). Repeatable.",
+@port_override_option(
+    "Put the public endpoint on host port HOSTPORT, given the port of a Load Balanced "
+    "Web Service behind it, e.g. 8000:80 (Copilot's `run local` flag). Repeatable; "
+    "kept by a later `up` only if given again."
 )
-@click.option(
-    "--env-var-override",
-    "env_overrides",
-    multiple=True,
-    callback=_parsed(parse_env_override),
-    metavar=ENV_FORMAT,
-    help="Set KEY=VALUE in the replicas of SERVICE (or its SIDECAR), over the manifest; "
+@env_override_option(
+    "Set KEY=VALUE in the replicas of SERVICE (or its SIDECAR), over the manifest; "
     "without a prefix in every container (Copilot's `run local` flag). Repeatable; "
-    "kept by a later `up` only if given again.",
+    "kept by a later `up` only if given again."
 )
 @click.option("--build", "force_build", is_flag=True, help="Rebuild images even if unchanged.")
 @click.option(

@@ -15,14 +15,10 @@ import click
 
 from meshlocal.cli.app import Context, cli, env_option, pass_context
 from meshlocal.cli.render import err
-from meshlocal.cli.up import _deployment, _parsed
+from meshlocal.cli.up import _deployment, env_override_option, port_override_option
 from meshlocal.overrides import (
-    ENV_FORMAT,
-    PORT_FORMAT,
     EnvOverride,
     PortOverride,
-    parse_env_override,
-    parse_port_override,
 )
 
 if TYPE_CHECKING:
@@ -43,22 +39,8 @@ def say(line: str) -> None:
     default=0,
     help="As `up --port`: the public endpoint's host port each rebuild keeps.",
 )
-@click.option(
-    "--port-override",
-    "port_overrides",
-    multiple=True,
-    callback=_parsed(parse_port_override),
-    metavar=PORT_FORMAT,
-    help="As `up --port-override`, applied by every rebuild. Repeatable.",
-)
-@click.option(
-    "--env-var-override",
-    "env_overrides",
-    multiple=True,
-    callback=_parsed(parse_env_override),
-    metavar=ENV_FORMAT,
-    help="As `up --env-var-override`, applied by every rebuild. Repeatable.",
-)
+@port_override_option("As `up --port-override`, applied by every rebuild. Repeatable.")
+@env_override_option("As `up --env-var-override`, applied by every rebuild. Repeatable.")
 @click.option(
     "--timeout",
     type=float,

@@ -22,6 +22,7 @@ import contextlib
 import posixpath
 import shlex
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -33,7 +34,7 @@ from meshlocal.errors import CommandNotFound, MeshlocalError, ReplicaNotFound, R
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.backoff import KEPT_SUFFIX
 from meshlocal.runtime.engine import ContainerInfo, ContainerSpec, Engine, engine_errors
-from meshlocal.runtime.pump import pump, raw_socket, raw_terminal
+from meshlocal.runtime.pump import Resize, pump, raw_socket, raw_terminal
 from meshlocal.runtime.tasks import NETNS, NO_HEALTHCHECK, TASK
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -49,6 +50,27 @@ class Terminal:
 
     stdin: int | None
     tty: bool
+
+
+def _interact(
+    sock: socket.socket,
+    terminal: Terminal,
+    resize: Resize,
+    before: Callable[[], object] | None = None,
+) -> None:
+    """The terminal and the container's stream joined until it ends (raw mode when a TTY)."""
+    try:
+        if before is not None:
+            before()
+        with raw_terminal(terminal.stdin if terminal.tty else None):
+            pump(
+                sock,
+                tty=terminal.tty,
+                stdin=terminal.stdin,
+                resize=resize if terminal.tty else None,
+            )
+    finally:
+        sock.close()
 
 
 # -- finding containers -------------------------------------------------------------
@@ -181,21 +203,11 @@ def exec_in(
             )["Id"]
         )
         stream = api.exec_start(exec_id, socket=True, tty=terminal.tty)
-    sock = raw_socket(stream)
-    try:
-
-        def resize(rows: int, columns: int) -> None:
-            api.exec_resize(exec_id, height=rows, width=columns)
-
-        with raw_terminal(terminal.stdin if terminal.tty else None):
-            pump(
-                sock,
-                tty=terminal.tty,
-                stdin=terminal.stdin,
-                resize=resize if terminal.tty else None,
-            )
-    finally:
-        sock.close()
+    _interact(
+        raw_socket(stream),
+        terminal,
+        lambda rows, columns: api.exec_resize(exec_id, height=rows, width=columns),
+    )
     # The stream ends a moment before the engine records the exit.
     deadline = time.monotonic() + 10
     while True:
@@ -336,22 +348,12 @@ def _attach_and_run(engine: Engine, cid: str, terminal: Terminal) -> int:
     params = {"stdin": int(terminal.stdin is not None), "stdout": 1, "stderr": 1, "stream": 1}
     with engine_errors("attaching to the one-off"):
         stream = api.attach_socket(cid, params=params)
-    sock = raw_socket(stream)
-    try:
-        engine.start(cid)  # attached first: no output is lost
-
-        def resize(rows: int, columns: int) -> None:
-            api.resize(cid, height=rows, width=columns)
-
-        with raw_terminal(terminal.stdin if terminal.tty else None):
-            pump(
-                sock,
-                tty=terminal.tty,
-                stdin=terminal.stdin,
-                resize=resize if terminal.tty else None,
-            )
-    finally:
-        sock.close()
+    _interact(
+        raw_socket(stream),
+        terminal,
+        lambda rows, columns: api.resize(cid, height=rows, width=columns),
+        before=lambda: engine.start(cid),  # attached first: no output is lost
+    )
     with engine_errors("waiting for the one-off"):
         result = api.wait(cid, timeout=30)
     return int(result.get("StatusCode", 1))
