@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from meshlocal.deployment import Deployment
     from meshlocal.manifest.model import BuildSpec, EnvironmentSpec
     from meshlocal.overrides import EnvOverride, PortOverride
+    from meshlocal.undo import Snapshot
 
 Say = Callable[[str], None]
 
@@ -319,6 +320,15 @@ class UpOptions:
     port_overrides: tuple[PortOverride, ...] = ()
 
 
+class _Failed(Exception):
+    """An iteration's `up` failed and was undone."""
+
+    def __init__(self, error: MeshlocalError, undone: str) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.undone = undone
+
+
 class MeshGone(Exception):
     """The mesh was removed under the watcher: it stops rather than start a new one."""
 
@@ -337,6 +347,7 @@ class Rebuilder:
         self._load = load
         self._options = options
         self._say = say
+        self._before: Snapshot | None = None  # what the last `up` found, for its undo
 
     def targets(self) -> Targets:
         """The first targets: copilot/ alone while the manifests don't load."""
@@ -361,19 +372,19 @@ class Rebuilder:
                     self._options.port_overrides,
                     self._options.public_port,
                 )
-                dep.up(
-                    mode=self._options.mode,
-                    public_port=port,
-                    timeout=self._options.timeout,
-                    wait=True,
-                    progress=self._say,
-                )
+                try:
+                    self._up(dep, port)
+                except MeshlocalError as error:
+                    raise _Failed(error, self._undo(dep)) from None
                 after = {s: _replicas(dep, s) for s in batch.services}
-        except MeshlocalError as error:
+        except (MeshlocalError, _Failed) as failure:
             took = time.monotonic() - started
+            cause, undone = (
+                (failure.error, failure.undone) if isinstance(failure, _Failed) else (failure, "")
+            )
             self._say(
-                f"[watch] {what}: failed after {took:.1f} s; the running replicas keep serving\n"
-                f"{error.render()}"
+                f"[watch] {what}: failed after {took:.1f} s; the running replicas keep serving"
+                f"{undone}\n{cause.render()}"
             )
             return None
         except Exception as error:  # the watcher outlives a bug in one iteration
@@ -389,6 +400,33 @@ class Rebuilder:
             else:
                 self._say(f"[watch] {service}: rebuilt and rolled in {took:.1f} s")
         return targets
+
+    def _up(self, dep: Deployment, port: int) -> None:
+        from meshlocal.undo import snapshot
+
+        self._before = snapshot(dep)
+        dep.up(
+            mode=self._options.mode,
+            public_port=port,
+            timeout=self._options.timeout,
+            wait=True,
+            progress=self._say,
+        )
+
+    def _undo(self, dep: Deployment) -> str:
+        """As a failed `up`: the controller gets its previous configuration back (the
+        new replicas that crash stop being retried) and the image tag goes back to the
+        image the serving replicas run."""
+        from meshlocal.undo import describe, undo
+
+        if self._before is None:
+            return ""
+        try:
+            removed = undo(dep, self._before)
+        except Exception as error:  # the watcher reports, and goes on watching
+            return f" (undo failed: {error})"
+        what = describe(removed)
+        return "" if what == "nothing to remove" else f"; undo: {what}"
 
     def _announce(self, batch: Batch) -> None:
         def shown(paths: Sequence[str]) -> str:
@@ -442,6 +480,18 @@ def running(dep: Deployment) -> Watcher | None:
     """The detached watcher of this environment, when its process is alive."""
     pid = _watcher_pid(pid_file(dep))
     return Watcher(pid, log_file(dep)) if pid is not None else None
+
+
+def args_of(pid: int) -> list[str] | None:
+    """The options a running detached watcher was started with (None: unknown)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    if BACKGROUND_FLAG not in argv:
+        return None
+    rest = argv[argv.index(BACKGROUND_FLAG) + 1 :]
+    return rest[:-1] if rest and rest[-1] == "" else rest
 
 
 def _watcher_pid(path: Path) -> int | None:

@@ -236,6 +236,10 @@ def up(
                 from meshlocal.cli.watch import start_detached
 
                 start_detached(dep, params)
+            else:
+                from meshlocal.cli.watch import follow_options
+
+                follow_options(dep, params)
             return
         watching: Callable[[], None] | None = None
         if watch:

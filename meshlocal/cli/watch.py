@@ -132,6 +132,19 @@ def start_detached(dep: Deployment, params: dict[str, Any]) -> None:
     )
 
 
+def follow_options(dep: Deployment, params: dict[str, Any]) -> None:
+    """A plain `up -d` while a detached watcher runs: the watcher's next rebuilds
+    would otherwise re-run `up` with its old options and undo this one's."""
+    from meshlocal import watch as watching
+
+    found = watching.running(dep)
+    wanted = background_args(dep.env, params)
+    if found is None or watching.args_of(found.pid) == wanted:
+        return
+    found = watching.start(dep, wanted)
+    say(f"[+] The background watcher now rebuilds with this `up`'s options (pid {found.pid})")
+
+
 def stop_detached(dep: Deployment) -> None:
     """One watcher per environment: watching here replaces a detached one."""
     from meshlocal import watch as watching

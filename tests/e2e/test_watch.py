@@ -8,6 +8,7 @@ rolling replace takes seconds, a mesh from nothing more.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -149,6 +150,17 @@ def test_a_replica_that_crashes_at_start_keeps_the_old_ones_serving(
     assert "broken on purpose" in log(ws)
     for _ in range(5):
         assert served(docker_client, ws) == "version 3"
+    # Undone as a failed `up` is: the broken replicas are not retried, and the
+    # tag is back on the image the serving replicas run.
+    assert "undo:" in log(ws), log(ws)
+    state = json.loads(ok(run_cli(ws, "ps", "--json")).stdout)
+    assert not state["crashes"], state["crashes"]
+    images = {
+        docker_client.api.inspect_container(r["container_id"])["Image"]
+        for r in state["services"]["web"]["replicas"]
+    }
+    tag = f"meshlocal/{project_of(ws)}-web:test"
+    assert images == {docker_client.api.inspect_image(tag)["Id"]}
     start.write_text(good)
     until(ws, "the fix", lambda: served(docker_client, ws) == "version 4", 90)
 
@@ -167,6 +179,18 @@ def test_saves_close_together_are_one_rebuild(ws: Path, docker_client: Any) -> N
     time.sleep(2)  # anything left over would have started another rebuild by now
     assert lines(ws, "changed, rebuilding") == rebuilds + 1, log(ws)
     assert "scratch.tmp" not in log(ws) and "todo.md" not in log(ws)
+
+
+def test_a_plain_up_hands_its_options_to_the_watcher(ws: Path, docker_client: Any) -> None:
+    # Else the next rebuild would re-run `up` without them and undo them.
+    up = ok(run_cli(ws, "up", "-d", "--env-var-override", "web:FROM_UP=1", "--timeout", "90"))
+    assert "now rebuilds with this `up`'s options" in up.stderr, up.stderr
+    (ws / "web" / "index.html").write_text("version 10\n")
+    until(ws, "the new content", lambda: served(docker_client, ws) == "version 10", 60)
+    state = json.loads(ok(run_cli(ws, "ps", "--json")).stdout)
+    for replica in state["services"]["web"]["replicas"]:
+        env = docker_client.api.inspect_container(replica["container_id"])["Config"]["Env"]
+        assert "FROM_UP=1" in env
 
 
 def _alive(pid: int) -> bool:
