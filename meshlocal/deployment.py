@@ -127,6 +127,7 @@ class Deployment:
         # What the last `up` ran: the controller's configuration and the images.
         self.applied_config: str | None = None
         self.images_run: dict[str, str] = {}
+        self.stopped_watcher: int | None = None  # the pid `down` stopped
         # Images are shared by every copy of a workspace; containers and
         # networks are not: a suffix (the pytest plugin's, one per session)
         # gives a second, independent mesh of the same workspace.
@@ -845,7 +846,7 @@ class Deployment:
         quickup.forget(self.workspace.root)
         # The watcher first: a rebuild it runs now would start what is being removed.
         try:
-            watch.stop(watch.pid_file(self), log=True)
+            self.stopped_watcher = watch.stop(watch.pid_file(self), log=True)
         except MeshlocalError:  # no --env, manifests that don't load: every one of the project
             watch.stop_all(self.project)
         try:

@@ -84,6 +84,8 @@ def down(
             ran = used_images(dep.engine, dep.project, env) if rmi == "all" else ()
             removed = dep.down(images=rmi is not None)
             removed = replace(removed, images=(*removed.images, *remove_refs(dep.engine, ran)))
+            if dep.stopped_watcher is not None:
+                err.print(f"[+] Stopped the watcher (pid {dep.stopped_watcher})", markup=False)
         finally:
             dep.close()
     for name in removed.containers:

@@ -206,7 +206,8 @@ def test_down_stops_the_watcher_and_leaves_nothing(ws: Path, docker_client: Any)
     assert _alive(pid)
     pid_file = log_path.with_name(log_path.name.removesuffix(".log") + ".pid")
     assert pid_file.read_text().strip() == str(pid)
-    ok(run_cli(ws, "down"))
+    down = ok(run_cli(ws, "down")).stderr
+    assert f"[+] Stopped the watcher (pid {pid})" in down, down
     assert not _alive(pid)
     assert not pid_file.exists() and not log_path.exists()
     assert counts(labelled(docker_client, project_of(ws)))["containers"] == 0
