@@ -107,7 +107,39 @@ def try_patch(
     args: Mapping[str, str],
     progress: Progress,
 ) -> str | None:
-    """The new image id, patched from the one tagged `ref`; None when a build must run."""
+    """The new image id, patched from the one tagged `ref`; None when a build must run.
+
+    Patching only saves time: when the engine refuses any of it, the build runs.
+    """
+    try:
+        return _try_patch(
+            client,
+            build,
+            ref,
+            fixed=fixed,
+            files=files,
+            key=key,
+            key_label=key_label,
+            args=args,
+            progress=progress,
+        )
+    except (docker.errors.DockerException, OSError, tarfile.TarError, ValueError) as exc:
+        progress(f"patching {ref} failed ({exc}): building it instead")
+        return None
+
+
+def _try_patch(
+    client: Any,
+    build: BuildSpec,
+    ref: str,
+    *,
+    fixed: str,
+    files: Mapping[str, str],
+    key: str,
+    key_label: str,
+    args: Mapping[str, str],
+    progress: Progress,
+) -> str | None:
     if os.environ.get(DISABLE_ENV) == "0" or build.target:
         return None
     try:
