@@ -108,11 +108,19 @@ def test_anything_read_changed_runs_the_full_up(workspace: Path, docker_client: 
     env = docker_client.api.inspect_container(replica["container_id"])["Config"]["Env"]
     assert "QUICK=changed" in env
 
-    # A replica removed behind meshlocal's back: not converged, so the full `up` waits.
+    # The data plane stopped behind meshlocal's back: the full `up` brings it back.
+    # (A replica removed would be replaced by the controller, perhaps converged
+    # again before the check: then "nothing changed" would be right.)
     ok(run_cli(workspace, "up", "-d"))
-    docker_client.api.remove_container(replica["container_id"], force=True)
+    (plane,) = docker_client.api.containers(
+        filters={"label": [f"meshlocal.project={project}", "meshlocal.role=dataplane"]}
+    )
+    docker_client.api.stop(plane["Id"], timeout=5)
     after = ok(run_cli(workspace, "up", "-d", "--timeout", "60")).stderr
     assert NOTHING not in after, after
+    assert docker_client.api.containers(
+        filters={"label": [f"meshlocal.project={project}", "meshlocal.role=dataplane"]}
+    )  # running again
 
     # An environment variable is an input too (manifests interpolate ${VAR}).
     from .conftest import cli_env
