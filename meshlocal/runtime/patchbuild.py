@@ -33,6 +33,7 @@ import docker.errors
 
 from meshlocal import dockerfile
 from meshlocal.manifest.model import BuildSpec
+from meshlocal.runtime import labels as L
 
 Progress = Callable[[str], None]
 DISABLE_ENV = "MESHLOCAL_PATCH_BUILDS"
@@ -255,7 +256,13 @@ class _Probe:
         if self._id is None:
             self._id = str(
                 self.client.api.create_container(
-                    self.image_id, command=["/probe"], entrypoint=[], network_disabled=True
+                    self.image_id,
+                    command=["/probe"],
+                    entrypoint=[],
+                    network_disabled=True,
+                    # A container inherits its image's labels: a service image's say
+                    # "replica", and a controller would take the probe for one.
+                    labels={L.ROLE: L.Role.PROBE.value},
                 )["Id"]
             )
         api = self.client.api

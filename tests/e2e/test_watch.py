@@ -24,6 +24,7 @@ from .conftest import (
     copy_workspace,
     counts,
     labelled,
+    leftovers,
     ok,
     project_of,
     run_cli,
@@ -210,5 +211,4 @@ def test_down_stops_the_watcher_and_leaves_nothing(ws: Path, docker_client: Any)
     assert f"[+] Stopped the watcher (pid {pid})" in down, down
     assert not _alive(pid)
     assert not pid_file.exists() and not log_path.exists()
-    assert counts(labelled(docker_client, project_of(ws)))["containers"] == 0
-    assert counts(labelled(docker_client, project_of(ws)))["networks"] == 0
+    assert leftovers(docker_client, project_of(ws)) == []

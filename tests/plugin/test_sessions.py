@@ -37,9 +37,11 @@ def docs_files() -> dict[str, str]:
 
 
 def projects_of(docker_client: Any, base: str) -> set[str]:
+    # One list call each, no per-item inspect: another worker's containers come and go.
+    labelled = {"label": L.PROJECT}
     labels = [
-        *(c.labels for c in docker_client.containers.list(all=True, filters={"label": L.PROJECT})),
-        *(n.attrs["Labels"] for n in docker_client.networks.list(filters={"label": L.PROJECT})),
+        *(c["Labels"] for c in docker_client.api.containers(all=True, filters=labelled)),
+        *(n["Labels"] for n in docker_client.api.networks(filters=labelled)),
     ]
     return {lb[L.PROJECT] for lb in labels if lb[L.PROJECT].startswith(base)}
 
