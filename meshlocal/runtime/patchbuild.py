@@ -15,7 +15,6 @@ a row the next change is built for real, so layers don't pile up.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -39,6 +38,7 @@ Progress = Callable[[str], None]
 DISABLE_ENV = "MESHLOCAL_PATCH_BUILDS"
 MAX_PATCHES = 20
 RECORDS = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "meshlocal" / "images"
+_REMOVE_TRIES = 12  # about 8 s in all
 _VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
 
 
@@ -243,9 +243,19 @@ class _Probe:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._id is not None:
-            with contextlib.suppress(docker.errors.DockerException):
+        if self._id is None:
+            return
+        # The engine may still be reading an archive stream closed early: removing
+        # the container then fails ("unable to remove filesystem") and leaves it
+        # dead; a moment later the same removal succeeds.
+        for attempt in range(_REMOVE_TRIES):
+            try:
                 self.client.api.remove_container(self._id, force=True)
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.DockerException:
+                time.sleep(0.1 * (attempt + 1))
 
     def header(self, path: str) -> tarfile.TarInfo | None:
         if path not in self._headers:

@@ -47,7 +47,8 @@ def leftovers(client: Any, project: str) -> list[str]:
     label = f"{L.PROJECT}={project}"
     # One list call each (no per-item inspect): containers may vanish meanwhile.
     rows = client.api.containers(all=True, filters={"label": label})
-    names = [str(r["Names"][0]).lstrip("/") for r in rows]
+    # A dead container (its removal failed) may have no name left: its id then.
+    names = [str((r.get("Names") or [r["Id"][:12]])[0]).lstrip("/") for r in rows]
     names += [f"network {n['Name']}" for n in client.api.networks(filters={"label": label})]
     volumes = client.api.volumes(filters={"label": label}).get("Volumes") or []
     names += [f"volume {v['Name']}" for v in volumes]
