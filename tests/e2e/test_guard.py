@@ -140,7 +140,10 @@ def test_a_dying_replica_backs_off_and_ps_says_why(guard: Path, docker_client: A
             c = docker_client.containers.get(name)
         except Exception:  # not there yet
             return None
-        return str(c.id) if c.status == "running" and c.id != previous else None
+        if c.status != "running" or c.id == previous:
+            return None
+        # Killed before its first line, a crashed container has nothing for `logs` to show.
+        return str(c.id) if b"orders up on" in c.logs() else None
 
     first = wait_for("orders-1", lambda: fresh(None), timeout=30)
     docker_client.containers.get(first).kill()
