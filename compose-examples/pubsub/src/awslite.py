@@ -24,7 +24,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
-from typing import Any, Dict, List, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 # Never through an HTTP proxy of the environment: the emulator is in the mesh.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -53,7 +54,7 @@ def endpoint(service: str) -> str:
     return (found or f"https://{service}.{region()}.amazonaws.com").rstrip("/")
 
 
-def _headers(service: str) -> Dict[str, str]:
+def _headers(service: str) -> dict[str, str]:
     now = time.gmtime()
     key = os.environ.get("AWS_ACCESS_KEY_ID") or "test"
     scope = f"{time.strftime('%Y%m%d', now)}/{region()}/{service}/aws4_request"
@@ -94,7 +95,7 @@ def _xml_text(root: ET.Element, name: str) -> str:
 def publish(
     topic_arn: str,
     message: str,
-    attributes: Optional[Mapping[str, str]] = None,
+    attributes: Mapping[str, str] | None = None,
     timeout: float = 10.0,
 ) -> str:
     """SNS Publish; string message attributes; returns the MessageId."""
@@ -113,7 +114,9 @@ def publish(
     try:
         root = ET.fromstring(raw)
     except ET.ParseError:
-        raise AwsError("sns", f"HTTP {status}", raw[:200].decode(errors="replace"), status)
+        raise AwsError(
+            "sns", f"HTTP {status}", raw[:200].decode(errors="replace"), status
+        ) from None
     if status != 200:
         raise AwsError("sns", _xml_text(root, "Code"), _xml_text(root, "Message"), status)
     return _xml_text(root, "MessageId")
@@ -122,7 +125,7 @@ def publish(
 # -- SQS (JSON protocol) -------------------------------------------------------
 
 
-def _sqs(action: str, payload: Mapping[str, Any], timeout: float) -> Dict[str, Any]:
+def _sqs(action: str, payload: Mapping[str, Any], timeout: float) -> dict[str, Any]:
     status, raw = _post(
         "sqs",
         endpoint("sqs") + "/",
@@ -133,14 +136,16 @@ def _sqs(action: str, payload: Mapping[str, Any], timeout: float) -> Dict[str, A
     try:
         reply = json.loads(raw) if raw.strip() else {}
     except ValueError:
-        raise AwsError("sqs", f"HTTP {status}", raw[:200].decode(errors="replace"), status)
+        raise AwsError(
+            "sqs", f"HTTP {status}", raw[:200].decode(errors="replace"), status
+        ) from None
     if status != 200:
         code = str(reply.get("__type", f"HTTP {status}")).rpartition("#")[2]
         raise AwsError("sqs", code, str(reply.get("message", reply.get("Message", ""))), status)
     return reply if isinstance(reply, dict) else {}
 
 
-def receive(queue_url: str, wait_seconds: int = 5, max_messages: int = 10) -> List[Dict[str, Any]]:
+def receive(queue_url: str, wait_seconds: int = 5, max_messages: int = 10) -> list[dict[str, Any]]:
     """ReceiveMessage (a long poll): the messages, each with Body, ReceiptHandle, Attributes."""
     reply = _sqs(
         "ReceiveMessage",
@@ -160,7 +165,7 @@ def delete(queue_url: str, receipt_handle: str) -> None:
     _sqs("DeleteMessage", {"QueueUrl": queue_url, "ReceiptHandle": receipt_handle}, timeout=10)
 
 
-def unwrap(body: str) -> tuple[str, Dict[str, str], Optional[str]]:
+def unwrap(body: str) -> tuple[str, dict[str, str], str | None]:
     """(message, string attributes, SNS MessageId) of an SQS message body.
 
     SNS delivers to SQS in its JSON envelope ({"Type": "Notification",

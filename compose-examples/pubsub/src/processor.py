@@ -103,8 +103,7 @@ def handle(queue_url: str, msg: dict[str, Any]) -> None:
     except Exception as exc:
         # Not deleted: visible again after the visibility timeout, then dead-lettered.
         print(
-            f"failed {entry['message_id']} receive_count={count}: {exc} "
-            f"order={json.dumps(order)}",
+            f"failed {entry['message_id']} receive_count={count}: {exc} order={json.dumps(order)}",
             flush=True,
         )
         report({**entry, "status": "failed", "error": str(exc)})
