@@ -113,6 +113,19 @@ def sns_envelope_message(body: str) -> Any:
         raise AssertionError(f"not an SNS envelope: {body!r}") from exc
 
 
+def peeked_ids(messages: list[dict[str, Any]]) -> list[Any]:
+    """The order ids of what `mesh.queue(...).peek()` shows (bodies are SNS envelopes)."""
+    ids = []
+    for m in messages:
+        try:
+            order = sns_envelope_message(m["body"])
+        except AssertionError:
+            continue
+        if isinstance(order, dict):
+            ids.append(order.get("id"))
+    return ids
+
+
 @pytest.fixture(scope="module")
 def aws(example_mesh: Mesh) -> Iterator[dict[str, Any]]:
     """boto3 clients of the mesh's emulator, from the host (uses mesh.aws_endpoint)."""
@@ -202,7 +215,7 @@ def test_spam_is_dropped_by_the_filter_policy(example_mesh: Mesh) -> None:
         assert reported(example_mesh, "failed", spam_id) == []
         time.sleep(0.5)
     # Mesh API: it is not waiting in the queue either.
-    assert spam_id not in repr(example_mesh.queue("processor").peek())
+    assert spam_id not in peeked_ids(example_mesh.queue("processor").peek(limit=100))
 
 
 def test_mesh_publish_reaches_the_worker_through_the_filter(example_mesh: Mesh) -> None:
@@ -259,7 +272,7 @@ def test_a_poison_message_ends_in_the_dead_letter_queue(
 
     # Mesh API: the same, through mesh.queue(...).
     dead = example_mesh.queue("processor", dead_letter=True)
-    assert dead.url.endswith(f"/{ACCOUNT}/{DLQ}")
-    assert ENDPOINT.match(dead.url.rsplit(f"/{ACCOUNT}/", 1)[0]), dead.url
-    assert poison_id in repr(dead.peek())
-    assert example_mesh.queue("processor").counts()["dead_lettered"] >= 1
+    assert dead.url == f"{example_mesh.aws_endpoint}/{ACCOUNT}/{DLQ}"
+    assert poison_id in peeked_ids(dead.peek(limit=100))
+    counts = example_mesh.queue("processor").counts()
+    assert counts.dead_lettered is not None and counts.dead_lettered >= 1, counts
