@@ -27,19 +27,31 @@ ECS rules encoded here (see docs/concepts.md):
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from meshlocal.manifest.model import LOCAL_ACCOUNT_ID as LOCAL_ACCOUNT_ID
 from meshlocal.manifest.model import (
-    LOCAL_ACCOUNT_ID,
     EnvironmentSpec,
     Service,
     ServiceType,
     Sidecar,
     TopicQueue,
 )
+from meshlocal.pubsubplan import (
+    PubSubPlan,
+    aws_queue_url,
+    logical_id,
+    plan,
+    queue_name,
+)
+from meshlocal.pubsubplan import queue_url as emulator_queue_url
+from meshlocal.pubsubplan import topic_arn as plan_topic_arn
+
+# The local SNS/SQS checks no signature: any credentials do.
+DUMMY_ACCESS_KEY_ID = "meshlocal"
+DUMMY_SECRET_ACCESS_KEY = "meshlocal"
 
 # Services that run on ECS tasks and so can take part in Service Connect.
 _ECS_TYPES = frozenset(
@@ -114,10 +126,21 @@ def endpoint_name(service: Service) -> str:
 
 
 class NamingModel:
-    def __init__(self, spec: EnvironmentSpec, vips: Mapping[str, str] | None = None) -> None:
+    """`aws_endpoint`: the local SNS/SQS emulator's URL as containers reach it
+    (e.g. "http://172.18.128.1:4566"); with it, queue URLs point there and
+    every container gets AWS_ENDPOINT_URL_SNS/SQS and dummy credentials."""
+
+    def __init__(
+        self,
+        spec: EnvironmentSpec,
+        vips: Mapping[str, str] | None = None,
+        aws_endpoint: str | None = None,
+    ) -> None:
         self.app = spec.app
         self.env = spec.env
         self.region = spec.workspace.region
+        self.aws_endpoint = aws_endpoint
+        self.pubsub: PubSubPlan = plan(spec, LOCAL_ACCOUNT_ID)
         self.legacy = spec.environment.legacy_namespace
         self.namespace = (
             f"{self.app}.local".lower() if self.legacy else f"{self.env}.{self.app}.local".lower()
@@ -250,9 +273,9 @@ class NamingModel:
         """Copilot's envvars-common.yml for one service, in its order.
 
         Every container of the task gets these, sidecars included
-        (internal/pkg/template/templates/workloads/partials/cf/). ARNs and
-        queue URLs are in the local region and account: names only until a
-        local SNS/SQS exists.
+        (internal/pkg/template/templates/workloads/partials/cf/). ARNs are in
+        the local region and account; queue URLs point at the local SQS when
+        there is one (`aws_endpoint`), else where they would be on AWS.
         """
         svc = self.services[service]
         out = {
@@ -266,9 +289,8 @@ class NamingModel:
             arns = {t: self.topic_arn(service, t) for t in svc.publish_topics}
             out["COPILOT_SNS_TOPIC_ARNS"] = _json(arns)
         if svc.type is ServiceType.WORKER_SERVICE:
-            out["COPILOT_QUEUE_URI"] = self.queue_url(
-                f"{self.app}-{self.env}-{service}-EventsQueue", svc.queue_fifo
-            )
+            # `!Ref EventsQueue`: always there, Copilot's worker template creates it.
+            out["COPILOT_QUEUE_URI"] = self._planned_url(service, "EventsQueue", svc.queue_fifo)
             if svc.topic_queues:
                 out["COPILOT_TOPIC_QUEUE_URIS"] = _json(
                     {_queue_key(q): self.topic_queue_url(service, q) for q in svc.topic_queues}
@@ -285,20 +307,42 @@ class NamingModel:
             "AWS_EXECUTION_ENV": "AWS_ECS_FARGATE",
         }
 
+    def aws_vars(self) -> dict[str, str]:
+        """What points the AWS SDKs at the local SNS/SQS; empty without one."""
+        if self.aws_endpoint is None:
+            return {}
+        return {
+            "AWS_ENDPOINT_URL_SNS": self.aws_endpoint,
+            "AWS_ENDPOINT_URL_SQS": self.aws_endpoint,
+            "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_ACCESS_KEY,
+        }
+
     def topic_arn(self, service: str, topic: str) -> str:
         # snsARNPattern in internal/pkg/template/workload.go
-        return (
-            f"arn:aws:sns:{self.region}:{LOCAL_ACCOUNT_ID}:{self.app}-{self.env}-{service}-{topic}"
-        )
+        return plan_topic_arn(self.region, LOCAL_ACCOUNT_ID, self.app, self.env, service, topic)
 
-    def queue_url(self, name: str, fifo: bool) -> str:
-        suffix = ".fifo" if fifo else ""
-        return f"https://sqs.{self.region}.amazonaws.com/{LOCAL_ACCOUNT_ID}/{name}{suffix}"
+    def queue_url(self, name: str, fifo: bool = False) -> str:
+        """The URL of the queue with physical name `name` (`.fifo` added when `fifo`)."""
+        if fifo and not name.endswith(".fifo"):
+            name += ".fifo"
+        if self.aws_endpoint is not None:
+            return emulator_queue_url(self.aws_endpoint, LOCAL_ACCOUNT_ID, name)
+        return aws_queue_url(self.region, LOCAL_ACCOUNT_ID, name)
+
+    def _planned_url(self, service: str, logical: str, fifo: bool) -> str:
+        planned = self.pubsub.queue(service, logical)
+        name = (
+            planned.name
+            if planned is not None
+            else queue_name(self.app, self.env, service, logical, fifo)
+        )
+        return self.queue_url(name)
 
     def topic_queue_url(self, service: str, q: TopicQueue) -> str:
         # The queue's logical id in subscribe.yml: {Service}{Topic}EventsQueue.
-        logical = f"{_logical_id(q.service)}{_logical_id(q.topic)}EventsQueue"
-        return self.queue_url(f"{self.app}-{self.env}-{service}-{logical}", q.fifo)
+        logical = f"{logical_id(q.service)}{logical_id(q.topic)}EventsQueue"
+        return self._planned_url(service, logical, q.fifo)
 
     def env_vars(
         self, service: str, env_file: dict[str, str] | None = None, lb_dns: str | None = None
@@ -314,6 +358,7 @@ class NamingModel:
         env: dict[str, str] = {}
         env.update(env_file or {})
         env.update(self.agent_vars())
+        env.update(self.aws_vars())
         env.update(self.copilot_vars(service, lb_dns))
         env.update(svc.variables)
         env.update(svc.secrets)
@@ -325,7 +370,7 @@ class NamingModel:
         self, service: str, sidecar: Sidecar, lb_dns: str | None = None
     ) -> dict[str, str]:
         """A sidecar's: the task's envvars-common, then its own variables (sidecars.yml)."""
-        env = {**self.agent_vars(), **self.copilot_vars(service, lb_dns)}
+        env = {**self.agent_vars(), **self.aws_vars(), **self.copilot_vars(service, lb_dns)}
         env.update(sidecar.variables)
         env.update(sidecar.secrets)
         if sidecar.mount_points:
@@ -340,15 +385,10 @@ def _json(data: Mapping[str, str]) -> str:
     return json.dumps(dict(data), sort_keys=True, separators=(",", ":"))
 
 
-def _logical_id(name: str) -> str:
-    """template's StripNonAlphaNumFunc, as logicalIDSafe uses it for these names."""
-    return re.sub(r"[^a-zA-Z0-9]", "", name)
-
-
 def _queue_key(q: TopicQueue) -> str:
     # generateQueueURIJSON: {svc}{Title(topic)}EventsQueue, both stripped.
-    topic = _logical_id(q.topic)
-    return f"{_logical_id(q.service)}{topic[:1].upper()}{topic[1:].lower()}EventsQueue"
+    topic = logical_id(q.topic)
+    return f"{logical_id(q.service)}{topic[:1].upper()}{topic[1:].lower()}EventsQueue"
 
 
 def public_rules(naming: NamingModel) -> list[tuple[str, str]]:

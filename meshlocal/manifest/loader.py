@@ -40,10 +40,12 @@ from meshlocal.manifest.model import (
     BuildSpec,
     Connect,
     Environment,
+    QueueSettings,
     Service,
     ServiceType,
     Sidecar,
     SkippedService,
+    Subscription,
     Workspace,
 )
 from meshlocal.manifest.secrets import SecretsSource, secret_files
@@ -57,12 +59,10 @@ NOT_EMULATED_TOP = (
     "storage",
     "nlb",
     "logging",
-    "publish",
     "deployment",
     "observability",
     "exec",
     "tags",
-    "subscribe",
     "instance",
 )
 NOT_EMULATED_IMAGE = ("credentials", "labels", "docker_labels")
@@ -106,6 +106,8 @@ _TOP_FIELDS: dict[ServiceType, frozenset[str]] = {
             "env_file",
             "environments",
             "taskdef_overrides",
+            "publish",
+            "subscribe",
             *NOT_EMULATED_TOP,
         }
         | ({"http"} if t is not ServiceType.WORKER_SERVICE else set())
@@ -447,11 +449,19 @@ class ServiceLoader:
         variables = self.variables(m.get("variables"), "variables")
         secrets = self.resolve_secrets(m.get("secrets"), "secrets")
         env_file = self.env_file(m.get("env_file"))
-        queue_fifo, topic_queues = (
-            events.subscriptions(f, m.get("subscribe"))
-            if svc_type is ServiceType.WORKER_SERVICE
-            else (False, ())
-        )
+        topics = events.publish(f, m.get("publish"))
+        events_queue: QueueSettings | None = None
+        subscriptions: tuple[Subscription, ...] = ()
+        if svc_type is ServiceType.WORKER_SERVICE:
+            events_queue, subscriptions = events.subscribe(f, m.get("subscribe"))
+        elif "subscribe" in m:
+            # Only WorkerServiceConfig has the field: go-yaml skips it elsewhere.
+            self.diag.note(
+                "warning",
+                f"subscribe: only a Worker Service subscribes to topics; Copilot ignores the "
+                f"field on a {svc_type.value}",
+                m.keys["subscribe"],
+            )
 
         return Service(
             name=name,
@@ -477,9 +487,9 @@ class ServiceLoader:
             depends_on=depends_on,
             cpu=f.integer(m.get("cpu"), "cpu", 0) or 256,
             memory=f.integer(m.get("memory"), "memory", 0) or 512,
-            publish_topics=events.publish_topics(f, m.get("publish")),
-            queue_fifo=queue_fifo,
-            topic_queues=topic_queues,
+            topics=topics,
+            events_queue=events_queue,
+            subscriptions=subscriptions,
             mount_points=events.mount_points(f, m.get("storage"), "storage"),
             not_emulated=tuple(dict.fromkeys(not_emulated)),
             locations=locations,

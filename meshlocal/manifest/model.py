@@ -98,6 +98,65 @@ class TopicQueue:
     fifo: bool = False
 
 
+# SQS FIFO settings (internal/pkg/manifest/workload.go).
+THROUGHPUT_PER_MESSAGE_GROUP = "perMessageGroupId"
+THROUGHPUT_PER_QUEUE = "perQueue"
+DEDUP_SCOPE_MESSAGE_GROUP = "messageGroup"
+DEDUP_SCOPE_QUEUE = "queue"
+
+
+@dataclass(frozen=True)
+class PublishedTopic:
+    """publish.topics[i], as publishedTopics() gives it (workload.go)."""
+
+    name: str  # with `.fifo` on a FIFO topic: the COPILOT_SNS_TOPIC_ARNS key
+    fifo: bool = False
+    # fifo.content_based_deduplication; None: unset (publish.yml writes nothing)
+    content_based_deduplication: bool | None = None
+
+
+@dataclass(frozen=True)
+class FifoQueueConfig:
+    """A FIFO queue's settings after convertQueue (transformers.go).
+
+    `high_throughput: true` has already set throughput_limit to
+    perMessageGroupId and deduplication_scope to messageGroup.
+    """
+
+    content_based_deduplication: bool | None = None
+    deduplication_scope: str | None = None
+    throughput_limit: str | None = None
+    high_throughput: bool | None = None
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """An SQS queue's manifest settings after convertQueue; whole seconds (convertTime)."""
+
+    retention_s: int | None = None
+    delay_s: int | None = None
+    timeout_s: int | None = None
+    dead_letter_tries: int | None = None
+    fifo: FifoQueueConfig | None = None  # None: a standard queue
+
+    @property
+    def is_fifo(self) -> bool:
+        return self.fifo is not None
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """subscribe.topics[i] of a Worker Service, as WorkerService.Subscriptions() gives it."""
+
+    service: str  # the publisher
+    name: str  # the topic's name, `.fifo` appended as Subscriptions() does
+    # json.Marshal of filter_policy (convertFilterPolicy); None when unset or empty.
+    filter_policy: str | None = None
+    # Its own queue (`queue: true` or settings); None: it delivers to the EventsQueue.
+    queue: QueueSettings | None = None
+    where: str = ""  # dotted path of the entry, for Service.where()
+
+
 @dataclass(frozen=True)
 class Sidecar:
     name: str
@@ -147,16 +206,36 @@ class Service:
     # metadata endpoint, not enforced.
     cpu: int = 256
     memory: int = 512
-    # publish.topics names (`.fifo` on FIFO topics), for COPILOT_SNS_TOPIC_ARNS.
-    publish_topics: tuple[str, ...] = ()
-    # Worker Services: whether the default queue is FIFO, and topic-specific queues.
-    queue_fifo: bool = False
-    topic_queues: tuple[TopicQueue, ...] = ()
+    # publish.topics, `.fifo` on FIFO topics.
+    topics: tuple[PublishedTopic, ...] = ()
+    # Worker Services: the default queue's settings, only when subscribe.topics
+    # is set (convertSubscribe returns nil otherwise), and the subscriptions.
+    events_queue: QueueSettings | None = None
+    subscriptions: tuple[Subscription, ...] = ()
     mount_points: dict[str, str] = field(default_factory=dict)  # storage.volumes: name -> path
     # Dotted paths of fields that load fine but only matter on AWS.
     not_emulated: tuple[str, ...] = ()
     # Dotted field path -> where it was written; for error messages downstream.
     locations: dict[str, Location] = field(default_factory=dict)
+
+    @property
+    def publish_topics(self) -> tuple[str, ...]:
+        """Topic names (`.fifo` on FIFO topics), for COPILOT_SNS_TOPIC_ARNS."""
+        return tuple(t.name for t in self.topics)
+
+    @property
+    def queue_fifo(self) -> bool:
+        """Whether the default queue (EventsQueue) is FIFO."""
+        return self.events_queue is not None and self.events_queue.is_fifo
+
+    @property
+    def topic_queues(self) -> tuple[TopicQueue, ...]:
+        """The subscriptions with their own queue."""
+        return tuple(
+            TopicQueue(s.service, s.name, s.queue.is_fifo)
+            for s in self.subscriptions
+            if s.queue is not None
+        )
 
     def where(self, dotted: str) -> Location:
         """Best location for a field: itself, else its nearest parent, else the file."""

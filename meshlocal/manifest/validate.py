@@ -328,6 +328,52 @@ def check_environment(services: list[Service], diag: Diagnostics) -> None:
             )
 
 
+def check_subscriptions(
+    services: list[Service],
+    app: str,
+    env: str,
+    diag: Diagnostics,
+    broken: frozenset[str] = frozenset(),
+    left_out: frozenset[str] = frozenset(),
+) -> None:
+    """Every subscription's topic is published in the environment.
+
+    validateTopicsExist (internal/pkg/cli/deploy/worker.go): the topic
+    `{app}-{env}-{service}-{name}` (`.fifo` as Subscriptions() appends it)
+    must be among the environment's topics, else `copilot deploy` stops.
+    """
+    from meshlocal.pubsubplan import topic_name  # it imports the model, so not at the top
+
+    published = {
+        topic_name(app, env, svc.name, topic.name): svc for svc in services for topic in svc.topics
+    }
+    for svc in services:
+        for sub in svc.subscriptions:
+            physical = topic_name(app, env, sub.service, sub.name)
+            if physical in published or sub.service in broken:
+                continue  # a broken publisher's own errors say why
+            if sub.service in left_out:
+                diag.note(
+                    "warning",
+                    f"SNS topic {physical}: service {sub.service} is not among the services "
+                    "run, so the topic does not exist locally and the subscription is left out",
+                    svc.where(sub.where),
+                )
+                continue
+            if published:
+                hint = f"topics in environment {env}: " + ", ".join(sorted(published))
+            else:
+                hint = (
+                    f"no service in environment {env} publishes a topic; add it to the "
+                    "publishing service's publish.topics"
+                )
+            diag.error(
+                f"SNS topic {physical} does not exist in environment {env}",
+                svc.where(sub.where),
+                hint,
+            )
+
+
 @dataclass
 class Report:
     """Everything `meshlocal validate` prints."""
@@ -407,6 +453,15 @@ def check(
         if len(diag.errors) > before:
             broken.append(name)
     check_environment(loaded, diag)
+    loaded_names = {svc.name for svc in loaded} | {svc.name for svc in skipped}
+    check_subscriptions(
+        loaded,
+        workspace.app,
+        environment.name,
+        diag,
+        broken=frozenset(broken),
+        left_out=frozenset(set(workspace.service_manifests) - loaded_names - set(broken)),
+    )
     for name in sorted(set(workspace.app_protocols) - set(workspace.service_manifests)):
         # A typo here would otherwise leave a service in the wrong mode, silently.
         diag.note(

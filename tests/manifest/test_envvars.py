@@ -86,6 +86,10 @@ def test_worker_queue_uris(make_ws: MakeWorkspace) -> None:
             "    - name: giveaway\n      service: api-svc\n      queue:\n        fifo: true\n",
             "plainworker": "type: Worker Service\n" + IMAGE + "subscribe:\n  queue:\n"
             "    fifo: true\n",
+            "orders": "type: Backend Service\n" + IMAGE + "publish:\n  topics:\n"
+            "    - name: events\n",
+            "api-svc": "type: Backend Service\n" + IMAGE + "publish:\n  topics:\n"
+            "    - name: order-events\n    - name: giveaway\n      fifo: true\n",
         }
     )
     n = naming(root)
@@ -97,8 +101,11 @@ def test_worker_queue_uris(make_ws: MakeWorkspace) -> None:
         "apisvcGiveawayfifoEventsQueue": base + "apisvcgiveawayfifoEventsQueue.fifo",
     }
     other = n.env_vars("plainworker")
-    assert other["COPILOT_QUEUE_URI"].endswith("/demo-test-plainworker-EventsQueue.fifo")
+    # Without subscribe.topics Copilot renders no queue settings (convertSubscribe
+    # returns nil): the EventsQueue is a standard queue.
+    assert other["COPILOT_QUEUE_URI"].endswith("/demo-test-plainworker-EventsQueue")
     assert "COPILOT_TOPIC_QUEUE_URIS" not in other
+    assert "AWS_ENDPOINT_URL_SQS" not in other
 
 
 def test_mount_points_json(make_ws: MakeWorkspace) -> None:
