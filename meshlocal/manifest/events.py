@@ -519,6 +519,7 @@ def subscribe(
         if m is None:
             continue
         f.unknown(m, frozenset({"name", "service", "filter_policy", "queue"}), where)
+        errors_before = len(f.diag.errors)
         name_node, service_node = m.get("name"), m.get("service")
         name = f.string(name_node, f"{where}.name")
         service = f.string(service_node, f"{where}.service")
@@ -533,8 +534,8 @@ def subscribe(
         elif not own.is_empty():
             ok = _sqs_limits(f, own, f"{where}.queue") and ok
             queue = _settings(own)
-        if not ok or name is None or service is None:
-            continue
+        if not ok or name is None or service is None or len(f.diag.errors) > errors_before:
+            continue  # reported; no cross-service error on top
         # Subscriptions(): `.fifo` when delivering to a FIFO default queue, or to
         # its own FIFO queue.
         topic_queue_empty = enabled is None and own.is_empty()
