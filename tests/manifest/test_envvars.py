@@ -173,3 +173,49 @@ def test_redefining_a_copilot_variable_is_accepted_with_a_warning(make_ws: MakeW
         "variables.COPILOT_SERVICE_NAME: replaces the value Copilot sets in every container"
     )
     assert note.location is not None and note.location.line == 5
+
+
+def test_queue_urls_and_sdk_endpoints_with_the_local_emulator(make_ws: MakeWorkspace) -> None:
+    root = make_ws(
+        {
+            "worker": "type: Worker Service\n" + IMAGE + "subscribe:\n  topics:\n"
+            "    - name: events\n      service: orders\n      queue:\n        fifo: true\n"
+            "variables:\n  AWS_ENDPOINT_URL_SQS: http://mine:1\n"
+            "sidecars:\n  nginx:\n    image: nginx\n",
+            "orders": "type: Backend Service\n" + IMAGE + "publish:\n  topics:\n"
+            "    - name: events\n      fifo: true\n",
+        }
+    )
+    spec = load_environment(root, None, {})
+    endpoint = "http://172.18.128.1:4566"
+    n = NamingModel(spec, aws_endpoint=endpoint)
+    env = n.env_vars("worker")
+    base = f"{endpoint}/123456789012/demo-test-worker-"
+    assert env["COPILOT_QUEUE_URI"] == base + "EventsQueue"
+    assert json.loads(env["COPILOT_TOPIC_QUEUE_URIS"]) == {
+        "ordersEventsfifoEventsQueue": base + "orderseventsfifoEventsQueue.fifo"
+    }
+    assert env["AWS_ENDPOINT_URL_SNS"] == endpoint
+    assert env["AWS_ENDPOINT_URL_SQS"] == "http://mine:1"  # the manifest's wins
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == ("meshlocal", "meshlocal")
+    keys = list(env)
+    # after the agent's variables, before the manifest's
+    assert keys.index("AWS_REGION") < keys.index("AWS_ENDPOINT_URL_SNS")
+    sidecar = n.sidecar_env_vars("worker", spec.service("worker").sidecars[0])
+    assert sidecar["AWS_ENDPOINT_URL_SQS"] == endpoint
+    assert sidecar["COPILOT_QUEUE_URI"] == base + "EventsQueue"
+    # the plan's names, one source of truth
+    assert {q.name for q in n.pubsub.queues_of("worker")} == {
+        "demo-test-worker-EventsQueue",
+        "demo-test-worker-orderseventsfifoEventsQueue.fifo",
+    }
+    publisher = NamingModel(spec, aws_endpoint=endpoint).env_vars("orders")
+    assert json.loads(publisher["COPILOT_SNS_TOPIC_ARNS"]) == {
+        "events.fifo": "arn:aws:sns:us-east-1:123456789012:demo-test-orders-events.fifo"
+    }
+    assert publisher["AWS_ENDPOINT_URL_SNS"] == endpoint
+    without = NamingModel(spec).env_vars("worker")
+    assert without["COPILOT_QUEUE_URI"] == (
+        "https://sqs.us-east-1.amazonaws.com/123456789012/demo-test-worker-EventsQueue"
+    )
+    assert "AWS_ENDPOINT_URL_SNS" not in without and "AWS_ACCESS_KEY_ID" not in without
