@@ -192,10 +192,14 @@ class Deployment:
     # -- desired state ----------------------------------------------------
 
     def desired(
-        self, built: Mapping[str, tuple[str, str | None]], public_port: int = 0
+        self,
+        built: Mapping[str, tuple[str, str | None]],
+        public_port: int = 0,
+        aws_endpoint: str | None = None,
     ) -> dict[str, DesiredService]:
-        """`public_port`: the host port of the public endpoint, for COPILOT_LB_DNS."""
-        naming = NamingModel(self.spec)
+        """`public_port`: the host port of the public endpoint, for COPILOT_LB_DNS;
+        `aws_endpoint`: the local SNS/SQS's URL in the mesh, when one runs."""
+        naming = NamingModel(self.spec, aws_endpoint=aws_endpoint)
         lb_dns = f"localhost:{public_port}" if public_port else None
         out: dict[str, DesiredService] = {}
         for svc in self.spec.services:
@@ -234,6 +238,30 @@ class Deployment:
         # for Service Connect addresses (made by an older meshlocal, or too small).
         vip_block(net.subnet or "", net.ip_range, net.gateway)
         return net
+
+    def _network_and_pubsub(self, progress: Progress) -> tuple[NetworkInfo, str | None]:
+        network = self.network()
+        return network, self.start_pubsub(network, progress)
+
+    def start_pubsub(self, network: NetworkInfo, progress: Progress = _quiet) -> str | None:
+        """The local SNS/SQS, holding Copilot's topics and queues; its URL in the mesh.
+
+        Only when some service publishes or is a Worker Service (Copilot gives
+        every worker its queue); otherwise a running one is removed. It starts
+        before any replica, as a worker may read its queue at once.
+        """
+        from meshlocal.pubsubplan import plan as pubsub_plan
+        from meshlocal.runtime import pubsub
+
+        plan = pubsub_plan(self.spec)
+        if not plan:
+            pubsub.remove(self.engine, self.project, self.env)
+            return None
+        emulator = pubsub.ensure(
+            self.engine, self.project, self.env, network, self.workspace.root, progress
+        )
+        pubsub.provision(self.engine, emulator, plan, self.spec.workspace.region)
+        return emulator.endpoint
 
     def agent_config(
         self,
@@ -612,17 +640,18 @@ class Deployment:
         self.phase = "building images"
         # The network is made while the images are checked or built: Docker
         # takes a while to create one, and neither waits on the other.
+        # The SNS/SQS emulator, when one is needed, starts there too, once the network is made.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="network") as pool:
-            made = pool.submit(self.network)
+            made = pool.submit(self._network_and_pubsub, progress)
             try:
                 built = self.build(progress, force_build=force_build)
-                desired = self.desired(built, public_port)
             except BaseException:
                 # Created or not, it is settled before the caller undoes `up`.
                 concurrent.futures.wait([made])
                 raise
             self.phase = "starting the data plane"
-            network = made.result()
+            network, aws_endpoint = made.result()
+            desired = self.desired(built, public_port, aws_endpoint)
         config = self.agent_config(desired, mode, network, public_port=public_port)
         # Endpoints keep their addresses when the agent is restarted or replaced.
         config = replace(config, vips=self.current_vips())

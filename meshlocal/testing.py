@@ -33,11 +33,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from meshlocal.deployment import DataPlane, Deployment
 from meshlocal.errors import MeshlocalError
 from meshlocal.runtime.engine import Engine
+
+if TYPE_CHECKING:
+    from meshlocal.pubsub.view import PubSubView, Queue
 
 __all__ = [
     "ExecResult",
@@ -556,6 +559,38 @@ class Mesh:
         self._service(self.state(), service)
         snapshot: Mapping[str, Any] = self.deployment.call("/stats")
         return ServiceStats.from_snapshot(snapshot.get(service, {}))
+
+    # -- SNS and SQS ------------------------------------------------------
+
+    def _pubsub(self) -> PubSubView:
+        self._require()
+        from meshlocal.pubsub.view import PubSubView
+
+        return PubSubView(self.deployment)
+
+    @property
+    def aws_endpoint(self) -> str:
+        """The local SNS/SQS from the host (`http://127.0.0.1:PORT`), for boto3's endpoint_url."""
+        return self._pubsub().host_url
+
+    def publish(
+        self,
+        service: str,
+        topic: str,
+        message: str,
+        attributes: Mapping[str, str] | None = None,
+        *,
+        group: str | None = None,
+    ) -> str:
+        """Publish to `service`'s topic (its manifest name) as the service would; the id."""
+        return self._pubsub().publish(service, topic, message, dict(attributes or {}), group=group)
+
+    def queue(self, service: str, topic: str | None = None, *, dead_letter: bool = False) -> Queue:
+        """A worker's default queue, its own queue for `topic`, or (`dead_letter`) their DLQ."""
+        view = self._pubsub()
+        from meshlocal.pubsub.view import Queue
+
+        return Queue(view, view.queue(service, topic, dead_letter))
 
     # -- waiting ----------------------------------------------------------
 

@@ -71,6 +71,7 @@ def vip_block(subnet: str, ip_range: str | None, gateway: str | None = None) -> 
         raise _too_small(subnet)
     top = ipaddress.IPv4Network((int(net.broadcast_address) & ~0xFF, 24))
     taken = {gateway} if gateway else set()
+    taken.add(emulator_address(subnet))  # the local SNS/SQS's, for as long as the mesh lives
     block = [
         str(a)
         for a in top.hosts()
@@ -82,6 +83,17 @@ def vip_block(subnet: str, ip_range: str | None, gateway: str | None = None) -> 
             hint="run `meshlocal down`, then `meshlocal up`, to recreate the network",
         )
     return block
+
+
+def emulator_address(subnet: str) -> str:
+    """The local SNS/SQS emulator's fixed address: the subnet's last host.
+
+    Outside Docker's container range and never given to an endpoint, so it
+    is the same for every `up` and after the emulator is recreated: the
+    replicas' AWS_ENDPOINT_URL_SQS/SNS keep pointing at it.
+    """
+    net = ipaddress.IPv4Network(subnet, strict=False)
+    return str(net.broadcast_address - 1)
 
 
 def allocate(

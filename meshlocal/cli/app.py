@@ -33,6 +33,8 @@ COMMANDS: Mapping[str, str] = {
     "exec": "meshlocal.cli.tasks",
     "run": "meshlocal.cli.tasks",
     "watch": "meshlocal.cli.watch",
+    "publish": "meshlocal.cli.pubsub",
+    "queue": "meshlocal.cli.pubsub",
     "agent": "meshlocal.cli.daemons",
 }
 

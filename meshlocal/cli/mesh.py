@@ -211,16 +211,24 @@ def scale(ctx: Context, env: str | None, assignments: tuple[str, ...], timeout: 
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
 def stats(ctx: Context, env: str | None, as_json: bool) -> None:
-    """Service Connect metrics per service (the names ECS publishes to CloudWatch)."""
+    """Service Connect metrics per service (the names ECS publishes to CloudWatch), and
+    the local SNS topics and SQS queues (under `sns_sqs` in JSON: no service has that name)."""
+    from meshlocal.cli.pubsub import pubsub_tables
     from meshlocal.proxy.metrics import stats_table
+    from meshlocal.pubsub.view import PubSubView
 
     with running_mesh(ctx.directory, env) as dep:
         snapshot = dep.call("/stats")
+        view = PubSubView(dep)
+        pubsub = view.stats() if view.running else None
         if as_json:
-            click.echo(json.dumps(snapshot, indent=2, sort_keys=True))
+            shown = {**snapshot, "sns_sqs": pubsub} if pubsub is not None else snapshot
+            click.echo(json.dumps(shown, indent=2, sort_keys=True))
             return
         state = dep.state()
     out.print(stats_table(snapshot, stats_modes(state)))
+    for table in pubsub_tables(pubsub) if pubsub is not None else ():
+        out.print(table)
 
 
 # -- logs ------------------------------------------------------------------

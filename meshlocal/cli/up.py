@@ -308,8 +308,9 @@ def _up_host_foreground(dep: Deployment, *, public_port: int, force_build: bool)
     """
     err.print(f"[+] Building {len(dep.spec.services)} service image(s)", markup=False)
     public_port = dep.resolve_public_port("host", public_port)
-    desired = dep.desired(dep.build(_say, force_build=force_build), public_port)
+    built = dep.build(_say, force_build=force_build)
     network = dep.network()
+    desired = dep.desired(built, public_port, dep.start_pubsub(network, _say))
     config = dep.agent_config(desired, "host", network, public_port=public_port)
     import asyncio  # the foreground host-mode controller only: not for every command
 

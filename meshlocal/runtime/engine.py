@@ -355,6 +355,7 @@ _REMOVE_ORDER = {
     L.Role.RUN_COMMAND.value: 0,  # a one-off's command, then the holder of its namespace
     L.Role.RUN.value: 2,
     L.Role.DATAPLANE.value: 3,
+    L.Role.PUBSUB.value: 2,
     L.Role.CONTROLLER.value: -1,  # first: it would replace what goes after it
 }
 
@@ -618,6 +619,17 @@ class Engine:
                 return handle.read().decode() if handle is not None else None
         except (docker.errors.DockerException, tarfile.TarError, OSError):
             return None
+
+    def write_file(self, container_id: str, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Put a file into a container's filesystem (its directory must exist)."""
+        directory, _, name = path.rpartition("/")
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+        with engine_errors(f"writing {path} in container {container_id[:12]}"):
+            self.api.put_archive(container_id, directory or "/", buf.getvalue())
 
     def rename(self, container_id: str, name: str) -> None:
         with engine_errors(f"renaming container {container_id[:12]}"):

@@ -276,18 +276,31 @@ def _requirement_names(dist: metadata.Distribution) -> Iterator[str]:
             yield name.group(0)
 
 
-def runtime_distributions(root: str = "meshlocal") -> list[metadata.Distribution]:
-    """meshlocal and the installed distributions it needs at run time, transitively.
+# The local SNS/SQS's own requirements: they go in its image (runtime/pubsub.py),
+# not in the data plane's, which never imports them.
+EMULATOR_ROOTS = ("moto", "flask", "flask-cors")
+
+
+def _dist_key(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def runtime_distributions(
+    *roots: str, skip: tuple[str, ...] = EMULATOR_ROOTS
+) -> list[metadata.Distribution]:
+    """The installed distributions `roots` (default meshlocal) need at run time, transitively.
 
     A requirement that is not installed had a false marker (e.g. a
-    python_version backport), so it is skipped.
+    python_version backport), so it is skipped; so is every name in `skip`
+    (and what only it needs).
     """
     seen: dict[str, metadata.Distribution] = {}
-    todo = [root]
+    skipped = {_dist_key(n) for n in skip} - {_dist_key(r) for r in roots}
+    todo = list(roots or ("meshlocal",))
     while todo:
         name = todo.pop()
-        key = re.sub(r"[-_.]+", "-", name).lower()
-        if key in seen:
+        key = _dist_key(name)
+        if key in seen or key in skipped:
             continue
         try:
             dist = metadata.distribution(name)
@@ -305,9 +318,16 @@ def _dataplane_files() -> dict[str, Path]:
     for path in sorted(package_dir.rglob("*")):
         if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
             files[f"meshlocal/{path.relative_to(package_dir).as_posix()}"] = path
-    for dist in runtime_distributions():
+    files.update(distribution_files(runtime_distributions("meshlocal")))
+    return files
+
+
+def distribution_files(dists: list[metadata.Distribution]) -> dict[str, Path]:
+    """archive path (under site/) -> file on the host, for installed distributions."""
+    files: dict[str, Path] = {}
+    for dist in dists:
         if dist.metadata["Name"].lower() == "meshlocal":
-            continue  # may be an editable install: copied from its package dir above
+            continue  # may be an editable install: copied from its package dir
         for rel in dist.files or ():
             posix = rel.as_posix()
             if posix.startswith("..") or "__pycache__" in posix or posix.endswith(".pyc"):
@@ -398,9 +418,24 @@ def ensure_dataplane_image(
     if image_exists(client, tag):
         return tag
     say(f"building {tag} from {base} ({len(files)} files)")
+    build_site_image(client, tag, base, files, DATAPLANE_DOCKERFILE, say, "the data plane image")
+    prune_images(client, "meshlocal/dataplane", keep=tag)
+    return tag
+
+
+def build_site_image(
+    client: docker.DockerClient,
+    tag: str,
+    base: str,
+    files: dict[str, Path],
+    dockerfile: str,
+    say: Progress,
+    what: str,
+) -> None:
+    """Build `dockerfile` FROM `base` with `files` under site/ in its context, offline."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        _add_bytes(tar, "Dockerfile", DATAPLANE_DOCKERFILE.encode())
+        _add_bytes(tar, "Dockerfile", dockerfile.encode())
         for arc, src in sorted(files.items()):
             info = tarfile.TarInfo(f"site/{arc}")
             data = src.read_bytes()
@@ -415,10 +450,8 @@ def ensure_dataplane_image(
         fileobj=buf,
         custom_context=True,
         buildargs={"BASE_IMAGE": base},
-        what="the data plane image",
+        what=what,
     )
-    prune_images(client, "meshlocal/dataplane", keep=tag)
-    return tag
 
 
 def prune_images(client: docker.DockerClient, repository: str, keep: str) -> list[str]:

@@ -43,6 +43,7 @@ class Role(StrEnum):
     # its service to DNS, never a replica; and its command, in the holder's namespace.
     RUN = "run"
     RUN_COMMAND = "run-command"
+    PUBSUB = "pubsub"  # the local SNS/SQS (moto), while some service publishes or subscribes
 
 
 _UNSAFE = re.compile(r"[^a-z0-9_.-]+")
@@ -83,6 +84,10 @@ def dataplane_name(project: str, env: str) -> str:
 
 def controller_name(project: str, env: str) -> str:
     return f"{project}-{_slug(env)}-meshlocal-controller"
+
+
+def pubsub_name(project: str, env: str) -> str:
+    return f"{project}-{_slug(env)}-meshlocal-pubsub"
 
 
 def link_volume_name(project: str, env: str) -> str:

@@ -28,6 +28,15 @@ def test_runtime_distributions_cover_meshlocal_dependencies() -> None:
     names = {d.metadata["Name"].lower() for d in images.runtime_distributions()}
     assert {"meshlocal", "aiohttp", "dnslib", "docker", "pyyaml", "click", "rich"} <= names
     assert "pytest" not in names  # test extras are not shipped
+    assert "moto" not in names and "flask" not in names  # the emulator's image has them
+
+
+def test_emulator_distributions_are_moto_and_its_server() -> None:
+    names = {
+        d.metadata["Name"].lower() for d in images.runtime_distributions(*images.EMULATOR_ROOTS)
+    }
+    assert {"moto", "boto3", "botocore", "flask", "flask-cors", "werkzeug"} <= names
+    assert "aiohttp" not in names and "meshlocal" not in names
 
 
 @pytest.fixture

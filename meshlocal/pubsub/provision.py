@@ -1,0 +1,137 @@
+"""Make the emulator hold exactly the planned topics, queues and subscriptions.
+
+Standalone (boto3 and the standard library): the host runs it against the
+emulator's published port after `up`, and the emulator's own entry point
+(serve.py) runs it again after a restart, from the plan `up` left in the
+container. Idempotent: what exists and matches is kept (with its messages),
+what differs is updated, what the plan no longer has is deleted.
+
+The plan document (JSON, see meshlocal.pubsub.plan_document):
+{"region": "...", "topics": [{"name", "attributes"}],
+ "queues": [{"name", "attributes", "dead_letter", "max_receive_count"}],
+ "subscriptions": [{"topic_arn", "queue", "filter_policy"}]}
+Queues are listed dead-letter queues first.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+# SQS's defaults for what a manifest may set, so a setting removed from a
+# manifest goes back to AWS's value instead of keeping the old one.
+QUEUE_DEFAULTS = {
+    "DelaySeconds": "0",
+    "MessageRetentionPeriod": "345600",
+    "VisibilityTimeout": "30",
+}
+# Fixed when a queue is created: a change means a new queue.
+_CREATE_ONLY = frozenset({"FifoQueue"})
+
+
+def clients(endpoint: str, region: str) -> tuple[Any, Any]:
+    """(sns, sqs) boto3 clients for the emulator; dummy credentials (it checks none)."""
+    import boto3  # the host imports this module without needing boto3 until it provisions
+    from botocore.config import Config
+
+    config = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5)
+    session = boto3.session.Session(
+        aws_access_key_id="meshlocal", aws_secret_access_key="meshlocal", region_name=region
+    )
+    return (
+        session.client("sns", endpoint_url=endpoint, config=config),
+        session.client("sqs", endpoint_url=endpoint, config=config),
+    )
+
+
+def apply(plan: dict[str, Any], endpoint: str) -> dict[str, int]:
+    """Reconcile the emulator at `endpoint` with `plan`; counts of what changed."""
+    sns, sqs = clients(endpoint, plan["region"])
+    changed = {"created": 0, "updated": 0, "deleted": 0}
+    arns = _queues(sqs, plan["queues"], changed)
+    _topics(sns, plan["topics"], changed)
+    _subscriptions(sns, plan["subscriptions"], arns, changed)
+    return changed
+
+
+def _queues(sqs: Any, queues: list[dict[str, Any]], changed: dict[str, int]) -> dict[str, str]:
+    existing = {url.rsplit("/", 1)[-1]: url for url in sqs.list_queues().get("QueueUrls", [])}
+    arns: dict[str, str] = {}
+    for q in queues:  # dead-letter queues first: the others name their ARN
+        attributes = {**QUEUE_DEFAULTS, **q["attributes"]}
+        if q.get("dead_letter"):
+            attributes["RedrivePolicy"] = json.dumps(
+                {
+                    "deadLetterTargetArn": arns[q["dead_letter"]],
+                    "maxReceiveCount": int(q["max_receive_count"]),
+                }
+            )
+        url = existing.pop(q["name"], None)
+        if url is None:
+            url = sqs.create_queue(QueueName=q["name"], Attributes=attributes)["QueueUrl"]
+            changed["created"] += 1
+        else:
+            have = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+            update = {
+                k: v for k, v in attributes.items() if k not in _CREATE_ONLY and have.get(k) != v
+            }
+            if "RedrivePolicy" in have and "RedrivePolicy" not in attributes:
+                update["RedrivePolicy"] = ""
+            if update:
+                sqs.set_queue_attributes(QueueUrl=url, Attributes=update)
+                changed["updated"] += 1
+        got = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+        arns[q["name"]] = got["Attributes"]["QueueArn"]
+    for url in existing.values():
+        sqs.delete_queue(QueueUrl=url)
+        changed["deleted"] += 1
+    return arns
+
+
+def _topics(sns: Any, topics: list[dict[str, Any]], changed: dict[str, int]) -> None:
+    existing = {t["TopicArn"].rsplit(":", 1)[-1]: t["TopicArn"] for t in _all_topics(sns)}
+    for t in topics:
+        if existing.pop(t["name"], None) is None:
+            sns.create_topic(Name=t["name"], Attributes=t["attributes"])
+            changed["created"] += 1
+    for arn in existing.values():
+        sns.delete_topic(TopicArn=arn)
+        changed["deleted"] += 1
+
+
+def _all_topics(sns: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for page in sns.get_paginator("list_topics").paginate():
+        out += page.get("Topics", [])
+    return out
+
+
+def _subscriptions(
+    sns: Any, subscriptions: list[dict[str, Any]], arns: dict[str, str], changed: dict[str, int]
+) -> None:
+    existing: dict[tuple[str, str], dict[str, Any]] = {}
+    for page in sns.get_paginator("list_subscriptions").paginate():
+        for s in page.get("Subscriptions", []):
+            existing[(s["TopicArn"], s["Endpoint"])] = s
+    for s in subscriptions:
+        key = (s["topic_arn"], arns[s["queue"]])
+        policy = s.get("filter_policy") or ""
+        have = existing.pop(key, None)
+        if have is not None:
+            attrs = sns.get_subscription_attributes(SubscriptionArn=have["SubscriptionArn"])
+            if attrs["Attributes"].get("FilterPolicy", "") == policy:
+                continue
+            # A filter policy can't be set back to none: subscribe again.
+            sns.unsubscribe(SubscriptionArn=have["SubscriptionArn"])
+            changed["updated"] += 1
+        else:
+            changed["created"] += 1
+        sns.subscribe(
+            TopicArn=s["topic_arn"],
+            Protocol="sqs",
+            Endpoint=arns[s["queue"]],
+            Attributes={"FilterPolicy": policy} if policy else {},
+        )
+    for s in existing.values():
+        sns.unsubscribe(SubscriptionArn=s["SubscriptionArn"])
+        changed["deleted"] += 1

@@ -1,0 +1,206 @@
+"""One environment's topics and queues, as the CLI and the pytest plugin name them.
+
+Services and topic names from the manifests (`orders`, `events`), resolved
+to the emulator's ARNs and queue names through the plan, so a user never
+types a physical name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from meshlocal.errors import MeshlocalError
+from meshlocal.naming import LOCAL_ACCOUNT_ID
+from meshlocal.pubsub import client
+from meshlocal.pubsubplan import PubSubPlan, QueuePlan, TopicPlan, plan, queue_url
+
+if TYPE_CHECKING:
+    from meshlocal.deployment import Deployment
+    from meshlocal.runtime.pubsub import Emulator
+
+
+class NoSuchQueue(MeshlocalError):
+    pass
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    visible: int
+    in_flight: int
+    delayed: int
+    dead_lettered: int | None  # None: the queue has no dead-letter queue
+
+
+class PubSubView:
+    def __init__(self, dep: Deployment) -> None:
+        from meshlocal.runtime import pubsub
+
+        self.plan: PubSubPlan = plan(dep.spec)
+        self.region = dep.spec.workspace.region
+        self.env = dep.env
+        self._emulator: Emulator | None = (
+            pubsub.find(dep.engine, dep.project, dep.env) if self.plan else None
+        )
+
+    @property
+    def running(self) -> bool:
+        return self._emulator is not None
+
+    @property
+    def emulator(self) -> Emulator:
+        if self._emulator is None:
+            if not self.plan:
+                raise MeshlocalError(
+                    f"no service of environment {self.env} publishes or subscribes, so no "
+                    "SNS/SQS emulator runs",
+                    hint="add publish.topics to a service or a Worker Service to use SNS and SQS",
+                )
+            raise MeshlocalError(
+                f"the SNS/SQS emulator of environment {self.env} is not running",
+                hint="`meshlocal up -d` starts it (with the rest of the mesh)",
+            )
+        return self._emulator
+
+    @property
+    def host_url(self) -> str:
+        return self.emulator.host_url
+
+    # -- names ------------------------------------------------------------
+
+    def topic(self, service: str, name: str) -> TopicPlan:
+        for t in self.plan.topics:
+            if t.service == service and name in (t.name, t.name.removesuffix(".fifo")):
+                return t
+        known = ", ".join(f"{t.service} {t.name}" for t in self.plan.topics) or "none"
+        raise MeshlocalError(
+            f"service {service} publishes no topic {name} in environment {self.env}",
+            hint=f"topics: {known} (publish.topics in the service's manifest)",
+        )
+
+    def queue(self, service: str, topic: str | None = None, dead_letter: bool = False) -> QueuePlan:
+        """A worker's default queue, or its queue for `topic` (`SVC/TOPIC` or `TOPIC`); with
+        `dead_letter`, that queue's dead-letter queue."""
+        mine = self.plan.queues_of(service)
+        if not mine:
+            workers = sorted({q.service for q in self.plan.queues})
+            raise NoSuchQueue(
+                f"service {service} has no queue in environment {self.env}",
+                hint=f"queues belong to Worker Services: {', '.join(workers) or 'none'}",
+            )
+        by_name = {q.name: q for q in mine}
+        main = [q for q in mine if q.name not in {m.dead_letter for m in mine if m.dead_letter}]
+        if topic is None:
+            found = next(q for q in main if q.logical == "EventsQueue")
+        else:
+            wanted = _strip(topic)
+            matches = [
+                q for q in main if q.logical != "EventsQueue" and wanted in _strip(q.logical)
+            ]
+            if len(matches) != 1:
+                own = ", ".join(q.logical for q in main if q.logical != "EventsQueue") or "none"
+                raise NoSuchQueue(
+                    f"service {service} has no queue of its own for topic {topic}",
+                    hint=f"its topic queues: {own} (subscribe.topics[].queue); without "
+                    "a topic, the default queue",
+                )
+            found = matches[0]
+        if not dead_letter:
+            return found
+        if found.dead_letter is None:
+            raise NoSuchQueue(
+                f"queue {found.name} has no dead-letter queue",
+                hint="set subscribe.queue.dead_letter.tries in the worker's manifest",
+            )
+        return by_name[found.dead_letter]
+
+    # -- data -------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Per topic the messages published, per queue its counts (JSON-able)."""
+        raw = client.raw_stats(self.host_url)
+        counts = raw["queues"]
+        dead = {q.dead_letter for q in self.plan.queues if q.dead_letter}
+
+        def count(name: str) -> dict[str, int]:
+            return counts.get(name) or {"visible": 0, "in_flight": 0, "delayed": 0}
+
+        queues = []
+        for q in self.plan.queues:
+            if q.name in dead:
+                continue
+            c = count(q.name)
+            dlq = count(q.dead_letter) if q.dead_letter else None
+            queues.append(
+                {
+                    "service": q.service,
+                    "queue": q.name,
+                    "logical": q.logical,
+                    "visible": c["visible"],
+                    "in_flight": c["in_flight"],
+                    "delayed": c["delayed"],
+                    "dead_lettered": dlq["visible"] + dlq["in_flight"] if dlq else None,
+                }
+            )
+        topics = [
+            {
+                "service": t.service,
+                "topic": t.name,
+                "arn": t.arn,
+                "published": (raw["topics"].get(t.arn) or {}).get("published", 0),
+            }
+            for t in self.plan.topics
+        ]
+        return {"topics": topics, "queues": queues}
+
+    def counts(self, queue: QueuePlan) -> QueueCounts:
+        for row in self.stats()["queues"]:
+            if row["queue"] == queue.name:
+                return QueueCounts(
+                    row["visible"], row["in_flight"], row["delayed"], row["dead_lettered"]
+                )
+        c = client.raw_stats(self.host_url)["queues"].get(queue.name) or {}
+        return QueueCounts(c.get("visible", 0), c.get("in_flight", 0), c.get("delayed", 0), None)
+
+    def peek(self, queue: QueuePlan, limit: int = 10) -> list[dict[str, Any]]:
+        return client.peek(self.host_url, queue.name, limit)
+
+    def publish(
+        self,
+        service: str,
+        topic: str,
+        message: str,
+        attributes: dict[str, str] | None = None,
+        *,
+        group: str | None = None,
+    ) -> str:
+        t = self.topic(service, topic)
+        return client.publish(self.host_url, self.region, t.arn, message, attributes, group=group)
+
+
+def _strip(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+@dataclass(frozen=True)
+class Queue:
+    """A worker's queue, for tests (`mesh.queue(...)`): read without consuming."""
+
+    view: PubSubView
+    plan: QueuePlan
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    @property
+    def url(self) -> str:
+        """The queue's URL from the host (the emulator's published port)."""
+        return queue_url(self.view.host_url, LOCAL_ACCOUNT_ID, self.plan.name)
+
+    def peek(self, limit: int = 10) -> list[dict[str, Any]]:
+        """Its messages, oldest first, without receiving them."""
+        return self.view.peek(self.plan, limit)
+
+    def counts(self) -> QueueCounts:
+        return self.view.counts(self.plan)
