@@ -254,13 +254,18 @@ class Deployment:
         from meshlocal.runtime import pubsub
 
         plan = pubsub_plan(self.spec)
+        # `up SERVICE...` leaves the other services running: their topics and queues stay.
+        subset = bool(self.services)
         if not plan:
+            if subset:
+                found = pubsub.find(self.engine, self.project, self.env)
+                return found.endpoint if found is not None else None
             pubsub.remove(self.engine, self.project, self.env)
             return None
         emulator = pubsub.ensure(
             self.engine, self.project, self.env, network, self.workspace.root, progress
         )
-        pubsub.provision(self.engine, emulator, plan, self.spec.workspace.region)
+        pubsub.provision(self.engine, emulator, plan, self.spec.workspace.region, prune=not subset)
         return emulator.endpoint
 
     def agent_config(

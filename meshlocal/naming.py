@@ -308,10 +308,16 @@ class NamingModel:
         }
 
     def aws_vars(self) -> dict[str, str]:
-        """What points the AWS SDKs at the local SNS/SQS; empty without one."""
+        """What points the AWS SDKs at the local SNS/SQS; empty without one.
+
+        AWS_ENDPOINT_URL sends every AWS call to the emulator (nothing reaches
+        AWS with the dummy keys; moto answers STS too); the per-service ones
+        keep SNS and SQS there when a manifest points the general one elsewhere.
+        """
         if self.aws_endpoint is None:
             return {}
         return {
+            "AWS_ENDPOINT_URL": self.aws_endpoint,
             "AWS_ENDPOINT_URL_SNS": self.aws_endpoint,
             "AWS_ENDPOINT_URL_SQS": self.aws_endpoint,
             "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY_ID,

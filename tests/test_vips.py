@@ -9,14 +9,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshlocal.errors import DataPlaneError
-from meshlocal.vips import allocate, container_range, vip_block
+from meshlocal.vips import allocate, container_range, emulator_address, vip_block
 
 
 def test_containers_get_the_lower_half_and_vips_the_last_24_outside_it() -> None:
     assert container_range("172.22.0.0/16") == "172.22.0.0/17"
     block = vip_block("172.22.0.0/16", "172.22.0.0/17", "172.22.0.1")
-    assert block[0] == "172.22.255.1" and block[-1] == "172.22.255.254"
-    assert len(block) == 254
+    # The last host is the SNS/SQS emulator's (emulator_address).
+    assert block[0] == "172.22.255.1" and block[-1] == "172.22.255.253"
+    assert len(block) == 253
+    assert emulator_address("172.22.0.0/16") == "172.22.255.254"
     assert not set(block) & {str(a) for a in ipaddress.ip_network("172.22.0.0/17")}
     # Docker's /20 pools (192.168.x) work the same way.
     assert vip_block("192.168.16.0/20", "192.168.16.0/21", "192.168.16.1")[0] == "192.168.31.1"

@@ -25,6 +25,7 @@ from meshlocal.deployment import Deployment, stop_host_agents
 from meshlocal.errors import DataPlaneDown, RuntimeFailure
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.engine import Engine, engine_errors
+from meshlocal.runtime.pubsub import find as pubsub_find
 from meshlocal.teardown import remove_refs, teardown, used_images
 from meshlocal.watch import running as watching
 from meshlocal.watch import stop_all as stop_all_watchers
@@ -163,11 +164,27 @@ def ps(ctx: Context, env: str | None, as_json: bool) -> None:
         state = admin_call(plane.admin_url, "/v1/state")
         state["public_url"] = plane.public_url
         watcher = watching(dep)
+        emulator = pubsub_find(dep.engine, dep.project, dep.env)
         if as_json:
             state["watcher"] = {"pid": watcher.pid, "log": str(watcher.log)} if watcher else None
+            state["pubsub"] = (
+                {
+                    "endpoint": emulator.endpoint,
+                    "host_url": emulator.host_url,
+                    "image": emulator.image,
+                }
+                if emulator
+                else None
+            )
             click.echo(json.dumps(state, indent=2, sort_keys=True))
         else:
             print_ps(state, plane.public_url)
+            if emulator is not None:
+                out.print(
+                    f"SNS/SQS ({emulator.image}): {emulator.endpoint} in the mesh, "
+                    f"{emulator.host_url} from here",
+                    markup=False,
+                )
             if watcher is not None:
                 out.print(f"watching: pid {watcher.pid}, log {watcher.log}", markup=False)
 

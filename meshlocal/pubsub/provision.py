@@ -44,19 +44,45 @@ def clients(endpoint: str, region: str) -> tuple[Any, Any]:
     )
 
 
-def apply(plan: dict[str, Any], endpoint: str) -> dict[str, int]:
-    """Reconcile the emulator at `endpoint` with `plan`; counts of what changed."""
+def apply(plan: dict[str, Any], endpoint: str, *, prune: bool = True) -> dict[str, int]:
+    """Reconcile the emulator at `endpoint` with `plan`; counts of what changed.
+
+    Without `prune` nothing is deleted (`up SERVICE...`: the other services'
+    topics and queues stay).
+    """
     sns, sqs = clients(endpoint, plan["region"])
     changed = {"created": 0, "updated": 0, "deleted": 0}
-    arns = _queues(sqs, plan["queues"], changed)
-    _topics(sns, plan["topics"], changed)
-    _subscriptions(sns, plan["subscriptions"], arns, changed)
+    arns = _queues(sqs, plan["queues"], changed, prune)
+    _topics(sns, plan["topics"], changed, prune)
+    _subscriptions(sns, plan["subscriptions"], arns, changed, prune)
     return changed
 
 
-def _queues(sqs: Any, queues: list[dict[str, Any]], changed: dict[str, int]) -> dict[str, str]:
+def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`new`, plus what of `old` it doesn't name: the plan after `up SERVICE...`."""
+    names = {q["name"] for q in new["queues"]}
+    topics = {t["name"] for t in new["topics"]}
+    subs = {(s["topic_arn"], s["queue"]) for s in new["subscriptions"]}
+    return {
+        "region": new["region"],
+        "topics": [t for t in old["topics"] if t["name"] not in topics] + new["topics"],
+        "queues": [q for q in old["queues"] if q["name"] not in names] + new["queues"],
+        "subscriptions": [
+            s for s in old["subscriptions"] if (s["topic_arn"], s["queue"]) not in subs
+        ]
+        + new["subscriptions"],
+    }
+
+
+def _queues(
+    sqs: Any, queues: list[dict[str, Any]], changed: dict[str, int], prune: bool
+) -> dict[str, str]:
     existing = {url.rsplit("/", 1)[-1]: url for url in sqs.list_queues().get("QueueUrls", [])}
     arns: dict[str, str] = {}
+    for name, url in existing.items():  # a kept queue's DLQ may be one not in the plan
+        if not prune:
+            got = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+            arns[name] = got["Attributes"]["QueueArn"]
     for q in queues:  # dead-letter queues first: the others name their ARN
         attributes = {**QUEUE_DEFAULTS, **q["attributes"]}
         if q.get("dead_letter"):
@@ -82,19 +108,19 @@ def _queues(sqs: Any, queues: list[dict[str, Any]], changed: dict[str, int]) -> 
                 changed["updated"] += 1
         got = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
         arns[q["name"]] = got["Attributes"]["QueueArn"]
-    for url in existing.values():
+    for url in existing.values() if prune else ():
         sqs.delete_queue(QueueUrl=url)
         changed["deleted"] += 1
     return arns
 
 
-def _topics(sns: Any, topics: list[dict[str, Any]], changed: dict[str, int]) -> None:
+def _topics(sns: Any, topics: list[dict[str, Any]], changed: dict[str, int], prune: bool) -> None:
     existing = {t["TopicArn"].rsplit(":", 1)[-1]: t["TopicArn"] for t in _all_topics(sns)}
     for t in topics:
         if existing.pop(t["name"], None) is None:
             sns.create_topic(Name=t["name"], Attributes=t["attributes"])
             changed["created"] += 1
-    for arn in existing.values():
+    for arn in existing.values() if prune else ():
         sns.delete_topic(TopicArn=arn)
         changed["deleted"] += 1
 
@@ -107,7 +133,11 @@ def _all_topics(sns: Any) -> list[dict[str, Any]]:
 
 
 def _subscriptions(
-    sns: Any, subscriptions: list[dict[str, Any]], arns: dict[str, str], changed: dict[str, int]
+    sns: Any,
+    subscriptions: list[dict[str, Any]],
+    arns: dict[str, str],
+    changed: dict[str, int],
+    prune: bool,
 ) -> None:
     existing: dict[tuple[str, str], dict[str, Any]] = {}
     for page in sns.get_paginator("list_subscriptions").paginate():
@@ -132,6 +162,6 @@ def _subscriptions(
             Endpoint=arns[s["queue"]],
             Attributes={"FilterPolicy": policy} if policy else {},
         )
-    for s in existing.values():
+    for s in existing.values() if prune else ():
         sns.unsubscribe(SubscriptionArn=s["SubscriptionArn"])
         changed["deleted"] += 1

@@ -13,6 +13,7 @@ a published loopback port.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -99,6 +100,7 @@ class Emulator:
     container_id: str
     address: str  # on the environment's network
     host_port: int
+    image: str = ""
 
     @property
     def endpoint(self) -> str:
@@ -156,7 +158,7 @@ def find(engine: Engine, project: str, env: str) -> Emulator | None:
         address = next(iter(info.addresses.values()), None)
         port = published_ports(engine, info.id).get(EMULATOR_PORT)
         if address and port:
-            return Emulator(info.id, address, port)
+            return Emulator(info.id, address, port, info.image)
     return None
 
 
@@ -185,7 +187,7 @@ def ensure(
     if port is None:
         raise DataPlaneError("the SNS/SQS emulator's port was not published")
     assert spec.ipv4_address is not None
-    emulator = Emulator(cid, spec.ipv4_address, port)
+    emulator = Emulator(cid, spec.ipv4_address, port, image)
     wait_ready(engine, emulator)
     return emulator
 
@@ -228,14 +230,24 @@ def plan_document(plan: PubSubPlan, region: str) -> dict[str, Any]:
     }
 
 
-def provision(engine: Engine, emulator: Emulator, plan: PubSubPlan, region: str) -> dict[str, int]:
-    """Create, update and delete so the emulator holds exactly `plan`; kept for a restart."""
+def provision(
+    engine: Engine, emulator: Emulator, plan: PubSubPlan, region: str, *, prune: bool = True
+) -> dict[str, int]:
+    """Create, update and delete so the emulator holds exactly `plan`; kept for a restart.
+
+    Without `prune` (`up SERVICE...`) it only adds and updates, and the plan
+    kept for a restart is the previous one plus this.
+    """
     document = plan_document(plan, region)
+    if not prune:
+        kept = engine.read_file(emulator.container_id, serve_module.PLAN_FILE)
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            document = provision_module.merge(json.loads(kept or ""), document)
     engine.write_file(
         emulator.container_id, serve_module.PLAN_FILE, json.dumps(document).encode(), 0o644
     )
     try:
-        return provision_module.apply(document, emulator.host_url)
+        return provision_module.apply(document, emulator.host_url, prune=prune)
     except MeshlocalError:
         raise
     except Exception as exc:  # botocore's errors: the emulator refused the plan

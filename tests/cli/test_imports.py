@@ -19,7 +19,17 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "compose-examples"
 # The data plane and what only it (or the controller: asyncio) needs.
 # meshlocal.proxy.settings is a plain
 # dataclass (the proxy's configuration), shared by the CLI and the data plane.
-HEAVY = ("aiohttp", "dnslib", "meshlocal.serving", "meshlocal.dns", "meshlocal.proxy", "asyncio")
+HEAVY = (
+    "aiohttp",
+    "dnslib",
+    "meshlocal.serving",
+    "meshlocal.dns",
+    "meshlocal.proxy",
+    "asyncio",
+    "boto3",  # only `publish` and provisioning (up) talk to the SNS/SQS emulator with it
+    "botocore",
+    "moto",
+)
 ALLOWED = ("meshlocal.proxy", "meshlocal.proxy.settings")
 
 PROBE = """

@@ -73,7 +73,7 @@ def test_variables_have_copilots_formats(mesh: Mesh) -> None:
     m = re.fullmatch(r"http://(\d+\.\d+\.\d+\.\d+):4566", endpoint)
     assert m, endpoint
     orders = env_of(mesh, "orders")
-    assert orders["AWS_ENDPOINT_URL_SNS"] == endpoint
+    assert orders["AWS_ENDPOINT_URL_SNS"] == orders["AWS_ENDPOINT_URL"] == endpoint
     # generateSNSJSON: json.Marshal of a map, keys sorted, no spaces.
     assert orders["COPILOT_SNS_TOPIC_ARNS"] == (
         f'{{"audit.fifo":"arn:aws:sns:us-east-1:{ACCOUNT}:shop-test-orders-audit.fifo",'

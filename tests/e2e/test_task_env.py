@@ -75,6 +75,12 @@ def test_up_named_services_with_a_broken_other_and_their_environment(
     for name, text in (("worker", WORKER), ("broken", BROKEN)):
         (ws / "copilot" / name).mkdir()
         (ws / "copilot" / name / "manifest.yml").write_text(text)
+    web_manifest = ws / "copilot" / "web" / "manifest.yml"
+    # The topics the worker subscribes to: `up` checks they exist, as `copilot deploy` does.
+    web_manifest.write_text(
+        web_manifest.read_text() + "\npublish:\n  topics:\n    - name: orders\n"
+        "    - name: refunds\n"
+    )
     (ws / "copilot" / ".meshlocal.yml").write_text("region: eu-west-3\n")
     project = project_of(ws)
     try:
@@ -101,14 +107,15 @@ def test_up_named_services_with_a_broken_other_and_their_environment(
 
         worker = _env(docker_client, container_of(docker_client, project, "worker"))
         account = "123456789012"
-        assert worker["COPILOT_QUEUE_URI"] == (
-            f"https://sqs.eu-west-3.amazonaws.com/{account}/single-test-worker-EventsQueue"
-        )
+        # The local SQS's own URL for the queue (docs/pubsub.md).
+        emulator = worker["AWS_ENDPOINT_URL_SQS"]
+        assert re.fullmatch(r"http://[\d.]+:4566", emulator), emulator
+        assert worker["COPILOT_QUEUE_URI"] == f"{emulator}/{account}/single-test-worker-EventsQueue"
         assert worker["COPILOT_SNS_TOPIC_ARNS"] == (
             f'{{"receipts":"arn:aws:sns:eu-west-3:{account}:single-test-worker-receipts"}}'
         )
         assert worker["COPILOT_TOPIC_QUEUE_URIS"] == (
-            '{"webRefundsEventsQueue":"https://sqs.eu-west-3.amazonaws.com/'
+            f'{{"webRefundsEventsQueue":"{emulator}/'
             f'{account}/single-test-worker-webrefundsEventsQueue"}}'
         )
         assert worker["COPILOT_MOUNT_POINTS"] == '{"scratch":"/var/scratch"}'
@@ -116,9 +123,14 @@ def test_up_named_services_with_a_broken_other_and_their_environment(
         assert worker["FLAG"] == "on"
         assert "COPILOT_LB_DNS" not in worker
 
-        # `up web` on the running mesh keeps the worker running.
+        # `up web` on the running mesh keeps the worker running, and its queues.
         ok(run_cli(ws, "up", "-d", "web", "--timeout", "120"))
-        container_of(docker_client, project, "worker")
+        code, out = sh(
+            docker_client,
+            container_of(docker_client, project, "worker"),
+            f"wget -q -O - '{emulator}/_meshlocal/stats'",
+        )
+        assert code == 0 and "single-test-worker-webrefundsEventsQueue" in out, out
     finally:
         run_cli(ws, "down", "--rmi", timeout=120)
     assert leftovers(docker_client, project) == []
