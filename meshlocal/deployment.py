@@ -128,6 +128,7 @@ class Deployment:
         self.applied_config: str | None = None
         self.images_run: dict[str, str] = {}
         self.stopped_watcher: int | None = None  # the pid `down` stopped
+        self.emulator_id: str | None = None  # the SNS/SQS emulator `up` left running
         # Images are shared by every copy of a workspace; containers and
         # networks are not: a suffix (the pytest plugin's, one per session)
         # gives a second, independent mesh of the same workspace.
@@ -259,6 +260,7 @@ class Deployment:
         if not plan:
             if subset:
                 found = pubsub.find(self.engine, self.project, self.env)
+                self.emulator_id = found.container_id if found is not None else None
                 return found.endpoint if found is not None else None
             pubsub.remove(self.engine, self.project, self.env)
             return None
@@ -266,6 +268,7 @@ class Deployment:
             self.engine, self.project, self.env, network, self.workspace.root, progress
         )
         pubsub.provision(self.engine, emulator, plan, self.spec.workspace.region, prune=not subset)
+        self.emulator_id = emulator.container_id
         return emulator.endpoint
 
     def agent_config(

@@ -43,7 +43,7 @@ DISABLE_ENV = "MESHLOCAL_QUICK"  # "0": always run the full `up`
 VOLATILE_ENV = frozenset(
     {"_", "PWD", "OLDPWD", "SHLVL", "COLUMNS", "LINES", "PS1", "PS2", "PROMPT_COMMAND"}
 )
-SCHEMA = 1
+SCHEMA = 2  # 2: the stamp names the SNS/SQS emulator
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,7 @@ def record(
     public_url: str | None,
     config_json: str,
     images: Mapping[str, str],
+    emulator_id: str | None = None,
 ) -> None:
     """After a successful `up -d`: what the next one compares with."""
     inputs = sorted(set(inputs))
@@ -133,6 +134,7 @@ def record(
         "public_url": public_url,
         "config": hashlib.sha256(config_json.encode()).hexdigest(),
         "images": dict(images),
+        "pubsub": emulator_id,  # the SNS/SQS emulator, when the mesh has one
     }
     path = stamp_path(root, options)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,7 +200,8 @@ def _containers_unchanged(docker: _DockerSocket, stamp: Mapping[str, Any]) -> bo
     if not isinstance(found, list):
         return False
     running = {str(c.get("Id")) for c in found if c.get("State") == "running"}
-    return stamp["dataplane"] in running and stamp["controller"] in running
+    wanted = {stamp["dataplane"], stamp["controller"], stamp.get("pubsub")} - {None}
+    return wanted <= running
 
 
 def _converged(admin_url: str, polls: int = 2, interval: float = 0.05) -> dict[str, Any] | None:

@@ -297,6 +297,7 @@ def _remember(dep: Deployment, plane: DataPlane, options: dict[str, Any]) -> Non
         public_url=plane.public_url,
         config_json=dep.applied_config,
         images=dep.images_run,
+        emulator_id=dep.emulator_id,
     )
 
 

@@ -245,6 +245,13 @@ def test_cli_publish_peek_and_stats(mesh: Mesh, ws: Path) -> None:
     rows = {q["queue"]: q for q in stats["queues"]}
     assert rows["shop-test-billing-EventsQueue"]["visible"] >= 1
     assert rows["shop-test-idle-EventsQueue"]["dead_lettered"] is None
+    ps = ok(run_cli(ws, "ps")).stdout
+    assert re.search(
+        r"SNS/SQS \(meshlocal/pubsub:[\d.]+-\w+\): http://[\d.]+:4566 in the mesh", ps
+    ), ps
+    assert json.loads(ok(run_cli(ws, "ps", "--json")).stdout)["pubsub"]["endpoint"].endswith(
+        ":4566"
+    )
     table = ok(run_cli(ws, "stats")).stdout
     assert (
         "SNS topics" in table and "SQS queues" in table and "shop-test-billing-EventsQueue" in table
@@ -310,10 +317,12 @@ def test_down_removes_the_emulator(
     assert not labelled(docker_client, project).get("containers")
     manifest.write_text(manifest.read_text().replace("name: nope", "name: audit"))
     ok(run_cli(ws, "up", "-d", "--timeout", "120", timeout=300))
-    names = {
-        c.name for c in docker_client.containers.list(filters={"label": f"{L.PROJECT}={project}"})
-    }
-    assert L.pubsub_name(project, "test") in names
+    emulator = docker_client.containers.get(L.pubsub_name(project, "test"))
+    # Gone behind meshlocal's back: the next `up -d` is no no-op, it starts one again.
+    emulator.remove(force=True)
+    ok(run_cli(ws, "up", "-d", "--timeout", "120", timeout=300))
+    again = docker_client.containers.get(L.pubsub_name(project, "test"))
+    assert again.id != emulator.id and again.status == "running"
     ok(run_cli(ws, "down"))
     left = docker_client.containers.list(all=True, filters={"label": f"{L.PROJECT}={project}"})
     assert [c.name for c in left] == []
