@@ -32,14 +32,26 @@ def busybox_image(docker_client: Any) -> Iterator[str]:
 
     Set in the environment too, for the `meshlocal` subprocesses tests run.
     """
-    tag = images.ensure_busybox_image(docker_client)
-    old = os.environ.get("BUSYBOX_IMAGE")
-    os.environ["BUSYBOX_IMAGE"] = tag
-    yield tag
+    yield from _exported("BUSYBOX_IMAGE", images.ensure_busybox_image(docker_client))
+
+
+@pytest.fixture(scope="session")
+def pubsub_image(docker_client: Any) -> Iterator[str]:
+    """The SNS/SQS emulator's image (python3, boto3, moto): ${PUBSUB_IMAGE} in manifests."""
+    from meshlocal.runtime import pubsub
+
+    yield from _exported("PUBSUB_IMAGE", pubsub.ensure_image(docker_client, lambda _: None))
+
+
+def _exported(name: str, value: str) -> Iterator[str]:
+    """`value`, set as $name for the test's duration (and its `meshlocal` subprocesses)."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    yield value
     if old is None:
-        os.environ.pop("BUSYBOX_IMAGE", None)
+        os.environ.pop(name, None)
     else:
-        os.environ["BUSYBOX_IMAGE"] = old
+        os.environ[name] = old
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,6 @@ import pytest
 from meshlocal.errors import MeshlocalError
 from meshlocal.pubsub import client
 from meshlocal.runtime import labels as L
-from meshlocal.runtime import pubsub
 from meshlocal.testing import Mesh
 
 from .conftest import copy_workspace, failed, labelled, ok, run_cli, wait_for
@@ -29,18 +28,6 @@ from .conftest import copy_workspace, failed, labelled, ok, run_cli, wait_for
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 ACCOUNT = "123456789012"
-
-
-@pytest.fixture(scope="module")
-def pubsub_image(docker_client: Any) -> Iterator[str]:
-    tag = pubsub.ensure_image(docker_client, lambda _: None)
-    old = os.environ.get("PUBSUB_IMAGE")
-    os.environ["PUBSUB_IMAGE"] = tag
-    yield tag
-    if old is None:
-        os.environ.pop("PUBSUB_IMAGE", None)
-    else:
-        os.environ["PUBSUB_IMAGE"] = old
 
 
 @pytest.fixture(scope="module")
