@@ -107,9 +107,6 @@ class AgentConfig:
         )
 
 
-CONTAINER_STATE_FILE = "/var/lib/meshlocal/agent.json"
-
-
 def config_from_environment() -> AgentConfig:
     """The last applied configuration if one was kept, else the one started with."""
     text = os.environ.get(CONFIG_ENV)

@@ -184,17 +184,10 @@ def _builder(
             progress(f"[{name}] {ref} is up to date")
             return ref, image_id
         if not force_build:
-            patched = patchbuild.try_patch(
-                client,
-                build,
-                ref,
-                fixed=state.fixed,
-                files=state.files,
-                key=key,
-                key_label=BUILD_KEY_LABEL,
-                args=args,
-                progress=_prefixed(progress, name),
+            patch = patchbuild.Patch(
+                build, ref, state.fixed, state.files, key, BUILD_KEY_LABEL, args
             )
+            patched = patchbuild.try_patch(client, patch, _prefixed(progress, name))
             if patched is not None:
                 return ref, patched
         progress(f"[{name}] building {ref}")

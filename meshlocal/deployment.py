@@ -30,7 +30,7 @@ import docker.errors
 from meshlocal import control
 from meshlocal.adminapi import admin_call, remote_message
 from meshlocal.agent import FIRST_START_ENV
-from meshlocal.agentconfig import CONFIG_ENV, CONTAINER_STATE_FILE, AgentConfig
+from meshlocal.agentconfig import CONFIG_ENV, AgentConfig
 from meshlocal.builds import build_images
 from meshlocal.errors import (
     DataPlaneDown,
@@ -48,6 +48,7 @@ from meshlocal.naming import NamingModel, public_rules
 from meshlocal.overrides import NO_OVERRIDES, EnvOverride, Overrides, PortOverride
 from meshlocal.overrides import apply as apply_overrides
 from meshlocal.overrides import check as check_overrides
+from meshlocal.paths import CONTAINER_STATE_FILE
 from meshlocal.ports import ADMIN_PORT, PUBLIC_PORT
 from meshlocal.readiness import crash_failure, starting_replicas, timeout_failure
 from meshlocal.runtime import images

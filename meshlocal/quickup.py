@@ -32,11 +32,11 @@ from typing import Any
 from urllib.parse import quote
 
 import meshlocal
+from meshlocal.paths import CONTAINER_STATE_FILE, locate_root
 
 STATE_DIR = (
     Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "meshlocal" / "quick"
 )
-CONTROLLER_STATE_FILE = "/var/lib/meshlocal/agent.json"  # agentconfig.CONTAINER_STATE_FILE
 DISABLE_ENV = "MESHLOCAL_QUICK"  # "0": always run the full `up`
 # Shell bookkeeping that changes between two identical commands; every other
 # variable may be interpolated into a manifest (${VAR}), so it counts.
@@ -54,15 +54,6 @@ class Running:
     env: str
     state: dict[str, Any]
     public_url: str | None
-
-
-def find_root(start: Path) -> Path | None:
-    """The workspace root, as manifest.workspace.find_root finds it (None: let `up` say why)."""
-    start = start.resolve()
-    for directory in (start, *start.parents):
-        if (directory / "copilot" / ".workspace").is_file():
-            return directory
-    return None
 
 
 def _stat_tree(root: Path, out: list[str]) -> None:
@@ -160,7 +151,7 @@ def check(start: Path, options: Mapping[str, Any]) -> Running | None:
     """The mesh a previous `up -d` with these options left, if nothing changed since."""
     if os.environ.get(DISABLE_ENV) == "0":
         return None
-    root = find_root(start)
+    root = locate_root(start)
     if root is None:
         return None
     try:
@@ -177,7 +168,7 @@ def check(start: Path, options: Mapping[str, Any]) -> Running | None:
     try:
         if not _containers_unchanged(docker, stamp):
             return None
-        config = docker.archive_file(stamp["controller"], CONTROLLER_STATE_FILE)
+        config = docker.archive_file(stamp["controller"], CONTAINER_STATE_FILE)
         if config is None or hashlib.sha256(config).hexdigest() != stamp["config"]:
             return None
         for ref, image_id in stamp["images"].items():

@@ -32,9 +32,9 @@ from typing import Any
 import docker.errors
 
 from meshlocal.adminapi import admin_call
-from meshlocal.agentconfig import CONTAINER_STATE_FILE
 from meshlocal.deployment import Deployment
 from meshlocal.errors import MeshlocalError
+from meshlocal.paths import CONTAINER_STATE_FILE
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.engine import Engine, Removed, engine_errors
 

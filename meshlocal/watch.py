@@ -347,7 +347,6 @@ class Rebuilder:
         self._load = load
         self._options = options
         self._say = say
-        self._before: Snapshot | None = None  # what the last `up` found, for its undo
 
     def targets(self) -> Targets:
         """The first targets: copilot/ alone while the manifests don't load."""
@@ -372,10 +371,13 @@ class Rebuilder:
                     self._options.port_overrides,
                     self._options.public_port,
                 )
+                from meshlocal.undo import snapshot
+
+                found = snapshot(dep)  # what this `up` undoes to when it fails
                 try:
                     self._up(dep, port)
                 except MeshlocalError as error:
-                    raise _Failed(error, self._undo(dep)) from None
+                    raise _Failed(error, self._undo(dep, found)) from None
                 after = {s: _replicas(dep, s) for s in batch.services}
         except (MeshlocalError, _Failed) as failure:
             took = time.monotonic() - started
@@ -402,9 +404,6 @@ class Rebuilder:
         return targets
 
     def _up(self, dep: Deployment, port: int) -> None:
-        from meshlocal.undo import snapshot
-
-        self._before = snapshot(dep)
         dep.up(
             mode=self._options.mode,
             public_port=port,
@@ -413,16 +412,14 @@ class Rebuilder:
             progress=self._say,
         )
 
-    def _undo(self, dep: Deployment) -> str:
+    def _undo(self, dep: Deployment, before: Snapshot) -> str:
         """As a failed `up`: the controller gets its previous configuration back (the
         new replicas that crash stop being retried) and the image tag goes back to the
         image the serving replicas run."""
         from meshlocal.undo import describe, undo
 
-        if self._before is None:
-            return ""
         try:
-            removed = undo(dep, self._before)
+            removed = undo(dep, before)
         except Exception as error:  # the watcher reports, and goes on watching
             return f" (undo failed: {error})"
         what = describe(removed)

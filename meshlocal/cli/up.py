@@ -44,26 +44,23 @@ def _parsed(parse: Callable[[str], object]) -> Callable[..., tuple[object, ...]]
     return callback
 
 
-def port_override_option(help_text: str) -> Callable[[Any], Any]:
-    return click.option(
-        "--port-override",
-        "port_overrides",
-        multiple=True,
-        callback=_parsed(parse_port_override),
-        metavar=PORT_FORMAT,
-        help=help_text,
-    )
+def _override_option(
+    flag: str, dest: str, parse: Callable[[str], Any], metavar: str
+) -> Callable[[str], Callable[[Any], Any]]:
+    def option(help_text: str) -> Callable[[Any], Any]:
+        return click.option(
+            flag, dest, multiple=True, callback=_parsed(parse), metavar=metavar, help=help_text
+        )
+
+    return option
 
 
-def env_override_option(help_text: str) -> Callable[[Any], Any]:
-    return click.option(
-        "--env-var-override",
-        "env_overrides",
-        multiple=True,
-        callback=_parsed(parse_env_override),
-        metavar=ENV_FORMAT,
-        help=help_text,
-    )
+port_override_option = _override_option(
+    "--port-override", "port_overrides", parse_port_override, PORT_FORMAT
+)
+env_override_option = _override_option(
+    "--env-var-override", "env_overrides", parse_env_override, ENV_FORMAT
+)
 
 
 def _say(line: str) -> None:

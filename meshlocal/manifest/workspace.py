@@ -30,9 +30,8 @@ from meshlocal.errors import Location, ManifestError, WorkspaceNotFound
 from meshlocal.manifest.fields import parse_duration
 from meshlocal.manifest.model import DEFAULT_REGION, MAX_REPLICAS, Environment, Workspace
 from meshlocal.manifest.yaml12 import Map, Node, Scalar, load_file
+from meshlocal.paths import COPILOT_DIR, WORKSPACE_FILE, locate_root
 
-COPILOT_DIR = "copilot"
-WORKSPACE_FILE = ".workspace"
 CONFIG_FILE = ".meshlocal.yml"
 MANIFEST = "manifest.yml"
 # Service Connect protocols .meshlocal.yml may set; "tcp" forces ECS's default.
@@ -64,12 +63,11 @@ class Config:
 
 
 def find_root(start: Path) -> Path:
-    start = start.resolve()
-    for directory in (start, *start.parents):
-        if (directory / COPILOT_DIR / WORKSPACE_FILE).is_file():
-            return directory
+    found = locate_root(start)
+    if found is not None:
+        return found
     raise WorkspaceNotFound(
-        f"no Copilot workspace (copilot/.workspace) in {start} or any parent directory",
+        f"no Copilot workspace (copilot/.workspace) in {start.resolve()} or any parent directory",
         hint="run meshlocal inside a Copilot workspace, or pass -C DIR",
     )
 

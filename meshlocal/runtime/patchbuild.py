@@ -96,51 +96,34 @@ def answers(image_id: str, key: str) -> bool:
     return record is not None and key in record.keys
 
 
-def try_patch(
-    client: Any,
-    build: BuildSpec,
-    ref: str,
-    *,
-    fixed: str,
-    files: Mapping[str, str],
-    key: str,
-    key_label: str,
-    args: Mapping[str, str],
-    progress: Progress,
-) -> str | None:
-    """The new image id, patched from the one tagged `ref`; None when a build must run.
+@dataclass(frozen=True)
+class Patch:
+    """What to patch: the image tagged `ref`, built from `build`, to hold `files`."""
+
+    build: BuildSpec
+    ref: str
+    fixed: str  # the build's inputs other than the context's files (ContextState.fixed)
+    files: Mapping[str, str]  # context path -> content hash
+    key: str  # the new build key, put on the image as `key_label`
+    key_label: str
+    args: Mapping[str, str]
+
+
+def try_patch(client: Any, patch: Patch, progress: Progress) -> str | None:
+    """The new image id, patched from the one tagged `patch.ref`; None when a build must run.
 
     Patching only saves time: when the engine refuses any of it, the build runs.
     """
     try:
-        return _try_patch(
-            client,
-            build,
-            ref,
-            fixed=fixed,
-            files=files,
-            key=key,
-            key_label=key_label,
-            args=args,
-            progress=progress,
-        )
+        return _patch(client, patch, progress)
     except (docker.errors.DockerException, OSError, tarfile.TarError, ValueError) as exc:
-        progress(f"patching {ref} failed ({exc}): building it instead")
+        progress(f"patching {patch.ref} failed ({exc}): building it instead")
         return None
 
 
-def _try_patch(
-    client: Any,
-    build: BuildSpec,
-    ref: str,
-    *,
-    fixed: str,
-    files: Mapping[str, str],
-    key: str,
-    key_label: str,
-    args: Mapping[str, str],
-    progress: Progress,
-) -> str | None:
+def _patch(client: Any, patch: Patch, progress: Progress) -> str | None:
+    build, ref, fixed, files, key = patch.build, patch.ref, patch.fixed, patch.files, patch.key
+    key_label, args = patch.key_label, patch.args
     if os.environ.get(DISABLE_ENV) == "0" or build.target:
         return None
     try:
