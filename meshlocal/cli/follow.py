@@ -17,6 +17,8 @@ def _display_name(info: ContainerInfo) -> str:
         return "meshlocal"
     if info.role == L.Role.CONTROLLER.value:
         return "meshlocal-controller"
+    if info.role == L.Role.PUBSUB.value:
+        return "meshlocal-pubsub"
     base = f"{info.service}-{info.index}"
     if info.name.endswith(KEPT_SUFFIX):
         base += KEPT_SUFFIX  # the last crashed container of that replica, kept for this
@@ -63,7 +65,7 @@ class LogFollower:
         return len(self._attached)
 
     def _wanted(self, info: ContainerInfo) -> bool:
-        if info.role in (L.Role.DATAPLANE.value, L.Role.CONTROLLER.value):
+        if info.role in (L.Role.DATAPLANE.value, L.Role.CONTROLLER.value, L.Role.PUBSUB.value):
             return self.dataplane
         if info.role not in (L.Role.REPLICA.value, L.Role.SIDECAR.value):
             return False

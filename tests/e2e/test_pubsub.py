@@ -329,3 +329,12 @@ def test_the_image_holds_no_meshlocal(pubsub_image: str, docker_client: Any) -> 
         network_mode="none",
     )
     assert bytes(out).decode().split() == ["None", "True"]
+
+
+def test_logs_show_the_emulator(mesh: Mesh, ws: Path) -> None:
+    out = ok(run_cli(ws, "logs", "--tail", "50")).stdout
+    assert re.search(
+        r"^meshlocal-pubsub +\| meshlocal-pubsub: moto on 0\.0\.0\.0:4566", out, re.M
+    ), out
+    # A service's logs leave it out.
+    assert "meshlocal-pubsub" not in ok(run_cli(ws, "logs", "billing")).stdout
