@@ -64,6 +64,11 @@ def print_ps(state: dict[str, Any], public_url: str | None) -> None:
             table.add_row(f"{name}-{c['index']}", "-", c["status"], "out", ", ".join(endpoints))
         if svc.get("not_started"):
             table.add_row(f"{name} ({svc['not_started']} not started)", "-", "queued", "-", "")
+    for run in state.get("runs") or []:
+        # `meshlocal run`: a Service Connect client of its service, never in rotation.
+        table.add_row(
+            f"{run['service']} (run {run['container_id'][:12]})", run["address"], "-", "client", ""
+        )
     out.print(table)
     print_restarting(state)
     out.print(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
@@ -249,6 +250,9 @@ def test_run_is_no_replica_gets_no_traffic_and_goes_on_ctrl_c(ws: Path, docker_c
         assert address not in [r["address"] for r in replicas]
         table = ok(run_cli(ws, "ps")).stdout
         assert "api-3" not in table
+        # Listed as what it is: a client of api, never in rotation.
+        row = re.search(r"^.*api \(run [0-9a-f]{12}\).*$", table, re.M)
+        assert row is not None and address in row.group(0) and "client" in row.group(0), table
         script = (
             "nslookup api.test.oneoff.local; "
             "for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://api; done"
