@@ -4,98 +4,72 @@
 images, starts the data plane (the agent of mesh.py) and talks to it over
 its admin API. Everything it creates is labelled, so `down` needs nothing
 but the workspace to find it, even after meshlocal was SIGKILLed.
+
+Each part `up` and `down` use has its module: dataplanes (finding the data
+plane), planestart (its container), hostagent (the host-mode process),
+publicport, vipmemory, statedir. Thin methods here keep their callers'
+names (the CLI, the pytest plugin, undo, the watcher).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
-import hashlib
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-import docker.errors
-
-from meshlocal import control
+from meshlocal import control, publicport, vipmemory
 from meshlocal.adminapi import admin_call, remote_message
-from meshlocal.agent import FIRST_START_ENV
-from meshlocal.agentconfig import CONFIG_ENV, AgentConfig
+from meshlocal.agentconfig import AgentConfig
 from meshlocal.builds import build_images
+from meshlocal.dataplanes import DataPlane as DataPlane
+from meshlocal.dataplanes import PlaneFinder
 from meshlocal.errors import (
     DataPlaneDown,
     DataPlaneError,
     MeshlocalError,
     MeshNotRunning,
-    PortInUse,
     RuntimeFailure,
 )
+from meshlocal.hostagent import HostAgent, stop_pid_file
+from meshlocal.hostagent import stop_host_agents as stop_host_agents
 from meshlocal.manifest import check, find_workspace, read_env_file
 from meshlocal.manifest.diagnostics import ManifestErrors, Note
 from meshlocal.manifest.model import EnvironmentSpec, Workspace
 from meshlocal.manifest.validate import over_replica_limit, runnable_hint
-from meshlocal.naming import NamingModel, public_rules
+from meshlocal.naming import NamingModel
 from meshlocal.overrides import NO_OVERRIDES, EnvOverride, Overrides, PortOverride
 from meshlocal.overrides import apply as apply_overrides
 from meshlocal.overrides import check as check_overrides
 from meshlocal.paths import CONTAINER_STATE_FILE
-from meshlocal.ports import ADMIN_PORT, PUBLIC_PORT
+from meshlocal.planestart import start_container
 from meshlocal.readiness import crash_failure, starting_replicas, timeout_failure
 from meshlocal.runtime import images
 from meshlocal.runtime import labels as L
-from meshlocal.runtime.dataplane import (
-    controller_spec,
-    dataplane_spec,
-    ensure_controller,
-    ensure_dataplane,
-    free_port,
-    in_subnet,
-    port_free,
-    published_ports,
-    with_identity,
-)
 from meshlocal.runtime.engine import (
-    ContainerInfo,
     Engine,
     NetworkInfo,
     Removed,
 )
-from meshlocal.runtime.firststart import FirstStart, first_replicas, planned_address
 from meshlocal.runtime.reconcile import DesiredService, template_for
+from meshlocal.statedir import STATE_DIR, state_file
 from meshlocal.teardown import remove_images, teardown
 from meshlocal.vips import vip_block
 
 Progress = Callable[[str], None]
 Mode = Literal["container", "host"]
 
-_STATE_DIR = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "meshlocal"
+# Kept for the modules and tests that reach for them here (testing.py, watch.py).
+_STATE_DIR = STATE_DIR
+_stop_pid_file = stop_pid_file
 
 
 def _quiet(_: str) -> None:
     pass
-
-
-@dataclass(frozen=True)
-class DataPlane:
-    """Where a running agent is: its admin URL and what it publishes."""
-
-    mode: Mode
-    admin_url: str
-    public_url: str | None
-    container_id: str | None = None
-    pid: int | None = None
-    controller_id: str | None = None  # container mode: where commands go (docker exec)
-    control_socket: str | None = None  # host mode: the controller's socket
 
 
 class Deployment:
@@ -324,306 +298,56 @@ class Deployment:
         A running data plane is kept whenever its image and published ports
         are unchanged: its address is every replica's DNS server, so keeping
         it keeps unchanged replicas running. The new configuration goes over
-        the admin API instead (the agent applies it hot).
+        the admin API instead (the agent applies it hot). See planestart.
         """
-        client = self.engine.client
-        base = images.ensure_python_base(client, progress=progress)
-        image = images.ensure_dataplane_image(client, base, progress)
-        ports: dict[int, tuple[str, int]] = {ADMIN_PORT: ("127.0.0.1", 0)}
-        if public_rules(NamingModel(self.spec)):
-            ports[PUBLIC_PORT] = ("127.0.0.1", public_port)
-        # Identity without the configuration: a config change is applied hot.
-        identity = hashlib.sha256(
-            json.dumps([image, sorted(ports.items()), str(network.id)], default=str).encode()
-        ).hexdigest()[:16]
-        # Concrete host ports, never 0: Docker re-draws ephemeral ports when a
-        # container restarts, and the URLs a person has open must survive a
-        # data-plane restart. A replaced data plane keeps its ports too.
-        current = self._dataplane_container()
-        kept = published_ports(self.engine, current.id) if current is not None else {}
-        if not kept:  # a data plane that was removed: the ports it had, when still free
-            with contextlib.suppress(OSError, ValueError):
-                remembered = json.loads(self._state_file(".ports").read_text())
-                kept = {int(k): int(v) for k, v in remembered.items() if port_free(int(v))}
-        for inner, (host, port) in list(ports.items()):
-            if port == 0:
-                ports[inner] = (host, kept.get(inner) or free_port(host))
-        path = self._state_file(".ports")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({str(k): v[1] for k, v in ports.items()}))
-        # The link volume first: the data plane listens in it.
-        self.engine.ensure_volume(
-            L.link_volume_name(self.project, self.env),
-            L.base_labels(self.project, self.env, L.Role.DATAPLANE),
+        plane, runs = start_container(
+            self._planes(),
+            self.spec,
+            self.workspace.root,
+            config,
+            network,
+            public_port=public_port,
+            progress=progress,
+            ports_file=self._state_file(".ports"),
+            phase=self._enter,
         )
-        address: str | None = None
-        first: FirstStart | None = None
-        if current is None or not current.running:
-            # A data plane that was removed or stopped comes back on the address
-            # the replicas ask for names, so it adopts them instead of rolling all.
-            address, any_replica = self._replicas_dns(network)
-            if address is None and not any_replica:
-                # A mesh from nothing: the first replicas start beside the data plane.
-                address = planned_address(network, self.engine.network_addresses(network.id))
-                if address is not None:
-                    first = FirstStart(
-                        self.engine,
-                        first_replicas(
-                            config.desired,
-                            project=self.project,
-                            env=self.env,
-                            network=network,
-                            address=address,
-                            sc_view=NamingModel(self.spec).endpoint_names,
-                        ),
-                    )
-        spec = dataplane_spec(
-            project=self.project,
-            env=self.env,
-            image=image,
-            network=network,
-            publish=ports,
-            workspace=self.workspace.root,
-            address=address,
-        )
-        # Docker restarts a crashed data plane by itself (restart policy in
-        # dataplane_spec); `up` brings back one stopped, killed or removed.
-        controller: list[tuple[str, bool]] = []
-
-        def start_controller(dataplane_id: str) -> None:
-            if first is not None:
-                first.wait_created()  # the controller must find every replica it didn't start
-            # Tied to this data plane (its address, its namespace): a new data
-            # plane gets a new controller, started while it starts; a kept one keeps it.
-            ctl = with_identity(
-                controller_spec(
-                    self.engine,
-                    project=self.project,
-                    env=self.env,
-                    image=image,
-                    environment={},
-                    workspace=self.workspace.root,
-                ),
-                image,
-                dataplane_id,
-            )
-            # The configuration is no part of its identity: a kept controller gets it hot.
-            ctl = replace(ctl, environment={**ctl.environment, CONFIG_ENV: config.to_json()})
-            if first is not None:  # no part of its identity either: it tells the first link
-                ctl = replace(ctl, environment={**ctl.environment, FIRST_START_ENV: "1"})
-            controller.append(ensure_controller(self.engine, ctl))
-
-        try:
-            cid, _address, _started = ensure_dataplane(
-                self.engine,
-                replace(spec, labels={**spec.labels, L.CONFIG_HASH: identity}),
-                start_controller,
-            )
-        except BaseException:
-            if first is not None:
-                first.discard()  # settled before the caller's undo lists what to remove
-            raise
-        if first is not None:
-            self.phase = "starting the replicas"
-            first.start()
-        ctl_id, ctl_started = controller[-1]
-        info = self.engine.inspect(cid)
-        if info is None:
-            raise DataPlaneError("the data-plane container vanished after start")
-        plane = replace(self._dataplane_from(info), controller_id=ctl_id)
-        if not ctl_started and not self._runs_already(plane, config):
+        if not runs:
             progress("data plane already running: applying the new configuration")
             self.control(plane, "apply", json.loads(config.to_json()), 60.0)
         return plane
 
-    def _runs_already(self, plane: DataPlane, config: AgentConfig) -> bool:
-        """The controller runs exactly this configuration, converged, with no error.
-
-        The configuration is read from the controller's own state file through
-        the engine: what the data plane says never decides what runs.
-        """
-        if plane.controller_id is None:
-            return False
-        running = self.engine.read_file(plane.controller_id, CONTAINER_STATE_FILE)
-        if running != config.to_json():
-            return False
-        try:
-            state = admin_call(plane.admin_url, "/v1/state", timeout=5.0)
-        except MeshlocalError:
-            return False
-        return bool(state.get("ready") and not state.get("error"))
-
-    def _replicas_dns(self, network: NetworkInfo) -> tuple[str | None, bool]:
-        """(the DNS server the running replicas were created with if on `network`, any replica?)"""
-        replicas = self.engine.list_containers(self.project, self.env, role=L.Role.REPLICA)
-        for info in replicas:
-            if not info.running:
-                continue
-            with contextlib.suppress(docker.errors.DockerException):
-                servers = self.engine.api.inspect_container(info.id)["HostConfig"].get("Dns")
-                if servers and in_subnet(servers[0], network):
-                    return str(servers[0]), True
-        return None, bool(replicas)
-
-    def _wait_admin(self, admin_url: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                admin_call(admin_url, "/healthz", timeout=2.0)
-                return
-            except DataPlaneError:
-                if time.monotonic() > deadline:
-                    raise
-                self._check_dataplane_alive()
-                time.sleep(0.2)
+    def _enter(self, phase: str) -> None:
+        self.phase = phase
 
     def start_dataplane_process(self, config: AgentConfig, *, log_file: Path) -> DataPlane:
         """Host mode, detached: a `meshlocal agent` process on the gateway address."""
-        _STATE_DIR.mkdir(parents=True, exist_ok=True)
-        self.stop_dataplane_process()
-        cfg_path = self._state_file(".json")
-        cfg_path.write_text(config.to_json())
-        with log_file.open("ab") as out:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "meshlocal",
-                    "agent",
-                    "--config-file",
-                    str(cfg_path),
-                    "--admin-file",
-                    str(self._state_file(".admin")),
-                    "--control-socket",
-                    str(self.control_path()),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self._state_file(".pid").write_text(str(proc.pid))
-        return DataPlane("host", "", None, pid=proc.pid)
+        pid = self._host_agent().start(config, log_file=log_file)
+        return DataPlane("host", "", None, pid=pid)
 
     def stop_dataplane_process(self) -> bool:
-        pid_file = self._state_file(".pid")
-        self._state_file(".admin").unlink(missing_ok=True)
-        self._state_file(".json").unlink(missing_ok=True)
-        try:
-            pid = int(pid_file.read_text())
-        except (OSError, ValueError):
-            return False
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                # Started by this very process (in-process `up`, the pytest plugin):
-                # reap it, or its zombie answers kill(pid, 0) until the deadline.
-                with contextlib.suppress(ChildProcessError):
-                    if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                        break
-                os.kill(pid, 0)
-                time.sleep(0.1)
-            else:
-                os.kill(pid, signal.SIGKILL)
-        pid_file.unlink(missing_ok=True)
-        self._state_file(".admin").unlink(missing_ok=True)
-        self.control_path().unlink(missing_ok=True)  # left by a controller SIGKILLed
-        return True
+        return self._host_agent().stop()
 
     def control_path(self) -> Path:
         """Host mode: the controller's socket; short, as a unix socket path must be."""
-        path = self._state_file(".control")
-        if len(str(path)) < 100:
-            return path
-        digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
-        return Path(tempfile.gettempdir()) / f"meshlocal-{os.getuid()}" / f"{digest}.control"
+        return self._host_agent().control_path()
+
+    def _host_agent(self) -> HostAgent:
+        return HostAgent(self._state_file)
 
     def _state_file(self, suffix: str) -> Path:
-        return _STATE_DIR / f"{self.project}-{L.slug(self.env)}{suffix}"
+        return state_file(self.project, self.env, suffix)
 
-    def _dataplane_container(self) -> ContainerInfo | None:
-        found = self.engine.list_containers(self.project, self.env, role=L.Role.DATAPLANE)
-        return found[0] if found else None
-
-    def _controller_container(self) -> ContainerInfo | None:
-        found = self.engine.list_containers(self.project, self.env, role=L.Role.CONTROLLER)
-        return found[0] if found else None
-
-    def _dataplane_from(self, info: ContainerInfo) -> DataPlane:
-        ports = published_ports(self.engine, info.id)
-        admin = ports.get(ADMIN_PORT)
-        if admin is None:
-            raise DataPlaneError(f"the data plane {info.name} publishes no admin port")
-        public = ports.get(PUBLIC_PORT)
-        ctl = self._controller_container()
-        return DataPlane(
-            "container",
-            f"http://127.0.0.1:{admin}",
-            f"http://127.0.0.1:{public}" if public else None,
-            container_id=info.id,
-            controller_id=ctl.id if ctl is not None and ctl.running else None,
-        )
+    def _planes(self) -> PlaneFinder:
+        return PlaneFinder(self.engine, self.project, self.env)
 
     def dataplane(self) -> DataPlane:
         """The running data plane of this environment, or MeshNotRunning."""
-        info = self._dataplane_container()
-        if info is not None and info.running:
-            return self._dataplane_from(info)
-        admin = self._state_file(".admin")
-        host_pid: int | None = None
-        if admin.exists():
-            data = json.loads(admin.read_text())
-            host_pid = data.get("pid")
-            if not _exited(host_pid):  # a stale file outlives an agent that was killed
-                return DataPlane(
-                    "host",
-                    data["admin_url"],
-                    data.get("public_url"),
-                    pid=host_pid,
-                    control_socket=data.get("control"),
-                )
-        raise self._not_running(info, host_pid)
-
-    def _not_running(self, plane: ContainerInfo | None, host_pid: int | None) -> MeshNotRunning:
-        """No mesh at all, or replicas left without their data plane (DataPlaneDown)."""
-        replicas = tuple(
-            c
-            for c in self.engine.list_containers(self.project, self.env, role=L.Role.REPLICA)
-            if c.state != "removing"
-        )
-        if plane is None and not replicas:
-            return MeshNotRunning(
-                f"no mesh is running for environment {self.env} of {self.workspace.root}",
-                hint="start it with `meshlocal up -d`",
-            )
-        if plane is not None:
-            code = f", exit code {plane.exit_code}" if plane.exit_code is not None else ""
-            why = f"its container {plane.name} is {plane.state}{code}"
-        elif host_pid is not None:
-            why = f"its host-mode process {host_pid} has ended"
-        else:
-            why = "its container was removed"
-        running = sum(1 for c in replicas if c.running)
-        return DataPlaneDown(
-            f"the data plane is not running ({why}); {running} replica(s) run and are "
-            f"unreachable by name (environment {self.env} of {self.workspace.root})",
-            hint="`meshlocal up -d` restores it; `meshlocal down` removes what is left",
-            containers=replicas,
+        return self._planes().find(
+            admin_file=self._state_file(".admin"), workspace=self.workspace.root
         )
 
     def record_host_admin(self, admin_url: str, public_url: str | None, control: str) -> None:
-        _STATE_DIR.mkdir(parents=True, exist_ok=True)
-        self._state_file(".admin").write_text(
-            json.dumps(
-                {
-                    "admin_url": admin_url,
-                    "public_url": public_url,
-                    "pid": os.getpid(),
-                    "control": control,
-                }
-            )
-        )
+        self._host_agent().record_admin(admin_url, public_url, control)
 
     # -- the whole of `up -d` ---------------------------------------------
 
@@ -674,7 +398,7 @@ class Deployment:
             started = self.start_dataplane_process(config, log_file=self._state_file(".log"))
             plane = self._wait_dataplane(timeout, started.pid)
         if replace_services:
-            self._wait_admin(plane.admin_url, timeout)  # a data plane started just now
+            self._planes().wait_admin(plane.admin_url, timeout)  # a data plane started just now
         for service in replace_services:
             progress(f"replacing every replica of {service}")
             self.control(plane, "replace", {"service": service}, timeout)
@@ -703,66 +427,18 @@ class Deployment:
             return []
 
     def resolve_public_port(self, mode: Mode, public_port: int) -> int:
-        """The public endpoint's host port: `--port`, else the one it has, else a free one.
-
-        Concrete, never 0: the URLs a person has open survive a data-plane
-        restart, and replicas are told it in COPILOT_LB_DNS.
-        """
-        if public_port or not public_rules(NamingModel(self.spec)):
-            return public_port
-        if mode == "container":
-            current = self._dataplane_container()
-            kept = published_ports(self.engine, current.id) if current is not None else {}
-            if not kept:  # a data plane that was removed: its port, when still free
-                with contextlib.suppress(OSError, ValueError):
-                    remembered = json.loads(self._state_file(".ports").read_text())
-                    kept = {int(k): int(v) for k, v in remembered.items() if port_free(int(v))}
-            return kept.get(PUBLIC_PORT) or free_port("127.0.0.1")
-        with contextlib.suppress(OSError, ValueError, KeyError, AttributeError):
-            admin = json.loads(self._state_file(".admin").read_text())
-            return int(str(admin["public_url"]).rsplit(":", 1)[1].rstrip("/"))
-        return free_port("127.0.0.1")
+        """The public endpoint's host port: `--port`, else the one it has, else a free one."""
+        return publicport.resolve(self, mode, public_port)
 
     def current_vips(self) -> dict[str, str]:
-        """Endpoint -> address: the running data plane's, else the last one remembered.
-
-        The file outlives a data plane that is replaced while it doesn't answer.
-        """
-        try:
-            services = self.state()["services"]
-        except MeshlocalError:
-            with contextlib.suppress(OSError, ValueError):
-                kept = json.loads(self._state_file(".vips").read_text())
-                if isinstance(kept, dict):
-                    return {str(k): str(v) for k, v in kept.items()}
-            return {}
-        return {
-            s["connect"]["name"]: s["connect"]["vip"]
-            for s in services.values()
-            if s.get("connect") and s["connect"].get("vip")
-        }
+        """Endpoint -> address: the running data plane's, else the last one remembered."""
+        return vipmemory.current(self.state, self._state_file)
 
     def _remember_vips(self) -> None:
-        vips = self.current_vips()
-        if vips:
-            path = self._state_file(".vips")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(vips, sort_keys=True))
+        vipmemory.remember(self.current_vips(), self._state_file)
 
     def _wait_dataplane(self, timeout: float, pid: int | None = None) -> DataPlane:
-        deadline = time.monotonic() + timeout
-        while True:
-            with contextlib.suppress(MeshNotRunning):
-                return self.dataplane()
-            # An agent that died (a taken port, a bad config) fails at once, not at the deadline.
-            if time.monotonic() > deadline or _exited(pid):
-                log = self._state_file(".log")
-                tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
-                raise DataPlaneError(
-                    "the host-mode data plane did not start",
-                    hint="its last log lines:\n" + "\n".join(f"    {t}" for t in tail),
-                )
-            time.sleep(0.1)
+        return self._host_agent().wait(self.dataplane, timeout, pid)
 
     def public_url(self) -> str | None:
         return self.dataplane().public_url
@@ -793,7 +469,7 @@ class Deployment:
             return control.call_socket(plane.control_socket, op, body, timeout)
         ctl = plane.controller_id
         if ctl is None:
-            info = self._controller_container()
+            info = self._planes().controller_container()
             if info is None or not info.running:
                 why = "was removed" if info is None else f"is {info.state}"
                 raise DataPlaneDown(
@@ -830,7 +506,7 @@ class Deployment:
                 else:
                     last = self.state()
             except (DataPlaneError, MeshNotRunning):
-                self._check_dataplane_alive()
+                self._planes().check_alive()
             else:
                 if on_poll is not None:
                     on_poll(last)
@@ -857,20 +533,6 @@ class Deployment:
                 raise timeout_failure(last, timeout, checks)
             time.sleep(0.05)
 
-    def _check_dataplane_alive(self) -> None:
-        """A data plane or controller that crashed fails `up -d` at once, with its last words."""
-        for info, what in (
-            (self._dataplane_container(), "data plane"),
-            (self._controller_container(), "controller"),
-        ):
-            if info is None or info.state not in ("exited", "dead", "restarting"):
-                continue
-            logs = "\n".join(f"    {line}" for line in self.engine.logs(info.id, tail=15))
-            raise DataPlaneError(
-                f"the {what} {info.name} is {info.state} (exit code {info.exit_code})",
-                hint="this is a meshlocal bug or a bad configuration; its last log lines:\n" + logs,
-            )
-
     # -- teardown ---------------------------------------------------------
 
     def down(self, *, images: bool = False) -> Removed:
@@ -896,9 +558,9 @@ class Deployment:
             # typo): stop every host-mode agent of the project instead.
             stop_host_agents(self.project)
             for kept in (
-                *_STATE_DIR.glob(f"{self.project}-*.vips"),
-                *_STATE_DIR.glob(f"{self.project}-*.ports"),
-                *_STATE_DIR.glob(f"{self.project}-*.port-override"),
+                *STATE_DIR.glob(f"{self.project}-*.vips"),
+                *STATE_DIR.glob(f"{self.project}-*.ports"),
+                *STATE_DIR.glob(f"{self.project}-*.port-override"),
             ):
                 kept.unlink(missing_ok=True)
         return teardown(
@@ -916,33 +578,8 @@ class Deployment:
             raise ManifestErrors(over)
 
     def check_public_port(self, public_port: int) -> None:
-        """Fail before anything is built or replaced when `--port` is taken by someone else.
-
-        The running data plane's own port is no conflict: `up` keeps or hands it over.
-        """
-        if public_port == 0 or not public_rules(NamingModel(self.spec)):
-            return
-        current = self._dataplane_container()
-        if (
-            current is not None
-            and current.running
-            and published_ports(self.engine, current.id).get(PUBLIC_PORT) == public_port
-        ):
-            return
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            admin = json.loads(self._state_file(".admin").read_text())
-            if str(admin.get("public_url") or "").endswith(f":{public_port}"):
-                return  # the host-mode agent's own, handed over on restart
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("127.0.0.1", public_port))
-            except OSError:
-                raise PortInUse(
-                    f"port {public_port} on 127.0.0.1 is already in use",
-                    hint=f"stop what listens there (`ss -ltnp 'sport = :{public_port}'`, "
-                    "`docker ps`) or publish on another port (`--port`)",
-                ) from None
+        """Fail before anything is built or replaced when `--port` is taken by someone else."""
+        publicport.check(self, public_port)
 
     def use_overrides(
         self, env: Sequence[EnvOverride], ports: Sequence[PortOverride], public_port: int = 0
@@ -952,63 +589,11 @@ class Deployment:
         Returns the public endpoint's host port: `--port`, else the port override's.
         """
         self.overrides = check_overrides(self.spec, env, ports, public_port)
-        chosen = public_port or self.overrides.public_port
-        # An override lasts while it is given: the port the public endpoint had
-        # before it is remembered, and a later `up` without it goes back there.
-        before = self._state_file(".port-override")
-        if public_port or not public_rules(NamingModel(self.spec)):
-            before.unlink(missing_ok=True)  # `--port` decides, as it always did
-        elif self.overrides.public_port:
-            if not before.exists():
-                before.parent.mkdir(parents=True, exist_ok=True)
-                before.write_text(str(self._public_port_now() or 0))
-        elif before.exists():
-            with contextlib.suppress(OSError, ValueError):
-                port = int(before.read_text())
-                chosen = port if port and port_free(port) else free_port("127.0.0.1")
-            before.unlink(missing_ok=True)
-        return chosen
-
-    def _public_port_now(self) -> int | None:
-        """The running data plane's public host port, if any."""
-        current = self._dataplane_container()
-        if current is None or not current.running:
-            return None
-        return published_ports(self.engine, current.id).get(PUBLIC_PORT)
+        return publicport.with_override(self, public_port, self.overrides.public_port)
 
     def remove_images(self) -> tuple[str, ...]:
         """Untag (and so delete) this workspace's service images: `meshlocal/<project>-*`."""
         return remove_images(self.engine, f"meshlocal/{self.base_project}-", self._env_arg)
-
-
-def stop_host_agents(project: str) -> int:
-    """Stop every host-mode agent of a project, by its pid files."""
-    files = list(_STATE_DIR.glob(f"{project}-*.pid"))
-    for pid_file in files:
-        _stop_pid_file(pid_file)
-    return len(files)
-
-
-def _stop_pid_file(pid_file: Path) -> None:
-    with contextlib.suppress(OSError, ValueError, ProcessLookupError, PermissionError):
-        os.kill(int(pid_file.read_text()), signal.SIGTERM)
-    pid_file.unlink(missing_ok=True)
-
-
-def _exited(pid: int | None) -> bool:
-    """Whether a process this one started has ended (and reap it)."""
-    if pid is None:
-        return False
-    try:
-        return os.waitpid(pid, os.WNOHANG)[0] == pid
-    except ChildProcessError:  # not our child: fall back to asking the kernel
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
 
 
 def _among(service: str, services: Sequence[str]) -> bool:
