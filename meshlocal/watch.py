@@ -263,11 +263,13 @@ def watch_loop(
     *,
     say: Say,
     stop: threading.Event | None = None,
+    since: float | None = None,
 ) -> None:
     """Until `stop` is set (or Ctrl-C/SIGTERM raise): one `iterate` per batch of changes.
 
     `iterate` applies a batch and returns the targets to watch next (None: the
-    same); MeshGone from it ends the loop.
+    same); MeshGone from it ends the loop. `since` (a wall-clock time: when
+    `up --watch` started) makes files saved before the watches ran a first batch.
     """
     changes: queue.Queue[set[str]] = queue.Queue()
     feed = _Feed(changes)
@@ -275,6 +277,10 @@ def watch_loop(
     try:
         feed.start(targets)
         say(f"[watch] watching {_describe(targets)} for changes")
+        if since is not None:
+            missed = modified_since(targets, since)
+            if missed:
+                changes.put(missed)
         while not stop.is_set():
             try:
                 paths = changes.get(timeout=_POLL)
@@ -299,6 +305,37 @@ def watch_loop(
                     say(f"[watch] watching {_describe(targets)} for changes")
     finally:
         feed.close()
+
+
+_SCAN_LIMIT = 100_000  # files looked at for saves made while `up --watch` started
+
+
+def modified_since(targets: Targets, since: float) -> set[str]:
+    """The watched files changed after `since` (saves the watches were not there for)."""
+    found: set[str] = set()
+    seen = 0
+
+    def check(path: str) -> None:
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_mtime > since:
+                found.add(path)
+
+    for top in targets.recursive:
+        for directory, _dirs, files in os.walk(top):
+            for name in files:
+                seen += 1
+                if seen > _SCAN_LIMIT:
+                    return found
+                check(os.path.join(directory, name))
+    for path in targets.flat:
+        if os.path.isdir(path):
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(path):
+                    if entry.is_file():
+                        check(entry.path)
+        else:
+            check(path)
+    return found
 
 
 def _describe(targets: Targets) -> str:
@@ -533,9 +570,9 @@ def stop(path: Path, *, log: bool = False) -> int | None:
 
 def stop_all(project: str) -> int:
     """Every detached watcher of a project (`down` without a loadable environment)."""
-    from meshlocal.deployment import _STATE_DIR
+    from meshlocal.statedir import STATE_DIR
 
-    files = list(_STATE_DIR.glob(f"{project}-*.watch.pid"))
+    files = list(STATE_DIR.glob(f"{project}-*.watch.pid"))
     for path in files:
         stop(path, log=True)
     return len(files)

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -166,6 +167,7 @@ def up(
     time; services the running mesh already has keep running.
     """
     params = click.get_current_context().params
+    started = time.time()  # a save after this is rebuilt by --watch, even before it watches
     quick = _quick_options(params)
     if quick is not None and _nothing_changed(ctx, quick):
         return
@@ -232,7 +234,7 @@ def up(
             if watch:
                 from meshlocal.cli.watch import start_detached
 
-                start_detached(dep, params)
+                start_detached(dep, {**params, "since": started})
             else:
                 from meshlocal.cli.watch import follow_options
 
@@ -245,7 +247,7 @@ def up(
 
             port = params["public_port"]  # as given: the overrides' port is applied again
             options = UpOptions(plane.mode, port, timeout, env_overrides, port_overrides)
-            watching = functools.partial(loop, ctx, dep.env, services, options)
+            watching = functools.partial(loop, ctx, dep.env, services, options, started)
         # A mesh that ran before this `up` is attached to, never owned: Ctrl-C leaves it.
         _attach_until_interrupted(
             dep, plane.public_url, owned=not before.running, watching=watching

@@ -50,6 +50,8 @@ def say(line: str) -> None:
 )
 # The detached watcher of `up -d --watch`: its mark on the command line, for `ps` and `down`.
 @click.option("--background", is_flag=True, hidden=True)
+# When `up -d --watch` started: what was saved since then is rebuilt at once.
+@click.option("--since", type=float, default=None, hidden=True)
 @click.argument("services", nargs=-1, metavar="[SERVICE]...")
 @pass_context
 def watch(
@@ -60,6 +62,7 @@ def watch(
     env_overrides: tuple[EnvOverride, ...],
     timeout: float,
     background: bool,
+    since: float | None,
     services: tuple[str, ...],
 ) -> None:
     """Rebuild and roll a service when a file of its build context changes.
@@ -81,34 +84,44 @@ def watch(
             stop_detached(dep)
     options = UpOptions(mode, public_port, timeout, env_overrides, port_overrides)
     try:
-        watch_here(ctx, env, services, options)
+        watch_here(ctx, env, services, options, since)
     finally:
         if background:
             _forget_self(pid_file)
 
 
 def watch_here(
-    ctx: Context, env: str | None, services: tuple[str, ...], options: UpOptions
+    ctx: Context,
+    env: str | None,
+    services: tuple[str, ...],
+    options: UpOptions,
+    since: float | None = None,
 ) -> None:
     """`watch` in the foreground: until Ctrl-C, SIGTERM, or the mesh is removed."""
     from meshlocal.cli.interrupts import interrupted, sigterm_interrupts
 
     try:
         with sigterm_interrupts():
-            loop(ctx, env, services, options)
+            loop(ctx, env, services, options, since)
     except KeyboardInterrupt as exc:
         say("[watch] stopped")
         raise interrupted(exc, "while watching; the mesh keeps running") from None
 
 
-def loop(ctx: Context, env: str | None, services: tuple[str, ...], options: UpOptions) -> None:
+def loop(
+    ctx: Context,
+    env: str | None,
+    services: tuple[str, ...],
+    options: UpOptions,
+    since: float | None = None,
+) -> None:
     """Rebuild on change until the mesh is removed; Ctrl-C raises through."""
     from meshlocal.manifest import find_workspace
     from meshlocal.watch import Rebuilder, watch_loop
 
     root = find_workspace(ctx.directory, lenient=True).root
     rebuilder = Rebuilder(root, lambda: _deployment(ctx, env, services), options, say)
-    watch_loop(rebuilder.targets(), rebuilder, say=say)
+    watch_loop(rebuilder.targets(), rebuilder, say=say, since=since)
 
 
 def background_args(env: str, params: dict[str, Any]) -> list[str]:
@@ -118,6 +131,8 @@ def background_args(env: str, params: dict[str, Any]) -> list[str]:
         args += ["--port", str(params["public_port"])]
     args += [f"--env-var-override={o}" for o in params.get("env_overrides") or ()]
     args += [f"--port-override={o}" for o in params.get("port_overrides") or ()]
+    if params.get("since") is not None:
+        args += ["--since", repr(params["since"])]
     return [*args, "--", *(params.get("services") or ())]
 
 
