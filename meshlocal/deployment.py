@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from meshlocal import control, publicport, vipmemory
 from meshlocal.adminapi import admin_call, remote_message
@@ -35,7 +35,7 @@ from meshlocal.errors import (
     MeshNotRunning,
     RuntimeFailure,
 )
-from meshlocal.hostagent import HostAgent, stop_pid_file
+from meshlocal.hostagent import HostAgent
 from meshlocal.hostagent import stop_host_agents as stop_host_agents
 from meshlocal.manifest import check, find_workspace, read_env_file
 from meshlocal.manifest.diagnostics import ManifestErrors, Note
@@ -47,6 +47,7 @@ from meshlocal.overrides import apply as apply_overrides
 from meshlocal.overrides import check as check_overrides
 from meshlocal.paths import CONTAINER_STATE_FILE
 from meshlocal.planestart import start_container
+from meshlocal.ports import Mode as Mode  # re-exported: callers type `mode` with it
 from meshlocal.readiness import crash_failure, starting_replicas, timeout_failure
 from meshlocal.runtime import images
 from meshlocal.runtime import labels as L
@@ -61,11 +62,6 @@ from meshlocal.teardown import remove_images, teardown
 from meshlocal.vips import vip_block
 
 Progress = Callable[[str], None]
-Mode = Literal["container", "host"]
-
-# Kept for the modules and tests that reach for them here (testing.py, watch.py).
-_STATE_DIR = STATE_DIR
-_stop_pid_file = stop_pid_file
 
 
 def _quiet(_: str) -> None:

@@ -230,13 +230,13 @@ def reap_stale(engine: Engine, base_project: str) -> list[str]:
     outlives its owner (it runs in its own session): it is stopped first, or
     it would start the replicas again.
     """
-    from meshlocal import deployment
+    from meshlocal.statedir import STATE_DIR
 
     host = _host_tag()
     prefix = base_project + "-t-"
     found = {project for project, _env in engine.projects() if project.startswith(prefix)}
     agents: dict[str, list[Path]] = {}
-    for pid_file in deployment._STATE_DIR.glob(f"{prefix}*.pid"):
+    for pid_file in STATE_DIR.glob(f"{prefix}*.pid"):
         pm = _PID_FILE.match(pid_file.name)
         if pm is not None:
             agents.setdefault(pm.group(1), []).append(pid_file)
@@ -254,13 +254,13 @@ def reap_stale(engine: Engine, base_project: str) -> list[str]:
 
 def _stop_agent(pid_file: Path, timeout: float = 10.0) -> None:
     """SIGTERM a host-mode agent and wait (bounded) until it is gone."""
-    from meshlocal import deployment
+    from meshlocal.hostagent import stop_pid_file
 
     try:
         pid = int(pid_file.read_text())
     except (OSError, ValueError):
         pid = 0
-    deployment._stop_pid_file(pid_file)
+    stop_pid_file(pid_file)
     deadline = time.monotonic() + timeout
     while pid > 0 and _pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -144,7 +144,7 @@ def test_a_sigkilled_session_is_reaped_by_the_next(
     tiny: Path, leftovers: Callable[[str], list[str]]
 ) -> None:
     """SIGKILL skips every cleanup; the next `up` of the workspace reaps the remains."""
-    from meshlocal import deployment
+    from meshlocal.statedir import STATE_DIR
 
     mode: Mode = "host" if sys.platform == "linux" and os.geteuid() == 0 else "container"
     proc = subprocess.Popen(
@@ -157,13 +157,13 @@ def test_a_sigkilled_session_is_reaped_by_the_next(
         proc.kill()
         proc.wait(timeout=30)
     assert project and leftovers(project) != []
-    pid_files = list(deployment._STATE_DIR.glob(f"{project}-*.pid"))
+    pid_files = list(STATE_DIR.glob(f"{project}-*.pid"))
     assert len(pid_files) == (1 if mode == "host" else 0)
     agent = int(pid_files[0].read_text()) if pid_files else None
 
     with Mesh(tiny, "test", mode=mode) as mesh:  # its `up` reaps first
         assert leftovers(project) == []
         assert mesh.get("web").status == 200
-    assert list(deployment._STATE_DIR.glob(f"{project}-*.pid")) == []
+    assert list(STATE_DIR.glob(f"{project}-*.pid")) == []
     if agent is not None:
         assert not _pid_alive(agent)
