@@ -238,7 +238,13 @@ class Deployment:
         emulator = pubsub.ensure(
             self.engine, self.project, self.env, network, self.workspace.root, progress
         )
-        pubsub.provision(self.engine, emulator, plan, self.spec.workspace.region, prune=not subset)
+        done = pubsub.provision(
+            self.engine, emulator, plan, self.spec.workspace.region, prune=not subset
+        )
+        if done["created"]:
+            progress(f"SNS/SQS: {done['created']} topic(s), queue(s) and subscription(s) created")
+        for note in done["notes"]:
+            progress(f"SNS/SQS: {note}")
         self.emulator_id = emulator.container_id
         return emulator.endpoint
 

@@ -102,15 +102,28 @@ def attributes(url: str, queue: str) -> dict[str, str]:
 
 
 def test_apply_creates_then_keeps_then_updates(endpoint: str) -> None:
-    assert provision.apply(plan(), endpoint) == {"created": 5, "updated": 0, "deleted": 0}
-    assert provision.apply(plan(), endpoint) == {"created": 0, "updated": 0, "deleted": 0}
+    none: list[str] = []
+    assert provision.apply(plan(), endpoint) == {
+        "created": 5,
+        "updated": 0,
+        "deleted": 0,
+        "notes": none,
+    }
+    assert provision.apply(plan(), endpoint) == {
+        "created": 0,
+        "updated": 0,
+        "deleted": 0,
+        "notes": none,
+    }
     got = attributes(endpoint, "a-t-w-EventsQueue")
     assert got["VisibilityTimeout"] == "1"
     assert json.loads(got["RedrivePolicy"])["maxReceiveCount"] == 2
     # A setting removed from the manifest goes back to SQS's default, the redrive goes.
     changed = plan()
     changed["queues"][1] = {"name": "a-t-w-EventsQueue", "attributes": {}}
-    assert provision.apply(changed, endpoint)["updated"] == 1
+    done = provision.apply(changed, endpoint)
+    assert done["updated"] == 1
+    assert done["notes"] == ["queue a-t-w-EventsQueue: RedrivePolicy=(none), VisibilityTimeout=30"]
     got = attributes(endpoint, "a-t-w-EventsQueue")
     assert got["VisibilityTimeout"] == "30" and not got.get("RedrivePolicy")
 
@@ -140,7 +153,10 @@ def test_prune_deletes_what_the_plan_no_longer_has_and_subset_keeps_it(endpoint:
         "a-t-w-DeadLetterQueue",
         "a-t-w-EventsQueue",
     }
-    assert provision.apply(smaller, endpoint)["deleted"] == 3  # a queue and two topics
+    client.publish(endpoint, REGION, ARN + "a-t-api-events", "left", {"kind": "order"})
+    done = provision.apply(smaller, endpoint)
+    assert done["deleted"] == 3  # a queue and two topics
+    assert "queue a-t-w-EventsQueue deleted with 1 message(s)" in done["notes"]
     stats = client.raw_stats(endpoint)
     assert set(stats["queues"]) == {"a-t-w-DeadLetterQueue"} and stats["topics"] == {}
 

@@ -26,6 +26,7 @@ from meshlocal.errors import DataPlaneDown, RuntimeFailure
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.engine import Engine, engine_errors
 from meshlocal.runtime.pubsub import find as pubsub_find
+from meshlocal.runtime.pubsub import stopped as pubsub_stopped
 from meshlocal.teardown import remove_refs, teardown, used_images
 from meshlocal.watch import running as watching
 from meshlocal.watch import stop_all as stop_all_watchers
@@ -165,6 +166,14 @@ def ps(ctx: Context, env: str | None, as_json: bool) -> None:
         state["public_url"] = plane.public_url
         watcher = watching(dep)
         emulator = pubsub_find(dep.engine, dep.project, dep.env)
+        halted = None if emulator else pubsub_stopped(dep.engine, dep.project, dep.env)
+        if halted is not None:
+            err.print(
+                f"[!] the SNS/SQS emulator is not running ({halted}): "
+                "`meshlocal up -d` starts it again",
+                markup=False,
+                style="yellow",
+            )
         if as_json:
             state["watcher"] = {"pid": watcher.pid, "log": str(watcher.log)} if watcher else None
             state["pubsub"] = (
@@ -238,6 +247,13 @@ def stats(ctx: Context, env: str | None, as_json: bool) -> None:
         snapshot = dep.call("/stats")
         view = PubSubView(dep)
         pubsub = view.stats() if view.running else None
+        if view.stopped is not None:
+            err.print(
+                f"[!] the SNS/SQS emulator is not running ({view.stopped}): "
+                "`meshlocal up -d` starts it again",
+                markup=False,
+                style="yellow",
+            )
         if as_json:
             shown = {**snapshot, "sns_sqs": pubsub} if pubsub is not None else snapshot
             click.echo(json.dumps(shown, indent=2, sort_keys=True))

@@ -20,12 +20,16 @@ def _attributes(values: tuple[str, ...]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--attr")
+        if not value:
+            # SNS refuses an empty attribute value: say so before anything is sent.
+            raise click.BadParameter(f"{item!r} has an empty value", param_hint="--attr")
         found[key] = value
     return found
 
 
 def _topic(view: Any, spec: str) -> tuple[str, str]:
     """`SERVICE/TOPIC`, or `TOPIC` when one service publishes it."""
+    _ = view.emulator  # not running: say so first
     service, sep, name = spec.partition("/")
     if sep:
         return service, name
@@ -69,11 +73,16 @@ def publish(
     from meshlocal.pubsub.view import PubSubView
 
     attributes = _attributes(attrs)
-    with running_mesh(ctx.directory, env, dataplane=False) as dep:
+    with running_mesh(ctx.directory, env) as dep:
         view = PubSubView(dep)
         service, name = _topic(view, topic)
-        message_id = view.publish(service, name, message, attributes, group=group)
         t = view.topic(service, name)
+        if group is not None and not t.name.endswith(".fifo"):
+            raise click.BadParameter(
+                f"{service}/{t.name} is a standard topic: only a FIFO topic takes a group",
+                param_hint="--group",
+            )
+        message_id = view.publish(service, name, message, attributes, group=group)
     click.echo(f"published {message_id} to {t.arn}")
 
 
@@ -91,7 +100,14 @@ def queue() -> None:
     help="The worker's own queue for this topic (subscribe.topics[].queue).",
 )
 @click.option("--dead-letter", is_flag=True, help="The dead-letter queue instead.")
-@click.option("-n", "limit", default=10, show_default=True, help="Messages to show at most.")
+@click.option(
+    "-n",
+    "limit",
+    type=click.IntRange(1),
+    default=10,
+    show_default=True,
+    help="Messages to show at most.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
 def peek(
@@ -109,7 +125,7 @@ def peek(
     """
     from meshlocal.pubsub.view import PubSubView
 
-    with running_mesh(ctx.directory, env, [service], dataplane=False) as dep:
+    with running_mesh(ctx.directory, env) as dep:
         view = PubSubView(dep)
         q = view.queue(service, topic, dead_letter)
         messages = view.peek(q, limit)
@@ -121,6 +137,10 @@ def peek(
         title=f"{q.name}: {counts.visible} visible, {counts.in_flight} in flight"
         + (f", {counts.dead_lettered} dead-lettered" if counts.dead_lettered is not None else "")
     )
+    if not messages:
+        out.print(table.title, markup=False)
+        out.print("no messages", markup=False)
+        return
     for column in ("Message id", "Receives", "State", "Body"):
         table.add_column(column)
     for m in messages:

@@ -360,8 +360,22 @@ def check_subscriptions(
                     svc.where(sub.where),
                 )
                 continue
-            if published:
-                hint = f"topics in environment {env}: " + ", ".join(sorted(published))
+            other = (
+                physical.removesuffix(".fifo") if physical.endswith(".fifo") else physical + ".fifo"
+            )
+            if other in published:
+                # Subscriptions() added (or did not add) `.fifo` from the queue's fifo setting.
+                kind = "a standard" if physical.endswith(".fifo") else "a FIFO"
+                hint = (
+                    f"{sub.service} publishes {sub.name.removesuffix('.fifo')} as {kind} topic; "
+                    "a FIFO queue subscribes only to a FIFO topic and a standard queue only "
+                    "to a standard one (subscribe.queue.fifo, subscribe.topics[].queue.fifo)"
+                )
+            elif published:
+                names = sorted(f"{p.name}/{t.name}" for p in services for t in p.topics)
+                hint = f"topics in environment {env}: " + ", ".join(
+                    f"{n} ({topic_name(app, env, *n.split('/', 1))})" for n in names
+                )
             else:
                 hint = (
                     f"no service in environment {env} publishes a topic; add it to the "

@@ -44,14 +44,15 @@ def clients(endpoint: str, region: str) -> tuple[Any, Any]:
     )
 
 
-def apply(plan: dict[str, Any], endpoint: str, *, prune: bool = True) -> dict[str, int]:
+def apply(plan: dict[str, Any], endpoint: str, *, prune: bool = True) -> dict[str, Any]:
     """Reconcile the emulator at `endpoint` with `plan`; counts of what changed.
 
     Without `prune` nothing is deleted (`up SERVICE...`: the other services'
     topics and queues stay).
     """
     sns, sqs = clients(endpoint, plan["region"])
-    changed = {"created": 0, "updated": 0, "deleted": 0}
+    # Counts, and a line for each update and deletion (what `up` prints).
+    changed: dict[str, Any] = {"created": 0, "updated": 0, "deleted": 0, "notes": []}
     arns = _queues(sqs, plan["queues"], changed, prune)
     _topics(sns, plan["topics"], changed, prune)
     _subscriptions(sns, plan["subscriptions"], arns, changed, prune)
@@ -75,7 +76,7 @@ def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 
 def _queues(
-    sqs: Any, queues: list[dict[str, Any]], changed: dict[str, int], prune: bool
+    sqs: Any, queues: list[dict[str, Any]], changed: dict[str, Any], prune: bool
 ) -> dict[str, str]:
     existing = {url.rsplit("/", 1)[-1]: url for url in sqs.list_queues().get("QueueUrls", [])}
     arns: dict[str, str] = {}
@@ -106,23 +107,34 @@ def _queues(
             if update:
                 sqs.set_queue_attributes(QueueUrl=url, Attributes=update)
                 changed["updated"] += 1
+                shown = ", ".join(f"{k}={v or '(none)'}" for k, v in sorted(update.items()))
+                changed["notes"].append(f"queue {q['name']}: {shown}")
         got = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
         arns[q["name"]] = got["Attributes"]["QueueArn"]
-    for url in existing.values() if prune else ():
+    for name, url in existing.items() if prune else ():
+        left = sqs.get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        dropped = sum(int(v) for v in left.values())
         sqs.delete_queue(QueueUrl=url)
         changed["deleted"] += 1
+        changed["notes"].append(
+            f"queue {name} deleted" + (f" with {dropped} message(s)" if dropped else "")
+        )
     return arns
 
 
-def _topics(sns: Any, topics: list[dict[str, Any]], changed: dict[str, int], prune: bool) -> None:
+def _topics(sns: Any, topics: list[dict[str, Any]], changed: dict[str, Any], prune: bool) -> None:
     existing = {t["TopicArn"].rsplit(":", 1)[-1]: t["TopicArn"] for t in _all_topics(sns)}
     for t in topics:
         if existing.pop(t["name"], None) is None:
             sns.create_topic(Name=t["name"], Attributes=t["attributes"])
             changed["created"] += 1
-    for arn in existing.values() if prune else ():
+    for name, arn in existing.items() if prune else ():
         sns.delete_topic(TopicArn=arn)
         changed["deleted"] += 1
+        changed["notes"].append(f"topic {name} deleted")
 
 
 def _all_topics(sns: Any) -> list[dict[str, Any]]:
@@ -136,7 +148,7 @@ def _subscriptions(
     sns: Any,
     subscriptions: list[dict[str, Any]],
     arns: dict[str, str],
-    changed: dict[str, int],
+    changed: dict[str, Any],
     prune: bool,
 ) -> None:
     existing: dict[tuple[str, str], dict[str, Any]] = {}
@@ -154,6 +166,10 @@ def _subscriptions(
             # A filter policy can't be set back to none: subscribe again.
             sns.unsubscribe(SubscriptionArn=have["SubscriptionArn"])
             changed["updated"] += 1
+            changed["notes"].append(
+                f"subscription of {s['queue']} to {s['topic_arn'].rsplit(':', 1)[-1]}: "
+                f"filter policy {policy or '(none)'}"
+            )
         else:
             changed["created"] += 1
         sns.subscribe(
@@ -165,3 +181,7 @@ def _subscriptions(
     for s in existing.values() if prune else ():
         sns.unsubscribe(SubscriptionArn=s["SubscriptionArn"])
         changed["deleted"] += 1
+        changed["notes"].append(
+            f"subscription of {s['Endpoint'].rsplit(':', 1)[-1]} to "
+            f"{s['TopicArn'].rsplit(':', 1)[-1]} deleted"
+        )

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from meshlocal.errors import MeshlocalError
 from meshlocal.naming import LOCAL_ACCOUNT_ID
 from meshlocal.pubsub import client
-from meshlocal.pubsubplan import PubSubPlan, QueuePlan, TopicPlan, plan, queue_url
+from meshlocal.pubsubplan import PubSubPlan, QueuePlan, TopicPlan, queue_url
 
 if TYPE_CHECKING:
     from meshlocal.deployment import Deployment
@@ -33,15 +33,21 @@ class QueueCounts:
 
 
 class PubSubView:
+    """What the running emulator holds: the plan `up` last applied, not today's manifests
+    (an edit not yet applied, or a manifest that doesn't load, changes nothing here)."""
+
     def __init__(self, dep: Deployment) -> None:
         from meshlocal.runtime import pubsub
 
-        self.plan: PubSubPlan = plan(dep.spec)
-        self.region = dep.spec.workspace.region
         self.env = dep.env
-        self._emulator: Emulator | None = (
-            pubsub.find(dep.engine, dep.project, dep.env) if self.plan else None
+        self._emulator: Emulator | None = pubsub.find(dep.engine, dep.project, dep.env)
+        self.stopped: str | None = (
+            pubsub.stopped(dep.engine, dep.project, dep.env) if self._emulator is None else None
         )
+        self.plan: PubSubPlan = PubSubPlan((), (), ())
+        self.region = ""
+        if self._emulator is not None:
+            self.plan, self.region = pubsub.applied(dep.engine, self._emulator)
 
     @property
     def running(self) -> bool:
@@ -50,15 +56,16 @@ class PubSubView:
     @property
     def emulator(self) -> Emulator:
         if self._emulator is None:
-            if not self.plan:
+            if self.stopped is not None:
                 raise MeshlocalError(
-                    f"no service of environment {self.env} publishes or subscribes, so no "
-                    "SNS/SQS emulator runs",
-                    hint="add publish.topics to a service or a Worker Service to use SNS and SQS",
+                    f"the SNS/SQS emulator of environment {self.env} is not running "
+                    f"({self.stopped})",
+                    hint="`meshlocal up -d` starts it again and creates its topics and queues",
                 )
             raise MeshlocalError(
-                f"the SNS/SQS emulator of environment {self.env} is not running",
-                hint="`meshlocal up -d` starts it (with the rest of the mesh)",
+                f"no SNS/SQS emulator runs in environment {self.env}",
+                hint="it runs while some service has publish.topics or is a Worker Service; "
+                "`meshlocal up -d` after adding one",
             )
         return self._emulator
 
@@ -69,18 +76,25 @@ class PubSubView:
     # -- names ------------------------------------------------------------
 
     def topic(self, service: str, name: str) -> TopicPlan:
+        _ = self.emulator  # not running: say so, not "no such topic"
+        known = ", ".join(f"{t.service}/{t.name}" for t in self.plan.topics) or "none"
         for t in self.plan.topics:
             if t.service == service and name in (t.name, t.name.removesuffix(".fifo")):
                 return t
-        known = ", ".join(f"{t.service} {t.name}" for t in self.plan.topics) or "none"
+        if not any(t.service == service for t in self.plan.topics):
+            raise MeshlocalError(
+                f"service {service} publishes no topic in environment {self.env}",
+                hint=f"topics: {known}",
+            )
         raise MeshlocalError(
             f"service {service} publishes no topic {name} in environment {self.env}",
-            hint=f"topics: {known} (publish.topics in the service's manifest)",
+            hint=f"topics: {known} (a topic added to a manifest exists after `meshlocal up -d`)",
         )
 
     def queue(self, service: str, topic: str | None = None, dead_letter: bool = False) -> QueuePlan:
         """A worker's default queue, or its queue for `topic` (`SVC/TOPIC` or `TOPIC`); with
         `dead_letter`, that queue's dead-letter queue."""
+        _ = self.emulator  # not running: say so, not "no such queue"
         mine = self.plan.queues_of(service)
         if not mine:
             workers = sorted({q.service for q in self.plan.queues})

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +30,7 @@ import docker
 from meshlocal.errors import DataPlaneError, MeshlocalError
 from meshlocal.pubsub import provision as provision_module
 from meshlocal.pubsub import serve as serve_module
-from meshlocal.pubsubplan import PubSubPlan
+from meshlocal.pubsubplan import PubSubPlan, QueuePlan, SubscriptionPlan, TopicPlan
 from meshlocal.runtime import images
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.dataplane import published_ports
@@ -124,8 +125,15 @@ def mesh_endpoint(network: NetworkInfo) -> str:
 
 
 def emulator_spec(
-    project: str, env: str, image: str, network: NetworkInfo, workspace: Path | None
+    project: str,
+    env: str,
+    image: str,
+    network: NetworkInfo,
+    workspace: Path | None,
+    host_port: int = 0,
 ) -> ContainerSpec:
+    """`host_port`: the loopback port to publish on (0: any); a port given explicitly stays
+    the same when Docker restarts the container, so a host client keeps its endpoint."""
     assert network.subnet is not None
     name = L.pubsub_name(project, env)
     labels = L.base_labels(project, env, L.Role.PUBSUB, workspace)
@@ -136,7 +144,7 @@ def emulator_spec(
         command=("--port", str(EMULATOR_PORT)),
         network=network.name,
         hostname=L.hostname_for(name),
-        ports={EMULATOR_PORT: ("127.0.0.1", 0)},
+        ports={EMULATOR_PORT: ("127.0.0.1", host_port)},
         cap_drop=("ALL",),
         security_opt=("no-new-privileges",),
         tmpfs={"/tmp": "rw,nosuid,nodev,noexec,size=64m"},
@@ -173,7 +181,10 @@ def ensure(
     """The environment's emulator, running and answering: kept when unchanged (with its
     messages), else replaced."""
     image = ensure_image(engine.client, progress)
-    spec = emulator_spec(project, env, image, network, workspace)
+    kept = find(engine, project, env)
+    spec = emulator_spec(
+        project, env, image, network, workspace, kept.host_port if kept else _free_port()
+    )
     for old in engine.list_containers(project, env, role=L.Role.PUBSUB):
         if old.running and old.config_hash == spec.labels[L.CONFIG_HASH]:
             found = find(engine, project, env)
@@ -190,6 +201,21 @@ def ensure(
     emulator = Emulator(cid, spec.ipv4_address, port, image)
     wait_ready(engine, emulator)
     return emulator
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def stopped(engine: Engine, project: str, env: str) -> str | None:
+    """The state of an emulator container that exists but does not run (None: none such)."""
+    for info in engine.list_containers(project, env, role=L.Role.PUBSUB):
+        if not info.running:
+            return info.state
+    return None
 
 
 def wait_ready(engine: Engine, emulator: Emulator, timeout: float = _READY_TIMEOUT) -> None:
@@ -210,13 +236,29 @@ def wait_ready(engine: Engine, emulator: Emulator, timeout: float = _READY_TIMEO
 
 
 def plan_document(plan: PubSubPlan, region: str) -> dict[str, Any]:
-    """The plan as provision.apply reads it (JSON-able; also left in the container)."""
+    """The plan as provision.apply reads it, with the manifests' names too (JSON-able).
+
+    Left in the container: `stats`, `publish` and `queue peek` name what the
+    running mesh has from it, whatever the manifests say now.
+    """
     return {
         "region": region,
-        "topics": [{"name": t.physical, "attributes": dict(t.attributes)} for t in plan.topics],
+        "topics": [
+            {
+                "service": t.service,
+                "topic": t.name,
+                "name": t.physical,
+                "arn": t.arn,
+                "attributes": dict(t.attributes),
+            }
+            for t in plan.topics
+        ],
         "queues": [
             {
+                "service": q.service,
+                "logical": q.logical,
                 "name": q.name,
+                "fifo": q.fifo,
                 "attributes": dict(q.attributes),
                 "dead_letter": q.dead_letter,
                 "max_receive_count": q.max_receive_count,
@@ -224,15 +266,58 @@ def plan_document(plan: PubSubPlan, region: str) -> dict[str, Any]:
             for q in plan.queues
         ],
         "subscriptions": [
-            {"topic_arn": s.topic_arn, "queue": s.queue, "filter_policy": s.filter_policy}
+            {
+                "service": s.service,
+                "topic_arn": s.topic_arn,
+                "queue": s.queue,
+                "filter_policy": s.filter_policy,
+            }
             for s in plan.subscriptions
         ],
     }
 
 
+def plan_from_document(doc: dict[str, Any]) -> PubSubPlan:
+    return PubSubPlan(
+        topics=tuple(
+            TopicPlan(t["service"], t["topic"], t["name"], t["arn"], dict(t["attributes"]))
+            for t in doc["topics"]
+        ),
+        queues=tuple(
+            QueuePlan(
+                q["service"],
+                q["logical"],
+                q["name"],
+                bool(q["fifo"]),
+                dict(q["attributes"]),
+                q["dead_letter"],
+                q["max_receive_count"],
+            )
+            for q in doc["queues"]
+        ),
+        subscriptions=tuple(
+            SubscriptionPlan(s["service"], s["topic_arn"], s["queue"], s["filter_policy"])
+            for s in doc["subscriptions"]
+        ),
+    )
+
+
+def applied(engine: Engine, emulator: Emulator) -> tuple[PubSubPlan, str]:
+    """(the plan `up` last applied, its region), from the emulator's own copy."""
+    text = engine.read_file(emulator.container_id, serve_module.PLAN_FILE)
+    try:
+        doc = json.loads(text or "")
+        return plan_from_document(doc), str(doc["region"])
+    except (ValueError, KeyError, TypeError):
+        raise DataPlaneError(
+            "the SNS/SQS emulator holds no plan meshlocal can read",
+            hint="`meshlocal up -d` provisions it again",
+        ) from None
+
+
 def provision(
     engine: Engine, emulator: Emulator, plan: PubSubPlan, region: str, *, prune: bool = True
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """Create, update and delete so the emulator holds exactly `plan`; kept for a restart.
 
     Without `prune` (`up SERVICE...`) it only adds and updates, and the plan

@@ -252,6 +252,25 @@ def stats_json(ws: Path) -> dict[str, Any]:
     return found
 
 
+def test_the_running_plan_not_the_manifests_on_disk(ws: Path, mesh: Mesh) -> None:
+    manifest = ws / "copilot" / "orders" / "manifest.yml"
+    good = manifest.read_text()
+    try:
+        # A topic added but not applied yet, and then a manifest that doesn't load.
+        manifest.write_text(
+            good.replace("    - name: events\n", "    - name: events\n    - name: later\n")
+        )
+        err = failed(run_cli(ws, "publish", "orders/later", "x"))
+        assert "service orders publishes no topic later" in err and "meshlocal up -d" in err
+        manifest.write_text(good + "\ncount: abc\n")
+        topics = {t["topic"] for t in stats_json(ws)["sns_sqs"]["topics"]}
+        assert topics == {"events", "audit.fifo"}
+        ok(run_cli(ws, "publish", "orders/events", "still", "--attr", "kind=other"))
+    finally:
+        manifest.write_text(good)
+    assert "still" in receive(mesh, "shipping", want=10, wait=3)
+
+
 def test_bad_names_are_clear_errors(ws: Path, mesh: Mesh) -> None:
     err = failed(run_cli(ws, "publish", "nope", "x"))
     assert "no service publishes a topic nope" in err and "orders/events" in err
@@ -259,6 +278,12 @@ def test_bad_names_are_clear_errors(ws: Path, mesh: Mesh) -> None:
     assert "service orders has no queue" in err
     err = failed(run_cli(ws, "queue", "peek", "shipping", "--dead-letter"))
     assert "has no dead-letter queue" in err
+    err = failed(run_cli(ws, "publish", "nope/events", "x"))
+    assert "service nope publishes no topic" in err
+    usage = run_cli(ws, "publish", "orders/events", "x", "--group", "g")
+    assert usage.returncode == 2 and "only a FIFO topic takes a group" in usage.stderr
+    usage = run_cli(ws, "publish", "orders/events", "x", "--attr", "kind=")
+    assert usage.returncode == 2 and "has an empty value" in usage.stderr
 
 
 def test_messages_survive_a_dataplane_restart(mesh: Mesh, docker_client: Any) -> None:
@@ -273,6 +298,7 @@ def test_messages_survive_a_dataplane_restart(mesh: Mesh, docker_client: Any) ->
 def test_emulator_restart_provisions_again(mesh: Mesh, docker_client: Any) -> None:
     # Docker's restart policy brings a crashed emulator back; it finds the plan `up` left.
     emulator = docker_client.containers.get(L.pubsub_name(mesh.project, mesh.env))
+    endpoint = mesh.aws_endpoint
     # A crash, as an OOM kill is (Docker never restarts one it was told to kill).
     os.kill(int(emulator.attrs["State"]["Pid"]), signal.SIGKILL)
     wait_for("the emulator to die", lambda: _queue_count(mesh) is None, timeout=10)
@@ -282,6 +308,8 @@ def test_emulator_restart_provisions_again(mesh: Mesh, docker_client: Any) -> No
         timeout=60,
         interval=0.5,
     )
+    # Its host port was published explicitly: a host client keeps its endpoint.
+    assert mesh.aws_endpoint == endpoint
 
 
 def _queue_count(mesh: Mesh) -> int | None:
@@ -305,6 +333,22 @@ def test_down_removes_the_emulator(
     manifest.write_text(manifest.read_text().replace("name: nope", "name: audit"))
     ok(run_cli(ws, "up", "-d", "--timeout", "120", timeout=300))
     emulator = docker_client.containers.get(L.pubsub_name(project, "test"))
+    # Stopped: said by ps and publish, and `up -d` is no no-op.
+    emulator.stop(timeout=5)
+    assert "[!] the SNS/SQS emulator is not running (exited)" in ok(run_cli(ws, "ps")).stderr
+    assert "is not running (exited)" in failed(run_cli(ws, "publish", "orders/events", "x"))
+    ok(run_cli(ws, "up", "-d", "--timeout", "120", timeout=300))
+    emulator = docker_client.containers.get(L.pubsub_name(project, "test"))
+    assert emulator.status == "running"
+    # A filter policy changed: applied to the running subscription, and said.
+    billing = ws / "copilot" / "billing" / "manifest.yml"
+    billing.write_text(billing.read_text().replace("- order", "- refund"))
+    up = ok(run_cli(ws, "up", "-d", "--timeout", "120", timeout=300))
+    assert re.search(
+        r"SNS/SQS: subscription of shop-test-billing-EventsQueue to shop-test-orders-events: "
+        r'filter policy \{"kind":\["refund"\]\}',
+        up.stderr,
+    ), up.stderr
     # Gone behind meshlocal's back: the next `up -d` is no no-op, it starts one again.
     emulator.remove(force=True)
     ok(run_cli(ws, "up", "-d", "--timeout", "120", timeout=300))

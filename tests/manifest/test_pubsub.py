@@ -306,7 +306,7 @@ def test_subscription_to_missing_topic_names_the_existing_ones(make_ws: MakeWork
     )
     [error] = check(root, "test", {}).errors
     assert error.message == "SNS topic kudos-test-api-orders does not exist in environment test"
-    assert error.hint == "topics in environment test: kudos-test-api-events"
+    assert error.hint == "topics in environment test: api/events (kudos-test-api-events)"
 
 
 def test_bounds_are_inclusive(make_ws: MakeWorkspace) -> None:
@@ -465,3 +465,21 @@ def test_another_environments_wrong_shape_is_a_decode_error(make_ws: MakeWorkspa
         'environments.prod.subscribe.queue.fifo: unable to unmarshal "fifo" field into '
         "boolean or compose-style map"
     )
+
+
+def test_a_fifo_queue_on_a_standard_topic_says_why(make_ws: MakeWorkspace) -> None:
+    body = """\
+        subscribe:
+          topics:
+            - name: events
+              service: api
+              queue:
+                fifo: true
+        """
+    root = make_ws({"worker": _worker(body), "api": API}, app="kudos")
+    [error] = check(root, "test", {}).errors
+    assert (
+        error.message == "SNS topic kudos-test-api-events.fifo does not exist in environment test"
+    )
+    assert error.hint is not None
+    assert error.hint.startswith("api publishes events as a standard topic; a FIFO queue")
