@@ -68,8 +68,8 @@ def plan(**changes: Any) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "region": REGION,
         "topics": [
-            {"name": "a-t-api-events", "attributes": {}},
-            {"name": "a-t-api-audit.fifo", "attributes": {"FifoTopic": "true"}},
+            {"physical": "a-t-api-events", "attributes": {}},
+            {"physical": "a-t-api-audit.fifo", "attributes": {"FifoTopic": "true"}},
         ],
         "queues": [
             {"name": "a-t-w-DeadLetterQueue", "attributes": {"MessageRetentionPeriod": "1209600"}},
@@ -164,12 +164,12 @@ def test_prune_deletes_what_the_plan_no_longer_has_and_subset_keeps_it(endpoint:
 def test_merge_keeps_the_other_services_resources() -> None:
     old = plan()
     new = plan(
-        topics=[{"name": "a-t-web-clicks", "attributes": {}}],
+        topics=[{"physical": "a-t-web-clicks", "attributes": {}}],
         queues=[{"name": "a-t-w-EventsQueue", "attributes": {"DelaySeconds": "5"}}],
         subscriptions=[],
     )
     merged = provision.merge(old, new)
-    assert [t["name"] for t in merged["topics"]] == [
+    assert [t["physical"] for t in merged["topics"]] == [
         "a-t-api-events",
         "a-t-api-audit.fifo",
         "a-t-web-clicks",

@@ -289,3 +289,16 @@ def test_queue_names_are_always_valid_sqs_names(
         assert len(name) <= MAX_QUEUE_NAME
         assert _SQS_NAME.fullmatch(name), name
         assert name.endswith(".fifo") == fifo
+
+
+def test_the_plan_document_round_trips_through_json(tmp_path: Path) -> None:
+    """What `up` leaves in the emulator reads back as the same plan (stats, publish, peek)."""
+    import json
+
+    from meshlocal.runtime.pubsub import plan_document, plan_from_document
+
+    planned = _plan(tmp_path, {"dogworker": DOGWORKER, **PUBLISHERS})
+    assert planned.topics and planned.queues and planned.subscriptions
+    doc = json.loads(json.dumps(plan_document(planned, "us-west-2")))
+    assert doc["region"] == "us-west-2"
+    assert plan_from_document(doc) == planned

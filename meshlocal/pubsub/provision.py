@@ -6,8 +6,8 @@ emulator's published port after `up`, and the emulator's own entry point
 container. Idempotent: what exists and matches is kept (with its messages),
 what differs is updated, what the plan no longer has is deleted.
 
-The plan document (JSON, see meshlocal.pubsub.plan_document):
-{"region": "...", "topics": [{"name", "attributes"}],
+The plan document (JSON, see meshlocal.runtime.pubsub.plan_document):
+{"region": "...", "topics": [{"physical", "attributes"}],
  "queues": [{"name", "attributes", "dead_letter", "max_receive_count"}],
  "subscriptions": [{"topic_arn", "queue", "filter_policy"}]}
 Queues are listed dead-letter queues first.
@@ -62,11 +62,11 @@ def apply(plan: dict[str, Any], endpoint: str, *, prune: bool = True) -> dict[st
 def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """`new`, plus what of `old` it doesn't name: the plan after `up SERVICE...`."""
     names = {q["name"] for q in new["queues"]}
-    topics = {t["name"] for t in new["topics"]}
+    topics = {t["physical"] for t in new["topics"]}
     subs = {(s["topic_arn"], s["queue"]) for s in new["subscriptions"]}
     return {
         "region": new["region"],
-        "topics": [t for t in old["topics"] if t["name"] not in topics] + new["topics"],
+        "topics": [t for t in old["topics"] if t["physical"] not in topics] + new["topics"],
         "queues": [q for q in old["queues"] if q["name"] not in names] + new["queues"],
         "subscriptions": [
             s for s in old["subscriptions"] if (s["topic_arn"], s["queue"]) not in subs
@@ -128,8 +128,8 @@ def _queues(
 def _topics(sns: Any, topics: list[dict[str, Any]], changed: dict[str, Any], prune: bool) -> None:
     existing = {t["TopicArn"].rsplit(":", 1)[-1]: t["TopicArn"] for t in _all_topics(sns)}
     for t in topics:
-        if existing.pop(t["name"], None) is None:
-            sns.create_topic(Name=t["name"], Attributes=t["attributes"])
+        if existing.pop(t["physical"], None) is None:
+            sns.create_topic(Name=t["physical"], Attributes=t["attributes"])
             changed["created"] += 1
     for name, arn in existing.items() if prune else ():
         sns.delete_topic(TopicArn=arn)

@@ -14,6 +14,7 @@ a published loopback port.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import socket
@@ -243,62 +244,17 @@ def plan_document(plan: PubSubPlan, region: str) -> dict[str, Any]:
     """
     return {
         "region": region,
-        "topics": [
-            {
-                "service": t.service,
-                "topic": t.name,
-                "name": t.physical,
-                "arn": t.arn,
-                "attributes": dict(t.attributes),
-            }
-            for t in plan.topics
-        ],
-        "queues": [
-            {
-                "service": q.service,
-                "logical": q.logical,
-                "name": q.name,
-                "fifo": q.fifo,
-                "attributes": dict(q.attributes),
-                "dead_letter": q.dead_letter,
-                "max_receive_count": q.max_receive_count,
-            }
-            for q in plan.queues
-        ],
-        "subscriptions": [
-            {
-                "service": s.service,
-                "topic_arn": s.topic_arn,
-                "queue": s.queue,
-                "filter_policy": s.filter_policy,
-            }
-            for s in plan.subscriptions
-        ],
+        "topics": [dataclasses.asdict(t) for t in plan.topics],
+        "queues": [dataclasses.asdict(q) for q in plan.queues],
+        "subscriptions": [dataclasses.asdict(s) for s in plan.subscriptions],
     }
 
 
 def plan_from_document(doc: dict[str, Any]) -> PubSubPlan:
     return PubSubPlan(
-        topics=tuple(
-            TopicPlan(t["service"], t["topic"], t["name"], t["arn"], dict(t["attributes"]))
-            for t in doc["topics"]
-        ),
-        queues=tuple(
-            QueuePlan(
-                q["service"],
-                q["logical"],
-                q["name"],
-                bool(q["fifo"]),
-                dict(q["attributes"]),
-                q["dead_letter"],
-                q["max_receive_count"],
-            )
-            for q in doc["queues"]
-        ),
-        subscriptions=tuple(
-            SubscriptionPlan(s["service"], s["topic_arn"], s["queue"], s["filter_policy"])
-            for s in doc["subscriptions"]
-        ),
+        topics=tuple(TopicPlan(**t) for t in doc["topics"]),
+        queues=tuple(QueuePlan(**q) for q in doc["queues"]),
+        subscriptions=tuple(SubscriptionPlan(**s) for s in doc["subscriptions"]),
     )
 
 

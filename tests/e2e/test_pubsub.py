@@ -146,7 +146,7 @@ print(json.dumps(bodies))
 
 
 def receive(
-    mesh: Mesh, service: str, want: int, wait: float = 5.0, url: str | None = None
+    mesh: Mesh, service: str, want: int, wait: float = 20.0, url: str | None = None
 ) -> list[str]:
     code = RECEIVE.format(
         url=repr(url) if url else 'os.environ["COPILOT_QUEUE_URI"]', wait=wait, want=want
@@ -178,7 +178,7 @@ def test_fan_out_and_filter_policy(mesh: Mesh) -> None:
     publish_from_orders(mesh, [("o-1", "order"), ("s-1", "spam"), ("o-2", "order")])
     # shipping has no filter: all three; billing's filter drops the spam.
     assert sorted(receive(mesh, "shipping", want=3)) == ["o-1", "o-2", "s-1"]
-    assert sorted(receive(mesh, "billing", want=3, wait=3)) == ["o-1", "o-2"]
+    assert sorted(receive(mesh, "billing", want=3, wait=6)) == ["o-1", "o-2"]
 
 
 def test_fifo_topic_keeps_order_in_a_fifo_queue(mesh: Mesh) -> None:
@@ -244,7 +244,7 @@ def test_cli_publish_peek_and_stats(mesh: Mesh, ws: Path) -> None:
         "SNS topics" in table and "SQS queues" in table and "shop-test-billing-EventsQueue" in table
     )
     receive(mesh, "billing", want=1)  # leave the queue as found
-    assert "from-cli" in receive(mesh, "shipping", want=10, wait=3)  # fan-out, no filter
+    assert "from-cli" in receive(mesh, "shipping", want=10, wait=6)  # fan-out, no filter
 
 
 def stats_json(ws: Path) -> dict[str, Any]:
@@ -268,7 +268,7 @@ def test_the_running_plan_not_the_manifests_on_disk(ws: Path, mesh: Mesh) -> Non
         ok(run_cli(ws, "publish", "orders/events", "still", "--attr", "kind=other"))
     finally:
         manifest.write_text(good)
-    assert "still" in receive(mesh, "shipping", want=10, wait=3)
+    assert "still" in receive(mesh, "shipping", want=10, wait=6)
 
 
 def test_bad_names_are_clear_errors(ws: Path, mesh: Mesh) -> None:
