@@ -118,6 +118,40 @@ def plan_document(spec: EnvironmentSpec) -> dict[str, Any]:
         "skipped": [
             {"name": s.name, "type": s.type.value, "reason": s.reason} for s in spec.skipped
         ],
+        # What `up` creates in the local SNS/SQS (docs/pubsub.md); empty lists without one.
+        "pubsub": _pubsub(spec),
+    }
+
+
+def _pubsub(spec: EnvironmentSpec) -> dict[str, Any]:
+    from meshlocal.pubsubplan import plan as pubsub_plan
+
+    planned = pubsub_plan(spec)
+    return {
+        "topics": [
+            {"service": t.service, "topic": t.name, "name": t.physical, "arn": t.arn}
+            for t in planned.topics
+        ],
+        "queues": [
+            {
+                "service": q.service,
+                "name": q.name,
+                "fifo": q.fifo,
+                "attributes": dict(sorted(q.attributes.items())),
+                "dead_letter": q.dead_letter,
+                "max_receive_count": q.max_receive_count,
+            }
+            for q in planned.queues
+        ],
+        "subscriptions": [
+            {
+                "service": s.service,
+                "topic_arn": s.topic_arn,
+                "queue": s.queue,
+                "filter_policy": s.filter_policy,
+            }
+            for s in planned.subscriptions
+        ],
     }
 
 
@@ -213,6 +247,24 @@ def plan(ctx: Context, env: str | None, as_json: bool) -> None:
                 _fmt_port(res["port"]),
             )
     out.print(clients)
+    pubsub = doc["pubsub"]
+    if pubsub["topics"] or pubsub["queues"]:
+        table = Table(title="SNS and SQS (local)", title_justify="left")
+        for column in ("Service", "Kind", "Name", "Delivers to / settings"):
+            table.add_column(column)
+        for t in pubsub["topics"]:
+            subs = [s for s in pubsub["subscriptions"] if s["topic_arn"] == t["arn"]]
+            to = "\n".join(
+                s["queue"] + (f" if {s['filter_policy']}" if s["filter_policy"] else "")
+                for s in subs
+            )
+            table.add_row(t["service"], "topic", t["name"], to or "-")
+        for q in pubsub["queues"]:
+            settings = [f"{k}={v}" for k, v in q["attributes"].items()]
+            if q["dead_letter"]:
+                settings.append(f"dead letter after {q['max_receive_count']}: {q['dead_letter']}")
+            table.add_row(q["service"], "queue", q["name"], "\n".join(settings) or "-")
+        out.print(table)
     for skipped in doc["skipped"]:
         out.print(
             f"skipped {skipped['name']} ({skipped['type']}): {skipped['reason']}", markup=False

@@ -148,7 +148,9 @@ def test_plan_json_keys_are_stable() -> None:
         "services",
         "clients",
         "skipped",
+        "pubsub",
     ]
+    assert doc["pubsub"] == {"topics": [], "queues": [], "subscriptions": []}  # kudos has none
     assert list(doc["services"][0]) == [
         "name",
         "type",
@@ -228,3 +230,22 @@ def test_plan_alias_equal_to_sd_name_depends_on_the_client(
     assert [e["name"] for e in api["service_connect"]["endpoints"]] == ["api.test.demo.local"]
     assert api["service_connect"]["not_a_name"] == "api"
     assert "api" not in by_client["meshed"]
+
+
+def test_plan_json_lists_the_local_sns_and_sqs(capsys: pytest.CaptureFixture[str]) -> None:
+    example = KUDOS.parent / "pubsub"
+    assert main(["-C", str(example), "plan", "--json"]) == 0
+    pubsub = json.loads(capsys.readouterr().out)["pubsub"]
+    assert pubsub["topics"] == [
+        {
+            "service": "orders",
+            "topic": "events",
+            "name": "pubsub-test-orders-events",
+            "arn": "arn:aws:sns:us-east-1:123456789012:pubsub-test-orders-events",
+        }
+    ]
+    events = next(q for q in pubsub["queues"] if q["name"].endswith("-EventsQueue"))
+    assert events["dead_letter"] == "pubsub-test-processor-DeadLetterQueue"
+    assert (events["max_receive_count"], events["attributes"]["VisibilityTimeout"]) == (2, "1")
+    [sub] = pubsub["subscriptions"]
+    assert (sub["queue"], sub["filter_policy"]) == (events["name"], '{"kind":["order"]}')
