@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from meshlocal.cli.logprefix import LogPrinter
 from meshlocal.runtime import labels as L
@@ -131,3 +132,54 @@ class LogFollower:
         if self._events is not None:
             with contextlib.suppress(Exception):
                 self._events.close()
+
+
+class FileFollower:
+    """A log file's lines under a prefix: its tail, then (with `follow`) what is appended.
+
+    For the background watcher of `up -d --watch`, whose log is a file, not a
+    container's; new lines are found with watchfiles (inotify), like the
+    watcher's own changes.
+    """
+
+    def __init__(
+        self, path: Path, name: str, printer: LogPrinter, *, tail: int | str, follow: bool
+    ) -> None:
+        self.path, self.name, self.printer = path, name, printer
+        self.tail, self.follow = tail, follow
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="follow-file", daemon=True)
+
+    def start(self) -> None:
+        self.printer.widen([self.name])
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            with self.path.open("rb") as f:
+                lines = f.read().decode(errors="replace").splitlines()
+                keep = len(lines) if self.tail == "all" else int(self.tail)
+                shown = lines[max(0, len(lines) - keep) :] if keep else []
+                for line in shown:
+                    self.printer.line(self.name, line)
+                if self.follow:
+                    self._follow(f)
+        except OSError:
+            return  # the watcher stopped and its log went with it
+
+    def _follow(self, f: BinaryIO) -> None:
+        from watchfiles import watch
+
+        pending = b""
+        for _ in watch(self.path, stop_event=self._stop, rust_timeout=1000, yield_on_timeout=True):
+            pending += f.read()
+            *complete, pending = pending.split(b"\n")
+            for line in complete:
+                self.printer.line(self.name, line.decode(errors="replace"))

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from meshlocal.adminapi import admin_call
 from meshlocal.cli.app import Context, cli, env_option, pass_context
-from meshlocal.cli.follow import LogFollower
+from meshlocal.cli.follow import FileFollower, LogFollower
 from meshlocal.cli.interrupts import (
     interrupted,
 )
@@ -300,6 +300,14 @@ def logs(ctx: Context, env: str | None, services: tuple[str, ...], follow: bool,
             follow=follow,
             dataplane=not services,
         )
+        watcher = None if services else watching(dep)
+        files = (
+            [FileFollower(watcher.log, "meshlocal-watch", printer, tail=tail, follow=follow)]
+            if watcher is not None
+            else []
+        )
+        for file in files:
+            file.start()
         follower.start()
         if not follower.attached:
             err.print(
@@ -311,10 +319,14 @@ def logs(ctx: Context, env: str | None, services: tuple[str, ...], follow: bool,
             if follow:
                 threading.Event().wait()
             follower.wait()
+            for file in files:
+                file.wait()
         except KeyboardInterrupt:
             pass
         finally:
             follower.stop()
+            for file in files:
+                file.stop()
 
 
 # -- resolve ---------------------------------------------------------------

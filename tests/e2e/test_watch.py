@@ -207,6 +207,10 @@ def test_down_stops_the_watcher_and_leaves_nothing(ws: Path, docker_client: Any)
     assert _alive(pid)
     pid_file = log_path.with_name(log_path.name.removesuffix(".log") + ".pid")
     assert pid_file.read_text().strip() == str(pid)
+    # `logs` shows the watcher's log too, under its own prefix; a service's logs don't.
+    shown = ok(run_cli(ws, "logs", "--tail", "20")).stdout
+    assert re.search(r"^meshlocal-watch +\| \[watch\] watching ", shown, re.M), shown
+    assert "meshlocal-watch" not in ok(run_cli(ws, "logs", "web")).stdout
     down = ok(run_cli(ws, "down")).stderr
     assert f"[+] Stopped the watcher (pid {pid})" in down, down
     assert not _alive(pid)
