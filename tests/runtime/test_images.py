@@ -14,7 +14,7 @@ import pytest
 
 from meshlocal.errors import ImageError
 from meshlocal.manifest.model import BuildSpec
-from meshlocal.runtime import images
+from meshlocal.runtime import images, pythonbase
 
 
 def test_declared_build_args(tmp_path: Path) -> None:
@@ -183,7 +183,7 @@ def test_python_base_needs_root_or_a_configured_image(
     docker_client: Any, busybox_image: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(images.PYTHON_IMAGE_ENV, raising=False)
-    monkeypatch.setattr(images.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(pythonbase.os, "geteuid", lambda: 1000)
     with pytest.raises(ImageError) as info:
         images.ensure_python_base(docker_client, tag="meshlocal-test/absent-base:x")
     assert "needs root" in info.value.message
