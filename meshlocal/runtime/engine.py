@@ -1,9 +1,9 @@
-"""A thin, typed adapter over the docker SDK (synchronous).
+"""A thin, typed adapter over the docker SDK (synchronous): the Engine class.
 
 Async callers wrap calls in `asyncio.to_thread`. Every engine error leaves
-this module as a MeshlocalError subclass: DockerUnavailable when no engine
-answers, PortInUse when a published port is taken, ImageError for a missing
-image, RuntimeFailure for anything else the engine refuses.
+this module as a MeshlocalError subclass (see engineerrors.py). The value
+types it takes and returns are in enginetypes.py, the reading of Docker's
+raw answers in enginedecode.py; all are re-exported here.
 
 The event and log streams for asyncio callers live in streams.py: the CLI,
 which only calls the engine, does not load asyncio.
@@ -14,13 +14,11 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import re
 import tarfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,17 +27,28 @@ import docker.errors
 import docker.types
 import requests.exceptions
 
-from meshlocal.errors import (
-    DockerUnavailable,
-    ImageError,
-    MeshlocalError,
-    PortInUse,
-    RuntimeFailure,
-)
+from meshlocal.errors import MeshlocalError, RuntimeFailure
 from meshlocal.manifest.model import ContainerHealthCheck
-from meshlocal.registry import Health
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.backoff import HealthReport
+from meshlocal.runtime.enginedecode import (
+    HEALTH,
+    STATUS_EXIT,
+    docker_time,
+    health_from_status,
+    health_report,
+    ipv4_config,
+)
+from meshlocal.runtime.enginedecode import parse_event as parse_event
+from meshlocal.runtime.enginedecode import split_lines as split_lines
+from meshlocal.runtime.engineerrors import engine_errors as engine_errors
+from meshlocal.runtime.engineerrors import map_docker_error as map_docker_error
+from meshlocal.runtime.engineerrors import parse_port_in_use as parse_port_in_use
+from meshlocal.runtime.enginetypes import ContainerEvent as ContainerEvent
+from meshlocal.runtime.enginetypes import ContainerInfo as ContainerInfo
+from meshlocal.runtime.enginetypes import ContainerSpec as ContainerSpec
+from meshlocal.runtime.enginetypes import NetworkInfo as NetworkInfo
+from meshlocal.runtime.enginetypes import Removed as Removed
 from meshlocal.vips import container_range
 
 if TYPE_CHECKING:
@@ -48,263 +57,6 @@ if TYPE_CHECKING:
     from meshlocal.runtime.streams import EventStream, LogStream
 
 _NS = 1_000_000_000
-
-# "Bind for 0.0.0.0:8080 failed: port is already allocated" (another container)
-# "listen tcp4 0.0.0.0:8080: bind: address already in use" (a host process)
-_PORT_TAKEN = re.compile(
-    r"(?:Bind for (?P<a>[\d.:\[\]a-f]*?):(?P<p1>\d+) failed: port is already allocated)"
-    r"|(?:listen (?:tcp|udp)[46]? (?P<b>[\d.:\[\]a-f]*?):(?P<p2>\d+): bind: address already in use)"
-)
-
-
-def parse_port_in_use(message: str) -> tuple[str, int] | None:
-    """(host address, port) from an engine's port-taken message, else None."""
-    match = _PORT_TAKEN.search(message)
-    if match is None:
-        return None
-    addr = match.group("a") if match.group("p1") else match.group("b")
-    port = match.group("p1") or match.group("p2")
-    return (addr or "0.0.0.0", int(port))
-
-
-def _docker_host() -> str:
-    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-
-
-def map_docker_error(exc: BaseException, what: str | None = None) -> MeshlocalError:
-    """The MeshlocalError a docker SDK exception means for a user."""
-    if isinstance(exc, MeshlocalError):
-        return exc
-    prefix = f"{what}: " if what else ""
-    if isinstance(exc, docker.errors.ImageNotFound):
-        return ImageError(f"{prefix}{exc.explanation or exc}")
-    if isinstance(exc, docker.errors.APIError):
-        text = str(exc.explanation or exc)
-        taken = parse_port_in_use(text)
-        if taken is not None:
-            addr, port = taken
-            return PortInUse(
-                f"{prefix}port {port} on {addr} is already in use",
-                hint=f"stop what listens there (`ss -ltnp 'sport = :{port}'`, `docker ps`) "
-                "or publish on another port",
-            )
-        if "could not find an available, non-overlapping" in text:
-            return RuntimeFailure(
-                f"{prefix}Docker has no free address pool for a new network",
-                hint="remove unused networks: `docker network prune`",
-            )
-        return RuntimeFailure(f"{prefix}the Docker engine refused: {text}")
-    unreachable = isinstance(exc, requests.exceptions.ConnectionError | ConnectionError) or (
-        isinstance(exc, docker.errors.DockerException)
-        and ("Error while fetching server API version" in str(exc) or "Connection" in str(exc))
-    )
-    if unreachable:
-        return DockerUnavailable(
-            f"no Docker engine answers at {_docker_host()}",
-            hint="start Docker (`sudo systemctl start docker`, or Docker Desktop); rootless: "
-            "export DOCKER_HOST=unix://$XDG_RUNTIME_DIR/docker.sock",
-        )
-    return RuntimeFailure(f"{prefix}Docker error: {exc}")
-
-
-@contextlib.contextmanager
-def engine_errors(what: str | None = None) -> Iterator[None]:
-    try:
-        yield
-    except MeshlocalError:
-        raise
-    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
-        raise map_docker_error(exc, what) from exc
-
-
-# -- value types ----------------------------------------------------------------
-
-
-def _ipv4_config(net: Mapping[str, Any]) -> dict[str, Any]:
-    """The network's IPv4 IPAM pool (a dual-stack network lists an IPv6 one too)."""
-    configs = (net.get("IPAM") or {}).get("Config") or []
-    for config in configs:
-        if ":" not in str(config.get("Subnet") or ""):
-            return dict(config)
-    return {}
-
-
-@dataclass(frozen=True)
-class NetworkInfo:
-    name: str
-    id: str
-    subnet: str | None
-    gateway: str | None
-    ip_range: str | None = None  # where Docker allocates containers; VIPs live outside it
-
-
-@dataclass(frozen=True)
-class ContainerSpec:
-    """Everything `run_container` needs; plain data so the planner stays pure."""
-
-    name: str
-    image: str
-    labels: Mapping[str, str]
-    environment: Mapping[str, str] = field(default_factory=dict)
-    command: Sequence[str] | None = None
-    entrypoint: Sequence[str] | None = None
-    network: str | None = None  # a user-defined network to join
-    network_mode: str | None = None  # "container:<id>" for sidecars; excludes `network`
-    aliases: Sequence[str] = ()  # network aliases; never a mesh name (see labels.py)
-    hostname: str | None = None
-    dns: Sequence[str] = ()
-    dns_search: Sequence[str] = ()
-    dns_opt: Sequence[str] = ()
-    healthcheck: ContainerHealthCheck | None = None
-    # container port -> host port, or (host address, host port)
-    ports: Mapping[int, int | tuple[str, int]] = field(default_factory=dict)
-    binds: Sequence[str] = ()  # "host:container[:mode]"
-    user: str | None = None
-    working_dir: str | None = None
-    stop_signal: str | None = None
-    init: bool = False
-    cap_add: Sequence[str] = ()
-    cap_drop: Sequence[str] = ()
-    security_opt: Sequence[str] = ()  # e.g. "no-new-privileges"
-    read_only: bool = False  # a read-only root filesystem
-    tmpfs: Mapping[str, str] = field(default_factory=dict)  # path -> mount options
-    sysctls: Mapping[str, str] = field(default_factory=dict)
-    # Docker's restart policy ("unless-stopped", ...); None: never restarted by Docker.
-    restart_policy: str | None = None
-    ipv4_address: str | None = None  # a fixed address on `network` (in its subnet)
-
-
-@dataclass(frozen=True)
-class ContainerInfo:
-    id: str
-    name: str
-    image: str
-    labels: Mapping[str, str]
-    state: str  # created | running | restarting | exited | dead | paused | removing
-    health: Health | None  # None: the container has no health check
-    addresses: Mapping[str, str]  # network name -> IPv4
-    exit_code: int | None = None
-    # From inspect only (a listing leaves them empty): the task metadata endpoint's.
-    image_id: str = ""  # sha256:...
-    created: str = ""  # RFC 3339, nanoseconds, as ECS reports them too
-    started_at: str = ""
-    finished_at: str = ""
-    macs: Mapping[str, str] = field(default_factory=dict)  # network name -> MAC
-
-    @property
-    def service(self) -> str | None:
-        return self.labels.get(L.SERVICE)
-
-    @property
-    def index(self) -> int | None:
-        raw = self.labels.get(L.REPLICA)
-        return int(raw) if raw and raw.isdigit() else None
-
-    @property
-    def role(self) -> str | None:
-        return self.labels.get(L.ROLE)
-
-    @property
-    def config_hash(self) -> str | None:
-        return self.labels.get(L.CONFIG_HASH)
-
-    @property
-    def running(self) -> bool:
-        return self.state == "running"
-
-    def address_on(self, network: str) -> str | None:
-        return self.addresses.get(network) or None
-
-
-@dataclass(frozen=True)
-class ContainerEvent:
-    """One Docker container event, reduced to what the reconciler needs."""
-
-    action: str  # create, start, die, destroy, health_status, rename, kill, stop, oom ...
-    container_id: str
-    name: str
-    labels: Mapping[str, str]
-    health: Health | None = None  # health_status events
-    exit_code: int | None = None  # die events
-    time_ns: int = 0
-
-    @property
-    def service(self) -> str | None:
-        return self.labels.get(L.SERVICE)
-
-    @property
-    def role(self) -> str | None:
-        return self.labels.get(L.ROLE)
-
-
-def _docker_time(value: Any) -> str:
-    """Docker's time, or "" for its zero time (never started, not finished)."""
-    text = str(value or "")
-    return "" if text.startswith("0001-01-01") else text
-
-
-_HEALTH = {"healthy": Health.HEALTHY, "unhealthy": Health.UNHEALTHY, "starting": Health.STARTING}
-_NOT_LABELS = frozenset({"name", "image", "exitCode", "signal", "execID", "oldName"})
-
-
-def parse_event(raw: Mapping[str, Any]) -> ContainerEvent | None:
-    """A decoded /events message -> ContainerEvent; None for non-container events."""
-    if raw.get("Type", "container") != "container":
-        return None
-    action = str(raw.get("Action") or raw.get("status") or "")
-    actor = raw.get("Actor") or {}
-    cid = str(actor.get("ID") or raw.get("id") or "")
-    if not action or not cid:
-        return None
-    attrs: Mapping[str, Any] = actor.get("Attributes") or {}
-    health = None
-    if action.startswith("health_status"):
-        health = _HEALTH.get(action.partition(":")[2].strip())
-        action = "health_status"
-    exit_code = None
-    if "exitCode" in attrs and str(attrs["exitCode"]).lstrip("-").isdigit():
-        exit_code = int(attrs["exitCode"])
-    return ContainerEvent(
-        action=action,
-        container_id=cid,
-        name=str(attrs.get("name", "")),
-        labels={k: str(v) for k, v in attrs.items() if k not in _NOT_LABELS},
-        health=health,
-        exit_code=exit_code,
-        time_ns=int(raw.get("timeNano") or 0),
-    )
-
-
-_STATUS_HEALTH = re.compile(r"\((healthy|unhealthy|health: starting)\)")
-_STATUS_EXIT = re.compile(r"Exited \((-?\d+)\)")
-
-
-def _health_from_status(status: str) -> Health | None:
-    match = _STATUS_HEALTH.search(status)
-    if match is None:
-        return None
-    word = match.group(1)
-    # Not startswith("health"): "healthy" starts with it too.
-    return Health.STARTING if word == "health: starting" else _HEALTH[word]
-
-
-def health_report(raw: Mapping[str, Any]) -> HealthReport | None:
-    """From `docker inspect`: Config.Healthcheck.Test and State.Health.Log[-1]."""
-    test = ((raw.get("Config") or {}).get("Healthcheck") or {}).get("Test") or []
-    health = (raw.get("State") or {}).get("Health") or {}
-    runs = health.get("Log") or []
-    if not test or test[0] == "NONE" or not runs:
-        return None
-    last = runs[-1]
-    kind, *args = [str(t) for t in test]
-    command = f"{kind} {' '.join(args)}" if kind == "CMD-SHELL" else " ".join([kind, *args])
-    output = str(last.get("Output") or "").strip()
-    return HealthReport(
-        command=command,
-        exit_code=last.get("ExitCode"),
-        output=output[-500:],  # a check that prints a page: its end says why
-        failing_streak=int(health.get("FailingStreak") or 0),
-    )
 
 
 def _healthcheck_dict(check: ContainerHealthCheck) -> dict[str, Any]:
@@ -322,29 +74,7 @@ def _healthcheck_dict(check: ContainerHealthCheck) -> dict[str, Any]:
     }
 
 
-def split_lines(chunks: Iterable[bytes]) -> Iterator[str]:
-    """Byte chunks -> text lines; a stream that breaks just ends."""
-    pending = b""
-    try:
-        for chunk in chunks:
-            pending += bytes(chunk)
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                yield line.decode(errors="replace").rstrip("\r")
-    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
-        pass  # the container went away mid-stream, or the stream was closed
-    if pending:
-        yield pending.decode(errors="replace")
-
-
 # -- the engine -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Removed:
-    containers: tuple[str, ...]
-    networks: tuple[str, ...]
-    images: tuple[str, ...] = ()
 
 
 _REMOVE_ORDER = {
@@ -403,7 +133,7 @@ class Engine:
             else:
                 root = None if workspace is None else Path(os.fspath(workspace))
                 net = self._create_network(name, L.base_labels(project, env, L.Role.NETWORK, root))
-        config = _ipv4_config(net)
+        config = ipv4_config(net)
         return NetworkInfo(
             name=name,
             id=str(net["Id"]),
@@ -426,7 +156,7 @@ class Engine:
                 info = self.api.inspect_network(probe["Id"])
             finally:
                 self.api.remove_network(probe["Id"])
-            config = _ipv4_config(info)
+            config = ipv4_config(info)
             subnet, gateway = config.get("Subnet"), config.get("Gateway")
             if not subnet:
                 raise RuntimeFailure(f"Docker gave network {name} no IPv4 subnet")
@@ -530,13 +260,13 @@ class Engine:
             image=str((raw.get("Config") or {}).get("Image", "")),
             labels=dict((raw.get("Config") or {}).get("Labels") or {}),
             state=str(state.get("Status", "")),
-            health=_HEALTH.get(health) if health else None,
+            health=HEALTH.get(health) if health else None,
             addresses={n: str(v.get("IPAddress") or "") for n, v in nets.items()},
             exit_code=None if state.get("Running") else state.get("ExitCode"),
             image_id=str(raw.get("Image") or ""),
             created=str(raw.get("Created") or ""),
-            started_at=_docker_time(state.get("StartedAt")),
-            finished_at=_docker_time(state.get("FinishedAt")),
+            started_at=docker_time(state.get("StartedAt")),
+            finished_at=docker_time(state.get("FinishedAt")),
             macs={n: str(v.get("MacAddress") or "") for n, v in nets.items()},
         )
 
@@ -566,7 +296,7 @@ class Engine:
         out = []
         for row in rows:
             status = str(row.get("Status", ""))
-            exit_match = _STATUS_EXIT.search(status)
+            exit_match = STATUS_EXIT.search(status)
             nets = (row.get("NetworkSettings") or {}).get("Networks") or {}
             out.append(
                 ContainerInfo(
@@ -575,7 +305,7 @@ class Engine:
                     image=str(row.get("Image", "")),
                     labels=dict(row.get("Labels") or {}),
                     state=str(row.get("State", "")),
-                    health=_health_from_status(status),
+                    health=health_from_status(status),
                     addresses={n: str(v.get("IPAddress") or "") for n, v in nets.items()},
                     exit_code=int(exit_match.group(1)) if exit_match else None,
                 )
