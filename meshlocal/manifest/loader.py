@@ -13,31 +13,38 @@ Only the chosen environment's override is interpolated. Copilot
 interpolates the whole file, so an unset `${TAG}` under `environments.prod`
 fails every deployment; locally that would force every variable of every
 environment to be set, so meshlocal is deliberately lenient there.
+
+The container fields are read by the mixins ServiceLoader inherits (over
+the shared state in :mod:`~meshlocal.manifest.reader`):
+:mod:`~meshlocal.manifest.image` (image.build, depends_on),
+:mod:`~meshlocal.manifest.containerenv` (variables, secrets, env_file) and
+:mod:`~meshlocal.manifest.sidecars`. Environment selection and the
+environment manifest are in :mod:`~meshlocal.manifest.environment`
+(re-exported here).
 """
 
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from meshlocal.errors import (
     DecodeError,
-    EnvironmentNotFound,
     InterpolationError,
     Location,
     ManifestError,
-    SecretNotFound,
 )
 from meshlocal.manifest import appprotocol, counts, events, healthchecks
 from meshlocal.manifest.diagnostics import Diagnostics
-from meshlocal.manifest.envfile import parse_env_file, read_dotenv
+from meshlocal.manifest.environment import (
+    load_environment_manifest as load_environment_manifest,
+)
+from meshlocal.manifest.environment import select_environment as select_environment
 from meshlocal.manifest.fields import Fields, kind_of
 from meshlocal.manifest.interpolate import interpolate, predefined
 from meshlocal.manifest.merge import is_null, merge
 from meshlocal.manifest.model import (
-    BuildSpec,
     Connect,
     Environment,
     QueueSettings,
@@ -48,7 +55,7 @@ from meshlocal.manifest.model import (
     Subscription,
     Workspace,
 )
-from meshlocal.manifest.secrets import SecretsSource, secret_files
+from meshlocal.manifest.sidecars import SidecarReader
 from meshlocal.manifest.yaml12 import Map, Node, Scalar, Seq, load_file
 
 # Top-level fields Copilot accepts that only matter on AWS.
@@ -118,32 +125,10 @@ _IMAGE_FIELDS = frozenset({"build", "location", "port", "healthcheck", "depends_
 _HTTP_FIELDS = frozenset(
     {"path", "healthcheck", "target_container", "targetContainer", "target_port"}
 )
-_BUILD_FIELDS = frozenset({"dockerfile", "context", "args", "target", "cache_from"})
-_SIDECAR_FIELDS = frozenset(
-    {
-        "port",
-        "image",
-        "essential",
-        "variables",
-        "secrets",
-        "depends_on",
-        "healthcheck",
-        "command",
-        "entrypoint",
-    }
-)
-_SIDECAR_NOT_EMULATED = ("credentialsParameter", "mount_points", "labels", "env_file")
-DEPENDS_ON_CONDITIONS = frozenset({"start", "complete", "success", "healthy"})
 _SKIP_REASONS = {
     ServiceType.STATIC_SITE: "not emulated: a Static Site is served by S3 and CloudFront",
     ServiceType.SCHEDULED_JOB: "not emulated: a Scheduled Job runs on a schedule, not in the mesh",
 }
-
-
-def has_env_extension(path: str) -> bool:
-    """Go's filepath.Ext(path) == ".env": the final element's last dot onwards."""
-    name = path.rsplit("/", 1)[-1]
-    return "." in name and name[name.rfind(".") :] == ".env"
 
 
 def _collect_positions(node: Node, out: set[tuple[int | None, int | None]]) -> None:
@@ -172,7 +157,7 @@ def record_locations(node: Node, prefix: str, out: dict[str, Location]) -> None:
             record_locations(value, path, out)
 
 
-class ServiceLoader:
+class ServiceLoader(SidecarReader):
     """Loads every service of one environment, collecting diagnostics."""
 
     def __init__(
@@ -191,16 +176,6 @@ class ServiceLoader:
         self.secrets = self._secrets_source()
         # The last manifest's other environments: name -> (base, their block).
         self.other_overrides: dict[str, tuple[Map, Map]] = {}
-
-    def _secrets_source(self) -> SecretsSource:
-        files = []
-        for path in secret_files(self.ws.root, self.env.name):
-            if path.is_file():
-                try:
-                    files.append((path, read_dotenv(path)))
-                except ManifestError as exc:
-                    self.diag.add(exc)
-        return SecretsSource(files, self.environ)
 
     # -- manifests --------------------------------------------------------
 
@@ -534,54 +509,6 @@ class ServiceLoader:
             return local
         return found[0] if found else None
 
-    def _path(self, text: str) -> Path:
-        return (self.ws.root / text).resolve()
-
-    def build(self, node: Node | None, field: str) -> BuildSpec | None:
-        f = self.f
-        if node is None or is_null(node):
-            return None
-        if isinstance(node, Scalar):
-            # Copilot: a string is the Dockerfile's path; its directory is the context.
-            dockerfile = self._path(node.text)
-            return BuildSpec(context=dockerfile.parent, dockerfile=dockerfile)
-        spec = f.mapping(node, field)
-        if spec is None:
-            return None
-        f.unknown(spec, _BUILD_FIELDS, field)
-        dockerfile_text = f.string(spec.get("dockerfile"), f"{field}.dockerfile")
-        context_text = f.string(spec.get("context"), f"{field}.context")
-        if context_text is not None:
-            context = self._path(context_text)
-            dockerfile = self._path(dockerfile_text) if dockerfile_text else context / "Dockerfile"
-        elif dockerfile_text is not None:
-            dockerfile = self._path(dockerfile_text)
-            context = dockerfile.parent
-        else:
-            context = self.ws.root.resolve()
-            dockerfile = context / "Dockerfile"
-        return BuildSpec(
-            context=context,
-            dockerfile=dockerfile,
-            args=f.str_map(spec.get("args"), f"{field}.args"),
-            target=f.string(spec.get("target"), f"{field}.target"),
-            cache_from=f.str_list(spec.get("cache_from"), f"{field}.cache_from") or (),
-        )
-
-    def depends_on(self, node: Node | None, field: str) -> dict[str, str]:
-        # Copilot upper-cases the condition (DependsOn.validate, convertDependsOn).
-        deps = {c: cond.lower() for c, cond in self.f.str_map(node, field).items()}
-        mapping = node if isinstance(node, Map) else None
-        for container, condition in deps.items():
-            if condition not in DEPENDS_ON_CONDITIONS:
-                loc = mapping.items[container].loc if mapping is not None else None
-                self.diag.error(
-                    f'{field}.{container}: unknown condition "{condition}"',
-                    loc,
-                    "use one of " + ", ".join(sorted(DEPENDS_ON_CONDITIONS)),
-                )
-        return deps
-
     def connect(self, node: Node | None) -> Connect:
         f = self.f
         if node is None or is_null(node):
@@ -592,240 +519,3 @@ class ServiceLoader:
             return Connect(enabled=True, alias=alias)
         enabled = f.boolean(node, "network.connect")
         return Connect(enabled=bool(enabled))
-
-    def variables(self, node: Node | None, field: str) -> dict[str, str]:
-        mapping = self.f.mapping(node, field)
-        out: dict[str, str] = {}
-        if mapping is None:
-            return out
-        for key, value in mapping.items.items():
-            if isinstance(value, Scalar):
-                # The exact text written: 0123 stays "0123", on stays "on".
-                out[key] = "" if value.kind == "null" else value.text
-            elif isinstance(value, Map) and set(value) == {"from_cfn"}:
-                resolved = self._secret(key, value.get("from_cfn"), f"{field}.{key}.from_cfn")
-                if resolved is not None:
-                    out[key] = resolved
-            else:
-                self.f.fail(value, f"{field}.{key}", "a string or {from_cfn: EXPORT}")
-        return out
-
-    def resolve_secrets(self, node: Node | None, field: str) -> dict[str, str]:
-        mapping = self.f.mapping(node, field)
-        out: dict[str, str] = {}
-        if mapping is None:
-            return out
-        for key, value in mapping.items.items():
-            ref_node: Node | None = value
-            if isinstance(value, Map) and len(value.items) == 1:
-                kind = next(iter(value))
-                if kind in ("secretsmanager", "from_cfn"):
-                    ref_node = value.get(kind)
-            if not isinstance(ref_node, Scalar) or ref_node.kind == "null":
-                self.f.fail(
-                    value,
-                    f"{field}.{key}",
-                    "an SSM parameter name, {secretsmanager: ID} or {from_cfn: EXPORT}",
-                )
-                continue
-            resolved = self._secret(key, ref_node, f"{field}.{key}")
-            if resolved is not None:
-                out[key] = resolved
-        return out
-
-    def _secret(self, name: str, ref_node: Node | None, field: str) -> str | None:
-        ref = self.f.string(ref_node, field)
-        value = self.secrets.lookup(name, ref)
-        if value is None:
-            self.diag.error(
-                f'{field}: no local value for secret "{name}"'
-                + (f" ({ref})" if ref and ref != name else ""),
-                ref_node.loc if ref_node is not None else None,
-                self.secrets.how_to_provide(self.ws.root, self.env.name, name, ref),
-                cls=SecretNotFound,
-            )
-        return value
-
-    def env_extension(self, node: Node | None, field: str) -> bool:
-        """validate.go: filepath.Ext(envFile) must be ".env", for every container."""
-        text = self.f.string(node, field)
-        if text is None or node is None or has_env_extension(text):
-            return True
-        self.diag.error(
-            f"{field}: environment file {text} must have a .env file extension",
-            node.loc,
-            "rename the file to end in .env (Copilot uploads only .env files)",
-        )
-        return False
-
-    def env_file(self, node: Node | None, field: str = "env_file") -> Path | None:
-        text = self.f.string(node, field)
-        if text is None or node is None:
-            return None
-        if not self.env_extension(node, field):
-            return None
-        path = self._path(text)
-        if not path.is_file():
-            self.diag.error(
-                f"env_file: {text} does not exist (looked for {path})",
-                node.loc,
-                "env_file is relative to the workspace root, the directory that holds copilot/",
-            )
-            return None
-        try:
-            parse_env_file(path.read_bytes().decode("utf-8-sig"), path)
-        except ManifestError as exc:
-            self.diag.add(exc)
-        except (OSError, UnicodeDecodeError) as exc:
-            self.diag.error(
-                f"env_file: cannot read {text}: {exc}", node.loc, "save it as a UTF-8 text file"
-            )
-        return path
-
-    def sidecars(self, node: Node | None, not_emulated: list[str]) -> list[Sidecar]:
-        f = self.f
-        mapping = f.mapping(node, "sidecars")
-        out: list[Sidecar] = []
-        if mapping is None:
-            return out
-        for name, value in mapping.items.items():
-            field = f"sidecars.{name}"
-            sc = f.mapping(value, field)
-            if sc is None:
-                continue
-            f.unknown(sc, _SIDECAR_FIELDS | set(_SIDECAR_NOT_EMULATED), field)
-            not_emulated += [f"{field}.{k}" for k in _SIDECAR_NOT_EMULATED if k in sc]
-            self.env_extension(sc.get("env_file"), f"{field}.env_file")
-            image_node = sc.get("image")
-            image: str | None = None
-            build: BuildSpec | None = None
-            if isinstance(image_node, Map):
-                build = self.build(image_node.get("build"), f"{field}.image.build")
-                image = f.string(image_node.get("location"), f"{field}.image.location")
-                if build is not None and image is not None:
-                    self.diag.error(
-                        f"{field}.image: build and location exclude each other",
-                        image_node.loc,
-                        "keep one of them",
-                    )
-            else:
-                image = f.string(image_node, f"{field}.image")
-            if image is None and build is None:
-                self.diag.error(
-                    f"{field}.image: a sidecar needs an image",
-                    sc.loc,
-                    "add image: REPO:TAG or image: {build: path/to/Dockerfile}",
-                )
-            out.append(
-                Sidecar(
-                    name=name,
-                    image=image,
-                    build=build,
-                    port=self.sidecar_port(sc.get("port"), f"{field}.port"),
-                    variables=self.variables(sc.get("variables"), f"{field}.variables"),
-                    secrets=self.resolve_secrets(sc.get("secrets"), f"{field}.secrets"),
-                    command=f.command(sc.get("command"), f"{field}.command"),
-                    entrypoint=f.command(sc.get("entrypoint"), f"{field}.entrypoint"),
-                    essential=f.boolean(sc.get("essential"), f"{field}.essential") is not False,
-                    depends_on=self.depends_on(sc.get("depends_on"), f"{field}.depends_on"),
-                    healthcheck=healthchecks.container_healthcheck(
-                        f, sc.get("healthcheck"), f"{field}.healthcheck"
-                    ),
-                    mount_points=events.sidecar_mount_points(
-                        f, sc.get("mount_points"), f"{field}.mount_points"
-                    ),
-                )
-            )
-        return out
-
-    def sidecar_port(self, node: Node | None, field: str) -> int | None:
-        # Copilot writes sidecar ports as strings, optionally with a protocol: "2000/udp".
-        if isinstance(node, Scalar) and node.kind == "str":
-            match = re.fullmatch(r"\s*(\d+)(?:/(tcp|udp))?\s*", node.text)
-            if match is None or not 1 <= int(match.group(1)) <= 65535:
-                self.f.fail(node, field, 'a port such as "8080" or "8080/tcp"')
-                return None
-            return int(match.group(1))
-        return self.f.port(node, field)
-
-
-def select_environment(workspace: Workspace, env: str | None) -> Environment:
-    """The environment named `env`, or the only one when `env` is None."""
-    known = ", ".join(workspace.environments) or "none"
-    if env is None:
-        if len(workspace.environments) == 1:
-            return next(iter(workspace.environments.values()))
-        raise EnvironmentNotFound(
-            "choose an environment with --env"
-            if workspace.environments
-            else "the workspace has no environment",
-            hint=f"environments: {known}"
-            if workspace.environments
-            else "create copilot/environments/<env>/manifest.yml, or name it in "
-            "copilot/.meshlocal.yml under environments:",
-        )
-    if env not in workspace.environments:
-        raise EnvironmentNotFound(
-            f'no environment "{env}" in application {workspace.app}',
-            hint=f"environments: {known}",
-        )
-    return workspace.environments[env]
-
-
-# Environment-manifest sections whose value is always a map in Copilot.
-_ENV_SECTIONS = frozenset({"network", "http", "observability"})
-
-
-def load_environment_manifest(environment: Environment, diag: Diagnostics) -> None:
-    """Parse the environment manifest so its YAML errors are reported; nothing in it is emulated."""
-    if environment.manifest_path is None:
-        return
-    path = environment.manifest_path
-    try:
-        root = load_file(path)
-    except ManifestError as exc:
-        diag.add(exc)
-        return
-    if root is None:
-        return
-    if not isinstance(root, Map):
-        diag.error(
-            f"expected a mapping of fields, got {kind_of(root)}",
-            root.loc,
-            "start with name: and type:",
-        )
-        return
-    type_node = root.get("type")
-    if isinstance(type_node, Scalar) and type_node.text != "Environment":
-        diag.error(
-            f'type: an environment manifest has type "Environment", not "{type_node.text}"',
-            type_node.loc,
-            "write type: Environment",
-        )
-    name_node = root.get("name")
-    if isinstance(name_node, Scalar) and name_node.text != environment.name:
-        diag.error(
-            f'name: "{name_node.text}" differs from its directory '
-            f"copilot/environments/{environment.name}/",
-            name_node.loc,
-            f"set `name: {environment.name}`",
-        )
-    for key in ("name", "type"):
-        node = root.get(key)
-        if node is not None and not isinstance(node, Scalar):
-            diag.error(
-                f"{key}: expected a string, got {kind_of(node)}",
-                node.loc,
-                f"write `{key}: {environment.name if key == 'name' else 'Environment'}`",
-            )
-    for key in root:
-        if key not in ("name", "type"):
-            node = root.get(key)
-            if key in _ENV_SECTIONS and node is not None and not isinstance(node, Map):
-                # Copilot rejects these too; saying so here beats a surprise at deploy.
-                diag.error(
-                    f"{key}: expected a mapping of fields, got {kind_of(node)}",
-                    node.loc,
-                    f"see Copilot's environment manifest reference for `{key}:`",
-                )
-            diag.note("not-emulated", f"environment {key} is not emulated", root.keys[key])
