@@ -3,7 +3,7 @@
 - `images`: offline builds, re-exported from `pythonbase` (Python base by
   debootstrap), `busybox`, `dataplaneimage` (the data plane), `serviceimages`
   (image.build) and `imagebuild` (the shared build stream, image.location);
-  `builds`/`patchbuild` rebuild service images, patching one layer when they can.
+  `patchbuild` patches one layer onto a service image when it can (meshlocal.builds).
 - `engine`: a typed adapter over the docker SDK (`enginetypes`, `enginedecode`,
   `engineerrors`: its values, Docker's raw answers, errors mapped to MeshlocalError).
 - `reconcile`: desired state (replica templates and counts) and the pure planner.
