@@ -330,31 +330,35 @@ def test_down_removes_the_emulator(
     assert "SNS topic shop-test-orders-nope.fifo does not exist in environment test" in err, err
     project = L.project_id("shop", ws)
     assert not labelled(docker_client, project).get("containers")
-    manifest.write_text(manifest.read_text().replace("name: nope", "name: audit"))
-    ok(run_cli(ws, "up", "-d", "--timeout", "120", timeout=300))
-    emulator = docker_client.containers.get(L.pubsub_name(project, "test"))
-    # Stopped: said by ps and publish, and `up -d` is no no-op.
-    emulator.stop(timeout=5)
-    assert "[!] the SNS/SQS emulator is not running (exited)" in ok(run_cli(ws, "ps")).stderr
-    assert "is not running (exited)" in failed(run_cli(ws, "publish", "orders/events", "x"))
-    ok(run_cli(ws, "up", "-d", "--timeout", "120", timeout=300))
-    emulator = docker_client.containers.get(L.pubsub_name(project, "test"))
-    assert emulator.status == "running"
-    # A filter policy changed: applied to the running subscription, and said.
-    billing = ws / "copilot" / "billing" / "manifest.yml"
-    billing.write_text(billing.read_text().replace("- order", "- refund"))
-    up = ok(run_cli(ws, "up", "-d", "--timeout", "120", timeout=300))
-    assert re.search(
-        r"SNS/SQS: subscription of shop-test-billing-EventsQueue to shop-test-orders-events: "
-        r'filter policy \{"kind":\["refund"\]\}',
-        up.stderr,
-    ), up.stderr
-    # Gone behind meshlocal's back: the next `up -d` is no no-op, it starts one again.
-    emulator.remove(force=True)
-    ok(run_cli(ws, "up", "-d", "--timeout", "120", timeout=300))
-    again = docker_client.containers.get(L.pubsub_name(project, "test"))
-    assert again.id != emulator.id and again.status == "running"
-    ok(run_cli(ws, "down"))
+    try:
+        manifest.write_text(manifest.read_text().replace("name: nope", "name: audit"))
+        ok(run_cli(ws, "up", "-d", "--timeout", "120", timeout=300))
+        emulator = docker_client.containers.get(L.pubsub_name(project, "test"))
+        # Stopped: said by ps and publish, and `up -d` is no no-op.
+        emulator.stop(timeout=5)
+        assert "[!] the SNS/SQS emulator is not running (exited)" in ok(run_cli(ws, "ps")).stderr
+        assert "is not running (exited)" in failed(run_cli(ws, "publish", "orders/events", "x"))
+        ok(run_cli(ws, "up", "-d", "--timeout", "120", timeout=300))
+        emulator = docker_client.containers.get(L.pubsub_name(project, "test"))
+        assert emulator.status == "running"
+        # A filter policy changed: applied to the running subscription, and said.
+        billing = ws / "copilot" / "billing" / "manifest.yml"
+        billing.write_text(billing.read_text().replace("- order", "- refund"))
+        up = ok(run_cli(ws, "up", "-d", "--timeout", "120", timeout=300))
+        assert re.search(
+            r"SNS/SQS: subscription of shop-test-billing-EventsQueue to shop-test-orders-events: "
+            r'filter policy \{"kind":\["refund"\]\}',
+            up.stderr,
+        ), up.stderr
+        # Gone behind meshlocal's back: the next `up -d` is no no-op, it starts one again.
+        emulator.remove(force=True)
+        ok(run_cli(ws, "up", "-d", "--timeout", "120", timeout=300))
+        again = docker_client.containers.get(L.pubsub_name(project, "test"))
+        assert again.id != emulator.id and again.status == "running"
+    finally:
+        # A failed step leaves nothing running either.
+        down = run_cli(ws, "down", timeout=120)
+    assert down.returncode == 0, down.stderr
     left = docker_client.containers.list(all=True, filters={"label": f"{L.PROJECT}={project}"})
     assert [c.name for c in left] == []
 
