@@ -161,6 +161,38 @@ def test_exec_through_a_pseudo_terminal(ws: Path) -> None:
     assert restored[3] == cooked[3], "the local terminal stayed in raw mode"
 
 
+def test_run_through_a_pseudo_terminal(ws: Path, docker_client: Any) -> None:
+    """`run` on a TTY: the one-off's shell gets a terminal, keys pass, the terminal is restored."""
+    master, slave = pty.openpty()
+    cooked = termios.tcgetattr(slave)
+    proc = subprocess.Popen(
+        [str(MESHLOCAL), "-C", str(ws), "run", "web", "--", "sh"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=cli_env(),
+        start_new_session=True,
+    )
+    output = b""
+    try:
+        output = _read_until(master, b"# ", 60)
+        os.write(master, b"echo $((6*7)); tty; echo $COPILOT_SERVICE_NAME\n")
+        # The typed line is echoed as typed: "web" only comes from the variable.
+        output += _read_until(master, b"web", 15)
+        os.write(master, b"exit 5\n")
+        assert proc.wait(timeout=60) == 5, output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        output += _drain(master)
+        restored = termios.tcgetattr(slave)
+        os.close(master)
+        os.close(slave)
+    assert b"42" in output and b"/dev/pts/" in output  # the one-off had a terminal of its own
+    assert restored[3] == cooked[3], "the local terminal stayed in raw mode"
+    wait_for("the one-off removed", lambda: one_offs(docker_client, project_of(ws)) == [], 30)
+
+
 def _read_until(fd: int, marker: bytes, timeout: float) -> bytes:
     seen = b""
     deadline = time.monotonic() + timeout
