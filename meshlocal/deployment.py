@@ -222,31 +222,20 @@ class Deployment:
         every worker its queue); otherwise a running one is removed. It starts
         before any replica, as a worker may read its queue at once.
         """
-        from meshlocal.pubsubplan import plan as pubsub_plan
         from meshlocal.runtime import pubsub
 
-        plan = pubsub_plan(self.spec)
         # `up SERVICE...` leaves the other services running: their topics and queues stay.
-        subset = bool(self.services)
-        if not plan:
-            if subset:
-                found = pubsub.find(self.engine, self.project, self.env)
-                self.emulator_id = found.container_id if found is not None else None
-                return found.endpoint if found is not None else None
-            pubsub.remove(self.engine, self.project, self.env)
-            return None
-        emulator = pubsub.ensure(
-            self.engine, self.project, self.env, network, self.workspace.root, progress
+        emulator = pubsub.start(
+            self.engine,
+            self.project,
+            self.spec,
+            network,
+            self.workspace.root,
+            progress,
+            subset=bool(self.services),
         )
-        done = pubsub.provision(
-            self.engine, emulator, plan, self.spec.workspace.region, prune=not subset
-        )
-        if done["created"]:
-            progress(f"SNS/SQS: {done['created']} topic(s), queue(s) and subscription(s) created")
-        for note in done["notes"]:
-            progress(f"SNS/SQS: {note}")
-        self.emulator_id = emulator.container_id
-        return emulator.endpoint
+        self.emulator_id = emulator.container_id if emulator is not None else None
+        return emulator.endpoint if emulator is not None else None
 
     def agent_config(
         self,

@@ -33,7 +33,7 @@ def _topic(view: Any, spec: str) -> tuple[str, str]:
     service, sep, name = spec.partition("/")
     if sep:
         return service, name
-    owners = [t.service for t in view.plan.topics if spec in (t.name, t.name.removesuffix(".fifo"))]
+    owners = view.publishers(spec)
     if len(owners) == 1:
         return owners[0], spec
     known = ", ".join(f"{t.service}/{t.name}" for t in view.plan.topics) or "none"

@@ -7,6 +7,8 @@ types a physical name.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -79,7 +81,7 @@ class PubSubView:
         _ = self.emulator  # not running: say so, not "no such topic"
         known = ", ".join(f"{t.service}/{t.name}" for t in self.plan.topics) or "none"
         for t in self.plan.topics:
-            if t.service == service and name in (t.name, t.name.removesuffix(".fifo")):
+            if t.service == service and _named(t, name):
                 return t
         if not any(t.service == service for t in self.plan.topics):
             raise MeshlocalError(
@@ -90,6 +92,10 @@ class PubSubView:
             f"service {service} publishes no topic {name} in environment {self.env}",
             hint=f"topics: {known} (a topic added to a manifest exists after `meshlocal up -d`)",
         )
+
+    def publishers(self, name: str) -> list[str]:
+        """The services that publish a topic called `name` (`.fifo` may be left out)."""
+        return [t.service for t in self.plan.topics if _named(t, name)]
 
     def queue(self, service: str, topic: str | None = None, dead_letter: bool = False) -> QueuePlan:
         """A worker's default queue, or its queue for `topic` (`SVC/TOPIC` or `TOPIC`); with
@@ -103,7 +109,8 @@ class PubSubView:
                 hint=f"queues belong to Worker Services: {', '.join(workers) or 'none'}",
             )
         by_name = {q.name: q for q in mine}
-        main = [q for q in mine if q.name not in {m.dead_letter for m in mine if m.dead_letter}]
+        dead = _dead_letters(mine)
+        main = [q for q in mine if q.name not in dead]
         if topic is None:
             found = next(q for q in main if q.logical == "EventsQueue")
         else:
@@ -133,29 +140,13 @@ class PubSubView:
     def stats(self) -> dict[str, Any]:
         """Per topic the messages published, per queue its counts (JSON-able)."""
         raw = client.raw_stats(self.host_url)
-        counts = raw["queues"]
-        dead = {q.dead_letter for q in self.plan.queues if q.dead_letter}
-
-        def count(name: str) -> dict[str, int]:
-            return counts.get(name) or {"visible": 0, "in_flight": 0, "delayed": 0}
-
-        queues = []
-        for q in self.plan.queues:
-            if q.name in dead:
-                continue
-            c = count(q.name)
-            dlq = count(q.dead_letter) if q.dead_letter else None
-            queues.append(
-                {
-                    "service": q.service,
-                    "queue": q.name,
-                    "logical": q.logical,
-                    "visible": c["visible"],
-                    "in_flight": c["in_flight"],
-                    "delayed": c["delayed"],
-                    "dead_lettered": dlq["visible"] + dlq["in_flight"] if dlq else None,
-                }
-            )
+        dead = _dead_letters(self.plan.queues)
+        queues = [
+            {"service": q.service, "queue": q.name, "logical": q.logical}
+            | dataclasses.asdict(_counts(raw["queues"], q))
+            for q in self.plan.queues
+            if q.name not in dead
+        ]
         topics = [
             {
                 "service": t.service,
@@ -168,13 +159,7 @@ class PubSubView:
         return {"topics": topics, "queues": queues}
 
     def counts(self, queue: QueuePlan) -> QueueCounts:
-        for row in self.stats()["queues"]:
-            if row["queue"] == queue.name:
-                return QueueCounts(
-                    row["visible"], row["in_flight"], row["delayed"], row["dead_lettered"]
-                )
-        c = client.raw_stats(self.host_url)["queues"].get(queue.name) or {}
-        return QueueCounts(c.get("visible", 0), c.get("in_flight", 0), c.get("delayed", 0), None)
+        return _counts(client.raw_stats(self.host_url)["queues"], queue)
 
     def peek(self, queue: QueuePlan, limit: int = 10) -> list[dict[str, Any]]:
         return client.peek(self.host_url, queue.name, limit)
@@ -190,6 +175,27 @@ class PubSubView:
     ) -> str:
         t = self.topic(service, topic)
         return client.publish(self.host_url, self.region, t.arn, message, attributes, group=group)
+
+
+def _named(topic: TopicPlan, name: str) -> bool:
+    return name in (topic.name, topic.name.removesuffix(".fifo"))
+
+
+def _dead_letters(queues: Iterable[QueuePlan]) -> set[str]:
+    """The names of the queues that are another queue's dead-letter queue."""
+    return {q.dead_letter for q in queues if q.dead_letter}
+
+
+def _counts(raw: dict[str, Any], queue: QueuePlan) -> QueueCounts:
+    """A queue's counts from the emulator's /_meshlocal/stats `queues`."""
+    mine = raw.get(queue.name) or {}
+    dlq = (raw.get(queue.dead_letter) or {}) if queue.dead_letter else None
+    return QueueCounts(
+        mine.get("visible", 0),
+        mine.get("in_flight", 0),
+        mine.get("delayed", 0),
+        dlq.get("visible", 0) + dlq.get("in_flight", 0) if dlq is not None else None,
+    )
 
 
 def _strip(name: str) -> str:

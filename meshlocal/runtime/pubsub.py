@@ -29,9 +29,11 @@ from typing import Any
 import docker
 
 from meshlocal.errors import DataPlaneError, MeshlocalError
+from meshlocal.manifest.model import EnvironmentSpec
 from meshlocal.pubsub import provision as provision_module
 from meshlocal.pubsub import serve as serve_module
 from meshlocal.pubsubplan import PubSubPlan, QueuePlan, SubscriptionPlan, TopicPlan
+from meshlocal.pubsubplan import plan as pubsub_plan
 from meshlocal.runtime import images
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.dataplane import published_ports
@@ -118,13 +120,6 @@ def endpoint_for(address: str) -> str:
     return f"http://{address}:{EMULATOR_PORT}"
 
 
-def mesh_endpoint(network: NetworkInfo) -> str:
-    """The emulator's URL inside the mesh, known before it runs (its address is fixed)."""
-    if not network.subnet:
-        raise DataPlaneError(f"network {network.name} has no IPv4 subnet for the SNS/SQS emulator")
-    return endpoint_for(emulator_address(network.subnet))
-
-
 def emulator_spec(
     project: str,
     env: str,
@@ -169,6 +164,35 @@ def find(engine: Engine, project: str, env: str) -> Emulator | None:
         if address and port:
             return Emulator(info.id, address, port, info.image)
     return None
+
+
+def start(
+    engine: Engine,
+    project: str,
+    spec: EnvironmentSpec,
+    network: NetworkInfo,
+    workspace: Path | None,
+    progress: images.Progress,
+    *,
+    subset: bool = False,
+) -> Emulator | None:
+    """The emulator `up` leaves: running and provisioned with the environment's plan, or
+    None (removed) when no service publishes or is a Worker Service. With `subset`
+    (`up SERVICE...`) it only adds and updates, and a running one stays whatever
+    this subset needs."""
+    plan = pubsub_plan(spec)
+    if not plan:
+        if subset:
+            return find(engine, project, spec.env)
+        remove(engine, project, spec.env)
+        return None
+    emulator = ensure(engine, project, spec.env, network, workspace, progress)
+    done = provision(engine, emulator, plan, spec.workspace.region, prune=not subset)
+    if done["created"]:
+        progress(f"SNS/SQS: {done['created']} topic(s), queue(s) and subscription(s) created")
+    for note in done["notes"]:
+        progress(f"SNS/SQS: {note}")
+    return emulator
 
 
 def ensure(

@@ -131,10 +131,28 @@ def test_exec_in_an_image_without_a_shell(ws: Path) -> None:
 
 def test_exec_through_a_pseudo_terminal(ws: Path) -> None:
     """A shell on a TTY: raw mode, the keys pass, and the terminal is restored after."""
+    output = _on_a_terminal(ws, ["exec", "web"], b"echo $((6*7)); tty\n", b"42", exit_code=7)
+    assert b"42" in output
+    assert b"/dev/pts/" in output  # the command had a terminal of its own
+
+
+def test_run_through_a_pseudo_terminal(ws: Path, docker_client: Any) -> None:
+    """`run` on a TTY: the one-off's shell gets a terminal, keys pass, the terminal is restored."""
+    # The typed line is echoed as typed: "web" only comes from the variable.
+    typed = b"echo $((6*7)); tty; echo $COPILOT_SERVICE_NAME\n"
+    output = _on_a_terminal(ws, ["run", "web", "--", "sh"], typed, b"web", exit_code=5)
+    assert b"42" in output and b"/dev/pts/" in output  # the one-off had a terminal of its own
+    wait_for("the one-off removed", lambda: one_offs(docker_client, project_of(ws)) == [], 30)
+
+
+def _on_a_terminal(ws: Path, args: list[str], typed: bytes, until: bytes, exit_code: int) -> bytes:
+    """`meshlocal ARGS` on a pseudo-terminal: wait for the shell's prompt, type `typed`,
+    read until `until`, exit with `exit_code`; the output. The local terminal must come
+    back from raw mode."""
     master, slave = pty.openpty()
     cooked = termios.tcgetattr(slave)
     proc = subprocess.Popen(
-        [str(MESHLOCAL), "-C", str(ws), "exec", "web"],
+        [str(MESHLOCAL), "-C", str(ws), *args],
         stdin=slave,
         stdout=slave,
         stderr=slave,
@@ -144,43 +162,11 @@ def test_exec_through_a_pseudo_terminal(ws: Path) -> None:
     output = b""
     try:
         # The shell's prompt first: it reads what is typed from then on.
-        output = _read_until(master, b"# ", 30)
-        os.write(master, b"echo $((6*7)); tty\n")
-        output += _read_until(master, b"42", 15)
-        os.write(master, b"exit 7\n")
-        assert proc.wait(timeout=30) == 7, output
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        output += _drain(master)
-        restored = termios.tcgetattr(slave)
-        os.close(master)
-        os.close(slave)
-    assert b"42" in output
-    assert b"/dev/pts/" in output  # the command had a terminal of its own
-    assert restored[3] == cooked[3], "the local terminal stayed in raw mode"
-
-
-def test_run_through_a_pseudo_terminal(ws: Path, docker_client: Any) -> None:
-    """`run` on a TTY: the one-off's shell gets a terminal, keys pass, the terminal is restored."""
-    master, slave = pty.openpty()
-    cooked = termios.tcgetattr(slave)
-    proc = subprocess.Popen(
-        [str(MESHLOCAL), "-C", str(ws), "run", "web", "--", "sh"],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env=cli_env(),
-        start_new_session=True,
-    )
-    output = b""
-    try:
         output = _read_until(master, b"# ", 60)
-        os.write(master, b"echo $((6*7)); tty; echo $COPILOT_SERVICE_NAME\n")
-        # The typed line is echoed as typed: "web" only comes from the variable.
-        output += _read_until(master, b"web", 15)
-        os.write(master, b"exit 5\n")
-        assert proc.wait(timeout=60) == 5, output
+        os.write(master, typed)
+        output += _read_until(master, until, 15)
+        os.write(master, f"exit {exit_code}\n".encode())
+        assert proc.wait(timeout=60) == exit_code, output
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -188,9 +174,8 @@ def test_run_through_a_pseudo_terminal(ws: Path, docker_client: Any) -> None:
         restored = termios.tcgetattr(slave)
         os.close(master)
         os.close(slave)
-    assert b"42" in output and b"/dev/pts/" in output  # the one-off had a terminal of its own
     assert restored[3] == cooked[3], "the local terminal stayed in raw mode"
-    wait_for("the one-off removed", lambda: one_offs(docker_client, project_of(ws)) == [], 30)
+    return output
 
 
 def _read_until(fd: int, marker: bytes, timeout: float) -> bytes:
