@@ -138,3 +138,7 @@ class ReplicaNotFound(MeshlocalError):
 
 class CommandNotFound(MeshlocalError):
     """`exec` or `run` names a program the container's image does not have (no shell, too)."""
+
+
+class FaultError(MeshlocalError):
+    """A fault the mesh can't inject as asked: unknown service, bad value, wrong mode."""

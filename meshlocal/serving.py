@@ -298,7 +298,7 @@ class DataPlane:
     # -- admin API ----------------------------------------------------------------------
 
     async def _start_admin(self, core: ProxyCore, address: str) -> web.AppRunner:
-        app = admin_app(core.metrics)
+        app = admin_app(core.metrics, core.faults)
         app.middlewares.append(self._admin_guard)
         app.router.add_get(f"/{API_VERSION}/state", self._state)
         app.router.add_get("/healthz", self._healthz)

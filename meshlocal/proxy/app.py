@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from meshlocal.errors import DataPlaneError, PortInUse
+from meshlocal.faults import FaultTable
 from meshlocal.naming import AppProtocol, NamingModel, ServiceConnectEndpoint, public_rules
 from meshlocal.proxy.balancer import Balancer
 from meshlocal.proxy.forward import Forwarder, Route, Router
@@ -56,10 +57,13 @@ class Engine:
         registry: ReplicaRegistry,
         settings: ProxySettings,
         clock: Callable[[], float] = time.monotonic,
+        faults: FaultTable | None = None,
     ) -> None:
         self.registry = registry
         self.settings = settings
         self.metrics = Metrics()
+        # Shared with the DNS server; the data paths test `faults.sc` for truth only.
+        self.faults = faults if faults is not None else FaultTable()
         self.balancer = Balancer(
             registry,
             consecutive_errors=settings.consecutive_errors,
@@ -372,12 +376,15 @@ class PublicEndpoint(_Listeners):
 # -- admin ---------------------------------------------------------------
 
 
-def admin_app(metrics: Metrics) -> web.Application:
-    """`/metrics` (Prometheus text) and `/stats` (JSON snapshot)."""
+def admin_app(metrics: Metrics, faults: FaultTable | None = None) -> web.Application:
+    """`/metrics` (Prometheus text, with the faults' counters) and `/stats` (JSON snapshot)."""
 
     async def prometheus(_: web.Request) -> web.Response:
+        text = metrics.prometheus()
+        if faults is not None and len(faults):
+            text += "\n".join(faults.prometheus()) + "\n"
         return web.Response(
-            text=metrics.prometheus(),
+            text=text,
             content_type="text/plain",
             charset="utf-8",
             headers={"X-Content-Type-Options": "nosniff"},
