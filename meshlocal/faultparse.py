@@ -123,7 +123,9 @@ def parse_percent(value: Any, where: Location | None = None) -> float:
         raise _fail(f"percent must be a number from 0 to 100, not {value!r}", where) from None
     if not math.isfinite(percent) or not 0 <= percent <= 100:
         raise _fail(
-            f"percent must be between 0 and 100, not {show_num(percent)}", where, "write percent: 30"
+            f"percent must be between 0 and 100, not {show_num(percent)}",
+            where,
+            "write percent: 30",
         )
     return percent
 
