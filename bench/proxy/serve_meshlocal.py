@@ -12,6 +12,10 @@ One Service Connect endpoint, `api`, whose VIP and port are `--listen`
 - `http`: AppProtocol http: a replica per request, round robin, pooled
   keep-alive connections to the replicas (meshlocal/proxy/forward.py).
 
+`--idle-fault` puts one fault in the table, on another service: the
+table is no longer empty, but no call to `api` is affected (the cost of a
+fault elsewhere in the mesh, for bench/proxy/faults_overhead.py).
+
 The event loop is uvloop when the `speed` extra is installed, as in the data
 plane. Prints `ready` once listening; exits on SIGTERM/SIGINT.
 """
@@ -39,7 +43,9 @@ from meshlocal.registry import Replica, ReplicaRegistry
 MODES = {"tcp": None, "http": "http"}  # --mode -> Service.app_protocol
 
 
-async def main(listen: str, backends: list[str], mode: str, head_cache: int = 256) -> None:
+async def main(
+    listen: str, backends: list[str], mode: str, head_cache: int = 256, idle_fault: bool = False
+) -> None:
     host, port = listen.rsplit(":", 1)
     svc = Service(
         name="api",
@@ -60,6 +66,10 @@ async def main(listen: str, backends: list[str], mode: str, head_cache: int = 25
         addr, bport = b.rsplit(":", 1)
         registry.upsert(Replica("api", i, f"c{i}", addr, int(bport)))
     proxy = ServiceConnectProxy(naming, registry, host, ProxySettings(head_cache=head_cache))
+    if idle_fault:
+        from meshlocal.faults import Fault, Kind
+
+        proxy.engine.faults.add(Fault("other", Kind.LATENCY, latency_ms=100.0))
     await proxy.start()
     bound = proxy.bound("api")
     print(f"ready {mode} {bound[0]}:{bound[1]}", flush=True)
@@ -77,6 +87,7 @@ if __name__ == "__main__":
     parser.add_argument("--backend", action="append", required=True, help="a replica's ip:port")
     parser.add_argument("--mode", choices=sorted(MODES), default="http")
     parser.add_argument("--head-cache", type=int, default=256, help="http: 0 parses every head")
+    parser.add_argument("--idle-fault", action="store_true", help="a fault on another service")
     args = parser.parse_args()
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        runner.run(main(args.listen, args.backend, args.mode, args.head_cache))
+        runner.run(main(args.listen, args.backend, args.mode, args.head_cache, args.idle_fault))
