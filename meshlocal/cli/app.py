@@ -36,6 +36,7 @@ COMMANDS: Mapping[str, str] = {
     "publish": "meshlocal.cli.pubsub",
     "queue": "meshlocal.cli.pubsub",
     "agent": "meshlocal.cli.daemons",
+    "fault": "meshlocal.cli.fault",
 }
 
 

@@ -12,14 +12,21 @@ from typing import Any
 import click
 from rich.table import Table
 
-from meshlocal.adminapi import admin_call
+from meshlocal.adminapi import AdminRefused, admin_call, list_faults
 from meshlocal.cli.app import Context, cli, env_option, pass_context
 from meshlocal.cli.follow import FileFollower, LogFollower
 from meshlocal.cli.interrupts import (
     interrupted,
 )
 from meshlocal.cli.logprefix import LogPrinter
-from meshlocal.cli.render import err, out, print_dataplane_down, print_ps, stats_modes
+from meshlocal.cli.render import (
+    err,
+    fault_table,
+    out,
+    print_dataplane_down,
+    print_ps,
+    stats_modes,
+)
 from meshlocal.cli.running import check_down_environment, running_mesh
 from meshlocal.deployment import Deployment, stop_host_agents
 from meshlocal.errors import DataPlaneDown, RuntimeFailure
@@ -237,14 +244,16 @@ def scale(ctx: Context, env: str | None, assignments: tuple[str, ...], timeout: 
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
 def stats(ctx: Context, env: str | None, as_json: bool) -> None:
-    """Service Connect metrics per service (the names ECS publishes to CloudWatch), and
-    the local SNS topics and SQS queues (under `sns_sqs` in JSON: no service has that name)."""
+    """Service Connect metrics per service (the names ECS publishes to CloudWatch), the
+    local SNS topics and SQS queues (under `sns_sqs` in JSON: no service has that name),
+    and the active faults with how many calls each has hit (`faults` in JSON)."""
     from meshlocal.cli.pubsub import pubsub_tables
     from meshlocal.proxy.metrics import stats_table
     from meshlocal.pubsub.view import PubSubView
 
     with running_mesh(ctx.directory, env) as dep:
         snapshot = dep.call("/stats")
+        faults = _faults(dep.dataplane().admin_url)
         view = PubSubView(dep)
         pubsub = view.stats() if view.running else None
         if view.stopped is not None:
@@ -255,13 +264,26 @@ def stats(ctx: Context, env: str | None, as_json: bool) -> None:
                 style="yellow",
             )
         if as_json:
-            shown = {**snapshot, "sns_sqs": pubsub} if pubsub is not None else snapshot
+            shown = {**snapshot, "sns_sqs": pubsub} if pubsub is not None else dict(snapshot)
+            shown["faults"] = faults
             click.echo(json.dumps(shown, indent=2, sort_keys=True))
             return
         state = dep.state()
     out.print(stats_table(snapshot, stats_modes(state)))
     for table in pubsub_tables(pubsub) if pubsub is not None else ():
         out.print(table)
+    if faults:
+        out.print(fault_table(faults, title="Faults"))
+
+
+def _faults(admin_url: str) -> list[dict[str, Any]]:
+    """The active faults; none from a data plane older than fault injection (404)."""
+    try:
+        return list_faults(admin_url)
+    except AdminRefused as exc:
+        if exc.status == 404:
+            return []
+        raise
 
 
 # -- logs ------------------------------------------------------------------

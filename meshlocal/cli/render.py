@@ -70,6 +70,7 @@ def print_ps(state: dict[str, Any], public_url: str | None) -> None:
             f"{run['service']} (run {run['container_id'][:12]})", run["address"], "-", "client", ""
         )
     out.print(table)
+    print_faults(state.get("faults") or [])
     print_restarting(state)
     out.print(
         f"Data plane (DNS): {state['address']}; each Service Connect endpoint answers on "
@@ -138,3 +139,47 @@ def print_dataplane_down(
             str(row["name"]), row["address"] or "-", str(row["state"]), row["health"] or "-"
         )
     out.print(table)
+
+
+# -- faults: `fault ls`, `ps`, `stats` ---------------------------------------------------
+
+
+def fault_scope(doc: dict[str, Any]) -> str:
+    """`front-end -> api-2`, `* -> api`: as Fault.scope(), from a snapshot (no model import)."""
+    target = str(doc.get("dns_name") or doc["service"])
+    if doc.get("replica"):
+        target += f"-{doc['replica']}"
+    return f"{doc.get('source') or '*'} -> {target}"
+
+
+def fault_table(faults: Sequence[dict[str, Any]], title: str | None = None) -> Table:
+    table = Table(title=title)
+    for col in ("ID", "SCOPE", "FAULT", "DECLARED", "HITS/SEEN"):
+        table.add_column(col, justify="right" if col == "HITS/SEEN" else "left")
+    for f in faults:
+        table.add_row(
+            str(f["id"]),
+            fault_scope(f),
+            str(f.get("description") or f["kind"]),
+            "yes" if f.get("declared") else "no",
+            f"{f.get('hits', 0)}/{f.get('seen', 0)}",
+        )
+    return table
+
+
+def fault_line(doc: dict[str, Any]) -> str:
+    """One fault in a sentence: `f1: * -> api, latency 200ms (30%); hit 3 of 10`."""
+    declared = " (declared)" if doc.get("declared") else ""
+    return (
+        f"{doc['id']}: {fault_scope(doc)}, {doc.get('description') or doc['kind']}{declared}; "
+        f"hit {doc.get('hits', 0)} of {doc.get('seen', 0)}"
+    )
+
+
+def print_faults(faults: Sequence[dict[str, Any]]) -> None:
+    """`ps`: a short block under the table, one line a fault."""
+    if not faults:
+        return
+    out.print("faults:", markup=False)
+    for doc in faults:
+        out.print(f"  {fault_line(doc)}", markup=False)
