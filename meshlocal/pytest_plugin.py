@@ -10,6 +10,9 @@ Fixtures, in the style of pytest-docker / testcontainers:
 - `meshlocal_factory` (session): start further meshes (another workspace
   or environment), each downed at the end of the session.
 
+The handle injects faults for a `with` block: `with mesh.fault("api", abort=503) as f:`
+(meshlocal.testfaults).
+
 Configuration: command-line options win over ini options (pytest.ini,
 pyproject's [tool.pytest.ini_options], ...); see docs/pytest.md.
 """
@@ -257,7 +260,8 @@ def _is_mesh(value: object) -> bool:
 
 
 def describe(handle: Mesh) -> str:
-    """Replicas and their health, like `meshlocal ps`, for failure reports."""
+    """Replicas and their health, and the active faults, like `meshlocal ps`, for failure
+    reports."""
     try:
         state = handle.state()
     except Exception as exc:  # the report must not fail because the mesh did
@@ -271,6 +275,13 @@ def describe(handle: Mesh) -> str:
         lines.append(f"  {name} desired {svc.get('desired')}: {reps or 'no replicas'}")
     for crash in state.get("crashes", []):
         lines.append(f"  crash loop: {crash['service']}-{crash['index']} exit {crash['exit_code']}")
+    for fault in state.get("faults", []):
+        # A fault a test left (or a declared one) explains many a failure.
+        lines.append(
+            f"  fault {fault['id']}: {fault.get('description', fault['kind'])} on "
+            f"{fault['service']}{' from ' + fault['source'] if fault.get('source') else ''}, "
+            f"hit {fault.get('hits', 0)} of {fault.get('seen', 0)}"
+        )
     return "\n".join(lines)
 
 

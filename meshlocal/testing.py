@@ -20,7 +20,6 @@ import atexit
 import contextlib
 import hashlib
 import itertools
-import json
 import os
 import re
 import signal
@@ -30,20 +29,30 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
+from meshlocal.adminapi import clear_faults, list_faults
 from meshlocal.deployment import DataPlane, Deployment
 from meshlocal.errors import MeshlocalError
 from meshlocal.runtime.engine import Engine
+from meshlocal.testfaults import ActiveFault, FaultContext, FaultError, fault_fields
+from meshlocal.testvalues import (  # re-exported: the handle's public values
+    ExecResult,
+    HttpResponse,
+    Replica,
+    Resolution,
+    ServiceStats,
+)
 
 if TYPE_CHECKING:
     from meshlocal.pubsub.view import PubSubView, Queue
 
 __all__ = [
+    "ActiveFault",
     "ExecResult",
+    "FaultError",
     "HttpResponse",
     "Mesh",
     "MeshError",
@@ -73,119 +82,6 @@ class MeshFactory(Protocol):
     def __call__(
         self, workspace: str | os.PathLike[str], env: str | None = None, **kwargs: Any
     ) -> Mesh: ...
-
-
-# -- values the handle returns ------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Replica:
-    """One replica as the mesh's registry sees it (`meshlocal ps`)."""
-
-    service: str
-    index: int
-    name: str
-    container_id: str
-    address: str
-    port: int | None
-    health: str
-    draining: bool
-    in_rotation: bool
-
-    @classmethod
-    def from_state(cls, service: str, raw: Mapping[str, Any]) -> Replica:
-        return cls(
-            service=service,
-            index=int(raw["index"]),
-            name=str(raw["name"]),
-            container_id=str(raw["container_id"]),
-            address=str(raw["address"]),
-            port=int(raw["port"]) if raw.get("port") is not None else None,
-            health=str(raw["health"]),
-            draining=bool(raw["draining"]),
-            in_rotation=bool(raw["in_rotation"]),
-        )
-
-
-@dataclass(frozen=True)
-class ExecResult:
-    """What `exec` returns: the command's exit code and its stdout+stderr."""
-
-    exit_code: int
-    output: str
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0
-
-
-@dataclass(frozen=True)
-class Resolution:
-    """A DNS answer as one replica of `client` gets it."""
-
-    name: str
-    type: str
-    rcode: str
-    answers: tuple[str, ...]
-    client: str  # e.g. "front-end-1": the replica the query left from
-    meaning: str  # "service connect endpoint api:80 of api, tcp", "service discovery: api-1 ..."
-    raw: Mapping[str, Any] = field(repr=False, compare=False)
-
-
-@dataclass(frozen=True)
-class ServiceStats:
-    """Service Connect metrics of one service (the names ECS publishes, snake_cased)."""
-
-    request_count: int
-    http_2xx: int
-    http_3xx: int
-    http_4xx: int
-    http_5xx: int
-    target_response_time_ms: float  # mean
-    active_connections: int
-    new_connections: int
-    processed_bytes: int
-    raw: Mapping[str, Any] = field(repr=False, compare=False)
-
-    @classmethod
-    def from_snapshot(cls, raw: Mapping[str, Any]) -> ServiceStats:
-        def n(key: str) -> int:
-            return int(raw.get(key, 0))
-
-        return cls(
-            request_count=n("RequestCount"),
-            http_2xx=n("HTTPCode_Target_2XX_Count"),
-            http_3xx=n("HTTPCode_Target_3XX_Count"),
-            http_4xx=n("HTTPCode_Target_4XX_Count"),
-            http_5xx=n("HTTPCode_Target_5XX_Count"),
-            target_response_time_ms=float(raw.get("TargetResponseTime", 0.0)),
-            active_connections=n("ActiveConnectionCount"),
-            new_connections=n("NewConnectionCount"),
-            processed_bytes=n("ProcessedBytes"),
-            raw=dict(raw),
-        )
-
-
-@dataclass(frozen=True)
-class HttpResponse:
-    """A response from a public endpoint (any status: 4xx/5xx are not raised)."""
-
-    status: int
-    headers: Mapping[str, str]  # names lower-cased
-    body: bytes
-    url: str
-
-    @property
-    def text(self) -> str:
-        return self.body.decode(errors="replace")
-
-    def json(self) -> Any:
-        try:
-            return json.loads(self.body)
-        except ValueError:
-            raise ValueError(
-                f"HTTP {self.status} from {self.url} is not JSON: {self.text[:300]!r}"
-            ) from None
 
 
 # -- project ids and the safety nets ----------------------------------------
@@ -559,6 +455,31 @@ class Mesh:
         self._service(self.state(), service)
         snapshot: Mapping[str, Any] = self.deployment.call("/stats")
         return ServiceStats.from_snapshot(snapshot.get(service, {}))
+
+    # -- faults -----------------------------------------------------------
+
+    def _admin_url(self) -> str:
+        self._require()
+        return self.deployment.dataplane().admin_url  # found again: a restarted data plane
+
+    def fault(self, service: str, **fields: Any) -> FaultContext:
+        """A fault on `service` for the `with` block: added on entry, removed on exit
+        (also when the block raises). Yields an ActiveFault (`.id`, `.hits()`, `.seen()`).
+
+        `fields` are the CLI's (`latency="200ms"`, `jitter=50`, `abort=503`,
+        `percent=30`, `seed=7`, `from_="front-end"`, `replica=2`, `refuse=True`...);
+        numbers are milliseconds. A bad field raises FaultError before anything changes.
+        """
+        self._require()
+        return FaultContext(self._admin_url, fault_fields(service, fields))
+
+    def faults(self) -> list[dict[str, Any]]:
+        """Every active fault (declared ones included), with `seen` and `hits`."""
+        return list_faults(self._admin_url())
+
+    def clear_faults(self) -> list[dict[str, Any]]:
+        """Remove every fault (declared ones come back with the next `up`); the removed."""
+        return clear_faults(self._admin_url())
 
     # -- SNS and SQS ------------------------------------------------------
 

@@ -73,6 +73,9 @@ def heavy(modules: list[str]) -> list[str]:
         (["up", "--help"], "meshlocal.cli.up"),
         (["ps"], "meshlocal.cli.mesh"),
         (["validate"], "meshlocal.cli.workspace"),
+        (["fault", "ls", "--help"], "meshlocal.cli.fault"),
+        # Refused for its shape: the check is pure (no mesh, no data plane).
+        (["fault", "add", "api", "--latency", "-5ms"], "meshlocal.faultparse"),
     ],
 )
 def test_cli_commands_do_not_load_the_data_plane(args: list[str], module: str) -> None:
