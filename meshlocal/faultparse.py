@@ -63,7 +63,7 @@ def parse_ms(value: Any, name: str, where: Location | None = None) -> float:
     if isinstance(value, bool):
         raise _fail(f"{name} must be a duration, not {value!r}", where, f"write {name}: 200ms")
     if isinstance(value, int | float):
-        ms = float(value)
+        ms = _float(value)
     else:
         text = str(value).strip()
         seconds = parse_duration(text.lstrip("-")) if text else None
@@ -74,7 +74,9 @@ def parse_ms(value: Any, name: str, where: Location | None = None) -> float:
                 f"write {name}: 200ms",
             )
         ms = seconds * 1000 * (-1 if text.startswith("-") else 1)
-    if not math.isfinite(ms) or ms < 0:
+    if math.isnan(ms):
+        raise _fail(f"{name} must be a duration, not {value!r}", where, f"write {name}: 200ms")
+    if ms < 0:
         raise _fail(f"{name} can't be negative ({show_num(ms)}ms)", where, f"write {name}: 200ms")
     if ms > MAX_DELAY_MS:
         raise _fail(
@@ -88,7 +90,7 @@ def parse_ms(value: Any, name: str, where: Location | None = None) -> float:
 def parse_rate(value: Any, where: Location | None = None) -> int:
     """`64KB/s`, `1MB/s`, `500B/s`, `2MiB/s`, or a number of KB/s (Toxiproxy's unit)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        rate = float(value) * 1000
+        rate = _float(value) * 1000
     else:
         match = _RATE.match(str(value))
         if match is None:
@@ -101,6 +103,14 @@ def parse_rate(value: Any, where: Location | None = None) -> int:
     if not math.isfinite(rate) or rate < MIN_RATE:
         raise _fail(f"bandwidth must be at least 1B/s, not {value!r}", where)
     return int(rate)
+
+
+def _float(value: float) -> float:
+    """A JSON or YAML number as a float; one too big for a float is infinite."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def _int(value: Any, name: str, low: int, high: int, where: Location | None) -> int:
@@ -133,7 +143,7 @@ def parse_percent(value: Any, where: Location | None = None) -> float:
 def parse_fault(raw: Mapping[str, Any], where: Location | None = None) -> Fault:
     """One fault from loose fields (strings from the CLI, JSON, YAML); not yet checked
     against the workspace (`check`)."""
-    unknown = sorted(set(raw) - set(FIELDS))
+    unknown = sorted(set(raw) - set(FIELDS), key=str)
     if unknown:
         raise _fail(f"unknown fault field {unknown[0]!r}", where, "known: " + ", ".join(FIELDS))
     given = {k: v for k, v in raw.items() if v is not None and v is not False}

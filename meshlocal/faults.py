@@ -20,9 +20,10 @@ import random
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from meshlocal.naming import NamingModel
+if TYPE_CHECKING:  # the model holds declared faults: no import of naming (nor model) here
+    from meshlocal.naming import NamingModel
 
 
 class Kind(StrEnum):
@@ -146,12 +147,19 @@ def dns_names(service: str, naming: NamingModel) -> frozenset[str]:
 
 @dataclass
 class Active:
-    """A fault in force, with its own random stream and counters."""
+    """A fault in force, with its own random streams and counters."""
 
     fault: Fault
-    rng: random.Random = field(repr=False)
+    rng: random.Random = field(repr=False)  # the draws: `roll`
     seen: int = 0  # connections or requests (or DNS queries) it was asked about
     hits: int = 0  # those it affected
+    # Jitter draws from a stream of its own, so a seeded fault's hits are the same
+    # with or without jitter (`expected_hits` holds for a jittered delay too).
+    jitter_rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        seed = self.fault.seed
+        self.jitter_rng = random.Random(None if seed is None else f"jitter-{seed}")
 
     def roll(self) -> bool:
         self.seen += 1
@@ -166,7 +174,7 @@ class Active:
         f = self.fault
         ms = f.latency_ms
         if f.jitter_ms:
-            ms += self.rng.uniform(-f.jitter_ms, f.jitter_ms)
+            ms += self.jitter_rng.uniform(-f.jitter_ms, f.jitter_ms)
         return max(0.0, ms) / 1000.0
 
     def snapshot(self) -> dict[str, Any]:
@@ -195,6 +203,7 @@ class FaultTable:
         self.sc: dict[str, tuple[Active, ...]] = {}
         self.dns: dict[str, tuple[Active, ...]] = {}
         self.version = 0
+        self._naming: NamingModel | None = None  # the last one given: DNS names follow it
 
     def __len__(self) -> int:
         return len(self._faults)
@@ -235,6 +244,11 @@ class FaultTable:
         """The whole set (a restarted data plane, `up`); unchanged faults keep counters."""
         keep: dict[str, Active] = {}
         for fault in faults:
+            if not fault.id:
+                while f"f{self._next}" in self._faults or f"f{self._next}" in keep:
+                    self._next += 1
+                fault = replace(fault, id=f"f{self._next}")
+                self._next += 1
             old = self._faults.get(fault.id)
             keep[fault.id] = (
                 old
@@ -248,6 +262,11 @@ class FaultTable:
         return [a.fault for a in self._faults.values()]
 
     def _reindex(self, naming: NamingModel | None) -> None:
+        # A caller without the naming model (the admin API's remove, say) must not
+        # make every service-wide DNS fault fall out of the index.
+        if naming is not None:
+            self._naming = naming
+        naming = self._naming
         sc: dict[str, list[Active]] = {}
         dns: dict[str, list[Active]] = {}
         for active in self._faults.values():

@@ -23,16 +23,45 @@ import functools
 import itertools
 import logging
 import random
-import socket
 import struct
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 from dnslib import DNSRecord
 
+from meshlocal.dns.faults import Delayed, act, question_name
+from meshlocal.dns.wire import (
+    _OPT,
+    _OPT_TYPE,
+    _PTR_QNAME,
+    C_IN,
+    EDNS_SIZE,
+    FORMERR,
+    NOERROR,
+    NOTIMP,
+    NXDOMAIN,
+    REFUSED,
+    SERVFAIL,
+    T_A,
+    T_ANY,
+    T_OPT,
+    T_SOA,
+    T_SRV,
+    TCP_MAX,
+    UDP_MIN,
+    Forward,
+    _head,
+    _ipv4,
+    _rr,
+    error_reply,
+    name_to_wire,
+    question_end,
+    truncated,
+    wire_to_text,
+)
 from meshlocal.errors import DataPlaneError
+from meshlocal.faults import FaultTable
 from meshlocal.naming import NamingModel, TargetKind
 from meshlocal.registry import Health, Replica, ReplicaRegistry
 
@@ -42,36 +71,17 @@ Transport = Literal["udp", "tcp"]
 
 TTL = 10  # Cloud Map's default for Copilot-registered records
 MAX_ANSWERS = 8  # Cloud Map multivalue answers carry at most 8 records
-UDP_MIN = 512  # RFC 1035 limit without EDNS; also the floor for EDNS sizes
-EDNS_SIZE = 1232  # what we advertise (DNS flag day 2020)
-TCP_MAX = 65535
 CACHE_MAX = 20_000  # entries; cleared when full so random names cannot grow it
 PACKET_KEY_MAX = 512  # bigger queries (padding, options) are answered but never cached
 
-# rcodes
-NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
-BADVERS = 16
 
-T_A, T_SOA, T_SRV, T_OPT, T_ANY = 1, 6, 33, 41, 255
-C_IN = 1
-
-_PTR_QNAME = b"\xc0\x0c"  # compression pointer to the question name
 _ONE_Q = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _ONE_Q_EDNS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
-_OPT = b"\x00\x00\x29" + EDNS_SIZE.to_bytes(2, "big") + b"\x00\x00\x00\x00\x00\x00"
 _QCLASS_IN = b"\x00\x01"
-_OPT_TYPE = b"\x00\x29"
 
 
-@dataclass(frozen=True, slots=True)
-class Forward:
-    """The name is outside the mesh: send `query` upstream, relay the answer."""
-
-    query: bytes
-    limit: int  # the client's UDP size limit (TCP_MAX over TCP)
-
-
-Reply = bytes | Forward | None
+Plain = bytes | Forward | None
+Reply = Plain | Delayed  # Delayed: a dns delay fault (dns/faults.py)
 
 
 class RateLimitedLog:
@@ -98,105 +108,6 @@ class RateLimitedLog:
             self._logger.warning(msg, *args)
         else:
             self.suppressed += 1
-
-
-# -- wire helpers ----------------------------------------------------------
-
-
-_HOST_CHARS = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyz-_")
-
-
-def name_to_wire(name: str) -> bytes:
-    """A dotted ASCII name to uncompressed wire form (with the root label)."""
-    out = bytearray()
-    for label in name.rstrip(".").split("."):
-        if label:
-            raw = label.encode("ascii")
-            out.append(len(raw))
-            out += raw
-    out.append(0)
-    return bytes(out)
-
-
-def wire_to_text(wire: bytes) -> str | None:
-    """Lower-cased uncompressed wire name to dotted text; other bytes as \\DDD.
-
-    None when the labels do not form a valid name (length byte > 63,
-    overrun, or more than 255 bytes).
-    """
-    if len(wire) > 255:
-        return None
-    labels: list[str] = []
-    i = 0
-    n = len(wire)
-    while i < n:
-        length = wire[i]
-        if length == 0:
-            return ".".join(labels) if i == n - 1 else None
-        if length > 63 or i + 1 + length > n:
-            return None
-        raw = wire[i + 1 : i + 1 + length]
-        # Anything but a hostname character becomes \DDD, so a "." inside a
-        # label can never pass for a label boundary in a name comparison.
-        labels.append("".join(chr(b) if b in _HOST_CHARS else f"\\{b:03d}" for b in raw))
-        i += 1 + length
-    return None
-
-
-def _rr(owner: bytes, rtype: int, ttl: int, rdata: bytes) -> bytes:
-    return owner + struct.pack("!HHIH", rtype, C_IN, ttl, len(rdata)) + rdata
-
-
-def _ipv4(address: str) -> bytes | None:
-    try:
-        return socket.inet_pton(socket.AF_INET, address)
-    except (OSError, ValueError):
-        return None
-
-
-def _head(rd: int, aa: bool, tc: bool, rcode: int, an: int, ns: int, ar: int) -> bytes:
-    """Flags and counts: the 10 header bytes after the ID, for a response."""
-    b2 = 0x80 | (0x04 if aa else 0) | (0x02 if tc else 0) | rd
-    b3 = 0x80 | (rcode & 0x0F)  # RA: we recurse by forwarding
-    return bytes((b2, b3)) + struct.pack("!HHHH", 1, an, ns, ar)
-
-
-def question_end(packet: bytes) -> int:
-    """Offset just after the first question (uncompressed name), or -1."""
-    i = 12
-    n = len(packet)
-    while i < n:
-        length = packet[i]
-        if length == 0:
-            end = i + 5
-            return end if end <= n and i - 12 < 255 else -1
-        if length > 63:
-            return -1
-        i += 1 + length
-    return -1
-
-
-def error_reply(packet: bytes, rcode: int) -> bytes | None:
-    """A bare answer with `rcode`, echoing the question when it can be read.
-
-    None when not even the header is readable, or the packet is itself a
-    response (answering those invites reflection loops).
-    """
-    if len(packet) < 12 or packet[2] & 0x80:
-        return None
-    rd = packet[2] & 0x01
-    opcode_bits = packet[2] & 0x78
-    end = question_end(packet) if packet[4:6] == b"\x00\x01" else -1
-    qd = 1 if end > 0 else 0
-    b2 = 0x80 | opcode_bits | rd
-    head = bytes((b2, 0x80 | rcode)) + struct.pack("!HHHH", qd, 0, 0, 0)
-    return packet[:2] + head + (packet[12:end] if end > 0 else b"")
-
-
-def truncated(reply: bytes, question_end: int, edns: bool) -> bytes:
-    """`reply` cut to header + question with TC set (the client retries over TCP)."""
-    head = bytes((reply[2] | 0x02, reply[3])) + struct.pack("!HHHH", 1, 0, 0, 1 if edns else 0)
-    return reply[:2] + head + reply[12:question_end] + (_OPT if edns else b"")
 
 
 # -- cached answers --------------------------------------------------------
@@ -285,6 +196,7 @@ class MeshResolver:
         proxy_address: str,
         *,
         rng: random.Random | None = None,
+        faults: FaultTable | None = None,
     ) -> None:
         proxy = _ipv4(proxy_address)
         if proxy is None:
@@ -302,6 +214,9 @@ class MeshResolver:
         self._clients: dict[str, ClientClass] = {}
         self._packets: dict[tuple[bytes, str], bytes | tuple[_Entry, int, bool, int]] = {}
         self.bad_packets = RateLimitedLog(log)
+        # The data plane's table, shared with the proxy (`is None`: an empty one is falsy).
+        self.faults = faults if faults is not None else FaultTable()
+        self.faults.reindex(naming)  # service-wide DNS faults need the names
 
     # -- configuration ------------------------------------------------------
 
@@ -312,6 +227,7 @@ class MeshResolver:
     @naming.setter
     def naming(self, naming: NamingModel) -> None:
         self._naming = naming
+        self.faults.reindex(naming)
         self._flush()
 
     def _flush(self) -> None:
@@ -335,6 +251,8 @@ class MeshResolver:
     def answer(self, packet: bytes, client_ip: str, transport: Transport = "udp") -> Reply:
         """Answer one DNS message from `client_ip`. Never raises."""
         try:
+            if self.faults.dns:
+                return self._faulted(packet, client_ip, transport == "tcp")
             return self._answer(packet, client_ip, transport == "tcp")
         except Exception as exc:  # the boundary: a bug must not stop the server
             self.bad_packets.warning("dns: internal error on a %d-byte query: %r", len(packet), exc)
@@ -343,6 +261,8 @@ class MeshResolver:
     def answer_udp(self, packet: bytes, client_ip: str) -> Reply:
         """`answer` for UDP, with a cache of whole queries on top (ID aside)."""
         try:
+            if self.faults.dns:  # the one test the hot path pays for faults
+                return self._faulted(packet, client_ip, False)
             if self._version == self._registry.version:
                 hit = self._packets.get((packet[2:], client_ip))
                 if hit is not None:
@@ -355,7 +275,25 @@ class MeshResolver:
             self.bad_packets.warning("dns: internal error on a %d-byte query: %r", len(packet), exc)
             return error_reply(packet, SERVFAIL)
 
-    def _answer(self, packet: bytes, client_ip: str, tcp: bool) -> Reply:
+    def _faulted(self, packet: bytes, client_ip: str, tcp: bool) -> Reply:
+        """With DNS faults in force: a faulted name draws per query, uncached; other
+        names go the usual way (their cached answers are never faulted ones)."""
+        name = question_name(packet)
+        if name is None or name not in self.faults.dns:
+            return self._answer(packet, client_ip, tcp)
+        client = self._registry.by_address(client_ip)
+        hits = self.faults.for_dns(name, client.service if client is not None else None)
+        if not hits:
+            return self._answer(packet, client_ip, tcp)
+        naming = self._naming
+        return act(
+            hits,
+            packet,
+            lambda: self._answer(packet, client_ip, tcp),
+            lambda: self._soa(naming.zone_of(name) or naming.namespace),
+        )
+
+    def _answer(self, packet: bytes, client_ip: str, tcp: bool) -> Plain:
         if self._version != self._registry.version:
             self._flush()
         n = len(packet)
@@ -460,7 +398,7 @@ class MeshResolver:
 
     # -- the slow path: dnslib -----------------------------------------------
 
-    def _slow(self, packet: bytes, client_ip: str, tcp: bool) -> Reply:
+    def _slow(self, packet: bytes, client_ip: str, tcp: bool) -> Plain:
         if len(packet) < 12:
             self.bad_packets.warning(
                 "dns: dropped a %d-byte packet from %s", len(packet), client_ip

@@ -25,15 +25,9 @@ from typing import Any, Literal, TypeVar, cast
 
 from meshlocal import prebind
 from meshlocal.dns import _mmsg
-from meshlocal.dns.resolver import (
-    REFUSED,
-    Forward,
-    MeshResolver,
-    RateLimitedLog,
-    error_reply,
-    question_end,
-    truncated,
-)
+from meshlocal.dns.faults import Delayed
+from meshlocal.dns.resolver import MeshResolver, RateLimitedLog
+from meshlocal.dns.wire import REFUSED, Forward, error_reply, question_end, truncated
 from meshlocal.errors import DataPlaneError, PortInUse
 
 log = logging.getLogger("meshlocal.dns")
@@ -43,6 +37,7 @@ T = TypeVar("T")
 
 RESOLV_CONF = Path("/etc/resolv.conf")
 UDP_RCVBUF = 4 * 1024 * 1024  # absorbs bursts; the kernel caps it at rmem_max
+MAX_DELAYED = 10_000  # late answers waiting (dns delay faults); beyond, drop: clients retry
 
 
 def system_upstreams(resolv_conf: Path = RESOLV_CONF) -> list[Upstream]:
@@ -191,7 +186,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         if reply.__class__ is bytes:
             self.transport.sendto(reply, addr)  # type: ignore[union-attr]
         elif reply is not None:
-            self._server._forward_udp(reply, addr)  # type: ignore[arg-type]
+            self._server._udp_other(reply, addr)
 
     def error_received(self, exc: Exception) -> None:
         self._server.errors.warning("dns: udp socket error: %r", exc)
@@ -229,6 +224,8 @@ class DnsServer:
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._delayed: set[asyncio.TimerHandle] = set()
+        self.dropped_delayed = 0
 
     @property
     def address(self) -> tuple[str, int]:
@@ -341,6 +338,9 @@ class DnsServer:
         return DataPlaneError(f"the mesh DNS cannot listen on {where}: {exc.strerror or exc}")
 
     async def stop(self) -> None:
+        for handle in self._delayed:
+            handle.cancel()
+        self._delayed.clear()
         if self._udp is not None:
             self._udp.close()
             self._udp = None
@@ -383,6 +383,21 @@ class DnsServer:
             self._forward_udp(reply, addr)
         elif isinstance(reply, bytes):
             self._sendto(reply, addr)
+        elif isinstance(reply, Delayed):
+            self._later(reply, addr)
+
+    def _later(self, delayed: Delayed, addr: tuple[str, int]) -> None:
+        """Send a late answer (a dns delay fault) from a timer: nothing waits for it."""
+        if len(self._delayed) >= MAX_DELAYED:
+            self.dropped_delayed += 1
+            return
+
+        def fire() -> None:
+            self._delayed.discard(handle)
+            self._udp_other(delayed.reply, addr)
+
+        handle = asyncio.get_running_loop().call_later(delayed.seconds, fire)
+        self._delayed.add(handle)
 
     def _sendto(self, reply: bytes, addr: tuple[str, int]) -> None:
         if self._udp is not None:
@@ -445,6 +460,9 @@ class DnsServer:
                 size = int.from_bytes(head, "big")
                 message = await asyncio.wait_for(reader.readexactly(size), idle)
                 reply = self.resolver.answer(message, ip, "tcp")
+                if isinstance(reply, Delayed):  # later queries on this connection wait
+                    await asyncio.sleep(reply.seconds)
+                    reply = reply.reply
                 if isinstance(reply, Forward):
                     reply = await self._relay(reply, tcp=True)
                 if reply is None:
