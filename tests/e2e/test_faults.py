@@ -1,0 +1,374 @@
+"""Injected faults, measured from inside client containers (issue 18).
+
+Workspace `faults`: `api` (busybox httpd :80, TCP mode, 2 replicas), `hapi`
+(busybox httpd :8081, HTTP mode by .meshlocal.yml, 2 replicas) and two
+Python client services, `client` (the one faults name with `from`) and
+`other`. Every call is made by Python inside a client replica (one
+`docker exec` per batch, timed there with a monotonic clock); faults are
+set with the plugin's `mesh.fault()` (the data plane's admin API; the
+last test drives that API directly). The measured numbers are printed
+(`pytest -s`) and quoted in docs/faults.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from meshlocal.faults import expected_hits
+from meshlocal.testing import Mesh
+
+from .conftest import copy_workspace, leftovers
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(420)]
+
+SD_API = "api.test.faults.local"
+ENVOY_CONNECT_FAILURE = (
+    "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+)
+
+# Runs inside a client replica: `python3 -c CLIENT '<json args>'`; prints one JSON line.
+CLIENT = r"""
+import http.client, json, socket, sys, time
+from concurrent.futures import ThreadPoolExecutor
+
+a = json.loads(sys.argv[1])
+
+def addr(name, port):
+    return socket.getaddrinfo(name, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+
+def http_get(ip, port):
+    t0 = time.monotonic()
+    try:
+        c = http.client.HTTPConnection(ip, port, timeout=a.get("timeout", 10))
+        c.request("GET", "/")
+        r = c.getresponse()
+        body = r.read().decode(errors="replace")
+        c.close()
+        out = {"status": r.status, "body": body[:300], "via": r.getheader("x-meshlocal-replica")}
+    except OSError as exc:
+        out = {"status": None, "error": type(exc).__name__}
+    out["ms"] = (time.monotonic() - t0) * 1000
+    return out
+
+def raw(ip, port):
+    t0 = time.monotonic()
+    s = socket.create_connection((ip, port), timeout=a.get("timeout", 10))
+    got, err = b"", None
+    try:
+        s.sendall(b"GET / HTTP/1.0\r\nHost: api\r\n\r\n")
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    except OSError as exc:
+        err = type(exc).__name__
+    s.close()
+    return {"bytes": len(got), "error": err, "head": got[:40].decode(errors="replace"),
+            "ms": (time.monotonic() - t0) * 1000}
+
+def lookup(name):
+    t0 = time.monotonic()
+    try:
+        infos = socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)
+        out = {"answers": sorted({i[4][0] for i in infos})}
+    except socket.gaierror as exc:
+        out = {"gaierror": {socket.EAI_NONAME: "NONAME", socket.EAI_AGAIN: "AGAIN"}.get(
+            exc.errno, str(exc))}
+    out["ms"] = (time.monotonic() - t0) * 1000
+    return out
+
+op = a["op"]
+n, workers = a.get("n", 1), a.get("workers", 1)
+if op == "lookup":
+    jobs = [lambda: lookup(a["name"])] * n
+else:
+    ip = addr(a["name"], a["port"])
+    fn = http_get if op == "http" else raw
+    jobs = [lambda: fn(ip, a["port"])] * n
+with ThreadPoolExecutor(workers) as pool:
+    results = list(pool.map(lambda f: f(), jobs))
+print(json.dumps(results))
+"""
+
+
+# -- the mesh and its faults --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mesh(
+    tmp_path_factory: pytest.TempPathFactory,
+    docker_client: Any,
+    busybox_image: str,
+    python_base: str,
+    dataplane_image: str,
+) -> Iterator[Mesh]:
+    ws = copy_workspace(tmp_path_factory, "faults")
+    environ = {**os.environ, "BUSYBOX_IMAGE": busybox_image, "PYTHON_IMAGE": python_base}
+    m = Mesh(ws, "test", environ=environ, timeout=150, isolate=False)
+    try:
+        m.up()
+        yield m
+    finally:
+        project = m.project
+        m.down()
+        assert leftovers(docker_client, project) == []
+
+
+def admin(mesh: Mesh, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """The data plane's admin API: (HTTP status, JSON)."""
+    base = mesh.deployment.dataplane().admin_url
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        base + path, data=data, method=method, headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def run(mesh: Mesh, service: str, timeout: float = 60.0, **args: Any) -> list[dict[str, Any]]:
+    """CLIENT in `service`'s first replica with `args`: one result per call."""
+    argv = ["timeout", str(int(timeout)), "python3", "-c", CLIENT, json.dumps(args)]
+    result = mesh.exec(service, argv, timeout=timeout + 10)
+    assert result.ok, result.output
+    got: list[dict[str, Any]] = json.loads(result.output.strip().splitlines()[-1])
+    return got
+
+
+def http_calls(mesh: Mesh, n: int, name: str = "hapi", port: int = 8081, **kw: Any) -> list[Any]:
+    return run(mesh, kw.pop("client", "client"), op="http", name=name, port=port, n=n, **kw)
+
+
+def api_calls(mesh: Mesh, n: int, **kw: Any) -> list[Any]:
+    return http_calls(mesh, n, name="api", port=80, **kw)
+
+
+def percentiles(ms: list[float]) -> dict[str, float]:
+    q = statistics.quantiles(ms, n=100, method="inclusive")
+    return {
+        "n": len(ms),
+        "min": round(min(ms), 1),
+        "p10": round(q[9], 1),
+        "p50": round(statistics.median(ms), 1),
+        "p90": round(q[89], 1),
+        "p99": round(q[98], 1),
+        "max": round(max(ms), 1),
+    }
+
+
+def report(what: str, value: Any) -> None:
+    """The measured numbers, for the closing note and docs/faults.md (pytest -s)."""
+    print(f"\nMEASURED {what}: {json.dumps(value)}")
+
+
+def binomial_interval(n: int, p: float, level: float = 0.99) -> tuple[int, int]:
+    """The central `level` interval of Binomial(n, p): exact, from the pmf."""
+    pmf = [math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(n + 1)]
+    tail = (1 - level) / 2
+    low, acc = 0, 0.0
+    while acc + pmf[low] < tail:
+        acc += pmf[low]
+        low += 1
+    high, acc = n, 0.0
+    while acc + pmf[high] < tail:
+        acc += pmf[high]
+        high -= 1
+    return low, high
+
+
+def replica_no(name: str) -> str:
+    """`faults-…-hapi-2` or `hapi-2` -> `2`."""
+    return name.strip().rsplit("-", 1)[1]
+
+
+# -- latency ------------------------------------------------------------------------
+
+
+def test_latency_tcp_mode_p50_within_20_percent(mesh: Mesh) -> None:
+    base = percentiles([c["ms"] for c in api_calls(mesh, 40, workers=4)])
+    with mesh.fault("api", latency="100ms", jitter="20ms") as f:
+        got = api_calls(mesh, 240, workers=8)
+        hits = f.snapshot()
+    assert all(c["status"] == 200 for c in got), [c for c in got if c["status"] != 200][:3]
+    dist = percentiles([c["ms"] for c in got])
+    report("tcp latency 100ms ±20ms (240 connections)", {"no fault": base, "fault": dist})
+    assert 80 <= dist["p50"] <= 120, dist
+    assert dist["min"] >= 78, dist  # every chunk waits at least latency - jitter
+    # One draw per connection in TCP mode, every one hit.
+    assert hits["seen"] == hits["hits"] == 240, hits
+    # Removed: the next connections are as fast as before.
+    after = percentiles([c["ms"] for c in api_calls(mesh, 20, workers=4)])
+    assert after["p50"] < 40, after
+
+
+def test_latency_http_mode_p50_within_20_percent_and_the_jitter_spreads(mesh: Mesh) -> None:
+    with mesh.fault("hapi", latency="100ms", jitter="40ms", from_="client"):
+        got = http_calls(mesh, 240, workers=8)
+        spared = http_calls(mesh, 20, client="other", workers=4)
+    assert all(c["status"] == 200 for c in got), [c for c in got if c["status"] != 200][:3]
+    dist = percentiles([c["ms"] for c in got])
+    other = percentiles([c["ms"] for c in spared])
+    report("http latency 100ms ±40ms (240 requests)", {"client": dist, "other": other})
+    assert 80 <= dist["p50"] <= 120, dist
+    # Uniform over 60..140 ms: p10 ~68, p90 ~132 (plus the call itself).
+    assert dist["min"] >= 58, dist
+    assert dist["p90"] - dist["p10"] >= 32, dist
+    assert other["p50"] < 40, other  # `from: client` spares other
+
+
+# -- abort --------------------------------------------------------------------------
+
+
+def test_seeded_abort_hits_exactly_the_expected_requests(mesh: Mesh) -> None:
+    n, percent, seed = 200, 30, 42
+    with mesh.fault("hapi", abort=503, percent=percent, seed=seed, from_="client") as f:
+        got = http_calls(mesh, n, workers=8)
+        hits = f.snapshot()
+        metrics = urllib.request.urlopen(
+            mesh.deployment.dataplane().admin_url + "/metrics", timeout=10
+        ).read()
+    statuses = Counter(c["status"] for c in got)
+    want = expected_hits(percent, seed, n)
+    report("seeded abort 503 30% seed 42 (200 requests)", {"503": statuses[503], "expected": want})
+    assert statuses == {503: want, 200: n - want}, statuses
+    assert {c["body"] for c in got if c["status"] == 503} == {"fault filter abort"}
+    assert (hits["seen"], hits["hits"]) == (n, want), hits
+    line = f'meshlocal_fault_hits_total{{fault="{f.id}",kind="abort",service="hapi",'
+    assert f'{line}from="client"}} {want}'.encode() in metrics, metrics.decode()[-2000:]
+
+
+def test_unseeded_abort_percentage_within_the_binomial_99_percent_interval(mesh: Mesh) -> None:
+    n, percent = 400, 30
+    with mesh.fault("hapi", abort=500, percent=percent):
+        got = http_calls(mesh, n, workers=8)
+    aborted = sum(1 for c in got if c["status"] == 500)
+    low, high = binomial_interval(n, percent / 100)
+    report("unseeded abort 500 30% (400 requests)", {"500": aborted, "interval99": [low, high]})
+    assert aborted + sum(1 for c in got if c["status"] == 200) == n
+    assert low <= aborted <= high, (aborted, low, high)
+
+
+# -- reset and refuse ---------------------------------------------------------------
+
+
+def test_reset_at_once_and_after_n_bytes_are_the_clients_error(mesh: Mesh) -> None:
+    whole = run(mesh, "client", op="raw", name="api", port=80)[0]
+    assert whole["error"] is None and whole["bytes"] > 200, whole
+    with mesh.fault("api", reset=True):
+        at_once = run(mesh, "client", op="raw", name="api", port=80, n=5)
+    with mesh.fault("api", reset_after=64):
+        cut = run(mesh, "client", op="raw", name="api", port=80, n=5)
+    report("reset", {"at once": at_once[0], "after 64 B": cut[0], "whole": whole["bytes"]})
+    assert {(c["bytes"], c["error"]) for c in at_once} == {(0, "ConnectionResetError")}, at_once
+    assert {(c["bytes"], c["error"]) for c in cut} == {(64, "ConnectionResetError")}, cut
+    assert all(c["head"].startswith("HTTP/1.") for c in cut), cut
+    # Removed: whole answers again, on the next connection.
+    again = run(mesh, "client", op="raw", name="api", port=80, n=3)
+    assert {(c["bytes"], c["error"]) for c in again} == {(whole["bytes"], None)}, again
+
+
+def test_refuse_is_a_reset_in_tcp_mode_and_envoys_503_in_http_mode(mesh: Mesh) -> None:
+    with mesh.fault("api", refuse=True):
+        tcp = run(mesh, "client", op="raw", name="api", port=80, n=4)
+    with mesh.fault("hapi", refuse=True):
+        http = http_calls(mesh, 4)
+    report("refuse", {"tcp": tcp[0], "http": http[0]})
+    assert {(c["bytes"], c["error"]) for c in tcp} == {(0, "ConnectionResetError")}, tcp
+    assert {c["status"] for c in http} == {503}, http
+    assert {c["body"] for c in http} == {ENVOY_CONNECT_FAILURE}, http
+
+
+def test_refusing_one_replica_sends_every_call_to_the_other(mesh: Mesh) -> None:
+    # Like a replica that refuses: the path tries the next replica, so nothing fails.
+    with mesh.fault("hapi", refuse=True, replica=2) as f:
+        got = http_calls(mesh, 20)
+        hits = f.snapshot()
+    assert {c["status"] for c in got} == {200}, got
+    assert {replica_no(c["via"]) for c in got} == {"1"}, got
+    assert hits["hits"] >= 1, hits
+    both = http_calls(mesh, 20)
+    assert {replica_no(c["via"]) for c in both} == {"1", "2"}, both
+
+
+# -- partition ----------------------------------------------------------------------
+
+
+def test_partition_cuts_only_the_named_client_from_the_named_server(mesh: Mesh) -> None:
+    with mesh.fault("api", partition=True, from_="client"):
+        cut = run(mesh, "client", op="raw", name="api", port=80, n=2, workers=2, timeout=20)
+        other = run(mesh, "other", op="raw", name="api", port=80, n=3)
+        elsewhere = http_calls(mesh, 3)  # client -> hapi is no part of it
+    report("partition client -> api", {"client": cut[0], "other": other[0]})
+    # Nothing came back; the proxy gave up after its connect timeout (5 s) with a reset.
+    assert {(c["bytes"], c["error"]) for c in cut} == {(0, "ConnectionResetError")}, cut
+    assert all(4500 <= c["ms"] <= 9000 for c in cut), cut
+    assert all(c["error"] is None and c["bytes"] > 200 for c in other), other
+    assert {c["status"] for c in elsewhere} == {200}, elsewhere
+
+
+# -- DNS ----------------------------------------------------------------------------
+
+
+def test_dns_faults_apply_to_the_named_clients_lookups_only(mesh: Mesh) -> None:
+    normal = run(mesh, "other", op="lookup", name=SD_API)[0]
+    assert len(normal["answers"]) == 2, normal
+    with mesh.fault("api", dns="nxdomain", from_="client"):
+        client = run(mesh, "client", op="lookup", name=SD_API, n=3)
+        other = run(mesh, "other", op="lookup", name=SD_API, n=3)
+        sc = run(mesh, "client", op="lookup", name="api")  # the Service Connect name
+    with mesh.fault("api", dns="servfail", from_="client"):
+        failed = run(mesh, "client", op="lookup", name=SD_API, n=2)
+    report("dns", {"nxdomain": client[0], "servfail": failed[0], "other": other[0]})
+    assert {c.get("gaierror") for c in client} == {"NONAME"}, client
+    assert all(c.get("answers") == normal["answers"] for c in other), other
+    assert sc[0].get("answers") and sc[0]["answers"] != normal["answers"], sc
+    assert {c.get("gaierror") for c in failed} == {"AGAIN"}, failed
+    restored = run(mesh, "client", op="lookup", name=SD_API)[0]
+    assert restored.get("answers") == normal["answers"], restored
+
+
+def test_dns_delay_p50_within_20_percent(mesh: Mesh) -> None:
+    with mesh.fault("api", dns="delay", latency="100ms", from_="client"):
+        got = run(mesh, "client", op="lookup", name=SD_API, n=200, workers=8)
+        other = run(mesh, "other", op="lookup", name=SD_API, n=20, workers=4)
+    assert all(c.get("answers") for c in got + other), [c for c in got if not c.get("answers")]
+    dist = percentiles([c["ms"] for c in got])
+    spared = percentiles([c["ms"] for c in other])
+    report("dns delay 100ms (200 lookups)", {"client": dist, "other": spared})
+    assert 80 <= dist["p50"] <= 120, dist
+    assert spared["p50"] < 40, spared
+
+
+# -- removing -----------------------------------------------------------------------
+
+
+def test_removing_a_fault_restores_traffic_at_once(mesh: Mesh) -> None:
+    status, doc = admin(mesh, "POST", "/v1/faults", {"service": "hapi", "abort": 503})
+    assert status == 200, doc
+    ident = doc["fault"]["id"]
+    assert {c["status"] for c in http_calls(mesh, 3)} == {503}
+    status, doc = admin(mesh, "DELETE", f"/v1/faults/{ident}")
+    assert status == 200 and [f["id"] for f in doc["removed"]] == [ident], doc
+    assert {c["status"] for c in http_calls(mesh, 3)} == {200}
+
+    # DELETE /v1/faults: every fault at once.
+    for body in ({"service": "hapi", "abort": 503}, {"service": "api", "reset": True}):
+        assert admin(mesh, "POST", "/v1/faults", body)[0] == 200
+    status, doc = admin(mesh, "DELETE", "/v1/faults")
+    assert status == 200 and len(doc["removed"]) == 2, doc
+    assert admin(mesh, "GET", "/v1/faults")[1] == {"faults": []}
+    assert {c["status"] for c in http_calls(mesh, 3)} == {200}
+    assert {c["status"] for c in api_calls(mesh, 3)} == {200}
