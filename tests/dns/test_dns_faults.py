@@ -1,0 +1,278 @@
+"""DNS faults over real sockets: NXDOMAIN, SERVFAIL and late answers for a Service
+Discovery name, per client service, seeded percentages, and their removal.
+
+Loopback addresses stand in for replicas (see dnsmesh.py): 127.0.0.2 is a replica
+of `web`, 127.0.0.3 of `legacy`, 127.0.0.4 of nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+from typing import Any
+
+import dns.asyncquery
+import dns.exception
+import dns.flags
+import dns.message
+import dns.rdatatype
+import pytest
+from dnsmesh import NON_SC_CLIENT_IP, NS, PROXY, SC_CLIENT_IP, STRANGER_IP, addresses, ask, rcode
+
+from meshlocal.dns import server as server_mod
+from meshlocal.dns.resolver import MeshResolver
+from meshlocal.dns.server import DnsServer
+from meshlocal.faultparse import check, parse_fault
+from meshlocal.faults import Active, Fault, expected_hits
+
+API = f"api.{NS}"
+API_IPS = {"10.1.0.1", "10.1.0.2", "10.1.0.3"}
+USERS = f"users.{NS}"
+USERS_IPS = {"10.6.0.1", "10.6.0.2", "10.6.0.3"}
+
+
+def add(resolver: MeshResolver, **fields: Any) -> Fault:
+    """A fault as the admin API takes it: parsed, checked, added (no naming passed:
+    the table knows the resolver's)."""
+    return resolver.faults.add(check(parse_fault(fields), resolver.naming))
+
+
+def active(resolver: MeshResolver, fault: Fault) -> Active:
+    found = resolver.faults.get(fault.id)
+    assert found is not None
+    return found
+
+
+def soa_owner(msg: dns.message.Message) -> str:
+    assert msg.authority and msg.authority[0].rdtype == dns.rdatatype.SOA
+    return str(msg.authority[0].name.to_text())
+
+
+async def timed(port: int, name: str, **kw: Any) -> tuple[float, dns.message.Message]:
+    start = time.perf_counter()
+    msg = await ask(port, name, **kw)
+    return time.perf_counter() - start, msg
+
+
+# -- the answers ---------------------------------------------------------------------
+
+
+async def test_nxdomain_for_one_name_with_the_zone_soa(
+    server: DnsServer, resolver: MeshResolver
+) -> None:
+    normal_nx = await ask(server.port, f"nope.{NS}")  # what an unknown name looks like
+    add(resolver, service="api", dns="nxdomain")
+    for tcp in (False, True):
+        msg = await ask(server.port, API, tcp=tcp)
+        assert rcode(msg) == "NXDOMAIN", tcp
+        assert msg.flags & dns.flags.AA and not msg.answer
+        assert soa_owner(msg) == soa_owner(normal_nx) == f"{NS}."
+        assert msg.authority[0][0].to_text() == normal_nx.authority[0][0].to_text()
+    # every type of the name, EDNS kept (RFC 6891: an OPT answers an OPT)
+    srv = await ask(server.port, API, "SRV", edns=0)
+    assert rcode(srv) == "NXDOMAIN" and srv.edns == 0
+    # the 0x20 case of the question survives (dnspython checks it)
+    assert rcode(await ask(server.port, "ApI.TeSt.DeMo.LoCaL")) == "NXDOMAIN"
+    # other names answer as before
+    assert set(addresses(await ask(server.port, USERS, source=NON_SC_CLIENT_IP))) == USERS_IPS
+    assert addresses(await ask(server.port, "api", source=SC_CLIENT_IP)) == [PROXY]
+
+
+async def test_servfail_for_one_name(server: DnsServer, resolver: MeshResolver) -> None:
+    add(resolver, service="api", dns="servfail")
+    for tcp in (False, True):
+        msg = await ask(server.port, API, tcp=tcp, edns=0)
+        assert rcode(msg) == "SERVFAIL" and not msg.answer and not msg.authority
+        assert msg.edns == 0
+    assert set(addresses(await ask(server.port, USERS, source=NON_SC_CLIENT_IP))) == USERS_IPS
+
+
+async def test_only_the_named_client_service_is_affected(
+    server: DnsServer, resolver: MeshResolver
+) -> None:
+    web = add(resolver, service="api", dns="nxdomain", **{"from": "web"})
+    legacy = add(resolver, service="users", dns="servfail", **{"from": "legacy"})
+    assert rcode(await ask(server.port, API, source=SC_CLIENT_IP)) == "NXDOMAIN"
+    for other in (NON_SC_CLIENT_IP, STRANGER_IP):
+        assert set(addresses(await ask(server.port, API, source=other))) == API_IPS
+    # a client that is no Service Connect client (legacy) can be singled out too
+    assert rcode(await ask(server.port, USERS, source=NON_SC_CLIENT_IP)) == "SERVFAIL"
+    assert addresses(await ask(server.port, USERS, source=SC_CLIENT_IP)) == [PROXY]
+    assert set(addresses(await ask(server.port, USERS, source=STRANGER_IP))) == USERS_IPS
+    # only queries from the named client are drawn for
+    assert (active(resolver, web).seen, active(resolver, web).hits) == (1, 1)
+    assert (active(resolver, legacy).seen, active(resolver, legacy).hits) == (1, 1)
+
+
+# -- late answers ----------------------------------------------------------------------
+
+
+async def test_delay_distribution_p50_within_20_percent(
+    server: DnsServer, resolver: MeshResolver
+) -> None:
+    fault = add(resolver, service="api", dns="delay", latency="30ms", jitter="10ms")
+    for _ in range(3):  # warm up the client and the loop
+        await ask(server.port, USERS)
+    times: list[float] = []
+
+    async def worker(n: int) -> None:
+        for _ in range(n):
+            took, msg = await timed(server.port, API)
+            assert set(addresses(msg)) == API_IPS  # the normal answer, late
+            times.append(took * 1000)
+
+    await asyncio.wait_for(asyncio.gather(*(worker(25) for _ in range(8))), 30)
+    assert len(times) == 200
+    p50 = statistics.median(times)
+    print(f"dns delay 30ms ±10ms over {len(times)} queries: p50 {p50:.1f}ms")
+    assert 24 <= p50 <= 36, p50
+    assert min(times) >= 19, min(times)  # never earlier than latency - jitter
+    assert (active(resolver, fault).seen, active(resolver, fault).hits) == (200, 200)
+
+
+async def test_a_late_answer_blocks_no_other_query(
+    server: DnsServer, resolver: MeshResolver
+) -> None:
+    add(resolver, service="api", dns="delay", latency="800ms")
+    start = time.perf_counter()
+    late = asyncio.ensure_future(ask(server.port, API, timeout=5))
+    await asyncio.sleep(0.05)
+    for _ in range(10):
+        took, msg = await timed(server.port, USERS, source=NON_SC_CLIENT_IP)
+        assert set(addresses(msg)) == USERS_IPS
+        assert took < 0.2, took
+    assert not late.done()
+    # a second query for the faulted name is late on its own, not after the first
+    took, msg = await timed(server.port, API, timeout=5)
+    assert 0.75 <= took < 1.5 and set(addresses(msg)) == API_IPS
+    assert set(addresses(await late)) == API_IPS
+    assert 0.75 <= time.perf_counter() - start < 2.5
+
+
+async def test_a_late_answer_over_tcp(server: DnsServer, resolver: MeshResolver) -> None:
+    add(resolver, service="api", dns="delay", latency="200ms")
+    took, msg = await timed(server.port, API, tcp=True)
+    assert 0.18 <= took < 1.0 and set(addresses(msg)) == API_IPS
+
+
+async def test_delay_and_nxdomain_together_give_a_late_nxdomain(
+    server: DnsServer, resolver: MeshResolver
+) -> None:
+    add(resolver, service="api", dns="delay", latency="150ms")
+    add(resolver, service="api", dns="nxdomain")
+    took, msg = await timed(server.port, API)
+    assert rcode(msg) == "NXDOMAIN" and 0.13 <= took < 1.0
+
+
+@pytest.mark.parametrize("server", [False], indirect=True, ids=["protocol"])
+async def test_late_answers_waiting_are_capped(
+    server: DnsServer, resolver: MeshResolver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_mod, "MAX_DELAYED", 3)
+    add(resolver, service="api", dns="delay", latency="300ms")
+    results = await asyncio.gather(
+        *(ask(server.port, API, timeout=1.5) for _ in range(5)), return_exceptions=True
+    )
+    answered = [r for r in results if isinstance(r, dns.message.Message)]
+    assert len(answered) == 3
+    assert all(isinstance(r, dns.exception.Timeout) for r in results if r not in answered)
+    assert server.dropped_delayed == 2
+
+
+# -- percentages, counters, removal ------------------------------------------------------
+
+
+async def test_seeded_percent_hits_exactly_the_expected_queries(
+    server: DnsServer, resolver: MeshResolver
+) -> None:
+    fault = add(resolver, service="api", dns="nxdomain", percent=30, seed=7)
+    n = 200
+    got = [rcode(await ask(server.port, API)) == "NXDOMAIN" for _ in range(n)]
+    # the very sequence a fresh Active with that seed draws, not only the count
+    fresh = Active(fault, random.Random(7))
+    assert got == [fresh.roll() for _ in range(n)]
+    assert sum(got) == expected_hits(30, 7, n)
+    assert 0 < sum(got) < n
+    act = active(resolver, fault)
+    assert (act.seen, act.hits) == (n, sum(got))
+    assert f'meshlocal_fault_hits_total{{fault="{fault.id}",kind="dns"' in "\n".join(
+        resolver.faults.prometheus()
+    )
+    line = next(x for x in resolver.faults.prometheus() if x.startswith("meshlocal_fault_hits"))
+    assert line.endswith(f" {sum(got)}")
+
+
+async def test_a_seeded_jittered_delay_hits_as_expected(
+    server: DnsServer, resolver: MeshResolver
+) -> None:
+    fault = add(
+        resolver, service="api", dns="delay", latency="3ms", jitter="2ms", percent=40, seed=11
+    )
+    n = 60
+    for _ in range(n):
+        assert set(addresses(await ask(server.port, API))) == API_IPS
+    act = active(resolver, fault)
+    assert (act.seen, act.hits) == (n, expected_hits(40, 11, n))
+
+
+async def test_removing_a_fault_restores_answers_at_once_and_caches_stay_clean(
+    server: DnsServer, resolver: MeshResolver
+) -> None:
+    # the UDP packet cache holds this exact query once asked
+    query = dns.message.make_query(API, "A", use_edns=False)
+    query.id = 4242
+
+    async def same_query() -> dns.message.Message:
+        return await dns.asyncquery.udp(query, "127.0.0.1", port=server.port, timeout=3)
+
+    assert set(addresses(await same_query())) == API_IPS
+    fault = add(resolver, service="api", dns="nxdomain")
+    assert rcode(await same_query()) == "NXDOMAIN"  # the cached answer is bypassed
+    assert rcode(await same_query()) == "NXDOMAIN"
+    assert resolver.faults.remove(fault.id) == fault
+    assert set(addresses(await same_query())) == API_IPS  # and was never replaced
+    for tcp in (False, True):
+        assert set(addresses(await ask(server.port, API, tcp=tcp))) == API_IPS
+    # percent 0: drawn for, never hit
+    zero = add(resolver, service="api", dns="servfail", percent=0)
+    assert set(addresses(await ask(server.port, API))) == API_IPS
+    assert (active(resolver, zero).seen, active(resolver, zero).hits) == (1, 0)
+    resolver.faults.clear()
+    assert not resolver.faults.dns
+
+
+async def test_service_connect_faults_leave_dns_alone(
+    server: DnsServer, resolver: MeshResolver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With faults only on Service Connect endpoints, queries never reach the fault code."""
+
+    def boom(*_: object) -> None:
+        raise AssertionError("the fault path ran")
+
+    monkeypatch.setattr(resolver, "_faulted", boom)
+    add(resolver, service="api", refuse=True)
+    assert resolver.faults.sc and not resolver.faults.dns
+    assert set(addresses(await ask(server.port, API))) == API_IPS
+    assert set(addresses(await ask(server.port, API, tcp=True))) == API_IPS
+    # the same stub turns into a SERVFAIL when a DNS fault exists: the test can fail
+    add(resolver, service="users", dns="nxdomain")
+    assert rcode(await ask(server.port, API)) == "SERVFAIL"
+
+
+async def test_a_new_naming_model_keeps_dns_faults_indexed(
+    server: DnsServer, resolver: MeshResolver
+) -> None:
+    add(resolver, service="api", dns="nxdomain")
+    resolver.naming = resolver.naming  # a reconfigure with the same services
+    assert rcode(await ask(server.port, API)) == "NXDOMAIN"
+
+
+def test_the_constructor_takes_the_data_planes_table(resolver: MeshResolver) -> None:
+    from meshlocal.faults import FaultTable
+
+    table = FaultTable()  # empty, so falsy: it must still be the one used
+    shared = MeshResolver(resolver.naming, resolver._registry, PROXY, faults=table)
+    assert shared.faults is table
+    assert MeshResolver(resolver.naming, resolver._registry, PROXY).faults is not table
