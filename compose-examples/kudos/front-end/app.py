@@ -8,6 +8,13 @@ GET /          an HTML page with both calls
 GET /api/calls the same as JSON; ?n=N makes N calls each way (for tests)
 GET /healthz   200
 Stdlib only. Listens on $PORT (8080).
+
+It degrades gracefully: every api call gives up after $KUDOS_TIMEOUT_S (2 s),
+and the page still answers 200. When the Service Connect call (the page's
+main data) fails or times out, the page shows the last kudos this replica
+got from the api (`"source": "last-known-good"`, with its age) or, before
+any, a placeholder (`"source": "placeholder"`), and says `"degraded": true`.
+docs/faults.md tests this with an injected 3 s delay on api.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +36,10 @@ PORT = int(os.environ.get("PORT", "8080"))
 TIMEOUT_S = float(os.environ.get("KUDOS_TIMEOUT_S", "2"))
 # Never send mesh traffic to an HTTP proxy from the environment.
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+PLACEHOLDER = "kudos to you, whoever reads this (the api is not answering)"
+# The last kudos the api gave this replica, with when: the fallback's value.
+_last_good: dict[str, object] = {}
+_last_lock = threading.Lock()
 
 
 def targets() -> dict[str, str]:
@@ -50,6 +62,7 @@ def call(via: str, url: str) -> dict[str, object]:
                 replica=body.get("replica"),
                 address=body.get("address"),
                 seen_client=body.get("client"),
+                kudos=body.get("kudos"),
                 # meshlocal's proxy names itself; a direct call has no such header.
                 route=resp.headers.get("x-meshlocal-route") or "direct",
             )
@@ -63,10 +76,27 @@ def call(via: str, url: str) -> dict[str, object]:
 
 
 def calls(n: int) -> dict[str, object]:
-    out: dict[str, object] = {"front_end": socket.gethostname()}
-    for via, url in targets().items():
-        out[via] = [call(via, url) for _ in range(n)]
-    return out
+    made = {via: [call(via, url) for _ in range(n)] for via, url in targets().items()}
+    return {
+        "front_end": socket.gethostname(),
+        **made,
+        "kudos": kudos_from(made["service-connect"]),
+        "degraded": any(not c["ok"] for got in made.values() for c in got),
+    }
+
+
+def kudos_from(main: list[dict[str, object]]) -> dict[str, object]:
+    """The page's kudos: the api's answer, else the fallback (last known good, placeholder)."""
+    good = [c for c in main if c.get("ok") and c.get("kudos")]
+    now = time.time()
+    with _last_lock:
+        if good:
+            _last_good.update(text=good[-1]["kudos"], at=now)
+            return {"text": good[-1]["kudos"], "source": "api"}
+        if _last_good:
+            age = round(now - float(_last_good["at"]), 1)  # type: ignore[arg-type]
+            return {"text": _last_good["text"], "source": "last-known-good", "age_s": age}
+    return {"text": PLACEHOLDER, "source": "placeholder"}
 
 
 def page(data: dict[str, object]) -> str:
@@ -83,8 +113,16 @@ def page(data: dict[str, object]) -> str:
                 f"<tr><td>{via}</td><td><code>{html.escape(str(c['url']))}</code></td>"
                 f"<td>{answer}</td><td>{c['elapsed_ms']} ms</td></tr>"
             )
+    kudos: dict[str, object] = data["kudos"]  # type: ignore[assignment]
+    banner = ""
+    if data["degraded"]:
+        banner = (
+            "<p style='background:#fec;padding:4px'><b>degraded</b>: an api call failed or took"
+            f" over {TIMEOUT_S:g} s; showing {html.escape(str(kudos['source']))} kudos</p>"
+        )
     return (
-        "<!doctype html><title>kudos</title><h1>kudos</h1>"
+        "<!doctype html><title>kudos</title><h1>kudos</h1>" + banner + "<p>kudos: <b>"
+        f"{html.escape(str(kudos['text']))}</b> ({html.escape(str(kudos['source']))})</p>"
         f"<p>front-end replica <b>{html.escape(str(data['front_end']))}</b> called the api:</p>"
         "<table border=1 cellpadding=4><tr><th>path</th><th>url</th><th>answered by</th>"
         "<th>time</th></tr>" + "".join(rows) + "</table>"
