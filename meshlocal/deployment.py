@@ -14,6 +14,7 @@ names (the CLI, the pytest plugin, undo, the watcher).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -304,7 +305,9 @@ class Deployment:
         )
         if not runs:
             progress("data plane already running: applying the new configuration")
-            self.control(plane, "apply", json.loads(config.to_json()), 60.0)
+            done = self.control(plane, "apply", json.loads(config.to_json()), 60.0)
+            for note in done.get("notes") or [] if isinstance(done, dict) else []:
+                progress(f"warning: {note}")  # a fault the new configuration dropped
         return plane
 
     def _enter(self, phase: str) -> None:
@@ -393,6 +396,11 @@ class Deployment:
         for service in replace_services:
             progress(f"replacing every replica of {service}")
             self.control(plane, "replace", {"service": service}, timeout)
+        if self.spec.environment.faults:
+            # `up` puts back the declared faults `fault rm` removed (a new data plane
+            # has them all: this one is not answering yet, and needs nothing).
+            with contextlib.suppress(MeshlocalError):
+                admin_call(plane.admin_url, "/v1/faults/restore", {}, 10.0)
         if wait:
             self.phase = "waiting for the replicas"
             self.wait_ready(timeout, plane=plane)

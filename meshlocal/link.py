@@ -11,9 +11,13 @@ controller -> data plane:
   {"t": "clients", "clients": [...]}          client-only members (`meshlocal run`), on change
   {"t": "status", "status": {...}}            the reconciler's part of `ps`
   {"t": "tasks", "tasks": [...]}              every task's containers (metadata.py), on change
+  {"t": "faults", "faults": [...], "suppressed": [...]}  the data plane's last report, sent
+                                              back before the config when it (re)connects
 data plane -> controller:
-  {"t": "ack", "id": n, "error": str | null, "admin_port": int, "public_port": int | null}
+  {"t": "ack", "id": n, "error": str | null, "admin_port": int, "public_port": int | null,
+   "notes": [str]}                            notes: faults a new configuration dropped
   {"t": "served", "replicas": [{"id", "health", "draining"}]}  what DNS and proxy use
+  {"t": "faults", "faults": [...], "suppressed": [...]}  its fault set, after every change
 
 The data plane trusts the controller. The controller trusts nothing the data
 plane says beyond health: `served` only decides readiness and rolls, never
@@ -27,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from meshlocal.faults import Fault
 from meshlocal.manifest.codec import from_jsonable, to_jsonable
 from meshlocal.manifest.model import EnvironmentSpec, Service
 from meshlocal.proxy.settings import ProxySettings
@@ -204,6 +209,36 @@ def parse_served(items: Iterable[Any]) -> dict[str, tuple[Health, bool]]:
         except (KeyError, ValueError, TypeError):
             continue  # a data plane's word is checked, never trusted blindly
     return out
+
+
+@dataclass(frozen=True)
+class FaultReport:
+    """A data plane's faults (faultstore.py): the whole set, and the declared ids
+    removed through its API until the next `up`."""
+
+    faults: tuple[Fault, ...] = ()
+    suppressed: tuple[str, ...] = ()
+
+    def to_message(self) -> dict[str, Any]:
+        return {
+            "t": "faults",
+            "faults": [f.to_json() for f in self.faults],
+            "suppressed": list(self.suppressed),
+        }
+
+    @classmethod
+    def from_message(cls, message: Mapping[str, Any]) -> FaultReport | None:
+        """None when malformed: the other side's word is checked, never trusted blindly."""
+        items, hidden = message.get("faults"), message.get("suppressed") or []
+        if not isinstance(items, list) or not isinstance(hidden, list):
+            return None
+        try:
+            faults = tuple(Fault.from_json(item) for item in items)
+        except (KeyError, ValueError, TypeError, AttributeError):
+            return None
+        if not all(isinstance(f.id, str) and f.id for f in faults):
+            return None
+        return cls(faults, tuple(str(h) for h in hidden))
 
 
 # -- framing -----------------------------------------------------------------------

@@ -39,6 +39,7 @@ from meshlocal.link import (
     LINE_LIMIT,
     LINK_SOCKET,
     MAX_BACKLOG,
+    FaultReport,
     LinkClosed,
     ServingConfig,
     parse_served,
@@ -115,6 +116,10 @@ class Controller:
         self._vips_in: str | None = None  # data-plane container start the VIPs were put in
         self._vips_lock = asyncio.Lock()
         self._helpers: set[asyncio.Task[None]] = set()
+        # The data plane's last word on its faults: handed back to it when it
+        # restarts (faultstore.py). Counters are not kept.
+        self.fault_report: FaultReport | None = None
+        self.config_notes: list[str] = []  # faults the last configuration dropped
 
     # -- lifecycle --------------------------------------------------------
 
@@ -209,8 +214,9 @@ class Controller:
         # The steps that can fail first (addresses, the data plane's listeners),
         # so a failure leaves the running configuration in charge.
         config = await self._with_vips(config, self.config.vips)
+        self.config_notes = []
         if self._writer is not None:
-            await self._send_config(config)
+            self.config_notes = await self._send_config(config)
         self.config = config
         self.naming = NamingModel(config.spec, config.vips)
         if self.reconciler is not None:
@@ -430,6 +436,8 @@ class Controller:
             fresh, self.first_start = self.first_start, False
             if not fresh:
                 self._push_now()
+            if self.fault_report is not None:  # a restarted data plane takes its faults back
+                await send(writer, self.fault_report.to_message())
             try:
                 await self._send_config(self.config)
             except DataPlaneError as exc:
@@ -472,8 +480,11 @@ class Controller:
                 self.served = parse_served(items if isinstance(items, list) else [])
                 serving_view(self.registry, self.served, self.view)
                 self._schedule_push()
+            elif kind == "faults":
+                self.fault_report = FaultReport.from_message(message) or self.fault_report
 
-    async def _send_config(self, config: AgentConfig) -> None:
+    async def _send_config(self, config: AgentConfig) -> list[str]:
+        """The data plane takes `config`; returns its notes (faults it dropped)."""
         writer = self._writer
         if writer is None:
             raise LinkClosed("no data plane")
@@ -504,6 +515,8 @@ class Controller:
             raise DataPlaneError(str(ack["error"]).removeprefix("error: "))
         self.admin_port = ack.get("admin_port")
         self.public_port = ack.get("public_port")
+        notes = ack.get("notes")
+        return [str(n) for n in notes] if isinstance(notes, list) else []
 
     def _changed(self) -> None:
         serving_view(self.registry, self.served, self.view)
@@ -580,7 +593,7 @@ class Controller:
             except (ValueError, KeyError, TypeError) as exc:
                 raise RuntimeFailure(f"bad configuration: {exc}") from None
             await self.reconfigure(config)
-            return self.state()
+            return {**self.state(), "notes": self.config_notes}
         if op == "scale":
             try:
                 service, count = str(body["service"]), int(body["count"])

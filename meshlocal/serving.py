@@ -9,13 +9,15 @@ knows when a replica is really in rotation.
 
 A data plane restarted alone starts empty and serves again as soon as the
 controller reconnects and sends the set (well under a second); one whose
-controller is away keeps serving the last set it had.
+controller is away keeps serving the last set it had. Its injected faults
+come back the same way (faultstore.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import ipaddress
 import logging
 import os
@@ -30,9 +32,11 @@ from aiohttp import web
 from meshlocal.dns.resolver import MeshResolver
 from meshlocal.dns.server import DnsServer
 from meshlocal.errors import MeshlocalError
+from meshlocal.faultstore import FaultStore, add_routes
 from meshlocal.link import (
     LINE_LIMIT,
     LINK_SOCKET,
+    FaultReport,
     LinkClosed,
     Mirror,
     ServingConfig,
@@ -89,6 +93,10 @@ class DataPlane:
         self.resolver: MeshResolver | None = None
         self.core: ProxyCore | None = None
         self.metadata = MetadataEndpoint(self._metadata_context)
+        # One table for the proxy and DNS, kept across configurations and restarts.
+        self.faults = FaultStore(self._faults_changed)
+        self.config_notes: list[str] = []  # what the last configuration dropped
+        self._faults_dirty = False
         self.serving = asyncio.Event()  # first configuration applied, listeners up
         self._stack = contextlib.AsyncExitStack()
         self._writer: asyncio.StreamWriter | None = None
@@ -126,11 +134,13 @@ class DataPlane:
             self.public.update(naming)
             self.health.update(naming)
         self.config, self.naming = config, naming
+        declared = (d.fault for d in config.spec.environment.faults)
+        self.config_notes = self.faults.configure(naming, declared)
 
     async def _start(self, config: ServingConfig, naming: NamingModel) -> None:
         """Every listener, or none: a failure stops what started, for a clean retry."""
         lst = self.listen
-        core = ProxyCore(self.registry, config.proxy)
+        core = ProxyCore(self.registry, config.proxy, faults=self.faults.table)
         host = self._host(lst.bind, config.address)
         proxy = ServiceConnectProxy(naming, self.registry, host, engine=core)
         public = PublicEndpoint(
@@ -140,7 +150,10 @@ class DataPlane:
             lst.public_port,
             engine=core,
         )
-        resolver = MeshResolver(naming, self.registry, config.address)
+        extra: dict[str, Any] = {}
+        if "faults" in inspect.signature(MeshResolver).parameters:  # DNS faults
+            extra["faults"] = self.faults.table
+        resolver = MeshResolver(naming, self.registry, config.address, **extra)
         dns = DnsServer(resolver, host, lst.dns_port)
         async with contextlib.AsyncExitStack() as started:
             for part in (dns, proxy, public):
@@ -231,8 +244,13 @@ class DataPlane:
                     "error": error,
                     "admin_port": self.admin_port,
                     "public_port": self.public_port if self.public and self.public.rules else None,
+                    "notes": self.config_notes if error is None else [],
                 },
             )
+        elif kind == "faults":
+            report = FaultReport.from_message(message)
+            if report is not None and not self.faults.restore(report):
+                self._faults_changed()  # ours win: the (new) controller learns them
         elif kind == "replicas":
             self.mirror.apply(replica_from_json(r) for r in message.get("replicas") or [])
         elif kind == "clients":
@@ -250,6 +268,22 @@ class DataPlane:
         if not self._served_dirty:
             self._served_dirty = True
             asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._send_served()))
+
+    def _faults_changed(self) -> None:
+        if not self._faults_dirty:
+            self._faults_dirty = True
+            with contextlib.suppress(RuntimeError):  # no loop: a test's store
+                asyncio.get_running_loop().call_soon(
+                    lambda: asyncio.ensure_future(self._send_faults())
+                )
+
+    async def _send_faults(self) -> None:
+        self._faults_dirty = False
+        writer = self._writer
+        if writer is None or not self.faults.loaded:
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError, LinkClosed):
+            await send(writer, self.faults.report().to_message())
 
     async def _send_served(self) -> None:
         self._served_dirty = False
@@ -301,6 +335,7 @@ class DataPlane:
         app = admin_app(core.metrics, core.faults)
         app.middlewares.append(self._admin_guard)
         app.router.add_get(f"/{API_VERSION}/state", self._state)
+        add_routes(app, self.faults, f"/{API_VERSION}")
         app.router.add_get("/healthz", self._healthz)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -319,7 +354,8 @@ class DataPlane:
         # In container mode the admin port listens on the environment's network,
         # where every replica could reach it. Only the host may: via the
         # published 127.0.0.1 port its requests arrive from the network's gateway.
-        # It changes nothing any more (scale and apply go to the controller).
+        # It changes injected faults (scale and apply go to the controller): a
+        # replica that could reach it could cut its peers off.
         gateway = self.config.gateway if self.config else None
         if not admin_peer_allowed(request.remote, gateway):
             return web.json_response(
@@ -340,6 +376,7 @@ class DataPlane:
         doc["public_port"] = self.public_port if public and public.rules else None
         doc["public_rules"] = [[p, s] for p, s in public.rules] if public else []
         doc["controller_connected"] = self._writer is not None
+        doc["faults"] = self.faults.table.snapshot()
         if self._writer is None:
             # Without its controller nothing converges, and this status may be old.
             doc["ready"] = False

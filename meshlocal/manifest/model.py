@@ -12,6 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from meshlocal.errors import Location
+from meshlocal.faults import Fault
 
 
 class ServiceType(StrEnum):
@@ -257,6 +258,17 @@ class Environment:
     # (`environments: {<env>: {legacy_namespace: true}}`), so Copilot's
     # manifests stay untouched (see docs/secrets.md).
     legacy_namespace: bool = False
+    # copilot/.meshlocal.yml `environments: {<env>: {faults: [...]}}`: injected
+    # from `up` on (faults.py), checked against the workspace by validate.
+    faults: tuple[DeclaredFault, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeclaredFault:
+    """A fault written in copilot/.meshlocal.yml (`declared` set, an id given), and where."""
+
+    fault: Fault
+    location: Location | None = None
 
 
 @dataclass(frozen=True)

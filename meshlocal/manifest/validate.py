@@ -485,12 +485,36 @@ def check(
             Location(workspace.root / "copilot" / ".meshlocal.yml"),
         )
     spec = EnvironmentSpec(workspace, environment, tuple(loaded), tuple(skipped))
+    check_faults(spec, diag, unloaded=frozenset(workspace.service_manifests) - loaded_names)
     for error in over_replica_limit(spec):
         # Copilot deploys it (not an error here); `up` refuses to run it.
         diag.note("warning", f"{error.message}; `meshlocal up` refuses it", error.location)
     report = Report(workspace, environment, spec, diag.errors, diag.notes)
     report.broken = broken
     return report
+
+
+def check_faults(spec: EnvironmentSpec, diag: Diagnostics, unloaded: frozenset[str]) -> None:
+    """The environment's declared faults against its services, each at its own line.
+
+    A fault on a service not loaded here (broken, or left out by `up SERVICE...`)
+    is not judged: the data plane drops it with a warning if it can't apply it.
+    """
+    if not spec.environment.faults:
+        return
+    from meshlocal.errors import FaultError
+    from meshlocal.faultparse import check as check_fault
+    from meshlocal.naming import NamingModel
+
+    naming = NamingModel(spec)
+    for declared in spec.environment.faults:
+        fault = declared.fault
+        if fault.service in unloaded or fault.source in unloaded:
+            continue
+        try:
+            check_fault(fault, naming, declared.location)
+        except FaultError as exc:
+            diag.error(f"fault {fault.id}: {exc.message}", exc.location, exc.hint)
 
 
 def _named(workspace: Workspace, services: Sequence[str] | None) -> frozenset[str] | None:

@@ -8,6 +8,10 @@ services live at `copilot/<svc>/manifest.yml`; environments at
     environments:
       legacy:                  # an environment created before Copilot v1.9
         legacy_namespace: true # registers {svc}.{app}.local
+      test:
+        faults:                # injected from `up` on (docs/faults.md)
+          - {service: api, latency: 200ms, jitter: 50ms, percent: 30, from: front-end}
+          - {id: api-down, service: api, abort: 503, percent: 10, seed: 7}
     services:
       api:
         app_protocol: http     # Service Connect mode without touching the manifest
@@ -23,13 +27,19 @@ environment manifests).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from meshlocal.errors import Location, ManifestError, WorkspaceNotFound
+from meshlocal.errors import FaultError, Location, ManifestError, WorkspaceNotFound
 from meshlocal.manifest.fields import parse_duration
-from meshlocal.manifest.model import DEFAULT_REGION, MAX_REPLICAS, Environment, Workspace
-from meshlocal.manifest.yaml12 import Map, Node, Scalar, load_file
+from meshlocal.manifest.model import (
+    DEFAULT_REGION,
+    MAX_REPLICAS,
+    DeclaredFault,
+    Environment,
+    Workspace,
+)
+from meshlocal.manifest.yaml12 import Map, Node, Scalar, Seq, load_file
 from meshlocal.paths import COPILOT_DIR, WORKSPACE_FILE, locate_root
 
 CONFIG_FILE = ".meshlocal.yml"
@@ -39,6 +49,7 @@ LOCAL_PROTOCOLS = ("tcp", "http", "http2", "grpc")
 # Directories under copilot/ that hold no service.
 NOT_SERVICES = frozenset({"environments", "pipelines"})
 _SETTINGS = ("environments", "services", "max_replicas", "region", "health_check_interval")
+_ENV_SETTINGS = ("legacy_namespace", "faults")
 # An AWS region code: us-east-1, ap-southeast-2, us-gov-west-1, eu-isoe-west-1.
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
 
@@ -47,6 +58,7 @@ _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
 class EnvConfig:
     legacy_namespace: bool = False
     location: Location | None = None
+    faults: tuple[DeclaredFault, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -124,14 +136,18 @@ def read_config(path: Path) -> Config:
         )
     for name, value in node.items.items():
         legacy = False
+        faults: tuple[DeclaredFault, ...] = ()
         if isinstance(value, Map):
             for key, sub in value.items.items():
-                if key != "legacy_namespace":
+                if key not in _ENV_SETTINGS:
                     raise ManifestError(
                         f'unknown environment setting "{key}"',
                         location=value.keys[key],
-                        hint="known: legacy_namespace",
+                        hint="known: " + ", ".join(_ENV_SETTINGS),
                     )
+                if key == "faults":
+                    faults = _read_faults(sub)
+                    continue
                 flag = _bool(sub)
                 if flag is None:
                     raise ManifestError(
@@ -146,8 +162,53 @@ def read_config(path: Path) -> Config:
                 location=value.loc,
                 hint="write NAME: {legacy_namespace: true}",
             )
-        envs[name] = EnvConfig(legacy, node.keys[name])
+        envs[name] = EnvConfig(legacy, node.keys[name], faults)
     return Config(path, envs, protocols, limit, limit_at, region, interval)
+
+
+def _read_faults(node: Node) -> tuple[DeclaredFault, ...]:
+    """`faults: [{service: api, latency: 200ms, ...}]`: parsed, not yet checked against
+    the services (validate does, with each entry's line)."""
+    from meshlocal.faultparse import parse_fault  # only a workspace that declares faults
+
+    if isinstance(node, Scalar) and node.kind == "null":
+        return ()
+    hint = "write faults: [{service: api, latency: 200ms}] (docs/faults.md)"
+    if not isinstance(node, Seq):
+        raise ManifestError("faults must be a list of faults", location=node.loc, hint=hint)
+    out: list[DeclaredFault] = []
+    counts: dict[tuple[str, str], int] = {}
+    seen: set[str] = set()
+    for entry in node.items:
+        if not isinstance(entry, Map):
+            raise ManifestError(
+                "a fault must be a mapping of fields", location=entry.loc, hint=hint
+            )
+        raw: dict[str, object] = {}
+        for key, sub in entry.items.items():
+            if not isinstance(sub, Scalar):
+                raise ManifestError(
+                    f"fault field {key} must be a single value", location=sub.loc, hint=hint
+                )
+            raw[key] = None if sub.kind == "null" else sub.value
+        try:
+            fault = parse_fault(raw, where=entry.loc)
+        except FaultError as exc:
+            raise ManifestError(exc.message, location=exc.location, hint=exc.hint) from None
+        if not fault.id:
+            n = counts[(fault.service, fault.kind.value)] = (
+                counts.get((fault.service, fault.kind.value), 0) + 1
+            )
+            fault = replace(fault, id=f"{fault.service}-{fault.kind.value}-{n}")
+        if fault.id in seen:
+            raise ManifestError(
+                f'two faults have the id "{fault.id}"',
+                location=entry.loc,
+                hint="give each fault its own id",
+            )
+        seen.add(fault.id)
+        out.append(DeclaredFault(replace(fault, declared=True), entry.loc))
+    return tuple(out)
 
 
 def _read_interval(node: Node | None) -> float | None:
@@ -245,11 +306,15 @@ def find_workspace(start: Path, *, lenient: bool = False) -> Workspace:
         for sub in sorted(env_dir.iterdir()):
             manifest = sub / MANIFEST
             if sub.is_dir() and manifest.is_file():
-                legacy = config.environments.get(sub.name, EnvConfig()).legacy_namespace
-                environments[sub.name] = Environment(sub.name, manifest, legacy)
+                own = config.environments.get(sub.name, EnvConfig())
+                environments[sub.name] = Environment(
+                    sub.name, manifest, own.legacy_namespace, own.faults
+                )
     for name, env_config in config.environments.items():
         if name not in environments:
-            environments[name] = Environment(name, None, env_config.legacy_namespace)
+            environments[name] = Environment(
+                name, None, env_config.legacy_namespace, env_config.faults
+            )
 
     services: dict[str, Path] = {}
     for sub in sorted(copilot.iterdir()):

@@ -1,0 +1,442 @@
+"""The fault control plane: the data plane's admin API, its report over the link,
+and the rules that keep faults across configurations and restarts.
+
+The data plane runs in-process on loopback (no Docker): a real aiohttp
+client on its admin port, a real socket pair for the link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from meshlocal.faults import Fault, Kind
+from meshlocal.faultstore import FaultStore, merge_faults
+from meshlocal.link import LINE_LIMIT, FaultReport, ServingConfig, receive, send
+from meshlocal.manifest.model import EnvironmentSpec
+from meshlocal.manifest.validate import load_environment
+from meshlocal.naming import NamingModel
+from meshlocal.serving import DataPlane, Listen
+
+MANIFEST = """\
+name: {name}
+type: Backend Service
+image:
+  location: busybox
+{port}
+network:
+  connect: true
+"""
+
+
+def workspace(
+    root: Path, faults: str = "", services: tuple[str, ...] = ("api", "front", "tcp")
+) -> Path:
+    copilot = root / "copilot"
+    (copilot / "environments" / "test").mkdir(parents=True, exist_ok=True)
+    (copilot / ".workspace").write_text("application: shop\n")
+    (copilot / "environments" / "test" / "manifest.yml").write_text(
+        "name: test\ntype: Environment\n"
+    )
+    ports = {"api": "  port: 18080", "tcp": "  port: 19000", "front": ""}
+    for name in ("api", "front", "tcp"):
+        path = copilot / name / "manifest.yml"
+        if name in services:
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(MANIFEST.format(name=name, port=ports[name]))
+        elif path.exists():
+            path.unlink()
+            path.parent.rmdir()
+    config = "services: {api: {app_protocol: http}}\n"
+    if faults:
+        config += "environments:\n  test:\n    faults:\n" + faults
+    (copilot / ".meshlocal.yml").write_text(config)
+    return root
+
+
+def load(root: Path) -> EnvironmentSpec:
+    return load_environment(root, "test", environ={})
+
+
+def serving(spec: EnvironmentSpec, base: int = 60) -> ServingConfig:
+    names = sorted(NamingModel(spec).endpoint_names)
+    vips = {name: f"127.0.{base}.{i + 1}" for i, name in enumerate(names)}
+    return ServingConfig("p", spec, "127.0.0.1", vips=vips)
+
+
+def listen() -> Listen:
+    return Listen(
+        mode="host",
+        bind="127.0.0.1",
+        public_host="127.0.0.1",
+        public_port=0,
+        admin_host="127.0.0.1",
+        admin_port=0,
+        dns_port=0,
+        metadata_port=0,
+    )
+
+
+DECLARED = (
+    "      - {service: api, latency: 200ms, jitter: 50ms, percent: 30, from: front, id: slow-api}\n"
+)
+
+
+@pytest.fixture
+async def plane(tmp_path: Path) -> AsyncIterator[DataPlane]:
+    dp = DataPlane(listen())
+    await dp.configure(serving(load(workspace(tmp_path, DECLARED))))
+    try:
+        yield dp
+    finally:
+        await dp.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        yield session
+
+
+def url(dp: DataPlane, path: str) -> str:
+    return f"http://127.0.0.1:{dp.admin_port}{path}"
+
+
+async def call(
+    http: aiohttp.ClientSession, method: str, address: str, body: Any = None
+) -> tuple[int, Any]:
+    async with http.request(method, address, json=body) as resp:
+        return resp.status, await resp.json()
+
+
+# -- the admin API ---------------------------------------------------------------------
+
+
+async def test_the_declared_fault_is_listed_with_its_counters(
+    plane: DataPlane, http: aiohttp.ClientSession
+) -> None:
+    status, doc = await call(http, "GET", url(plane, "/v1/faults"))
+    assert status == 200
+    (only,) = doc["faults"]
+    assert only["id"] == "slow-api" and only["declared"] is True
+    assert (only["latency_ms"], only["jitter_ms"], only["percent"]) == (200.0, 50.0, 30.0)
+    assert (only["source"], only["seen"], only["hits"]) == ("front", 0, 0)
+    assert only["description"] == "latency 200ms ±50ms (30%)"
+    assert plane.faults.table.sc["api"][0].fault.id == "slow-api"  # the proxy's index
+
+
+async def test_add_list_remove_and_remove_all(
+    plane: DataPlane, http: aiohttp.ClientSession
+) -> None:
+    status, doc = await call(
+        http, "POST", url(plane, "/v1/faults"), {"service": "api", "abort": 503, "percent": "10"}
+    )
+    assert status == 200, doc
+    added = doc["fault"]
+    assert (added["id"], added["kind"], added["http_status"], added["percent"]) == (
+        "f1",
+        "abort",
+        503,
+        10.0,
+    )
+    assert added["declared"] is False and added["description"] == "abort 503 (10%)"
+    status, doc = await call(
+        http, "POST", url(plane, "/v1/faults"), {"service": "tcp", "reset_after": 100, "id": "cut"}
+    )
+    assert status == 200 and doc["fault"]["id"] == "cut"
+    _, doc = await call(http, "GET", url(plane, "/v1/faults"))
+    assert [f["id"] for f in doc["faults"]] == ["slow-api", "f1", "cut"]
+    assert set(plane.faults.table.sc) == {"api", "tcp"}
+
+    status, doc = await call(http, "DELETE", url(plane, "/v1/faults/f1"))
+    assert status == 200 and [f["id"] for f in doc["removed"]] == ["f1"]
+    assert [f.id for f in plane.faults.table.faults()] == ["slow-api", "cut"]
+
+    status, doc = await call(http, "DELETE", url(plane, "/v1/faults"))
+    assert status == 200 and sorted(f["id"] for f in doc["removed"]) == ["cut", "slow-api"]
+    _, doc = await call(http, "GET", url(plane, "/v1/faults"))
+    assert doc == {"faults": []}
+    assert plane.faults.table.sc == {} and plane.faults.table.dns == {}  # the hot path's test
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"service": "nope", "latency": "1s"}, "no service 'nope' in this environment"),
+        ({"service": "api", "latency": "-5ms"}, "latency can't be negative"),
+        ({"service": "api", "abort": 503, "percent": 150}, "percent must be between 0 and 100"),
+        ({"service": "tcp", "abort": 503}, "proxies TCP (no AppProtocol)"),
+        ({"service": "api", "partition": True}, "a partition is between two services"),
+        ({"service": "api", "latency": "1s", "abort": 500}, "one fault injects one thing"),
+        ({"service": "api", "lag": "1s"}, "unknown fault field 'lag'"),
+        (
+            {"service": "api", "latency": "1s", "id": "slow-api"},
+            "declared in copilot/.meshlocal.yml",
+        ),
+        (["not", "a", "mapping"], "the body must be a JSON object"),
+    ],
+)
+async def test_bad_input_is_a_400_with_the_message_and_nothing_changes(
+    plane: DataPlane, http: aiohttp.ClientSession, body: Any, says: str
+) -> None:
+    before = plane.faults.table.snapshot()
+    version = plane.faults.table.version
+    status, doc = await call(http, "POST", url(plane, "/v1/faults"), body)
+    assert status == 400, doc
+    assert says in doc["error"], doc
+    if says != "the body must be a JSON object":
+        assert doc["error"].startswith("error: ")  # FaultError.render()
+    assert plane.faults.table.snapshot() == before and plane.faults.table.version == version
+
+
+async def test_a_body_that_is_not_json_is_a_400(
+    plane: DataPlane, http: aiohttp.ClientSession
+) -> None:
+    async with http.post(url(plane, "/v1/faults"), data=b"{oops") as resp:
+        assert resp.status == 400
+        assert "JSON object" in (await resp.json())["error"]
+
+
+async def test_removing_an_unknown_id_is_a_404_naming_the_known_ones(
+    plane: DataPlane, http: aiohttp.ClientSession
+) -> None:
+    status, doc = await call(http, "DELETE", url(plane, "/v1/faults/zzz"))
+    assert status == 404
+    assert doc["error"] == "error: no fault 'zzz'\n  hint: faults: slow-api"
+    assert len(plane.faults.table) == 1
+
+
+async def test_the_state_document_lists_the_faults(
+    plane: DataPlane, http: aiohttp.ClientSession
+) -> None:
+    await call(http, "POST", url(plane, "/v1/faults"), {"service": "tcp", "refuse": True})
+    status, doc = await call(http, "GET", url(plane, "/v1/state"))
+    assert status == 200
+    assert [(f["id"], f["kind"]) for f in doc["faults"]] == [
+        ("slow-api", "latency"),
+        ("f1", "refuse"),
+    ]
+
+
+async def test_metrics_carry_the_counters(plane: DataPlane, http: aiohttp.ClientSession) -> None:
+    active = plane.faults.table.get("slow-api")
+    assert active is not None
+    active.seen, active.hits = 10, 3
+    async with http.get(url(plane, "/metrics")) as resp:
+        text = await resp.text()
+    assert (
+        'meshlocal_fault_hits_total{fault="slow-api",kind="latency",service="api",from="front"} 3'
+        in text
+    )
+    assert (
+        'meshlocal_fault_seen_total{fault="slow-api",kind="latency",service="api",from="front"} 10'
+        in text
+    )
+
+
+async def test_a_removed_declared_fault_stays_removed_until_up_restores_it(
+    plane: DataPlane, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    status, _ = await call(http, "DELETE", url(plane, "/v1/faults/slow-api"))
+    assert status == 200 and len(plane.faults.table) == 0
+    # Another configuration (a re-run of `up` that changed something else) keeps it out...
+    await plane.configure(serving(load(tmp_path)))
+    assert len(plane.faults.table) == 0 and plane.faults.suppressed == {"slow-api"}
+    # ...and `up` puts it back.
+    status, doc = await call(http, "POST", url(plane, "/v1/faults/restore"), {})
+    assert status == 200 and [f["id"] for f in doc["faults"]] == ["slow-api"]
+    assert plane.faults.suppressed == set()
+
+
+async def test_a_configuration_replaces_declared_faults_and_drops_runtime_ones_that_no_longer_fit(
+    plane: DataPlane, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    for body in ({"service": "tcp", "refuse": True, "id": "r"}, {"service": "api", "abort": 500}):
+        status, _ = await call(http, "POST", url(plane, "/v1/faults"), body)
+        assert status == 200
+    active = plane.faults.table.get("f1")
+    assert active is not None
+    active.hits = 5
+    # tcp goes; the declared fault changes.
+    changed = "      - {service: api, abort: 502, id: bad-gateway}\n"
+    await plane.configure(serving(load(workspace(tmp_path, changed, ("api", "front")))))
+    assert [f.id for f in plane.faults.table.faults()] == ["bad-gateway", "f1"]
+    kept = plane.faults.table.get("f1")
+    assert kept is not None and kept.hits == 5  # unchanged: its counters stay
+    (note,) = plane.config_notes
+    assert note.startswith("fault r (* -> tcp: refuse) is removed: no service 'tcp'"), note
+
+
+# -- the link: reports, and a restart --------------------------------------------------
+
+
+class Controller:
+    """The controller's end of one link, over a real socket pair."""
+
+    def __init__(self, dp: DataPlane) -> None:
+        self.dp = dp
+        self.messages: list[dict[str, Any]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Controller:
+        ours, theirs = socket.socketpair()
+        r1, w1 = await asyncio.open_connection(sock=theirs, limit=LINE_LIMIT)
+        self.reader, self.writer = await asyncio.open_connection(sock=ours, limit=LINE_LIMIT)
+        self._task = asyncio.create_task(self.dp.handle_link(r1, w1))
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.writer.close()
+        assert self._task is not None
+        await asyncio.wait_for(self._task, 5)
+
+    async def expect(
+        self, kind: str, where: Callable[[dict[str, Any]], bool] = lambda m: True
+    ) -> dict[str, Any]:
+        async with asyncio.timeout(5):
+            while True:
+                message = await receive(self.reader)
+                self.messages.append(message)
+                if message.get("t") == kind and where(message):
+                    return message
+
+    async def configure(self, config: ServingConfig, ident: int = 1) -> dict[str, Any]:
+        await send(self.writer, {"t": "config", "id": ident, "config": config.to_jsonable()})
+        return await self.expect("ack", lambda m: m.get("id") == ident)
+
+
+async def test_a_restarted_data_plane_takes_back_every_fault(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    config = serving(load(workspace(tmp_path, DECLARED)))
+    first = DataPlane(listen())
+    try:
+        async with Controller(first) as link:
+            ack = await link.configure(config)
+            assert ack["error"] is None and ack["notes"] == []
+            report = FaultReport.from_message(await link.expect("faults"))
+            assert report is not None and [f.id for f in report.faults] == ["slow-api"]
+            status, _ = await call(
+                http,
+                "POST",
+                url(first, "/v1/faults"),
+                {"service": "tcp", "reset": True, "id": "rst"},
+            )
+            assert status == 200
+            message = await link.expect("faults", lambda m: len(m["faults"]) == 2)
+            await call(http, "DELETE", url(first, "/v1/faults/slow-api"))
+            message = await link.expect("faults", lambda m: len(m["faults"]) == 1)
+            kept = FaultReport.from_message(json.loads(json.dumps(message)))
+            assert kept is not None and kept.suppressed == ("slow-api",)
+    finally:
+        await first.stop()
+
+    # A new process: the controller hands the report back before the configuration.
+    second = DataPlane(listen())
+    try:
+        async with Controller(second) as link:
+            await send(link.writer, kept.to_message())
+            await link.configure(config)
+            assert [(f.id, f.declared) for f in second.faults.table.faults()] == [("rst", False)]
+            assert second.faults.suppressed == {"slow-api"}
+            assert "tcp" in second.faults.table.sc
+            echoed = FaultReport.from_message(await link.expect("faults"))
+            assert echoed == kept
+
+        # The controller restarted instead: it has no report, the data plane keeps its own
+        # and says so; a stale report is not taken either.
+        async with Controller(second) as link:
+            stale = FaultReport((Fault("api", Kind.REFUSE, id="old"),))
+            await send(link.writer, stale.to_message())
+            told = FaultReport.from_message(await link.expect("faults"))
+            assert told == kept
+            await link.configure(config, 2)
+            assert [f.id for f in second.faults.table.faults()] == ["rst"]
+    finally:
+        await second.stop()
+
+
+async def test_a_malformed_report_is_ignored(tmp_path: Path) -> None:
+    dp = DataPlane(listen())
+    try:
+        async with Controller(dp) as link:
+            await send(link.writer, {"t": "faults", "faults": [{"kind": "nope"}]})
+            await link.configure(serving(load(workspace(tmp_path))))
+            assert len(dp.faults.table) == 0
+    finally:
+        await dp.stop()
+
+
+# -- the rules, as pure functions --------------------------------------------------------
+
+
+def naming_of(tmp_path: Path, services: tuple[str, ...] = ("api", "front", "tcp")) -> NamingModel:
+    return NamingModel(load(workspace(tmp_path, "", services)))
+
+
+def test_declared_faults_win_over_runtime_ones_with_their_id(tmp_path: Path) -> None:
+    declared = [Fault("api", Kind.REFUSE, id="x", declared=True)]
+    runtime = [Fault("tcp", Kind.RESET, id="x"), Fault("tcp", Kind.RESET, id="y")]
+    keep, notes = merge_faults(declared, runtime, (), naming_of(tmp_path))
+    assert [(f.id, f.service) for f in keep] == [("x", "api"), ("y", "tcp")]
+    assert notes == ["fault x (* -> tcp: reset) gives way to the declared one"]
+
+
+def test_suppressed_declared_faults_stay_out_and_unfit_ones_are_noted(tmp_path: Path) -> None:
+    declared = [
+        Fault("api", Kind.REFUSE, id="a", declared=True),
+        Fault("tcp", Kind.ABORT, http_status=503, id="b", declared=True),  # TCP mode: no abort
+    ]
+    keep, notes = merge_faults(declared, [], {"a"}, naming_of(tmp_path))
+    assert keep == []
+    (note,) = notes
+    assert note.startswith("declared fault b (* -> tcp: abort 503) is not injected: tcp's")
+
+
+def test_a_fresh_store_adopts_a_report_and_a_loaded_one_keeps_its_own(tmp_path: Path) -> None:
+    naming = naming_of(tmp_path)
+    changes: list[int] = []
+    store = FaultStore(lambda: changes.append(1))
+    report = FaultReport(
+        (Fault("api", Kind.REFUSE, id="d", declared=True), Fault("tcp", Kind.RESET, id="r")),
+        ("gone",),
+    )
+    assert store.restore(report) is True
+    assert len(store.table) == 0 and not changes  # nothing until its configuration
+    notes = store.configure(
+        naming, [Fault("api", Kind.LATENCY, latency_ms=5, id="d2", declared=True)]
+    )
+    # The report's declared fault is not taken: the configuration says which are declared.
+    assert notes == [] and [f.id for f in store.table.faults()] == ["d2", "r"]
+    assert store.suppressed == set()  # "gone" is declared no more
+    assert changes == [1]
+    assert store.restore(FaultReport()) is False  # loaded: its own set wins
+    assert [f.id for f in store.table.faults()] == ["d2", "r"]
+
+
+def test_the_report_round_trips_and_refuses_garbage() -> None:
+    report = FaultReport(
+        (
+            Fault("api", Kind.LATENCY, id="a", latency_ms=200, jitter_ms=50, percent=30, seed=7),
+            replace(Fault("api", Kind.REFUSE, id="b", source="front"), declared=True),
+        ),
+        ("c",),
+    )
+    assert FaultReport.from_message(json.loads(json.dumps(report.to_message()))) == report
+    for bad in (
+        {"t": "faults"},
+        {"t": "faults", "faults": "x"},
+        {"t": "faults", "faults": [1]},
+        {"t": "faults", "faults": [{"service": "api"}]},
+        {"t": "faults", "faults": [{"service": "api", "kind": "refuse"}]},  # no id
+        {"t": "faults", "faults": [], "suppressed": "x"},
+    ):
+        assert FaultReport.from_message(bad) is None, bad
