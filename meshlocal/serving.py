@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import ipaddress
 import logging
 import os
@@ -150,10 +149,7 @@ class DataPlane:
             lst.public_port,
             engine=core,
         )
-        extra: dict[str, Any] = {}
-        if "faults" in inspect.signature(MeshResolver).parameters:  # DNS faults
-            extra["faults"] = self.faults.table
-        resolver = MeshResolver(naming, self.registry, config.address, **extra)
+        resolver = MeshResolver(naming, self.registry, config.address, faults=self.faults.table)
         dns = DnsServer(resolver, host, lst.dns_port)
         async with contextlib.AsyncExitStack() as started:
             for part in (dns, proxy, public):

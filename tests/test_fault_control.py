@@ -131,6 +131,9 @@ async def test_the_declared_fault_is_listed_with_its_counters(
     assert (only["source"], only["seen"], only["hits"]) == ("front", 0, 0)
     assert only["description"] == "latency 200ms ±50ms (30%)"
     assert plane.faults.table.sc["api"][0].fault.id == "slow-api"  # the proxy's index
+    # One table: the proxy's and the DNS server's.
+    assert plane.core is not None and plane.core.faults is plane.faults.table
+    assert plane.resolver is not None and plane.resolver.faults is plane.faults.table
 
 
 async def test_add_list_remove_and_remove_all(
