@@ -71,9 +71,9 @@ class Engine:
             clock=clock,
         )
         self.pool = UpstreamPool(settings, self.metrics)
-        self.forwarder = Forwarder(self.balancer, self.pool, self.metrics, settings)
-        self.tcp = TcpProxy(self.balancer, self.metrics, settings)
-        self.h2 = H2Proxy(self.balancer, self.metrics, settings)
+        self.forwarder = Forwarder(self.balancer, self.pool, self.metrics, settings, self.faults)
+        self.tcp = TcpProxy(self.balancer, self.metrics, settings, self.faults)
+        self.h2 = H2Proxy(self.balancer, self.metrics, settings, self.faults)
         # The connection-holding data paths beside the HTTP/1 forwarder.
         self.relays: tuple[TcpProxy | H2Proxy, ...] = (self.tcp, self.h2)
         self._users = 0

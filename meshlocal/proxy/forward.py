@@ -20,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-from meshlocal.proxy import http1
+from meshlocal.faults import FaultTable
+from meshlocal.proxy import faultio, http1, http1fault
 from meshlocal.proxy.balancer import Balancer
 from meshlocal.proxy.http1 import ChunkedScanner, HttpError, RequestHead, ResponseHead
 from meshlocal.proxy.metrics import Metrics, ServiceMetrics
@@ -60,7 +61,7 @@ def error_response(status: int, body: str, *, route: bytes = b"service-connect")
     return (
         b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
         b"x-meshlocal-route: %s\r\nconnection: close\r\n\r\n%s"
-        % (status, _REASONS.get(status, b"Error"), len(data), route, data)
+        % (status, _REASONS.get(status) or faultio.reason(status), len(data), route, data)
     )
 
 
@@ -73,11 +74,13 @@ class Forwarder:
         pool: UpstreamPool,
         metrics: Metrics,
         settings: ProxySettings,
+        faults: FaultTable | None = None,
     ) -> None:
         self.balancer = balancer
         self.pool = pool
         self.metrics = metrics
         self.settings = settings
+        self.faults = faults if faults is not None else FaultTable()
         self.connections: set[Downstream] = set()
         # (container id, route) -> the debugging response headers, built once.
         self.debug_headers: dict[tuple[str, bytes], bytes] = {}
@@ -320,6 +323,12 @@ class Downstream(asyncio.Protocol):
                 reason = fwd.balancer.why_unavailable(route.service)
             self._fail(503, reason)
             return
+        if fwd.faults.sc and self.label == faultio.SC_LABEL and http1fault.intercept(self, replica):
+            return
+        self._dial(replica)
+
+    def _dial(self, replica: Replica) -> None:
+        fwd = self.fwd
         up = fwd.pool.take(replica)
         if up is not None:
             self._attach(replica, up)
@@ -333,26 +342,34 @@ class Downstream(asyncio.Protocol):
         try:
             up = await fwd.pool.connect(replica)
         except (OSError, TimeoutError):
-            if self.state == _CLOSED:
-                return
-            # Nothing was sent: safe to retry on another replica (Envoy: connect-failure).
-            fwd.balancer.record(replica, True, self.client)
-            self.tried.append(replica.container_id)
-            self.retries += 1
-            if self.retries > self.settings.max_retries:
-                assert self.route is not None
-                self._fail(
-                    503,
-                    f"no replica of service {self.route.service!r} accepted a connection "
-                    f"(tried {len(self.tried)})",
-                )
-                return
-            self._select()
+            if self.state != _CLOSED:
+                self.connect_failed(replica)
             return
         if self.state == _CLOSED:
             fwd.pool.release(up)
             return
         self._attach(replica, up)
+
+    def connect_failed(self, replica: Replica, *, fault: bool = False) -> None:
+        """Nothing was sent: safe to retry on another replica (Envoy: connect-failure).
+
+        A fault's refusal is not seen by outlier detection (Istio's fault filter
+        sits before the router)."""
+        if not fault:
+            self.fwd.balancer.record(replica, True, self.client)
+        self.tried.append(replica.container_id)
+        self.retries += 1
+        if self.retries > self.settings.max_retries:
+            assert self.route is not None
+            self._fail(
+                503,
+                faultio.CONNECT_FAILURE
+                if fault
+                else f"no replica of service {self.route.service!r} accepted a connection "
+                f"(tried {len(self.tried)})",
+            )
+            return
+        self._select()
 
     def _attach(self, replica: Replica, up: UpstreamConn) -> None:
         self.state = _EXCHANGE

@@ -11,7 +11,7 @@ from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
 from hpack.struct import Header
 
-from meshlocal.proxy import h2util
+from meshlocal.proxy import faultio, h2fault, h2util
 from meshlocal.registry import Replica
 
 if TYPE_CHECKING:
@@ -64,9 +64,14 @@ class Stream:
                 why = proxy.balancer.why_unavailable(down.service)
             self.local_reply(503, why)
             return
+        if proxy.faults.sc and h2fault.intercept(self, replica):
+            return
+        self.go(replica)
+
+    def go(self, replica: Replica) -> None:
         self.replica = replica
         self.begun = True
-        proxy.balancer.begin(replica)
+        self.proxy.balancer.begin(replica)
         self.requeue()
 
     def requeue(self) -> None:
@@ -97,7 +102,7 @@ class Stream:
             self.begun = False
             self.proxy.balancer.end(self.replica)
 
-    def _retry(self) -> None:
+    def _retry(self, why: str = "") -> None:
         """Nothing reached the replica: try another (Envoy: connect-failure, refused-stream)."""
         assert self.replica is not None
         self._detach()
@@ -107,7 +112,8 @@ class Stream:
         if self.retries > self.proxy.settings.max_retries:
             self.local_reply(
                 503,
-                f"no replica of service {self.down.service!r} accepted a connection "
+                why
+                or f"no replica of service {self.down.service!r} accepted a connection "
                 f"(tried {len(self.tried)})",
             )
         else:
@@ -118,6 +124,11 @@ class Stream:
             return
         self.proxy.balancer.record(self.replica, True, self.down.client)
         self._retry()
+
+    def fault_refused(self, replica: Replica) -> None:
+        """A refuse or partition fault: a connect failure outlier detection never sees."""
+        self.replica = replica
+        self._retry(faultio.CONNECT_FAILURE)
 
     def refused(self) -> None:
         """The replica will not process the stream (GOAWAY, REFUSED_STREAM, closed replica)."""
@@ -308,12 +319,12 @@ class Stream:
             up.flush()
         self._check_done()
 
-    def local_reply(self, status: int, message: str) -> None:
+    def local_reply(self, status: int, message: str, grpc_code: int | None = None) -> None:
         if self.done:
             return
         self._reset_up(ErrorCodes.CANCEL)
         self._detach()
-        headers, body = h2util.local_reply(status, message, grpc=self.grpc)
+        headers, body = h2util.local_reply(status, message, grpc=self.grpc, grpc_code=grpc_code)
         self.head_sent = True
         self.resp_buf.clear()
         self.resp_trailers = None
@@ -374,3 +385,79 @@ def _take(buf: deque[bytes], room: int) -> bytes:
         return buf.popleft()
     buf[0] = chunk[room:]
     return chunk[:room]
+
+
+class ShapedStream(Stream):
+    """A stream a bandwidth or reset fault hit: its DATA goes through shapers.
+
+    A hit stream is switched to this class (`shape`), so the plain `Stream`'s
+    per-frame path has no fault test at all. Bytes held in a shaper are not
+    acknowledged yet, so the peers' windows still bound them.
+    """
+
+    resp_shaper: faultio.Shaper
+    req_shaper: faultio.Shaper | None
+
+    @staticmethod
+    def shape(st: Stream, plan: faultio.Plan) -> ShapedStream:
+        st.__class__ = ShapedStream
+        assert isinstance(st, ShapedStream)
+        st.resp_shaper = faultio.Shaper(
+            st._release_resp, rate=plan.rate, limit=plan.reset, on_limit=st._limit_reached
+        )
+        st.req_shaper = faultio.Shaper(st._release_req, rate=plan.rate) if plan.rate else None
+        return st
+
+    def _release_resp(self, part: bytes) -> None:
+        if not self.done:
+            self.resp_buf.append(part)
+            self.pump_resp()
+
+    def _release_req(self, part: bytes) -> None:
+        Stream.on_req_data(self, part, len(part))
+
+    def _limit_reached(self) -> None:
+        """A reset fault: the client's stream is reset (RST_STREAM), not its connection."""
+        if self.done:
+            return
+        self._reset_up(ErrorCodes.CANCEL)
+        self.down.reset_stream(self.sid, ErrorCodes.INTERNAL_ERROR)
+        self.finish()
+
+    def on_resp_data(self, data: bytes, flow_len: int) -> None:
+        up = self.up
+        if up is not None and flow_len > len(data):
+            up.conn_ack(flow_len - len(data), self.up_id)
+        self.resp_shaper.write(data)
+
+    def on_resp_end(self, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
+        self.resp_shaper.then(lambda: Stream.on_resp_end(self, trailers))
+
+    def on_req_data(self, data: bytes, flow_len: int) -> None:
+        if self.req_shaper is None:
+            Stream.on_req_data(self, data, flow_len)
+            return
+        if flow_len > len(data):
+            self.down.conn_ack(flow_len - len(data), self.sid)
+        self.req_shaper.write(data)
+
+    def on_req_end(self, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
+        if self.req_shaper is None or self.req_shaper.empty:
+            Stream.on_req_end(self, trailers)
+        else:
+            self.req_shaper.then(lambda: Stream.on_req_end(self, trailers))
+
+    def finish(self) -> None:
+        if self.done:
+            return
+        # What the shapers still hold goes back to the senders' windows.
+        held_resp = self.resp_shaper.size
+        self.resp_shaper.cancel()
+        up = self.up
+        if held_resp and up is not None and self.up_id:
+            up.conn_ack(held_resp, self.up_id)
+        if self.req_shaper is not None:
+            if self.req_shaper.size:
+                self.down.conn_ack(self.req_shaper.size, self.sid)
+            self.req_shaper.cancel()
+        super().finish()

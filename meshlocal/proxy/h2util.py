@@ -179,19 +179,19 @@ def percent_encode(text: str) -> bytes:
 
 
 def local_reply(
-    status: int, message: str, *, grpc: bool
+    status: int, message: str, *, grpc: bool, grpc_code: int | None = None
 ) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """A response made by the proxy: (headers, body); an empty body means headers only.
 
     For gRPC, as Envoy's sendLocalReply: a trailers-only response, HTTP 200,
-    grpc-status mapped from the HTTP status, the text in grpc-message.
+    grpc-status mapped from the HTTP status (or `grpc_code`), the text in grpc-message.
     """
     route = (b"x-meshlocal-route", b"service-connect")
     if grpc:
         return [
             (b":status", b"200"),
             (b"content-type", b"application/grpc"),
-            (b"grpc-status", b"%d" % http_to_grpc(status)),
+            (b"grpc-status", b"%d" % (http_to_grpc(status) if grpc_code is None else grpc_code)),
             (b"grpc-message", percent_encode(message)),
             route,
         ], b""

@@ -33,6 +33,7 @@ from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import NoAvailableStreamIDError, ProtocolError, TooManyStreamsError
 
+from meshlocal.faults import FaultTable
 from meshlocal.proxy import h2util
 from meshlocal.proxy.balancer import Balancer
 from meshlocal.proxy.h2stream import Stream
@@ -44,10 +45,17 @@ from meshlocal.registry import Replica
 class H2Proxy:
     """Creates the downstream protocols; owns the replica connection pool."""
 
-    def __init__(self, balancer: Balancer, metrics: Metrics, settings: ProxySettings) -> None:
+    def __init__(
+        self,
+        balancer: Balancer,
+        metrics: Metrics,
+        settings: ProxySettings,
+        faults: FaultTable | None = None,
+    ) -> None:
         self.balancer = balancer
         self.metrics = metrics
         self.settings = settings
+        self.faults = faults if faults is not None else FaultTable()
         self.connections: set[Downstream] = set()
         self.upstreams: dict[str, list[Upstream]] = {}  # container id -> connections
         # container id -> the replica's SETTINGS_MAX_CONCURRENT_STREAMS, once seen:

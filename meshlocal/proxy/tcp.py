@@ -28,38 +28,36 @@ only while it connects.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import struct
 import time
 from collections.abc import Callable
 from functools import partial
 from typing import cast
 
+from meshlocal.faults import FaultTable
+from meshlocal.proxy import faultio
 from meshlocal.proxy.balancer import Balancer
 from meshlocal.proxy.metrics import Metrics, ServiceMetrics
 from meshlocal.proxy.settings import ProxySettings
 from meshlocal.registry import Replica
 
-_LINGER_RESET = struct.pack("ii", 1, 0)
-
-
-def _reset(transport: asyncio.Transport) -> None:
-    """Close with a TCP RST: what a client of Envoy sees when no upstream answers."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-    transport.abort()
+# Close with a TCP RST: what a client of Envoy sees when no upstream answers.
+_reset = faultio.reset
 
 
 class TcpProxy:
     """Creates one `TcpConnection` per accepted client connection; holds what they share."""
 
-    def __init__(self, balancer: Balancer, metrics: Metrics, settings: ProxySettings) -> None:
+    def __init__(
+        self,
+        balancer: Balancer,
+        metrics: Metrics,
+        settings: ProxySettings,
+        faults: FaultTable | None = None,
+    ) -> None:
         self.balancer = balancer
         self.metrics = metrics
         self.settings = settings
+        self.faults = faults if faults is not None else FaultTable()
         self.connections: set[TcpConnection] = set()
 
     def factory(self, service: str, endpoint: str = "") -> Callable[[], asyncio.Protocol]:
@@ -145,6 +143,8 @@ class _Upstream(asyncio.Protocol):
 class TcpConnection(asyncio.Protocol):
     """One client connection and the replica connection it is pinned to."""
 
+    plan: faultio.Plan | None = None  # the faults that shape it (set only when one hit)
+
     def __init__(self, proxy: TcpProxy, service: str, endpoint: str = "") -> None:
         self.proxy = proxy
         self.service = service
@@ -228,27 +228,87 @@ class TcpConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         while True:
             assert replica.port is not None
-            try:
-                async with asyncio.timeout(proxy.settings.connect_timeout_s):
-                    await loop.create_connection(
-                        partial(_Upstream, self, replica), replica.address, replica.port
-                    )
+            if proxy.faults.sc and await self._fault_fails(replica):
+                if self.client_lost:
+                    return
+            else:
+                try:
+                    async with asyncio.timeout(proxy.settings.connect_timeout_s):
+                        await loop.create_connection(
+                            partial(_Upstream, self, replica), replica.address, replica.port
+                        )
+                    return
+                except (OSError, TimeoutError):
+                    if self.client_lost or self.up is not None:
+                        return
+                    proxy.balancer.record(replica, True, self.client)
+            self.tried.append(replica.container_id)
+            nxt = None
+            if len(self.tried) < proxy.settings.tcp_connect_attempts:
+                nxt = proxy.balancer.pick(self.service, self.tried, self.client)
+            if nxt is None:
+                self.task = None
+                self.pending.clear()
+                if self.transport is not None:
+                    _reset(self.transport)
                 return
-            except (OSError, TimeoutError):
-                if self.client_lost or self.up is not None:
-                    return
-                proxy.balancer.record(replica, True, self.client)
-                self.tried.append(replica.container_id)
-                nxt = None
-                if len(self.tried) < proxy.settings.tcp_connect_attempts:
-                    nxt = proxy.balancer.pick(self.service, self.tried, self.client)
-                if nxt is None:
-                    self.task = None
-                    self.pending.clear()
-                    if self.transport is not None:
-                        _reset(self.transport)
-                    return
-                replica = self.replica = nxt
+            replica = self.replica = nxt
+
+    async def _fault_fails(self, replica: Replica) -> bool:
+        """Faults on this connection: True when the attempt fails (refuse, partition;
+        never counted by outlier detection); shaping faults are kept for `upstream_made`."""
+        proxy = self.proxy
+        plan = faultio.decide(
+            proxy.faults,
+            proxy.balancer.registry,
+            self.service,
+            self.client,
+            replica.index,
+            retry=bool(self.tried),
+        )
+        if plan is None:
+            return False
+        if plan.partition:
+            # Nothing reaches the replica: the client's bytes are dropped until
+            # the connect timeout, which then acts as a real one.
+            self.pending.clear()
+            self.pending_size = 0
+            await asyncio.sleep(proxy.settings.connect_timeout_s)
+            return True
+        if plan.refuse:
+            return True
+        if plan.reset == 0:
+            self.abort_reset()
+            return True
+        if plan.delays or plan.shapes:
+            self.plan = plan
+        return False
+
+    def _shape(self, up: _Upstream, plan: faultio.Plan) -> None:
+        """Put the plan's shapers in front of both transports."""
+        assert self.transport is not None and up.transport is not None
+        delay = plan.delay if plan.delays else None
+        high = self.proxy.settings.read_chunk
+        if delay is not None or plan.rate or plan.reset is not None:
+            self.transport = faultio.ShapedTransport(
+                self.transport,
+                throttle=up.pause,
+                delay=delay,
+                rate=plan.rate,
+                limit=plan.reset,
+                on_limit=self.abort_reset,
+                high=high,
+            )
+        if plan.rate:
+            up.transport = faultio.ShapedTransport(
+                up.transport, throttle=self.upstream_full, rate=plan.rate, high=high
+            )
+
+    def abort_reset(self) -> None:
+        """A reset fault: RST to the client, the replica side closed at once."""
+        if self.transport is not None and not self.client_lost:
+            _reset(self.transport)
+        self.abort()
 
     def upstream_made(self, up: _Upstream) -> None:
         assert up.transport is not None
@@ -258,6 +318,8 @@ class TcpConnection(asyncio.Protocol):
         self.up = up
         self.replica = up.replica
         self.task = None
+        if self.plan is not None:
+            self._shape(up, self.plan)
         self.proxy.balancer.record(up.replica, False, self.client)
         self.last_activity = time.monotonic()
         if self.pending:

@@ -1,0 +1,93 @@
+"""Faults on HTTP/2 and gRPC Service Connect endpoints: per stream.
+
+Called by `h2stream.Stream.select` once a replica is picked, only when the
+fault table has a Service Connect fault. A delay holds the stream before it
+is forwarded (the request timeout starts after it); an abort answers at
+once (gRPC: trailers-only with the fault's grpc-status); refuse and
+partition act as a connect failure and a connect timeout of that replica
+(retried elsewhere, never seen by outlier detection, UNAVAILABLE for gRPC
+in the end); reset sends RST_STREAM, the connection stays; bandwidth paces
+the stream's DATA both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from h2.errors import ErrorCodes
+
+from meshlocal.proxy import faultio, h2util
+from meshlocal.registry import Replica
+
+if TYPE_CHECKING:
+    from meshlocal.proxy.h2stream import Stream
+
+
+def intercept(st: Stream, replica: Replica) -> bool:
+    """True when the faults took the stream over (the caller must not forward it)."""
+    proxy, down = st.proxy, st.down
+    plan = faultio.decide(
+        proxy.faults,
+        proxy.balancer.registry,
+        down.service,
+        down.client,
+        replica.index,
+        retry=bool(st.tried),
+    )
+    if plan is None:
+        return False
+    if plan.partition:
+        _hold(st, proxy.settings.connect_timeout_s, lambda: st.fault_refused(replica))
+    elif plan.refuse:
+        st.fault_refused(replica)
+    elif plan.delays:
+        _hold(st, plan.delay(), lambda: _act(st, replica, plan))
+    else:
+        _act(st, replica, plan)
+    return True
+
+
+def _hold(st: Stream, delay: float, then: Callable[[], None]) -> None:
+    # The stream has no replica meanwhile, so the sweeper's request timeout
+    # passes it by; it is armed afresh once the stream goes on.
+    def fire() -> None:
+        if st.done:
+            return
+        then()
+        if not st.done and st.req_end:
+            st.arm()
+
+    asyncio.get_running_loop().call_later(delay, fire)
+
+
+def _act(st: Stream, replica: Replica, plan: faultio.Plan) -> None:
+    from meshlocal.proxy.h2stream import ShapedStream
+
+    if plan.abort is not None:
+        _abort(st, plan.abort.fault.http_status, plan.abort.fault.grpc_status)
+    elif plan.reset == 0:
+        st.down.reset_stream(st.sid, ErrorCodes.INTERNAL_ERROR)
+        st.finish()
+    elif plan.shapes:
+        ShapedStream.shape(st, plan).go(replica)
+    else:
+        st.go(replica)
+
+
+def _abort(st: Stream, http_status: int, grpc_status: int) -> None:
+    m = st.down.m
+    if st.grpc and grpc_status:
+        # Istio's grpc abort: a trailers-only response, HTTP 200.
+        m.response(200, 0.0)
+        m.grpc_requests += 1
+        m.grpc_status(grpc_status)
+        st.local_reply(200, faultio.ABORT_TEXT, grpc_code=grpc_status)
+        return
+    status = http_status or (h2util.grpc_to_http(grpc_status) if grpc_status else 503)
+    m.response(status, 0.0)
+    if st.grpc:
+        m.grpc_requests += 1
+        m.grpc_status(h2util.http_to_grpc(status))
+    st.local_reply(status, faultio.ABORT_TEXT)

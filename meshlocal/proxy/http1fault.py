@@ -1,0 +1,130 @@
+"""Faults on HTTP/1 Service Connect endpoints: per request, as Istio's fault filter.
+
+Called by `forward.Downstream._select` once a replica is picked, only when
+the fault table has a Service Connect fault. A delay holds the request
+before it is forwarded (it does not count toward the request timeout); an
+abort answers at once; refuse and partition act as a connect failure and a
+connect timeout of the picked replica (retried elsewhere, never seen by
+outlier detection); bandwidth and reset shape the exchange, which is then
+the connection's last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from meshlocal.proxy import faultio
+from meshlocal.registry import Replica
+
+if TYPE_CHECKING:
+    from meshlocal.proxy.forward import Downstream
+
+
+def intercept(down: Downstream, replica: Replica) -> bool:
+    """True when the faults took the request over (the caller must not dial)."""
+    fwd, route = down.fwd, down.route
+    assert route is not None
+    plan = faultio.decide(
+        fwd.faults,
+        fwd.balancer.registry,
+        route.service,
+        down.client,
+        replica.index,
+        retry=bool(down.tried),
+    )
+    if plan is None:
+        return False
+    if plan.partition:
+        _hold(
+            down, down.settings.connect_timeout_s, lambda: down.connect_failed(replica, fault=True)
+        )
+        return True
+    if plan.refuse:
+        down.connect_failed(replica, fault=True)
+        return True
+    if plan.delays:
+        _hold(down, plan.delay(), lambda: _act(down, replica, plan))
+        return True
+    _act(down, replica, plan)
+    return True
+
+
+def _hold(down: Downstream, delay: float, then: Callable[[], None]) -> None:
+    """Keep the request (its body buffered, reading paused past a chunk) `delay` seconds."""
+    from meshlocal.proxy import forward
+
+    down.state = forward._CONNECTING
+    down._update_reading()
+
+    def fire() -> None:
+        if down.state == forward._CONNECTING:
+            then()
+
+    down.loop.call_later(delay, fire)
+
+
+def _act(down: Downstream, replica: Replica, plan: faultio.Plan) -> None:
+    if plan.abort is not None:
+        status = plan.abort.fault.http_status or 503
+        if down.m is not None:
+            down.m.response(status, 0.0)
+        down._fail(status, faultio.ABORT_TEXT)
+        return
+    if plan.reset == 0:
+        if down.transport is not None:
+            faultio.reset(down.transport)
+        down.abort()
+        return
+    if not plan.shapes:
+        down._dial(replica)
+        return
+    transport = down.transport
+    assert transport is not None
+    down.transport = faultio.ShapedTransport(
+        transport,
+        throttle=lambda full: down.pause_writing() if full else down.resume_writing(),
+        rate=plan.rate,
+        limit=plan.reset,
+        on_limit=lambda: _reset_client(down),
+        high=down.settings.read_chunk,
+    )
+    # The shaped exchange is the connection's last, as if the client had
+    # half-closed: the shaper goes with the connection, not onto the next request.
+    down.client_eof = True
+    if not plan.rate:
+        down._dial(replica)
+        return
+    # The request side is paced on a connection of its own, never pooled after.
+    from meshlocal.proxy import forward
+
+    down.state = forward._CONNECTING
+    down._update_reading()
+    down.loop.create_task(_dial_paced(down, replica, plan.rate))
+
+
+def _reset_client(down: Downstream) -> None:
+    if down.transport is not None:
+        faultio.reset(down.transport)
+    down.abort()
+
+
+async def _dial_paced(down: Downstream, replica: Replica, rate: int) -> None:
+    from meshlocal.proxy import forward
+
+    fwd = down.fwd
+    try:
+        up = await fwd.pool.connect(replica)
+    except (OSError, TimeoutError):
+        if down.state != forward._CLOSED:
+            down.connect_failed(replica)
+        return
+    if down.state == forward._CLOSED:
+        up.abort()
+        return
+    assert up.transport is not None
+    up.transport = faultio.ShapedTransport(
+        up.transport, throttle=down.upstream_paused, rate=rate, high=down.settings.read_chunk
+    )
+    down._attach(replica, up)
+    down.up_dirty = True  # never back to the pool: its shaper would go with it
