@@ -1,0 +1,214 @@
+"""Faults in TCP mode (per connection): real sockets on 127.0.0.x through `TcpProxy`."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+
+from meshlocal.faults import Fault, Kind, expected_hits
+from meshlocal.proxy.settings import ProxySettings
+from meshlocal.registry import Replica
+
+from .faultkit import binomial_99
+from .test_tcp import CLIENT_A, CLIENT_B, MeshMaker, TcpMesh, ask, name_of_next, read_all, tcp_mesh
+
+__all__ = ["tcp_mesh"]  # the fixture, imported for pytest
+
+
+def fault(mesh: TcpMesh, kind: Kind, **kw: object) -> str:
+    return mesh.proxy.faults.add(Fault("api", kind, **kw)).id  # type: ignore[arg-type]
+
+
+def clients(mesh: TcpMesh) -> None:
+    """CLIENT_A is a replica of front-end, CLIENT_B one of worker."""
+    mesh.registry.add_client(Replica("front-end", 1, "cid-fe-1", CLIENT_A, None))
+    mesh.registry.add_client(Replica("worker", 1, "cid-worker-1", CLIENT_B, None))
+
+
+async def timed_calls(mesh: TcpMesh, connections: int, per_connection: int) -> list[float]:
+    """Milliseconds per request/response line, over concurrent connections."""
+
+    async def one(i: int) -> list[float]:
+        reader, writer = await mesh.connect()
+        out = []
+        try:
+            for j in range(per_connection):
+                start = time.perf_counter()
+                assert (await ask(reader, writer, b"c%d-%d" % (i, j))).endswith(b"c%d-%d" % (i, j))
+                out.append((time.perf_counter() - start) * 1000)
+        finally:
+            writer.close()
+        return out
+
+    results = await asyncio.gather(*(one(i) for i in range(connections)))
+    return [ms for r in results for ms in r]
+
+
+async def test_latency_delays_every_chunk_to_the_client(tcp_mesh: MeshMaker) -> None:
+    mesh = await tcp_mesh()
+    await mesh.add()
+    fault(mesh, Kind.LATENCY, latency_ms=50)
+    times = await timed_calls(mesh, 25, 8)
+    assert len(times) == 200
+    p50 = statistics.median(times)
+    assert 40 <= p50 <= 60, p50
+    assert min(times) >= 48  # every chunk, not just the first
+
+
+async def test_latency_jitter_spreads_the_delays(tcp_mesh: MeshMaker) -> None:
+    mesh = await tcp_mesh()
+    await mesh.add()
+    fault(mesh, Kind.LATENCY, latency_ms=60, jitter_ms=30, seed=3)
+    times = await timed_calls(mesh, 25, 8)
+    p50 = statistics.median(times)
+    assert 48 <= p50 <= 72, p50
+    assert min(times) >= 29 and max(times) <= 110
+    # Uniform over ±30 ms: the quartiles sit about 30 ms apart.
+    q1, _, q3 = statistics.quantiles(times, n=4)
+    assert 15 <= q3 - q1 <= 45, (q1, q3)
+
+
+async def test_no_fault_on_another_service_leaves_the_connection_alone(
+    tcp_mesh: MeshMaker,
+) -> None:
+    mesh = await tcp_mesh()
+    await mesh.add()
+    mesh.proxy.faults.add(Fault("other", Kind.LATENCY, latency_ms=500))
+    times = await timed_calls(mesh, 4, 5)
+    assert max(times) < 200
+
+
+async def test_seeded_refuse_hits_exactly_the_expected_connections(tcp_mesh: MeshMaker) -> None:
+    mesh = await tcp_mesh()
+    await mesh.add()
+    ident = fault(mesh, Kind.REFUSE, percent=30, seed=7)
+    names = [await name_of_next(mesh) for _ in range(200)]
+    want = expected_hits(30, 7, 200)
+    assert names.count("reset") == want
+    assert names.count("api-1") == 200 - want
+    active = mesh.proxy.faults.get(ident)
+    assert active is not None and (active.seen, active.hits) == (200, want)
+    # Refusals are the fault's, not the replica's: outlier detection saw none.
+    assert mesh.balancer.ejections(mesh.registry.for_service("api")[0], CLIENT_A) == 0
+    assert mesh.backends[0].connections == 200 - want
+
+
+async def test_unseeded_refuse_is_within_the_binomial_interval(tcp_mesh: MeshMaker) -> None:
+    mesh = await tcp_mesh()
+    await mesh.add()
+    fault(mesh, Kind.REFUSE, percent=40)
+    names = [await name_of_next(mesh) for _ in range(200)]
+    low, high = binomial_99(200, 0.4)
+    assert low <= names.count("reset") <= high
+
+
+async def test_reset_at_once_resets_before_any_byte(tcp_mesh: MeshMaker) -> None:
+    mesh = await tcp_mesh()
+    backend = await mesh.add()
+    fault(mesh, Kind.RESET)
+    reader, writer = await mesh.connect()
+    try:
+        writer.write(b"hello\n")
+        async with asyncio.timeout(5):
+            try:
+                data = await reader.read(100)
+            except ConnectionResetError:
+                data = None
+        assert data is None  # a reset, not an orderly close
+    finally:
+        writer.close()
+    assert backend.connections == 0
+
+
+async def test_reset_after_n_bytes_gives_the_client_exactly_n(tcp_mesh: MeshMaker) -> None:
+    mesh = await tcp_mesh()
+    await mesh.add("at_eof", reply_body=b"z" * 100_000)
+    fault(mesh, Kind.RESET, after_bytes=1000)
+    reader, writer = await mesh.connect()
+    got = bytearray()
+    try:
+        writer.write(b"x" * 10)
+        writer.write_eof()
+        async with asyncio.timeout(5):
+            while True:
+                try:
+                    chunk = await reader.read(65536)
+                except ConnectionResetError:
+                    break
+                assert chunk, "closed instead of reset"
+                got += chunk
+    finally:
+        writer.close()
+    assert len(got) == 1000
+    assert got.startswith(b"api-1:10\n")
+
+
+async def test_refuse_resets_the_client_and_removing_it_restores_at_once(
+    tcp_mesh: MeshMaker,
+) -> None:
+    mesh = await tcp_mesh()
+    await mesh.add()
+    ident = fault(mesh, Kind.REFUSE)
+    assert [await name_of_next(mesh) for _ in range(3)] == ["reset"] * 3
+    assert mesh.backends[0].connections == 0
+    mesh.proxy.faults.remove(ident)
+    assert await name_of_next(mesh) == "api-1"
+
+
+async def test_partition_only_between_the_named_services(tcp_mesh: MeshMaker) -> None:
+    mesh = await tcp_mesh(ProxySettings(connect_timeout_s=0.3))
+    await mesh.add()
+    clients(mesh)
+    fault(mesh, Kind.PARTITION, source="front-end")
+    start = time.monotonic()
+    assert await name_of_next(mesh, CLIENT_A) == "reset"
+    waited = time.monotonic() - start
+    assert 0.28 <= waited < 1.0, waited  # the connect timeout, then what it does: RST
+    assert await name_of_next(mesh, CLIENT_B) == "api-1"
+    assert mesh.backends[0].connections == 1  # nothing from front-end reached it
+
+
+async def test_a_replica_fault_hits_only_that_replica(tcp_mesh: MeshMaker) -> None:
+    mesh = await tcp_mesh()
+    await mesh.add()
+    await mesh.add()
+    fault(mesh, Kind.REFUSE, replica=2)
+    names = [await name_of_next(mesh) for _ in range(6)]
+    assert names == ["api-1", "reset"] * 3
+    assert [b.connections for b in mesh.backends] == [3, 0]
+
+
+async def test_bandwidth_paces_the_replica_to_client_direction(tcp_mesh: MeshMaker) -> None:
+    mesh = await tcp_mesh()
+    await mesh.add("at_eof", reply_body=b"z" * 200_000)
+    fault(mesh, Kind.BANDWIDTH, rate=100_000)
+    reader, writer = await mesh.connect()
+    try:
+        writer.write(b"go")
+        writer.write_eof()
+        start = time.monotonic()
+        data = await read_all(reader)
+        took = time.monotonic() - start
+    finally:
+        writer.close()
+    assert len(data) == len(b"api-1:2\n") + 200_000
+    assert 1.5 <= took <= 2.5, took
+
+
+async def test_bandwidth_paces_the_client_to_replica_direction(tcp_mesh: MeshMaker) -> None:
+    mesh = await tcp_mesh()
+    backend = await mesh.add("at_eof")
+    fault(mesh, Kind.BANDWIDTH, rate=100_000)
+    reader, writer = await mesh.connect()
+    try:
+        start = time.monotonic()
+        writer.write(b"u" * 100_000)
+        writer.write_eof()
+        data = await read_all(reader)
+        took = time.monotonic() - start
+    finally:
+        writer.close()
+    assert data == b"api-1:100000\n"
+    assert backend.received_bytes == 100_000
+    assert 0.75 <= took <= 1.25, took
