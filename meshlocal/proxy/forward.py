@@ -359,8 +359,10 @@ class Downstream(asyncio.Protocol):
             self.fwd.balancer.record(replica, True, self.client)
         self.tried.append(replica.container_id)
         self.retries += 1
-        if self.retries > self.settings.max_retries:
-            assert self.route is not None
+        assert self.route is not None
+        if self.retries > self.settings.max_retries or (
+            fault and not http1fault.others(self.fwd.balancer, self.route.service, self)
+        ):
             self._fail(
                 503,
                 faultio.CONNECT_FAILURE

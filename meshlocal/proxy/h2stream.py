@@ -128,6 +128,13 @@ class Stream:
     def fault_refused(self, replica: Replica) -> None:
         """A refuse or partition fault: a connect failure outlier detection never sees."""
         self.replica = replica
+        down = self.down
+        left = any(
+            r.container_id != replica.container_id and r.container_id not in self.tried
+            for r in self.proxy.balancer.available(down.service, down.client)
+        )
+        if not left:
+            self.retries = self.proxy.settings.max_retries  # nowhere else: Envoy's reply now
         self._retry(faultio.CONNECT_FAILURE)
 
     def refused(self) -> None:

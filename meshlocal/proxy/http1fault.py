@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from meshlocal.proxy import faultio
+from meshlocal.proxy.balancer import Balancer
 from meshlocal.registry import Replica
 
 if TYPE_CHECKING:
@@ -48,6 +49,11 @@ def intercept(down: Downstream, replica: Replica) -> bool:
         return True
     _act(down, replica, plan)
     return True
+
+
+def others(balancer: Balancer, service: str, down: Downstream) -> bool:
+    """Whether a retry has a replica left to try (else the fault's refusal is the answer)."""
+    return any(r.container_id not in down.tried for r in balancer.available(service, down.client))
 
 
 def _hold(down: Downstream, delay: float, then: Callable[[], None]) -> None:
