@@ -29,8 +29,8 @@ from .conftest import (
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-# One connection through the proxy; bounded by -T (busybox wget).
-WGET = "wget -q -T 5 -O - http://api/"
+# One connection through the proxy; bounded by `timeout` (this busybox wget -T segfaults).
+WGET = "timeout 10 wget -q -O - http://api/"
 
 
 @pytest.fixture(scope="module")
