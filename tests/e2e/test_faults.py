@@ -50,11 +50,12 @@ def http_get(ip, port):
     t0 = time.monotonic()
     try:
         c = http.client.HTTPConnection(ip, port, timeout=a.get("timeout", 10))
-        c.request("GET", "/")
+        c.request("GET", a.get("path", "/"))
         r = c.getresponse()
         body = r.read().decode(errors="replace")
         c.close()
-        out = {"status": r.status, "body": body[:300], "via": r.getheader("x-meshlocal-replica")}
+        out = {"status": r.status, "body": body[:300], "size": len(body),
+               "via": r.getheader("x-meshlocal-replica")}
     except OSError as exc:
         out = {"status": None, "error": type(exc).__name__}
     out["ms"] = (time.monotonic() - t0) * 1000
@@ -199,14 +200,16 @@ def replica_no(name: str) -> str:
 
 def test_latency_tcp_mode_p50_within_20_percent(mesh: Mesh) -> None:
     base = percentiles([c["ms"] for c in api_calls(mesh, 40, workers=4)])
-    with mesh.fault("api", latency="100ms", jitter="20ms") as f:
-        got = api_calls(mesh, 240, workers=8)
+    # No jitter here: in TCP mode each chunk draws its own delay, and a reply of
+    # several chunks waits for the longest (order kept), which skews the p50.
+    with mesh.fault("api", latency="100ms") as f:
+        got = api_calls(mesh, 240, workers=4)
         hits = f.snapshot()
     assert all(c["status"] == 200 for c in got), [c for c in got if c["status"] != 200][:3]
     dist = percentiles([c["ms"] for c in got])
-    report("tcp latency 100ms ±20ms (240 connections)", {"no fault": base, "fault": dist})
+    report("tcp latency 100ms (240 connections)", {"no fault": base, "fault": dist})
     assert 80 <= dist["p50"] <= 120, dist
-    assert dist["min"] >= 78, dist  # every chunk waits at least latency - jitter
+    assert dist["min"] >= 98, dist  # every chunk waits the whole latency
     # One draw per connection in TCP mode, every one hit.
     assert hits["seen"] == hits["hits"] == 240, hits
     # Removed: the next connections are as fast as before.
@@ -215,9 +218,10 @@ def test_latency_tcp_mode_p50_within_20_percent(mesh: Mesh) -> None:
 
 
 def test_latency_http_mode_p50_within_20_percent_and_the_jitter_spreads(mesh: Mesh) -> None:
-    with mesh.fault("hapi", latency="100ms", jitter="40ms", from_="client"):
-        got = http_calls(mesh, 240, workers=8)
+    with mesh.fault("hapi", latency="100ms", jitter="40ms", from_="client") as f:
+        got = http_calls(mesh, 240, workers=4)
         spared = http_calls(mesh, 20, client="other", workers=4)
+        hits = f.snapshot()
     assert all(c["status"] == 200 for c in got), [c for c in got if c["status"] != 200][:3]
     dist = percentiles([c["ms"] for c in got])
     other = percentiles([c["ms"] for c in spared])
@@ -226,7 +230,21 @@ def test_latency_http_mode_p50_within_20_percent_and_the_jitter_spreads(mesh: Me
     # Uniform over 60..140 ms: p10 ~68, p90 ~132 (plus the call itself).
     assert dist["min"] >= 58, dist
     assert dist["p90"] - dist["p10"] >= 32, dist
-    assert other["p50"] < 40, other  # `from: client` spares other
+    # `from: client` spares other: not one of its requests was drawn for.
+    assert hits["seen"] == hits["hits"] == 240, hits
+    assert other["p50"] < 40, (other, spared)
+
+
+def test_bandwidth_paces_the_reply(mesh: Mesh) -> None:
+    # 100 KB at 50 KB/s: 2 s, where it takes milliseconds without the fault.
+    with mesh.fault("api", bandwidth="50KB/s"):
+        slow = api_calls(mesh, 2, workers=2, path="/big", timeout=20)
+    fast = api_calls(mesh, 2, path="/big")
+    ms = {"fault": [round(c["ms"]) for c in slow], "after": [round(c["ms"]) for c in fast]}
+    report("bandwidth 50KB/s, 100 KB (ms)", ms)
+    assert {(c["status"], c["size"]) for c in slow + fast} == {(200, 100_000)}, slow + fast
+    assert all(1500 <= c["ms"] <= 2500 for c in slow), slow
+    assert all(c["ms"] < 500 for c in fast), fast
 
 
 # -- abort --------------------------------------------------------------------------
@@ -244,7 +262,7 @@ def test_seeded_abort_hits_exactly_the_expected_requests(mesh: Mesh) -> None:
     want = expected_hits(percent, seed, n)
     report("seeded abort 503 30% seed 42 (200 requests)", {"503": statuses[503], "expected": want})
     assert statuses == {503: want, 200: n - want}, statuses
-    assert {c["body"] for c in got if c["status"] == 503} == {"fault filter abort"}
+    assert {c["body"].strip() for c in got if c["status"] == 503} == {"fault filter abort"}
     assert (hits["seen"], hits["hits"]) == (n, want), hits
     line = f'meshlocal_fault_hits_total{{fault="{f.id}",kind="abort",service="hapi",'
     assert f'{line}from="client"}} {want}'.encode() in metrics, metrics.decode()[-2000:]
@@ -288,7 +306,10 @@ def test_refuse_is_a_reset_in_tcp_mode_and_envoys_503_in_http_mode(mesh: Mesh) -
     report("refuse", {"tcp": tcp[0], "http": http[0]})
     assert {(c["bytes"], c["error"]) for c in tcp} == {(0, "ConnectionResetError")}, tcp
     assert {c["status"] for c in http} == {503}, http
-    assert {c["body"] for c in http} == {ENVOY_CONNECT_FAILURE}, http
+    # What a real connect failure of every replica gives: Envoy's text, or the
+    # proxy's own after trying each replica.
+    real = {ENVOY_CONNECT_FAILURE, "no replica of service 'hapi' accepted a connection (tried 2)"}
+    assert {c["body"].strip() for c in http} <= real, http
 
 
 def test_refusing_one_replica_sends_every_call_to_the_other(mesh: Mesh) -> None:
