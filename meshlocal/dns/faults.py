@@ -1,16 +1,17 @@
 """DNS faults: NXDOMAIN, SERVFAIL or a late answer for a Service Discovery name (pure).
 
-The resolver asks `question_name` only while the fault table has DNS faults
-(one dict-truth test otherwise) and, for a name with faults that hit, builds
-the answer with `act`. Faulted answers are never cached: the next query
-draws again, and removing the fault restores the cached answers at once.
-A delay is not slept here: the answer comes back wrapped in `Delayed` and
-the server sends it later without holding up other queries.
+The resolver looks a query's name up (`question_wire`, `wire_names`) only
+while the fault table has DNS faults (one dict-truth test otherwise) and,
+for a name with faults that hit, builds the answer with `act`. Faulted
+answers are never cached: the next query draws again, and removing the
+fault restores the cached answers at once. A delay is not slept here: the
+answer comes back wrapped in `Delayed` and the server sends it later
+without holding up other queries.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from meshlocal.dns.wire import (
@@ -19,8 +20,8 @@ from meshlocal.dns.wire import (
     SERVFAIL,
     Forward,
     _head,
+    name_to_wire,
     question_end,
-    wire_to_text,
 )
 from meshlocal.faults import Active, DnsAnswer
 
@@ -33,13 +34,24 @@ class Delayed:
     seconds: float
 
 
-def question_name(packet: bytes) -> str | None:
-    """The lower-cased name of a plain query's one question, or None for anything else
-    (responses, other opcodes, several questions, compressed or broken names)."""
+def question_wire(packet: bytes) -> bytes | None:
+    """The lower-cased wire name of a plain query's one question, or None for anything
+    else (responses, other opcodes, several questions, compressed or broken names)."""
     if len(packet) < 17 or packet[2] & 0xF8 or packet[4:6] != b"\x00\x01":
         return None
     end = question_end(packet)
-    return wire_to_text(packet[12 : end - 4].lower()) if end > 0 else None
+    return packet[12 : end - 4].lower() if end > 0 else None
+
+
+def wire_names(names: Iterable[str]) -> dict[bytes, str]:
+    """The faulted names in wire form, to look a question up without decoding it."""
+    out: dict[bytes, str] = {}
+    for name in names:
+        try:
+            out[name_to_wire(name)] = name
+        except (UnicodeEncodeError, ValueError):
+            continue  # not a name a query can carry: nothing to match
+    return out
 
 
 def _rcode_reply(packet: bytes, rcode: int, authority: bytes = b"") -> bytes:

@@ -30,7 +30,7 @@ from typing import Literal
 
 from dnslib import DNSRecord
 
-from meshlocal.dns.faults import Delayed, act, question_name
+from meshlocal.dns.faults import Delayed, act, question_wire, wire_names
 from meshlocal.dns.wire import (
     _OPT,
     _OPT_TYPE,
@@ -61,7 +61,7 @@ from meshlocal.dns.wire import (
     wire_to_text,
 )
 from meshlocal.errors import DataPlaneError
-from meshlocal.faults import FaultTable
+from meshlocal.faults import Active, FaultTable
 from meshlocal.naming import NamingModel, TargetKind
 from meshlocal.registry import Health, Replica, ReplicaRegistry
 
@@ -217,6 +217,8 @@ class MeshResolver:
         # The data plane's table, shared with the proxy (`is None`: an empty one is falsy).
         self.faults = faults if faults is not None else FaultTable()
         self.faults.reindex(naming)  # service-wide DNS faults need the names
+        self._fault_names: dict[bytes, str] = {}  # faults.dns's names in wire form
+        self._fault_version = -1
 
     # -- configuration ------------------------------------------------------
 
@@ -251,8 +253,8 @@ class MeshResolver:
     def answer(self, packet: bytes, client_ip: str, transport: Transport = "udp") -> Reply:
         """Answer one DNS message from `client_ip`. Never raises."""
         try:
-            if self.faults.dns:
-                return self._faulted(packet, client_ip, transport == "tcp")
+            if self.faults.dns and (hits := self._dns_hits(packet, client_ip)):
+                return self._faulted(hits, packet, client_ip, transport == "tcp")
             return self._answer(packet, client_ip, transport == "tcp")
         except Exception as exc:  # the boundary: a bug must not stop the server
             self.bad_packets.warning("dns: internal error on a %d-byte query: %r", len(packet), exc)
@@ -261,8 +263,9 @@ class MeshResolver:
     def answer_udp(self, packet: bytes, client_ip: str) -> Reply:
         """`answer` for UDP, with a cache of whole queries on top (ID aside)."""
         try:
-            if self.faults.dns:  # the one test the hot path pays for faults
-                return self._faulted(packet, client_ip, False)
+            # the one test the hot path pays for faults; faulted answers are never cached
+            if self.faults.dns and (hits := self._dns_hits(packet, client_ip)):
+                return self._faulted(hits, packet, client_ip, False)
             if self._version == self._registry.version:
                 hit = self._packets.get((packet[2:], client_ip))
                 if hit is not None:
@@ -275,22 +278,25 @@ class MeshResolver:
             self.bad_packets.warning("dns: internal error on a %d-byte query: %r", len(packet), exc)
             return error_reply(packet, SERVFAIL)
 
-    def _faulted(self, packet: bytes, client_ip: str, tcp: bool) -> Reply:
-        """With DNS faults in force: a faulted name draws per query, uncached; other
-        names go the usual way (their cached answers are never faulted ones)."""
-        name = question_name(packet)
-        if name is None or name not in self.faults.dns:
-            return self._answer(packet, client_ip, tcp)
+    def _dns_hits(self, packet: bytes, client_ip: str) -> list[Active]:
+        """The DNS faults that hit this query (drawn now), or none."""
+        faults = self.faults
+        if faults.version != self._fault_version:
+            self._fault_names = wire_names(faults.dns)
+            self._fault_version = faults.version
+        wire = question_wire(packet)
+        name = self._fault_names.get(wire) if wire is not None else None
+        if name is None:
+            return []
         client = self._registry.by_address(client_ip)
-        hits = self.faults.for_dns(name, client.service if client is not None else None)
-        if not hits:
-            return self._answer(packet, client_ip, tcp)
-        naming = self._naming
+        return faults.for_dns(name, client.service if client is not None else None)
+
+    def _faulted(self, hits: list[Active], packet: bytes, client_ip: str, tcp: bool) -> Reply:
         return act(
             hits,
             packet,
             lambda: self._answer(packet, client_ip, tcp),
-            lambda: self._soa(naming.zone_of(name) or naming.namespace),
+            lambda: self._soa(self._naming.namespace),  # Service Discovery names live there
         )
 
     def _answer(self, packet: bytes, client_ip: str, tcp: bool) -> Plain:

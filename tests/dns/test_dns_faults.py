@@ -112,7 +112,9 @@ async def test_only_the_named_client_service_is_affected(
 async def test_delay_distribution_p50_within_20_percent(
     server: DnsServer, resolver: MeshResolver
 ) -> None:
-    fault = add(resolver, service="api", dns="delay", latency="30ms", jitter="10ms")
+    # 100ms: the client shares this loop (and, in CI, the CPUs), so a few ms of its
+    # own time must stay small against the delay measured
+    fault = add(resolver, service="api", dns="delay", latency="100ms", jitter="25ms")
     for _ in range(3):  # warm up the client and the loop
         await ask(server.port, USERS)
     times: list[float] = []
@@ -123,12 +125,16 @@ async def test_delay_distribution_p50_within_20_percent(
             assert set(addresses(msg)) == API_IPS  # the normal answer, late
             times.append(took * 1000)
 
-    await asyncio.wait_for(asyncio.gather(*(worker(25) for _ in range(8))), 30)
+    await asyncio.wait_for(asyncio.gather(*(worker(20) for _ in range(10))), 60)
     assert len(times) == 200
     p50 = statistics.median(times)
-    print(f"dns delay 30ms ±10ms over {len(times)} queries: p50 {p50:.1f}ms")
-    assert 24 <= p50 <= 36, p50
-    assert min(times) >= 19, min(times)  # never earlier than latency - jitter
+    q = statistics.quantiles(times, n=10)
+    print(
+        f"dns delay 100ms ±25ms over {len(times)} queries: p50 {p50:.1f}ms, "
+        f"p10 {q[0]:.1f}ms, p90 {q[-1]:.1f}ms, min {min(times):.1f}ms"
+    )
+    assert 80 <= p50 <= 120, p50
+    assert min(times) >= 74, min(times)  # never earlier than latency - jitter
     assert (active(resolver, fault).seen, active(resolver, fault).hits) == (200, 200)
 
 
@@ -251,7 +257,7 @@ async def test_service_connect_faults_leave_dns_alone(
     def boom(*_: object) -> None:
         raise AssertionError("the fault path ran")
 
-    monkeypatch.setattr(resolver, "_faulted", boom)
+    monkeypatch.setattr(resolver, "_dns_hits", boom)
     add(resolver, service="api", refuse=True)
     assert resolver.faults.sc and not resolver.faults.dns
     assert set(addresses(await ask(server.port, API))) == API_IPS
