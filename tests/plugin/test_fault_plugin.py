@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ def call(mesh):
 
 
 def test_a_fault_hits_and_is_removed_when_the_body_fails(mesh):
+    open("project.txt", "w").write(mesh.project)
     assert call(mesh).ok
     with mesh.fault("api", abort=503, from_="web", id="down") as fault:
         assert fault.id == "down"
@@ -77,7 +79,9 @@ def test_clear_faults_and_a_handle_whose_fault_is_gone(mesh):
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_mesh_fault_in_a_pytest_session(pytester: pytest.Pytester, tiny: Path) -> None:
+def test_mesh_fault_in_a_pytest_session(
+    pytester: pytest.Pytester, tiny: Path, leftovers: Callable[[str], list[str]]
+) -> None:
     pytester.makepyfile(test_inner=INNER)
     result = pytester.runpytest_subprocess(
         *FAST,
@@ -96,6 +100,7 @@ def test_mesh_fault_in_a_pytest_session(pytester: pytest.Pytester, tiny: Path) -
     # It failed where it was meant to: after the fault hit and was counted.
     result.stdout.fnmatch_lines(["E*AssertionError: boom in the body"])
     result.assert_outcomes(passed=4, failed=1)
+    assert leftovers((pytester.path / "project.txt").read_text()) == []
 
 
 def test_python_spellings_become_the_admin_fields() -> None:
