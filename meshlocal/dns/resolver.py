@@ -15,6 +15,10 @@ slicing. Both are dropped whenever `registry.version` moves or the naming
 model is replaced,
 so a registry change shows in the very next answer. Anything unusual falls
 back to dnslib; any exception there is a FORMERR or a drop, never a crash.
+
+DNS faults (dns/faults.py) come before both caches, and only while the
+data plane's `FaultTable` has some: a faulted answer is never cached, and a
+late one comes back as `Delayed` for the server to send.
 """
 
 from __future__ import annotations

@@ -19,9 +19,22 @@ import dns.flags
 import dns.message
 import dns.rdatatype
 import pytest
-from dnsmesh import NON_SC_CLIENT_IP, NS, PROXY, SC_CLIENT_IP, STRANGER_IP, addresses, ask, rcode
+from dnsmesh import (
+    NON_SC_CLIENT_IP,
+    NS,
+    PROXY,
+    SC_CLIENT_IP,
+    STRANGER_IP,
+    addresses,
+    ask,
+    populated_mesh,
+    rcode,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from meshlocal.dns import server as server_mod
+from meshlocal.dns.faults import Delayed
 from meshlocal.dns.resolver import MeshResolver
 from meshlocal.dns.server import DnsServer
 from meshlocal.faultparse import check, parse_fault
@@ -282,3 +295,52 @@ def test_the_constructor_takes_the_data_planes_table(resolver: MeshResolver) -> 
     shared = MeshResolver(resolver.naming, resolver._registry, PROXY, faults=table)
     assert shared.faults is table
     assert MeshResolver(resolver.naming, resolver._registry, PROXY).faults is not table
+
+
+async def test_stopping_the_server_drops_late_answers_quietly(
+    server: DnsServer, resolver: MeshResolver
+) -> None:
+    add(resolver, service="api", dns="delay", latency="500ms")
+    late = asyncio.ensure_future(ask(server.port, API, timeout=1.0))
+    for _ in range(50):  # bounded: until the server holds the late answer
+        if server._delayed:
+            break
+        await asyncio.sleep(0.01)
+    assert len(server._delayed) == 1
+    await server.stop()
+    assert not server._delayed
+    with pytest.raises(dns.exception.Timeout):
+        await late
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    head=st.binary(min_size=12, max_size=12),
+    name=st.sampled_from([API, API.upper(), f"x.{API}", USERS]),
+    rdtype=st.sampled_from(["A", "SRV", "AAAA", "ANY"]),
+    tail=st.binary(max_size=20),
+)
+def test_fault_answers_never_raise(head: bytes, name: str, rdtype: str, tail: bytes) -> None:
+    """Any header and trailing bytes around a faulted question: an answer or a drop,
+    never an exception (the resolver's boundary would hide it as a SERVFAIL)."""
+    mesh = populated_mesh()
+    res = MeshResolver(mesh.naming, mesh.registry, PROXY)
+    for fields in (
+        {"dns": "nxdomain"},
+        {"dns": "servfail", "from": "web"},
+        {"dns": "delay", "latency": "5ms", "jitter": "5ms"},
+    ):
+        add(res, service="api", **fields)
+    query = dns.message.make_query(name, rdtype).to_wire()
+    for packet in (query, head + query[12:], query + tail, head[:4] + query[4:] + tail):
+        for ip in (SC_CLIENT_IP, STRANGER_IP):
+            hits = res._dns_hits(packet, ip)
+            if hits:
+                reply = res._faulted(hits, packet, ip, False)
+                assert reply is None or isinstance(reply, bytes | Delayed)
+                if isinstance(reply, Delayed):
+                    assert 0 < reply.seconds <= 0.02
+                    reply = reply.reply
+                if isinstance(reply, bytes):
+                    assert reply[:2] == packet[:2] and reply[2] & 0x80
+                    dns.message.from_wire(reply)  # well-formed
