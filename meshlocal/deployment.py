@@ -14,7 +14,6 @@ names (the CLI, the pytest plugin, undo, the watcher).
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from meshlocal import control, publicport, vipmemory
+from meshlocal import control, faultcarry, publicport, vipmemory
 from meshlocal.adminapi import admin_call, remote_message
 from meshlocal.agentconfig import AgentConfig
 from meshlocal.builds import build_images
@@ -384,6 +383,7 @@ class Deployment:
         config = replace(config, vips=self.current_vips())
         self.applied_config = config.to_json()
         self.images_run = {ref: image_id for ref, image_id in built.values() if image_id}
+        carried = faultcarry.runtime_faults(self)  # before the data plane may be replaced
         if mode == "container":
             plane = self.start_dataplane_container(
                 config, network, public_port=public_port, progress=progress
@@ -396,11 +396,8 @@ class Deployment:
         for service in replace_services:
             progress(f"replacing every replica of {service}")
             self.control(plane, "replace", {"service": service}, timeout)
-        if self.spec.environment.faults:
-            # `up` puts back the declared faults `fault rm` removed (a new data plane
-            # has them all: this one is not answering yet, and needs nothing).
-            with contextlib.suppress(MeshlocalError):
-                admin_call(plane.admin_url, "/v1/faults/restore", {}, 10.0)
+        if self.spec.environment.faults or carried:
+            faultcarry.restore(self._planes(), plane, carried, timeout, progress)
         if wait:
             self.phase = "waiting for the replicas"
             self.wait_ready(timeout, plane=plane)

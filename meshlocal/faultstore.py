@@ -104,12 +104,17 @@ class FaultStore:
         self.suppressed = set(report.suppressed)
         return True
 
-    def configure(self, naming: NamingModel, declared: Iterable[Fault]) -> list[str]:
-        """A (new) configuration: declared faults replaced, runtime ones re-checked."""
+    def configure(
+        self, naming: NamingModel, declared: Iterable[Fault], carried: Iterable[Fault] = ()
+    ) -> list[str]:
+        """A (new) configuration: declared faults replaced, runtime ones re-checked;
+        `carried`: runtime faults of a data plane this one replaced, unless it has their id."""
         declared = tuple(declared)
         runtime = (
             [f for f in self.table.faults() if not f.declared] if self.loaded else self._restored
         )
+        ids = {f.id for f in runtime}
+        runtime = [*runtime, *(f for f in carried if not f.declared and f.id not in ids)]
         self.suppressed &= {f.id for f in declared}
         keep, notes = merge_faults(declared, runtime, self.suppressed, naming)
         for note in notes:
@@ -158,20 +163,22 @@ class FaultStore:
             self._on_change()
         return gone
 
-    def restore_declared(self) -> list[str]:
-        """`up`: the declared faults removed through the API come back."""
+    def restore_declared(self, carried: Iterable[Fault] = ()) -> list[str]:
+        """`up`: the declared faults removed through the API come back, and the runtime
+        faults of the data plane this one replaced (an upgrade) join its own."""
         self.suppressed.clear()
         if self.naming is None:
             return []
-        return self.configure(self.naming, self.declared)
+        return self.configure(self.naming, self.declared, carried)
 
 
 # -- the admin API's routes -----------------------------------------------------------
 
 
 def add_routes(app: web.Application, store: FaultStore, prefix: str = "/v1") -> None:
-    """GET/POST/DELETE {prefix}/faults, DELETE {prefix}/faults/{id},
-    POST {prefix}/faults/restore (`up`: the declared faults back)."""
+    """GET/POST/DELETE {prefix}/faults, DELETE {prefix}/faults/{id}, and
+    POST {prefix}/faults/restore {"faults": [...]} (`up`: the declared faults back,
+    and those a replaced data plane had)."""
 
     async def listing(_: web.Request) -> web.Response:
         return web.json_response({"faults": store.table.snapshot()})
@@ -205,8 +212,19 @@ def add_routes(app: web.Application, store: FaultStore, prefix: str = "/v1") -> 
         store.clear()
         return web.json_response({"removed": snapshots})
 
-    async def restore(_: web.Request) -> web.Response:
-        notes = store.restore_declared()
+    async def restore(request: web.Request) -> web.Response:
+        try:
+            body = json.loads(await request.read() or b"{}")
+        except ValueError:
+            body = None
+        report = (
+            FaultReport.from_message({"faults": body.get("faults") or []})
+            if isinstance(body, dict)
+            else None
+        )
+        if report is None:
+            return _error('the body must be {"faults": [fault, ...]}', 400)
+        notes = store.restore_declared(report.faults)
         return web.json_response({"faults": store.table.snapshot(), "notes": notes})
 
     app.router.add_get(f"{prefix}/faults", listing)

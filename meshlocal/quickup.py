@@ -178,7 +178,7 @@ def check(start: Path, options: Mapping[str, Any]) -> Running | None:
     except (OSError, http.client.HTTPException, ValueError):
         return None
     state = _converged(stamp["admin_url"])
-    if state is None:
+    if state is None or state.get("faults_suppressed"):  # `up` puts declared faults back
         return None
     return Running(stamp["project"], stamp["env"], state, stamp["public_url"])
 

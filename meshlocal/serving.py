@@ -373,6 +373,7 @@ class DataPlane:
         doc["public_rules"] = [[p, s] for p, s in public.rules] if public else []
         doc["controller_connected"] = self._writer is not None
         doc["faults"] = self.faults.table.snapshot()
+        doc["faults_suppressed"] = sorted(self.faults.suppressed)  # back with the next `up`
         if self._writer is None:
             # Without its controller nothing converges, and this status may be old.
             doc["ready"] = False

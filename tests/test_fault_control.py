@@ -259,6 +259,32 @@ async def test_a_removed_declared_fault_stays_removed_until_up_restores_it(
     assert plane.faults.suppressed == set()
 
 
+async def test_restore_adds_the_faults_a_replaced_data_plane_had(
+    plane: DataPlane, http: aiohttp.ClientSession
+) -> None:
+    await call(http, "POST", url(plane, "/v1/faults"), {"service": "tcp", "reset": True, "id": "x"})
+    carried = [
+        Fault("tcp", Kind.REFUSE, id="x").to_json(),  # it has its own x: kept
+        {**Fault("api", Kind.ABORT, http_status=503, id="y").to_json(), "hits": 4},
+        Fault("nope", Kind.REFUSE, id="z").to_json(),  # no such service any more
+        Fault("api", Kind.REFUSE, id="slow-api", declared=True).to_json(),  # declared: not carried
+    ]
+    status, doc = await call(http, "POST", url(plane, "/v1/faults/restore"), {"faults": carried})
+    assert status == 200, doc
+    assert [(f["id"], f["kind"]) for f in doc["faults"]] == [
+        ("slow-api", "latency"),
+        ("x", "reset"),
+        ("y", "abort"),
+    ]
+    assert doc["notes"] == [
+        "fault z (* -> nope: refuse) is removed: no service 'nope' in this environment"
+    ]
+    status, doc = await call(
+        http, "POST", url(plane, "/v1/faults/restore"), {"faults": [{"id": 1}]}
+    )
+    assert status == 400 and len(plane.faults.table) == 3
+
+
 async def test_a_configuration_replaces_declared_faults_and_drops_runtime_ones_that_no_longer_fit(
     plane: DataPlane, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
