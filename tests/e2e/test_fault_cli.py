@@ -159,6 +159,8 @@ def test_rm_by_id_all_or_nothing_and_rm_all(ws: Path) -> None:
         (("api", "--partition"), "a partition is between two services: name the client"),
         (("api", "--latency", "5ms", "--from", "legacy"), "legacy is no Service Connect client"),
         (("api", "--latency", "5ms", "--reset"), "one fault injects one thing"),
+        (("api", "--dns", "delay"), "a dns delay needs its length"),
+        (("client", "--dns", "nxdomain"), "client has no Service Discovery name"),
     ],
 )
 def test_bad_input_says_why_and_changes_nothing(
