@@ -454,25 +454,49 @@ class DnsServer:
         peer = writer.get_extra_info("peername")
         ip = peer[0] if peer else ""
         idle = self.tcp_idle_timeout
+        late: set[asyncio.Task[None]] = set()  # answers a dns delay fault holds back
         try:
             while True:
-                head = await asyncio.wait_for(reader.readexactly(2), idle)
+                try:
+                    head = await asyncio.wait_for(reader.readexactly(2), idle)
+                except TimeoutError:
+                    if not late:
+                        raise
+                    await asyncio.wait(late)  # idle, but answers are still owed
+                    continue
                 size = int.from_bytes(head, "big")
                 message = await asyncio.wait_for(reader.readexactly(size), idle)
                 reply = self.resolver.answer(message, ip, "tcp")
-                if isinstance(reply, Delayed):  # later queries on this connection wait
-                    await asyncio.sleep(reply.seconds)
-                    reply = reply.reply
+                if isinstance(reply, Delayed):
+                    # RFC 7766 6.2.1.1: answers may go out of order, so later queries
+                    # on this connection need not wait for this one
+                    task = asyncio.get_running_loop().create_task(self._late_tcp(reply, writer))
+                    late.add(task)
+                    task.add_done_callback(late.discard)
+                    continue
                 if isinstance(reply, Forward):
                     reply = await self._relay(reply, tcp=True)
                 if reply is None:
                     break  # not even a header: the stream is out of step
                 writer.write(len(reply).to_bytes(2, "big") + reply)
                 await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            pass  # idle, closed by the client, or reset
+        except asyncio.IncompleteReadError:
+            if late:  # done asking (a half-close), still listening: owe it the late answers
+                await asyncio.wait(late)
+        except (TimeoutError, ConnectionError):
+            pass  # idle or reset
         except Exception as exc:  # the boundary: one bad connection never stops the server
             self.errors.warning("dns: tcp connection from %s failed: %r", ip, exc)
         finally:
+            for task in late:
+                task.cancel()
             self._writers.discard(writer)
             writer.close()
+
+    async def _late_tcp(self, delayed: Delayed, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(delayed.seconds)
+        reply = delayed.reply
+        if isinstance(reply, Forward):
+            reply = await self._relay(reply, tcp=True)
+        if reply is not None and not writer.is_closing():
+            writer.write(len(reply).to_bytes(2, "big") + reply)  # small: no drain

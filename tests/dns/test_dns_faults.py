@@ -344,3 +344,32 @@ def test_fault_answers_never_raise(head: bytes, name: str, rdtype: str, tail: by
                 if isinstance(reply, bytes):
                     assert reply[:2] == packet[:2] and reply[2] & 0x80
                     dns.message.from_wire(reply)  # well-formed
+
+
+async def test_a_late_answer_over_tcp_holds_up_no_later_query_on_the_connection(
+    server: DnsServer, resolver: MeshResolver
+) -> None:
+    add(resolver, service="api", dns="delay", latency="500ms")
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        start = time.perf_counter()
+        for ident, name in ((1, API), (2, USERS), (3, API)):
+            q = dns.message.make_query(name, "A", use_edns=False)
+            q.id = ident
+            wire = q.to_wire()
+            writer.write(len(wire).to_bytes(2, "big") + wire)
+        await writer.drain()
+        writer.write_eof()  # done asking: the late answers must still come
+
+        async def one() -> tuple[float, dns.message.Message]:
+            size = int.from_bytes(await reader.readexactly(2), "big")
+            msg = dns.message.from_wire(await reader.readexactly(size))
+            return time.perf_counter() - start, msg
+
+        got = [await asyncio.wait_for(one(), 3) for _ in range(3)]
+    finally:
+        writer.close()
+    assert got[0][1].id == 2 and got[0][0] < 0.3  # the later query, at once
+    assert set(addresses(got[0][1])) == USERS_IPS
+    assert {m.id for _, m in got[1:]} == {1, 3}
+    assert all(0.45 <= t < 1.5 and set(addresses(m)) == API_IPS for t, m in got[1:])
