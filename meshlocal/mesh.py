@@ -21,12 +21,9 @@ import dataclasses
 import json
 import logging
 import os
-import socket
-import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from meshlocal import control
@@ -35,6 +32,7 @@ from meshlocal.agentconfig import (
 )
 from meshlocal.control import CONTAINER_SOCKET as CONTROL_SOCKET
 from meshlocal.errors import DataPlaneError, MeshlocalError, RuntimeFailure
+from meshlocal.hostchild import DataPlaneChild
 from meshlocal.link import (
     LINE_LIMIT,
     LINK_SOCKET,
@@ -49,6 +47,7 @@ from meshlocal.link import (
     serving_spec,
     serving_view,
 )
+from meshlocal.meshvips import VipPlacement
 from meshlocal.metadata import METADATA_PORT, record_to_json
 from meshlocal.naming import NamingModel
 from meshlocal.ports import ADMIN_PORT, PUBLIC_PORT
@@ -56,7 +55,6 @@ from meshlocal.privileges import peer_uid
 from meshlocal.process import stop_on_signals
 from meshlocal.registry import Health, ReplicaRegistry
 from meshlocal.runtime import labels as L
-from meshlocal.runtime.dataplane import vip_helper_spec
 from meshlocal.runtime.engine import ContainerEvent, Engine, NetworkInfo
 from meshlocal.runtime.reconcile import DesiredService
 from meshlocal.runtime.replicas import Reconciler
@@ -82,7 +80,7 @@ ACK_TIMEOUT_S = 30.0
 STATUS_EVERY_S = 0.5
 
 
-class Controller:
+class Controller(VipPlacement):
     """The controller of one environment: engine, replicas, addresses; no listener."""
 
     def __init__(self, config: AgentConfig, engine: Engine, *, first_start: bool = False) -> None:
@@ -227,15 +225,6 @@ class Controller:
         self._schedule_apply(config.desired)
         self._changed()
 
-    async def _with_vips(self, config: AgentConfig, previous: Mapping[str, str]) -> AgentConfig:
-        """`config` with an address for every endpoint, put in the data plane's namespace."""
-        names = NamingModel(config.spec).endpoint_names
-        vips = allocate(names, self._vip_block, previous)
-        gone = [a for n, a in previous.items() if vips.get(n) != a]
-        async with self._vips_lock:
-            await self._put_vips(sorted(vips.values()), gone, config)
-        return dataclasses.replace(config, vips=vips)
-
     def _on_own_event(self, event: ContainerEvent) -> None:
         # A data plane (re)started: its new namespace gets the addresses now,
         # while its process is still starting, not once it has connected.
@@ -243,62 +232,6 @@ class Controller:
             task = asyncio.create_task(self._follow_dataplane())
             self._helpers.add(task)
             task.add_done_callback(self._helpers.discard)
-
-    async def _follow_dataplane(self) -> None:
-        """Container mode: the addresses into the data plane's namespace, once per start of it.
-
-        A data plane (re)started has a new namespace without them; it listens
-        on them already (ip_nonlocal_bind), so names answer meanwhile.
-        """
-        if self.config.mode != "container" or self.config.helper_image is None:
-            return
-        async with self._vips_lock:
-            plane = await asyncio.to_thread(self._dataplane_started)
-            if plane is None or plane[1] == self._vips_in:
-                return
-            try:
-                await self._put_vips(sorted(self.config.vips.values()), [], self.config)
-            except MeshlocalError as exc:  # names still answer; endpoints wait
-                log.error("%s", exc.render())
-
-    async def _put_vips(self, add: list[str], remove: list[str], config: AgentConfig) -> None:
-        if config.mode == "host" or config.helper_image is None:
-            await asyncio.to_thread(_vipnet().assign, self.address, add, remove)
-            return
-        if not add and not remove:
-            return
-        plane = await asyncio.to_thread(self._dataplane_started)
-        if plane is None:
-            return  # not running: put in place when it connects
-        spec = vip_helper_spec(config, plane[0], self.address, add, remove)
-        code, out = await asyncio.to_thread(self.engine.run_to_end, spec)
-        if code != 0:
-            raise DataPlaneError(
-                "cannot put the Service Connect addresses on the data plane's interface",
-                hint="the helper said:\n" + "\n".join(f"    {line}" for line in out[-10:]),
-            )
-        self._vips_in = plane[1]
-
-    def _dataplane_started(self) -> tuple[str, str] | None:
-        """(id, start time) of the running data-plane container: a new start is a new namespace."""
-        name = self.config.self_container
-        if name is None:
-            return None
-        with contextlib.suppress(Exception):
-            raw = self.engine.api.inspect_container(name)
-            state = raw.get("State") or {}
-            if state.get("Running"):
-                return str(raw["Id"]), str(raw["Id"]) + str(state.get("StartedAt"))
-        return None
-
-    async def _release_vips(self) -> None:
-        if self.config.mode != "host":
-            return  # in the data plane's namespace: they go with it
-        # Best effort at shutdown: the bridge may be gone already (`down`).
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(
-                _vipnet().assign, self.address, (), sorted(self.config.vips.values())
-            )
 
     def _persist(self, config: AgentConfig) -> None:
         if config.state_file:
@@ -374,38 +307,16 @@ class Controller:
 
     async def _run_child(self) -> None:
         """Host mode: the data plane is this process's child, unprivileged."""
-        ours, theirs = socket.socketpair()
-        listen = json.dumps(dataclasses.asdict(self._listen()))
-        with ours, theirs:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "meshlocal.serving",
-                "--listen",
-                listen,
-                "--link-fd",
-                str(theirs.fileno()),
-                "--drop-privileges",
-                pass_fds=(theirs.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL,
-                cwd="/",  # `-m` puts the cwd first on sys.path; `nobody` may not read it
-                env=_child_environment(),
-            )
-            theirs.close()
-            reader, writer = await asyncio.open_connection(sock=ours.dup(), limit=LINE_LIMIT)
+        child = DataPlaneChild(self._listen())
+        started = False
         try:
+            reader, writer = await child.start()
+            started = True
             await self._run_link(reader, writer)
         finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), 10)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
-            if not self.linked.is_set():
-                self.link_error = self.link_error or f"the data plane exited ({proc.returncode})"
+            code = await child.stop()
+            if started and not self.linked.is_set():
+                self.link_error = self.link_error or f"the data plane exited ({code})"
                 self.linked.set()  # `serve` fails instead of waiting
 
     def _listen(self) -> Listen:
@@ -619,17 +530,6 @@ class Controller:
         return status_document(self)
 
 
-def _child_environment() -> dict[str, str]:
-    """What the host-mode data plane inherits: how to run Python, nothing else.
-
-    No credentials, no DOCKER_HOST, no AWS_*: it runs as nobody and faces replicas.
-    """
-    keep = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "TZ")
-    env = {k: os.environ[k] for k in keep if k in os.environ}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def _is_dataplane(writer: asyncio.StreamWriter) -> bool:
     """The link socket's listener runs as the data plane's user (a volume it owns)."""
     sock = writer.get_extra_info("socket")
@@ -677,10 +577,3 @@ async def serve(
         await controller.stop()
         if owned:
             engine.close()
-
-
-def _vipnet() -> ModuleType:
-    """Host mode's netlink client (pyroute2): not loaded by a container-mode controller."""
-    from meshlocal.runtime import vipnet
-
-    return vipnet
