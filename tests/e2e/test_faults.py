@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -32,6 +33,8 @@ from .conftest import copy_workspace, leftovers
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(420)]
 
 SD_API = "api.test.faults.local"
+# How a client sees a reset: on a read, or on its write when it came first.
+RESET = {"ConnectionResetError", "BrokenPipeError"}
 ENVOY_CONNECT_FAILURE = (
     "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
 )
@@ -63,18 +66,18 @@ def http_get(ip, port):
 
 def raw(ip, port):
     t0 = time.monotonic()
-    s = socket.create_connection((ip, port), timeout=a.get("timeout", 10))
     got, err = b"", None
     try:
-        s.sendall(b"GET / HTTP/1.0\r\nHost: api\r\n\r\n")
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            got += chunk
+        # A reset may come before connect() returns, on a busy machine.
+        with socket.create_connection((ip, port), timeout=a.get("timeout", 10)) as s:
+            s.sendall(b"GET / HTTP/1.0\r\nHost: api\r\n\r\n")
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
     except OSError as exc:
         err = type(exc).__name__
-    s.close()
     return {"bytes": len(got), "error": err, "head": got[:40].decode(errors="replace"),
             "ms": (time.monotonic() - t0) * 1000}
 
@@ -198,41 +201,56 @@ def replica_no(name: str) -> str:
 # -- latency ------------------------------------------------------------------------
 
 
+def side_by_side(mesh: Mesh, n: int, **args: Any) -> tuple[dict[str, float], dict[str, float]]:
+    """The same n calls from client (whom the fault names) and from other (the control
+    group), at the same time: (client's percentiles, other's)."""
+    with ThreadPoolExecutor(2) as pool:
+        hit = pool.submit(run, mesh, "client", n=n, **args)
+        spared = pool.submit(run, mesh, "other", n=n, **args)
+        calls = hit.result() + spared.result()
+    assert all(c["status"] == 200 for c in calls), [c for c in calls if c["status"] != 200][:3]
+    return percentiles([c["ms"] for c in calls[:n]]), percentiles([c["ms"] for c in calls[n:]])
+
+
+# The latency a fault adds is the client's p50 less the control group's, measured
+# side by side: on a machine busy with other work both pay the same overhead.
+
+
 def test_latency_tcp_mode_p50_within_20_percent(mesh: Mesh) -> None:
-    base = percentiles([c["ms"] for c in api_calls(mesh, 40, workers=4)])
     # No jitter here: in TCP mode each chunk draws its own delay, and a reply of
     # several chunks waits for the longest (order kept), which skews the p50.
-    with mesh.fault("api", latency="100ms") as f:
-        got = api_calls(mesh, 240, workers=4)
+    args = {"op": "http", "name": "api", "port": 80, "workers": 2}
+    with mesh.fault("api", latency="100ms", from_="client") as f:
+        dist, control = side_by_side(mesh, 240, **args)
         hits = f.snapshot()
-    assert all(c["status"] == 200 for c in got), [c for c in got if c["status"] != 200][:3]
-    dist = percentiles([c["ms"] for c in got])
-    report("tcp latency 100ms (240 connections)", {"no fault": base, "fault": dist})
-    assert 80 <= dist["p50"] <= 120, dist
+    added = round(dist["p50"] - control["p50"], 1)
+    report(
+        "tcp latency 100ms (240 connections)", {"client": dist, "other": control, "added": added}
+    )
+    assert 80 <= added <= 120, (dist, control)
     assert dist["min"] >= 98, dist  # every chunk waits the whole latency
-    # One draw per connection in TCP mode, every one hit.
+    # One draw per connection in TCP mode, each of client's hit, none of other's.
     assert hits["seen"] == hits["hits"] == 240, hits
-    # Removed: the next connections are as fast as before.
-    after = percentiles([c["ms"] for c in api_calls(mesh, 20, workers=4)])
-    assert after["p50"] < 40, after
+    # Removed: the next connections are as fast as other's.
+    after, control = side_by_side(mesh, 20, **args)
+    assert after["p50"] - control["p50"] < 20, (after, control)
 
 
 def test_latency_http_mode_p50_within_20_percent_and_the_jitter_spreads(mesh: Mesh) -> None:
+    args = {"op": "http", "name": "hapi", "port": 8081, "workers": 2}
     with mesh.fault("hapi", latency="100ms", jitter="40ms", from_="client") as f:
-        got = http_calls(mesh, 240, workers=4)
-        spared = http_calls(mesh, 20, client="other", workers=4)
+        dist, control = side_by_side(mesh, 240, **args)
         hits = f.snapshot()
-    assert all(c["status"] == 200 for c in got), [c for c in got if c["status"] != 200][:3]
-    dist = percentiles([c["ms"] for c in got])
-    other = percentiles([c["ms"] for c in spared])
-    report("http latency 100ms ±40ms (240 requests)", {"client": dist, "other": other})
-    assert 80 <= dist["p50"] <= 120, dist
+    added = round(dist["p50"] - control["p50"], 1)
+    report(
+        "http latency 100ms ±40ms (240 requests)",
+        {"client": dist, "other": control, "added": added},
+    )
+    assert 80 <= added <= 120, (dist, control)
     # Uniform over 60..140 ms: p10 ~68, p90 ~132 (plus the call itself).
     assert dist["min"] >= 58, dist
     assert dist["p90"] - dist["p10"] >= 32, dist
-    # `from: client` spares other: not one of its requests was drawn for.
     assert hits["seen"] == hits["hits"] == 240, hits
-    assert other["p50"] < 40, (other, spared)
 
 
 def test_bandwidth_paces_the_reply(mesh: Mesh) -> None:
@@ -290,7 +308,7 @@ def test_reset_at_once_and_after_n_bytes_are_the_clients_error(mesh: Mesh) -> No
     with mesh.fault("api", reset_after=64):
         cut = run(mesh, "client", op="raw", name="api", port=80, n=5)
     report("reset", {"at once": at_once[0], "after 64 B": cut[0], "whole": whole["bytes"]})
-    assert {(c["bytes"], c["error"]) for c in at_once} == {(0, "ConnectionResetError")}, at_once
+    assert all(c["bytes"] == 0 and c["error"] in RESET for c in at_once), at_once
     assert {(c["bytes"], c["error"]) for c in cut} == {(64, "ConnectionResetError")}, cut
     assert all(c["head"].startswith("HTTP/1.") for c in cut), cut
     # Removed: whole answers again, on the next connection.
@@ -304,7 +322,7 @@ def test_refuse_is_a_reset_in_tcp_mode_and_envoys_503_in_http_mode(mesh: Mesh) -
     with mesh.fault("hapi", refuse=True):
         http = http_calls(mesh, 4)
     report("refuse", {"tcp": tcp[0], "http": http[0]})
-    assert {(c["bytes"], c["error"]) for c in tcp} == {(0, "ConnectionResetError")}, tcp
+    assert all(c["bytes"] == 0 and c["error"] in RESET for c in tcp), tcp
     assert {c["status"] for c in http} == {503}, http
     # What a real connect failure of every replica gives: Envoy's text, or the
     # proxy's own after trying each replica.
@@ -334,7 +352,7 @@ def test_partition_cuts_only_the_named_client_from_the_named_server(mesh: Mesh) 
         elsewhere = http_calls(mesh, 3)  # client -> hapi is no part of it
     report("partition client -> api", {"client": cut[0], "other": other[0]})
     # Nothing came back; the proxy gave up after its connect timeout (5 s) with a reset.
-    assert {(c["bytes"], c["error"]) for c in cut} == {(0, "ConnectionResetError")}, cut
+    assert all(c["bytes"] == 0 and c["error"] in RESET for c in cut), cut
     assert all(4500 <= c["ms"] <= 9000 for c in cut), cut
     assert all(c["error"] is None and c["bytes"] > 200 for c in other), other
     assert {c["status"] for c in elsewhere} == {200}, elsewhere
