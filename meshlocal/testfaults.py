@@ -80,13 +80,14 @@ class ActiveFault:
         """Remove it now; False when it was already gone. Idempotent."""
         if self.removed:
             return False
-        self.removed = True
         try:
             remove_fault(self._admin(), self.id)
         except AdminRefused as exc:
-            if exc.status == 404:
-                return False
-            raise
+            if exc.status != 404:
+                raise
+            self.removed = True
+            return False
+        self.removed = True  # not before: a data plane that didn't answer may be asked again
         return True
 
     def __repr__(self) -> str:

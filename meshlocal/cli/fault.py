@@ -72,7 +72,7 @@ def add(ctx: Context, /, env: str | None, as_json: bool, **options: Any) -> None
     if as_json:
         click.echo(json.dumps(added, indent=2, sort_keys=True))
         return
-    out.print(f"added {fault_line(added)}", markup=False)
+    out.print(f"added {fault_line(added, counts=False)}", markup=False)
 
 
 _FIELD = {"source": "from", "ident": "id"}

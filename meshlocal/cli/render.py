@@ -167,13 +167,11 @@ def fault_table(faults: Sequence[dict[str, Any]], title: str | None = None) -> T
     return table
 
 
-def fault_line(doc: dict[str, Any]) -> str:
+def fault_line(doc: dict[str, Any], *, counts: bool = True) -> str:
     """One fault in a sentence: `f1: * -> api, latency 200ms (30%); hit 3 of 10`."""
     declared = " (declared)" if doc.get("declared") else ""
-    return (
-        f"{doc['id']}: {fault_scope(doc)}, {doc.get('description') or doc['kind']}{declared}; "
-        f"hit {doc.get('hits', 0)} of {doc.get('seen', 0)}"
-    )
+    line = f"{doc['id']}: {fault_scope(doc)}, {doc.get('description') or doc['kind']}{declared}"
+    return f"{line}; hit {doc.get('hits', 0)} of {doc.get('seen', 0)}" if counts else line
 
 
 def print_faults(faults: Sequence[dict[str, Any]]) -> None:

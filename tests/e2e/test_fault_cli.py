@@ -74,9 +74,7 @@ def test_add_shows_in_ls_ps_and_stats(ws: Path) -> None:
     )
     (doc,) = listed(ws)
     ident = doc["id"]
-    assert added.stdout.strip() == (
-        f"added {ident}: client -> api-2, latency 200ms ±50ms (30%); hit 0 of 0"
-    )
+    assert added.stdout.strip() == (f"added {ident}: client -> api-2, latency 200ms ±50ms (30%)")
     assert {k: doc[k] for k in ("service", "kind", "latency_ms", "jitter_ms", "percent")} == {
         "service": "api",
         "kind": "latency",
@@ -104,6 +102,13 @@ def test_add_shows_in_ls_ps_and_stats(ws: Path) -> None:
     assert "Faults" in stats and "client -> api-2" in stats
     doc_stats = json.loads(ok(run_cli(ws, "stats", "--json")).stdout)
     assert [(f["id"], f["hits"], f["seen"]) for f in doc_stats["faults"]] == [(ident, 0, 0)]
+
+    as_json = json.loads(
+        ok(run_cli(ws, "fault", "add", "api", "--reset-after", "100", "--id", "j", "--json")).stdout
+    )
+    assert (as_json["id"], as_json["kind"], as_json["after_bytes"]) == ("j", "reset", 100)
+    assert as_json["description"] == "reset after 100 B"
+    assert [f["id"] for f in listed(ws)] == [ident, "j"]
 
 
 def test_hits_counted_per_client_and_removal_restores_traffic(ws: Path, docker_client: Any) -> None:
