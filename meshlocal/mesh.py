@@ -115,8 +115,9 @@ class Controller(VipPlacement):
         self._vips_lock = asyncio.Lock()
         self._helpers: set[asyncio.Task[None]] = set()
         # The data plane's last word on its faults: handed back to it when it
-        # restarts (faultstore.py). Counters are not kept.
-        self.fault_report: FaultReport | None = None
+        # restarts (faultstore.py), kept beside the state file for a restart of
+        # both. Counters are not kept.
+        self.fault_report = _load_report(config.state_file)
         self.config_notes: list[str] = []  # faults the last configuration dropped
 
     # -- lifecycle --------------------------------------------------------
@@ -392,7 +393,10 @@ class Controller(VipPlacement):
                 serving_view(self.registry, self.served, self.view)
                 self._schedule_push()
             elif kind == "faults":
-                self.fault_report = FaultReport.from_message(message) or self.fault_report
+                report = FaultReport.from_message(message)
+                if report is not None:
+                    self.fault_report = report
+                    _save_report(self.config.state_file, report)
 
     async def _send_config(self, config: AgentConfig) -> list[str]:
         """The data plane takes `config`; returns its notes (faults it dropped)."""
@@ -536,6 +540,30 @@ def _is_dataplane(writer: asyncio.StreamWriter) -> bool:
     if sock is None:
         return False
     return peer_uid(sock) == DATAPLANE_UID
+
+
+def _report_path(state_file: str | None) -> Path | None:
+    return Path(state_file).with_suffix(".faults.json") if state_file else None
+
+
+def _load_report(state_file: str | None) -> FaultReport | None:
+    path = _report_path(state_file)
+    with contextlib.suppress(OSError, ValueError):
+        if path is not None:
+            raw = json.loads(path.read_text())
+            return FaultReport.from_message(raw) if isinstance(raw, dict) else None
+    return None
+
+
+def _save_report(state_file: str | None, report: FaultReport) -> None:
+    path = _report_path(state_file)
+    if path is None:
+        return
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report.to_message()))
+        tmp.replace(path)  # atomic, as the configuration
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:

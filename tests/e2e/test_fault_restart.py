@@ -145,6 +145,13 @@ def planes_of(docker_client: Any, mesh: Mesh) -> dict[str, str]:
     return {c.labels[L.ROLE]: c.id for c in found if c.labels.get(L.ROLE) in roles}
 
 
+def faults_or_none(mesh: Mesh) -> dict[str, Any]:
+    try:
+        return mesh.faults()
+    except MeshlocalError:  # not serving yet
+        return {}
+
+
 def in_effect(docker_client: Any, mesh: Mesh, *, declared: bool = True) -> None:
     assert lookup(docker_client, mesh, API_NAME) == ("NXDOMAIN" if declared else "NOERROR")
     assert lookup(docker_client, mesh, WEB_NAME) == "SERVFAIL"
@@ -190,6 +197,24 @@ def test_a_restarted_controller_learns_the_faults_from_the_data_plane(
     # the runtime one stays (carried over if `up` replaces the data plane).
     proc = ok(run_cli(mesh.workspace, "up", "-d", "--timeout", "120"))
     assert sorted(mesh.faults()) == ["api-gone", "web-broken"], (proc.stdout, proc.stderr)
+    in_effect(docker_client, mesh)
+
+
+def test_faults_survive_a_restart_of_both_the_data_plane_and_the_controller(
+    mesh: Mesh, docker_client: Any
+) -> None:
+    """The controller keeps the data plane's last report on its disk."""
+    if "web-broken" not in mesh.faults():
+        mesh.admin("/v1/faults", {"service": "web", "dns": "servfail", "id": "web-broken"})
+    controller = docker_client.containers.get(L.controller_name(mesh.project, "test"))
+    controller.stop(timeout=10)
+    try:
+        # A new process that serves nothing (not even its admin API) until configured.
+        docker_client.containers.get(L.dataplane_name(mesh.project, "test")).restart(timeout=10)
+    finally:
+        controller.start()
+    wait_for("the faults to come back", lambda: "web-broken" in faults_or_none(mesh), timeout=60)
+    assert sorted(mesh.faults()) == ["api-gone", "web-broken"]
     in_effect(docker_client, mesh)
 
 
