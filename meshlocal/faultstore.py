@@ -12,11 +12,14 @@ server consult. Two sources fill it:
   prints).
 
 Restarts (link.py has the messages): after every change the data plane
-reports its set to the controller, which keeps the last report. A data
+reports its set to the controller, which keeps the last report (on its
+disk too: a restart of both loses nothing). A data
 plane that starts again gets that report back before its first
 configuration and takes its runtime faults and suppressed ids; one that
 already has its own set (the controller restarted) keeps it, and its next
-report teaches the new controller. Counters start again at 0.
+report teaches the new controller. `up` reads a data plane it replaces and
+hands its runtime faults to the new one (faultcarry.py). Counters start
+again at 0.
 """
 
 from __future__ import annotations
