@@ -112,15 +112,17 @@ def plan(hits: Iterable[Active]) -> Plan:
 
 
 class Bucket:
-    """Pacing to `rate` bytes/s: a quantum at a time, no credit saved while idle."""
+    """Pacing to `rate` bytes/s, a quantum at a time: a token bucket one quantum deep,
+    so a late timer is made up for but an idle spell saves no more than that."""
 
     def __init__(self, rate: int) -> None:
         self.rate = rate
         self.quantum = max(1, min(16384, rate // 20))  # 50 ms worth: smooth enough
+        self.slack = self.quantum / rate
         self.next = 0.0  # loop time the next byte may go
 
     def spend(self, n: int, now: float) -> None:
-        self.next = max(self.next, now) + n / self.rate
+        self.next = max(self.next, now - self.slack) + n / self.rate
 
 
 _Item = bytes | Callable[[], None]

@@ -325,9 +325,16 @@ class Downstream(asyncio.Protocol):
             return
         if fwd.faults.sc and self.label == faultio.SC_LABEL and http1fault.intercept(self, replica):
             return
-        self._dial(replica)
+        up = fwd.pool.take(replica)
+        if up is not None:
+            self._attach(replica, up)
+            return
+        self.state = _CONNECTING
+        self._update_reading()
+        self.loop.create_task(self._connect(replica))
 
-    def _dial(self, replica: Replica) -> None:
+    def dial(self, replica: Replica) -> None:
+        """`_select`'s end, for a request the faults let through late."""
         fwd = self.fwd
         up = fwd.pool.take(replica)
         if up is not None:

@@ -66,9 +66,13 @@ class Stream:
             return
         if proxy.faults.sc and h2fault.intercept(self, replica):
             return
-        self.go(replica)
+        self.replica = replica
+        self.begun = True
+        proxy.balancer.begin(replica)
+        self.requeue()
 
     def go(self, replica: Replica) -> None:
+        """`select`'s end, for a stream the faults let through late."""
         self.replica = replica
         self.begun = True
         self.proxy.balancer.begin(replica)

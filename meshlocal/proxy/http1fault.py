@@ -83,7 +83,7 @@ def _act(down: Downstream, replica: Replica, plan: faultio.Plan) -> None:
         down.abort()
         return
     if not plan.shapes:
-        down._dial(replica)
+        down.dial(replica)
         return
     transport = down.transport
     assert transport is not None
@@ -99,7 +99,7 @@ def _act(down: Downstream, replica: Replica, plan: faultio.Plan) -> None:
     # half-closed: the shaper goes with the connection, not onto the next request.
     down.client_eof = True
     if not plan.rate:
-        down._dial(replica)
+        down.dial(replica)
         return
     # The request side is paced on a connection of its own, never pooled after.
     from meshlocal.proxy import forward

@@ -140,10 +140,19 @@ class _Upstream(asyncio.Protocol):
             self.transport.resume_reading()
 
 
+class _ShapedUpstream(_Upstream):
+    """The replica side of a connection a latency, bandwidth or reset fault hit."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(self.conn.shape(self, cast(asyncio.Transport, transport)))
+
+
 class TcpConnection(asyncio.Protocol):
     """One client connection and the replica connection it is pinned to."""
 
-    plan: faultio.Plan | None = None  # the faults that shape it (set only when one hit)
+    # Set on the instance only when a latency, bandwidth or reset fault hit it.
+    plan: faultio.Plan | None = None
+    upstream: type[_Upstream] = _Upstream
 
     def __init__(self, proxy: TcpProxy, service: str, endpoint: str = "") -> None:
         self.proxy = proxy
@@ -235,7 +244,7 @@ class TcpConnection(asyncio.Protocol):
                 try:
                     async with asyncio.timeout(proxy.settings.connect_timeout_s):
                         await loop.create_connection(
-                            partial(_Upstream, self, replica), replica.address, replica.port
+                            partial(self.upstream, self, replica), replica.address, replica.port
                         )
                     return
                 except (OSError, TimeoutError):
@@ -282,27 +291,29 @@ class TcpConnection(asyncio.Protocol):
             return True
         if plan.delays or plan.shapes:
             self.plan = plan
+            self.upstream = _ShapedUpstream
         return False
 
-    def _shape(self, up: _Upstream, plan: faultio.Plan) -> None:
-        """Put the plan's shapers in front of both transports."""
-        assert self.transport is not None and up.transport is not None
+    def shape(self, up: _Upstream, transport: asyncio.Transport) -> asyncio.Transport:
+        """Put the plan's shapers in front of both sides; the replica side's transport."""
+        plan = self.plan
+        assert plan is not None and self.transport is not None
         delay = plan.delay if plan.delays else None
         high = self.proxy.settings.read_chunk
-        if delay is not None or plan.rate or plan.reset is not None:
-            self.transport = faultio.ShapedTransport(
-                self.transport,
-                throttle=up.pause,
-                delay=delay,
-                rate=plan.rate,
-                limit=plan.reset,
-                on_limit=self.abort_reset,
-                high=high,
-            )
+        self.transport = faultio.ShapedTransport(
+            self.transport,
+            throttle=up.pause,
+            delay=delay,
+            rate=plan.rate,
+            limit=plan.reset,
+            on_limit=self.abort_reset,
+            high=high,
+        )
         if plan.rate:
-            up.transport = faultio.ShapedTransport(
-                up.transport, throttle=self.upstream_full, rate=plan.rate, high=high
+            return faultio.ShapedTransport(
+                transport, throttle=self.upstream_full, rate=plan.rate, high=high
             )
+        return transport
 
     def abort_reset(self) -> None:
         """A reset fault: RST to the client, the replica side closed at once."""
@@ -318,8 +329,6 @@ class TcpConnection(asyncio.Protocol):
         self.up = up
         self.replica = up.replica
         self.task = None
-        if self.plan is not None:
-            self._shape(up, self.plan)
         self.proxy.balancer.record(up.replica, False, self.client)
         self.last_activity = time.monotonic()
         if self.pending:

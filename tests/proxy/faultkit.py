@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 
 def binomial_99(n: int, p: float) -> tuple[int, int]:
@@ -17,3 +18,16 @@ def binomial_99(n: int, p: float) -> tuple[int, int]:
             high = k
             break
     return low, high
+
+
+def added_p50(samples: list[tuple[str, float]], slow: str, fast: str) -> tuple[float, int]:
+    """The faulted replica's median minus the clean one's, and how many faulted calls.
+
+    Calls to both replicas are interleaved under the same load, so what the
+    test machine adds to every call cancels out and the delay the fault adds
+    is left.
+    """
+    slow_ms = [ms for name, ms in samples if name == slow]
+    fast_ms = [ms for name, ms in samples if name == fast]
+    assert slow_ms and fast_ms
+    return statistics.median(slow_ms) - statistics.median(fast_ms), len(slow_ms)
