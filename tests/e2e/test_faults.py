@@ -212,8 +212,9 @@ def side_by_side(mesh: Mesh, n: int, **args: Any) -> tuple[dict[str, float], dic
     return percentiles([c["ms"] for c in calls[:n]]), percentiles([c["ms"] for c in calls[n:]])
 
 
-# The latency a fault adds is the client's p50 less the control group's, measured
-# side by side: on a machine busy with other work both pay the same overhead.
+# The p50 must be within ±20 % of the latency asked, and so must the latency the
+# fault adds: the client's p50 less the control group's, measured side by side
+# (on a machine busy with other work both pay the same overhead).
 
 
 def test_latency_tcp_mode_p50_within_20_percent(mesh: Mesh) -> None:
@@ -227,7 +228,7 @@ def test_latency_tcp_mode_p50_within_20_percent(mesh: Mesh) -> None:
     report(
         "tcp latency 200ms (240 connections)", {"client": dist, "other": control, "added": added}
     )
-    assert 160 <= added <= 240, (dist, control)
+    assert 160 <= dist["p50"] <= 240 and 160 <= added <= 240, (dist, control)
     assert dist["min"] >= 198, dist  # every chunk waits the whole latency
     # One draw per connection in TCP mode, each of client's hit, none of other's.
     assert hits["seen"] == hits["hits"] == 240, hits
@@ -246,7 +247,7 @@ def test_latency_http_mode_p50_within_20_percent_and_the_jitter_spreads(mesh: Me
         "http latency 200ms ±50ms (240 requests)",
         {"client": dist, "other": control, "added": added},
     )
-    assert 160 <= added <= 240, (dist, control)
+    assert 160 <= dist["p50"] <= 240 and 160 <= added <= 240, (dist, control)
     # Uniform over 150..250 ms: p10 ~160, p90 ~240 (plus the call itself).
     assert dist["min"] >= 148, dist
     assert dist["p90"] - dist["p10"] >= 40, dist
