@@ -14,7 +14,6 @@ is full, so memory stays bounded whatever the body size.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from meshlocal.proxy import faultio, http1, http1fault
 from meshlocal.proxy.balancer import Balancer
 from meshlocal.proxy.http1 import ChunkedScanner, HttpError, RequestHead, ResponseHead
 from meshlocal.proxy.metrics import Metrics, ServiceMetrics
+from meshlocal.proxy.respond import CLOSED, CONNECTING, EXCHANGE, IDLE, TUNNEL, ResponseSide
 from meshlocal.proxy.settings import ProxySettings
 from meshlocal.proxy.upstream import UpstreamConn, UpstreamPool
 from meshlocal.registry import Replica
@@ -39,8 +39,6 @@ _REASONS = {
     504: b"Gateway Timeout",
     505: b"HTTP Version Not Supported",
 }
-
-_BARE_LF = re.compile(rb"\r?\n")  # upstream response heads only
 
 # The balancer key of traffic from outside the mesh (the public endpoint).
 PUBLIC_CLIENT = "public"
@@ -108,16 +106,9 @@ class Forwarder:
                 conn.abort()
 
 
-# Downstream states
-_IDLE = 0  # waiting for a request head
-_CONNECTING = 1  # waiting for a replica connection
-_EXCHANGE = 2  # attached to a replica
-_TUNNEL = 3  # after 101 Switching Protocols
-_CLOSED = 4
-
-
-class Downstream(asyncio.Protocol):
-    """One client connection: parses requests, forwards each to a replica."""
+class Downstream(ResponseSide, asyncio.Protocol):
+    """One client connection: parses requests, forwards each to a replica (the
+    response side's reading and rendering: `respond.ResponseSide`)."""
 
     def __init__(self, fwd: Forwarder, router: Router, endpoint_port: int, label: bytes) -> None:
         self.fwd = fwd
@@ -132,7 +123,7 @@ class Downstream(asyncio.Protocol):
         # so the caller's address; the public endpoint (the ALB) has its own.
         self.client = PUBLIC_CLIENT if label == b"public-endpoint" else ""
         self.buf = b""  # client bytes not forwarded yet
-        self.state = _IDLE
+        self.state = IDLE
         self.last_activity = time.monotonic()
         self.reading_paused = False
         self.up_write_paused = False
@@ -180,17 +171,17 @@ class Downstream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
         state = self.state
-        if state == _EXCHANGE and not self.req_done:
+        if state == EXCHANGE and not self.req_done:
             self._request_body(data)
             return
-        if state == _TUNNEL:
+        if state == TUNNEL:
             if self.up is not None:
                 self.up.write(data)
             return
-        if state == _CLOSED:
+        if state == CLOSED:
             return
         self.buf = self.buf + data if self.buf else data
-        if state == _IDLE:
+        if state == IDLE:
             self._next_request()
         else:
             self._update_reading()
@@ -198,23 +189,23 @@ class Downstream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.fwd.connections.discard(self)
         prev = self.state
-        self.state = _CLOSED
+        self.state = CLOSED
         self.deadline = 0.0
         up = self.up
         if up is not None:
             self.up = None
             up.abort()
-            if prev == _EXCHANGE and self.replica is not None:
+            if prev == EXCHANGE and self.replica is not None:
                 self.fwd.balancer.end(self.replica)
 
     def eof_received(self) -> bool | None:
         # A half-closed client still gets the answer to what it sent.
         self.client_eof = True
-        if self.state == _TUNNEL and self.up is not None and self.up.transport is not None:
+        if self.state == TUNNEL and self.up is not None and self.up.transport is not None:
             if self.up.transport.can_write_eof():
                 self.up.transport.write_eof()
             return True
-        return True if self.state in (_CONNECTING, _EXCHANGE) else None
+        return True if self.state in (CONNECTING, EXCHANGE) else None
 
     def pause_writing(self) -> None:
         if self.up is not None:
@@ -230,9 +221,9 @@ class Downstream(asyncio.Protocol):
         if not (self.reading_paused or self.up_write_paused or self.buf):
             return  # the common case: nothing paused, nothing buffered
         pause = self.up_write_paused or (
-            self.state != _IDLE and len(self.buf) > self.settings.read_chunk
+            self.state != IDLE and len(self.buf) > self.settings.read_chunk
         )
-        if pause != self.reading_paused and self.transport is not None and self.state != _CLOSED:
+        if pause != self.reading_paused and self.transport is not None and self.state != CLOSED:
             self.reading_paused = pause
             if pause:
                 self.transport.pause_reading()
@@ -329,7 +320,7 @@ class Downstream(asyncio.Protocol):
         if up is not None:
             self._attach(replica, up)
             return
-        self.state = _CONNECTING
+        self.state = CONNECTING
         self._update_reading()
         self.loop.create_task(self._connect(replica))
 
@@ -340,7 +331,7 @@ class Downstream(asyncio.Protocol):
         if up is not None:
             self._attach(replica, up)
             return
-        self.state = _CONNECTING
+        self.state = CONNECTING
         self._update_reading()
         self.loop.create_task(self._connect(replica))
 
@@ -349,10 +340,10 @@ class Downstream(asyncio.Protocol):
         try:
             up = await fwd.pool.connect(replica)
         except (OSError, TimeoutError):
-            if self.state != _CLOSED:
+            if self.state != CLOSED:
                 self.connect_failed(replica)
             return
-        if self.state == _CLOSED:
+        if self.state == CLOSED:
             fwd.pool.release(up)
             return
         self._attach(replica, up)
@@ -381,7 +372,7 @@ class Downstream(asyncio.Protocol):
         self._select()
 
     def _attach(self, replica: Replica, up: UpstreamConn) -> None:
-        self.state = _EXCHANGE
+        self.state = EXCHANGE
         self.replica = replica
         self.up = up
         up.owner = self
@@ -440,9 +431,9 @@ class Downstream(asyncio.Protocol):
     def upstream_data(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
         transport = self.transport
-        if transport is None or self.state == _CLOSED:
+        if transport is None or self.state == CLOSED:
             return
-        if self.state == _TUNNEL:
+        if self.state == TUNNEL:
             transport.write(data)
             return
         resp = self.resp
@@ -451,172 +442,6 @@ class Downstream(asyncio.Protocol):
             self._response_head()
             return
         self._response_body(data, b"")
-
-    def _response_head(self) -> None:
-        req, replica, m = self.req, self.replica, self.m
-        assert req is not None and replica is not None and m is not None
-        transport = self.transport
-        assert transport is not None
-        while True:
-            ubuf = self.ubuf
-            idx = ubuf.find(b"\r\n\r\n")
-            lf = ubuf.find(b"\n\n", 0, idx if idx >= 0 else len(ubuf))
-            if lf >= 0:
-                # A head ended by bare LFs (busybox CGI scripts write them). RFC
-                # 9112 lets a recipient accept them; replicas are trusted, and
-                # the client gets the head in CRLF form either way.
-                end = lf + 2
-                head, rest = _BARE_LF.sub(b"\r\n", ubuf[:end]), ubuf[end:]
-            elif idx < 0:
-                if len(ubuf) > 65536:
-                    self._upstream_failed(False, "response head too large")
-                return
-            else:
-                end = idx + 4
-                head, rest = (ubuf, b"") if end == len(ubuf) else (ubuf[:end], ubuf[end:])
-            cacheable = req.method != b"HEAD" and len(head) <= 2048
-            cache = self.fwd.response_heads
-            resp = cache.get(head) if cacheable else None
-            if resp is None:
-                try:
-                    resp = http1.parse_response_head(head, req.method)
-                except HttpError as exc:
-                    self._upstream_failed(False, f"invalid response: {exc.reason}")
-                    return
-                limit = self.settings.head_cache
-                if cacheable and limit:
-                    if len(cache) >= limit:
-                        cache.clear()
-                    cache[head] = resp
-            self.processed += len(head)
-            if resp.status < 200 and resp.status != 101:
-                # Interim (100 Continue, 103 Early Hints): pass on, wait for the final one.
-                transport.write(self._head_bytes(resp, True))
-                self.ubuf = rest
-                if not rest:
-                    return
-                continue
-            break
-        self.ubuf = b""
-        self.deadline = 0.0
-        m.response(resp.status, (time.monotonic() - self.started) * 1000)
-        self.fwd.balancer.record(replica, resp.status >= 500, self.client)
-        self.resp = resp
-        if resp.status == 101 and req.upgrade is not None:
-            upgrade = next(
-                (v for n, v in resp.header_items() if n.lower() == b"upgrade"), req.upgrade
-            )
-            transport.write(self._head_bytes(resp, True, upgrade=upgrade) + rest)
-            # A tunnel is no longer a request in flight: draining need not wait for it.
-            self.fwd.balancer.end(replica)
-            self.state = _TUNNEL
-            self.req_done = True
-            buf, self.buf = self.buf, b""
-            if buf and self.up is not None:
-                self.up.write(buf)
-            self._update_reading()
-            return
-        self.keep = req.keep_alive and resp.framing != http1.UNTIL_CLOSE and not self.client_eof
-        framing = resp.framing
-        if framing == http1.LENGTH:
-            self.resp_left = resp.length
-        elif framing == http1.CHUNKED:
-            self.resp_scanner = ChunkedScanner()
-        self._response_body(rest, self._head_bytes(resp, self.keep))
-
-    def _response_body(self, data: bytes, head: bytes) -> None:
-        resp = self.resp
-        transport = self.transport
-        assert resp is not None and transport is not None
-        framing = resp.framing
-        done = False
-        if framing == http1.LENGTH:
-            take = min(self.resp_left, len(data))
-            self.resp_left -= take
-            done = self.resp_left == 0
-        elif framing == http1.CHUNKED:
-            assert self.resp_scanner is not None
-            try:
-                take = self.resp_scanner.feed(data)
-            except HttpError as exc:
-                self._upstream_failed(True, f"invalid chunked body: {exc.reason}")
-                return
-            done = self.resp_scanner.done
-        elif framing == http1.NONE:
-            take = 0
-            done = True
-        else:  # until close
-            take = len(data)
-        if take < len(data):
-            self.up_dirty = True  # bytes past the message: never reuse this connection
-            data = data[:take]
-        if head:
-            if len(data) < 16384:
-                transport.write(head + data)
-            else:
-                transport.writelines((head, data))
-        elif data:
-            transport.write(data)
-        self.processed += take
-        if done and self.req_done:
-            self._finish()
-        elif done:
-            # The replica answered before the request body ended: the body's
-            # end can't be found safely any more, so neither side is reused.
-            self.keep = False
-            self.up_dirty = True
-            self._finish()
-
-    def _response_complete(self) -> bool:
-        resp = self.resp
-        if resp is None:
-            return False
-        if resp.framing == http1.LENGTH:
-            return self.resp_left == 0
-        if resp.framing == http1.CHUNKED:
-            return self.resp_scanner is not None and self.resp_scanner.done
-        return resp.framing == http1.NONE
-
-    def _head_bytes(
-        self, resp: ResponseHead, keep_alive: bool, *, upgrade: bytes | None = None
-    ) -> bytes:
-        assert self.replica is not None and self.route is not None and self.req is not None
-        memo_key = (self.replica.container_id, self.route.route, keep_alive, self.req.version)
-        if upgrade is None:
-            done = resp.rendered.get(memo_key)
-            if done is not None:
-                return done
-        key = (self.replica.container_id, self.route.route)
-        tail = self.fwd.debug_headers.get(key)
-        if tail is None:
-            tail = b"x-meshlocal-replica: %s\r\nx-meshlocal-route: %s\r\n" % (
-                self.replica.name.encode(),
-                self.route.route,
-            )
-            if len(self.fwd.debug_headers) > 4096:
-                self.fwd.debug_headers.clear()
-            self.fwd.debug_headers[key] = tail
-        if upgrade is not None:
-            tail += b"Connection: Upgrade\r\nUpgrade: %s\r\n" % upgrade
-        elif not keep_alive:
-            tail += b"Connection: close\r\n"
-        elif self.req.version == b"HTTP/1.0":
-            tail += b"Connection: keep-alive\r\n"
-        out = (
-            resp.status_line
-            + (
-                http1.strip_response_fields(resp.fields, resp.connection_tokens)
-                if resp.strip
-                else resp.fields
-            )
-            + tail
-            + b"\r\n"
-        )
-        if upgrade is None:
-            if len(resp.rendered) >= 64:
-                resp.rendered.clear()
-            resp.rendered[memo_key] = out
-        return out
 
     def _finish(self) -> None:
         """The response is complete: release the replica, go on with the client."""
@@ -644,14 +469,14 @@ class Downstream(asyncio.Protocol):
         if not keep:
             self._close()
             return
-        self.state = _IDLE
+        self.state = IDLE
         self._update_reading()
         if buf:
             self._next_request()
 
     def upstream_lost(self) -> None:
         """The replica closed its connection (or it was reset)."""
-        if self.state == _TUNNEL:
+        if self.state == TUNNEL:
             self.up = None
             self._close()
             return
@@ -683,7 +508,7 @@ class Downstream(asyncio.Protocol):
             and not self.ubuf
         ):
             # A pooled connection the replica had already closed: replay on another.
-            self.state = _CONNECTING
+            self.state = CONNECTING
             self._select()
             return
         fwd.balancer.record(replica, True, self.client)
@@ -697,7 +522,7 @@ class Downstream(asyncio.Protocol):
     def on_timeout(self) -> None:
         self.deadline = 0.0
         replica, m = self.replica, self.m
-        if self.resp is not None or replica is None or self.state != _EXCHANGE:
+        if self.resp is not None or replica is None or self.state != EXCHANGE:
             return
         up = self.up
         self.up = None
@@ -729,14 +554,14 @@ class Downstream(asyncio.Protocol):
             self.abort()
 
     def _fail(self, status: int, reason: str) -> None:
-        if self.transport is not None and self.state != _CLOSED:
+        if self.transport is not None and self.state != CLOSED:
             self.transport.write(error_response(status, reason, route=self.label))
         self._close()
 
     def _close(self) -> None:
-        if self.state == _CLOSED:
+        if self.state == CLOSED:
             return
-        self.state = _CLOSED
+        self.state = CLOSED
         if self.transport is not None:
             self.transport.close()  # flushes what is buffered
 
@@ -745,8 +570,8 @@ class Downstream(asyncio.Protocol):
         if up is not None:
             self.up = None
             up.abort()
-            if self.state == _EXCHANGE and self.replica is not None:
+            if self.state == EXCHANGE and self.replica is not None:
                 self.fwd.balancer.end(self.replica)
-        self.state = _CLOSED
+        self.state = CLOSED
         if self.transport is not None:
             self.transport.abort()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from meshlocal.proxy import faultio
 from meshlocal.proxy.balancer import Balancer
+from meshlocal.proxy.respond import CLOSED, CONNECTING
 from meshlocal.registry import Replica
 
 if TYPE_CHECKING:
@@ -58,13 +59,11 @@ def others(balancer: Balancer, service: str, down: Downstream) -> bool:
 
 def _hold(down: Downstream, delay: float, then: Callable[[], None]) -> None:
     """Keep the request (its body buffered, reading paused past a chunk) `delay` seconds."""
-    from meshlocal.proxy import forward
-
-    down.state = forward._CONNECTING
+    down.state = CONNECTING
     down._update_reading()
 
     def fire() -> None:
-        if down.state == forward._CONNECTING:
+        if down.state == CONNECTING:
             then()
 
     down.loop.call_later(delay, fire)
@@ -102,9 +101,7 @@ def _act(down: Downstream, replica: Replica, plan: faultio.Plan) -> None:
         down.dial(replica)
         return
     # The request side is paced on a connection of its own, never pooled after.
-    from meshlocal.proxy import forward
-
-    down.state = forward._CONNECTING
+    down.state = CONNECTING
     down._update_reading()
     down.loop.create_task(_dial_paced(down, replica, plan.rate))
 
@@ -116,16 +113,14 @@ def _reset_client(down: Downstream) -> None:
 
 
 async def _dial_paced(down: Downstream, replica: Replica, rate: int) -> None:
-    from meshlocal.proxy import forward
-
     fwd = down.fwd
     try:
         up = await fwd.pool.connect(replica)
     except (OSError, TimeoutError):
-        if down.state != forward._CLOSED:
+        if down.state != CLOSED:
             down.connect_failed(replica)
         return
-    if down.state == forward._CLOSED:
+    if down.state == CLOSED:
         up.abort()
         return
     assert up.transport is not None
