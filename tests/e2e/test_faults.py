@@ -308,10 +308,17 @@ def test_reset_at_once_and_after_n_bytes_are_the_clients_error(mesh: Mesh) -> No
         at_once = run(mesh, "client", op="raw", name="api", port=80, n=5)
     with mesh.fault("api", reset_after=64):
         cut = run(mesh, "client", op="raw", name="api", port=80, n=5)
-    report("reset", {"at once": at_once[0], "after 64 B": cut[0], "whole": whole["bytes"]})
+    with mesh.fault("hapi", reset=True):
+        http = http_calls(mesh, 3)
+    report(
+        "reset",
+        {"at once": at_once[0], "after 64 B": cut[0], "whole": whole["bytes"], "http": http[0]},
+    )
     assert all(c["bytes"] == 0 and c["error"] in RESET for c in at_once), at_once
     assert {(c["bytes"], c["error"]) for c in cut} == {(64, "ConnectionResetError")}, cut
     assert all(c["head"].startswith("HTTP/1.") for c in cut), cut
+    # http.client's RemoteDisconnected is a ConnectionResetError too.
+    assert all(c["status"] is None and c["error"] in RESET | {"RemoteDisconnected"} for c in http)
     # Removed: whole answers again, on the next connection.
     again = run(mesh, "client", op="raw", name="api", port=80, n=3)
     assert {(c["bytes"], c["error"]) for c in again} == {(whole["bytes"], None)}, again
@@ -347,16 +354,30 @@ def test_refusing_one_replica_sends_every_call_to_the_other(mesh: Mesh) -> None:
 
 
 def test_partition_cuts_only_the_named_client_from_the_named_server(mesh: Mesh) -> None:
+    raw = {"op": "raw", "name": "api", "port": 80}
+    hapi = {"op": "http", "name": "hapi", "port": 8081}
     with mesh.fault("api", partition=True, from_="client"):
-        cut = run(mesh, "client", op="raw", name="api", port=80, n=2, workers=2, timeout=20)
-        other = run(mesh, "other", op="raw", name="api", port=80, n=3)
-        elsewhere = http_calls(mesh, 3)  # client -> hapi is no part of it
-    report("partition client -> api", {"client": cut[0], "other": other[0]})
-    # Nothing came back; the proxy gave up after its connect timeout (5 s) with a reset.
-    assert all(c["bytes"] == 0 and c["error"] in RESET for c in cut), cut
-    assert all(4500 <= c["ms"] <= 9000 for c in cut), cut
-    assert all(c["error"] is None and c["bytes"] > 200 for c in other), other
+        elsewhere = run(mesh, "client", n=3, **hapi)  # client -> hapi is no part of it
+        with mesh.fault("hapi", partition=True, from_="client"), ThreadPoolExecutor(4) as pool:
+            jobs = {
+                "tcp": pool.submit(run, mesh, "client", n=2, workers=2, timeout=40, **raw),
+                "http": pool.submit(run, mesh, "client", n=1, timeout=40, **hapi),
+                "other tcp": pool.submit(run, mesh, "other", n=3, **raw),
+                "other http": pool.submit(run, mesh, "other", n=3, **hapi),
+            }
+            got = {name: job.result() for name, job in jobs.items()}
+    report("partition", {name: calls[0] for name, calls in got.items()})
     assert {c["status"] for c in elsewhere} == {200}, elsewhere
+    # Nothing came back; after the connect timeout (5 s) the proxy reset the
+    # connection (tcp: one connect attempt) ...
+    assert all(c["bytes"] == 0 and c["error"] in RESET for c in got["tcp"]), got
+    assert all(4500 <= c["ms"] <= 9000 for c in got["tcp"]), got
+    # ... or answered 503 once its retries on the other replica timed out too.
+    (http,) = got["http"]
+    assert http["status"] == 503 and http["ms"] >= 4500, http
+    # The other client, at the same time, is served.
+    assert all(c["error"] is None and c["bytes"] > 200 for c in got["other tcp"]), got
+    assert all(c["status"] == 200 and c["ms"] < 4500 for c in got["other http"]), got
 
 
 # -- DNS ----------------------------------------------------------------------------
