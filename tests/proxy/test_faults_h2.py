@@ -118,6 +118,18 @@ async def test_grpc_seeded_abort_is_exact_and_trailers_only(harness: Callable[..
     assert h.snap()["GrpcStatusCount"]["8"] == want
 
 
+async def test_grpc_abort_is_a_trailers_only_response(harness: Callable[..., Any]) -> None:
+    h = await harness(grpc=True)
+    (replica,) = await grpc_replicas(h, 1)
+    fault(h, Kind.ABORT, grpc_status=14)
+    c = await client(h)
+    r = await c.request("POST", "/test.Echo/Who")
+    assert r.status == 200 and r.reset is None
+    assert (r.headers[b"grpc-status"], r.headers[b"grpc-message"]) == (b"14", b"fault filter abort")
+    assert (bytes(r.body), r.trailers) == (b"", {})  # all in the one HEADERS frame
+    assert replica.hits == 0
+
+
 async def test_h2_unseeded_abort_is_within_the_binomial_interval(
     harness: Callable[..., Any],
 ) -> None:
@@ -144,7 +156,7 @@ async def test_grpc_abort_removed_restores_the_next_call(harness: Callable[..., 
             try:
                 return who(ch).decode()
             except grpc.RpcError as exc:
-                return exc.code().name
+                return str(exc.code().name)
 
         assert await asyncio.to_thread(call) == "UNAVAILABLE"
         h.proxy.faults.remove(ident)
