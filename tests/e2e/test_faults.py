@@ -232,9 +232,9 @@ def test_latency_tcp_mode_p50_within_20_percent(mesh: Mesh) -> None:
     assert dist["min"] >= 198, dist  # every chunk waits the whole latency
     # One draw per connection in TCP mode, each of client's hit, none of other's.
     assert hits["seen"] == hits["hits"] == 240, hits
-    # Removed: the next connections are as fast as other's.
+    # Removed: the next connections are not delayed (a delayed one takes 200 ms+).
     after, control = side_by_side(mesh, 20, **args)
-    assert after["p50"] - control["p50"] < 20, (after, control)
+    assert after["p50"] < 100, (after, control)
 
 
 def test_latency_http_mode_p50_within_20_percent_and_the_jitter_spreads(mesh: Mesh) -> None:
@@ -252,6 +252,8 @@ def test_latency_http_mode_p50_within_20_percent_and_the_jitter_spreads(mesh: Me
     assert dist["min"] >= 148, dist
     assert dist["p90"] - dist["p10"] >= 40, dist
     assert hits["seen"] == hits["hits"] == 240, hits
+    after = percentiles([c["ms"] for c in http_calls(mesh, 20, workers=4)])
+    assert after["p50"] < 100, after
 
 
 def test_bandwidth_paces_the_reply(mesh: Mesh) -> None:
@@ -410,7 +412,7 @@ def test_dns_delay_p50_within_20_percent(mesh: Mesh) -> None:
     spared = percentiles([c["ms"] for c in other])
     report("dns delay 100ms (200 lookups)", {"client": dist, "other": spared})
     assert 80 <= dist["p50"] <= 120, dist
-    assert spared["p50"] < 40, spared
+    assert spared["p50"] < 50, spared  # half the delay: most of other's lookups not delayed
 
 
 # -- removing -----------------------------------------------------------------------
