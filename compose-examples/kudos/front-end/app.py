@@ -10,11 +10,12 @@ GET /healthz   200
 Stdlib only. Listens on $PORT (8080).
 
 It degrades gracefully: every api call gives up after $KUDOS_TIMEOUT_S (2 s),
-and the page still answers 200. When the Service Connect call (the page's
-main data) fails or times out, the page shows the last kudos this replica
-got from the api (`"source": "last-known-good"`, with its age) or, before
-any, a placeholder (`"source": "placeholder"`), and says `"degraded": true`.
-docs/faults.md tests this with an injected 3 s delay on api.
+and the page still answers 200, with `"degraded": true` when any call
+failed. The page's kudos come from the Service Connect call; when it fails
+or times out, they are the last kudos this replica got from the api
+(`"source": "last-known-good"`, with its age) or, before any, a placeholder
+(`"source": "placeholder"`). tests/test_resilience.py proves it with faults
+injected on api (docs/faults.md).
 """
 
 from __future__ import annotations
