@@ -52,7 +52,7 @@ def addr(name, port):
 def http_get(ip, port):
     t0 = time.monotonic()
     try:
-        c = http.client.HTTPConnection(ip, port, timeout=a.get("timeout", 10))
+        c = http.client.HTTPConnection(ip, port, timeout=a.get("call_timeout", 10))
         c.request("GET", a.get("path", "/"))
         r = c.getresponse()
         body = r.read().decode(errors="replace")
@@ -69,7 +69,7 @@ def raw(ip, port):
     got, err = b"", None
     try:
         # A reset may come before connect() returns, on a busy machine.
-        with socket.create_connection((ip, port), timeout=a.get("timeout", 10)) as s:
+        with socket.create_connection((ip, port), timeout=a.get("call_timeout", 10)) as s:
             s.sendall(b"GET / HTTP/1.0\r\nHost: api\r\n\r\n")
             while True:
                 chunk = s.recv(65536)
@@ -144,7 +144,8 @@ def admin(mesh: Mesh, method: str, path: str, body: Any = None) -> tuple[int, An
 
 
 def run(mesh: Mesh, service: str, timeout: float = 60.0, **args: Any) -> list[dict[str, Any]]:
-    """CLIENT in `service`'s first replica with `args`: one result per call."""
+    """CLIENT in `service`'s first replica with `args` (`call_timeout`: each call's, 10 s):
+    one result per call; the whole batch is bounded by `timeout`."""
     argv = ["timeout", str(int(timeout)), "python3", "-c", CLIENT, json.dumps(args)]
     result = mesh.exec(service, argv, timeout=timeout + 10)
     assert result.ok, result.output
@@ -259,7 +260,7 @@ def test_latency_http_mode_p50_within_20_percent_and_the_jitter_spreads(mesh: Me
 def test_bandwidth_paces_the_reply(mesh: Mesh) -> None:
     # 100 KB at 50 KB/s: 2 s, where it takes milliseconds without the fault.
     with mesh.fault("api", bandwidth="50KB/s"):
-        slow = api_calls(mesh, 2, workers=2, path="/big", timeout=20)
+        slow = api_calls(mesh, 2, workers=2, path="/big", call_timeout=20)
     fast = api_calls(mesh, 2, path="/big")
     ms = {"fault": [round(c["ms"]) for c in slow], "after": [round(c["ms"]) for c in fast]}
     report("bandwidth 50KB/s, 100 KB (ms)", ms)
@@ -362,8 +363,8 @@ def test_partition_cuts_only_the_named_client_from_the_named_server(mesh: Mesh) 
         elsewhere = run(mesh, "client", n=3, **hapi)  # client -> hapi is no part of it
         with mesh.fault("hapi", partition=True, from_="client"), ThreadPoolExecutor(4) as pool:
             jobs = {
-                "tcp": pool.submit(run, mesh, "client", n=2, workers=2, timeout=40, **raw),
-                "http": pool.submit(run, mesh, "client", n=1, timeout=40, **hapi),
+                "tcp": pool.submit(run, mesh, "client", n=2, workers=2, call_timeout=30, **raw),
+                "http": pool.submit(run, mesh, "client", n=1, call_timeout=30, **hapi),
                 "other tcp": pool.submit(run, mesh, "other", n=3, **raw),
                 "other http": pool.submit(run, mesh, "other", n=3, **hapi),
             }
