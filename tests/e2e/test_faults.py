@@ -15,12 +15,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import statistics
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -436,3 +440,111 @@ def test_removing_a_fault_restores_traffic_at_once(mesh: Mesh) -> None:
     assert admin(mesh, "GET", "/v1/faults")[1] == {"faults": []}
     assert {c["status"] for c in http_calls(mesh, 3)} == {200}
     assert {c["status"] for c in api_calls(mesh, 3)} == {200}
+
+
+# -- gRPC (compose-examples/grpc: web calls greeter, AppProtocol grpc) ---------------
+
+# Runs inside web's replica: `python3 -c GRPC_CLIENT N WORKERS`; n unary calls to
+# greeter over ONE channel (one HTTP/2 connection), `workers` at a time.
+GRPC_CLIENT = r"""
+import json, sys, time
+from concurrent.futures import ThreadPoolExecutor
+import grpc
+
+n, workers = int(sys.argv[1]), int(sys.argv[2])
+channel = grpc.insecure_channel("greeter:50051")
+hello = channel.unary_unary("/greeter.Greeter/Hello")
+
+def one(_):
+    t0 = time.monotonic()
+    try:
+        hello(b"faults", timeout=10)
+        code, details = "OK", ""
+    except grpc.RpcError as exc:
+        code, details = exc.code().name, exc.details()
+    return {"code": code, "details": details, "ms": (time.monotonic() - t0) * 1000}
+
+with ThreadPoolExecutor(workers) as pool:
+    print(json.dumps(list(pool.map(one, range(n)))))
+"""
+
+
+@pytest.fixture(scope="module")
+def grpc_mesh(
+    tmp_path_factory: pytest.TempPathFactory, docker_client: Any, python_base: str
+) -> Iterator[Mesh]:
+    pytest.importorskip("grpc", reason="the example's vendor.sh copies grpcio from this Python")
+    examples = Path(__file__).resolve().parents[2] / "compose-examples"
+    work = tmp_path_factory.mktemp("faults-grpc") / "grpc"
+    shutil.copytree(examples / "grpc", work, ignore=shutil.ignore_patterns("vendor"))
+    (work / "vendor").mkdir()
+    done = subprocess.run(
+        ["bash", str(work / "vendor.sh")],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    m = Mesh(work, "test", timeout=240, isolate=False)
+    try:
+        m.up()
+        yield m
+    finally:
+        project = m.project
+        m.down()
+        m.deployment.remove_images()  # a fresh copy builds fresh tags each run
+        m.deployment.close()
+        assert leftovers(docker_client, project) == []
+
+
+def grpc_calls(mesh: Mesh, n: int, workers: int = 1) -> list[dict[str, Any]]:
+    argv = ["timeout", "60", "python3", "-c", GRPC_CLIENT, str(n), str(workers)]
+    result = mesh.exec("web", argv, timeout=70)
+    assert result.ok, result.output
+    got: list[dict[str, Any]] = json.loads(result.output.strip().splitlines()[-1])
+    return got
+
+
+def test_grpc_seeded_abort_is_exact_and_trailers_only(grpc_mesh: Mesh) -> None:
+    n, percent, seed = 200, 30, 42
+    with grpc_mesh.fault("greeter", grpc_status=14, percent=percent, seed=seed) as f:
+        got = grpc_calls(grpc_mesh, n, workers=8)
+        hits = f.snapshot()
+    codes = Counter(c["code"] for c in got)
+    want = expected_hits(percent, seed, n)
+    report("grpc abort UNAVAILABLE 30% seed 42 (200 calls)", {"codes": codes, "expected": want})
+    assert codes == {"UNAVAILABLE": want, "OK": n - want}, codes
+    assert {c["details"] for c in got if c["code"] != "OK"} == {"fault filter abort"}
+    assert (hits["seen"], hits["hits"]) == (n, want), hits
+
+
+def test_grpc_latency_p50_within_20_percent(grpc_mesh: Mesh) -> None:
+    with grpc_mesh.fault("greeter", latency="200ms", jitter="50ms"):
+        got = grpc_calls(grpc_mesh, 200, workers=8)
+    after = grpc_calls(grpc_mesh, 20, workers=4)
+    assert {c["code"] for c in got + after} == {"OK"}, [c for c in got if c["code"] != "OK"][:3]
+    dist = percentiles([c["ms"] for c in got])
+    normal = percentiles([c["ms"] for c in after])
+    report("grpc latency 200ms ±50ms (200 calls)", {"fault": dist, "after": normal})
+    assert 160 <= dist["p50"] <= 240, dist
+    assert dist["min"] >= 148, dist
+    assert normal["p50"] < 100, normal  # removed: not delayed any more
+
+
+def test_grpc_reset_and_refuse_end_the_call_not_the_channel(grpc_mesh: Mesh) -> None:
+    n, seed = 40, 3
+    with grpc_mesh.fault("greeter", reset=True, percent=50, seed=seed):
+        reset = grpc_calls(grpc_mesh, n)  # one after the other, on one channel
+    with grpc_mesh.fault("greeter", refuse=True):
+        refused = grpc_calls(grpc_mesh, 3)
+    report(
+        "grpc reset 50% seed 3 / refuse",
+        {"reset": Counter(c["code"] for c in reset), "refuse": refused[0]},
+    )
+    # Each hit stream was reset and the next call on the same channel went on.
+    failed = [c for c in reset if c["code"] != "OK"]
+    assert len(failed) == expected_hits(50, seed, n), Counter(c["code"] for c in reset)
+    assert {c["code"] for c in failed} <= {"INTERNAL", "UNAVAILABLE", "CANCELLED", "UNKNOWN"}
+    assert {c["code"] for c in refused} == {"UNAVAILABLE"}, refused
