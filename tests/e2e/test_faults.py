@@ -6,8 +6,10 @@ Python client services, `client` (the one faults name with `from`) and
 `other`. Every call is made by Python inside a client replica (one
 `docker exec` per batch, timed there with a monotonic clock); faults are
 set with the plugin's `mesh.fault()` (the data plane's admin API; the
-last test drives that API directly). The measured numbers are printed
-(`pytest -s`) and quoted in docs/faults.md.
+last test drives that API directly). The gRPC tests run
+compose-examples/grpc (web calls greeter, AppProtocol grpc) and call from
+web's replica. The measured numbers are printed (`pytest -s`) and quoted
+in docs/faults.md.
 """
 
 from __future__ import annotations
