@@ -77,17 +77,11 @@ def _act(st: Stream, replica: Replica, plan: faultio.Plan) -> None:
 
 
 def _abort(st: Stream, http_status: int, grpc_status: int) -> None:
-    m = st.down.m
+    # Not a replica's response: the service's Target metrics don't count it (the
+    # fault's own counter does), as Envoy's fault filter answers before the router.
     if st.grpc and grpc_status:
         # Istio's grpc abort: a trailers-only response, HTTP 200.
-        m.response(200, 0.0)
-        m.grpc_requests += 1
-        m.grpc_status(grpc_status)
         st.local_reply(200, faultio.ABORT_TEXT, grpc_code=grpc_status)
         return
     status = http_status or (h2util.grpc_to_http(grpc_status) if grpc_status else 503)
-    m.response(status, 0.0)
-    if st.grpc:
-        m.grpc_requests += 1
-        m.grpc_status(h2util.http_to_grpc(status))
     st.local_reply(status, faultio.ABORT_TEXT)

@@ -71,10 +71,8 @@ def _hold(down: Downstream, delay: float, then: Callable[[], None]) -> None:
 
 def _act(down: Downstream, replica: Replica, plan: faultio.Plan) -> None:
     if plan.abort is not None:
-        status = plan.abort.fault.http_status or 503
-        if down.m is not None:
-            down.m.response(status, 0.0)
-        down._fail(status, faultio.ABORT_TEXT)
+        # Not a replica's response: no Target metric counts it, the fault's counter does.
+        down._fail(plan.abort.fault.http_status or 503, faultio.ABORT_TEXT)
         return
     if plan.reset == 0:
         if down.transport is not None:

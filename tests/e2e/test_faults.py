@@ -298,10 +298,15 @@ def test_seeded_abort_hits_exactly_the_expected_requests(mesh: Mesh) -> None:
 
 def test_unseeded_abort_percentage_within_the_binomial_99_percent_interval(mesh: Mesh) -> None:
     n, percent = 400, 30
-    with mesh.fault("hapi", abort=500, percent=percent):
-        got = http_calls(mesh, n, workers=8)
-    aborted = sum(1 for c in got if c["status"] == 500)
     low, high = binomial_interval(n, percent / 100)
+    # A correct mesh falls outside a 99 % interval 1 time in 100; a second sample
+    # only then makes a false failure 1 in 10,000 (a biased one fails both).
+    for _ in range(2):
+        with mesh.fault("hapi", abort=500, percent=percent):
+            got = http_calls(mesh, n, workers=8)
+        aborted = sum(1 for c in got if c["status"] == 500)
+        if low <= aborted <= high:
+            break
     report("unseeded abort 500 30% (400 requests)", {"500": aborted, "interval99": [low, high]})
     assert aborted + sum(1 for c in got if c["status"] == 200) == n
     assert low <= aborted <= high, (aborted, low, high)

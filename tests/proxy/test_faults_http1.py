@@ -118,7 +118,8 @@ async def test_seeded_abort_hits_exactly_the_expected_requests(
     assert mesh.backends["api-1"].hits == 200 - want
     active = mesh.proxy.engine.faults.get(ident)
     assert active is not None and (active.seen, active.hits) == (200, want)
-    assert mesh.proxy.metrics.snapshot()["api"]["HTTPCode_Target_5XX_Count"] == want
+    # Answered by the fault, not by a replica: HTTPCode_Target_5XX_Count doesn't count it.
+    assert mesh.proxy.metrics.snapshot()["api"]["HTTPCode_Target_5XX_Count"] == 0
 
 
 async def test_unseeded_abort_is_within_the_binomial_interval(
@@ -126,8 +127,13 @@ async def test_unseeded_abort_is_within_the_binomial_interval(
 ) -> None:
     mesh = await mesh_factory(replicas=1)
     fault(mesh, Kind.ABORT, http_status=500, percent=50)
-    statuses = [(await get(client, mesh.url("/")))[0] for _ in range(200)]
     low, high = binomial_99(200, 0.5)
+    # A correct proxy falls outside a 99 % interval 1 time in 100; a second sample
+    # only then makes a false failure 1 in 10,000 (a biased one fails both).
+    for _ in range(2):
+        statuses = [(await get(client, mesh.url("/")))[0] for _ in range(200)]
+        if low <= statuses.count(500) <= high:
+            break
     assert low <= statuses.count(500) <= high
     assert statuses.count(500) + statuses.count(200) == 200
 

@@ -106,8 +106,13 @@ async def test_unseeded_refuse_is_within_the_binomial_interval(tcp_mesh: MeshMak
     mesh = await tcp_mesh()
     await mesh.add()
     fault(mesh, Kind.REFUSE, percent=40)
-    names = [await name_of_next(mesh) for _ in range(200)]
     low, high = binomial_99(200, 0.4)
+    # A correct proxy falls outside a 99 % interval 1 time in 100; a second sample
+    # only then makes a false failure 1 in 10,000 (a biased one fails both).
+    for _ in range(2):
+        names = [await name_of_next(mesh) for _ in range(200)]
+        if low <= names.count("reset") <= high:
+            break
     assert low <= names.count("reset") <= high
 
 
