@@ -246,7 +246,7 @@ def scale(ctx: Context, env: str | None, assignments: tuple[str, ...], timeout: 
 def stats(ctx: Context, env: str | None, as_json: bool) -> None:
     """Service Connect metrics per service (the names ECS publishes to CloudWatch), the
     local SNS topics and SQS queues (under `sns_sqs` in JSON: no service has that name),
-    and the active faults with how many calls each has hit (`faults` in JSON)."""
+    and the active faults with how many calls each has hit (`injected_faults` in JSON)."""
     from meshlocal.cli.pubsub import pubsub_tables
     from meshlocal.proxy.metrics import stats_table
     from meshlocal.pubsub.view import PubSubView
@@ -265,7 +265,7 @@ def stats(ctx: Context, env: str | None, as_json: bool) -> None:
             )
         if as_json:
             shown = {**snapshot, "sns_sqs": pubsub} if pubsub is not None else dict(snapshot)
-            shown["faults"] = faults
+            shown["injected_faults"] = faults  # no service can have that name
             click.echo(json.dumps(shown, indent=2, sort_keys=True))
             return
         state = dep.state()

@@ -101,7 +101,9 @@ def test_add_shows_in_ls_ps_and_stats(ws: Path) -> None:
     stats = ok(run_cli(ws, "stats")).stdout
     assert "Faults" in stats and "client -> api-2" in stats
     doc_stats = json.loads(ok(run_cli(ws, "stats", "--json")).stdout)
-    assert [(f["id"], f["hits"], f["seen"]) for f in doc_stats["faults"]] == [(ident, 0, 0)]
+    assert [(f["id"], f["hits"], f["seen"]) for f in doc_stats["injected_faults"]] == [
+        (ident, 0, 0)
+    ]
 
     as_json = json.loads(
         ok(run_cli(ws, "fault", "add", "api", "--reset-after", "100", "--id", "j", "--json")).stdout
