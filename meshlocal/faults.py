@@ -183,6 +183,19 @@ class Active:
         return doc
 
 
+class _Mirror(Active):
+    """The other way of a partition: the client service's own endpoint, as seen from
+    the server service. Drawn and counted as the partition itself."""
+
+    def __init__(self, primary: Active) -> None:
+        f = primary.fault
+        super().__init__(replace(f, service=f.source, source=f.service), primary.rng)
+        self.primary = primary
+
+    def roll(self) -> bool:
+        return self.primary.roll()
+
+
 def expected_hits(percent: float, seed: int, n: int) -> int:
     """How many of n decisions a seeded fault affects: what `Active.roll` will do."""
     active = Active(Fault("x", Kind.REFUSE, percent=percent, seed=seed), random.Random(seed))
@@ -281,6 +294,10 @@ class FaultTable:
                     dns.setdefault(name, []).append(active)
             else:
                 sc.setdefault(f.service, []).append(active)
+                if f.kind is Kind.PARTITION and f.source and not f.replica:
+                    # A partition cuts both ways: the server's calls to the client's
+                    # own endpoint (if it has one) fail too.
+                    sc.setdefault(f.source, []).append(_Mirror(active))
         self.sc = {k: tuple(v) for k, v in sc.items()}
         self.dns = {k: tuple(v) for k, v in dns.items()}
         self.version += 1

@@ -361,3 +361,23 @@ def test_json_round_trip(fault: Fault) -> None:
 def test_from_json_ignores_fields_it_does_not_know() -> None:
     raw = Fault("api", Kind.REFUSE, id="x").to_json() | {"from_a_newer_version": 1}
     assert Fault.from_json(raw) == Fault("api", Kind.REFUSE, id="x")
+
+
+def test_a_partition_cuts_both_ways_and_counts_once() -> None:
+    table = FaultTable()
+    fault = table.add(Fault("api", Kind.PARTITION, source="web", seed=1))
+    (there,) = table.for_client("api", "web")
+    (back,) = table.for_client("web", "api")  # api's calls to web's own endpoint
+    assert table.for_client("api", "other") == () and table.for_client("web", "other") == ()
+    assert (back.fault.service, back.fault.source) == ("web", "api")
+    assert FaultTable.hit((there,), 1) and FaultTable.hit((back,), 3)
+    active = table.get(fault.id)
+    assert active is not None and (active.seen, active.hits) == (2, 2)
+    assert [f.id for f in table.faults()] == [fault.id]  # listed once
+
+
+def test_a_partition_on_one_replica_cuts_one_way_only() -> None:
+    table = FaultTable()
+    table.add(Fault("api", Kind.PARTITION, source="web", replica=2))
+    assert len(table.for_client("api", "web")) == 1
+    assert table.for_client("web", "api") == ()
