@@ -18,7 +18,8 @@ from meshlocal.manifest.fields import parse_duration
 from meshlocal.naming import AppProtocol, NamingModel, normalize
 
 _ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,39}")
-_RATE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgG]i?)?[bB]?(?:/s|ps)?\s*$")
+_RATE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(?:([kKmMgG]i?)?([bB])(?:/s|ps)?|([kKmMgG]i?)(?:/s|ps)?)?\s*$")
+_BARE = re.compile(r"^\s*-?[0-9]+(?:\.[0-9]+)?\s*$")  # a number written as text: no unit
 _RATE_UNITS = {
     "": 1,
     "k": 1000,
@@ -28,6 +29,7 @@ _RATE_UNITS = {
     "mi": 1024**2,
     "gi": 1024**3,
 }
+_NO_BODY = (204, 304)  # (1xx are below 200): statuses an answer can't carry a body with
 MAX_DELAY_MS = 600_000.0  # ten minutes: a longer delay is a partition
 MIN_RATE = 1  # bytes per second
 
@@ -64,6 +66,8 @@ def parse_ms(value: Any, name: str, where: Location | None = None) -> float:
         raise _fail(f"{name} must be a duration, not {value!r}", where, f"write {name}: 200ms")
     if isinstance(value, int | float):
         ms = _float(value)
+    elif isinstance(value, str) and _BARE.match(value):
+        ms = float(value)  # a CLI's `--latency 200`: milliseconds, as the number 200
     else:
         text = str(value).strip()
         seconds = parse_duration(text.lstrip("-")) if text else None
@@ -99,7 +103,10 @@ def parse_rate(value: Any, where: Location | None = None) -> int:
                 where,
                 "write bandwidth: 64KB/s (KB = 1000 bytes, KiB = 1024)",
             )
-        rate = float(match.group(1)) * _RATE_UNITS[(match.group(2) or "").lower()]
+        unit = match.group(2) or match.group(4)
+        if unit is None and match.group(3) is None:
+            unit = "k"  # no unit: KB/s, as a number (`--bandwidth 64`)
+        rate = float(match.group(1)) * _RATE_UNITS[(unit or "").lower()]
     if not math.isfinite(rate) or rate < MIN_RATE:
         raise _fail(f"bandwidth must be at least 1B/s, not {value!r}", where)
     return int(rate)
@@ -197,6 +204,13 @@ def parse_fault(raw: Mapping[str, Any], where: Location | None = None) -> Fault:
     elif word == "abort":
         values["kind"] = Kind.ABORT
         values["http_status"] = _int(given["abort"], "abort", 200, 599, where)
+        if values["http_status"] in _NO_BODY:
+            raise _fail(
+                f"abort {values['http_status']}: that answer has no body (HTTP forbids one), "
+                "so it can't be the fault's answer",
+                where,
+                "abort with a status that has a body: 200-599 except 204 and 304, e.g. 503",
+            )
     elif word == "grpc_status":
         values["kind"] = Kind.ABORT
         values["grpc_status"] = _int(given["grpc_status"], "grpc_status", 1, 16, where)

@@ -207,6 +207,9 @@ def test_every_field_is_read() -> None:
         ({"service": "api", "reset_after": 1.5}, "reset_after must be a whole number"),
         ({"service": "api", "abort": 600}, "abort must be between 200 and 599, not 600"),
         ({"service": "api", "abort": 99}, "abort must be between 200 and 599, not 99"),
+        ({"service": "api", "abort": "100"}, "abort must be between 200 and 599, not 100"),
+        ({"service": "api", "abort": "204"}, "abort 204: that answer has no body"),
+        ({"service": "api", "abort": 304}, "abort 304: that answer has no body"),
         ({"service": "api", "grpc_status": 0}, "grpc_status must be between 1 and 16, not 0"),
         ({"service": "api", "grpc_status": 17}, "grpc_status must be between 1 and 16, not 17"),
         ({"service": "api", "dns": "timeout"}, "dns must be nxdomain, servfail or delay"),
@@ -244,6 +247,25 @@ def test_refusals_say_how_to_write_it_and_where() -> None:
 def test_unknown_field_names_that_are_no_text_are_still_reported() -> None:
     with pytest.raises(FaultError, match="unknown fault field"):
         parse_fault({"service": "api", 1: "x", "odd": 2})  # type: ignore[dict-item]
+
+
+def test_text_without_a_unit_reads_as_the_number_would() -> None:
+    # The CLI hands strings: `--bandwidth 64` is KB/s and `--latency 200` milliseconds,
+    # as the YAML/JSON numbers 64 and 200 are.
+    assert parse_rate("64") == parse_rate(64) == 64_000
+    assert parse_rate(" 1.5 ") == parse_rate(1.5) == 1500
+    assert parse_rate("64B/s") == 64 and parse_rate("64b") == 64  # a unit given: bytes
+    assert parse_ms("200", "latency") == parse_ms(200, "latency") == 200
+    assert parse_ms("1.5", "jitter") == 1.5
+    assert parse_fault({"service": "api", "bandwidth": "64"}).rate == 64_000
+    assert parse_fault({"service": "api", "latency": "200"}).latency_ms == 200
+    with pytest.raises(FaultError, match="can't be negative"):
+        parse_ms("-5", "latency")
+
+
+def test_abort_keeps_statuses_with_a_body() -> None:
+    for status in (200, 203, 205, 404, 503, 599):
+        assert parse_fault({"service": "api", "abort": str(status)}).http_status == status
 
 
 def test_value_parsers() -> None:
