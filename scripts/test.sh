@@ -14,4 +14,4 @@ mypy
 echo "== pytest"
 # Two workers, each test module on one: most tests wait on the engine, so
 # the suite takes about half as long (10 min instead of 20 on 2 cores).
-pytest -n 2 --dist loadfile "$@"
+pytest -n 2 --dist loadfile --durations=20 "$@"
