@@ -9,7 +9,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from meshlocal.errors import DataPlaneError, RuntimeFailure
+from meshlocal.errors import DataPlaneError, FaultError, RuntimeFailure
 
 
 class AdminRefused(RuntimeFailure):
@@ -50,6 +50,13 @@ def admin_call(
             f"the data plane's admin API at {base_url} does not answer: {exc}",
             hint="`meshlocal ps` checks it; `meshlocal up -d` restarts it",
         ) from None
+
+
+def fault_refusal(exc: AdminRefused) -> FaultError:
+    """The data plane's rendered reason for refusing a fault, as our own error:
+    `error:` once, its hint kept (`fault add`, `mesh.fault`)."""
+    message, _, hint = exc.message.partition("\n  hint: ")
+    return FaultError(message, hint=hint or None)
 
 
 def remote_message(rendered: str) -> str:

@@ -396,7 +396,7 @@ class Deployment:
         for service in replace_services:
             progress(f"replacing every replica of {service}")
             self.control(plane, "replace", {"service": service}, timeout)
-        if self.spec.environment.faults or carried:
+        if self.spec.environment.faults or carried.faults or carried.unread:
             faultcarry.restore(self._planes(), plane, carried, timeout, progress)
         if wait:
             self.phase = "waiting for the replicas"
@@ -547,7 +547,7 @@ class Deployment:
             watch.stop_all(self.project)
         try:
             self.stop_dataplane_process()
-            for suffix in (".vips", ".ports", ".port-override"):
+            for suffix in (".vips", ".ports", ".port-override", ".faults.json"):
                 self._state_file(suffix).unlink(missing_ok=True)
         except MeshlocalError:
             # No --env and manifests that no longer load (a variable unset, a
@@ -557,6 +557,7 @@ class Deployment:
                 *STATE_DIR.glob(f"{self.project}-*.vips"),
                 *STATE_DIR.glob(f"{self.project}-*.ports"),
                 *STATE_DIR.glob(f"{self.project}-*.port-override"),
+                *STATE_DIR.glob(f"{self.project}-*.faults.json"),
             ):
                 kept.unlink(missing_ok=True)
         return teardown(

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import fields, replace
 from typing import Any
 
 from meshlocal.errors import FaultError, Location
 from meshlocal.faults import DnsAnswer, Fault, Kind, dns_names, show_ms, show_num
+from meshlocal.link import FaultReport
 from meshlocal.manifest.fields import parse_duration
 from meshlocal.naming import AppProtocol, NamingModel, normalize
 
 _ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,39}")
-_RATE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(?:([kKmMgG]i?)?([bB])(?:/s|ps)?|([kKmMgG]i?)(?:/s|ps)?)?\s*$")
+_RATE = re.compile(
+    r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(?:([kKmMgG]i?)?([bB])(?:/s|ps)?|([kKmMgG]i?)(?:/s|ps)?)?\s*$"
+)
 _BARE = re.compile(r"^\s*-?[0-9]+(?:\.[0-9]+)?\s*$")  # a number written as text: no unit
 _RATE_UNITS = {
     "": 1,
@@ -333,3 +337,97 @@ def _check_dns(fault: Fault, naming: NamingModel, where: Location | None) -> Fau
             "its names: " + ", ".join(sorted(names)),
         )
     return fault
+
+
+# -- a fault another process wrote (the state file, the link, POST /v1/faults/restore) --
+
+
+def rebuild(raw: Any) -> Fault:
+    """`Fault.to_json()` read back and checked as a user's fault would be: a field of the
+    wrong type or out of range is a FaultError here, never a TypeError in a proxy task."""
+    if not isinstance(raw, Mapping):
+        raise _fail(f"a fault must be a JSON object, not {raw!r}", None)
+    try:
+        fault = Fault.from_json(raw)
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise _fail(f"malformed fault {raw!r}: {exc!r}", None) from None
+    for spec in fields(Fault):
+        value = getattr(fault, spec.name)
+        if not _typed(value, str(spec.type)):
+            raise _fail(f"fault field {spec.name} can't be {value!r}", None)
+    if not fault.id:
+        raise _fail("a fault from another process needs its id", None)
+    again = replace(parse_fault(_loose(fault)), id=fault.id, declared=fault.declared)
+    if again != fault:
+        raise _fail(f"fault {fault.id} does not read back as it was written: {raw!r}", None)
+    return fault
+
+
+def _typed(value: Any, annotation: str) -> bool:
+    if value is None:
+        return annotation.endswith("| None")
+    if isinstance(value, bool):
+        return annotation == "bool"
+    if isinstance(value, int):
+        return annotation.startswith(("int", "float"))
+    if isinstance(value, float):
+        return annotation == "float"
+    return isinstance(value, str | Kind | DnsAnswer) and annotation.split(" ")[0] in (
+        "str",
+        "Kind",
+        "DnsAnswer",
+    )
+
+
+def _loose(fault: Fault) -> dict[str, Any]:
+    """The fields `parse_fault` would have been given for `fault`."""
+    raw: dict[str, Any] = {
+        "service": fault.service,
+        "id": fault.id,
+        "percent": fault.percent,
+        "from": fault.source or None,
+        "replica": fault.replica or None,
+        "seed": fault.seed,
+        "jitter": fault.jitter_ms or None,
+        "dns_name": fault.dns_name or None,
+    }
+    k = fault.kind
+    if k is Kind.LATENCY:
+        raw["latency"] = fault.latency_ms
+    elif k is Kind.BANDWIDTH:
+        raw["bandwidth"] = f"{fault.rate}B/s"
+    elif k is Kind.RESET:
+        raw["reset_after" if fault.after_bytes else "reset"] = fault.after_bytes or True
+    elif k is Kind.ABORT:
+        raw["grpc_status" if fault.grpc_status else "abort"] = (
+            fault.grpc_status or fault.http_status
+        )
+    elif k is Kind.DNS:
+        raw["dns"] = fault.dns.value if fault.dns else None
+        raw["latency"] = fault.latency_ms or None
+    else:
+        raw[k.value] = True  # refuse, partition
+    return raw
+
+
+def rebuild_all(items: Any, log: Callable[[str], None]) -> list[Fault]:
+    """The sound faults of a list another process wrote; each unsound one logged, skipped."""
+    kept: list[Fault] = []
+    for item in items if isinstance(items, list) else []:
+        try:
+            kept.append(rebuild(item))
+        except FaultError as exc:
+            log(f"fault skipped: {exc.message}")
+    return kept
+
+
+def read_report(message: Any, log: Callable[[str], None]) -> FaultReport | None:
+    """A report another process wrote (the link, the state file), every fault checked
+    as a user's would be: a malformed one is logged and skipped, never injected."""
+    if not isinstance(message, Mapping):
+        return None
+    items, hidden = message.get("faults"), message.get("suppressed") or []
+    if not isinstance(items, list) or not isinstance(hidden, list):
+        return None
+    faults = rebuild_all(items, log)
+    return FaultReport(tuple(faults), tuple(str(h) for h in hidden))

@@ -32,7 +32,7 @@ from typing import Any
 from aiohttp import web
 
 from meshlocal.errors import FaultError
-from meshlocal.faultparse import check, parse_fault
+from meshlocal.faultparse import check, parse_fault, rebuild_all
 from meshlocal.faults import Fault, FaultTable
 from meshlocal.link import FaultReport
 from meshlocal.naming import NamingModel
@@ -87,7 +87,11 @@ def _what(fault: Fault) -> str:
 class FaultStore:
     """The faults of one data plane, and the rules that change them."""
 
-    def __init__(self, on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        on_change: Callable[[], None] = lambda: None,
+        stats: Callable[[], dict[str, int]] = dict,
+    ) -> None:
         self.table = FaultTable()
         self.naming: NamingModel | None = None
         self.declared: tuple[Fault, ...] = ()  # the configuration's
@@ -95,6 +99,7 @@ class FaultStore:
         self.loaded = False  # a configuration applied: the set is this process's own
         self._restored: list[Fault] = []  # runtime faults the controller kept for us
         self._on_change = on_change
+        self.stats = stats  # counters beside the table (`/v1/faults`), e.g. the DNS server's
 
     # -- the controller's side -----------------------------------------------------
 
@@ -166,12 +171,13 @@ class FaultStore:
             self._on_change()
         return gone
 
-    def restore_declared(self, carried: Iterable[Fault] = ()) -> list[str]:
+    def restore_declared(self, carried: Iterable[Fault] = ()) -> list[str] | None:
         """`up`: the declared faults removed through the API come back, and the runtime
-        faults of the data plane this one replaced (an upgrade) join its own."""
-        self.suppressed.clear()
+        faults of the data plane this one replaced (an upgrade) join its own. None, and
+        nothing changed, before the first configuration: the caller asks again."""
         if self.naming is None:
-            return []
+            return None
+        self.suppressed.clear()
         return self.configure(self.naming, self.declared, carried)
 
 
@@ -184,7 +190,7 @@ def add_routes(app: web.Application, store: FaultStore, prefix: str = "/v1") -> 
     and those a replaced data plane had)."""
 
     async def listing(_: web.Request) -> web.Response:
-        return web.json_response({"faults": store.table.snapshot()})
+        return web.json_response({"faults": store.table.snapshot(), **store.stats()})
 
     async def add(request: web.Request) -> web.Response:
         try:
@@ -220,15 +226,17 @@ def add_routes(app: web.Application, store: FaultStore, prefix: str = "/v1") -> 
             body = json.loads(await request.read() or b"{}")
         except ValueError:
             body = None
-        report = (
-            FaultReport.from_message({"faults": body.get("faults") or []})
-            if isinstance(body, dict)
-            else None
-        )
-        if report is None:
+        items = body.get("faults") or [] if isinstance(body, dict) else None
+        if not isinstance(items, list):
             return _error('the body must be {"faults": [fault, ...]}', 400)
-        notes = store.restore_declared(report.faults)
-        return web.json_response({"faults": store.table.snapshot(), "notes": notes})
+        skipped: list[str] = []
+        carried = rebuild_all(items, skipped.append)
+        for note in skipped:
+            log.warning("restore: %s", note)
+        notes = store.restore_declared(carried)
+        if notes is None:
+            return _error("the data plane has no configuration yet: try again", 503)
+        return web.json_response({"faults": store.table.snapshot(), "notes": skipped + notes})
 
     app.router.add_get(f"{prefix}/faults", listing)
     app.router.add_post(f"{prefix}/faults", add)

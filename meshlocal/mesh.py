@@ -32,6 +32,7 @@ from meshlocal.agentconfig import (
 )
 from meshlocal.control import CONTAINER_SOCKET as CONTROL_SOCKET
 from meshlocal.errors import DataPlaneError, MeshlocalError, RuntimeFailure
+from meshlocal.faultparse import read_report
 from meshlocal.hostchild import DataPlaneChild
 from meshlocal.link import (
     LINE_LIMIT,
@@ -59,6 +60,7 @@ from meshlocal.runtime.engine import ContainerEvent, Engine, NetworkInfo
 from meshlocal.runtime.reconcile import DesiredService
 from meshlocal.runtime.replicas import Reconciler
 from meshlocal.runtime.taskbook import TaskBook
+from meshlocal.statedir import state_file
 from meshlocal.status import status_document
 from meshlocal.vips import allocate, vip_block
 
@@ -117,7 +119,7 @@ class Controller(VipPlacement):
         # The data plane's last word on its faults: handed back to it when it
         # restarts (faultstore.py), kept beside the state file for a restart of
         # both. Counters are not kept.
-        self.fault_report = _load_report(config.state_file)
+        self.fault_report = _load_report(_report_path(config))
         self.config_notes: list[str] = []  # faults the last configuration dropped
 
     # -- lifecycle --------------------------------------------------------
@@ -393,10 +395,10 @@ class Controller(VipPlacement):
                 serving_view(self.registry, self.served, self.view)
                 self._schedule_push()
             elif kind == "faults":
-                report = FaultReport.from_message(message)
+                report = read_report(message, lambda note: log.warning("fault report: %s", note))
                 if report is not None:
                     self.fault_report = report
-                    _save_report(self.config.state_file, report)
+                    _save_report(_report_path(self.config), report)
 
     async def _send_config(self, config: AgentConfig) -> list[str]:
         """The data plane takes `config`; returns its notes (faults it dropped)."""
@@ -542,21 +544,26 @@ def _is_dataplane(writer: asyncio.StreamWriter) -> bool:
     return peer_uid(sock) == DATAPLANE_UID
 
 
-def _report_path(state_file: str | None) -> Path | None:
-    return Path(state_file).with_suffix(".faults.json") if state_file else None
-
-
-def _load_report(state_file: str | None) -> FaultReport | None:
-    path = _report_path(state_file)
-    with contextlib.suppress(OSError, ValueError):
-        if path is not None:
-            raw = json.loads(path.read_text())
-            return FaultReport.from_message(raw) if isinstance(raw, dict) else None
+def _report_path(config: AgentConfig) -> Path | None:
+    """Beside the kept configuration (container mode); a host-mode agent has none (its
+    configuration comes from `up` each time) and keeps it in the environment's state
+    directory instead, which `down` clears."""
+    if config.state_file:
+        return Path(config.state_file).with_suffix(".faults.json")
+    if config.mode == "host":
+        return state_file(config.project, config.spec.env, ".faults.json")
     return None
 
 
-def _save_report(state_file: str | None, report: FaultReport) -> None:
-    path = _report_path(state_file)
+def _load_report(path: Path | None) -> FaultReport | None:
+    with contextlib.suppress(OSError, ValueError):
+        if path is not None:
+            raw = json.loads(path.read_text())
+            return read_report(raw, lambda note: log.warning("%s: %s", path, note))
+    return None
+
+
+def _save_report(path: Path | None, report: FaultReport) -> None:
     if path is None:
         return
     with contextlib.suppress(OSError):

@@ -31,11 +31,11 @@ from aiohttp import web
 from meshlocal.dns.resolver import MeshResolver
 from meshlocal.dns.server import DnsServer
 from meshlocal.errors import MeshlocalError
+from meshlocal.faultparse import read_report
 from meshlocal.faultstore import FaultStore, add_routes
 from meshlocal.link import (
     LINE_LIMIT,
     LINK_SOCKET,
-    FaultReport,
     LinkClosed,
     Mirror,
     ServingConfig,
@@ -93,7 +93,7 @@ class DataPlane:
         self.core: ProxyCore | None = None
         self.metadata = MetadataEndpoint(self._metadata_context)
         # One table for the proxy and DNS, kept across configurations and restarts.
-        self.faults = FaultStore(self._faults_changed)
+        self.faults = FaultStore(self._faults_changed, self._fault_stats)
         self.config_notes: list[str] = []  # what the last configuration dropped
         self._faults_dirty = False
         self.serving = asyncio.Event()  # first configuration applied, listeners up
@@ -244,7 +244,7 @@ class DataPlane:
                 },
             )
         elif kind == "faults":
-            report = FaultReport.from_message(message)
+            report = read_report(message, lambda note: log.warning("fault report: %s", note))
             if report is not None and not self.faults.restore(report):
                 self._faults_changed()  # ours win: the (new) controller learns them
         elif kind == "replicas":
@@ -330,6 +330,7 @@ class DataPlane:
     async def _start_admin(self, core: ProxyCore, address: str) -> web.AppRunner:
         app = admin_app(core.metrics, core.faults)
         app.middlewares.append(self._admin_guard)
+        app.middlewares.append(self._dns_metrics)
         app.router.add_get(f"/{API_VERSION}/state", self._state)
         add_routes(app, self.faults, f"/{API_VERSION}")
         app.router.add_get("/healthz", self._healthz)
@@ -360,6 +361,18 @@ class DataPlane:
             )
         response: web.StreamResponse = await handler(request)
         return response
+
+    @web.middleware
+    async def _dns_metrics(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        # The DNS server's own counter, after the proxy's metrics (proxy/app.py).
+        response: web.StreamResponse = await handler(request)
+        if request.path == "/metrics" and isinstance(response, web.Response) and response.text:
+            response.text = response.text + dns_prometheus(self._fault_stats())
+        return response
+
+    def _fault_stats(self) -> dict[str, int]:
+        """Beside the faults in `GET /v1/faults`: late DNS answers dropped (dns delay)."""
+        return {"dns_delayed_dropped": self.dns.dropped_delayed if self.dns else 0}
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"ok": True, "controller": self._writer is not None})
@@ -506,3 +519,12 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def dns_prometheus(stats: dict[str, int]) -> str:
+    return (
+        "# HELP meshlocal_dns_delayed_dropped_total Late answers of dns delay faults dropped:"
+        " too many were waiting (the client retries).\n"
+        "# TYPE meshlocal_dns_delayed_dropped_total counter\n"
+        f"meshlocal_dns_delayed_dropped_total {stats['dns_delayed_dropped']}\n"
+    )

@@ -16,7 +16,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
-from meshlocal.adminapi import AdminRefused, add_fault, list_faults, remove_fault
+from meshlocal.adminapi import AdminRefused, add_fault, fault_refusal, list_faults, remove_fault
 from meshlocal.errors import FaultError, MeshlocalError
 
 __all__ = ["ActiveFault", "FaultContext", "FaultError", "fault_fields"]
@@ -38,11 +38,6 @@ def fault_fields(service: str, fields: Mapping[str, Any]) -> dict[str, Any]:
         raw[_PYTHON_NAMES.get(key, key)] = value
     parse_fault(raw)
     return raw
-
-
-def _refused(exc: AdminRefused) -> FaultError:
-    message, _, hint = exc.message.partition("\n  hint: ")
-    return FaultError(message, hint=hint or None)
 
 
 class ActiveFault:
@@ -106,7 +101,7 @@ class FaultContext:
         try:
             doc = add_fault(self._admin(), self.fields)
         except AdminRefused as exc:
-            raise _refused(exc) from None
+            raise fault_refusal(exc) from None
         self.active = ActiveFault(self._admin, doc)
         return self.active
 

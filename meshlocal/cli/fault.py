@@ -12,7 +12,14 @@ from typing import Any
 
 import click
 
-from meshlocal.adminapi import AdminRefused, add_fault, clear_faults, list_faults, remove_fault
+from meshlocal.adminapi import (
+    AdminRefused,
+    add_fault,
+    clear_faults,
+    fault_refusal,
+    list_faults,
+    remove_fault,
+)
 from meshlocal.cli.app import Context, cli, env_option, pass_context
 from meshlocal.cli.render import fault_line, fault_table, out
 from meshlocal.cli.running import running_mesh
@@ -68,7 +75,7 @@ def add(ctx: Context, /, env: str | None, as_json: bool, **options: Any) -> None
         try:
             added = add_fault(dep.dataplane().admin_url, fields)
         except AdminRefused as exc:
-            raise _refused(exc) from None
+            raise fault_refusal(exc) from None
     if as_json:
         click.echo(json.dumps(added, indent=2, sort_keys=True))
         return
@@ -130,9 +137,3 @@ def rm(ctx: Context, env: str | None, idents: tuple[str, ...], everything: bool)
         out.print("no faults to remove", markup=False)
     for doc in removed:
         out.print(f"removed {fault_line(doc)}", markup=False)
-
-
-def _refused(exc: AdminRefused) -> FaultError:
-    """The data plane's rendered reason, as our own error: `error:` once, its hint kept."""
-    message, _, hint = exc.message.partition("\n  hint: ")
-    return FaultError(message, hint=hint or None)
