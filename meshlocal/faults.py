@@ -162,12 +162,21 @@ class Active:
         self.jitter_rng = random.Random(None if seed is None else f"jitter-{seed}")
 
     def roll(self) -> bool:
-        self.seen += 1
-        p = self.fault.percent
-        if p >= 100 or (p > 0 and self.rng.random() * 100 < p):
-            self.hits += 1
+        """Draw and count the hit at once (DNS: a hit is always applied)."""
+        if self.draw():
+            self.count()
             return True
         return False
+
+    def draw(self) -> bool:
+        """One decision, counted in `seen`; the hit is counted apart (`count`), once
+        its effect is applied (another fault may pre-empt it)."""
+        self.seen += 1
+        p = self.fault.percent
+        return p >= 100 or (p > 0 and self.rng.random() * 100 < p)
+
+    def count(self) -> None:
+        self.hits += 1
 
     def delay_s(self) -> float:
         """latency ± a uniform jitter, never below zero (Toxiproxy's latency toxic)."""
@@ -192,8 +201,11 @@ class _Mirror(Active):
         super().__init__(replace(f, service=f.source, source=f.service), primary.rng)
         self.primary = primary
 
-    def roll(self) -> bool:
-        return self.primary.roll()
+    def draw(self) -> bool:
+        return self.primary.draw()
+
+    def count(self) -> None:
+        self.primary.count()
 
 
 def expected_hits(percent: float, seed: int, n: int) -> int:

@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import socket
 import struct
+import termios
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshlocal.faults import Active, FaultTable, Kind
 from meshlocal.registry import ReplicaRegistry
+
+if TYPE_CHECKING:
+    from meshlocal.proxy.balancer import Balancer
 
 SC_LABEL = b"service-connect"  # faults sit on Service Connect endpoints, not the public one
 ABORT_TEXT = "fault filter abort"  # Envoy's fault filter body
@@ -28,7 +33,6 @@ ABORT_TEXT = "fault filter abort"  # Envoy's fault filter body
 CONNECT_FAILURE = (
     "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
 )
-_CONNECT_KINDS = frozenset({Kind.REFUSE, Kind.PARTITION})
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
@@ -39,6 +43,19 @@ def reset(transport: asyncio.Transport) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     transport.abort()
+
+
+def unsent(transport: asyncio.BaseTransport) -> int:
+    """Bytes in the socket's send queue the peer has not acknowledged (Linux's
+    SIOCOUTQ); 0 where that can't be asked."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return 0
+    return int(struct.unpack("i", raw)[0])
 
 
 def reason(status: int) -> bytes:
@@ -52,12 +69,14 @@ def reason(status: int) -> bytes:
 class Plan:
     """What the faults that hit one connection, request or stream do to it."""
 
-    refuse: bool = False
-    partition: bool = False
+    partition: list[Active] = field(default_factory=list)
+    refuse: list[Active] = field(default_factory=list)
     abort: Active | None = None
     delays: list[Active] = field(default_factory=list)
     rate: int = 0  # bytes/s each way; 0: unpaced
+    rate_by: Active | None = None
     reset: int | None = None  # bytes to the client before a reset; None: no reset
+    reset_by: Active | None = None
 
     def delay(self) -> float:
         return sum(a.delay_s() for a in self.delays)
@@ -67,27 +86,54 @@ class Plan:
         return bool(self.rate) or bool(self.reset)
 
 
+class Draws:
+    """One call's draws, over its attempts: a fault not scoped to a replica is drawn
+    once per call (a retry on another replica keeps its outcome), a `--replica`
+    one for the attempt on that replica; each fault's hit counts once, when applied."""
+
+    __slots__ = ("counted", "drawn")
+
+    def __init__(self) -> None:
+        self.drawn: dict[int, bool] = {}
+        self.counted: set[int] = set()
+
+    def count(self, active: Active | None) -> None:
+        if active is not None and id(active) not in self.counted:
+            self.counted.add(id(active))
+            active.count()
+
+
 def decide(
     faults: FaultTable,
     registry: ReplicaRegistry,
     service: str,
     client_ip: str,
     replica: int,
-    *,
-    retry: bool = False,
+    draws: Draws,
 ) -> Plan | None:
-    """The plan for a call from `client_ip` to replica `replica` (1-based) of `service`.
-
-    A retry (another replica after a connect failure) is asked only about
-    connect faults: Istio's delay and abort act once per request, before routing.
-    """
-    member = registry.by_address(client_ip)
-    candidates = faults.for_client(service, member.service if member is not None else None)
-    if retry:
-        candidates = tuple(a for a in candidates if a.fault.kind in _CONNECT_KINDS)
-    if not candidates:
+    """The plan for a call from `client_ip` to replica `replica` (1-based) of `service`."""
+    found = faults.sc.get(service)
+    if not found:
         return None
-    hits = FaultTable.hit(candidates, replica)
+    client = None
+    if any(a.fault.source for a in found):
+        member = registry.by_address(client_ip)
+        client = member.service if member is not None else None
+    hits = []
+    drawn = draws.drawn
+    for a in found:
+        f = a.fault
+        if f.source and f.source != client:
+            continue
+        if f.replica:
+            if f.replica != replica:
+                continue
+            hit = a.draw()  # a retry never goes back to a replica already tried
+        else:
+            got = drawn.get(id(a))
+            hit = drawn[id(a)] = a.draw() if got is None else got
+        if hit:
+            hits.append(a)
     return plan(hits) if hits else None
 
 
@@ -97,18 +143,89 @@ def plan(hits: Iterable[Active]) -> Plan:
         f = a.fault
         k = f.kind
         if k is Kind.REFUSE:
-            out.refuse = True
+            out.refuse.append(a)
         elif k is Kind.PARTITION:
-            out.partition = True
+            out.partition.append(a)
         elif k is Kind.ABORT:
             out.abort = out.abort or a
         elif k is Kind.LATENCY:
             out.delays.append(a)
         elif k is Kind.BANDWIDTH:
-            out.rate = min(out.rate, f.rate) if out.rate else f.rate
-        elif k is Kind.RESET:
-            out.reset = f.after_bytes if out.reset is None else min(out.reset, f.after_bytes)
+            if not out.rate or f.rate < out.rate:
+                out.rate, out.rate_by = f.rate, a
+        elif k is Kind.RESET and (out.reset is None or f.after_bytes < out.reset):
+            out.reset, out.reset_by = f.after_bytes, a
     return out
+
+
+def dispatch(
+    p: Plan,
+    draws: Draws,
+    *,
+    timeout: float,
+    hold: Callable[[float, Callable[[], None]], None],
+    refused: Callable[[], None],
+    reset: Callable[[], None],
+    go: Callable[[Plan], None],
+    abort: Callable[[Active], None] | None = None,
+    delay_first: bool = True,
+) -> None:
+    """Act out a plan, in the one order every path shares: partition (held for the
+    connect timeout, then a connect failure), refuse, then (HTTP, HTTP/2: before
+    routing, as Istio's delay) the delay, then abort, reset at once, or `go` with
+    what shapes the exchange (TCP: the delay per chunk too). Only the faults acted
+    out count a hit."""
+    if p.partition:
+        for a in p.partition:
+            draws.count(a)
+        hold(timeout, refused)
+    elif p.refuse:
+        for a in p.refuse:
+            draws.count(a)
+        refused()
+    elif delay_first and p.delays:
+        for a in p.delays:
+            draws.count(a)
+        hold(p.delay(), lambda: _act(p, draws, reset, go, abort))
+    else:
+        _act(p, draws, reset, go, abort)
+
+
+def _act(
+    p: Plan,
+    draws: Draws,
+    reset: Callable[[], None],
+    go: Callable[[Plan], None],
+    abort: Callable[[Active], None] | None,
+) -> None:
+    if abort is not None and p.abort is not None:
+        draws.count(p.abort)
+        abort(p.abort)
+    elif p.reset == 0:
+        draws.count(p.reset_by)
+        reset()
+    else:
+        for a in p.delays:
+            draws.count(a)
+        draws.count(p.rate_by)
+        draws.count(p.reset_by)
+        go(p)
+
+
+def later(seconds: float, then: Callable[[], None], alive: Callable[[], bool]) -> None:
+    """`then()` in `seconds`, if the call is still `alive()` by then (a fault's hold)."""
+
+    def fire() -> None:
+        if alive():
+            then()
+
+    asyncio.get_running_loop().call_later(seconds, fire)
+
+
+def others(balancer: Balancer, service: str, client: str, tried: Iterable[str]) -> bool:
+    """Whether a retry has a replica left (else a fault's refusal is the answer)."""
+    skip = set(tried)
+    return any(r.container_id not in skip for r in balancer.available(service, client))
 
 
 class Bucket:
@@ -146,6 +263,8 @@ class Shaper:
         on_limit: Callable[[], None] | None = None,
         high: int = 65536,
         busy: Callable[[], bool] | None = None,
+        closed: Callable[[], bool] | None = None,
+        drained: Callable[[], bool] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.sink = sink
@@ -156,6 +275,8 @@ class Shaper:
         self.on_limit = on_limit
         self.high = high
         self.busy = busy  # the sink can't take more now (a full transport buffer)
+        self.closed = closed  # the sink is gone: drop the rest instead of waiting
+        self.drained = drained  # all the sink took has reached the peer
         self.queue: deque[tuple[float, _Item]] = deque()
         self.size = 0
         self.last = 0.0  # release time of the last item queued
@@ -211,8 +332,12 @@ class Shaper:
             self._pump()
 
     def _limit(self) -> None:
-        # The bytes before the reset must have left, or the reset would drop them.
-        if self.busy is not None and self.busy():
+        if self.closed is not None and self.closed():
+            self.cancel()
+            return
+        # The bytes before the reset must have reached the peer, or the reset
+        # (SO_LINGER 0) would drop them: poll, as no event tells.
+        if self.drained is not None and not self.drained():
             self.queue.appendleft((self.loop.time(), self._limit))
             self.timer = self.loop.call_later(0.005, self._pump)
             return
@@ -235,6 +360,9 @@ class Shaper:
                 if self.timer is not None:
                     return  # the action re-armed (it waits for the sink)
                 continue
+            if self.closed is not None and self.closed():
+                self.cancel()  # nobody to write to: no timer stays armed for it
+                return
             if self.busy is not None and self.busy():
                 wake = now + 0.01
                 break
@@ -267,11 +395,20 @@ class ShapedTransport(asyncio.Transport):
     def __init__(self, real: asyncio.Transport, **shaper: Any) -> None:
         super().__init__()
         self.real = real
-        self.shaper = Shaper(real.write, busy=self._busy, **shaper)
+        self.shaper = Shaper(
+            real.write, busy=self._busy, closed=real.is_closing, drained=self._drained, **shaper
+        )
         self.closing = False
 
     def _busy(self) -> bool:
-        return self.real.is_closing() or self.real.get_write_buffer_size() > self.shaper.high
+        return self.real.get_write_buffer_size() > self.shaper.high
+
+    def _drained(self) -> bool:
+        return not self.real.get_write_buffer_size() and not unsent(self.real)
+
+    def cancel(self) -> None:
+        """The peer is gone: drop what is queued (no timer left armed)."""
+        self.shaper.cancel()
 
     def write(self, data: bytes | bytearray | memoryview[Any]) -> None:
         if not self.closing:

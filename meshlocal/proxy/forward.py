@@ -24,7 +24,15 @@ from meshlocal.proxy import faultio, http1, http1fault
 from meshlocal.proxy.balancer import Balancer
 from meshlocal.proxy.http1 import ChunkedScanner, HttpError, RequestHead, ResponseHead
 from meshlocal.proxy.metrics import Metrics, ServiceMetrics
-from meshlocal.proxy.respond import CLOSED, CONNECTING, EXCHANGE, IDLE, TUNNEL, ResponseSide
+from meshlocal.proxy.respond import (
+    CLOSED,
+    CONNECTING,
+    DRAIN,
+    EXCHANGE,
+    IDLE,
+    TUNNEL,
+    ResponseSide,
+)
 from meshlocal.proxy.settings import ProxySettings
 from meshlocal.proxy.upstream import UpstreamConn, UpstreamPool
 from meshlocal.registry import Replica
@@ -54,13 +62,32 @@ class Route:
 Router = Callable[[RequestHead, int], Route]
 
 
-def error_response(status: int, body: str, *, route: bytes = b"service-connect") -> bytes:
+def error_response(
+    status: int,
+    body: str,
+    *,
+    route: bytes = b"service-connect",
+    close: bool = True,
+    head: bool = False,
+) -> bytes:
     data = body.encode() + b"\n"
     return (
         b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-        b"x-meshlocal-route: %s\r\nconnection: close\r\n\r\n%s"
-        % (status, _REASONS.get(status) or faultio.reason(status), len(data), route, data)
+        b"x-meshlocal-route: %s\r\n%s\r\n%s"
+        % (
+            status,
+            _REASONS.get(status) or faultio.reason(status),
+            len(data),
+            route,
+            b"connection: close\r\n" if close else b"",
+            b"" if head else data,
+        )
     )
+
+
+# An aborted request's body still to come, past which the connection is closed
+# rather than read through (Envoy closes when it answers before the body).
+_DRAIN_MAX = 1 << 20
 
 
 class Forwarder:
@@ -109,6 +136,8 @@ class Forwarder:
 class Downstream(ResponseSide, asyncio.Protocol):
     """One client connection: parses requests, forwards each to a replica (the
     response side's reading and rendering: `respond.ResponseSide`)."""
+
+    draws: faultio.Draws | None = None  # the current request's fault draws, if any
 
     def __init__(self, fwd: Forwarder, router: Router, endpoint_port: int, label: bytes) -> None:
         self.fwd = fwd
@@ -183,6 +212,8 @@ class Downstream(ResponseSide, asyncio.Protocol):
         self.buf = self.buf + data if self.buf else data
         if state == IDLE:
             self._next_request()
+        elif state == DRAIN:
+            self._drain()
         else:
             self._update_reading()
 
@@ -359,7 +390,8 @@ class Downstream(ResponseSide, asyncio.Protocol):
         self.retries += 1
         assert self.route is not None
         if self.retries > self.settings.max_retries or (
-            fault and not http1fault.others(self.fwd.balancer, self.route.service, self)
+            fault
+            and not faultio.others(self.fwd.balancer, self.route.service, self.client, self.tried)
         ):
             self._fail(
                 503,
@@ -553,6 +585,57 @@ class Downstream(ResponseSide, asyncio.Protocol):
         else:
             self.abort()
 
+    def fault_abort(self, status: int) -> None:
+        """An abort fault's answer, keep-alive as from Envoy's fault filter: the
+        request's body is skipped, then the next request goes on."""
+        req = self.req
+        assert req is not None
+        unread = self.req_left - len(self.buf) if self.req_scanner is None else 0
+        if (
+            not req.keep_alive
+            or self.client_eof
+            or (not self.req_done and (req.expect_continue or unread > _DRAIN_MAX))
+        ):
+            self._fail(status, faultio.ABORT_TEXT)
+            return
+        if self.transport is not None:
+            self.transport.write(
+                error_response(
+                    status,
+                    faultio.ABORT_TEXT,
+                    route=self.label,
+                    close=False,
+                    head=req.method == b"HEAD",
+                )
+            )
+        self.state = DRAIN
+        self._drain()
+
+    def _drain(self) -> None:
+        """Skip the aborted request's body as it comes; then the next request."""
+        if not self.req_done:
+            buf = self.buf
+            if self.req_scanner is None:
+                take = min(self.req_left, len(buf))
+                self.req_left -= take
+                self.req_done = self.req_left == 0
+            else:
+                try:
+                    take = self.req_scanner.feed(buf)
+                except HttpError:
+                    self._close()
+                    return
+                self.req_done = self.req_scanner.done
+            self.buf = buf[take:]
+            if not self.req_done:
+                self._update_reading()  # a hold may have paused it
+                return
+        self._reset()
+        self.state = IDLE
+        self._update_reading()
+        if self.buf:
+            self._next_request()
+
     def _fail(self, status: int, reason: str) -> None:
         if self.transport is not None and self.state != CLOSED:
             self.transport.write(error_response(status, reason, route=self.label))
@@ -575,3 +658,13 @@ class Downstream(ResponseSide, asyncio.Protocol):
         self.state = CLOSED
         if self.transport is not None:
             self.transport.abort()
+
+
+class ShapedDownstream(Downstream):
+    """A connection whose (last) exchange a bandwidth or reset fault shapes; a
+    connection is switched to it (`http1fault`), so the plain one tests nothing."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if isinstance(self.transport, faultio.ShapedTransport):
+            self.transport.cancel()  # nobody to write to: no timer left armed
+        super().connection_lost(exc)

@@ -12,7 +12,6 @@ the stream's DATA both ways.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -28,49 +27,47 @@ if TYPE_CHECKING:
 def intercept(st: Stream, replica: Replica) -> bool:
     """True when the faults took the stream over (the caller must not forward it)."""
     proxy, down = st.proxy, st.down
+    if not st.tried or st.draws is None:
+        st.draws = faultio.Draws()
+    draws = st.draws
     plan = faultio.decide(
-        proxy.faults,
-        proxy.balancer.registry,
-        down.service,
-        down.client,
-        replica.index,
-        retry=bool(st.tried),
+        proxy.faults, proxy.balancer.registry, down.service, down.client, replica.index, draws
     )
     if plan is None:
         return False
-    if plan.partition:
-        _hold(st, proxy.settings.connect_timeout_s, lambda: st.fault_refused(replica))
-    elif plan.refuse:
-        st.fault_refused(replica)
-    elif plan.delays:
-        _hold(st, plan.delay(), lambda: _act(st, replica, plan))
-    else:
-        _act(st, replica, plan)
+
+    def then_armed(then: Callable[[], None]) -> Callable[[], None]:
+        # The stream has no replica meanwhile, so the sweeper's request timeout
+        # passes it by; it is armed afresh once the stream goes on.
+        def fire() -> None:
+            then()
+            if not st.done and st.req_end:
+                st.arm()
+
+        return fire
+
+    faultio.dispatch(
+        plan,
+        draws,
+        timeout=proxy.settings.connect_timeout_s,
+        hold=lambda s, then: faultio.later(s, then_armed(then), lambda: not st.done),
+        refused=lambda: st.fault_refused(replica),
+        reset=lambda: _reset(st),
+        abort=lambda a: _abort(st, a.fault.http_status, a.fault.grpc_status),
+        go=lambda p: _go(st, replica, p),
+    )
     return True
 
 
-def _hold(st: Stream, delay: float, then: Callable[[], None]) -> None:
-    # The stream has no replica meanwhile, so the sweeper's request timeout
-    # passes it by; it is armed afresh once the stream goes on.
-    def fire() -> None:
-        if st.done:
-            return
-        then()
-        if not st.done and st.req_end:
-            st.arm()
-
-    asyncio.get_running_loop().call_later(delay, fire)
+def _reset(st: Stream) -> None:
+    st.down.reset_stream(st.sid, ErrorCodes.INTERNAL_ERROR)
+    st.finish()
 
 
-def _act(st: Stream, replica: Replica, plan: faultio.Plan) -> None:
+def _go(st: Stream, replica: Replica, plan: faultio.Plan) -> None:
     from meshlocal.proxy.h2stream import ShapedStream
 
-    if plan.abort is not None:
-        _abort(st, plan.abort.fault.http_status, plan.abort.fault.grpc_status)
-    elif plan.reset == 0:
-        st.down.reset_stream(st.sid, ErrorCodes.INTERNAL_ERROR)
-        st.finish()
-    elif plan.shapes:
+    if plan.shapes:
         ShapedStream.shape(st, plan).go(replica)
     else:
         st.go(replica)

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 class Stream:
     """One client stream and its replica stream, if any."""
 
+    draws: faultio.Draws | None = None  # its fault draws, if the table has faults
+
     def __init__(
         self, down: Downstream, sid: int, headers: list[tuple[bytes, bytes]], grpc: bool
     ) -> None:
@@ -133,11 +135,8 @@ class Stream:
         """A refuse or partition fault: a connect failure outlier detection never sees."""
         self.replica = replica
         down = self.down
-        left = any(
-            r.container_id != replica.container_id and r.container_id not in self.tried
-            for r in self.proxy.balancer.available(down.service, down.client)
-        )
-        if not left:
+        tried = [*self.tried, replica.container_id]
+        if not faultio.others(self.proxy.balancer, down.service, down.client, tried):
             self.retries = self.proxy.settings.max_retries  # nowhere else: Envoy's reply now
         self._retry(faultio.CONNECT_FAILURE)
 

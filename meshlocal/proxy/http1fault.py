@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from meshlocal.proxy import faultio
-from meshlocal.proxy.balancer import Balancer
 from meshlocal.proxy.respond import CLOSED, CONNECTING
 from meshlocal.registry import Replica
 
@@ -27,63 +26,43 @@ def intercept(down: Downstream, replica: Replica) -> bool:
     """True when the faults took the request over (the caller must not dial)."""
     fwd, route = down.fwd, down.route
     assert route is not None
+    if not down.tried or down.draws is None:
+        down.draws = faultio.Draws()  # a new request: its faults are drawn afresh
+    draws = down.draws
     plan = faultio.decide(
-        fwd.faults,
-        fwd.balancer.registry,
-        route.service,
-        down.client,
-        replica.index,
-        retry=bool(down.tried),
+        fwd.faults, fwd.balancer.registry, route.service, down.client, replica.index, draws
     )
     if plan is None:
         return False
-    if plan.partition:
-        _hold(
-            down, down.settings.connect_timeout_s, lambda: down.connect_failed(replica, fault=True)
-        )
-        return True
-    if plan.refuse:
-        down.connect_failed(replica, fault=True)
-        return True
-    if plan.delays:
-        _hold(down, plan.delay(), lambda: _act(down, replica, plan))
-        return True
-    _act(down, replica, plan)
+
+    def hold(seconds: float, then: Callable[[], None]) -> None:
+        # The request waits, its body buffered (reading paused past a chunk).
+        down.state = CONNECTING
+        down._update_reading()
+        faultio.later(seconds, then, lambda: down.state == CONNECTING)
+
+    faultio.dispatch(
+        plan,
+        draws,
+        timeout=down.settings.connect_timeout_s,
+        hold=hold,
+        refused=lambda: down.connect_failed(replica, fault=True),
+        reset=lambda: _reset_client(down),
+        abort=lambda a: down.fault_abort(a.fault.http_status or 503),
+        go=lambda p: _go(down, replica, p),
+    )
     return True
 
 
-def others(balancer: Balancer, service: str, down: Downstream) -> bool:
-    """Whether a retry has a replica left to try (else the fault's refusal is the answer)."""
-    return any(r.container_id not in down.tried for r in balancer.available(service, down.client))
-
-
-def _hold(down: Downstream, delay: float, then: Callable[[], None]) -> None:
-    """Keep the request (its body buffered, reading paused past a chunk) `delay` seconds."""
-    down.state = CONNECTING
-    down._update_reading()
-
-    def fire() -> None:
-        if down.state == CONNECTING:
-            then()
-
-    down.loop.call_later(delay, fire)
-
-
-def _act(down: Downstream, replica: Replica, plan: faultio.Plan) -> None:
-    if plan.abort is not None:
-        # Not a replica's response: no Target metric counts it, the fault's counter does.
-        down._fail(plan.abort.fault.http_status or 503, faultio.ABORT_TEXT)
-        return
-    if plan.reset == 0:
-        if down.transport is not None:
-            faultio.reset(down.transport)
-        down.abort()
-        return
+def _go(down: Downstream, replica: Replica, plan: faultio.Plan) -> None:
     if not plan.shapes:
         down.dial(replica)
         return
+    from meshlocal.proxy.forward import ShapedDownstream
+
     transport = down.transport
     assert transport is not None
+    down.__class__ = ShapedDownstream
     down.transport = faultio.ShapedTransport(
         transport,
         throttle=lambda full: down.pause_writing() if full else down.resume_writing(),

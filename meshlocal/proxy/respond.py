@@ -27,6 +27,7 @@ CONNECTING = 1  # waiting for a replica connection
 EXCHANGE = 2  # attached to a replica
 TUNNEL = 3  # after 101 Switching Protocols
 CLOSED = 4
+DRAIN = 5  # an aborted request's body being skipped
 
 _BARE_LF = re.compile(rb"\r?\n")  # upstream response heads only
 

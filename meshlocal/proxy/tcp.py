@@ -153,6 +153,7 @@ class TcpConnection(asyncio.Protocol):
     # Set on the instance only when a latency, bandwidth or reset fault hit it.
     plan: faultio.Plan | None = None
     upstream: type[_Upstream] = _Upstream
+    draws: faultio.Draws | None = None  # the faults drawn for this connection
 
     def __init__(self, proxy: TcpProxy, service: str, endpoint: str = "") -> None:
         self.proxy = proxy
@@ -264,40 +265,74 @@ class TcpConnection(asyncio.Protocol):
             replica = self.replica = nxt
 
     async def _fault_fails(self, replica: Replica) -> bool:
-        """Faults on this connection: True when the attempt fails (refuse, partition;
-        never counted by outlier detection); shaping faults are kept for `upstream_made`."""
+        """Faults on this attempt: True when it fails (refuse, partition; never
+        counted by outlier detection); shaping faults are kept for `upstream_made`."""
         proxy = self.proxy
+        # Each attempt starts plain: the previous replica's shaping is not this one's.
+        self.__dict__.pop("plan", None)
+        self.__dict__.pop("upstream", None)
+        if self.draws is None:
+            self.draws = faultio.Draws()
         plan = faultio.decide(
             proxy.faults,
             proxy.balancer.registry,
             self.service,
             self.client,
             replica.index,
-            retry=bool(self.tried),
+            self.draws,
         )
         if plan is None:
             return False
-        if plan.partition:
-            # Nothing reaches the replica: the client's bytes are dropped until
-            # the connect timeout, which then acts as a real one.
-            self.pending.clear()
-            self.pending_size = 0
-            await asyncio.sleep(proxy.settings.connect_timeout_s)
-            return True
-        if plan.refuse:
-            return True
-        if plan.reset == 0:
+        held: list[float] = []
+        failed = False
+
+        def fail() -> None:
+            nonlocal failed
+            failed = True
+
+        def reset() -> None:
+            fail()
             self.abort_reset()
-            return True
-        if plan.delays or plan.shapes:
-            self.plan = plan
-            self.upstream = _ShapedUpstream
-        return False
+
+        def hold(seconds: float, then: Callable[[], None]) -> None:
+            held.append(seconds)
+            then()  # the verdict now; the wait below
+
+        def go(p: faultio.Plan) -> None:
+            if p.delays or p.shapes:
+                self.plan = p
+                self.upstream = _ShapedUpstream
+
+        faultio.dispatch(
+            plan,
+            self.draws,
+            timeout=proxy.settings.connect_timeout_s,
+            hold=hold,
+            refused=fail,
+            reset=reset,
+            go=go,
+            delay_first=False,  # a TCP delay is per chunk, in the shaper
+        )
+        if held:
+            # A partition: nothing reaches the replica; the client's bytes are
+            # swallowed until the connect timeout, which then acts as a real one.
+            self._swallow()
+            await asyncio.sleep(held[0])
+            self._swallow()
+        return failed
+
+    def _swallow(self) -> None:
+        self.pending.clear()
+        self.pending_size = 0
+        if self.pending_full:
+            self.pending_full = False
+            self._sync_reading()
 
     def shape(self, up: _Upstream, transport: asyncio.Transport) -> asyncio.Transport:
         """Put the plan's shapers in front of both sides; the replica side's transport."""
         plan = self.plan
         assert plan is not None and self.transport is not None
+        self.__class__ = _ShapedConnection
         delay = plan.delay if plan.delays else None
         high = self.proxy.settings.read_chunk
         self.transport = faultio.ShapedTransport(
@@ -409,3 +444,13 @@ class TcpConnection(asyncio.Protocol):
             self.transport.abort()
         self.client_lost = True
         self._forget()
+
+
+class _ShapedConnection(TcpConnection):
+    """A connection a latency, bandwidth or reset fault shapes (switched to in
+    `shape`, so the plain class tests nothing): its shaper goes with the client."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if isinstance(self.transport, faultio.ShapedTransport):
+            self.transport.cancel()  # nobody to write to: no timer left armed
+        super().connection_lost(exc)
