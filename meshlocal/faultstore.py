@@ -87,11 +87,7 @@ def _what(fault: Fault) -> str:
 class FaultStore:
     """The faults of one data plane, and the rules that change them."""
 
-    def __init__(
-        self,
-        on_change: Callable[[], None] = lambda: None,
-        stats: Callable[[], dict[str, int]] = dict,
-    ) -> None:
+    def __init__(self, on_change: Callable[[], None] = lambda: None) -> None:
         self.table = FaultTable()
         self.naming: NamingModel | None = None
         self.declared: tuple[Fault, ...] = ()  # the configuration's
@@ -99,7 +95,6 @@ class FaultStore:
         self.loaded = False  # a configuration applied: the set is this process's own
         self._restored: list[Fault] = []  # runtime faults the controller kept for us
         self._on_change = on_change
-        self.stats = stats  # counters beside the table (`/v1/faults`), e.g. the DNS server's
 
     # -- the controller's side -----------------------------------------------------
 
@@ -190,7 +185,7 @@ def add_routes(app: web.Application, store: FaultStore, prefix: str = "/v1") -> 
     and those a replaced data plane had)."""
 
     async def listing(_: web.Request) -> web.Response:
-        return web.json_response({"faults": store.table.snapshot(), **store.stats()})
+        return web.json_response({"faults": store.table.snapshot()})
 
     async def add(request: web.Request) -> web.Response:
         try:

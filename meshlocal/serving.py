@@ -93,7 +93,7 @@ class DataPlane:
         self.core: ProxyCore | None = None
         self.metadata = MetadataEndpoint(self._metadata_context)
         # One table for the proxy and DNS, kept across configurations and restarts.
-        self.faults = FaultStore(self._faults_changed, self._fault_stats)
+        self.faults = FaultStore(self._faults_changed)
         self.config_notes: list[str] = []  # what the last configuration dropped
         self._faults_dirty = False
         self.serving = asyncio.Event()  # first configuration applied, listeners up
@@ -371,7 +371,7 @@ class DataPlane:
         return response
 
     def _fault_stats(self) -> dict[str, int]:
-        """Beside the faults in `GET /v1/faults`: late DNS answers dropped (dns delay)."""
+        """Late DNS answers dropped (dns delay faults): `/metrics` and `GET /v1/state`."""
         return {"dns_delayed_dropped": self.dns.dropped_delayed if self.dns else 0}
 
     async def _healthz(self, _: web.Request) -> web.Response:
@@ -381,6 +381,7 @@ class DataPlane:
         """The controller's status, with what only the data plane knows filled in."""
         doc = dict(self.status)
         doc["dns_port"] = self.dns.port if self.dns else None
+        doc.update(self._fault_stats())
         public = self.public
         doc["public_port"] = self.public_port if public and public.rules else None
         doc["public_rules"] = [[p, s] for p, s in public.rules] if public else []

@@ -16,15 +16,25 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiohttp.web
+import dns.asyncquery
+import dns.message
 import pytest
 
+from meshlocal import faultcarry, mesh
+from meshlocal.adminapi import AdminRefused
+from meshlocal.agentconfig import AgentConfig
+from meshlocal.dataplanes import DataPlane as RunningPlane
+from meshlocal.dns import server as dns_server
+from meshlocal.faultparse import read_report
 from meshlocal.faults import Fault, Kind
-from meshlocal.faultstore import FaultStore, merge_faults
+from meshlocal.faultstore import FaultStore, add_routes, merge_faults
 from meshlocal.link import LINE_LIMIT, FaultReport, ServingConfig, receive, send
 from meshlocal.manifest.model import EnvironmentSpec
 from meshlocal.manifest.validate import load_environment
 from meshlocal.naming import NamingModel
 from meshlocal.serving import DataPlane, Listen
+from meshlocal.statedir import state_file
 
 MANIFEST = """\
 name: {name}
@@ -245,6 +255,59 @@ async def test_metrics_carry_the_counters(plane: DataPlane, http: aiohttp.Client
     )
 
 
+async def test_late_dns_answers_dropped_are_exported(
+    plane: DataPlane, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dns_server, "MAX_DELAYED", 1)
+    status, doc = await call(
+        http, "POST", url(plane, "/v1/faults"), {"service": "api", "dns": "delay", "latency": 300}
+    )
+    assert status == 200, doc
+    assert plane.dns is not None
+    query = dns.message.make_query("api.test.shop.local", "A")
+    results = await asyncio.gather(
+        *(dns.asyncquery.udp(query, "127.0.0.1", timeout=1.5, port=plane.dns.port) for _ in "abc"),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, dns.message.Message) for r in results) == 1, results
+    _, state = await call(http, "GET", url(plane, "/v1/state"))
+    assert state["dns_delayed_dropped"] == 2
+    async with http.get(url(plane, "/metrics")) as resp:
+        text = await resp.text()
+    assert "\nmeshlocal_dns_delayed_dropped_total 2\n" in text
+    assert "# TYPE meshlocal_dns_delayed_dropped_total counter" in text
+
+
+async def test_restore_is_a_503_until_the_data_plane_is_configured(tmp_path: Path) -> None:
+    # The admin server starts before the first configuration reaches the store: `up`
+    # must not take an empty answer for a restore done.
+    store = FaultStore()
+    app = aiohttp.web.Application()
+    add_routes(app, store)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    admin = f"http://127.0.0.1:{port}"
+    carried = [Fault("tcp", Kind.RESET, id="r").to_json()]
+    try:
+        with pytest.raises(AdminRefused) as info:
+            await asyncio.to_thread(faultcarry._restore, admin, carried, 0.3)
+        assert info.value.status == 503 and "no configuration yet" in info.value.message
+        assert len(store.table) == 0
+
+        # Configured meanwhile: the retry gets it.
+        asked = asyncio.create_task(asyncio.to_thread(faultcarry._restore, admin, carried, 10))
+        await asyncio.sleep(0.5)
+        assert not asked.done()
+        store.configure(naming_of(tmp_path), [])
+        done = await asyncio.wait_for(asked, 10)
+        assert [f["id"] for f in done["faults"]] == ["r"]
+    finally:
+        await runner.cleanup()
+
+
 async def test_a_removed_declared_fault_stays_removed_until_up_restores_it(
     plane: DataPlane, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
@@ -279,10 +342,28 @@ async def test_restore_adds_the_faults_a_replaced_data_plane_had(
     assert doc["notes"] == [
         "fault z (* -> nope: refuse) is removed: no service 'nope' in this environment"
     ]
+    # A malformed fault is skipped with a note, never let into the table.
     status, doc = await call(
         http, "POST", url(plane, "/v1/faults/restore"), {"faults": [{"id": 1}]}
     )
+    assert status == 200 and len(plane.faults.table) == 3
+    assert doc["notes"][0].startswith("fault skipped: malformed fault"), doc
+    status, doc = await call(http, "POST", url(plane, "/v1/faults/restore"), {"faults": "x"})
     assert status == 400 and len(plane.faults.table) == 3
+
+
+async def test_restore_skips_a_fault_whose_fields_have_the_wrong_type(
+    plane: DataPlane, http: aiohttp.ClientSession
+) -> None:
+    good = Fault("api", Kind.ABORT, http_status=503, percent=30, id="good").to_json()
+    bad = {**Fault("api", Kind.ABORT, http_status=503, id="bad").to_json(), "percent": "30"}
+    status, doc = await call(
+        http, "POST", url(plane, "/v1/faults/restore"), {"faults": [bad, good]}
+    )
+    assert status == 200, doc
+    assert [f["id"] for f in doc["faults"]] == ["slow-api", "good"]
+    assert doc["notes"] == ["fault skipped: fault field percent can't be '30'"]
+    assert plane.faults.table.get("bad") is None
 
 
 async def test_a_configuration_replaces_declared_faults_and_drops_runtime_ones_that_no_longer_fit(
@@ -469,3 +550,70 @@ def test_the_report_round_trips_and_refuses_garbage() -> None:
         {"t": "faults", "faults": [], "suppressed": "x"},
     ):
         assert FaultReport.from_message(bad) is None, bad
+
+
+# -- what another process wrote: checked before it reaches the table -------------------
+
+
+def test_a_state_file_fault_of_the_wrong_type_is_skipped_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = Fault("api", Kind.LATENCY, latency_ms=200, percent=30, id="good")
+    path = tmp_path / "agent.faults.json"
+    bad = {**Fault("api", Kind.REFUSE, id="bad").to_json(), "percent": "30"}
+    path.write_text(json.dumps({"faults": [good.to_json(), bad], "suppressed": ["x"]}))
+    with caplog.at_level("WARNING", "meshlocal.controller"):
+        report = mesh._load_report(path)
+    assert report == FaultReport((good,), ("x",))
+    assert "fault field percent can't be '30'" in caplog.text
+    # The link's message goes through the same reader on the data plane's side.
+    assert read_report({"t": "faults", "faults": [bad]}, lambda _: None) == FaultReport()
+    assert read_report({"t": "faults", "faults": "x"}, lambda _: None) is None
+
+
+def test_a_host_mode_agent_keeps_its_fault_report_in_the_state_directory(
+    tmp_path: Path,
+) -> None:
+    # Host mode has no kept configuration (`up` hands it one each time), so its
+    # report goes where the environment's other files are, and `down` clears it.
+    spec = load(workspace(tmp_path))
+    host = AgentConfig(project="p-x", spec=spec, desired={}, mode="host")
+    assert mesh._report_path(host) == state_file("p-x", "test", ".faults.json")
+    kept = replace(host, mode="container", state_file="/state/agent.json")
+    assert mesh._report_path(kept) == Path("/state/agent.faults.json")
+
+
+class _Planes:
+    def wait_admin(self, admin_url: str, timeout: float) -> None:
+        pass  # the test's admin server is up before it is asked
+
+
+async def test_up_warns_when_the_running_faults_could_not_be_read(tmp_path: Path) -> None:
+    store = FaultStore()
+    store.configure(naming_of(tmp_path), [])
+    app = aiohttp.web.Application()
+    add_routes(app, store)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    plane = RunningPlane("host", f"http://127.0.0.1:{port}", None, pid=1)
+    said: list[str] = []
+    try:
+        carried = faultcarry.Carried(unread="the admin API does not answer")
+        await asyncio.to_thread(
+            faultcarry.restore,
+            _Planes(),  # type: ignore[arg-type]
+            plane,
+            carried,
+            5.0,
+            said.append,
+        )
+    finally:
+        await runner.cleanup()
+    assert said == [
+        "warning: the runtime faults of the running data plane could not be read "
+        "(the admin API does not answer): if it was replaced, they are gone "
+        "(`meshlocal fault ls`)"
+    ]

@@ -4,6 +4,8 @@ a fuzz that must only ever get a Fault or a FaultError."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshlocal.errors import FaultError, Location, MeshlocalError
-from meshlocal.faultparse import FIELDS, check, parse_fault, parse_ms, parse_percent, parse_rate
+from meshlocal.faultparse import (
+    FIELDS,
+    check,
+    parse_fault,
+    parse_ms,
+    parse_percent,
+    parse_rate,
+    rebuild,
+)
 from meshlocal.faults import DnsAnswer, Fault, FaultTable, Kind
 from meshlocal.manifest.model import (
     Connect,
@@ -388,7 +398,55 @@ def test_parse_fault_returns_a_fault_or_raises_fault_error(
     assert isinstance(fault, Fault)
     assert 0 <= fault.percent <= 100 and fault.latency_ms >= 0 and fault.jitter_ms >= 0
     assert Fault.from_json(fault.to_json()) == fault
+    named = replace(fault, id="x", declared=True)
+    assert rebuild(json.loads(json.dumps(named.to_json()))) == named  # the state file's way
     try:
         assert check(fault, NAMING) == fault
     except FaultError as exc:
         assert exc.message
+
+
+# -- what another process wrote (state file, link, restore) ---------------------------
+
+_GOOD = Fault("api", Kind.ABORT, id="a", http_status=503, percent=30).to_json()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"percent": "30"}, "fault field percent can't be '30'"),
+        ({"percent": True}, "fault field percent can't be True"),
+        ({"percent": 130}, "percent must be between 0 and 100"),
+        ({"http_status": "503"}, "fault field http_status can't be '503'"),
+        ({"http_status": 204}, "abort 204: that answer has no body"),
+        ({"http_status": 0}, "abort must be between 200 and 599, not 0"),
+        ({"replica": 1.5}, "fault field replica can't be 1.5"),
+        ({"seed": "7"}, "fault field seed can't be '7'"),
+        ({"service": 5}, "fault field service can't be 5"),
+        ({"declared": "yes"}, "fault field declared can't be 'yes'"),
+        ({"id": ""}, "needs its id"),
+        ({"id": "Bad Id"}, "fault id 'Bad Id' must be"),
+        ({"kind": "toxic"}, "malformed fault"),
+        ({"latency_ms": 5.0}, "does not read back as it was written"),  # not an abort's
+        ({"source": None}, "fault field source can't be None"),
+    ],
+)
+def test_rebuild_refuses_a_fault_no_user_could_have_added(
+    change: dict[str, Any], message: str
+) -> None:
+    assert rebuild(_GOOD) == Fault.from_json(_GOOD)
+    with pytest.raises(FaultError) as info:
+        rebuild({**_GOOD, **change})
+    assert message in info.value.message, info.value.message
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(sorted(_GOOD)), _values, max_size=4))
+def test_rebuild_returns_a_fault_or_raises_fault_error(change: dict[str, Any]) -> None:
+    try:
+        fault = rebuild({**_GOOD, **change})
+    except FaultError as exc:
+        assert exc.message
+        return
+    assert rebuild(fault.to_json()) == fault
+    assert isinstance(fault.percent, int | float) and 0 <= fault.percent <= 100

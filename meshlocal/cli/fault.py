@@ -15,6 +15,7 @@ import click
 from meshlocal.adminapi import (
     AdminRefused,
     add_fault,
+    admin_call,
     clear_faults,
     fault_refusal,
     list_faults,
@@ -23,7 +24,7 @@ from meshlocal.adminapi import (
 from meshlocal.cli.app import Context, cli, env_option, pass_context
 from meshlocal.cli.render import fault_line, fault_table, out
 from meshlocal.cli.running import running_mesh
-from meshlocal.errors import FaultError
+from meshlocal.errors import FaultError, MeshlocalError
 
 
 @cli.group()
@@ -72,14 +73,40 @@ def add(ctx: Context, /, env: str | None, as_json: bool, **options: Any) -> None
     fields = {_FIELD.get(k, k): v for k, v in options.items() if v not in (None, False)}
     parse_fault(fields)  # the shape, before any mesh is needed
     with running_mesh(ctx.directory, env) as dep:
+        admin = dep.dataplane().admin_url
         try:
-            added = add_fault(dep.dataplane().admin_url, fields)
+            added = add_fault(admin, fields)
         except AdminRefused as exc:
             raise fault_refusal(exc) from None
+        warning = _replica_warning(admin, added)
     if as_json:
         click.echo(json.dumps(added, indent=2, sort_keys=True))
-        return
-    out.print(f"added {fault_line(added, counts=False)}", markup=False)
+    else:
+        out.print(f"added {fault_line(added, counts=False)}", markup=False)
+    if warning:
+        click.echo(warning, err=True)
+
+
+def _replica_warning(admin: str, added: dict[str, Any]) -> str | None:
+    """A `--replica` above the service's replica count: added (it may be scaled up),
+    but said, since it hits nothing meanwhile."""
+    replica, service = added.get("replica") or 0, added.get("service")
+    if not replica:
+        return None
+    try:
+        state = admin_call(admin, "/v1/state", timeout=5.0)
+    except MeshlocalError:
+        return None  # the fault is in; the count is only a courtesy
+    services = state.get("services") if isinstance(state, dict) else None
+    entry = services.get(service) if isinstance(services, dict) else None
+    desired = entry.get("desired") if isinstance(entry, dict) else None
+    if not isinstance(desired, int) or replica <= desired:
+        return None
+    runs = f"{desired} replica" + ("" if desired == 1 else "s")
+    return (
+        f"warning: {service} runs {runs}: replica {replica} gets no calls "
+        f"until {service} is scaled up to {replica}"
+    )
 
 
 _FIELD = {"source": "from", "ident": "id"}
