@@ -125,6 +125,8 @@ def decide(
         f = a.fault
         if f.source and f.source != client:
             continue
+        if id(a) in draws.counted and acts_once(f.kind):
+            continue  # a retry: a delay, abort or shaping already acted on this call
         if f.replica:
             if f.replica != replica:
                 continue
@@ -135,6 +137,11 @@ def decide(
         if hit:
             hits.append(a)
     return plan(hits) if hits else None
+
+
+def acts_once(kind: Kind) -> bool:
+    """Acts once per call (a connect fault acts on every attempt it hits)."""
+    return kind is not Kind.REFUSE and kind is not Kind.PARTITION
 
 
 def plan(hits: Iterable[Active]) -> Plan:
@@ -173,8 +180,8 @@ def dispatch(
     """Act out a plan, in the one order every path shares: partition (held for the
     connect timeout, then a connect failure), refuse, then (HTTP, HTTP/2: before
     routing, as Istio's delay) the delay, then abort, reset at once, or `go` with
-    what shapes the exchange (TCP: the delay per chunk too). Only the faults acted
-    out count a hit."""
+    what shapes the exchange (TCP: the delay per chunk too; `go` counts those with
+    `shaping` once applied). Only the faults acted out count a hit."""
     if p.partition:
         for a in p.partition:
             draws.count(a)
@@ -205,11 +212,15 @@ def _act(
         draws.count(p.reset_by)
         reset()
     else:
-        for a in p.delays:
-            draws.count(a)
-        draws.count(p.rate_by)
-        draws.count(p.reset_by)
         go(p)
+
+
+def shaping(p: Plan, draws: Draws) -> None:
+    """Count the faults that shape the exchange, once it is shaped."""
+    for a in p.delays:
+        draws.count(a)
+    draws.count(p.rate_by)
+    draws.count(p.reset_by)
 
 
 def later(seconds: float, then: Callable[[], None], alive: Callable[[], bool]) -> None:

@@ -67,6 +67,8 @@ def _reset(st: Stream) -> None:
 def _go(st: Stream, replica: Replica, plan: faultio.Plan) -> None:
     from meshlocal.proxy.h2stream import ShapedStream
 
+    assert st.draws is not None
+    faultio.shaping(plan, st.draws)
     if plan.shapes:
         ShapedStream.shape(st, plan).go(replica)
     else:

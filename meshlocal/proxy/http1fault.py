@@ -55,6 +55,8 @@ def intercept(down: Downstream, replica: Replica) -> bool:
 
 
 def _go(down: Downstream, replica: Replica, plan: faultio.Plan) -> None:
+    assert down.draws is not None
+    faultio.shaping(plan, down.draws)
     if not plan.shapes:
         down.dial(replica)
         return

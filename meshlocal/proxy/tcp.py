@@ -333,6 +333,8 @@ class TcpConnection(asyncio.Protocol):
         plan = self.plan
         assert plan is not None and self.transport is not None
         self.__class__ = _ShapedConnection
+        if self.draws is not None:
+            faultio.shaping(plan, self.draws)  # applied now the replica answered
         delay = plan.delay if plan.delays else None
         high = self.proxy.settings.read_chunk
         self.transport = faultio.ShapedTransport(

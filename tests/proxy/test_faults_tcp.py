@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import statistics
 import time
 
+import pytest
+
 from meshlocal.faults import Fault, Kind, expected_hits
+from meshlocal.proxy import faultio
 from meshlocal.proxy.settings import ProxySettings
 from meshlocal.registry import Replica
 
 from .faultkit import added_p50, binomial_99
-from .test_tcp import CLIENT_A, CLIENT_B, MeshMaker, TcpMesh, ask, name_of_next, read_all, tcp_mesh
+from .test_tcp import (
+    CLIENT_A,
+    CLIENT_B,
+    PROXY_HOST,
+    MeshMaker,
+    TcpMesh,
+    ask,
+    eventually,
+    name_of_next,
+    read_all,
+    tcp_mesh,
+)
 
 __all__ = ["tcp_mesh"]  # the fixture, imported for pytest
 
@@ -225,3 +240,136 @@ async def test_bandwidth_paces_the_client_to_replica_direction(tcp_mesh: MeshMak
     assert data == b"api-1:200000\n"
     assert backend.received_bytes == 200_000
     assert 1.5 <= took <= 2.5, took
+
+
+# -- review fixes --------------------------------------------------------------------
+
+
+def shaped(mesh: TcpMesh) -> faultio.Shaper | None:
+    """The client side's shaper, once the replica side is connected."""
+    (conn,) = mesh.proxy.connections
+    transport = conn.transport
+    return transport.shaper if isinstance(transport, faultio.ShapedTransport) else None
+
+
+@pytest.mark.parametrize("kind", [Kind.LATENCY, Kind.BANDWIDTH])
+async def test_a_client_that_gives_up_leaves_no_shaper_timer(
+    tcp_mesh: MeshMaker, kind: Kind
+) -> None:
+    mesh = await tcp_mesh()
+    fault(mesh, kind, latency_ms=2000, rate=50_000)
+    latency = kind is Kind.LATENCY
+    await (mesh.add() if latency else mesh.add("at_eof", reply_body=b"z" * 500_000))
+    _reader, writer = await mesh.connect()
+    if latency:
+        writer.write(b"hi\n")  # the reply waits 2 s in the shaper
+    else:
+        writer.write(b"go")
+        writer.write_eof()  # the reply is paced over 10 s
+    await eventually(lambda: len(mesh.proxy.connections) == 1)
+    await eventually(lambda: (s := shaped(mesh)) is not None and not s.empty)
+    shaper = shaped(mesh)
+    assert shaper is not None
+    faultio.reset(writer.transport)  # gives up (RST) with the reply queued in the shaper
+    # Within a bounded time, long before the 2 s delay or the 10 s of pacing.
+    await eventually(lambda: shaper.timer is None and shaper.empty, timeout=0.5)
+    await asyncio.sleep(0.05)
+    assert shaper.timer is None
+
+
+async def test_reset_after_n_bytes_is_exact_for_a_slow_reader(tcp_mesh: MeshMaker) -> None:
+    n = 300_000
+    mesh = await tcp_mesh()
+    await mesh.add("at_eof", reply_body=b"z" * 1_000_000)
+    fault(mesh, Kind.RESET, after_bytes=n)
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)  # the backlog stays with the proxy
+    sock.bind((CLIENT_A, 0))
+    sock.setblocking(False)
+    got = 0
+    reset = False
+    try:
+        async with asyncio.timeout(20):
+            await loop.sock_connect(sock, (PROXY_HOST, mesh.port))
+            await loop.sock_sendall(sock, b"go")
+            sock.shutdown(socket.SHUT_WR)
+            for _ in range(10_000):
+                try:
+                    chunk = await loop.sock_recv(sock, 16384)
+                except ConnectionResetError:
+                    reset = True
+                    break
+                if not chunk:
+                    break
+                got += len(chunk)
+                await asyncio.sleep(0.002)  # slower than the proxy writes
+    finally:
+        sock.close()
+    assert reset
+    assert got == n
+
+
+async def test_a_retry_on_another_replica_starts_with_a_plain_plan(tcp_mesh: MeshMaker) -> None:
+    mesh = await tcp_mesh(ProxySettings(tcp_connect_attempts=2))
+    mesh.add_dead()  # api-1: refuses connections for real
+    await mesh.add()
+    ident = fault(mesh, Kind.LATENCY, latency_ms=600, replica=1)
+    start = time.monotonic()
+    assert await name_of_next(mesh) == "api-2"
+    assert time.monotonic() - start < 0.4  # api-1's delay did not follow the call
+    active = mesh.proxy.faults.get(ident)
+    assert active is not None and (active.seen, active.hits) == (1, 0)  # never applied
+
+
+async def test_bytes_sent_during_a_partition_are_swallowed(tcp_mesh: MeshMaker) -> None:
+    mesh = await tcp_mesh(ProxySettings(connect_timeout_s=0.3, tcp_connect_attempts=2))
+    await mesh.add()
+    await mesh.add()
+    clients(mesh)
+    fault(mesh, Kind.PARTITION, source="front-end", replica=1)
+    reader, writer = await mesh.connect(CLIENT_A)
+    try:
+        writer.write(b"lost\n")  # during the hold on api-1
+        await asyncio.sleep(0.1)
+        writer.write(b"more lost\n")
+        await asyncio.sleep(0.35)  # the hold is over: api-2 now
+        assert await ask(reader, writer, b"after") == b"api-2:after"
+    finally:
+        writer.close()
+    assert mesh.backends[1].connections == 1 and mesh.backends[0].connections == 0
+
+
+async def test_unscoped_faults_skip_the_client_lookup(tcp_mesh: MeshMaker) -> None:
+    mesh = await tcp_mesh()
+    await mesh.add()
+    asked: list[str] = []
+    lookup = mesh.registry.by_address
+
+    def spy(address: str) -> Replica | None:
+        asked.append(address)
+        return lookup(address)
+
+    mesh.registry.by_address = spy  # type: ignore[method-assign]
+    mesh.proxy.faults.add(Fault("other", Kind.LATENCY, latency_ms=500, source="front-end"))
+    assert await name_of_next(mesh) == "api-1"  # no fault on api: no lookup
+    fault(mesh, Kind.LATENCY, latency_ms=1)
+    assert await name_of_next(mesh) == "api-1"  # no fault with a client: no lookup
+    assert asked == []
+    fault(mesh, Kind.REFUSE, source="worker")
+    assert await name_of_next(mesh) == "api-1"
+    assert asked == [CLIENT_A]
+
+
+async def test_a_refused_connection_counts_no_latency_hit(tcp_mesh: MeshMaker) -> None:
+    mesh = await tcp_mesh()
+    await mesh.add()
+    slow = fault(mesh, Kind.LATENCY, latency_ms=100)
+    refuse = fault(mesh, Kind.REFUSE, percent=50, seed=5)
+    names = [await name_of_next(mesh) for _ in range(40)]
+    want = expected_hits(50, 5, 40)
+    assert names.count("reset") == want
+    lat, ref = mesh.proxy.faults.get(slow), mesh.proxy.faults.get(refuse)
+    assert lat is not None and ref is not None
+    assert (ref.seen, ref.hits) == (40, want)
+    assert (lat.seen, lat.hits) == (40, 40 - want)  # drawn for each, applied to the others
