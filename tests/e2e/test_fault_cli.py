@@ -156,6 +156,27 @@ def test_rm_by_id_all_or_nothing_and_rm_all(ws: Path) -> None:
     assert run_cli(ws, "fault", "rm", "b", "--all").returncode == 2
 
 
+def test_numbers_without_a_unit_read_as_the_docs_say(ws: Path) -> None:
+    # KB/s for a rate and milliseconds for a duration, as in copilot/.meshlocal.yml.
+    bw = ok(run_cli(ws, "fault", "add", "api", "--bandwidth", "64", "--id", "bw"))
+    lat = ok(run_cli(ws, "fault", "add", "api", "--latency", "200", "--jitter", "1.5"))
+    faults = {f["kind"]: f for f in listed(ws)}
+    assert faults["bandwidth"]["rate"] == 64_000, bw.stdout
+    assert (faults["latency"]["latency_ms"], faults["latency"]["jitter_ms"]) == (200, 1.5)
+    assert "bandwidth 64KB/s" in bw.stdout and "latency 200ms" in lat.stdout
+
+
+def test_a_replica_above_the_count_is_added_with_a_warning(ws: Path) -> None:
+    above = ok(run_cli(ws, "fault", "add", "api", "--refuse", "--replica", "5", "--id", "r5"))
+    assert above.stdout.strip() == "added r5: * -> api-5, refuse"
+    assert above.stderr.strip() == (
+        "warning: api runs 3 replicas: replica 5 gets no calls until api is scaled up to 5"
+    )
+    assert [f["id"] for f in listed(ws)] == ["r5"]  # still added: a scale-up may come
+    within = ok(run_cli(ws, "fault", "add", "api", "--refuse", "--replica", "3", "--json"))
+    assert "warning" not in within.stderr and json.loads(within.stdout)["replica"] == 3
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -168,6 +189,9 @@ def test_rm_by_id_all_or_nothing_and_rm_all(ws: Path) -> None:
         (("api", "--latency", "5ms", "--reset"), "one fault injects one thing"),
         (("api", "--dns", "delay"), "a dns delay needs its length"),
         (("client", "--dns", "nxdomain"), "client has no Service Discovery name"),
+        (("api", "--abort", "204"), "abort 204: that answer has no body"),
+        (("api", "--abort", "304"), "abort 304: that answer has no body"),
+        (("api", "--abort", "101"), "abort must be between 200 and 599, not 101"),
     ],
 )
 def test_bad_input_says_why_and_changes_nothing(

@@ -9,6 +9,8 @@ answers SERVFAIL for web's name. Each is seen from inside `client`.
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,9 @@ import pytest
 from meshlocal.adminapi import admin_call
 from meshlocal.deployment import Deployment
 from meshlocal.errors import MeshlocalError
+from meshlocal.hostagent import exited
 from meshlocal.runtime import labels as L
+from meshlocal.statedir import state_file
 
 from .conftest import container_of, leftovers, ok, project_of, run_cli, sh, wait_for
 
@@ -236,3 +240,41 @@ def test_up_warns_of_a_runtime_fault_the_new_configuration_drops(
         manifest.write_text(saved)
     ok(run_cli(mesh.workspace, "up", "-d", "--timeout", "120"))
     assert list(mesh.faults()) == ["api-gone"]
+
+
+def test_a_restarted_host_mode_agent_takes_back_its_runtime_faults(
+    tmp_path_factory: pytest.TempPathFactory,
+    docker_client: Any,
+    busybox_image: str,
+    dataplane_image: str,
+) -> None:
+    """Host mode has no kept configuration: the fault report lives in the state directory."""
+    ws = write_workspace(tmp_path_factory.mktemp("ws-fault-host") / APP)
+    project = project_of(ws)
+    host = Mesh(ws, project)
+    try:
+        ok(run_cli(ws, "up", "-d", "--dataplane", "host", "--timeout", "120"))
+        host.admin("/v1/faults", {"service": "web", "dns": "servfail", "id": "web-broken"})
+        report = state_file(project, "test", ".faults.json")
+        wait_for("the report on disk", lambda: "web-broken" in _text(report), timeout=10)
+
+        # The agent stops (a crash, a reboot): the next `up` starts a new one.
+        pid = int(state_file(project, "test", ".pid").read_text())
+        os.kill(pid, signal.SIGTERM)
+        wait_for("the host agent to stop", lambda: exited(pid), timeout=30, interval=0.2)
+        proc = ok(run_cli(ws, "up", "-d", "--dataplane", "host", "--timeout", "120"))
+        faults = host.faults()
+        assert sorted(faults) == ["api-gone", "web-broken"], (proc.stdout, proc.stderr)
+        assert faults["web-broken"]["declared"] is False
+        assert lookup(docker_client, host, WEB_NAME) == "SERVFAIL"
+    finally:
+        run_cli(ws, "down")
+    assert not state_file(project, "test", ".faults.json").exists()  # `down` clears it
+    assert leftovers(docker_client, project) == []
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
