@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -381,3 +382,72 @@ def test_a_partition_on_one_replica_cuts_one_way_only() -> None:
     table.add(Fault("api", Kind.PARTITION, source="web", replica=2))
     assert len(table.for_client("api", "web")) == 1
     assert table.for_client("web", "api") == ()
+
+
+# -- draws per call, hits when applied (the proxy's `faultio`) ----------------------
+
+
+def test_a_retry_keeps_unscoped_draws_and_draws_a_replica_fault_anew() -> None:
+    from meshlocal.proxy import faultio
+    from meshlocal.registry import ReplicaRegistry
+
+    table = FaultTable()
+    everyone = table.add(Fault("api", Kind.REFUSE, percent=50, seed=2))
+    second = table.add(Fault("api", Kind.REFUSE, replica=2))
+    registry = ReplicaRegistry()
+    draws = faultio.Draws()
+    first = faultio.decide(table, registry, "api", "10.0.0.1", 1, draws)
+    again = faultio.decide(table, registry, "api", "10.0.0.1", 2, draws)
+    a, b = table.get(everyone.id), table.get(second.id)
+    assert a is not None and b is not None
+    assert (a.seen, b.seen) == (1, 1)  # the unscoped one drawn once, for both attempts
+    assert (first is not None) == (again is not None and a in again.refuse)
+    assert again is not None and b in again.refuse
+    assert (a.hits, b.hits) == (0, 0)  # decided, not yet applied
+
+
+def test_dispatch_counts_only_what_it_acts_out() -> None:
+    from meshlocal.proxy import faultio
+
+    table = FaultTable()
+    ids = [
+        table.add(Fault("api", Kind.REFUSE)).id,
+        table.add(Fault("api", Kind.LATENCY, latency_ms=5)).id,
+        table.add(Fault("api", Kind.ABORT, http_status=503)).id,
+    ]
+    actives = [table.get(i) for i in ids]
+    done: list[str] = []
+
+    def hold(seconds: float, then: Callable[[], None]) -> None:
+        done.append("hold")
+        then()
+
+    def run(hits: list[Active | None]) -> None:
+        draws = faultio.Draws()
+        faultio.dispatch(
+            faultio.plan(a for a in hits if a is not None),
+            draws,
+            timeout=1,
+            hold=hold,
+            refused=lambda: done.append("refused"),
+            reset=lambda: done.append("reset"),
+            go=lambda p: done.append("go"),
+            abort=lambda a: done.append("abort"),
+        )
+
+    run(actives)
+    assert done == ["refused"]
+    assert [a.hits if a else -1 for a in actives] == [1, 0, 0]
+    run(actives[1:])
+    assert done == ["refused", "hold", "abort"]  # Istio: the delay, then the abort
+    assert [a.hits if a else -1 for a in actives] == [1, 1, 1]
+
+
+def test_a_partitions_mirror_draws_and_counts_on_the_partition() -> None:
+    table = FaultTable()
+    fault = table.add(Fault("api", Kind.PARTITION, source="web"))
+    (back,) = table.for_client("web", "api")
+    assert back.draw()
+    back.count()
+    active = table.get(fault.id)
+    assert active is not None and (active.seen, active.hits) == (1, 1)

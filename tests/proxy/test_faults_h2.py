@@ -313,3 +313,22 @@ async def test_a_replica_fault_slows_only_that_replica(harness: Callable[..., An
     assert len(seen["api-1"]) == len(seen["api-2"]) == 4
     assert min(seen["api-2"]) >= 0.15
     assert statistics.median(seen["api-2"]) - statistics.median(seen["api-1"]) >= 0.12
+
+
+# -- review fixes --------------------------------------------------------------------
+
+
+async def test_grpc_seeded_refuse_is_drawn_once_per_call(harness: Callable[..., Any]) -> None:
+    h = await harness(grpc=True)
+    first, second = await grpc_replicas(h, 2)
+    slow = fault(h, Kind.LATENCY, latency_ms=1)
+    refuse = fault(h, Kind.REFUSE, percent=30, seed=4)
+    got = await asyncio.to_thread(outcomes, h, 60)
+    want = expected_hits(30, 4, 60)
+    # A hit call is refused by every replica it tries, without a new draw.
+    assert got.count(f"UNAVAILABLE:{CONNECT_FAILURE}") == want
+    assert first.hits + second.hits == 60 - want
+    lat, ref = (h.proxy.faults.get(i) for i in (slow, refuse))
+    assert lat is not None and ref is not None
+    assert (ref.seen, ref.hits) == (60, want)
+    assert (lat.seen, lat.hits) == (60, 60 - want)  # never counted for a refused call

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -11,6 +12,7 @@ import aiohttp
 import pytest
 
 from meshlocal.faults import Fault, Kind, expected_hits
+from meshlocal.proxy import faultio
 from meshlocal.proxy.faultio import CONNECT_FAILURE
 from meshlocal.proxy.settings import ProxySettings
 from meshlocal.registry import Replica
@@ -251,3 +253,111 @@ async def test_bandwidth_paces_the_request_body(
         assert (await resp.json())["received"] == 200_000
     took = time.monotonic() - start
     assert 1.5 <= took <= 2.5, took
+
+
+# -- review fixes --------------------------------------------------------------------
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One response with a Content-Length body: (head, body)."""
+    async with asyncio.timeout(5):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.lower().split(b"\r\n")
+            if line.startswith(b"content-length:")
+        )
+        return head, await reader.readexactly(length)
+
+
+async def test_aborts_keep_the_connection_alive(mesh_factory: MeshFactory) -> None:
+    mesh = await mesh_factory(replicas=1)
+    ident = fault(mesh, Kind.ABORT, http_status=503)
+    reader, writer = await asyncio.open_connection("127.0.0.2", mesh.proxy.bound_port(8080))
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
+        head, body = await read_response(reader)
+        assert head.startswith(b"HTTP/1.1 503 ") and b"connection: close" not in head.lower()
+        assert body.strip() == b"fault filter abort"
+        # A body that comes after the head is skipped, not taken for the next request.
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: api\r\nContent-Length: 10\r\n\r\n")
+        head, body = await read_response(reader)
+        assert head.startswith(b"HTTP/1.1 503 ")
+        writer.write(b"0123456789")
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(b"5\r\nhello\r\n0\r\n\r\n")
+        head, body = await read_response(reader)
+        assert head.startswith(b"HTTP/1.1 503 ") and body.strip() == b"fault filter abort"
+        mesh.proxy.engine.faults.remove(ident)
+        writer.write(b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
+        head, body = await read_response(reader)
+        assert head.startswith(b"HTTP/1.1 200 ") and body == b"api-1"
+    finally:
+        writer.close()
+    assert mesh.backends["api-1"].hits == 1
+
+
+async def test_an_abort_before_a_large_body_closes(mesh_factory: MeshFactory) -> None:
+    mesh = await mesh_factory(replicas=1)
+    fault(mesh, Kind.ABORT, http_status=503)
+    port = mesh.proxy.bound_port(8080)
+    request = b"POST /upload HTTP/1.1\r\nHost: api\r\nContent-Length: 100000000\r\n\r\n"
+    got, was_reset = await raw_until_reset(port, request)
+    assert not was_reset and got.startswith(b"HTTP/1.1 503 ")
+    assert b"connection: close" in got.lower()
+
+
+async def test_a_client_that_gives_up_leaves_no_shaper_timer(mesh_factory: MeshFactory) -> None:
+    mesh = await mesh_factory(replicas=1)
+    fault(mesh, Kind.BANDWIDTH, rate=50_000)
+    reader, writer = await asyncio.open_connection("127.0.0.2", mesh.proxy.bound_port(8080))
+    try:
+        writer.write(b"GET /big?n=1000000 HTTP/1.1\r\nHost: api\r\n\r\n")
+        async with asyncio.timeout(5):
+            await reader.readexactly(1000)  # paced: 20 s for all of it
+        (down,) = mesh.proxy.engine.forwarder.connections
+        transport = down.transport
+        assert isinstance(transport, faultio.ShapedTransport)
+        shaper = transport.shaper
+        faultio.reset(writer.transport)  # gives up (RST)
+    finally:
+        writer.close()
+    for _ in range(50):
+        if shaper.timer is None and shaper.empty:
+            break
+        await asyncio.sleep(0.01)
+    assert shaper.timer is None and shaper.empty
+
+
+async def test_a_refused_request_counts_no_latency_hit(
+    mesh_factory: MeshFactory, client: aiohttp.ClientSession
+) -> None:
+    mesh = await mesh_factory(replicas=2)
+    slow = fault(mesh, Kind.LATENCY, latency_ms=1)
+    refuse = fault(mesh, Kind.REFUSE, percent=40, seed=9)
+    statuses = [(await get(client, mesh.url("/")))[0] for _ in range(60)]
+    want = expected_hits(40, 9, 60)
+    # Drawn once per request: a hit request is refused by every replica tried.
+    assert statuses.count(503) == want and statuses.count(200) == 60 - want
+    lat, ref = (mesh.proxy.engine.faults.get(i) for i in (slow, refuse))
+    assert lat is not None and ref is not None
+    assert (ref.seen, ref.hits) == (60, want)
+    assert (lat.seen, lat.hits) == (60, 60 - want)
+
+
+async def test_a_retry_after_a_real_connect_failure_is_not_delayed_again(
+    mesh_factory: MeshFactory, client: aiohttp.ClientSession
+) -> None:
+    mesh = await mesh_factory(replicas=0)
+    probe = socket.socket()
+    probe.bind(("127.0.0.9", 0))
+    dead = probe.getsockname()[1]
+    probe.close()
+    mesh.add_dead("api", 1, dead)
+    await mesh.add("api", 2)
+    ident = fault(mesh, Kind.LATENCY, latency_ms=300)
+    start = time.monotonic()
+    assert (await get(client, mesh.url("/")))[:2] == (200, "api-2")
+    assert 0.3 <= time.monotonic() - start < 0.55  # once, not once per replica tried
+    active = mesh.proxy.engine.faults.get(ident)
+    assert active is not None and (active.seen, active.hits) == (1, 1)
