@@ -91,11 +91,12 @@ class Draws:
     once per call (a retry on another replica keeps its outcome), a `--replica`
     one for the attempt on that replica; each fault's hit counts once, when applied."""
 
-    __slots__ = ("counted", "drawn")
+    __slots__ = ("counted", "drawn", "replay")
 
     def __init__(self) -> None:
         self.drawn: dict[int, bool] = {}
         self.counted: set[int] = set()
+        self.replay = False  # HTTP/1: the request is sent again (a stale pooled connection)
 
     def count(self, active: Active | None) -> None:
         if active is not None and id(active) not in self.counted:
@@ -288,6 +289,7 @@ class Shaper:
         self.busy = busy  # the sink can't take more now (a full transport buffer)
         self.closed = closed  # the sink is gone: drop the rest instead of waiting
         self.drained = drained  # all the sink took has reached the peer
+        self.poll = 0.005
         self.queue: deque[tuple[float, _Item]] = deque()
         self.size = 0
         self.last = 0.0  # release time of the last item queued
@@ -350,7 +352,8 @@ class Shaper:
         # (SO_LINGER 0) would drop them: poll, as no event tells.
         if self.drained is not None and not self.drained():
             self.queue.appendleft((self.loop.time(), self._limit))
-            self.timer = self.loop.call_later(0.005, self._pump)
+            self.timer = self.loop.call_later(self.poll, self._pump)
+            self.poll = min(0.1, self.poll * 2)  # a reader that stalls is polled less
             return
         if self.on_limit is not None:
             # Not from inside the caller's write: it may go on with its own bookkeeping.

@@ -541,6 +541,8 @@ class Downstream(ResponseSide, asyncio.Protocol):
         ):
             # A pooled connection the replica had already closed: replay on another.
             self.state = CONNECTING
+            if self.draws is not None:
+                self.draws.replay = True  # the same request: its faults stay drawn
             self._select()
             return
         fwd.balancer.record(replica, True, self.client)

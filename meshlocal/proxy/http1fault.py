@@ -26,9 +26,10 @@ def intercept(down: Downstream, replica: Replica) -> bool:
     """True when the faults took the request over (the caller must not dial)."""
     fwd, route = down.fwd, down.route
     assert route is not None
-    if not down.tried or down.draws is None:
-        down.draws = faultio.Draws()  # a new request: its faults are drawn afresh
     draws = down.draws
+    if draws is None or not (down.tried or draws.replay):
+        draws = down.draws = faultio.Draws()  # a new request: its faults drawn afresh
+    draws.replay = False
     plan = faultio.decide(
         fwd.faults, fwd.balancer.registry, route.service, down.client, replica.index, draws
     )
