@@ -22,10 +22,11 @@ import dns.message
 import pytest
 
 from meshlocal import faultcarry, mesh
-from meshlocal.adminapi import AdminRefused
+from meshlocal.adminapi import AdminRefused, add_fault, fault_refusal
 from meshlocal.agentconfig import AgentConfig
 from meshlocal.dataplanes import DataPlane as RunningPlane
 from meshlocal.dns import server as dns_server
+from meshlocal.errors import FaultError
 from meshlocal.faultparse import read_report
 from meshlocal.faults import Fault, Kind
 from meshlocal.faultstore import FaultStore, add_routes, merge_faults
@@ -35,6 +36,7 @@ from meshlocal.manifest.validate import load_environment
 from meshlocal.naming import NamingModel
 from meshlocal.serving import DataPlane, Listen
 from meshlocal.statedir import state_file
+from meshlocal.testfaults import FaultContext
 
 MANIFEST = """\
 name: {name}
@@ -208,6 +210,29 @@ async def test_bad_input_is_a_400_with_the_message_and_nothing_changes(
     if says != "the body must be a JSON object":
         assert doc["error"].startswith("error: ")  # FaultError.render()
     assert plane.faults.table.snapshot() == before and plane.faults.table.version == version
+
+
+async def test_an_id_in_use_replaces_a_runtime_fault_and_is_refused_for_a_declared_one(
+    plane: DataPlane, http: aiohttp.ClientSession
+) -> None:
+    # As docs/cli.md and docs/pytest.md say: only runtime faults are replaced.
+    for status_code in (503, 502):
+        status, doc = await call(
+            http,
+            "POST",
+            url(plane, "/v1/faults"),
+            {"service": "api", "abort": status_code, "id": "x"},
+        )
+        assert status == 200, doc
+    assert [(f.id, f.http_status) for f in plane.faults.table.faults()] == [
+        ("slow-api", 0),
+        ("x", 502),
+    ]
+    status, doc = await call(
+        http, "POST", url(plane, "/v1/faults"), {"service": "api", "abort": 500, "id": "slow-api"}
+    )
+    assert status == 400 and "fault slow-api is declared in copilot/.meshlocal.yml" in doc["error"]
+    assert "meshlocal fault rm slow-api" in doc["error"]
 
 
 async def test_a_body_that_is_not_json_is_a_400(
@@ -617,3 +642,21 @@ async def test_up_warns_when_the_running_faults_could_not_be_read(tmp_path: Path
         "(the admin API does not answer): if it was replaced, they are gone "
         "(`meshlocal fault ls`)"
     ]
+
+
+async def test_a_refusal_reads_back_as_one_fault_error_for_the_cli_and_pytest(
+    plane: DataPlane,
+) -> None:
+    admin = url(plane, "")
+    with pytest.raises(AdminRefused) as info:
+        await asyncio.to_thread(add_fault, admin, {"service": "nope", "refuse": True})
+    error = fault_refusal(info.value)
+    assert error.message == "no service 'nope' in this environment"
+    assert error.hint == "services: api, front, tcp"
+    assert error.render().count("error:") == 1
+    # One translation, shared: `fault add` and `mesh.fault` raise the same error.
+    with pytest.raises(FaultError) as raised:
+        await asyncio.to_thread(
+            FaultContext(lambda: admin, {"service": "nope", "refuse": True}).__enter__
+        )
+    assert raised.value.render() == error.render()

@@ -54,7 +54,9 @@ def fault() -> None:
     type=click.Choice(["nxdomain", "servfail", "delay"], case_sensitive=False),
     help="On SERVICE's Service Discovery name: NXDOMAIN, SERVFAIL or a delay (--latency).",
 )
-@click.option("--dns-name", metavar="NAME", help="Only this one of SERVICE's names.")
+@click.option(
+    "--dns-name", metavar="NAME", help="SERVICE's Service Discovery name, spelled out (it has one)."
+)
 @click.option("--percent", metavar="P", help="Of connections or requests (default 100).")
 @click.option("--from", "source", metavar="CLIENT", help="Only calls from this client service.")
 @click.option("--replica", metavar="N", help="Only this replica of SERVICE (1-based).")
