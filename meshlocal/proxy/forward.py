@@ -85,11 +85,6 @@ def error_response(
     )
 
 
-# An aborted request's body still to come, past which the connection is closed
-# rather than read through (Envoy closes when it answers before the body).
-_DRAIN_MAX = 1 << 20
-
-
 class Forwarder:
     """Creates downstream protocols; holds what they share."""
 
@@ -213,7 +208,7 @@ class Downstream(ResponseSide, asyncio.Protocol):
         if state == IDLE:
             self._next_request()
         elif state == DRAIN:
-            self._drain()
+            http1fault.drain(self)
         else:
             self._update_reading()
 
@@ -586,57 +581,6 @@ class Downstream(ResponseSide, asyncio.Protocol):
             self._fail(status, reason)
         else:
             self.abort()
-
-    def fault_abort(self, status: int) -> None:
-        """An abort fault's answer, keep-alive as from Envoy's fault filter: the
-        request's body is skipped, then the next request goes on."""
-        req = self.req
-        assert req is not None
-        unread = self.req_left - len(self.buf) if self.req_scanner is None else 0
-        if (
-            not req.keep_alive
-            or self.client_eof
-            or (not self.req_done and (req.expect_continue or unread > _DRAIN_MAX))
-        ):
-            self._fail(status, faultio.ABORT_TEXT)
-            return
-        if self.transport is not None:
-            self.transport.write(
-                error_response(
-                    status,
-                    faultio.ABORT_TEXT,
-                    route=self.label,
-                    close=False,
-                    head=req.method == b"HEAD",
-                )
-            )
-        self.state = DRAIN
-        self._drain()
-
-    def _drain(self) -> None:
-        """Skip the aborted request's body as it comes; then the next request."""
-        if not self.req_done:
-            buf = self.buf
-            if self.req_scanner is None:
-                take = min(self.req_left, len(buf))
-                self.req_left -= take
-                self.req_done = self.req_left == 0
-            else:
-                try:
-                    take = self.req_scanner.feed(buf)
-                except HttpError:
-                    self._close()
-                    return
-                self.req_done = self.req_scanner.done
-            self.buf = buf[take:]
-            if not self.req_done:
-                self._update_reading()  # a hold may have paused it
-                return
-        self._reset()
-        self.state = IDLE
-        self._update_reading()
-        if self.buf:
-            self._next_request()
 
     def _fail(self, status: int, reason: str) -> None:
         if self.transport is not None and self.state != CLOSED:

@@ -6,7 +6,8 @@ before it is forwarded (it does not count toward the request timeout); an
 abort answers at once; refuse and partition act as a connect failure and a
 connect timeout of the picked replica (retried elsewhere, never seen by
 outlier detection); bandwidth and reset shape the exchange, which is then
-the connection's last.
+the connection's last. An abort keeps the connection (its request's body
+is skipped), unless a large body or `100-continue` is still to come.
 """
 
 from __future__ import annotations
@@ -15,11 +16,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from meshlocal.proxy import faultio
-from meshlocal.proxy.respond import CLOSED, CONNECTING
+from meshlocal.proxy.http1 import HttpError
+from meshlocal.proxy.respond import CLOSED, CONNECTING, DRAIN, IDLE
 from meshlocal.registry import Replica
 
 if TYPE_CHECKING:
     from meshlocal.proxy.forward import Downstream
+
+# An aborted request's body still to come, past which the connection is closed
+# rather than read through (Envoy closes when it answers before the body).
+_DRAIN_MAX = 1 << 20
 
 
 def intercept(down: Downstream, replica: Replica) -> bool:
@@ -49,10 +55,65 @@ def intercept(down: Downstream, replica: Replica) -> bool:
         hold=hold,
         refused=lambda: down.connect_failed(replica, fault=True),
         reset=lambda: _reset_client(down),
-        abort=lambda a: down.fault_abort(a.fault.http_status or 503),
+        abort=lambda a: abort(down, a.fault.http_status or 503),
         go=lambda p: _go(down, replica, p),
     )
     return True
+
+
+def abort(down: Downstream, status: int) -> None:
+    """An abort's answer, keep-alive as from Envoy's fault filter: the request's
+    body is skipped as it comes (`drain`), then the next request goes on."""
+    from meshlocal.proxy.forward import error_response
+
+    req = down.req
+    assert req is not None
+    unread = down.req_left - len(down.buf) if down.req_scanner is None else 0
+    if (
+        not req.keep_alive
+        or down.client_eof
+        or (not down.req_done and (req.expect_continue or unread > _DRAIN_MAX))
+    ):
+        down._fail(status, faultio.ABORT_TEXT)
+        return
+    if down.transport is not None:
+        down.transport.write(
+            error_response(
+                status,
+                faultio.ABORT_TEXT,
+                route=down.label,
+                close=False,
+                head=req.method == b"HEAD",
+            )
+        )
+    down.state = DRAIN
+    drain(down)
+
+
+def drain(down: Downstream) -> None:
+    """Skip the aborted request's body as it comes; then the next request."""
+    if not down.req_done:
+        buf = down.buf
+        if down.req_scanner is None:
+            take = min(down.req_left, len(buf))
+            down.req_left -= take
+            down.req_done = down.req_left == 0
+        else:
+            try:
+                take = down.req_scanner.feed(buf)
+            except HttpError:
+                down._close()
+                return
+            down.req_done = down.req_scanner.done
+        down.buf = buf[take:]
+        if not down.req_done:
+            down._update_reading()  # a hold may have paused it
+            return
+    down._reset()
+    down.state = IDLE
+    down._update_reading()
+    if down.buf:
+        down._next_request()
 
 
 def _go(down: Downstream, replica: Replica, plan: faultio.Plan) -> None:
