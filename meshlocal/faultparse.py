@@ -39,11 +39,9 @@ MIN_RATE = 1  # bytes per second
 
 # -- reading what a user wrote (CLI, admin API, copilot/.meshlocal.yml) -------------
 
-FIELDS = (
-    "id",
-    "service",
+# The fields that say what to inject (one per fault), then the rest.
+KIND_FIELDS = (
     "latency",
-    "jitter",
     "bandwidth",
     "refuse",
     "reset",
@@ -52,6 +50,13 @@ FIELDS = (
     "abort",
     "grpc_status",
     "dns",
+)
+FIELDS: tuple[str, ...] = (
+    "id",
+    "service",
+    *KIND_FIELDS[:1],
+    "jitter",
+    *KIND_FIELDS[1:],
     "dns_name",
     "percent",
     "from",
@@ -161,21 +166,7 @@ def parse_fault(raw: Mapping[str, Any], where: Location | None = None) -> Fault:
     service = str(given.get("service") or "").strip()
     if not service:
         raise _fail("a fault needs the service it applies to", where, "write service: api")
-    kinds = [
-        k
-        for k in (
-            "latency",
-            "bandwidth",
-            "refuse",
-            "reset",
-            "reset_after",
-            "partition",
-            "abort",
-            "grpc_status",
-            "dns",
-        )
-        if k in given
-    ]
+    kinds = [k for k in KIND_FIELDS if k in given]
     if "reset" in kinds and "reset_after" in kinds:
         kinds.remove("reset")
     if "dns" in kinds and "latency" in kinds:
