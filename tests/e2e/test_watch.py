@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import pytest
 
 from .conftest import (
@@ -188,10 +189,21 @@ def test_a_plain_up_hands_its_options_to_the_watcher(ws: Path, docker_client: An
     assert "now rebuilds with this `up`'s options" in up.stderr, up.stderr
     (ws / "web" / "index.html").write_text("version 10\n")
     until(ws, "the new content", lambda: served(docker_client, ws) == "version 10", 60)
-    state = json.loads(ok(run_cli(ws, "ps", "--json")).stdout)
-    for replica in state["services"]["web"]["replicas"]:
-        env = docker_client.api.inspect_container(replica["container_id"])["Config"]["Env"]
-        assert "FROM_UP=1" in env
+
+    def every_replica_has_it() -> bool:
+        # The roll may still be removing an old replica that `ps` listed a moment ago.
+        state = json.loads(ok(run_cli(ws, "ps", "--json")).stdout)
+        replicas = state["services"]["web"]["replicas"]
+        try:
+            envs = [
+                docker_client.api.inspect_container(r["container_id"])["Config"]["Env"]
+                for r in replicas
+            ]
+        except docker.errors.NotFound:
+            return False
+        return bool(envs) and all("FROM_UP=1" in env for env in envs)
+
+    until(ws, "every web replica with the up's override", every_replica_has_it, 30)
 
 
 def _alive(pid: int) -> bool:
