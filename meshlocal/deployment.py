@@ -68,6 +68,11 @@ def _quiet(_: str) -> None:
     pass
 
 
+# How long `up -d` and `scale` see a service ready before they believe it: longer
+# than one status push (mesh.STATUS_EVERY_S), so two different documents agree.
+READY_SETTLE_S = 0.6
+
+
 class Deployment:
     """`meshlocal up/down/ps/scale/resolve` for one environment."""
 
@@ -492,9 +497,10 @@ class Deployment:
         """
         deadline = time.monotonic() + timeout
         last: dict[str, Any] = {}
-        # Ready on two polls in a row: a replica that dies just after it joins
-        # (a crash at start) is ready for a moment, and one poll can land there.
-        seen_ready = False
+        # Ready for READY_SETTLE_S on end: a replica that dies just after it joins (a
+        # crash at start) is ready for a moment, and polls 50 ms apart can read the
+        # same status document (the controller pushes it every 0.5 s or on a change).
+        ready_since: float | None = None
         while True:
             try:
                 if plane is not None:
@@ -516,9 +522,13 @@ class Deployment:
                     if services
                     else bool(last.get("ready"))
                 )
-                if ready and seen_ready:
+                now = time.monotonic()
+                if not ready:
+                    ready_since = None
+                elif ready_since is None:
+                    ready_since = now
+                elif now - ready_since >= READY_SETTLE_S:
                     return last
-                seen_ready = ready
             if time.monotonic() > deadline:
                 checks = {
                     name: report
