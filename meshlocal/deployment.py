@@ -71,6 +71,8 @@ def _quiet(_: str) -> None:
 # How long `up -d` and `scale` see a service ready before they believe it: longer
 # than one status push (mesh.STATUS_EVERY_S), so two different documents agree.
 READY_SETTLE_S = 0.6
+# What a host-mode environment keeps in STATE_DIR (`<project>-<env><suffix>`); down removes it.
+STATE_SUFFIXES = (".vips", ".ports", ".port-override", ".faults.json")
 
 
 class Deployment:
@@ -557,19 +559,15 @@ class Deployment:
             watch.stop_all(self.project)
         try:
             self.stop_dataplane_process()
-            for suffix in (".vips", ".ports", ".port-override", ".faults.json"):
+            for suffix in STATE_SUFFIXES:
                 self._state_file(suffix).unlink(missing_ok=True)
         except MeshlocalError:
             # No --env and manifests that no longer load (a variable unset, a
             # typo): stop every host-mode agent of the project instead.
             stop_host_agents(self.project)
-            for kept in (
-                *STATE_DIR.glob(f"{self.project}-*.vips"),
-                *STATE_DIR.glob(f"{self.project}-*.ports"),
-                *STATE_DIR.glob(f"{self.project}-*.port-override"),
-                *STATE_DIR.glob(f"{self.project}-*.faults.json"),
-            ):
-                kept.unlink(missing_ok=True)
+            for suffix in STATE_SUFFIXES:
+                for kept in STATE_DIR.glob(f"{self.project}-*{suffix}"):
+                    kept.unlink(missing_ok=True)
         return teardown(
             self.engine,
             self.project,
