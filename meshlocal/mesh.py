@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from meshlocal import control
+from meshlocal import control, logserve
 from meshlocal.agentconfig import (
     AgentConfig,
 )
@@ -399,6 +399,18 @@ class Controller(VipPlacement):
                 if report is not None:
                     self.fault_report = report
                     _save_report(_report_path(self.config), report)
+            elif kind == "logs" and self._writer is not None:  # the mesh page asks
+                task = asyncio.create_task(
+                    logserve.answer(
+                        message,
+                        self._writer,
+                        engine=self.engine,
+                        registry=self.registry,
+                        spec=self.config.spec,
+                    )
+                )
+                self._helpers.add(task)
+                task.add_done_callback(self._helpers.discard)
 
     async def _send_config(self, config: AgentConfig) -> list[str]:
         """The data plane takes `config`; returns its notes (faults it dropped)."""

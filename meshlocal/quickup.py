@@ -54,6 +54,7 @@ class Running:
     env: str
     state: dict[str, Any]
     public_url: str | None
+    page_url: str | None = None
 
 
 def _stat_tree(root: Path, out: list[str]) -> None:
@@ -180,7 +181,8 @@ def check(start: Path, options: Mapping[str, Any]) -> Running | None:
     state = _converged(stamp["admin_url"])
     if state is None or state.get("faults_suppressed"):  # `up` puts declared faults back
         return None
-    return Running(stamp["project"], stamp["env"], state, stamp["public_url"])
+    page = str(stamp["admin_url"]).rstrip("/") + "/"
+    return Running(stamp["project"], stamp["env"], state, stamp["public_url"], page)
 
 
 def _containers_unchanged(docker: _DockerSocket, stamp: Mapping[str, Any]) -> bool:

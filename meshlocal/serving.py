@@ -28,6 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
+from meshlocal.dashboard.server import Dashboard
 from meshlocal.dns.resolver import MeshResolver
 from meshlocal.dns.server import DnsServer
 from meshlocal.errors import MeshlocalError
@@ -59,6 +60,7 @@ from meshlocal.registry import ReplicaRegistry
 log = logging.getLogger("meshlocal.dataplane")
 
 API_VERSION = "v1"
+LOGS_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,18 @@ class DataPlane:
         self._served_dirty = False
         self._started_health = False
         self._configuring = asyncio.Lock()
+        self._asks: dict[int, asyncio.Future[dict[str, Any]]] = {}  # logs asked of the controller
+        self._next_ask = 0
+        # The mesh page (dashboard/): what it shows is observed here.
+        self.dashboard = Dashboard(
+            state=self.state,
+            naming=lambda: self.naming,
+            edges=lambda: self.core.metrics.edges if self.core else {},
+            faults=self.faults.table.snapshot,
+            ask_logs=self.ask_logs,
+        )
+        self.registry.subscribe(self.dashboard.replica_changed)
+        self.registry.subscribe_clients(self._clients_changed)
 
     # -- what the controller sends ------------------------------------------------------
 
@@ -157,6 +171,9 @@ class DataPlane:
                 started.push_async_callback(part.stop)
             admin = await self._start_admin(core, config.address)
             started.push_async_callback(admin.cleanup)
+            await self.dashboard.start()  # stopped first: its streams end, then the server
+            started.push_async_callback(self.dashboard.stop)
+            core.balancer.on_eject = self.dashboard.ejected
             metadata = await self._start_metadata(host)
             started.push_async_callback(metadata.cleanup)
             self._stack.push_async_exit(started.pop_all())
@@ -204,6 +221,7 @@ class DataPlane:
         self._writer = writer
         unsubscribe = self.registry.subscribe(lambda _b, _a: self._served_changed())
         log.info("controller connected")
+        self.dashboard.changes.controller(True)
         try:
             await self._send_served()
             while True:
@@ -218,6 +236,11 @@ class DataPlane:
             unsubscribe()
             if self._writer is writer:
                 self._writer = None
+                self.dashboard.changes.controller(False)
+                for fut in self._asks.values():
+                    if not fut.done():
+                        fut.set_result({"lines": [], "error": "the controller went away"})
+                self._asks.clear()
             writer.close()
 
     async def _on_message(self, message: dict[str, Any], writer: asyncio.StreamWriter) -> None:
@@ -248,7 +271,19 @@ class DataPlane:
             if report is not None and not self.faults.restore(report):
                 self._faults_changed()  # ours win: the (new) controller learns them
         elif kind == "replicas":
-            self.mirror.apply(replica_from_json(r) for r in message.get("replicas") or [])
+            replicas = [replica_from_json(r) for r in message.get("replicas") or []]
+            # A whole set at once (this data plane is new): one event, not one per replica.
+            changes = self.dashboard.changes
+            changes.muted = not self.registry.all() and len(replicas) > 1
+            try:
+                self.mirror.apply(replicas)
+            finally:
+                changes.muted = False
+        elif kind == "logs":
+            ident = message.get("id")
+            fut = self._asks.pop(ident, None) if isinstance(ident, int) else None
+            if fut is not None and not fut.done():
+                fut.set_result(message)
         elif kind == "clients":
             self.registry.set_clients(replica_from_json(r) for r in message.get("clients") or [])
         elif kind == "tasks":
@@ -257,6 +292,7 @@ class DataPlane:
             status = message.get("status")
             if isinstance(status, dict):
                 self.status = status
+                self.dashboard.status_changed(status)
             if message.get("id") is not None:  # the controller waits: a command's barrier
                 await send(writer, {"t": "ack", "id": message.get("id"), "error": None})
 
@@ -266,6 +302,7 @@ class DataPlane:
             asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._send_served()))
 
     def _faults_changed(self) -> None:
+        self.dashboard.faults_changed()
         if not self._faults_dirty:
             self._faults_dirty = True
             with contextlib.suppress(RuntimeError):  # no loop: a test's store
@@ -288,6 +325,33 @@ class DataPlane:
             return
         with contextlib.suppress(ConnectionError, RuntimeError):
             await send(writer, {"t": "served", "replicas": served_to_json(self.registry.all())})
+
+    def _clients_changed(self) -> None:
+        for client in self.registry.clients():
+            self.dashboard.directory.remember(client)
+        self.dashboard.changed()
+
+    async def ask_logs(self, container_id: str, tail: int) -> dict[str, Any]:
+        """A replica's last log lines, from the controller (it has the engine)."""
+        writer = self._writer
+        if writer is None:
+            return {"lines": [], "error": "the controller is away: no logs until it is back"}
+        self._next_ask += 1
+        ident = self._next_ask
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._asks[ident] = fut
+        try:
+            await send(
+                writer, {"t": "logs", "id": ident, "container_id": container_id, "tail": tail}
+            )
+            async with asyncio.timeout(LOGS_TIMEOUT_S):
+                return await fut
+        except (ConnectionError, RuntimeError, LinkClosed) as exc:
+            return {"lines": [], "error": f"the controller did not answer: {exc}"}
+        except TimeoutError:
+            return {"lines": [], "error": f"no answer from the controller in {LOGS_TIMEOUT_S:g} s"}
+        finally:
+            self._asks.pop(ident, None)
 
     # -- task metadata endpoint ---------------------------------------------------------
 
@@ -333,6 +397,7 @@ class DataPlane:
         app.middlewares.append(self._dns_metrics)
         app.router.add_get(f"/{API_VERSION}/state", self._state)
         add_routes(app, self.faults, f"/{API_VERSION}")
+        self.dashboard.add_routes(app, f"/{API_VERSION}")
         app.router.add_get("/healthz", self._healthz)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -359,6 +424,13 @@ class DataPlane:
                 {"error": "the admin API answers only the host (its published 127.0.0.1 port)"},
                 status=403,
             )
+        # A browser now visits this port (the mesh page): a web page elsewhere must
+        # neither read it through a rebound DNS name nor change it (CSRF).
+        refusal = browser_refusal(
+            request.headers.get("Host"), request.method, request.headers.get("Origin")
+        )
+        if refusal is not None:
+            return web.json_response({"error": refusal}, status=403)
         response: web.StreamResponse = await handler(request)
         return response
 
@@ -432,6 +504,31 @@ def admin_peer_allowed(peer: str | None, gateway: str | None) -> bool:
     if address.is_loopback:
         return True
     return gateway is not None and str(address) == gateway
+
+
+def browser_refusal(host: str | None, method: str, origin: str | None) -> str | None:
+    """Why a request that may come from a browser is refused, or None.
+
+    The Host must be an address or localhost (not a name an attacker's DNS
+    points here), and a change (not GET/HEAD) must come from no page or from
+    this origin.
+    """
+    if host is None:
+        return None  # no browser sends a request without one
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]").lower()
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        if name != "localhost" and not name.endswith(".localhost"):
+            return f"the admin API answers to its address or localhost, not to {name!r}"
+    if (
+        method not in ("GET", "HEAD", "OPTIONS")
+        and origin is not None
+        and origin.split("://", 1)[-1].lower() != host.lower()
+    ):
+        return f"a page from {origin} may not change the mesh"
+    return None
 
 
 # -- running it -----------------------------------------------------------------------

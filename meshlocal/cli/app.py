@@ -37,6 +37,7 @@ COMMANDS: Mapping[str, str] = {
     "queue": "meshlocal.cli.pubsub",
     "agent": "meshlocal.cli.daemons",
     "fault": "meshlocal.cli.fault",
+    "open": "meshlocal.cli.page",
 }
 
 

@@ -171,6 +171,7 @@ def ps(ctx: Context, env: str | None, as_json: bool) -> None:
             raise
         state = admin_call(plane.admin_url, "/v1/state")
         state["public_url"] = plane.public_url
+        state["page_url"] = plane.admin_url.rstrip("/") + "/"
         watcher = watching(dep)
         emulator = pubsub_find(dep.engine, dep.project, dep.env)
         halted = None if emulator else pubsub_stopped(dep.engine, dep.project, dep.env)
@@ -194,7 +195,7 @@ def ps(ctx: Context, env: str | None, as_json: bool) -> None:
             )
             click.echo(json.dumps(state, indent=2, sort_keys=True))
         else:
-            print_ps(state, plane.public_url)
+            print_ps(state, plane.public_url, state["page_url"])
             if emulator is not None:
                 out.print(
                     f"SNS/SQS ({emulator.image}): {emulator.endpoint} in the mesh, "

@@ -44,7 +44,7 @@ def endpoint_text(svc: dict[str, Any]) -> list[str]:
     return [*svc["connect_endpoints"]]
 
 
-def print_ps(state: dict[str, Any], public_url: str | None) -> None:
+def print_ps(state: dict[str, Any], public_url: str | None, page_url: str | None = None) -> None:
     table = Table(title=f"{state['app']}/{state['env']} ({state['mode']} data plane)")
     for col in ("REPLICA", "ADDRESS", "HEALTH", "ROTATION", "ENDPOINTS"):
         table.add_column(col)
@@ -80,6 +80,8 @@ def print_ps(state: dict[str, Any], public_url: str | None) -> None:
     print_unresolved(state)
     if public_url:
         out.print(f"Public endpoint: {public_url}", markup=False)
+    if page_url:
+        out.print(f"Mesh page: {page_url} (`meshlocal open`)", markup=False)
     line = summary(state.get("overrides"))
     if line:
         out.print(line, markup=False)

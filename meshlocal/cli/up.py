@@ -228,7 +228,8 @@ def up(
         err.print(f"[+] Data plane ({plane.mode}) for {dep.project}/{dep.env}", markup=False)
         if detach:
             state = dep.state()
-            print_ps(state, plane.public_url)  # with the unresolved-endpoint notes
+            # With the unresolved-endpoint notes.
+            print_ps(state, plane.public_url, plane.admin_url.rstrip("/") + "/")
             if quick is not None:
                 _remember(dep, plane, quick)
             if watch:
@@ -250,7 +251,11 @@ def up(
             watching = functools.partial(loop, ctx, dep.env, services, options, started)
         # A mesh that ran before this `up` is attached to, never owned: Ctrl-C leaves it.
         _attach_until_interrupted(
-            dep, plane.public_url, owned=not before.running, watching=watching
+            dep,
+            plane.public_url,
+            owned=not before.running,
+            watching=watching,
+            page_url=plane.admin_url.rstrip("/") + "/",
         )
 
 
@@ -275,7 +280,7 @@ def _nothing_changed(ctx: Context, options: dict[str, Any]) -> bool:
         f"[+] Data plane (container) for {found.project}/{found.env}: up to date, nothing changed",
         markup=False,
     )
-    print_ps(found.state, found.public_url)
+    print_ps(found.state, found.public_url, found.page_url)
     return True
 
 
@@ -340,6 +345,7 @@ def _up_host_foreground(dep: Deployment, *, public_port: int, force_build: bool)
             await asyncio.to_thread(follower.start)
             if public:
                 err.print(f"[+] Public endpoint {public}", markup=False)
+            err.print(f"[+] Mesh page http://127.0.0.1:{controller.admin_port}/", markup=False)
             await asyncio.Event().wait()
         finally:
             if server is not None:
@@ -372,6 +378,7 @@ def _attach_until_interrupted(
     *,
     owned: bool,
     watching: Callable[[], None] | None = None,
+    page_url: str | None = None,
 ) -> None:
     """Stream the logs until Ctrl-C; then remove the mesh if this `up` started it.
 
@@ -389,6 +396,8 @@ def _attach_until_interrupted(
         follower.start()
         if public_url:
             err.print(f"[+] Public endpoint {public_url}", markup=False)
+        if page_url:
+            err.print(f"[+] Mesh page {page_url} (`meshlocal open`)", markup=False)
         if owned:
             err.print(
                 "[+] Attached. Press Ctrl-C to stop and remove the containers and network.",

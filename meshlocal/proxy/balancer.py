@@ -56,6 +56,8 @@ class Balancer:
         # (client, container_id) -> outlier state.
         self._outliers: dict[tuple[str, str], _Outlier] = {}
         self._in_flight: dict[str, int] = {}  # container_id -> requests being served
+        # Told of each ejection: (replica, client, seconds) - the mesh page's timeline.
+        self.on_eject: Callable[[Replica, str, float], None] | None = None
         self._unsubscribe = registry.subscribe(self._on_change)
 
     def close(self) -> None:
@@ -163,9 +165,12 @@ class Balancer:
             return False  # never eject the last available replica
         state.ejections += 1
         state.consecutive = 0
-        state.ejected_until = now + min(
+        seconds = min(
             self.base_ejection_s * state.ejections, max(self.max_ejection_s, self.base_ejection_s)
         )
+        state.ejected_until = now + seconds
+        if self.on_eject is not None:
+            self.on_eject(replica, client, seconds)
         return True
 
     def ejections(self, replica: Replica, client: str = "") -> int:

@@ -23,7 +23,7 @@ from meshlocal.faults import FaultTable
 from meshlocal.proxy import faultio, http1, http1fault
 from meshlocal.proxy.balancer import Balancer
 from meshlocal.proxy.http1 import ChunkedScanner, HttpError, RequestHead, ResponseHead
-from meshlocal.proxy.metrics import Metrics, ServiceMetrics
+from meshlocal.proxy.metrics import EdgeMetrics, Metrics, ServiceMetrics
 from meshlocal.proxy.respond import (
     CLOSED,
     CONNECTING,
@@ -161,6 +161,7 @@ class Downstream(ResponseSide, asyncio.Protocol):
         self.req: RequestHead | None = None
         self.route: Route | None = None
         self.m: ServiceMetrics | None = None
+        self.edge: EdgeMetrics | None = None  # set once routed: what this client sees
         self.out_head = b""
         self.has_body = False
         self.req_done = True
@@ -289,6 +290,8 @@ class Downstream(ResponseSide, asyncio.Protocol):
         self.req = req
         self.route = route
         self.m = fwd.metrics.service(route.service)
+        self.edge = fwd.metrics.edge(route.service, self.client)
+        self.begun = time.monotonic()  # the client's wait starts: faults' delays count
         if req is self._memo_req:
             self.out_head = self._memo_out
         else:
@@ -583,6 +586,7 @@ class Downstream(ResponseSide, asyncio.Protocol):
             self.abort()
 
     def _fail(self, status: int, reason: str) -> None:
+        self.answered(status)
         if self.transport is not None and self.state != CLOSED:
             self.transport.write(error_response(status, reason, route=self.label))
         self._close()

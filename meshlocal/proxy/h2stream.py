@@ -48,6 +48,7 @@ class Stream:
         self.tried: list[str] = []
         self.retries = 0
         self.started = 0.0
+        self.opened = time.monotonic()  # the client's wait starts: faults' delays count
         self.deadline = 0.0  # response head due by then (checked by the sweeper)
         self.done = False
 
@@ -200,6 +201,7 @@ class Stream:
                 m.grpc_status(code)
         failed = (h2util.grpc_to_http(code) if code is not None else status) >= 500
         self.proxy.balancer.record(replica, failed, down.client)
+        down.edge.response(500 if failed else status, (time.monotonic() - self.opened) * 1000)
         down.send_headers(
             self.sid, h2util.response_headers(headers, replica.name.encode()), end=ended
         )
@@ -221,6 +223,8 @@ class Stream:
             self.resp_trailers = trailers
             if self.grpc and (code := h2util.grpc_status(trailers)) is not None:
                 self.down.m.grpc_status(code)
+                if h2util.grpc_to_http(code) >= 500:
+                    self.down.edge.errors += 1  # its call was counted with the head
         if not self.resp_end:
             self.resp_end = True
             self.pump_resp()
@@ -335,6 +339,8 @@ class Stream:
         self._reset_up(ErrorCodes.CANCEL)
         self._detach()
         headers, body = h2util.local_reply(status, message, grpc=self.grpc, grpc_code=grpc_code)
+        failed = (h2util.grpc_to_http(grpc_code) if grpc_code is not None else status) >= 500
+        self.down.edge.response(500 if failed else status, (time.monotonic() - self.opened) * 1000)
         self.head_sent = True
         self.resp_buf.clear()
         self.resp_trailers = None

@@ -76,6 +76,7 @@ def abort(down: Downstream, status: int) -> None:
     ):
         down._fail(status, faultio.ABORT_TEXT)
         return
+    down.answered(status)
     if down.transport is not None:
         down.transport.write(
             error_response(

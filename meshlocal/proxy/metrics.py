@@ -75,9 +75,58 @@ class ServiceMetrics:
         self.grpc_codes[code] = self.grpc_codes.get(code, 0) + 1
 
 
+# Client-perceived latency per edge (the mesh page's p50/p99): 20% steps from
+# 0.1 ms to ~2 min, so an interpolated quantile is within ~10% of the truth.
+EDGE_BUCKETS_MS: tuple[float, ...] = tuple(round(0.1 * 1.2**k, 4) for k in range(78))
+
+
+class EdgeMetrics:
+    """One client address's calls to one service, as that client saw them.
+
+    A call is a response (HTTP/1, a stream in HTTP/2 and gRPC) or, in TCP
+    mode, a connection. An error is a 5xx answer, a gRPC status ECS would
+    count as a 5xx, or a TCP connection reset for want of a replica. The
+    mesh page turns these cumulative counts into rates over its window.
+    """
+
+    __slots__ = ("buckets", "calls", "errors")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.errors = 0
+        self.buckets = [0] * (len(EDGE_BUCKETS_MS) + 1)
+
+    def response(self, status: int, elapsed_ms: float) -> None:
+        self.calls += 1
+        if status >= 500:
+            self.errors += 1
+        self.buckets[bisect_left(EDGE_BUCKETS_MS, elapsed_ms)] += 1
+
+    def latency(self, elapsed_ms: float) -> None:
+        """A sample without a call: a TCP connection's first byte."""
+        self.buckets[bisect_left(EDGE_BUCKETS_MS, elapsed_ms)] += 1
+
+
+# At most this many edges are kept; past it the table starts again (a client
+# churning addresses must not grow the proxy without bound).
+MAX_EDGES = 4096
+
+
 class Metrics:
     def __init__(self) -> None:
         self.services: dict[str, ServiceMetrics] = {}
+        # (server service, client address) -> what that client saw; the
+        # public endpoint's client is balancer.PUBLIC_CLIENT.
+        self.edges: dict[tuple[str, str], EdgeMetrics] = {}
+
+    def edge(self, service: str, client: str) -> EdgeMetrics:
+        key = (service, client)
+        e = self.edges.get(key)
+        if e is None:
+            if len(self.edges) >= MAX_EDGES:
+                self.edges.clear()
+            e = self.edges[key] = EdgeMetrics()
+        return e
 
     def service(self, name: str) -> ServiceMetrics:
         m = self.services.get(name)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from meshlocal.proxy import http1
 from meshlocal.proxy.http1 import ChunkedScanner, HttpError, RequestHead, ResponseHead
-from meshlocal.proxy.metrics import ServiceMetrics
+from meshlocal.proxy.metrics import EdgeMetrics, ServiceMetrics
 from meshlocal.proxy.settings import ProxySettings
 from meshlocal.proxy.upstream import UpstreamConn
 from meshlocal.registry import Replica
@@ -45,6 +45,8 @@ class ResponseSide:
     req: RequestHead | None
     route: Route | None
     m: ServiceMetrics | None
+    edge: EdgeMetrics | None
+    begun: float
     req_done: bool
     replica: Replica | None
     up: UpstreamConn | None
@@ -111,7 +113,12 @@ class ResponseSide:
             break
         self.ubuf = b""
         self.deadline = 0.0
-        m.response(resp.status, (time.monotonic() - self.started) * 1000)
+        now = time.monotonic()
+        m.response(resp.status, (now - self.started) * 1000)
+        edge = self.edge
+        if edge is not None:
+            self.edge = None  # one call per request, whatever follows
+            edge.response(resp.status, (now - self.begun) * 1000)
         self.fwd.balancer.record(replica, resp.status >= 500, self.client)
         self.resp = resp
         if resp.status == 101 and req.upgrade is not None:
@@ -188,6 +195,14 @@ class ResponseSide:
         if resp.framing == http1.CHUNKED:
             return self.resp_scanner is not None and self.resp_scanner.done
         return resp.framing == http1.NONE
+
+    def answered(self, status: int) -> None:
+        """The proxy itself answered the request (an error, an abort fault): one
+        call on the client's edge, timed from routing, as the client waited."""
+        edge = self.edge
+        if edge is not None:
+            self.edge = None
+            edge.response(status, (time.monotonic() - self.begun) * 1000)
 
     def _head_bytes(
         self, resp: ResponseHead, keep_alive: bool, *, upgrade: bytes | None = None

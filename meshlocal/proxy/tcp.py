@@ -36,7 +36,7 @@ from typing import cast
 from meshlocal.faults import FaultTable
 from meshlocal.proxy import faultio
 from meshlocal.proxy.balancer import Balancer
-from meshlocal.proxy.metrics import Metrics, ServiceMetrics
+from meshlocal.proxy.metrics import EdgeMetrics, Metrics, ServiceMetrics
 from meshlocal.proxy.settings import ProxySettings
 from meshlocal.registry import Replica
 
@@ -168,7 +168,9 @@ class TcpConnection(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.pending: list[bytes] = []  # client bytes that arrived before the replica answered
         self.pending_size = 0
-        self.last_activity = time.monotonic()
+        self.last_activity = self.accepted = time.monotonic()
+        self.edge: EdgeMetrics | None = None  # this client's view of the service
+        self.first_byte = True  # the replica's first byte is still to come
         self.client_eof = False
         self.client_lost = False
         self.reading_paused = False
@@ -182,9 +184,12 @@ class TcpConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.client = str(peer[0])
+        self.edge = edge = self.proxy.metrics.edge(self.service, self.client)
+        edge.calls += 1
         # The replica is picked on accept, so connections rotate in arrival order.
         replica = self.proxy.balancer.pick(self.service, (), self.client)
         if replica is None:
+            edge.errors += 1
             self.client_lost = True
             _reset(self.transport)  # Envoy: no healthy upstream, the connection is reset
             return
@@ -259,6 +264,8 @@ class TcpConnection(asyncio.Protocol):
             if nxt is None:
                 self.task = None
                 self.pending.clear()
+                if self.edge is not None:
+                    self.edge.errors += 1
                 if self.transport is not None:
                     _reset(self.transport)
                 return
@@ -354,6 +361,8 @@ class TcpConnection(asyncio.Protocol):
 
     def abort_reset(self) -> None:
         """A reset fault: RST to the client, the replica side closed at once."""
+        if self.edge is not None:
+            self.edge.errors += 1
         if self.transport is not None and not self.client_lost:
             _reset(self.transport)
         self.abort()
@@ -381,7 +390,11 @@ class TcpConnection(asyncio.Protocol):
     # -- replica side ----------------------------------------------------------
 
     def upstream_data(self, data: bytes) -> None:
-        self.last_activity = time.monotonic()
+        self.last_activity = now = time.monotonic()
+        if self.first_byte:
+            self.first_byte = False
+            if self.edge is not None:
+                self.edge.latency((now - self.accepted + self._held()) * 1000)
         transport = self.transport
         if transport is not None and not self.client_lost and not transport.is_closing():
             self.m.processed_bytes += len(data)
@@ -426,6 +439,9 @@ class TcpConnection(asyncio.Protocol):
         if self.transport is not None and not self.client_lost:
             self.transport.close()
 
+    def _held(self) -> float:
+        return 0.0  # no fault delays what the client gets
+
     def _forget(self) -> None:
         # Tracked until both sides are gone, so a stuck flush is still swept. A
         # connect still under way was cancelled: it closes its own socket.
@@ -451,6 +467,12 @@ class TcpConnection(asyncio.Protocol):
 class _ShapedConnection(TcpConnection):
     """A connection a latency, bandwidth or reset fault shapes (switched to in
     `shape`, so the plain class tests nothing): its shaper goes with the client."""
+
+    def _held(self) -> float:
+        # What the client waits on top: the delay faults' latency (not their jitter,
+        # whose seeded draws are the shaper's).
+        plan = self.plan
+        return sum(a.fault.latency_ms for a in plan.delays) / 1000 if plan else 0.0
 
     def connection_lost(self, exc: Exception | None) -> None:
         if isinstance(self.transport, faultio.ShapedTransport):
