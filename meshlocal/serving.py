@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import socket
@@ -28,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
+from meshlocal.adminguard import admin_guard
 from meshlocal.dashboard.server import Dashboard
 from meshlocal.dns.resolver import MeshResolver
 from meshlocal.dns.server import DnsServer
@@ -393,7 +393,7 @@ class DataPlane:
 
     async def _start_admin(self, core: ProxyCore, address: str) -> web.AppRunner:
         app = admin_app(core.metrics, core.faults)
-        app.middlewares.append(self._admin_guard)
+        app.middlewares.append(admin_guard(lambda: self.config.gateway if self.config else None))
         app.middlewares.append(self._dns_metrics)
         app.router.add_get(f"/{API_VERSION}/state", self._state)
         add_routes(app, self.faults, f"/{API_VERSION}")
@@ -410,29 +410,6 @@ class DataPlane:
         server: Any = site._server
         self.admin_port = server.sockets[0].getsockname()[1]
         return runner
-
-    @web.middleware
-    async def _admin_guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        # In container mode the admin port listens on the environment's network,
-        # where every replica could reach it. Only the host may: via the
-        # published 127.0.0.1 port its requests arrive from the network's gateway.
-        # It changes injected faults (scale and apply go to the controller): a
-        # replica that could reach it could cut its peers off.
-        gateway = self.config.gateway if self.config else None
-        if not admin_peer_allowed(request.remote, gateway):
-            return web.json_response(
-                {"error": "the admin API answers only the host (its published 127.0.0.1 port)"},
-                status=403,
-            )
-        # A browser now visits this port (the mesh page): a web page elsewhere must
-        # neither read it through a rebound DNS name nor change it (CSRF).
-        refusal = browser_refusal(
-            request.headers.get("Host"), request.method, request.headers.get("Origin")
-        )
-        if refusal is not None:
-            return web.json_response({"error": refusal}, status=403)
-        response: web.StreamResponse = await handler(request)
-        return response
 
     @web.middleware
     async def _dns_metrics(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -489,46 +466,6 @@ class DataPlane:
 
     async def _state(self, _: web.Request) -> web.Response:
         return web.json_response(self.state())
-
-
-def admin_peer_allowed(peer: str | None, gateway: str | None) -> bool:
-    """Loopback, or the network's gateway (the host, through a published port)."""
-    if not peer:
-        return False
-    try:
-        address = ipaddress.ip_address(peer.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if address.is_loopback:
-        return True
-    return gateway is not None and str(address) == gateway
-
-
-def browser_refusal(host: str | None, method: str, origin: str | None) -> str | None:
-    """Why a request that may come from a browser is refused, or None.
-
-    The Host must be an address or localhost (not a name an attacker's DNS
-    points here), and a change (not GET/HEAD) must come from no page or from
-    this origin.
-    """
-    if host is None:
-        return None  # no browser sends a request without one
-    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    name = name.strip("[]").lower()
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        if name != "localhost" and not name.endswith(".localhost"):
-            return f"the admin API answers to its address or localhost, not to {name!r}"
-    if (
-        method not in ("GET", "HEAD", "OPTIONS")
-        and origin is not None
-        and origin.split("://", 1)[-1].lower() != host.lower()
-    ):
-        return f"a page from {origin} may not change the mesh"
-    return None
 
 
 # -- running it -----------------------------------------------------------------------

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
+from meshlocal.adminguard import admin_peer_allowed
 from meshlocal.ports import ADMIN_PORT
 from meshlocal.runtime import labels as L
-from meshlocal.serving import admin_peer_allowed
 
 from . import figures
 from .conftest import Soak
