@@ -305,13 +305,15 @@ def app(fake: Fake, deadline: float) -> web.Application:
     async def drop(_req: web.Request) -> web.Response:
         for q in list(fake.streams):
             q.put_nowait(("close", None))
+        fake.streams.clear()  # nothing more goes to the closing streams
         return web.Response(text="dropped\n")
 
     async def restart(req: web.Request) -> web.Response:
+        resp = await drop(req)
         fake.epoch = "%06x" % fake.rng.randrange(16**6)
         fake.seq, fake.timeline = 0, []
         fake.event("controller", None, None, "data plane restarted")
-        return await drop(req)
+        return resp
 
     a = web.Application()
     a.router.add_get("/", index)

@@ -502,11 +502,13 @@
   function select(kind, id) {
     state.selected = {kind, id};
     $("details").hidden = false;
+    document.body.classList.add("details-open");
     rerender();
   }
   function closeDetails() {
     state.selected = null;
     $("details").hidden = true;
+    document.body.classList.remove("details-open");
     $("details").dataset.kind = ""; $("details").dataset.id = "";
     state.logs.containerId = null;
     rerender();
@@ -601,6 +603,9 @@
 
   // ---------- render loop & event stream ----------
   function render(snap) {
+    // tolerate missing lists rather than break the whole page
+    for (const k of ["nodes", "services", "edges", "faults", "notes"]) snap[k] = snap[k] || [];
+    for (const svc of snap.services) { svc.replicas = svc.replicas || []; svc.restarting = svc.restarting || []; }
     state.snap = snap;
     document.body.classList.add("has-data");
     renderHeader(snap);
