@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import aiohttp.web
 import dns.asyncquery
 import dns.message
 import pytest
+from planekit import Controller, listen, load, serving, workspace
 
 from meshlocal import faultcarry, mesh
 from meshlocal.adminapi import AdminRefused, add_fault, fault_refusal
@@ -30,72 +30,11 @@ from meshlocal.errors import FaultError
 from meshlocal.faultparse import read_report
 from meshlocal.faults import Fault, Kind
 from meshlocal.faultstore import FaultStore, add_routes, merge_faults
-from meshlocal.link import LINE_LIMIT, FaultReport, ServingConfig, receive, send
-from meshlocal.manifest.model import EnvironmentSpec
-from meshlocal.manifest.validate import load_environment
+from meshlocal.link import FaultReport, send
 from meshlocal.naming import NamingModel
-from meshlocal.serving import DataPlane, Listen
+from meshlocal.serving import DataPlane
 from meshlocal.statedir import state_file
 from meshlocal.testfaults import FaultContext
-
-MANIFEST = """\
-name: {name}
-type: Backend Service
-image:
-  location: busybox
-{port}
-network:
-  connect: true
-"""
-
-
-def workspace(
-    root: Path, faults: str = "", services: tuple[str, ...] = ("api", "front", "tcp")
-) -> Path:
-    copilot = root / "copilot"
-    (copilot / "environments" / "test").mkdir(parents=True, exist_ok=True)
-    (copilot / ".workspace").write_text("application: shop\n")
-    (copilot / "environments" / "test" / "manifest.yml").write_text(
-        "name: test\ntype: Environment\n"
-    )
-    ports = {"api": "  port: 18080", "tcp": "  port: 19000", "front": ""}
-    for name in ("api", "front", "tcp"):
-        path = copilot / name / "manifest.yml"
-        if name in services:
-            path.parent.mkdir(exist_ok=True)
-            path.write_text(MANIFEST.format(name=name, port=ports[name]))
-        elif path.exists():
-            path.unlink()
-            path.parent.rmdir()
-    config = "services: {api: {app_protocol: http}}\n"
-    if faults:
-        config += "environments:\n  test:\n    faults:\n" + faults
-    (copilot / ".meshlocal.yml").write_text(config)
-    return root
-
-
-def load(root: Path) -> EnvironmentSpec:
-    return load_environment(root, "test", environ={})
-
-
-def serving(spec: EnvironmentSpec, base: int = 60) -> ServingConfig:
-    names = sorted(NamingModel(spec).endpoint_names)
-    vips = {name: f"127.0.{base}.{i + 1}" for i, name in enumerate(names)}
-    return ServingConfig("p", spec, "127.0.0.1", vips=vips)
-
-
-def listen() -> Listen:
-    return Listen(
-        mode="host",
-        bind="127.0.0.1",
-        public_host="127.0.0.1",
-        public_port=0,
-        admin_host="127.0.0.1",
-        admin_port=0,
-        dns_port=0,
-        metadata_port=0,
-    )
-
 
 DECLARED = (
     "      - {service: api, latency: 200ms, jitter: 50ms, percent: 30, from: front, id: slow-api}\n"
@@ -411,41 +350,6 @@ async def test_a_configuration_replaces_declared_faults_and_drops_runtime_ones_t
 
 
 # -- the link: reports, and a restart --------------------------------------------------
-
-
-class Controller:
-    """The controller's end of one link, over a real socket pair."""
-
-    def __init__(self, dp: DataPlane) -> None:
-        self.dp = dp
-        self.messages: list[dict[str, Any]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Controller:
-        ours, theirs = socket.socketpair()
-        r1, w1 = await asyncio.open_connection(sock=theirs, limit=LINE_LIMIT)
-        self.reader, self.writer = await asyncio.open_connection(sock=ours, limit=LINE_LIMIT)
-        self._task = asyncio.create_task(self.dp.handle_link(r1, w1))
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        self.writer.close()
-        assert self._task is not None
-        await asyncio.wait_for(self._task, 5)
-
-    async def expect(
-        self, kind: str, where: Callable[[dict[str, Any]], bool] = lambda m: True
-    ) -> dict[str, Any]:
-        async with asyncio.timeout(5):
-            while True:
-                message = await receive(self.reader)
-                self.messages.append(message)
-                if message.get("t") == kind and where(message):
-                    return message
-
-    async def configure(self, config: ServingConfig, ident: int = 1) -> dict[str, Any]:
-        await send(self.writer, {"t": "config", "id": ident, "config": config.to_jsonable()})
-        return await self.expect("ack", lambda m: m.get("id") == ident)
 
 
 async def test_a_restarted_data_plane_takes_back_every_fault(

@@ -36,7 +36,7 @@ def can_open_browser() -> bool:
 @cli.command(name="open")
 @env_option
 @click.option("--print", "print_only", is_flag=True, help="Print the page's URL; open nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print {\"url\": ...}; open nothing.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"url": ...}; open nothing.')
 @pass_context
 def open_page(ctx: Context, env: str | None, print_only: bool, as_json: bool) -> None:
     """Open the mesh page: services, traffic, replicas, faults and events, live.

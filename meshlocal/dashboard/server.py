@@ -245,7 +245,8 @@ class Dashboard:
             await response.write(b"".join(first))
             while True:
                 try:
-                    data = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                    async with asyncio.timeout(KEEPALIVE_S):
+                        data = await queue.get()
                 except TimeoutError:
                     data = b": keep-alive\n\n"
                 if data is None:

@@ -200,7 +200,7 @@ def document(
         svc = str(f.get("service") or "")
         per_service_faults[svc] = per_service_faults.get(svc, 0) + 1
     for name, svc in sorted((state.get("services") or {}).items()):
-        connect = svc.get("connect")
+        connect = _endpoint(naming, name) if naming is not None else svc.get("connect")
         if connect:
             protocols[name] = str(connect.get("protocol") or "tcp")
         if svc.get("discovery_name"):
@@ -269,6 +269,20 @@ def document(
         "services": services,
         "edges": drawn,
         "faults": [_fault(f) for f in faults],
+    }
+
+
+def _endpoint(naming: NamingModel, service: str) -> dict[str, Any] | None:
+    """What the data plane itself serves for `service` (the status may lag)."""
+    ep = naming.endpoint_of(service)
+    if ep is None:
+        return None
+    return {
+        "name": ep.name,
+        "url": ep.url,
+        "vip": ep.vip,
+        "port": ep.port,
+        "protocol": ep.protocol.value,
     }
 
 

@@ -132,9 +132,10 @@ class HttpHealthChecker:
         with contextlib.suppress(asyncio.CancelledError):
             while True:
                 try:
-                    _, writer = await asyncio.wait_for(
-                        asyncio.open_connection(replica.address, replica.port), 1.0
-                    )
+                    # Not wait_for: on 3.11 it returns the refusal instead of a cancel that
+                    # arrives with it (gh-86296), and this loop would outlive `stop`.
+                    async with asyncio.timeout(1.0):
+                        _, writer = await asyncio.open_connection(replica.address, replica.port)
                 except (TimeoutError, OSError):
                     if warn_at and loop.time() > warn_at:
                         warn_at = 0.0
