@@ -58,6 +58,9 @@ class AgentConfig:
     # `up --env-var-override/--port-override` (overrides.Overrides.describe), for `ps`:
     # the environment is already in `desired`, the port in the published ports.
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    # Container mode: the host port the public endpoint is published on (the data
+    # plane listens on PUBLIC_PORT inside), for the mesh page's link; 0: none.
+    public_host_port: int = 0
 
     @property
     def env(self) -> str:
@@ -84,6 +87,7 @@ class AgentConfig:
                 "vips": dict(self.vips),
                 "helper_image": self.helper_image,
                 "overrides": dict(self.overrides),
+                "public_host_port": self.public_host_port,
             },
             sort_keys=True,
         )

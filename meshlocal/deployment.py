@@ -269,6 +269,7 @@ class Deployment:
                 state_file=CONTAINER_STATE_FILE,
                 helper_image=images.ensure_busybox_image(self.engine.client),
                 overrides=self.overrides.describe(),
+                public_host_port=public_port,
             )
         if not network.gateway:
             raise DataPlaneError(f"network {network.name} has no gateway address for host mode")

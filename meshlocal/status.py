@@ -56,6 +56,9 @@ def status_document(c: Controller) -> dict[str, Any]:
         "applied": c.applied.is_set(),
         "ready": bool(rec and c.applied.is_set() and rec.all_ready()),
         "error": c.apply_error.render() if c.apply_error else None,
+        # The host port a container-mode data plane's public endpoint is published on
+        # (it listens on its own port inside): for the mesh page's link.
+        "public_host_port": c.config.public_host_port or None,
         # `up --env-var-override/--port-override`: they last until an `up` without them.
         "overrides": {"env": [], "ports": [], **c.config.overrides},
         "crashes": [

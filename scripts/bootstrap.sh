@@ -12,6 +12,9 @@ command -v dig >/dev/null || need_apt+=(bind9-dnsutils)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
 command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 command -v docker >/dev/null || need_apt+=(docker.io)
+# The mesh page's browser tests (Playwright's browser download can't be reached).
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "bootstrap: installing Debian packages: ${need_apt[*]}" >&2

@@ -8,7 +8,7 @@ VENV="${MESHLOCAL_VENV:-$ROOT/.venv}"
 export PATH="$VENV/bin:$PATH"
 
 echo "== ruff"
-ruff check meshlocal tests bench compose-examples
+ruff check meshlocal tests bench compose-examples conftest.py
 echo "== mypy (strict)"
 mypy
 echo "== pytest"

@@ -235,7 +235,8 @@ STATE = {
     "mode": "container",
     "address": "172.20.0.2",
     "dns_port": 53,
-    "public_port": 8080,
+    "public_port": 15080,  # inside the data-plane container
+    "public_host_port": 47041,  # published on the host
     "ready": True,
     "controller_connected": True,
     "overrides": {"env": ["SECRET_TOKEN=hunter2"]},
@@ -304,7 +305,7 @@ def test_the_document_has_services_edges_faults_and_no_secret() -> None:
     ]
     assert doc["edges"][1]["rate"] == pytest.approx(0.5)
     assert {n["id"] for n in doc["nodes"]} == {"api", "worker", "@public"}
-    assert doc["public_endpoint"] == "http://127.0.0.1:8080"
+    assert doc["public_endpoint"] == "http://127.0.0.1:47041"
     assert any("api.test.kudos.local:80" in n for n in doc["notes"])
     assert "hunter2" not in repr(doc)  # neither crash logs nor overrides are shown
 

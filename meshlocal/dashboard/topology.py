@@ -251,6 +251,8 @@ def document(
     if any(p == "tcp" for p in protocols.values()):
         notes.append(TCP_NOTE)
     public_port = state.get("public_port")
+    if public_port and state.get("mode") == "container":
+        public_port = state.get("public_host_port")  # its own port is inside the container
     return {
         "project": state.get("project"),
         "app": state.get("app"),

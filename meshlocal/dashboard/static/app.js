@@ -46,7 +46,8 @@
   }
 
   // ---------- formatting ----------
-  const fmtRate = (r) => (r >= 100 ? r.toFixed(0) : r.toFixed(1));
+  // Two significant digits below 1/s: a few calls a minute are not "0.0".
+  const fmtRate = (r) => (r >= 100 ? r.toFixed(0) : r >= 1 ? r.toFixed(1) : r > 0 ? r.toPrecision(2) : "0");
   function fmtPct(f) { const p = f * 100; return p === 0 ? "0%" : (p < 10 ? p.toFixed(1) : p.toFixed(0)) + "%"; }
   function fmtMs(ms) {
     if (ms >= 1000) return (ms / 1000).toFixed(1) + " s";
@@ -439,7 +440,7 @@
   function replicaTable(svc, rowClass) {
     const sel = state.selected;
     const rows = svc.replicas.map((r) => h("tr", {class: rowClass + (sel && sel.kind === "replica" && sel.id === r.name ? " selected" : ""),
-      "data-replica": r.name, "data-health": r.health, "data-rotation": rotation(r), "data-state": replicaState(r),
+      "data-replica": r.name, "data-container": r.container_id, "data-health": r.health, "data-rotation": rotation(r), "data-state": replicaState(r),
       onclick: () => select("replica", r.name)}, replicaCells(r)));
     for (const x of svc.restarting) {
       rows.push(h("tr", {class: "restarting", "data-index": x.index},
@@ -644,6 +645,7 @@
         state.lastSeq = 0;
       }
       state.epoch = hello.epoch;
+      document.body.dataset.epoch = hello.epoch;  // which data plane this page follows
     });
     es.addEventListener("topology", (m) => schedule(JSON.parse(m.data)));
     es.addEventListener("timeline", (m) => addTimeline(JSON.parse(m.data)));
