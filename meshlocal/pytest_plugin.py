@@ -19,6 +19,7 @@ pyproject's [tool.pytest.ini_options], ...); see docs/pytest.md.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Generator, Iterator
@@ -267,6 +268,8 @@ def describe(handle: Mesh) -> str:
     except Exception as exc:  # the report must not fail because the mesh did
         return f"{handle.project}: state unavailable: {exc}"
     lines = [f"project {handle.project}, env {handle.env}, data plane {state.get('mode')}"]
+    with contextlib.suppress(Exception):  # a URL to look at while the mesh still runs
+        lines.append(f"  mesh page: {handle.deployment.dataplane().admin_url}/")
     for name, svc in sorted(state.get("services", {}).items()):
         reps = ", ".join(
             f"{r['name']}={r['health']}{'' if r['in_rotation'] else '(out)'}"

@@ -92,7 +92,10 @@ def loaded_from(tree: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--base", required=True, help="the commit before fault injection")
+    parser.add_argument("--base", required=True, help="the commit before the change")
+    parser.add_argument(
+        "--change", default="fault injection", help="what changed since --base, for the title"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--out", default=str(ROOT / "bench/results/faults-overhead.md"))
@@ -155,7 +158,7 @@ def main() -> None:
         return statistics.median(x[key] for x in results[name])
 
     lines = [
-        f"# Proxy hot path before/after fault injection ({started})",
+        f"# Proxy hot path before/after {args.change} ({started})",
         "",
         f"Command: `{command}`",
         "",

@@ -155,6 +155,9 @@ class Downstream(ResponseSide, asyncio.Protocol):
         # The last request head seen and its forwarded form (depends on client IP).
         self._memo_req: RequestHead | None = None
         self._memo_out = b""
+        # This client's edge to the last service it called: found once, not per request.
+        self._edge_to = ""
+        self._edge = EdgeMetrics()
         self._reset()
 
     def _reset(self) -> None:
@@ -290,7 +293,10 @@ class Downstream(ResponseSide, asyncio.Protocol):
         self.req = req
         self.route = route
         self.m = fwd.metrics.service(route.service)
-        self.edge = fwd.metrics.edge(route.service, self.client)
+        if route.service != self._edge_to:
+            self._edge_to = route.service
+            self._edge = fwd.metrics.edge(route.service, self.client)
+        self.edge = self._edge
         self.begun = time.monotonic()  # the client's wait starts: faults' delays count
         if req is self._memo_req:
             self.out_head = self._memo_out

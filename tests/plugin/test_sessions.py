@@ -105,6 +105,7 @@ def test_sigterm_mid_session_still_tears_down(
         [
             "*- meshlocal -*",
             "project *-t-*, env test, data plane *",
+            "  mesh page: http://127.0.0.1:*/",
             "  api desired 2: api-1=healthy, api-2=healthy",
             "  web desired 1: web-1=healthy",
             "*KeyboardInterrupt*",
