@@ -1,6 +1,7 @@
 """A fake data-plane admin server for developing the mesh page (meshlocal/dashboard/static).
 
-    .venv/bin/python bench/dashboard_fake.py [--port 8765] [--services 4] [--replicas 8] [--seconds 1800]
+    .venv/bin/python bench/dashboard_fake.py [--port 8765] [--services 4] [--replicas 8]
+        [--seconds 1800]
 
 Serves the page's files and a changing, made-up topology exactly at the URLs of the
 page's contract: GET /, GET /ui/<file>, GET /v1/topology, GET /v1/events (SSE),
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import random
 import time
@@ -25,10 +27,36 @@ from aiohttp import web
 STATIC = Path(__file__).resolve().parent.parent / "meshlocal" / "dashboard" / "static"
 
 NAMES = [
-    "front-end", "api", "auth", "users", "orders", "payments", "inventory", "search",
-    "catalog", "cart", "reviews", "notifications", "email", "billing", "shipping",
-    "recommendations", "analytics", "gateway", "profile", "media", "reports", "scheduler",
-    "ledger", "pricing", "tax", "fraud-detection", "sessions", "uploads", "thumbnails", "audit",
+    "front-end",
+    "api",
+    "auth",
+    "users",
+    "orders",
+    "payments",
+    "inventory",
+    "search",
+    "catalog",
+    "cart",
+    "reviews",
+    "notifications",
+    "email",
+    "billing",
+    "shipping",
+    "recommendations",
+    "analytics",
+    "gateway",
+    "profile",
+    "media",
+    "reports",
+    "scheduler",
+    "ledger",
+    "pricing",
+    "tax",
+    "fraud-detection",
+    "sessions",
+    "uploads",
+    "thumbnails",
+    "audit",
 ]
 TIMELINE_KEEP = 200
 
@@ -38,7 +66,7 @@ class Fake:
 
     def __init__(self, services: int, replicas: int, seed: int) -> None:
         self.rng = random.Random(seed)
-        self.epoch = "%06x" % self.rng.randrange(16**6)
+        self.epoch = f"{self.rng.randrange(16**6):06x}"
         self.seq = 0
         self.timeline: list[dict] = []
         self.streams: set[asyncio.Queue] = set()
@@ -46,8 +74,17 @@ class Fake:
         self.error: str | None = None
         self.services = self._services(max(1, min(services, len(NAMES))), max(1, replicas))
         self.edges = self._edges()
-        self.faults = [{"id": "api-slow", "service": "api", "kind": "latency",
-                        "summary": "latency 200ms on api (50%)", "hits": 4, "seen": 10, "declared": True}]
+        self.faults = [
+            {
+                "id": "api-slow",
+                "service": "api",
+                "kind": "latency",
+                "summary": "latency 200ms on api (50%)",
+                "hits": 4,
+                "seen": 10,
+                "declared": True,
+            }
+        ]
         self.step_no = 0
 
     def _services(self, n: int, replicas: int) -> list[dict]:
@@ -56,31 +93,59 @@ class Fake:
         for _ in range(max(0, replicas - n)):
             counts[self.rng.randrange(n)] += 1
         out = []
-        for i, (name, count) in enumerate(zip(names, counts)):
+        for i, (name, count) in enumerate(zip(names, counts, strict=False)):
             if i == 0:
                 typ, proto = "Load Balanced Web Service", "http"
-            elif name in ("notifications", "email", "analytics", "scheduler", "reports") or i == 3 and n <= 4:
+            elif name in ("notifications", "email", "analytics", "scheduler", "reports") or (
+                i == 3 and n <= 4
+            ):
                 typ, proto = "Worker Service", None
             else:
-                typ, proto = "Backend Service", self.rng.choice(["tcp", "http", "http2", "grpc"]) if i > 1 else "http"
+                typ, proto = (
+                    "Backend Service",
+                    self.rng.choice(["tcp", "http", "http2", "grpc"]) if i > 1 else "http",
+                )
             port = 8080 if proto != "grpc" else 50051
-            out.append({
-                "name": name, "type": typ, "desired": count, "ready": True, "port": port,
-                "discovery_name": f"{name}.test.kudos.local" if typ != "Worker Service" else None,
-                "connect": None if proto is None else {
-                    "name": name, "url": f"http://{name}:{port}", "vip": f"169.254.171.{i + 2}",
-                    "port": port, "protocol": proto},
-                "connect_client": True,
-                "replicas": [self._replica(name, i, k + 1, port) for k in range(count)],
-                "restarting": [], "not_started": 0, "faults": 1 if name == "api" else 0,
-            })
+            out.append(
+                {
+                    "name": name,
+                    "type": typ,
+                    "desired": count,
+                    "ready": True,
+                    "port": port,
+                    "discovery_name": f"{name}.test.kudos.local"
+                    if typ != "Worker Service"
+                    else None,
+                    "connect": None
+                    if proto is None
+                    else {
+                        "name": name,
+                        "url": f"http://{name}:{port}",
+                        "vip": f"169.254.171.{i + 2}",
+                        "port": port,
+                        "protocol": proto,
+                    },
+                    "connect_client": True,
+                    "replicas": [self._replica(name, i, k + 1, port) for k in range(count)],
+                    "restarting": [],
+                    "not_started": 0,
+                    "faults": 1 if name == "api" else 0,
+                }
+            )
         return out
 
     def _replica(self, service: str, si: int, index: int, port: int) -> dict:
-        return {"name": f"{service}-{index}", "index": index,
-                "container_id": "%012x" % self.rng.randrange(16**12),
-                "address": f"172.20.{si + 1}.{index + 9}", "port": port, "health": "healthy",
-                "in_rotation": True, "draining": False, "ejected_by": []}
+        return {
+            "name": f"{service}-{index}",
+            "index": index,
+            "container_id": f"{self.rng.randrange(16**12):012x}",
+            "address": f"172.20.{si + 1}.{index + 9}",
+            "port": port,
+            "health": "healthy",
+            "in_rotation": True,
+            "draining": False,
+            "ejected_by": [],
+        }
 
     def _edges(self) -> dict[tuple[str, str], dict]:
         svcs = self.services
@@ -93,8 +158,8 @@ class Fake:
             pairs += [("@outside", "api")]
         else:
             # layers of ~5 servers; each one is called by 1-2 services of the layer before it
-            layers = [[svcs[0]["name"]]] + [servers[i:i + 5] for i in range(1, len(servers), 5)]
-            for prev, layer in zip(layers, layers[1:]):
+            layers = [[svcs[0]["name"]]] + [servers[i : i + 5] for i in range(1, len(servers), 5)]
+            for prev, layer in itertools.pairwise(layers):
                 for name in layer:
                     for caller in self.rng.sample(prev, min(len(prev), self.rng.choice([1, 1, 2]))):
                         pairs.append((caller, name))
@@ -114,10 +179,15 @@ class Fake:
         edges = {}
         for a, b in dict.fromkeys(pairs):
             p = "http" if a == "@public" else proto[b]
-            edges[(a, b)] = {"from": a, "to": b, "protocol": p,
-                             "unit": "connections" if p == "tcp" else "requests",
-                             "rate": round(self.rng.uniform(0.5, 40), 1), "error_rate": 0.0,
-                             "p50": self.rng.uniform(1, 20)}
+            edges[(a, b)] = {
+                "from": a,
+                "to": b,
+                "protocol": p,
+                "unit": "connections" if p == "tcp" else "requests",
+                "rate": round(self.rng.uniform(0.5, 40), 1),
+                "error_rate": 0.0,
+                "p50": self.rng.uniform(1, 20),
+            }
         return edges
 
     def snapshot(self) -> dict:
@@ -129,11 +199,21 @@ class Fake:
             count = int(rate * 60)
             errors = int(count * e["error_rate"])
             p50 = None if count == 0 else round(e["p50"], 1)
-            edges.append({"from": e["from"], "to": e["to"], "protocol": e["protocol"], "unit": e["unit"],
-                          "count": count, "rate": rate, "errors": errors,
-                          "error_rate": round(errors / count, 4) if count else 0.0,
-                          "p50_ms": p50, "p99_ms": None if p50 is None else round(p50 * 4.7, 1),
-                          "latency": "first byte" if e["unit"] == "connections" else "response"})
+            edges.append(
+                {
+                    "from": e["from"],
+                    "to": e["to"],
+                    "protocol": e["protocol"],
+                    "unit": e["unit"],
+                    "count": count,
+                    "rate": rate,
+                    "errors": errors,
+                    "error_rate": round(errors / count, 4) if count else 0.0,
+                    "p50_ms": p50,
+                    "p99_ms": None if p50 is None else round(p50 * 4.7, 1),
+                    "latency": "first byte" if e["unit"] == "connections" else "response",
+                }
+            )
         used = {e["from"] for e in edges}
         nodes = [{"id": s["name"], "kind": "service", "label": s["name"]} for s in self.services]
         if "@public" in used:
@@ -141,22 +221,39 @@ class Fake:
         if "@outside" in used:
             nodes.append({"id": "@outside", "kind": "outside", "label": "outside the mesh"})
         return {
-            "project": "kudos-abc123", "app": "kudos", "env": "test", "mode": "container",
-            "generated": time.time(), "epoch": self.epoch,
+            "project": "kudos-abc123",
+            "app": "kudos",
+            "env": "test",
+            "mode": "container",
+            "generated": time.time(),
+            "epoch": self.epoch,
             "controller_connected": self.controller_connected,
-            "ready": all(s["ready"] for s in self.services), "error": self.error, "window_s": 60,
+            "ready": all(s["ready"] for s in self.services),
+            "error": self.error,
+            "window_s": 60,
             "dns": {"address": "172.20.0.2", "port": 53},
             "public_endpoint": "http://127.0.0.1:8080",
-            "notes": ["Service Discovery calls (api.test.kudos.local:8080) go straight to the replicas: "
-                      "the proxy can't see them, so they are not drawn."],
-            "nodes": nodes, "services": self.services, "edges": edges, "faults": self.faults,
+            "notes": [
+                "Service Discovery calls (api.test.kudos.local:8080) go straight to the replicas: "
+                "the proxy can't see them, so they are not drawn."
+            ],
+            "nodes": nodes,
+            "services": self.services,
+            "edges": edges,
+            "faults": self.faults,
         }
 
     def event(self, kind: str, service: str | None, replica: str | None, text: str) -> None:
         self.seq += 1
-        ev = {"seq": self.seq, "time": time.time(), "kind": kind, "service": service,
-              "replica": replica, "text": text}
-        self.timeline = (self.timeline + [ev])[-TIMELINE_KEEP:]
+        ev = {
+            "seq": self.seq,
+            "time": time.time(),
+            "kind": kind,
+            "service": service,
+            "replica": replica,
+            "text": text,
+        }
+        self.timeline = ([*self.timeline, ev])[-TIMELINE_KEEP:]
         for q in self.streams:
             q.put_nowait(("timeline", ev))
 
@@ -191,17 +288,27 @@ class Fake:
                 rep["in_rotation"] = False
                 s["replicas"].append(rep)
                 s["replicas"].sort(key=lambda x: x["index"])
-                self.event("added", s["name"], rep["name"], f"{rep['name']} started ({rep['address']})")
+                self.event(
+                    "added", s["name"], rep["name"], f"{rep['name']} started ({rep['address']})"
+                )
             s["ready"] = sum(r["in_rotation"] for r in s["replicas"]) >= 1
         for f in self.faults:
             f["seen"] += rng.randrange(0, 10)
             f["hits"] = min(f["seen"], f["hits"] + rng.randrange(0, 5))
         if self.step_no % 30 == 15:
             self.controller_connected = not self.controller_connected
-            self.event("controller", None, None, "controller " + (
-                "connected" if self.controller_connected else "disconnected"))
+            self.event(
+                "controller",
+                None,
+                None,
+                "controller " + ("connected" if self.controller_connected else "disconnected"),
+            )
         if self.step_no % 45 == 30:
-            self.error = None if self.error else "apply failed: service 'api': image 'api:latest' not found\n  (docker pull)"
+            self.error = (
+                None
+                if self.error
+                else "apply failed: service 'api': image 'api:latest' not found\n  (docker pull)"
+            )
 
     def _replica_change(self) -> None:
         rng = self.rng
@@ -217,18 +324,31 @@ class Fake:
         what = rng.choice(["unhealthy", "drain", "eject", "die", "recover"])
         if what == "unhealthy":
             r["health"], r["in_rotation"] = "unhealthy", False
-            self.event("health", s["name"], r["name"], f"{r['name']} failed its health check (unhealthy)")
+            self.event(
+                "health", s["name"], r["name"], f"{r['name']} failed its health check (unhealthy)"
+            )
         elif what == "drain":
             r["draining"], r["in_rotation"] = True, False
             self.event("draining", s["name"], r["name"], f"{r['name']} is draining")
         elif what == "eject":
             client = self.services[0]["replicas"][0]["name"]
             r["ejected_by"] = [client]
-            self.event("ejected", s["name"], r["name"], f"{r['name']} ejected by {client} (5 consecutive 5xx)")
+            self.event(
+                "ejected",
+                s["name"],
+                r["name"],
+                f"{r['name']} ejected by {client} (5 consecutive 5xx)",
+            )
         elif what == "die" and len(s["replicas"]) > 1:
             s["replicas"].remove(r)
-            s["restarting"].append({"index": r["index"], "exit_code": 1, "left": 3,
-                                    "status": "restarting in 3.0 s (exit 1)"})
+            s["restarting"].append(
+                {
+                    "index": r["index"],
+                    "exit_code": 1,
+                    "left": 3,
+                    "status": "restarting in 3.0 s (exit 1)",
+                }
+            )
             self.event("died", s["name"], r["name"], f"{r['name']} exited (code 1); restarting")
         else:
             r.update(health="healthy", in_rotation=True, draining=False, ejected_by=[])
@@ -261,15 +381,23 @@ def app(fake: Fake, deadline: float) -> web.Application:
             for r in s["replicas"]:
                 if r["container_id"] == cid:
                     await asyncio.sleep(0.3)
-                    lines = [f"2024-12-04T22:{i // 60 % 60:02d}:{i % 60:02d}Z {r['name']} GET /health 200 "
-                             f"({fake.rng.randrange(1, 9)} ms)" for i in range(fake.step_no, fake.step_no + tail - 2)]
-                    lines += ["<script>alert('logs are untrusted')</script> & <b>not bold</b>",
-                              "token=[redacted] connecting to db ..."]
+                    lines = [
+                        f"2024-12-04T22:{i // 60 % 60:02d}:{i % 60:02d}Z "
+                        f"{r['name']} GET /health 200 "
+                        f"({fake.rng.randrange(1, 9)} ms)"
+                        for i in range(fake.step_no, fake.step_no + tail - 2)
+                    ]
+                    lines += [
+                        "<script>alert('logs are untrusted')</script> & <b>not bold</b>",
+                        "token=[redacted] connecting to db ...",
+                    ]
                     return web.json_response({"lines": lines[-tail:], "error": None})
         return web.json_response({"error": f"no container {cid!r}"}, status=404)
 
     async def events(req: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
         await resp.prepare(req)
         q: asyncio.Queue = asyncio.Queue()
         fake.streams.add(q)
@@ -280,7 +408,9 @@ def app(fake: Fake, deadline: float) -> web.Application:
             since = epoch == fake.epoch and seq.isdigit() and int(seq) >= oldest - 1
             after = int(seq) if since else 0
             await resp.write(b"retry: 1000\n\n")
-            await resp.write(sse("hello", {"epoch": fake.epoch, "replay": "since" if since else "full"}))
+            await resp.write(
+                sse("hello", {"epoch": fake.epoch, "replay": "since" if since else "full"})
+            )
             await resp.write(sse("topology", fake.snapshot()))
             for ev in fake.timeline:
                 if ev["seq"] > after:
@@ -288,7 +418,7 @@ def app(fake: Fake, deadline: float) -> web.Application:
             while time.monotonic() < deadline:
                 try:
                     kind, data = await asyncio.wait_for(q.get(), timeout=1.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     kind, data = "topology", fake.snapshot()
                 if kind == "close":
                     break
@@ -310,7 +440,7 @@ def app(fake: Fake, deadline: float) -> web.Application:
 
     async def restart(req: web.Request) -> web.Response:
         resp = await drop(req)
-        fake.epoch = "%06x" % fake.rng.randrange(16**6)
+        fake.epoch = f"{fake.rng.randrange(16**6):06x}"
         fake.seq, fake.timeline = 0, []
         fake.event("controller", None, None, "data plane restarted")
         return resp
@@ -327,7 +457,9 @@ def app(fake: Fake, deadline: float) -> web.Application:
 
 
 async def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--services", type=int, default=4)
     ap.add_argument("--replicas", type=int, default=8)
@@ -337,7 +469,9 @@ async def main() -> None:
     fake = Fake(args.services, args.replicas, args.seed)
     deadline = time.monotonic() + args.seconds
     for s in fake.services[:3]:  # a few timeline events to start with
-        fake.event("added", s["name"], s["replicas"][0]["name"], f"{s['replicas'][0]['name']} started")
+        fake.event(
+            "added", s["name"], s["replicas"][0]["name"], f"{s['replicas'][0]['name']} started"
+        )
     runner = web.AppRunner(app(fake, deadline))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", args.port).start()
