@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable
 from typing import Any
 
 from meshlocal.dashboard.logs import redact, redactor, secret_values, tail_of
@@ -25,9 +26,15 @@ async def answer(
     engine: Engine,
     registry: ReplicaRegistry,
     spec: EnvironmentSpec,
+    starting: Iterable[str] = (),
 ) -> None:
+    """`starting`: the replicas not in the registry yet (their logs matter most)."""
     cid = str(message.get("container_id") or "")
-    ours = registry.get(cid) is not None or any(c.container_id == cid for c in registry.clients())
+    ours = (
+        registry.get(cid) is not None
+        or any(c.container_id == cid for c in registry.clients())
+        or (bool(cid) and cid in set(starting))
+    )
     lines: list[str] = []
     error: str | None = None
     if not ours:

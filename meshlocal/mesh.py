@@ -407,6 +407,10 @@ class Controller(VipPlacement):
                         engine=self.engine,
                         registry=self.registry,
                         spec=self.config.spec,
+                        starting=[
+                            r.container_id
+                            for r in (self.reconciler.starting() if self.reconciler else [])
+                        ],
                     )
                 )
                 self._helpers.add(task)

@@ -105,6 +105,7 @@ class DataPlane:
         self._started_health = False
         self._configuring = asyncio.Lock()
         self._asks: dict[int, asyncio.Future[dict[str, Any]]] = {}  # logs asked of the controller
+        self._first_set = True  # the controller's first replica set is yet to come
         self._next_ask = 0
         # The mesh page (dashboard/): what it shows is observed here.
         self.dashboard = Dashboard(
@@ -272,13 +273,16 @@ class DataPlane:
                 self._faults_changed()  # ours win: the (new) controller learns them
         elif kind == "replicas":
             replicas = [replica_from_json(r) for r in message.get("replicas") or []]
-            # A whole set at once (this data plane is new): one event, not one per replica.
+            # The first set this data plane gets (it is new): one event, not one per replica.
             changes = self.dashboard.changes
-            changes.muted = not self.registry.all() and len(replicas) > 1
+            first, self._first_set = self._first_set and not self.registry.all(), False
+            changes.muted = first and len(replicas) > 1
             try:
                 self.mirror.apply(replicas)
             finally:
                 changes.muted = False
+            if first and len(replicas) > 1:
+                changes.taken_over(replicas)
         elif kind == "logs":
             ident = message.get("id")
             fut = self._asks.pop(ident, None) if isinstance(ident, int) else None

@@ -117,13 +117,39 @@ def test_quantile_of_nothing_is_none_and_past_the_last_bound_is_the_last_bound()
     assert quantile(0.99, e.buckets) == EDGE_BUCKETS_MS[-1]
 
 
-def test_the_proxy_keeps_a_bounded_number_of_edges() -> None:
-    from meshlocal.proxy.metrics import MAX_EDGES
+def test_the_proxy_keeps_a_bounded_number_of_edges_and_never_drops_a_counted_one() -> None:
+    from meshlocal.proxy.metrics import MAX_EDGES, OVERFLOW_CLIENT
 
     metrics = Metrics()
-    for i in range(MAX_EDGES + 10):
-        metrics.edge("api", f"c{i}")
-    assert len(metrics.edges) <= MAX_EDGES
+    first = metrics.edge("api", "c0")
+    for i in range(1, MAX_EDGES + 10):
+        metrics.edge("api" if i % 2 else "web", f"c{i}")
+    assert len(metrics.edges) <= MAX_EDGES + 2  # plus one overflow edge per service
+    assert metrics.edge("api", "c0") is first  # still the one a connection holds
+    late = metrics.edge("api", "c-late")
+    assert late is metrics.edges[("api", OVERFLOW_CLIENT)]
+    assert Directory().node(OVERFLOW_CLIENT) == OUTSIDE_NODE
+
+
+def test_a_first_byte_after_the_accept_reaches_the_window() -> None:
+    clock = Clock()
+    metrics = Metrics()
+    window = EdgeWindow(60.0, clock)
+    edge = metrics.edge("db", "10.0.0.2")
+    edge.calls += 1  # the accept
+    window.sample(metrics.edges)
+    clock.now += 1
+    edge.latency(5.0)  # its first byte, a tick later
+    window.sample(metrics.edges)
+    (seen,) = window.edges(lambda _a: "front")
+    assert seen.p50_ms is not None and 4.0 <= seen.p50_ms <= 6.0
+
+
+def test_a_garbled_last_event_id_starts_over() -> None:
+    t = Timeline(epoch="e")
+    t.add("added", "x")
+    assert t.since("e-\u00b2") == (True, t.events())
+    assert t.since("e--1") == (True, t.events())
 
 
 # -- the timeline ----------------------------------------------------------------------
@@ -200,10 +226,13 @@ def test_crashes_faults_ejections_and_the_controller() -> None:
     d = Directory()
     d.remember(replica("front", 1, "10.0.0.2"))
     changes = Changes(t, d)
-    crash = {"service": "api", "index": 2, "exit_code": 137, "count": 1}
-    changes.status({"crashes": [crash]})
-    changes.status({"crashes": [crash]})  # the same crash again: no event
-    changes.status({"crashes": [{**crash, "count": 2}]})
+    looping = {"service": "web", "index": 1, "exit_code": 3, "count": 5}
+    changes.status({"crashes": [looping]})  # the first document: what already was, no event
+    waiting = {"index": 2, "exit_code": 137, "count": 1}
+    changes.status({"services": {"api": {"restarting": [waiting]}}, "crashes": [looping]})
+    changes.status({"services": {"api": {"restarting": [waiting]}}})  # the same death: no event
+    changes.status({"services": {"api": {"restarting": []}}})  # back: forgotten
+    changes.status({"services": {"api": {"restarting": [{**waiting, "count": 1}]}}})  # again
     changes.faults([{"id": "slow", "description": "latency"}])  # the first set: no event
     changes.faults([{"id": "slow"}, {"id": "gone", "description": "refuse"}])
     changes.faults([{"id": "gone"}])
@@ -221,7 +250,7 @@ def test_crashes_faults_ejections_and_the_controller() -> None:
         "controller",
         "controller",
     ]
-    assert "exit code 137" in texts[0][1] and "2 time(s)" in texts[1][1]
+    assert texts[0][1] == texts[1][1] == "api-2 died (exit code 137; 1 time(s) in a row)"
     assert texts[2][1].startswith("fault gone added") and texts[3][1] == "fault slow removed"
     assert "ejected by front-1's proxy for 30 s" in texts[4][1]
 
@@ -358,3 +387,27 @@ def test_tail_is_bounded() -> None:
     assert tail_of("0") == 1
     assert tail_of("100000") == 500
     assert tail_of("lots") == 50
+
+
+def test_every_line_of_a_multi_line_secret_is_redacted() -> None:
+    from types import SimpleNamespace
+
+    from meshlocal.dashboard.logs import secret_values
+
+    pem = (
+        "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\nAQEFAASCBKcwggSjAgEAAoIB\n-----END KEY-----"
+    )
+    spec = SimpleNamespace(
+        services=[
+            SimpleNamespace(
+                secrets={"KEY": pem},
+                sidecars=[SimpleNamespace(secrets={"TOKEN": "sidecar-token"})],
+            )
+        ]
+    )
+    pattern = redactor(secret_values(spec))  # type: ignore[arg-type]
+    lines = redact(
+        ["key: MIIEvQIBADANBgkqhkiG9w0B", "sidecar-token", pem.replace("\n", " ")], pattern
+    )
+    assert "MIIEvQIBADANBgkqhkiG9w0B" not in " ".join(lines)
+    assert lines[1] == REDACTED

@@ -86,7 +86,13 @@ class EdgeWindow:
         taken: dict[Key, Counts] = {}
         for key, e in edges.items():
             prev = last.get(key)
-            if prev is not None and prev[0] == e.calls and prev[1] == e.errors:
+            # A TCP first byte adds a latency sample without a call: compare those too.
+            if (
+                prev is not None
+                and prev[0] == e.calls
+                and prev[1] == e.errors
+                and sum(prev[2]) == sum(e.buckets)
+            ):
                 taken[key] = prev  # unchanged: shared, so idle edges cost nothing
             else:
                 taken[key] = (e.calls, e.errors, tuple(e.buckets))

@@ -24,11 +24,18 @@ _SHORT = 4
 
 
 def secret_values(spec: EnvironmentSpec) -> list[str]:
+    """Every secret value, and each line of a multi-line one (a PEM key): logs
+    are read line by line."""
     values: set[str] = set()
     for svc in spec.services:
         values.update(svc.secrets.values())
         for sc in svc.sidecars:
             values.update(sc.secrets.values())
+    for value in list(values):
+        if "\n" in value:
+            values.update(
+                line.strip() for line in value.splitlines() if len(line.strip()) >= _SHORT
+            )
     return sorted((v for v in values if v), key=len, reverse=True)
 
 

@@ -55,6 +55,7 @@ RETRY_MS = 1000  # EventSource reconnects after this: a restarted data plane is 
 KEEPALIVE_S = 15.0  # a comment line, so idle streams are not cut by anything in between
 QUEUE = 512  # a stream this far behind is closed; its page reconnects and catches up
 SETTLE_S = 0.2  # changes observed within this are pushed as one document
+WRITE_TIMEOUT_S = 10.0
 
 AskLogs = Callable[[str, int], Awaitable[dict[str, Any]]]
 
@@ -89,6 +90,7 @@ class Dashboard:
         self._doc: dict[str, Any] | None = None
         self._soon: asyncio.TimerHandle | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._stopped = False
         self.timeline.listen(self._on_event)
 
     # -- what the data plane observes ------------------------------------------------
@@ -123,6 +125,7 @@ class Dashboard:
         self._ticker = asyncio.create_task(self._tick())
 
     async def stop(self) -> None:
+        self._stopped = True
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -134,9 +137,12 @@ class Dashboard:
 
     async def _tick(self) -> None:
         while True:
-            self.window.sample(self._edges())
-            if self._streams:
-                self._push_now()
+            try:
+                self.window.sample(self._edges())
+                if self._streams:
+                    self._push_now()
+            except Exception:  # a bug here must not stop the page for good
+                log.exception("the mesh page's sampler failed; it goes on")
             await asyncio.sleep(self.tick_s)
 
     def snapshot(self) -> dict[str, Any]:
@@ -150,16 +156,18 @@ class Dashboard:
             window_s=self.window.window_s,
         )
 
-    def _push_now(self) -> None:
+    def _push_now(self) -> bytes:
+        """The current document as a frame; sent to every stream if it changed."""
         self._soon = None
         doc = self.snapshot()
         generated = doc.pop("generated")
         same = json.dumps(doc, sort_keys=True).encode()
-        if same == self._last:
-            return
-        self._last = same
         doc["generated"] = generated
-        self._broadcast(frame("topology", doc))
+        data = frame("topology", doc)
+        if same != self._last:
+            self._last = same
+            self._broadcast(data)
+        return data
 
     def _on_event(self, event: Event) -> None:
         self._broadcast(frame("timeline", event.to_json(), self.timeline.event_id(event)))
@@ -181,6 +189,12 @@ class Dashboard:
         queue.put_nowait(None)
 
     # -- HTTP --------------------------------------------------------------------------
+
+    @staticmethod
+    async def _write(response: web.StreamResponse, data: bytes) -> None:
+        # A page that stops reading fills its socket: give up on it (it reconnects).
+        async with asyncio.timeout(WRITE_TIMEOUT_S):
+            await response.write(data)
 
     def add_routes(self, app: web.Application, prefix: str = "/v1") -> None:
         app.router.add_get("/", self._index)
@@ -220,8 +234,9 @@ class Dashboard:
         )
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
+        if self._stopped:
+            raise web.HTTPServiceUnavailable(text="the data plane is stopping")
         last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
-        full, missed = self.timeline.since(last)
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE)
         response = web.StreamResponse(
             headers={
@@ -231,18 +246,20 @@ class Dashboard:
             }
         )
         await response.prepare(request)
-        # Registered before anything is written: nothing added meanwhile is missed.
+        # What it missed and the registration with no await between: an event
+        # is either in the replay or in the queue, never in neither or both.
+        full, missed = self.timeline.since(last)
         self._streams.add(queue)
         try:
+            hello = {"epoch": self.timeline.epoch, "replay": "full" if full else "since"}
             first = [
                 f"retry: {RETRY_MS}\n\n".encode(),
-                frame(
-                    "hello", {"epoch": self.timeline.epoch, "replay": "full" if full else "since"}
-                ),
-                frame("topology", self.snapshot()),
+                frame("hello", hello),
+                # The others get it too if it changed: every page shows the same one.
+                self._push_now(),
                 *(frame("timeline", e.to_json(), self.timeline.event_id(e)) for e in missed),
             ]
-            await response.write(b"".join(first))
+            await self._write(response, b"".join(first))
             while True:
                 try:
                     async with asyncio.timeout(KEEPALIVE_S):
@@ -251,9 +268,9 @@ class Dashboard:
                     data = b": keep-alive\n\n"
                 if data is None:
                     break
-                await response.write(data)
-        except ConnectionError:
-            pass  # the page went away
+                await self._write(response, data)
+        except (ConnectionError, TimeoutError):
+            pass  # the page went away, or stopped reading
         finally:
             self._streams.discard(queue)
         return response

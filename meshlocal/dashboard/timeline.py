@@ -93,7 +93,7 @@ class Timeline:
         """
         kept = list(self._events)
         epoch, _, seq_text = (last_event_id or "").strip().rpartition("-")
-        if epoch != self.epoch or not seq_text.isdigit():
+        if epoch != self.epoch or not (seq_text.isascii() and seq_text.isdecimal()):
             return True, kept
         seq = int(seq_text)
         if seq > self._seq:

@@ -76,7 +76,7 @@ class Changes:
         self.clock = clock
         self.muted = False  # a whole set arriving at once (a restart): one event instead
         self._left: dict[tuple[str, int], float] = {}  # slot -> when its replica left
-        self._crashes: dict[tuple[str, int], int] = {}  # slot -> crash count seen
+        self._crashes: dict[tuple[str, int], int] | None = None  # slot -> deaths seen
         self._faults: dict[str, str] | None = None  # id -> description
         self._connected: bool | None = None
 
@@ -131,6 +131,14 @@ class Changes:
                     replica=after.name,
                 )
 
+    def taken_over(self, replicas: list[Replica]) -> None:
+        """A new data plane's first set: one event, not one per replica."""
+        services = sorted({r.service for r in replicas})
+        self.timeline.add(
+            "added",
+            f"{len(replicas)} replicas of {len(services)} service(s) served: {', '.join(services)}",
+        )
+
     def ejected(self, replica: Replica, client: str, seconds: float) -> None:
         self.timeline.add(
             "ejected",
@@ -141,23 +149,35 @@ class Changes:
         )
 
     def status(self, doc: dict[str, Any]) -> None:
-        """Crashes the controller reports: a count that grew is a replica that died."""
-        for crash in doc.get("crashes") or []:
+        """Deaths the controller reports: a replica waiting to restart, or crash-looping,
+        whose death count grew. The first document is what was already so."""
+        rows = [
+            dict(c, service=name)
+            for name, svc in (doc.get("services") or {}).items()
+            for c in svc.get("restarting") or []
+        ]
+        rows += list(doc.get("crashes") or [])
+        counts: dict[tuple[str, int], tuple[int, Any]] = {}
+        for crash in rows:
             try:
                 slot = (str(crash["service"]), int(crash["index"]))
                 count = int(crash.get("count") or 0)
             except (KeyError, TypeError, ValueError):
                 continue
-            if count > self._crashes.get(slot, 0):
-                code = crash.get("exit_code")
+            if count >= counts.get(slot, (0, None))[0]:
+                counts[slot] = (count, crash.get("exit_code"))
+        before, self._crashes = self._crashes, {slot: c for slot, (c, _) in counts.items()}
+        if before is None:
+            return
+        for slot, (count, code) in sorted(counts.items()):
+            if count > before.get(slot, 0):
                 why = f"exit code {code}" if code is not None else "failed its health check"
                 self.timeline.add(
                     "died",
-                    f"{slot[0]}-{slot[1]} died ({why}; {count} time(s) so far)",
+                    f"{slot[0]}-{slot[1]} died ({why}; {count} time(s) in a row)",
                     service=slot[0],
                     replica=f"{slot[0]}-{slot[1]}",
                 )
-            self._crashes[slot] = count
 
     def faults(self, rows: Iterable[dict[str, Any]]) -> None:
         now = {str(r.get("id")): str(r.get("description") or r.get("id")) for r in rows}

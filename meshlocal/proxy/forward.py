@@ -23,7 +23,7 @@ from meshlocal.faults import FaultTable
 from meshlocal.proxy import faultio, http1, http1fault
 from meshlocal.proxy.balancer import Balancer
 from meshlocal.proxy.http1 import ChunkedScanner, HttpError, RequestHead, ResponseHead
-from meshlocal.proxy.metrics import EdgeMetrics, Metrics, ServiceMetrics
+from meshlocal.proxy.metrics import UNCOUNTED, EdgeMetrics, Metrics, ServiceMetrics
 from meshlocal.proxy.respond import (
     CLOSED,
     CONNECTING,
@@ -157,7 +157,7 @@ class Downstream(ResponseSide, asyncio.Protocol):
         self._memo_out = b""
         # This client's edge to the last service it called: found once, not per request.
         self._edge_to = ""
-        self._edge = EdgeMetrics()
+        self._edge = UNCOUNTED
         self._reset()
 
     def _reset(self) -> None:

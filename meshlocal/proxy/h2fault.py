@@ -60,6 +60,7 @@ def intercept(st: Stream, replica: Replica) -> bool:
 
 
 def _reset(st: Stream) -> None:
+    st.counted(500)  # a failed call on the client's edge
     st.down.reset_stream(st.sid, ErrorCodes.INTERNAL_ERROR)
     st.finish()
 

@@ -49,6 +49,7 @@ class Stream:
         self.retries = 0
         self.started = 0.0
         self.opened = time.monotonic()  # the client's wait starts: faults' delays count
+        self.failed: bool | None = None  # None until counted on the client's edge
         self.deadline = 0.0  # response head due by then (checked by the sweeper)
         self.done = False
 
@@ -201,7 +202,7 @@ class Stream:
                 m.grpc_status(code)
         failed = (h2util.grpc_to_http(code) if code is not None else status) >= 500
         self.proxy.balancer.record(replica, failed, down.client)
-        down.edge.response(500 if failed else status, (time.monotonic() - self.opened) * 1000)
+        self.counted(500 if failed else status)
         down.send_headers(
             self.sid, h2util.response_headers(headers, replica.name.encode()), end=ended
         )
@@ -223,7 +224,8 @@ class Stream:
             self.resp_trailers = trailers
             if self.grpc and (code := h2util.grpc_status(trailers)) is not None:
                 self.down.m.grpc_status(code)
-                if h2util.grpc_to_http(code) >= 500:
+                if h2util.grpc_to_http(code) >= 500 and self.failed is False:
+                    self.failed = True
                     self.down.edge.errors += 1  # its call was counted with the head
         if not self.resp_end:
             self.resp_end = True
@@ -339,8 +341,11 @@ class Stream:
         self._reset_up(ErrorCodes.CANCEL)
         self._detach()
         headers, body = h2util.local_reply(status, message, grpc=self.grpc, grpc_code=grpc_code)
-        failed = (h2util.grpc_to_http(grpc_code) if grpc_code is not None else status) >= 500
-        self.down.edge.response(500 if failed else status, (time.monotonic() - self.opened) * 1000)
+        if self.grpc:  # what the client reads is the grpc-status it carries
+            code = grpc_code if grpc_code is not None else h2util.http_to_grpc(status)
+            self.counted(500 if h2util.grpc_to_http(code) >= 500 else 200)
+        else:
+            self.counted(status)
         self.head_sent = True
         self.resp_buf.clear()
         self.resp_trailers = None
@@ -353,6 +358,12 @@ class Stream:
         else:
             self.resp_sent_end = True
             self._check_done()
+
+    def counted(self, status: int) -> None:
+        """One call on the client's edge, once per stream."""
+        if self.failed is None:
+            self.failed = status >= 500
+            self.down.edge.response(status, (time.monotonic() - self.opened) * 1000)
 
     # -- the end -----------------------------------------------------------
 

@@ -149,6 +149,7 @@ def _go(down: Downstream, replica: Replica, plan: faultio.Plan) -> None:
 
 
 def _reset_client(down: Downstream) -> None:
+    down.answered(503)  # a failed call on the client's edge, unless its head went out
     if down.transport is not None:
         faultio.reset(down.transport)
     down.abort()

@@ -37,7 +37,7 @@ from meshlocal.faults import FaultTable
 from meshlocal.proxy import h2util
 from meshlocal.proxy.balancer import Balancer
 from meshlocal.proxy.h2stream import Stream
-from meshlocal.proxy.metrics import EdgeMetrics, Metrics, ServiceMetrics
+from meshlocal.proxy.metrics import UNCOUNTED, Metrics, ServiceMetrics
 from meshlocal.proxy.settings import ProxySettings
 from meshlocal.registry import Replica
 
@@ -172,7 +172,7 @@ class Downstream(_Conn):
         self.m: ServiceMetrics = proxy.metrics.service(service)
         self.client = ""  # the caller's IP: whose round robin and outlier view (one Envoy each)
         self.client_ip = b"unknown"
-        self.edge = EdgeMetrics()  # this client's, once connected (tests make it directly)
+        self.edge = UNCOUNTED  # this client's, once connected
         self.streams: dict[int, Stream] = {}
         self.head = b""  # first bytes, until they prove to be the HTTP/2 preface
         self.ready = False  # the preface was seen; until then nothing is sent

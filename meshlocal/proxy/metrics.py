@@ -107,9 +107,15 @@ class EdgeMetrics:
         self.buckets[bisect_left(EDGE_BUCKETS_MS, elapsed_ms)] += 1
 
 
-# At most this many edges are kept; past it the table starts again (a client
-# churning addresses must not grow the proxy without bound).
+# Where a connection counts before it knows its edge (never read): one for all,
+# so a connection allocates nothing for it.
+UNCOUNTED = EdgeMetrics()
+
+# At most this many edges (~3 MB); past it a new client address is counted
+# under OVERFLOW_CLIENT (the page's "outside the mesh"): the table never
+# drops an edge a connection still counts into.
 MAX_EDGES = 4096
+OVERFLOW_CLIENT = ""
 
 
 class Metrics:
@@ -124,7 +130,10 @@ class Metrics:
         e = self.edges.get(key)
         if e is None:
             if len(self.edges) >= MAX_EDGES:
-                self.edges.clear()
+                key = (service, OVERFLOW_CLIENT)
+                e = self.edges.get(key)
+                if e is not None:
+                    return e
             e = self.edges[key] = EdgeMetrics()
         return e
 

@@ -111,6 +111,8 @@ async def test_grpc_seeded_abort_is_exact_and_trailers_only(harness: Callable[..
     got = await asyncio.to_thread(outcomes, h, 200)
     want = expected_hits(30, 5, 200)
     assert got.count("RESOURCE_EXHAUSTED:fault filter abort") == want
+    # RESOURCE_EXHAUSTED is a 429 to ECS: calls, not errors.
+    assert [(e.calls, e.errors) for e in h.metrics.edges.values()] == [(200, 0)]
     assert got.count("api-1") == 200 - want
     assert replica.hits == 200 - want
     active = h.proxy.faults.get(ident)
@@ -129,6 +131,9 @@ async def test_grpc_abort_is_a_trailers_only_response(harness: Callable[..., Any
     assert (r.headers[b"grpc-status"], r.headers[b"grpc-message"]) == (b"14", b"fault filter abort")
     assert (bytes(r.body), r.trailers) == (b"", {})  # all in the one HEADERS frame
     assert replica.hits == 0
+    # UNAVAILABLE is a 5xx to ECS: one failed call on the caller's edge.
+    ((_, edge),) = h.metrics.edges.items()
+    assert (edge.calls, edge.errors) == (1, 1)
 
 
 async def test_h2_unseeded_abort_is_within_the_binomial_interval(
@@ -193,6 +198,8 @@ async def test_grpc_reset_is_the_callers_error(harness: Callable[..., Any]) -> N
     fault(h, Kind.RESET)
     got = await asyncio.to_thread(outcomes, h, 3)
     assert all(g.startswith("INTERNAL:") for g in got), got
+    calls = [(e.calls, e.errors) for e in h.metrics.edges.values()]
+    assert [sum(c) for c in zip(*calls, strict=True)] == [3, 3]  # each reset is a failed call
 
 
 async def test_reset_after_n_bytes_gives_the_stream_exactly_n(

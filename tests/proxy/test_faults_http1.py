@@ -160,6 +160,9 @@ async def test_reset_at_once_is_the_clients_error(mesh_factory: MeshFactory) -> 
     async with aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.ClientError):
             await get(session, mesh.url("/"))
+    # Each reset is a failed call on its client's edge, though no status was sent.
+    edges = [e for (svc, _), e in mesh.proxy.engine.metrics.edges.items() if svc == "api"]
+    assert sum(e.calls for e in edges) == sum(e.errors for e in edges) >= 2
 
 
 async def test_reset_after_n_bytes_gives_the_client_exactly_n(mesh_factory: MeshFactory) -> None:

@@ -88,8 +88,12 @@
   }
   const isPseudo = (id) => id.startsWith("@");
   const edgeKey = (e) => e.from + "\u2192" + e.to;
-  function findReplica(snap, name) {
-    for (const svc of snap.services) for (const r of svc.replicas) if (r.name === name) return {svc, r};
+  // A replica is selected by its container: during a rolling replace the old
+  // and the new one share a name. `byName` is for timeline events (names only).
+  function findReplica(snap, id, byName = false) {
+    for (const svc of snap.services) {
+      for (const r of svc.replicas) if ((byName ? r.name : r.container_id) === id) return {svc, r};
+    }
     return null;
   }
 
@@ -360,7 +364,7 @@
   function drawNode(it, snap) {
     const n = it.node, svc = it.svc, sel = state.selected;
     const selected = sel && ((sel.kind === "service" && sel.id === it.id) ||
-      (sel.kind === "replica" && svc && svc.replicas.some((r) => r.name === sel.id)));
+      (sel.kind === "replica" && svc && svc.replicas.some((r) => r.container_id === sel.id)));
     const g = s("g", {class: "node" + (svc ? "" : " pseudo") + (selected ? " selected" : ""),
       "data-service": it.id, "data-kind": n.kind, transform: `translate(${it.x},${it.y})`});
     if (!svc) {
@@ -387,12 +391,12 @@
     }
     svc.replicas.forEach((r, j) => {
       const st = replicaState(r);
-      const dot = s("circle", {class: "dot " + st + (sel && sel.kind === "replica" && sel.id === r.name ? " selected" : ""),
+      const dot = s("circle", {class: "dot " + st + (sel && sel.kind === "replica" && sel.id === r.container_id ? " selected" : ""),
         "data-replica": r.name, "data-state": st, r: 4.5,
         cx: PAD + 5 + (j % DOTS_PER_ROW) * DOT, cy: 35 + Math.floor(j / DOTS_PER_ROW) * DOT},
       s("title", {text: `${r.name} ${r.address}: ${r.health}, rotation ${rotation(r)}` +
         (r.ejected_by && r.ejected_by.length ? `, ejected by ${r.ejected_by.join(", ")}` : "")}));
-      dot.addEventListener("click", (ev) => { ev.stopPropagation(); select("replica", r.name); });
+      dot.addEventListener("click", (ev) => { ev.stopPropagation(); select("replica", r.container_id); });
       g.append(dot);
     });
     if (!svc.replicas.length) g.append(s("text", {class: "sub", x: PAD, y: 39, text: "no replicas"}));
@@ -439,9 +443,9 @@
   }
   function replicaTable(svc, rowClass) {
     const sel = state.selected;
-    const rows = svc.replicas.map((r) => h("tr", {class: rowClass + (sel && sel.kind === "replica" && sel.id === r.name ? " selected" : ""),
+    const rows = svc.replicas.map((r) => h("tr", {class: rowClass + (sel && sel.kind === "replica" && sel.id === r.container_id ? " selected" : ""),
       "data-replica": r.name, "data-container": r.container_id, "data-health": r.health, "data-rotation": rotation(r), "data-state": replicaState(r),
-      onclick: () => select("replica", r.name)}, replicaCells(r)));
+      onclick: () => select("replica", r.container_id)}, replicaCells(r)));
     for (const x of svc.restarting) {
       rows.push(h("tr", {class: "restarting", "data-index": x.index},
         h("td", {class: "name"}, h("i", {class: "dot unhealthy"}), `${svc.name}-${x.index}`),
@@ -528,7 +532,8 @@
     const sel = state.selected, box = $("details");
     if (!sel) return;
     box.dataset.kind = sel.kind; box.dataset.id = sel.id;
-    $("details-title").textContent = sel.id;
+    const shown = sel.kind === "replica" ? findReplica(snap, sel.id) : null;
+    $("details-title").textContent = shown ? shown.r.name : sel.kind === "replica" ? sel.id.slice(0, 12) : sel.id;
     const body = $("details-body");
     if (sel.kind === "service") {
       $("logs-section").hidden = true;
@@ -593,7 +598,8 @@
       li.classList.add("clickable");
       li.addEventListener("click", () => {
         const snap = state.snap;
-        if (ev.replica && snap && findReplica(snap, ev.replica)) select("replica", ev.replica);
+        const found = ev.replica && snap && findReplica(snap, ev.replica, true);
+        if (found) select("replica", found.r.container_id);
         else if (ev.service) select("service", ev.service);
       });
     }
