@@ -30,6 +30,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from meshlocal.manifest.model import LOCAL_ACCOUNT_ID as LOCAL_ACCOUNT_ID
 from meshlocal.manifest.model import (
@@ -104,6 +105,16 @@ class ServiceConnectEndpoint:
     def address(self) -> str:
         """What a client dials: `api:80`."""
         return f"{self.name}:{self.port}"
+
+    def to_json(self) -> dict[str, Any]:
+        """As `ps --json` and the mesh page show it."""
+        return {
+            "name": self.name,
+            "port": self.port,
+            "url": self.url,
+            "vip": self.vip,
+            "protocol": self.protocol.value,
+        }
 
 
 @dataclass(frozen=True)

@@ -99,15 +99,7 @@ def _replica_state(c: Controller, r: Replica) -> dict[str, Any]:
 
 def _endpoint_state(c: Controller, service: str) -> dict[str, Any] | None:
     ep = c.naming.endpoint_of(service)
-    if ep is None:
-        return None
-    return {
-        "name": ep.name,
-        "port": ep.port,
-        "url": ep.url,
-        "vip": ep.vip,
-        "protocol": ep.protocol.value,
-    }
+    return None if ep is None else ep.to_json()
 
 
 def _crash_state(crash: Crash) -> dict[str, Any]:

@@ -297,15 +297,7 @@ def document(
 def _endpoint(naming: NamingModel, service: str) -> dict[str, Any] | None:
     """What the data plane itself serves for `service` (the status may lag)."""
     ep = naming.endpoint_of(service)
-    if ep is None:
-        return None
-    return {
-        "name": ep.name,
-        "url": ep.url,
-        "vip": ep.vip,
-        "port": ep.port,
-        "protocol": ep.protocol.value,
-    }
+    return None if ep is None else ep.to_json()
 
 
 def _connect(connect: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -7,6 +7,7 @@ here collides with a mesh someone runs from the repository.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -123,6 +124,22 @@ def run_cli(
         env=dict(env) if env is not None else cli_env(),
         check=False,
     )
+
+
+@contextlib.contextmanager
+def detached_mesh(
+    factory: pytest.TempPathFactory, docker_client: Any, name: str, *, rmi: bool = False
+) -> Iterator[tuple[Path, str, subprocess.CompletedProcess[str]]]:
+    """A copy of workspace `name` brought up with `up -d`: (workspace, project, up's
+    output); `down` after, which must leave nothing labelled with the project."""
+    ws = copy_workspace(factory, name)
+    project = project_of(ws)
+    try:
+        yield ws, project, ok(run_cli(ws, "up", "-d", "--timeout", "120"))
+    finally:
+        run_cli(ws, "down", *(["--rmi"] if rmi else []))
+        left = leftovers(docker_client, project)
+        assert left == [], f"down left behind: {left}"
 
 
 def popen_cli(workspace: Path, *args: str) -> subprocess.Popen[str]:

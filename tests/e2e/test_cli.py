@@ -24,11 +24,9 @@ from meshlocal.runtime import labels as L
 
 from .conftest import (
     container_of,
-    copy_workspace,
-    leftovers,
+    detached_mesh,
     nslookup,
     ok,
-    project_of,
     replica_containers,
     run_cli,
     wait_for,
@@ -52,15 +50,8 @@ def up(
     busybox_image: str,
     dataplane_image: str,
 ) -> Iterator[Up]:
-    ws = copy_workspace(tmp_path_factory, "mini")
-    project = project_of(ws)
-    try:
-        proc = ok(run_cli(ws, "up", "-d", "--timeout", "120"))
+    with detached_mesh(tmp_path_factory, docker_client, "mini", rmi=True) as (ws, project, proc):
         yield Up(ws, project, proc.stdout, proc.stderr)
-    finally:
-        run_cli(ws, "down", "--rmi")
-        left = leftovers(docker_client, project)
-        assert left == [], f"down left behind: {left}"
 
 
 def ps_json(ws: Path) -> dict[str, Any]:
