@@ -9,39 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshlocal.dashboard.logs import redact, redactor, secret_values, tail_of
 from meshlocal.link import LinkClosed, send
-from meshlocal.manifest.model import EnvironmentSpec
-from meshlocal.registry import ReplicaRegistry
-from meshlocal.runtime.engine import Engine
+
+if TYPE_CHECKING:
+    from meshlocal.mesh import Controller
 
 
-async def answer(
-    message: dict[str, Any],
-    writer: asyncio.StreamWriter,
-    *,
-    engine: Engine,
-    registry: ReplicaRegistry,
-    spec: EnvironmentSpec,
-    starting: Iterable[str] = (),
-) -> None:
-    """`starting`: the replicas not in the registry yet (their logs matter most)."""
+async def answer(message: dict[str, Any], writer: asyncio.StreamWriter, mesh: Controller) -> None:
     cid = str(message.get("container_id") or "")
-    ours = (
+    registry = mesh.registry
+    # Starting replicas are not in the registry yet, and their logs matter most.
+    starting = mesh.reconciler.starting() if mesh.reconciler else []
+    ours = bool(cid) and (
         registry.get(cid) is not None
-        or any(c.container_id == cid for c in registry.clients())
-        or (bool(cid) and cid in set(starting))
+        or any(r.container_id == cid for r in [*registry.clients(), *starting])
     )
     lines: list[str] = []
     error: str | None = None
     if not ours:
         error = f"container {cid[:12]!r} is no replica of this mesh"
     else:
-        raw = await asyncio.to_thread(engine.logs, cid, tail_of(message.get("tail")))
-        lines = redact(raw, redactor(secret_values(spec)))
+        raw = await asyncio.to_thread(mesh.engine.logs, cid, tail_of(message.get("tail")))
+        lines = redact(raw, redactor(secret_values(mesh.config.spec)))
         if not raw:
             error = "it printed nothing (or it is gone)"
     reply = {"t": "logs", "id": message.get("id"), "lines": lines, "error": error, "ours": ours}

@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -232,9 +232,13 @@ class Controller(VipPlacement):
         # A data plane (re)started: its new namespace gets the addresses now,
         # while its process is still starting, not once it has connected.
         if event.role == L.Role.DATAPLANE.value and event.action == "start":
-            task = asyncio.create_task(self._follow_dataplane())
-            self._helpers.add(task)
-            task.add_done_callback(self._helpers.discard)
+            self._spawn(self._follow_dataplane())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """A helper task, cancelled when the controller stops."""
+        task = asyncio.create_task(work)
+        self._helpers.add(task)
+        task.add_done_callback(self._helpers.discard)
 
     def _persist(self, config: AgentConfig) -> None:
         if config.state_file:
@@ -400,21 +404,7 @@ class Controller(VipPlacement):
                     self.fault_report = report
                     _save_report(_report_path(self.config), report)
             elif kind == "logs" and self._writer is not None:  # the mesh page asks
-                task = asyncio.create_task(
-                    logserve.answer(
-                        message,
-                        self._writer,
-                        engine=self.engine,
-                        registry=self.registry,
-                        spec=self.config.spec,
-                        starting=[
-                            r.container_id
-                            for r in (self.reconciler.starting() if self.reconciler else [])
-                        ],
-                    )
-                )
-                self._helpers.add(task)
-                task.add_done_callback(self._helpers.discard)
+                self._spawn(logserve.answer(message, self._writer, self))
 
     async def _send_config(self, config: AgentConfig) -> list[str]:
         """The data plane takes `config`; returns its notes (faults it dropped)."""
