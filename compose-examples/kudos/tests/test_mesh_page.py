@@ -103,6 +103,31 @@ def test_traffic_from_front_end_to_api_is_an_edge_with_a_rate(
     not_reloaded(page)
 
 
+def test_clicking_a_replica_shows_its_details_and_last_log_lines(mesh: Mesh, page: Any) -> None:
+    mesh.get("front-end", "/api/calls?n=3")  # something in api's logs
+    target = mesh.replica("api", 1)
+    row(page, "api-1").click()
+    details = page.find_element(By.ID, "details")
+    poll("the details of api-1", lambda: details.get_attribute("data-id") == target.container_id, 5)
+    assert page.find_element(By.ID, "details-title").text == "api-1"
+    assert target.address in page.find_element(By.ID, "details-body").text
+
+    def logs() -> str | None:
+        pre = page.find_element(By.ID, "logs")
+        text = str(pre.text)
+        done = "loading" not in (pre.get_attribute("class") or "") and "HTTP" in text
+        return text if done else None
+
+    text = poll("api-1's last log lines", logs, 10)
+    assert "GET" in text  # the api's access log, read by the controller
+    # A node opens the service.
+    page.find_element(By.CSS_SELECTOR, 'g.node[data-service="front-end"]').click()
+    poll("the details of front-end", lambda: details.get_attribute("data-id") == "front-end", 5)
+    assert "Load Balanced Web Service" in page.find_element(By.ID, "details-body").text
+    page.find_element(By.ID, "details-close").click()
+    not_reloaded(page)
+
+
 def test_a_killed_replica_changes_its_row_within_two_seconds(
     mesh: Mesh, page: Any, artifacts: Path
 ) -> None:
