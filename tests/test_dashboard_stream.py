@@ -431,3 +431,46 @@ async def test_a_rebound_name_and_a_cross_site_change_are_refused(
     same = f"http://127.0.0.1:{dp.admin_port}"
     async with http.post(base(dp) + "/v1/faults", json=fault, headers={"Origin": same}) as r:
         assert r.status == 200
+
+
+async def test_an_outlier_ejection_is_a_timeline_event_and_shows_on_the_replica(
+    replicas: None, plane: tuple[DataPlane, Controller], http: aiohttp.ClientSession
+) -> None:
+    """A second api replica that answers only 503: the client's proxy ejects it."""
+    dp, link = plane
+    bad_app = web.Application()
+
+    async def broken(_r: web.Request) -> web.Response:
+        return web.Response(status=503, text="broken")
+
+    bad_app.router.add_get("/", broken)
+    runner = web.AppRunner(bad_app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.77.9", 18080).start()
+    try:
+        two = [replica("api", API, 18080), replica("api", "127.0.77.9", 18080, 2)]
+        await send(link.writer, {"t": "replicas", "replicas": [*two, replica("tcp", TCP, 19000)]})
+        await send(
+            link.writer,
+            {"t": "status", "status": status({"api": two, "tcp": [], "front": []})},
+        )
+        for _ in range(100):  # both probed into rotation
+            if len([r for r in dp.registry.for_service("api") if r.in_rotation]) == 2:
+                break
+            await asyncio.sleep(0.1)
+        vip = {e.service: e.vip for e in dp.naming.sc_endpoints} if dp.naming else {}
+        connector = aiohttp.TCPConnector(local_addr=(FRONT, 0))
+        async with aiohttp.ClientSession(connector=connector) as front:
+            for _ in range(20):  # round robin: 10 reach the broken one, 5 in a row eject it
+                async with front.get(f"http://{vip['api']}:18080/") as resp:
+                    await resp.read()
+        events = [e for e in dp.dashboard.timeline.events() if e.kind == "ejected"]
+        assert [e.replica for e in events] == ["api-2"]
+        assert "ejected by front-1's proxy" in events[0].text
+        async with http.get(base(dp) + "/v1/topology") as resp:
+            doc = await resp.json()
+        api = next(s for s in doc["services"] if s["name"] == "api")
+        rows = {r["name"]: r for r in api["replicas"]}
+        assert rows["api-2"]["ejected_by"] == ["front-1"] and rows["api-1"]["ejected_by"] == []
+    finally:
+        await runner.cleanup()
