@@ -169,12 +169,6 @@ async def plane(tmp_path: Path) -> AsyncIterator[tuple[DataPlane, Controller]]:
         await dp.stop()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
-        yield session
-
-
 def base(dp: DataPlane) -> str:
     return f"http://127.0.0.1:{dp.admin_port}"
 

@@ -51,12 +51,6 @@ async def plane(tmp_path: Path) -> AsyncIterator[DataPlane]:
         await dp.stop()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-        yield session
-
-
 def url(dp: DataPlane, path: str) -> str:
     return f"http://127.0.0.1:{dp.admin_port}{path}"
 
