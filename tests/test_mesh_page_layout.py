@@ -43,7 +43,7 @@ def state() -> dict[str, Any]:
                     "index": r + 1,
                     "container_id": f"{s:02d}{r}".ljust(64, "c"),
                     "address": address(s, r),
-                    "port": 8080,
+                    "port": None if s == 0 else 8080,  # svc-00 is a client only
                     "health": "unhealthy" if (s, r) == (3, 1) else "healthy",
                     "in_rotation": (s, r) != (3, 1),
                     "draining": False,
@@ -163,10 +163,13 @@ def test_twenty_services_and_sixty_replicas_stay_readable(
             (g) => [g.dataset.service, g.querySelector('text.name').textContent]),
           rows: rows.length,
           unhealthy: rows.find((r) => r.dataset.replica === 'svc-03-2').dataset.rotation,
+          portless: rows.find((r) => r.dataset.replica === 'svc-00-1')
+            .querySelector('td.address').textContent,
         };
         """
     )
     assert seen["rows"] == 60 and seen["unhealthy"] == "out"
+    assert seen["portless"] == "10.9.0.1"  # no port, no ":null"
     nodes, labels = seen["nodes"], seen["labels"]
     assert len(nodes) == 20 and len(labels) == len(calls())
     for i, a in enumerate(nodes):

@@ -87,6 +87,8 @@
     return n >= svc.desired && allGood && !svc.restarting.length && svc.ready ? "ok" : "degraded";
   }
   const isPseudo = (id) => id.startsWith("@");
+  // A client-only replica has no port: its address alone, never "addr:null".
+  const hostPort = (address, port) => (port === null || port === undefined ? String(address) : `${address}:${port}`);
   const edgeKey = (e) => e.from + "\u2192" + e.to;
   // A replica is selected by its container: during a rolling replace the old
   // and the new one share a name. `byName` is for timeline events (names only).
@@ -416,7 +418,7 @@
     const ready = $("ready");
     ready.textContent = snap.ready ? "ready" : "not ready";
     ready.dataset.ready = String(!!snap.ready);
-    $("dns").textContent = snap.dns ? `${snap.dns.address}:${snap.dns.port}` : "–";
+    $("dns").textContent = snap.dns && snap.dns.address ? hostPort(snap.dns.address, snap.dns.port) : "–";
     const pub = $("public-endpoint"), url = snap.public_endpoint;
     const safe = typeof url === "string" && /^https?:\/\//i.test(url);   // never a javascript: link
     pub.hidden = !url; $("no-public").hidden = !!url;
@@ -434,7 +436,7 @@
     const st = replicaState(r);
     return [
       h("td", {class: "name"}, h("i", {class: "dot " + st}), r.name),
-      h("td", {class: "address", text: `${r.address}:${r.port}`}),
+      h("td", {class: "address", text: hostPort(r.address, r.port)}),
       h("td", {class: "health " + r.health, text: r.health}),
       h("td", {class: "rotation", text: rotation(r)}),
       h("td", {class: "ejected"}, (r.ejected_by || []).length
@@ -558,7 +560,7 @@
     body.replaceChildren(
       h("p", {}, "replica of ", h("a", {href: "#", class: "svc-link", text: svc.name,
         onclick: (ev) => { ev.preventDefault(); select("service", svc.name); }})),
-      fields([["index", r.index], ["container", r.container_id], ["address", `${r.address}:${r.port}`],
+      fields([["index", r.index], ["container", r.container_id], ["address", hostPort(r.address, r.port)],
         ["health", r.health], ["rotation", rotation(r)], ["ejected by", (r.ejected_by || []).join(", ")]]));
     if (r.container_id !== state.logs.containerId) loadLogs(r.container_id);   // new selection or replaced container
   }
