@@ -32,21 +32,11 @@ from meshlocal.proxy.respond import (
     IDLE,
     TUNNEL,
     ResponseSide,
+    error_response,
 )
 from meshlocal.proxy.settings import ProxySettings
 from meshlocal.proxy.upstream import UpstreamConn, UpstreamPool
 from meshlocal.registry import Replica
-
-_REASONS = {
-    400: b"Bad Request",
-    404: b"Not Found",
-    431: b"Request Header Fields Too Large",
-    501: b"Not Implemented",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-    505: b"HTTP Version Not Supported",
-}
 
 # The balancer key of traffic from outside the mesh (the public endpoint).
 PUBLIC_CLIENT = "public"
@@ -60,29 +50,6 @@ class Route:
 
 # A router maps (request, listener's endpoint port) to a Route, or raises HttpError.
 Router = Callable[[RequestHead, int], Route]
-
-
-def error_response(
-    status: int,
-    body: str,
-    *,
-    route: bytes = b"service-connect",
-    close: bool = True,
-    head: bool = False,
-) -> bytes:
-    data = body.encode() + b"\n"
-    return (
-        b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-        b"x-meshlocal-route: %s\r\n%s\r\n%s"
-        % (
-            status,
-            _REASONS.get(status) or faultio.reason(status),
-            len(data),
-            route,
-            b"connection: close\r\n" if close else b"",
-            b"" if head else data,
-        )
-    )
 
 
 class Forwarder:

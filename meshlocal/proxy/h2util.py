@@ -12,7 +12,7 @@ from h2.settings import SettingCodes, Settings
 from hpack.struct import Header
 from hyperframe.frame import Frame, GoAwayFrame
 
-from meshlocal.proxy.forward import error_response
+from meshlocal.proxy.respond import error_response
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 

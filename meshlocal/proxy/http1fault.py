@@ -64,7 +64,7 @@ def intercept(down: Downstream, replica: Replica) -> bool:
 def abort(down: Downstream, status: int) -> None:
     """An abort's answer, keep-alive as from Envoy's fault filter: the request's
     body is skipped as it comes (`drain`), then the next request goes on."""
-    from meshlocal.proxy.forward import error_response
+    from meshlocal.proxy.respond import error_response
 
     req = down.req
     assert req is not None

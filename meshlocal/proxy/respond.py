@@ -11,7 +11,7 @@ import re
 import time
 from typing import TYPE_CHECKING
 
-from meshlocal.proxy import http1
+from meshlocal.proxy import faultio, http1
 from meshlocal.proxy.http1 import ChunkedScanner, HttpError, RequestHead, ResponseHead
 from meshlocal.proxy.metrics import EdgeMetrics, ServiceMetrics
 from meshlocal.proxy.settings import ProxySettings
@@ -30,6 +30,41 @@ CLOSED = 4
 DRAIN = 5  # an aborted request's body being skipped
 
 _BARE_LF = re.compile(rb"\r?\n")  # upstream response heads only
+
+
+_REASONS = {
+    400: b"Bad Request",
+    404: b"Not Found",
+    431: b"Request Header Fields Too Large",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}
+
+
+def error_response(
+    status: int,
+    body: str,
+    *,
+    route: bytes = b"service-connect",
+    close: bool = True,
+    head: bool = False,
+) -> bytes:
+    data = body.encode() + b"\n"
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+        b"x-meshlocal-route: %s\r\n%s\r\n%s"
+        % (
+            status,
+            _REASONS.get(status) or faultio.reason(status),
+            len(data),
+            route,
+            b"connection: close\r\n" if close else b"",
+            b"" if head else data,
+        )
+    )
 
 
 class ResponseSide:
