@@ -188,7 +188,12 @@ class Active:
 
     def snapshot(self) -> dict[str, Any]:
         doc = self.fault.to_json()
-        doc.update(seen=self.seen, hits=self.hits, description=self.fault.describe())
+        doc.update(
+            seen=self.seen,
+            hits=self.hits,
+            description=self.fault.describe(),
+            scope=self.fault.scope(),  # `front-end -> api`: the mesh page shows it
+        )
         return doc
 
 

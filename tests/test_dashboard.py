@@ -250,7 +250,7 @@ def test_crashes_faults_ejections_and_the_controller() -> None:
         "controller",
         "controller",
     ]
-    assert texts[0][1] == texts[1][1] == "api-2 died (exit code 137; 1 time(s) in a row)"
+    assert texts[0][1] == texts[1][1] == "api-2 died (exit code 137; 1 time in a row)"
     assert texts[2][1].startswith("fault gone added") and texts[3][1] == "fault slow removed"
     assert "ejected by front-1's proxy for 30 s" in texts[4][1]
 
@@ -298,7 +298,17 @@ STATE = {
                 }
             ],
         },
-        "worker": {"type": "Worker Service", "desired": 1, "port": None, "replicas": []},
+        "worker": {
+            "type": "Worker Service",
+            "desired": 2,
+            "port": None,
+            "replicas": [{"name": "worker-1", "index": 1, "container_id": "w" * 64}],
+            # worker-1 is back (its crash record lingers); worker-2 waits to restart.
+            "restarting": [
+                {"index": 1, "status": "restarting", "exit_code": 1},
+                {"index": 2, "status": "restarting in 2 s", "exit_code": 1},
+            ],
+        },
     },
 }
 
@@ -320,14 +330,24 @@ def test_the_document_has_services_edges_faults_and_no_secret() -> None:
         naming=None,
         edges=window.edges(d.node),
         directory=d,
-        faults=[{"id": "f1", "service": "api", "kind": "latency", "description": "latency 1s"}],
+        faults=[
+            {
+                "id": "f1",
+                "service": "api",
+                "kind": "latency",
+                "description": "latency 1s",
+                "scope": "front -> api",
+            }
+        ],
         epoch="e",
         window_s=60.0,
     )
     assert [s["name"] for s in doc["services"]] == ["api", "worker"]
+    assert [c["index"] for c in doc["services"][1]["restarting"]] == [2]
     api = doc["services"][0]
     assert api["replicas"][0]["ejected_by"] == ["front-1"]
     assert api["faults"] == 1 and api["connect"]["protocol"] == "http"
+    assert doc["faults"][0]["summary"] == "front -> api, latency 1s"
     assert [(e["from"], e["to"], e["unit"]) for e in doc["edges"]] == [
         ("@public", "api", "requests"),
         ("front", "api", "requests"),

@@ -136,7 +136,8 @@ class Changes:
         services = sorted({r.service for r in replicas})
         self.timeline.add(
             "added",
-            f"{len(replicas)} replicas of {len(services)} service(s) served: {', '.join(services)}",
+            f"{len(replicas)} replicas of {_plural(len(services), 'service')} served: "
+            f"{', '.join(services)}",
         )
 
     def ejected(self, replica: Replica, client: str, seconds: float) -> None:
@@ -174,13 +175,13 @@ class Changes:
                 why = f"exit code {code}" if code is not None else "failed its health check"
                 self.timeline.add(
                     "died",
-                    f"{slot[0]}-{slot[1]} died ({why}; {count} time(s) in a row)",
+                    f"{slot[0]}-{slot[1]} died ({why}; {_plural(count, 'time')} in a row)",
                     service=slot[0],
                     replica=f"{slot[0]}-{slot[1]}",
                 )
 
     def faults(self, rows: Iterable[dict[str, Any]]) -> None:
-        now = {str(r.get("id")): str(r.get("description") or r.get("id")) for r in rows}
+        now = {str(r.get("id")): _fault_text(r) for r in rows}
         before, self._faults = self._faults, now
         if before is None:
             return  # the first set: what was already there
@@ -244,6 +245,9 @@ def document(
                         "exit_code": c.get("exit_code"),
                     }
                     for c in svc.get("restarting") or []
+                    # A slot whose replica is back keeps its crash record a while
+                    # (the back-off's memory): as in `ps`, its row is the replica's.
+                    if c.get("index") not in {r.get("index") for r in svc.get("replicas") or []}
                 ],
                 "not_started": svc.get("not_started", 0),
                 "faults": per_service_faults.get(name, 0),
@@ -294,6 +298,16 @@ def document(
     }
 
 
+def _fault_text(row: dict[str, Any]) -> str:
+    """`front-end -> api, abort 503 (50%)`: whom it hits, and what it does."""
+    what = str(row.get("description") or row.get("kind") or row.get("id"))
+    return f"{row['scope']}, {what}" if row.get("scope") else what
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _endpoint(naming: NamingModel, service: str) -> dict[str, Any] | None:
     """What the data plane itself serves for `service` (the status may lag)."""
     ep = naming.endpoint_of(service)
@@ -325,7 +339,9 @@ def _fault(row: dict[str, Any]) -> dict[str, Any]:
         "id": row.get("id"),
         "service": row.get("service"),
         "kind": row.get("kind"),
-        "summary": row.get("description"),
+        "scope": row.get("scope"),
+        "description": row.get("description"),
+        "summary": _fault_text(row),
         "hits": row.get("hits"),
         "seen": row.get("seen"),
         "declared": bool(row.get("declared")),

@@ -87,6 +87,7 @@
     return n >= svc.desired && allGood && !svc.restarting.length && svc.ready ? "ok" : "degraded";
   }
   const isPseudo = (id) => id.startsWith("@");
+  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
   // A client-only replica has no port: its address alone, never "addr:null".
   const hostPort = (address, port) => (port === null || port === undefined ? String(address) : `${address}:${port}`);
   const edgeKey = (e) => e.from + "\u2192" + e.to;
@@ -387,7 +388,7 @@
       s("text", {class: "name", x: PAD, y: 21, text: truncate(svc.name, TITLE_FONT, NODE_W - 2 * PAD - badgeW)}));
     if (badgeW) {
       g.append(s("g", {class: "fault-badge", transform: `translate(${NODE_W - PAD - 30},8)`},
-        s("title", {text: `${svc.faults} active fault(s)`}),
+        s("title", {text: `${plural(svc.faults, "active fault")}`}),
         s("rect", {width: 30, height: 17, rx: 8.5}),
         s("text", {x: 15, y: 12.5, "text-anchor": "middle", text: "⚡" + svc.faults})));
     }
@@ -454,7 +455,7 @@
         h("td", {colspan: 4, text: x.status})));
     }
     if (svc.not_started) {
-      rows.push(h("tr", {class: "not-started"}, h("td", {colspan: 5, text: `${svc.not_started} replica(s) not started`})));
+      rows.push(h("tr", {class: "not-started"}, h("td", {colspan: 5, text: `${plural(svc.not_started, "replica")} not started`})));
     }
     if (!rows.length) rows.push(h("tr", {class: "none"}, h("td", {colspan: 5, text: "no replicas"})));
     return h("table", {class: "replicas"},
@@ -475,7 +476,7 @@
     const key = JSON.stringify([snap.services, state.selected]);
     if (state.cache.services === key) return;
     state.cache.services = key;
-    $("services-count").textContent = `${snap.services.length} service(s), ${snap.services.reduce((a, x) => a + x.replicas.length, 0)} replica(s)`;
+    $("services-count").textContent = `${plural(snap.services.length, "service")}, ${plural(snap.services.reduce((a, x) => a + x.replicas.length, 0), "replica")}`;
     $("services").replaceChildren(...snap.services.map((svc) => {
       const health = serviceHealth(svc), sel = state.selected;
       return h("section", {class: "service" + (sel && sel.kind === "service" && sel.id === svc.name ? " selected" : ""),
@@ -486,7 +487,7 @@
         h("span", {class: "svc-type pill", text: svc.type}),
         h("span", {class: "svc-ready pill " + (svc.ready ? "ok" : "bad"), "data-ready": String(!!svc.ready), text: svc.ready ? "ready" : "not ready"}),
         h("span", {class: "svc-desired", text: `${inRotation(svc)}/${svc.desired} in rotation`}),
-        svc.faults ? h("span", {class: "pill fault", text: `⚡ ${svc.faults} fault(s)`}) : null),
+        svc.faults ? h("span", {class: "pill fault", text: `⚡ ${plural(svc.faults, "fault")}`}) : null),
       endpoints(svc),
       replicaTable(svc, "replica"));
     }));
@@ -498,9 +499,12 @@
     state.cache.faults = key;
     const faults = snap.faults || [];
     $("faults").replaceChildren(faults.length ? h("table", {class: "faults"},
-      h("thead", {}, h("tr", {}, ["fault", "service", "summary", "hits/seen", "declared"].map((t) => h("th", {text: t})))),
+      h("thead", {}, h("tr", {}, [["fault"], ["scope", "client -> server; * is every client"], ["what"], ["hits/seen"],
+        ["declared", "in copilot/.meshlocal.yml: every `up` puts it back; no: added at run time"]]
+        .map(([t, tip]) => h("th", {text: t, title: tip || ""})))),
       h("tbody", {}, faults.map((f) => h("tr", {class: "fault", "data-fault": f.id, "data-service": f.service},
-        h("td", {}, h("code", {text: f.id})), h("td", {text: f.service}), h("td", {text: f.summary}),
+        h("td", {}, h("code", {text: f.id})), h("td", {class: "scope", text: f.scope || f.service}),
+        h("td", {text: f.description || f.summary}),
         h("td", {class: "hits", text: `${f.hits}/${f.seen}`}), h("td", {text: f.declared ? "yes" : "no"})))))
       : h("p", {class: "empty", text: "no faults"}));
   }
