@@ -26,7 +26,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from meshlocal import control, logserve
+from meshlocal import control, faultkeep, logserve
 from meshlocal.agentconfig import (
     AgentConfig,
 )
@@ -38,7 +38,6 @@ from meshlocal.link import (
     LINE_LIMIT,
     LINK_SOCKET,
     MAX_BACKLOG,
-    FaultReport,
     LinkClosed,
     ServingConfig,
     parse_served,
@@ -60,7 +59,6 @@ from meshlocal.runtime.engine import ContainerEvent, Engine, NetworkInfo
 from meshlocal.runtime.reconcile import DesiredService
 from meshlocal.runtime.replicas import Reconciler
 from meshlocal.runtime.taskbook import TaskBook
-from meshlocal.statedir import state_file
 from meshlocal.status import status_document
 from meshlocal.vips import allocate, vip_block
 
@@ -119,7 +117,7 @@ class Controller(VipPlacement):
         # The data plane's last word on its faults: handed back to it when it
         # restarts (faultstore.py), kept beside the state file for a restart of
         # both. Counters are not kept.
-        self.fault_report = _load_report(_report_path(config))
+        self.fault_report = faultkeep.load(faultkeep.path_for(config))
         self.config_notes: list[str] = []  # faults the last configuration dropped
 
     # -- lifecycle --------------------------------------------------------
@@ -402,7 +400,7 @@ class Controller(VipPlacement):
                 report = read_report(message, lambda note: log.warning("fault report: %s", note))
                 if report is not None:
                     self.fault_report = report
-                    _save_report(_report_path(self.config), report)
+                    faultkeep.save(faultkeep.path_for(self.config), report)
             elif kind == "logs" and self._writer is not None:  # the mesh page asks
                 self._spawn(logserve.answer(message, self._writer, self))
 
@@ -548,35 +546,6 @@ def _is_dataplane(writer: asyncio.StreamWriter) -> bool:
     if sock is None:
         return False
     return peer_uid(sock) == DATAPLANE_UID
-
-
-def _report_path(config: AgentConfig) -> Path | None:
-    """Beside the kept configuration (container mode); a host-mode agent has none (its
-    configuration comes from `up` each time) and keeps it in the environment's state
-    directory instead, which `down` clears."""
-    if config.state_file:
-        return Path(config.state_file).with_suffix(".faults.json")
-    if config.mode == "host":
-        return state_file(config.project, config.spec.env, ".faults.json")
-    return None
-
-
-def _load_report(path: Path | None) -> FaultReport | None:
-    with contextlib.suppress(OSError, ValueError):
-        if path is not None:
-            raw = json.loads(path.read_text())
-            return read_report(raw, lambda note: log.warning("%s: %s", path, note))
-    return None
-
-
-def _save_report(path: Path | None, report: FaultReport) -> None:
-    if path is None:
-        return
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report.to_message()))
-        tmp.replace(path)  # atomic, as the configuration
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:

@@ -21,7 +21,7 @@ import dns.message
 import pytest
 from planekit import Controller, listen, load, serving, workspace
 
-from meshlocal import faultcarry, mesh
+from meshlocal import faultcarry, faultkeep
 from meshlocal.adminapi import AdminRefused, add_fault, fault_refusal
 from meshlocal.agentconfig import AgentConfig
 from meshlocal.dataplanes import DataPlane as RunningPlane
@@ -486,7 +486,7 @@ def test_a_state_file_fault_of_the_wrong_type_is_skipped_and_logged(
     bad = {**Fault("api", Kind.REFUSE, id="bad").to_json(), "percent": "30"}
     path.write_text(json.dumps({"faults": [good.to_json(), bad], "suppressed": ["x"]}))
     with caplog.at_level("WARNING", "meshlocal.controller"):
-        report = mesh._load_report(path)
+        report = faultkeep.load(path)
     assert report == FaultReport((good,), ("x",))
     assert "fault field percent can't be '30'" in caplog.text
     # The link's message goes through the same reader on the data plane's side.
@@ -501,9 +501,9 @@ def test_a_host_mode_agent_keeps_its_fault_report_in_the_state_directory(
     # report goes where the environment's other files are, and `down` clears it.
     spec = load(workspace(tmp_path))
     host = AgentConfig(project="p-x", spec=spec, desired={}, mode="host")
-    assert mesh._report_path(host) == state_file("p-x", "test", ".faults.json")
+    assert faultkeep.path_for(host) == state_file("p-x", "test", ".faults.json")
     kept = replace(host, mode="container", state_file="/state/agent.json")
-    assert mesh._report_path(kept) == Path("/state/agent.faults.json")
+    assert faultkeep.path_for(kept) == Path("/state/agent.faults.json")
 
 
 class _Planes:

@@ -221,6 +221,7 @@ def document(
         svc = str(f.get("service") or "")
         per_service_faults[svc] = per_service_faults.get(svc, 0) + 1
     for name, svc in sorted((state.get("services") or {}).items()):
+        running = {r.get("index") for r in svc.get("replicas") or []}
         connect = _endpoint(naming, name) if naming is not None else svc.get("connect")
         if connect:
             protocols[name] = str(connect.get("protocol") or "tcp")
@@ -247,7 +248,7 @@ def document(
                     for c in svc.get("restarting") or []
                     # A slot whose replica is back keeps its crash record a while
                     # (the back-off's memory): as in `ps`, its row is the replica's.
-                    if c.get("index") not in {r.get("index") for r in svc.get("replicas") or []}
+                    if c.get("index") not in running
                 ],
                 "not_started": svc.get("not_started", 0),
                 "faults": per_service_faults.get(name, 0),
