@@ -352,28 +352,3 @@ class FaultTable:
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [a.snapshot() for a in self._faults.values()]
-
-    def prometheus(self) -> list[str]:
-        if not self._faults:
-            return []
-        lines = [
-            "# HELP meshlocal_fault_hits_total Connections, requests or DNS queries affected.",
-            "# TYPE meshlocal_fault_hits_total counter",
-        ]
-        seen = [
-            "# HELP meshlocal_fault_seen_total Connections, requests or DNS queries drawn for.",
-            "# TYPE meshlocal_fault_seen_total counter",
-        ]
-        for a in self._faults.values():
-            f = a.fault
-            labels = (
-                f'fault="{f.id}",kind="{f.kind.value}",service="{_esc(f.service)}",'
-                f'from="{_esc(f.source)}"'
-            )
-            lines.append(f"meshlocal_fault_hits_total{{{labels}}} {a.hits}")
-            seen.append(f"meshlocal_fault_seen_total{{{labels}}} {a.seen}")
-        return lines + seen
-
-
-def _esc(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -55,6 +55,7 @@ from meshlocal.process import stop_on_signals
 from meshlocal.proxy.app import Engine as ProxyCore
 from meshlocal.proxy.app import PublicEndpoint, ServiceConnectProxy, admin_app
 from meshlocal.proxy.healthcheck import HttpHealthChecker
+from meshlocal.proxy.promexport import CounterCollector
 from meshlocal.registry import ReplicaRegistry
 
 log = logging.getLogger("meshlocal.dataplane")
@@ -396,9 +397,13 @@ class DataPlane:
     # -- admin API ----------------------------------------------------------------------
 
     async def _start_admin(self, core: ProxyCore, address: str) -> web.AppRunner:
-        app = admin_app(core.metrics, core.faults)
+        dropped = CounterCollector(
+            "meshlocal_dns_delayed_dropped",
+            "Late answers of dns delay faults dropped: too many were waiting (the client retries).",
+            lambda: self._fault_stats()["dns_delayed_dropped"],
+        )
+        app = admin_app(core.metrics, core.faults, collectors=(dropped,))
         app.middlewares.append(admin_guard(lambda: self.config.gateway if self.config else None))
-        app.middlewares.append(self._dns_metrics)
         app.router.add_get(f"/{API_VERSION}/state", self._state)
         add_routes(app, self.faults, f"/{API_VERSION}")
         self.dashboard.add_routes(app, f"/{API_VERSION}")
@@ -414,14 +419,6 @@ class DataPlane:
         server: Any = site._server
         self.admin_port = server.sockets[0].getsockname()[1]
         return runner
-
-    @web.middleware
-    async def _dns_metrics(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        # The DNS server's own counter, after the proxy's metrics (proxy/app.py).
-        response: web.StreamResponse = await handler(request)
-        if request.path == "/metrics" and isinstance(response, web.Response) and response.text:
-            response.text = response.text + dns_prometheus(self._fault_stats())
-        return response
 
     def _fault_stats(self) -> dict[str, int]:
         """Late DNS answers dropped (dns delay faults): `/metrics` and `GET /v1/state`."""
@@ -558,12 +555,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def dns_prometheus(stats: dict[str, int]) -> str:
-    return (
-        "# HELP meshlocal_dns_delayed_dropped_total Late answers of dns delay faults dropped:"
-        " too many were waiting (the client retries).\n"
-        "# TYPE meshlocal_dns_delayed_dropped_total counter\n"
-        f"meshlocal_dns_delayed_dropped_total {stats['dns_delayed_dropped']}\n"
-    )

@@ -20,6 +20,7 @@ import dns.asyncquery
 import dns.message
 import pytest
 from planekit import Controller, listen, load, serving, workspace
+from prometheus_client.parser import text_string_to_metric_families
 
 from meshlocal import faultcarry, faultkeep
 from meshlocal.adminapi import AdminRefused, add_fault, fault_refusal
@@ -202,15 +203,30 @@ async def test_metrics_carry_the_counters(plane: DataPlane, http: aiohttp.Client
     assert active is not None
     active.seen, active.hits = 10, 3
     async with http.get(url(plane, "/metrics")) as resp:
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
         text = await resp.text()
-    assert (
-        'meshlocal_fault_hits_total{fault="slow-api",kind="latency",service="api",from="front"} 3'
-        in text
-    )
-    assert (
-        'meshlocal_fault_seen_total{fault="slow-api",kind="latency",service="api",from="front"} 10'
-        in text
-    )
+    labels = {"fault": "slow-api", "kind": "latency", "service": "api", "from": "front"}
+    assert samples(text, "meshlocal_fault_hits_total") == [(labels, 3)]
+    assert samples(text, "meshlocal_fault_seen_total") == [(labels, 10)]
+    # The proxy's and the process's metrics beside them, the DNS counter too.
+    assert samples(text, "meshlocal_dns_delayed_dropped_total") == [({}, 0)]
+    assert samples(text, "process_cpu_seconds_total")
+    assert "RequestCount" in {f.name for f in text_string_to_metric_families(text)}
+    accept = {"Accept": "application/openmetrics-text"}
+    async with http.get(url(plane, "/metrics"), headers=accept) as resp:
+        assert resp.content_type == "application/openmetrics-text"
+        om_text = await resp.text()
+    assert om_text.endswith("# EOF\n")
+    assert "meshlocal_fault_hits_total{" in om_text
+
+
+def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    return [
+        (s.labels, s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    ]
 
 
 async def test_late_dns_answers_dropped_are_exported(
@@ -232,7 +248,7 @@ async def test_late_dns_answers_dropped_are_exported(
     assert state["dns_delayed_dropped"] == 2
     async with http.get(url(plane, "/metrics")) as resp:
         text = await resp.text()
-    assert "\nmeshlocal_dns_delayed_dropped_total 2\n" in text
+    assert samples(text, "meshlocal_dns_delayed_dropped_total") == [({}, 2)]
     assert "# TYPE meshlocal_dns_delayed_dropped_total counter" in text
 
 

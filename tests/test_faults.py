@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from meshlocal.faults import (
     Active,
@@ -32,6 +34,7 @@ from meshlocal.manifest.model import (
     Workspace,
 )
 from meshlocal.naming import NamingModel
+from meshlocal.proxy.promexport import FaultCollector
 
 BACKEND = ServiceType.BACKEND_SERVICE
 WORKER = ServiceType.WORKER_SERVICE
@@ -242,31 +245,38 @@ def test_delay_stays_within_latency_plus_minus_jitter_and_never_below_zero() -> 
 # -- reporting -------------------------------------------------------------------------
 
 
-def test_prometheus_lines_per_fault() -> None:
+def test_fault_counters_exported_per_fault() -> None:
     table = FaultTable()
-    assert table.prometheus() == []
+    registry = CollectorRegistry()
+    registry.register(FaultCollector(table))
+    assert generate_latest(registry) == b""  # no fault, no family
     a = table.add(latency(id="slow", source="web"))
-    table.add(Fault('we"ird\\', Kind.REFUSE, id="odd"))
+    table.add(Fault('we"ird\\\n', Kind.REFUSE, id="odd"))
     got = table.get(a.id)
     assert got is not None
     for _ in range(3):
         got.roll()
-    lines = table.prometheus()
-    assert lines[0].startswith("# HELP meshlocal_fault_hits_total ")
-    assert "# TYPE meshlocal_fault_hits_total counter" in lines
-    assert "# TYPE meshlocal_fault_seen_total counter" in lines
+    text = generate_latest(registry).decode()
+    assert "# TYPE meshlocal_fault_hits_total counter" in text
+    assert "# TYPE meshlocal_fault_seen_total counter" in text
     assert (
-        'meshlocal_fault_hits_total{fault="slow",kind="latency",service="api",from="web"} 3'
-        in lines
+        'meshlocal_fault_hits_total{fault="slow",from="web",kind="latency",service="api"} 3.0'
+        in text
     )
-    assert 'meshlocal_fault_seen_total{fault="slow",kind="latency",service="api",from="web"} 3' in (
-        lines
-    )
-    assert (
-        'meshlocal_fault_hits_total{fault="odd",kind="refuse",service="we\\"ird\\\\",from=""} 0'
-        in lines
-    )
-    assert len([x for x in lines if not x.startswith("#")]) == 4
+    assert 'service="we\\"ird\\\\\\n"' in text
+    samples = [
+        (s.name, s.labels, s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]
+    slow = {"fault": "slow", "kind": "latency", "service": "api", "from": "web"}
+    odd = {"fault": "odd", "kind": "refuse", "service": 'we"ird\\\n', "from": ""}
+    assert samples == [
+        ("meshlocal_fault_hits_total", slow, 3),
+        ("meshlocal_fault_hits_total", odd, 0),
+        ("meshlocal_fault_seen_total", slow, 3),
+        ("meshlocal_fault_seen_total", odd, 0),
+    ]
 
 
 def test_snapshot_carries_counters_and_a_description() -> None:

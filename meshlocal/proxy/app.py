@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.registry import Collector
 
 from meshlocal.errors import DataPlaneError, PortInUse
 from meshlocal.faults import FaultTable
@@ -30,6 +32,7 @@ from meshlocal.proxy.forward import Forwarder, Route, Router
 from meshlocal.proxy.http1 import HttpError, RequestHead
 from meshlocal.proxy.http2 import H2Proxy
 from meshlocal.proxy.metrics import Metrics
+from meshlocal.proxy.promexport import exposition, new_registry
 from meshlocal.proxy.settings import ProxySettings
 from meshlocal.proxy.tcp import TcpProxy
 from meshlocal.proxy.upstream import UpstreamPool
@@ -375,25 +378,34 @@ class PublicEndpoint(_Listeners):
 
 # -- admin ---------------------------------------------------------------
 
+# The registry `/metrics` reads (tests look at it).
+METRICS_REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 
-def admin_app(metrics: Metrics, faults: FaultTable | None = None) -> web.Application:
-    """`/metrics` (Prometheus text, with the faults' counters) and `/stats` (JSON snapshot)."""
 
-    async def prometheus(_: web.Request) -> web.Response:
-        text = metrics.prometheus()
-        if faults is not None and len(faults):
-            text += "\n".join(faults.prometheus()) + "\n"
+def admin_app(
+    metrics: Metrics,
+    faults: FaultTable | None = None,
+    collectors: Iterable[Collector] = (),
+) -> web.Application:
+    """`/metrics` (Prometheus text or OpenMetrics, promexport.py) and `/stats` (JSON snapshot).
+
+    `/metrics` reads a registry of the app's own: the process's metrics, the
+    services' (`metrics`), the faults' counters and any `collectors` given.
+    """
+    registry = new_registry(metrics, faults, collectors)
+
+    async def prometheus(request: web.Request) -> web.Response:
+        body, content_type = exposition(registry, request.headers.get("Accept"))
         return web.Response(
-            text=text,
-            content_type="text/plain",
-            charset="utf-8",
-            headers={"X-Content-Type-Options": "nosniff"},
+            body=body,
+            headers={"Content-Type": content_type, "X-Content-Type-Options": "nosniff"},
         )
 
     async def stats(_: web.Request) -> web.Response:
         return web.json_response(metrics.snapshot())
 
     app = web.Application()
+    app[METRICS_REGISTRY] = registry
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/stats", stats)
     return app

@@ -1,7 +1,8 @@
 """Per-service counters under Service Connect's CloudWatch metric names.
 
-Pure: the proxy bumps plain integer attributes on the hot path; rendering
-(Prometheus text, a JSON-able snapshot, a rich table) happens on demand.
+Pure: the proxy bumps plain integer attributes on the hot path; reading them
+(a JSON-able snapshot, a rich table here; `/metrics` in promexport.py) happens
+on demand.
 
 What each counts here (ECS counts them at the server task's proxy, which
 in a one-proxy emulator is the connection from the proxy to a replica):
@@ -164,72 +165,6 @@ class Metrics:
                 "GrpcStatusCount": {str(c): n for c, n in sorted(m.grpc_codes.items())},
             }
         return out
-
-    def prometheus(self) -> str:
-        return render_prometheus(self)
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def render_prometheus(metrics: Metrics) -> str:
-    """Prometheus text exposition format 0.0.4."""
-    lines: list[str] = []
-    names = sorted(metrics.services)
-
-    def family(name: str, kind: str, help_text: str, value: Any) -> None:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-        for svc in names:
-            lines.append(f'{name}{{service="{_label(svc)}"}} {value(metrics.services[svc])}')
-
-    family("RequestCount", "counter", "Requests answered by replicas.", lambda m: m.requests)
-    for cls in (2, 3, 4, 5):
-        family(
-            f"HTTPCode_Target_{cls}XX_Count",
-            "counter",
-            f"Responses with a {cls}xx status from replicas.",
-            lambda m, c=cls: m.codes[c],
-        )
-    lines.append("# HELP TargetResponseTime Milliseconds from request sent to response head.")
-    lines.append("# TYPE TargetResponseTime histogram")
-    for svc in names:
-        m = metrics.services[svc]
-        label = _label(svc)
-        running = 0
-        for bound, count in zip(BUCKETS_MS, m.buckets, strict=False):
-            running += count
-            lines.append(f'TargetResponseTime_bucket{{service="{label}",le="{bound:g}"}} {running}')
-        lines.append(f'TargetResponseTime_bucket{{service="{label}",le="+Inf"}} {m.requests}')
-        lines.append(f'TargetResponseTime_sum{{service="{label}"}} {m.response_time_ms_sum:.3f}')
-        lines.append(f'TargetResponseTime_count{{service="{label}"}} {m.requests}')
-    family(
-        "ActiveConnectionCount",
-        "gauge",
-        "Open connections from the proxy to replicas.",
-        lambda m: m.active_connections,
-    )
-    family(
-        "NewConnectionCount",
-        "counter",
-        "Connections opened from the proxy to replicas.",
-        lambda m: m.new_connections,
-    )
-    family(
-        "ProcessedBytes",
-        "counter",
-        "Request and response bytes proxied, both directions.",
-        lambda m: m.processed_bytes,
-    )
-    family("GrpcRequestCount", "counter", "gRPC requests answered.", lambda m: m.grpc_requests)
-    lines.append("# HELP GrpcStatusCount gRPC responses by grpc-status code.")
-    lines.append("# TYPE GrpcStatusCount counter")
-    for svc in names:
-        label = _label(svc)
-        for code, count in sorted(metrics.services[svc].grpc_codes.items()):
-            lines.append(f'GrpcStatusCount{{service="{label}",code="{code}"}} {count}')
-    return "\n".join(lines) + "\n"
 
 
 def stats_table(snapshot: dict[str, dict[str, Any]], modes: dict[str, str] | None = None) -> Any:

@@ -32,6 +32,7 @@ from dnsmesh import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from meshlocal.dns import server as server_mod
 from meshlocal.dns.faults import Delayed
@@ -39,6 +40,7 @@ from meshlocal.dns.resolver import MeshResolver
 from meshlocal.dns.server import DnsServer
 from meshlocal.faultparse import check, parse_fault
 from meshlocal.faults import Active, Fault, expected_hits
+from meshlocal.proxy.promexport import FaultCollector
 
 API = f"api.{NS}"
 API_IPS = {"10.1.0.1", "10.1.0.2", "10.1.0.3"}
@@ -216,11 +218,11 @@ async def test_seeded_percent_hits_exactly_the_expected_queries(
     assert 0 < sum(got) < n
     act = active(resolver, fault)
     assert (act.seen, act.hits) == (n, sum(got))
-    assert f'meshlocal_fault_hits_total{{fault="{fault.id}",kind="dns"' in "\n".join(
-        resolver.faults.prometheus()
-    )
-    line = next(x for x in resolver.faults.prometheus() if x.startswith("meshlocal_fault_hits"))
-    assert line.endswith(f" {sum(got)}")
+    registry = CollectorRegistry()
+    registry.register(FaultCollector(resolver.faults))
+    labels = {"fault": fault.id, "kind": "dns", "service": "api", "from": ""}
+    assert registry.get_sample_value("meshlocal_fault_hits_total", labels) == sum(got)
+    assert registry.get_sample_value("meshlocal_fault_seen_total", labels) == n
 
 
 async def test_a_seeded_jittered_delay_hits_as_expected(

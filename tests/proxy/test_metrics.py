@@ -1,16 +1,25 @@
-"""Service Connect metrics: values, Prometheus text, the admin endpoint, the stats table."""
+"""Service Connect metrics: values, `/metrics` (prometheus_client), the admin app, the table."""
 
 from __future__ import annotations
 
 import json
-import re
+import math
 
 import aiohttp
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
+from meshlocal.faults import Fault, FaultTable, Kind
 from meshlocal.manifest.model import ServiceType
-from meshlocal.proxy.app import AdminServer, PublicEndpoint
-from meshlocal.proxy.metrics import METRIC_NAMES, Metrics, render_prometheus, stats_table
+from meshlocal.proxy.app import METRICS_REGISTRY, AdminServer, PublicEndpoint, admin_app
+from meshlocal.proxy.metrics import BUCKETS_MS, METRIC_NAMES, Metrics, stats_table
+from meshlocal.proxy.promexport import CounterCollector, new_registry
 
 from .helpers import MeshFactory, service
 
@@ -30,28 +39,121 @@ def test_response_classes_and_mean_time() -> None:
     assert set(snap) == set(METRIC_NAMES)
 
 
+def families(text: str) -> dict[str, Metric]:
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def value(fams: dict[str, Metric], sample: str, **labels: str) -> float:
+    """The one sample named `sample` with exactly `labels`."""
+    family = sample.removesuffix("_total")
+    for suffix in ("_bucket", "_count", "_sum"):
+        if family not in fams:
+            family = family.removesuffix(suffix)
+    found = [s.value for s in fams[family].samples if s.name == sample and s.labels == labels]
+    assert len(found) == 1, (sample, labels, fams.get(family))
+    return found[0]
+
+
 def test_prometheus_text_format() -> None:
     metrics = Metrics()
     metrics.service("api").response(200, 0.5)
     metrics.service("api").response(500, 30.0)
     metrics.service('we"ird').processed_bytes = 7
-    text = render_prometheus(metrics)
+    text = generate_latest(new_registry(metrics)).decode()
     assert text.endswith("\n")
-    assert 'RequestCount{service="api"} 2' in text
-    assert 'HTTPCode_Target_5XX_Count{service="api"} 1' in text
-    assert 'TargetResponseTime_bucket{service="api",le="1"} 1' in text
-    assert 'TargetResponseTime_bucket{service="api",le="25"} 1' in text
-    assert 'TargetResponseTime_bucket{service="api",le="50"} 2' in text
-    assert 'TargetResponseTime_bucket{service="api",le="+Inf"} 2' in text
-    assert 'TargetResponseTime_count{service="api"} 2' in text
-    assert 'ProcessedBytes{service="we\\"ird"} 7' in text
-    sample = re.compile(
-        r'^[A-Za-z_:][A-Za-z0-9_:]*\{service="(?:[^"\\]|\\.)*"(?:,(?:le|code)="[^"]+")?\} \S+$'
-    )
-    for line in text.splitlines():
-        assert line.startswith("# HELP ") or line.startswith("# TYPE ") or sample.match(line), line
+    # Counters carry prometheus_client's `_total` suffix; the families keep ECS's names.
+    assert 'RequestCount_total{service="api"} 2.0' in text
+    assert 'HTTPCode_Target_5XX_Count_total{service="api"} 1.0' in text
+    assert 'TargetResponseTime_bucket{le="1.0",service="api"} 1.0' in text
+    assert 'ProcessedBytes_total{service="we\\"ird"} 7.0' in text
+    fams = families(text)
     for name in METRIC_NAMES:
-        assert f"# TYPE {name} " in text
+        assert name in fams, name
+    kinds = {name: fams[name].type for name in METRIC_NAMES}
+    assert kinds == {
+        **{name: "counter" for name in METRIC_NAMES},
+        "TargetResponseTime": "histogram",
+        "ActiveConnectionCount": "gauge",
+    }
+    assert value(fams, "RequestCount_total", service="api") == 2
+    assert value(fams, "HTTPCode_Target_2XX_Count_total", service="api") == 1
+    assert value(fams, "HTTPCode_Target_5XX_Count_total", service="api") == 1
+    assert value(fams, "HTTPCode_Target_4XX_Count_total", service="api") == 0
+    assert value(fams, "ProcessedBytes_total", service='we"ird') == 7
+    assert value(fams, "TargetResponseTime_count", service="api") == 2
+    assert value(fams, "TargetResponseTime_sum", service="api") == 30.5
+    buckets = {
+        s.labels["le"]: s.value
+        for s in fams["TargetResponseTime"].samples
+        if s.name == "TargetResponseTime_bucket" and s.labels["service"] == "api"
+    }
+    assert list(buckets) == [*(repr(float(b)) for b in BUCKETS_MS), "+Inf"]
+    assert buckets["1.0"] == 1  # 0.5 ms
+    assert buckets["25.0"] == 1
+    assert buckets["50.0"] == 2  # 30 ms
+    assert buckets["+Inf"] == 2
+
+
+def test_label_values_are_escaped_and_round_trip() -> None:
+    metrics = Metrics()
+    odd = 'a"b\\c\nd}{,=e'
+    metrics.service(odd).response(404, 3.0)
+    metrics.service(odd).grpc_status(14)
+    registry = new_registry(metrics)
+    text = generate_latest(registry).decode()
+    assert 'service="a\\"b\\\\c\\nd}{,=e"' in text  # \" \\ \n, one line
+    fams = families(text)
+    assert value(fams, "HTTPCode_Target_4XX_Count_total", service=odd) == 1
+    assert value(fams, "GrpcStatusCount_total", service=odd, code="14") == 1
+    assert value(fams, "TargetResponseTime_bucket", service=odd, le="5.0") == 1
+    om = {f.name: f for f in openmetrics_families(openmetrics_latest(registry).decode())}
+    assert [s.labels for s in om["RequestCount"].samples] == [{"service": odd}]
+
+
+def test_registries_are_private_and_carry_process_metrics() -> None:
+    one, two = Metrics(), Metrics()
+    one.service("api").response(200, 1.0)
+    app_one, app_two = admin_app(one), admin_app(two)
+    reg_one, reg_two = app_one[METRICS_REGISTRY], app_two[METRICS_REGISTRY]
+    assert reg_one is not reg_two
+    assert reg_one.get_sample_value("RequestCount_total", {"service": "api"}) == 1
+    assert reg_two.get_sample_value("RequestCount_total", {"service": "api"}) is None
+    assert REGISTRY.get_sample_value("RequestCount_total", {"service": "api"}) is None
+    fams = families(generate_latest(reg_one).decode())
+    for name in ("process_cpu_seconds", "process_resident_memory_bytes", "python_info"):
+        assert name in fams, name
+    assert fams["process_resident_memory_bytes"].samples[0].value > 0
+    assert "python_gc_collections" in fams
+
+
+def test_fault_counters_and_extra_collectors() -> None:
+    faults = FaultTable()
+    metrics = Metrics()
+    dropped = [0]
+    registry = new_registry(
+        metrics,
+        faults,
+        (CounterCollector("meshlocal_dns_delayed_dropped", "x", lambda: dropped[0]),),
+    )
+    fams = families(generate_latest(registry).decode())
+    assert "meshlocal_fault_hits" not in fams  # no fault, no family (as before)
+    assert value(fams, "meshlocal_dns_delayed_dropped_total") == 0
+    slow = faults.add(Fault("api", Kind.LATENCY, latency_ms=5, id="slow", source="web"))
+    faults.add(Fault('we"ird\\', Kind.REFUSE, id="odd"))
+    active = faults.get(slow.id)
+    assert active is not None
+    for _ in range(3):
+        active.roll()
+    dropped[0] = 2
+    fams = families(generate_latest(registry).decode())
+    labels = {"fault": "slow", "kind": "latency", "service": "api", "from": "web"}
+    assert value(fams, "meshlocal_fault_hits_total", **labels) == 3
+    assert value(fams, "meshlocal_fault_seen_total", **labels) == 3
+    odd = {"fault": "odd", "kind": "refuse", "service": 'we"ird\\', "from": ""}
+    assert value(fams, "meshlocal_fault_hits_total", **odd) == 0
+    assert len(fams["meshlocal_fault_seen"].samples) == 2
+    assert fams["meshlocal_fault_hits"].type == "counter"
+    assert value(fams, "meshlocal_dns_delayed_dropped_total") == 2
 
 
 def test_grpc_counts() -> None:
@@ -66,11 +168,12 @@ def test_grpc_counts() -> None:
     assert snap["HTTPCode_Target_2XX_Count"] == 4  # gRPC errors travel in HTTP 200
     assert snap["GrpcStatusCount"] == {"0": 2, "5": 1, "14": 1}
     assert json.loads(json.dumps(snap)) == snap  # what /stats serves
-    text = render_prometheus(metrics)
-    assert 'GrpcRequestCount{service="api"} 4' in text
-    assert 'GrpcStatusCount{service="api",code="0"} 2' in text
-    assert 'GrpcStatusCount{service="api",code="14"} 1' in text
-    assert "# TYPE GrpcStatusCount counter" in text
+    fams = families(generate_latest(new_registry(metrics)).decode())
+    assert value(fams, "GrpcRequestCount_total", service="api") == 4
+    assert value(fams, "GrpcStatusCount_total", service="api", code="0") == 2
+    assert value(fams, "GrpcStatusCount_total", service="api", code="14") == 1
+    assert value(fams, "GrpcStatusCount_total", service="api", code="5") == 1
+    assert fams["GrpcStatusCount"].type == "counter"
 
 
 def test_stats_table_renders_snapshot() -> None:
@@ -107,8 +210,47 @@ async def test_live_metrics_and_admin_endpoint(
         async with client.get(admin.url + "/metrics") as resp:
             assert resp.status == 200
             assert resp.content_type == "text/plain"
+            assert resp.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+            assert resp.headers["X-Content-Type-Options"] == "nosniff"
             text = await resp.text()
-        assert 'RequestCount{service="api"} 4' in text
+        fams = families(text)
+        assert value(fams, "RequestCount_total", service="api") == 4
+        assert value(fams, "HTTPCode_Target_2XX_Count_total", service="api") == 2
+        assert value(fams, "HTTPCode_Target_5XX_Count_total", service="api") == 2
+        assert value(fams, "HTTPCode_Target_3XX_Count_total", service="api") == 0
+        assert value(fams, "NewConnectionCount_total", service="api") == 2
+        assert value(fams, "ActiveConnectionCount", service="api") == 2
+        assert value(fams, "ProcessedBytes_total", service="api") == snap["ProcessedBytes"]
+        assert value(fams, "GrpcRequestCount_total", service="api") == 0
+        assert value(fams, "TargetResponseTime_count", service="api") == 4
+        assert value(fams, "TargetResponseTime_bucket", service="api", le="+Inf") == 4
+        mean = value(fams, "TargetResponseTime_sum", service="api") / 4
+        assert math.isclose(mean, snap["TargetResponseTime"], abs_tol=0.001)
+        assert value(fams, "process_cpu_seconds_total") > 0
+        assert value(fams, "process_resident_memory_bytes") > 0
+        # OpenMetrics when asked: its own parser, `# EOF` at the end.
+        accept = "application/openmetrics-text; version=1.0.0, text/plain; q=0.5"
+        async with client.get(admin.url + "/metrics", headers={"Accept": accept}) as resp:
+            assert resp.status == 200
+            assert resp.content_type == "application/openmetrics-text"
+            assert resp.headers["Content-Type"].startswith(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8"
+            )
+            assert resp.headers["X-Content-Type-Options"] == "nosniff"
+            om_text = await resp.text()
+        assert om_text.endswith("# EOF\n")
+        om = {f.name: f for f in openmetrics_families(om_text)}
+        assert om["RequestCount"].type == "counter"
+        assert [(s.name, s.labels, s.value) for s in om["RequestCount"].samples] == [
+            ("RequestCount_total", {"service": "api"}, 4)
+        ]
+        assert om["TargetResponseTime"].type == "histogram"
+        assert "process_cpu_seconds" in om
+        # An Accept prometheus_client can't read gets the text format, not a 500.
+        bad = "application/openmetrics-text; version=x"
+        async with client.get(admin.url + "/metrics", headers={"Accept": bad}) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
         async with client.get(admin.url + "/stats") as resp:
             stats = await resp.json()
         assert stats["api"]["HTTPCode_Target_5XX_Count"] == 2
