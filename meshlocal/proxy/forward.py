@@ -290,16 +290,7 @@ class Downstream(ResponseSide, asyncio.Protocol):
         )
         if req.upgrade is not None:
             tail += b"Connection: Upgrade\r\nUpgrade: %s\r\n" % req.upgrade
-        return (
-            req.request_line
-            + (
-                http1.strip_request_fields(req.fields, req.connection_tokens)
-                if req.strip
-                else req.fields
-            )
-            + tail
-            + b"\r\n"
-        )
+        return req.request_line + req.fields + tail + b"\r\n"
 
     def _select(self) -> None:
         route = self.route

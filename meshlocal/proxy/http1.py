@@ -1,16 +1,42 @@
-"""HTTP/1.1 message heads and body framing: pure code, no I/O.
+"""HTTP/1.1 message heads and body framing: llhttp (via httptools), no I/O.
+
+Heads are parsed by llhttp, Node.js's parser, in its strict mode (no
+leniency flag is set): it refuses Content-Length with Transfer-Encoding,
+duplicate or malformed Content-Length, Transfer-Encoding that is repeated or
+does not end in chunked (requests), obs-fold, bare CR or LF, control
+characters in values, malformed targets, unknown methods, and malformed
+chunk sizes, extensions and trailers.
+
+What llhttp can't express stays here as a small check on top, each with its
+reason:
+
+- duplicate Host: llhttp lets any field repeat; two Hosts make routing
+  ambiguous (a smuggling vector between proxies);
+- missing Host on HTTP/1.1 (RFC 9112 3.2): llhttp doesn't require it;
+- versions: llhttp also takes HTTP/0.9 and HTTP/2.0 request lines;
+- one space between the request line's parts: llhttp skips extra spaces;
+- origin-form targets only: llhttp takes absolute-form, CONNECT's authority
+  form and `*`; a mesh proxy is never a forward proxy (SSRF);
+- status codes below 100: llhttp takes `099`;
+- the size limit (431): llhttp has none of its own;
+- trailing whitespace of field values, which llhttp keeps;
+- HEAD responses carry no body: httptools can't tell llhttp which request
+  a response answers, so framing by the request method is decided here;
+- where a chunked body ends inside a buffer: httptools reports no offset
+  for a message's end, and the proxy forwards body bytes untouched, so a
+  pipelined request after a chunked body needs it. `ChunkedScanner` finds
+  it, and llhttp parses the same bytes: both must agree.
 
 The proxy forwards body bytes exactly as received (chunk framing,
 compression and all), so it only needs to know where each message ends.
-`parse_request_head` is strict on purpose: the request smuggling vectors
-(Content-Length with Transfer-Encoding, conflicting lengths, duplicate
-Host, obs-fold, bare LF) are refused instead of being guessed at.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+
+import httptools
 
 # RFC 9110 7.6.1 plus the de-facto ones every proxy drops. Transfer-Encoding
 # is hop-by-hop in theory, but bodies are forwarded with their framing
@@ -28,46 +54,9 @@ HOP_BY_HOP = (
 # The proxy sets these itself (X-Forwarded-For is appended to).
 FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
 
-# The whole header section in one C-level match: token names, no obs-fold,
-# no bare CR/LF or NUL in values. Values may hold obs-text (>= 0x80).
-_FIELDS_RE = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\x00]*\r\n)*")
-
-
-# The few headers that matter, found in one C-level scan of the lower-cased
-# section. Hop-by-hop names are in it too: stripping (a regex substitution)
-# only runs when one is present.
-_HOP_ALTS = rb"keep-alive|proxy-connection|proxy-authenticate|proxy-authorization|te|trailer"
-_REQUEST_INTEREST = re.compile(
-    rb"\r\n(content-length|transfer-encoding|connection|host|upgrade|expect|x-forwarded-for"
-    rb"|x-forwarded-proto|x-forwarded-host|" + _HOP_ALTS + rb"):[ \t]*([^\r]*)"
-)
-_RESPONSE_INTEREST = re.compile(
-    rb"\r\n(content-length|transfer-encoding|connection|upgrade|" + _HOP_ALTS + rb")"
-    rb":[ \t]*([^\r]*)"
-)
-
-
-def _strip_re(names: tuple[bytes, ...] | list[bytes]) -> re.Pattern[bytes]:
-    alts = b"|".join(re.escape(n) for n in names)
-    return re.compile(rb"(?im)^(?:" + alts + rb"):[^\r]*\r\n")
-
-
-_STRIP_REQUEST_RE = _strip_re(HOP_BY_HOP + FORWARDED)
-_STRIP_RESPONSE_RE = _strip_re(HOP_BY_HOP)
-_TARGET_RE = re.compile(rb"/[\x21-\x7e\x80-\xff]*")
-_TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
-# A well-formed head in one C-level match; anything else takes the slow path,
-# which says precisely what is wrong.
-_REQUEST_FAST = re.compile(
-    rb"(" + _TCHAR + rb"+) (/[\x21-\x7e\x80-\xff]*) (HTTP/1\.[01])\r\n"
-    rb"((?:" + _TCHAR + rb"+:[^\r\n\x00]*\r\n)*)\r\n"
-)
-_RESPONSE_FAST = re.compile(
-    rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?\r\n((?:[^\r\n \t][^\r\n]*\r\n)*)\r\n"
-)
-_REQUEST_DROP = frozenset(HOP_BY_HOP + FORWARDED)
 _STANDARD_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
-_TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_NO_TOKENS: frozenset[bytes] = frozenset()
+_OWS = b" \t"
 
 
 class HttpError(Exception):
@@ -93,7 +82,7 @@ class RequestHead:
     version: bytes  # b"HTTP/1.1" or b"HTTP/1.0"
     request_line: bytes  # with its CRLF
     fields: bytes  # header lines with CRLFs, minus hop-by-hop and X-Forwarded-* lines
-    host: bytes | None
+    host: bytes | None  # lower-cased
     framing: int
     length: int  # for LENGTH
     keep_alive: bool
@@ -101,7 +90,6 @@ class RequestHead:
     connection_tokens: frozenset[bytes]
     expect_continue: bool
     forwarded_for: bytes | None  # incoming X-Forwarded-For values, comma-joined
-    strip: bool = True  # some header must be removed before forwarding
 
     def header_items(self) -> list[tuple[bytes, bytes]]:
         return split_fields(self.fields)
@@ -109,14 +97,14 @@ class RequestHead:
 
 @dataclass(slots=True)
 class ResponseHead:
-    status_line: bytes  # with its CRLF
+    status_line: bytes  # with its CRLF, always HTTP/1.1
     status: int
-    fields: bytes
+    fields: bytes  # minus hop-by-hop lines
     framing: int
     length: int
     keep_alive: bool
     connection_tokens: frozenset[bytes]
-    strip: bool = True
+    upgrade: bytes | None = None  # the Upgrade value of a 101
     # The head as forwarded, per (replica, route, keep-alive, client version):
     # filled by the forwarder, worth it when identical heads are cached.
     rendered: dict[tuple[str, bytes, bool, bytes], bytes] = field(default_factory=dict)
@@ -130,226 +118,250 @@ def split_fields(fields: bytes) -> list[tuple[bytes, bytes]]:
     for line in fields.split(b"\r\n"):
         if line:
             name, _, value = line.partition(b":")
-            out.append((name, value.strip(b" \t")))
+            out.append((name, value.strip(_OWS)))
     return out
 
 
-def _split_head(
-    data: bytes, max_header_bytes: int, status: int, *, strict: bool
-) -> tuple[bytes, bytes]:
-    """(start line with CRLF, header fields) of a head ending in CRLFCRLF."""
-    if len(data) > max_header_bytes:
-        raise HttpError(status, "message head too large")
-    end = data.find(b"\r\n")
-    first = data[: end + 2]
-    fields = data[end + 2 : -2]
-    if b"\n" in first[:-2] or b"\r" in first[:-2]:
-        raise HttpError(400, "bare CR or LF in start line")
-    if strict:
-        if _FIELDS_RE.fullmatch(fields) is None:
-            raise HttpError(400, "malformed header section")
-    elif fields.count(b"\n") != fields.count(b"\r\n") or b"\n " in fields or b"\n\t" in fields:
-        raise HttpError(502, "malformed header section")
-    return first, fields
+# What a field means to the proxy, by lower-cased name.
+_HOST, _LENGTH, _TE, _CONNECTION, _UPGRADE, _EXPECT, _XFF, _DROP = range(8)
+_REQUEST_KINDS = {
+    b"host": _HOST,
+    b"content-length": _LENGTH,
+    b"transfer-encoding": _TE,
+    b"expect": _EXPECT,
+    **{n: _DROP for n in HOP_BY_HOP + FORWARDED},
+    b"connection": _CONNECTION,
+    b"upgrade": _UPGRADE,
+    b"x-forwarded-for": _XFF,
+}
+_RESPONSE_KINDS = {
+    b"content-length": _LENGTH,
+    b"transfer-encoding": _TE,
+    **{n: _DROP for n in HOP_BY_HOP},
+    b"connection": _CONNECTION,
+    b"upgrade": _UPGRADE,
+}
 
 
-def _length_framing(
-    lengths: list[bytes] | None, encodings: list[bytes] | None, *, response: bool
-) -> tuple[int, int]:
-    bad = 502 if response else 400
-    if encodings is not None:
-        if lengths is not None:
-            # RFC 9112 6.1: a classic smuggling vector; refuse it outright.
-            raise HttpError(bad, "both Content-Length and Transfer-Encoding")
-        codings = [t for v in encodings for t in _tokens(v)]
-        if not codings or codings[-1] != b"chunked" or codings.count(b"chunked") != 1:
-            if response:
-                return UNTIL_CLOSE, 0
-            raise HttpError(501, "unsupported Transfer-Encoding")
-        return CHUNKED, 0
-    if lengths is not None:
-        if len(lengths) == 1 and lengths[0].isdigit() and len(lengths[0]) <= 18:
-            return LENGTH, int(lengths[0])  # the common case, fast
-        values = {p.strip(b" \t") for lv in lengths for p in lv.split(b",")}
-        if len(values) != 1:
-            raise HttpError(bad, "conflicting Content-Length")
-        (only,) = values
-        if not only.isdigit() or len(only) > 18:
-            raise HttpError(bad, "invalid Content-Length")
-        return LENGTH, int(only)
-    return (UNTIL_CLOSE if response else NONE), 0
+class _Fields:
+    """httptools' protocol object: keeps the few fields the proxy acts on.
+
+    llhttp hands each field over once the head is whole (it is fed one
+    complete head), so nothing here concatenates partial spans."""
+
+    __slots__ = (
+        "connection",
+        "drops",
+        "encodings",
+        "expect",
+        "hosts",
+        "kinds",
+        "length",
+        "upgrade",
+        "url",
+        "xff",
+    )
+
+    def __init__(self, kinds: dict[bytes, int]) -> None:
+        self.kinds = kinds
+        self.url = b""
+        self.hosts: list[bytes] | None = None
+        self.length: bytes | None = None
+        self.encodings: list[bytes] | None = None
+        self.connection: list[bytes] | None = None
+        self.upgrade: bytes | None = None
+        self.expect = False
+        self.xff: bytes | None = None
+        self.drops: list[bytes] | None = None  # names as written, to cut from the head
+
+    def on_url(self, url: bytes) -> None:
+        self.url = url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        kind = self.kinds.get(name.lower())
+        if kind is None:
+            return
+        value = value.rstrip(_OWS)
+        if kind == _HOST:
+            self.hosts = [value] if self.hosts is None else [*self.hosts, value]
+            return
+        if kind == _LENGTH:
+            self.length = value  # llhttp refuses a second one
+            return
+        if kind == _TE:
+            self.encodings = [value] if self.encodings is None else [*self.encodings, value]
+            return
+        if kind == _EXPECT:
+            self.expect = self.expect or value.lower() == b"100-continue"
+            return
+        self.drops = [name] if self.drops is None else [*self.drops, name]
+        if kind == _CONNECTION:
+            self.connection = [value] if self.connection is None else [*self.connection, value]
+        elif kind == _UPGRADE:
+            self.upgrade = value.lower()
+        elif kind == _XFF and value:
+            self.xff = value if self.xff is None else self.xff + b", " + value
 
 
-def _connection(values: list[bytes] | None) -> frozenset[bytes]:
+def _llhttp_error(exc: httptools.HttpParserError, response: bool) -> HttpError:
+    reason = str(exc) or type(exc).__name__
+    if response:
+        return HttpError(502, f"malformed response head: {reason}")
+    if "Transfer-Encoding" in reason and "invalid" in reason.lower():
+        return HttpError(501, "unsupported Transfer-Encoding")
+    if reason == "Invalid HTTP version":
+        return HttpError(505, "HTTP version not supported")
+    return HttpError(400, reason)
+
+
+def _tokens(values: list[bytes] | None) -> frozenset[bytes]:
     if values is None:
         return _NO_TOKENS
     if len(values) == 1 and b"," not in values[0]:
-        return frozenset(values)
-    return frozenset(t for v in values for t in _tokens(v))
+        return frozenset((values[0].lower(),))
+    return frozenset(t.strip(_OWS).lower() for v in values for t in v.split(b",") if t.strip(_OWS))
 
 
-_NO_TOKENS: frozenset[bytes] = frozenset()
+def _without(fields: bytes, names: list[bytes]) -> bytes:
+    """`fields` minus every line whose name is written as one of `names`.
+
+    llhttp has checked the head: no value holds CR or LF, so a CRLF followed
+    by `name:` can only start a field line."""
+    text = b"\r\n" + fields
+    for name in set(names):
+        key = b"\r\n" + name + b":"
+        start = text.find(key)
+        while start >= 0:
+            text = text[:start] + text[text.find(b"\r\n", start + 2) :]
+            start = text.find(key, start)
+    return text[2:]
 
 
-def _tokens(value: bytes) -> list[bytes]:
-    return [t.strip(b" \t") for t in value.split(b",") if t.strip(b" \t")]
+def _strip_named(fields: bytes, tokens: frozenset[bytes]) -> bytes:
+    """Drop the fields a Connection header names (RFC 9110 7.6.1)."""
+    extra = tokens - _STANDARD_TOKENS
+    if not extra:
+        return fields
+    alts = b"|".join(re.escape(n) for n in sorted(extra))
+    return re.sub(rb"(?im)^(?:" + alts + rb"):[^\r]*\r\n", b"", fields)
 
 
-def _cut(fields: bytes, starts: list[int]) -> bytes:
-    """`fields` without the lines starting at `starts` (offsets from the interest scan)."""
-    out = []
-    pos = 0
-    for start in starts:
-        out.append(fields[pos:start])
-        pos = fields.find(b"\r\n", start) + 2
-    out.append(fields[pos:])
-    return b"".join(out)
-
-
-def _request_slow(data: bytes, max_header_bytes: int) -> tuple[bytes, bytes, bytes, bytes, bytes]:
-    """Why a request head failed the fast match: raises HttpError (or parses it)."""
-    line, fields = _split_head(data, max_header_bytes, 431, strict=True)
-    parts = line[:-2].split(b" ")
-    if len(parts) != 3:
-        raise HttpError(400, "malformed request line")
-    method, target, version = parts
-    if _TOKEN_RE.fullmatch(method) is None:
-        raise HttpError(400, "malformed method")
-    if version != b"HTTP/1.1" and version != b"HTTP/1.0":
-        raise HttpError(505, "HTTP version not supported")
-    if _TARGET_RE.fullmatch(target) is None:
-        # Absolute-form (`http://169.254.169.254/`), authority-form (CONNECT)
-        # and asterisk-form: a mesh proxy is never a forward proxy.
-        raise HttpError(400, "only origin-form request targets are accepted")
-    return method, target, version, line, fields
+def _split(data: bytes) -> tuple[bytes, bytes]:
+    end = data.find(b"\r\n") + 2
+    return data[:end], data[end:-2]
 
 
 def parse_request_head(data: bytes, max_header_bytes: int = 32768) -> RequestHead:
     """Parse a request head ending in CRLFCRLF; raise HttpError to refuse it."""
     if len(data) > max_header_bytes:
         raise HttpError(431, "request header too large")
-    m = _REQUEST_FAST.fullmatch(data)
-    if m is not None:
-        method, target, version, fields = m.groups()
-        line = data[: m.start(4)]
-    else:
-        method, target, version, line, fields = _request_slow(data, max_header_bytes)
-    # One C-level scan for the few headers that matter; the rest pass through.
-    lengths = encodings = connection = hosts = None
-    upgrade = xff = None
-    expect = strip = False
-    drops: list[int] = []
-    for match in _REQUEST_INTEREST.finditer(b"\r\n" + fields.lower()):
-        name, value = match.groups()
-        value = value.rstrip(b" \t")
-        if name in _REQUEST_DROP:
-            drops.append(match.start())
-        if name == b"host":
-            if hosts is not None:
-                raise HttpError(400, "duplicate Host header")
-            hosts = value
-        elif name == b"content-length":
-            lengths = [value] if lengths is None else [*lengths, value]
-        elif name == b"transfer-encoding":
-            encodings = [value] if encodings is None else [*encodings, value]
-        elif name == b"connection":
-            connection = [value] if connection is None else [*connection, value]
-        elif name == b"expect":
-            expect = expect or value == b"100-continue"
-        elif name == b"x-forwarded-for":
-            if value:
-                xff = value if xff is None else xff + b", " + value
-        elif name == b"upgrade":
-            upgrade = value
-    framing, length = _length_framing(lengths, encodings, response=False)
-    ctokens = _connection(connection)
-    if drops:
-        fields, strip = _cut(fields, drops), bool(ctokens - _STANDARD_TOKENS)
-    host = hosts
-    if host is None and version == b"HTTP/1.1":
+    sink = _Fields(_REQUEST_KINDS)
+    parser = httptools.HttpRequestParser(sink)
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserUpgrade:
+        pass  # Upgrade or CONNECT: the head is whole; the target check refuses CONNECT
+    except httptools.HttpParserError as exc:
+        raise _llhttp_error(exc, response=False) from None
+    version = b"HTTP/1.1" if parser.get_http_version() == "1.1" else b"HTTP/1.0"
+    if parser.get_http_version() not in ("1.1", "1.0"):
+        raise HttpError(505, "HTTP version not supported")
+    method = parser.get_method()
+    target = sink.url
+    line, fields = _split(data)
+    if len(line) != len(method) + len(target) + 12:
+        raise HttpError(400, "malformed request line")
+    if not target.startswith(b"/"):
+        # Absolute-form (`http://169.254.169.254/`), authority-form (CONNECT)
+        # and asterisk-form: a mesh proxy is never a forward proxy.
+        raise HttpError(400, "only origin-form request targets are accepted")
+    hosts = sink.hosts
+    if hosts is not None and len(hosts) > 1:
+        raise HttpError(400, "duplicate Host header")
+    if hosts is None and version == b"HTTP/1.1":
         raise HttpError(400, "missing Host header")
+    if sink.encodings is not None:
+        framing, length = CHUNKED, 0  # llhttp refused any other request coding
+    elif sink.length is not None:
+        framing, length = LENGTH, int(sink.length)
+    else:
+        framing, length = NONE, 0
+    ctokens = _tokens(sink.connection)
+    if sink.drops is not None:
+        fields = _strip_named(_without(fields, sink.drops), ctokens)
     keep_alive = b"close" not in ctokens if version == b"HTTP/1.1" else b"keep-alive" in ctokens
+    upgrade = sink.upgrade
     return RequestHead(
         method=method,
         target=target,
         version=version,
         request_line=line,
         fields=fields,
-        host=host,
+        host=hosts[0].lower() if hosts is not None else None,
         framing=framing,
         length=length,
         keep_alive=keep_alive,
         upgrade=upgrade if (upgrade and b"upgrade" in ctokens) else None,
         connection_tokens=ctokens,
-        expect_continue=expect,
-        forwarded_for=xff,
-        strip=strip,
+        expect_continue=sink.expect,
+        forwarded_for=sink.xff,
     )
 
 
 def parse_response_head(
     data: bytes, request_method: bytes, max_header_bytes: int = 65536
 ) -> ResponseHead:
+    """Parse a response head ending in CRLFCRLF; HttpError(502) to refuse it."""
     if len(data) > max_header_bytes:
         raise HttpError(502, "response head too large")
-    m = _RESPONSE_FAST.fullmatch(data)
-    if m is None:
-        raise HttpError(502, "malformed response head from upstream")
-    minor, code, fields = m.groups()
-    line = data[: m.start(3)]
-    status = int(code)
-    lengths = encodings = connection = None
-    strip = False
-    drops: list[int] = []
-    for match in _RESPONSE_INTEREST.finditer(b"\r\n" + fields.lower()):
-        name, value = match.groups()
-        value = value.rstrip(b" \t")
-        if name == b"content-length":
-            lengths = [value] if lengths is None else [*lengths, value]
-        elif name == b"transfer-encoding":
-            encodings = [value] if encodings is None else [*encodings, value]
-        else:  # hop-by-hop
-            drops.append(match.start())
-            if name == b"connection":
-                connection = [value] if connection is None else [*connection, value]
-    framing, length = _length_framing(lengths, encodings, response=True)
-    ctokens = _connection(connection)
-    if drops:
-        fields, strip = _cut(fields, drops), bool(ctokens - _STANDARD_TOKENS)
+    sink = _Fields(_RESPONSE_KINDS)
+    parser = httptools.HttpResponseParser(sink)
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserUpgrade:
+        pass  # a 101: the head is whole
+    except httptools.HttpParserError as exc:
+        raise _llhttp_error(exc, response=True) from None
+    version = parser.get_http_version()
+    if version not in ("1.1", "1.0"):
+        raise HttpError(502, "malformed response head: HTTP version not supported")
+    status = parser.get_status_code()
+    if status < 100:
+        raise HttpError(502, "malformed response head: invalid status")
+    line, fields = _split(data)
+    if sink.encodings is not None:
+        codings = [t.strip(_OWS).lower() for v in sink.encodings for t in v.split(b",")]
+        framing, length = (CHUNKED if codings[-1] == b"chunked" else UNTIL_CLOSE), 0
+    elif sink.length is not None:
+        framing, length = LENGTH, int(sink.length)
+    else:
+        framing, length = UNTIL_CLOSE, 0
     if request_method == b"HEAD" or status < 200 or status == 204 or status == 304:
         framing, length = NONE, 0
-    keep_alive = b"close" not in ctokens if minor == b"1" else b"keep-alive" in ctokens
+    ctokens = _tokens(sink.connection)
+    if sink.drops is not None:
+        fields = _strip_named(_without(fields, sink.drops), ctokens)
+    keep_alive = b"close" not in ctokens if version == "1.1" else b"keep-alive" in ctokens
     if framing == UNTIL_CLOSE:
         keep_alive = False
-    if minor != b"1":
+    if version != "1.1":
         line = b"HTTP/1.1" + line[8:]
-    return ResponseHead(line, status, fields, framing, length, keep_alive, ctokens, strip)
+    return ResponseHead(line, status, fields, framing, length, keep_alive, ctokens, sink.upgrade)
 
 
-def strip_request_fields(fields: bytes, connection_tokens: frozenset[bytes]) -> bytes:
-    """Drop hop-by-hop headers, those Connection names, and X-Forwarded-*."""
-    out = _STRIP_REQUEST_RE.sub(b"", fields)
-    extra = connection_tokens - _STANDARD_TOKENS
-    return _strip_re(sorted(extra)).sub(b"", out) if extra else out
+class _Done:
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def on_message_complete(self) -> None:
+        self.done = True
 
 
-def strip_response_fields(fields: bytes, connection_tokens: frozenset[bytes]) -> bytes:
-    out = _STRIP_RESPONSE_RE.sub(b"", fields)
-    extra = connection_tokens - _STANDARD_TOKENS
-    return _strip_re(sorted(extra)).sub(b"", out) if extra else out
-
-
-def parse_chunk_size(line: bytes) -> int:
-    """The size in a chunk-size line (`1a;ext=x\\r\\n`); HttpError when malformed."""
-    if not line.endswith(b"\r\n"):
-        raise HttpError(400, "chunk-size line without CRLF")
-    size_text = line[:-2].split(b";", 1)[0].strip(b" \t")
-    if not size_text or len(size_text) > 15 or any(c not in _HEX for c in size_text):
-        raise HttpError(400, "malformed chunk size")
-    return int(size_text, 16)
-
-
-_HEX = frozenset(b"0123456789abcdefABCDEF")
+# What llhttp is told before a chunked body's bytes, so it checks them.
+_CHUNKED_REQUEST = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+_CHUNKED_RESPONSE = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
 class ChunkedScanner:
@@ -357,24 +369,45 @@ class ChunkedScanner:
 
     `feed(data)` returns how many bytes of `data` belong to the body; once
     `done` is true the rest belongs to the next message. Chunk data is
-    skipped by count, so a large body costs no per-byte Python work.
+    skipped by count, so a large body costs no per-byte Python work. llhttp
+    parses the same bytes (chunk sizes, extensions, trailers) and must end
+    the message exactly where this does.
     """
 
-    __slots__ = ("_line", "_remaining", "_state", "done", "max_line")
+    __slots__ = ("_check", "_line", "_llhttp", "_remaining", "_state", "done", "max_line")
 
     _SIZE = 0  # reading a chunk-size line
     _DATA = 1  # inside chunk data
     _DATA_END = 2  # the CRLF after chunk data
     _TRAILER = 3  # trailer lines until an empty one
 
-    def __init__(self, max_line: int = 8192) -> None:
+    def __init__(self, max_line: int = 8192, *, response: bool = False) -> None:
         self._state = self._SIZE
         self._remaining = 0
         self._line = b""
         self.done = False
         self.max_line = max_line
+        self._llhttp = _Done()
+        if response:
+            self._check: httptools.HttpRequestParser | httptools.HttpResponseParser = (
+                httptools.HttpResponseParser(self._llhttp)
+            )
+            self._check.feed_data(_CHUNKED_RESPONSE)
+        else:
+            self._check = httptools.HttpRequestParser(self._llhttp)
+            self._check.feed_data(_CHUNKED_REQUEST)
 
     def feed(self, data: bytes) -> int:
+        taken = self._scan(data)
+        try:
+            self._check.feed_data(data if taken == len(data) else data[:taken])
+        except httptools.HttpParserError as exc:
+            raise HttpError(400, f"malformed chunked body: {exc}") from None
+        if self._llhttp.done != self.done:
+            raise HttpError(400, "malformed chunked body: its end is ambiguous")
+        return taken
+
+    def _scan(self, data: bytes) -> int:
         pos = 0
         n = len(data)
         while pos < n and not self.done:
@@ -404,10 +437,23 @@ class ChunkedScanner:
                 if line == b"\r\n":
                     self.done = True
             else:
-                size = parse_chunk_size(line)
+                size = _chunk_size(line)
                 if size == 0:
                     self._state = self._TRAILER
                 else:
                     self._remaining = size
                     self._state = self._DATA
         return pos
+
+
+def _chunk_size(line: bytes) -> int:
+    """The size in a chunk-size line (`1a;ext=x\\r\\n`); llhttp checks the rest."""
+    if not line.endswith(b"\r\n"):
+        raise HttpError(400, "chunk-size line without CRLF")
+    size_text = line[:-2].split(b";", 1)[0]
+    if not size_text or len(size_text) > 15 or any(c not in _HEX for c in size_text):
+        raise HttpError(400, "malformed chunk size")
+    return int(size_text, 16)
+
+
+_HEX = frozenset(b"0123456789abcdefABCDEF")

@@ -157,9 +157,7 @@ class ResponseSide:
         self.fwd.balancer.record(replica, resp.status >= 500, self.client)
         self.resp = resp
         if resp.status == 101 and req.upgrade is not None:
-            upgrade = next(
-                (v for n, v in resp.header_items() if n.lower() == b"upgrade"), req.upgrade
-            )
+            upgrade = resp.upgrade or req.upgrade
             transport.write(self._head_bytes(resp, True, upgrade=upgrade) + rest)
             # A tunnel is no longer a request in flight: draining need not wait for it.
             self.fwd.balancer.end(replica)
@@ -175,7 +173,7 @@ class ResponseSide:
         if framing == http1.LENGTH:
             self.resp_left = resp.length
         elif framing == http1.CHUNKED:
-            self.resp_scanner = ChunkedScanner()
+            self.resp_scanner = ChunkedScanner(response=True)
         self._response_body(rest, self._head_bytes(resp, self.keep))
 
     def _response_body(self, data: bytes, head: bytes) -> None:
@@ -264,16 +262,7 @@ class ResponseSide:
             tail += b"Connection: close\r\n"
         elif self.req.version == b"HTTP/1.0":
             tail += b"Connection: keep-alive\r\n"
-        out = (
-            resp.status_line
-            + (
-                http1.strip_response_fields(resp.fields, resp.connection_tokens)
-                if resp.strip
-                else resp.fields
-            )
-            + tail
-            + b"\r\n"
-        )
+        out = resp.status_line + resp.fields + tail + b"\r\n"
         if upgrade is None:
             if len(resp.rendered) >= 64:
                 resp.rendered.clear()

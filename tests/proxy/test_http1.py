@@ -29,9 +29,7 @@ def test_strip_request_fields_drops_named_and_hop_headers() -> None:
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: X-A\r\nx-a: 1\r\nTE: trailers\r\n"
         b"X-Forwarded-Proto: https\r\nX-B: 2\r\n\r\n"
     )
-    assert http1.strip_request_fields(head.fields, head.connection_tokens) == (
-        b"Host: a\r\nX-B: 2\r\n"
-    )
+    assert head.fields == b"Host: a\r\nX-B: 2\r\n"
 
 
 def test_response_framing_rules() -> None:
@@ -61,7 +59,7 @@ def chunked_bodies(draw: st.DrawFn) -> bytes:
     sizes = draw(st.lists(st.integers(1, 300), max_size=6))
     parts = []
     for size in sizes:
-        ext = draw(st.sampled_from([b"", b";a=b", b" "]))
+        ext = draw(st.sampled_from([b"", b";a=b", b';q="x y"', b";flag"]))
         parts.append(b"%x%s\r\n" % (size, ext) + b"d" * size + b"\r\n")
     trailers = draw(st.sampled_from([b"", b"X-T: 1\r\n", b"A: 1\r\nB: 2\r\n"]))
     return b"".join(parts) + b"0\r\n" + trailers + b"\r\n"
@@ -88,7 +86,23 @@ def test_chunked_scanner_finds_the_end_whatever_the_splits(
 
 
 @pytest.mark.parametrize(
-    "bad", [b"zz\r\n", b"5\r\nhelloXX\r\n", b"5\nhello\r\n", b"-1\r\n", b"f" * 20 + b"\r\n"]
+    "bad",
+    [
+        b"zz\r\n",
+        b"5\r\nhelloXX\r\n",
+        b"5\nhello\r\n",
+        b"-1\r\n",
+        b"f" * 20 + b"\r\n",
+        # llhttp's strict mode: whitespace after a chunk size (parsers disagree on
+        # it: a smuggling vector), malformed extensions and trailers.
+        b"1 \r\nd\r\n0\r\n\r\n",
+        b"1 ;a=b\r\nd\r\n0\r\n\r\n",
+        b"1;a = b\r\nd\r\n0\r\n\r\n",
+        b'1;a="b\r\nd\r\n0\r\n\r\n',
+        b"1\r\nd\r\n0\r\nX-T : 1\r\n\r\n",
+        b"1\r\nd\r\n0\r\nX-T: 1\r\n folded\r\n\r\n",
+        b"0x1\r\nd\r\n0\r\n\r\n",
+    ],
 )
 def test_chunked_scanner_rejects_malformed(bad: bytes) -> None:
     with pytest.raises(HttpError):
