@@ -122,9 +122,41 @@ def split_fields(fields: bytes) -> list[tuple[bytes, bytes]]:
     return out
 
 
-# What a field means to the proxy, by lower-cased name.
+# What a field means to the proxy, by name. The usual spellings are listed as
+# written (Title-Case, lower-case) so most fields skip `.lower()`; -1: none.
 _HOST, _LENGTH, _TE, _CONNECTION, _UPGRADE, _EXPECT, _XFF, _DROP = range(8)
-_REQUEST_KINDS = {
+_IGNORED = -1
+_COMMON = (
+    b"accept",
+    b"accept-encoding",
+    b"accept-language",
+    b"authorization",
+    b"cache-control",
+    b"content-type",
+    b"cookie",
+    b"date",
+    b"etag",
+    b"last-modified",
+    b"location",
+    b"server",
+    b"set-cookie",
+    b"traceparent",
+    b"user-agent",
+    b"vary",
+    b"x-amzn-trace-id",
+    b"x-request-id",
+)
+
+
+def _kinds(named: dict[bytes, int]) -> dict[bytes, int]:
+    out: dict[bytes, int] = {}
+    for name, kind in [*((n, _IGNORED) for n in _COMMON), *named.items()]:
+        for spelling in (name, name.title(), name.upper()):
+            out[spelling] = kind
+    return out
+
+
+_REQUEST_NAMED = {
     b"host": _HOST,
     b"content-length": _LENGTH,
     b"transfer-encoding": _TE,
@@ -134,52 +166,49 @@ _REQUEST_KINDS = {
     b"upgrade": _UPGRADE,
     b"x-forwarded-for": _XFF,
 }
-_RESPONSE_KINDS = {
+_RESPONSE_NAMED = {
     b"content-length": _LENGTH,
     b"transfer-encoding": _TE,
     **{n: _DROP for n in HOP_BY_HOP},
     b"connection": _CONNECTION,
     b"upgrade": _UPGRADE,
 }
+_REQUEST_KINDS = _kinds(_REQUEST_NAMED)
+_RESPONSE_KINDS = _kinds(_RESPONSE_NAMED)
 
 
 class _Fields:
     """httptools' protocol object: keeps the few fields the proxy acts on.
 
     llhttp hands each field over once the head is whole (it is fed one
-    complete head), so nothing here concatenates partial spans."""
+    complete head), so nothing here concatenates partial spans. Unset
+    attributes read the class defaults, so a reset is `__dict__.clear()`.
+    """
 
-    __slots__ = (
-        "connection",
-        "drops",
-        "encodings",
-        "expect",
-        "hosts",
-        "kinds",
-        "length",
-        "upgrade",
-        "url",
-        "xff",
-    )
-
-    def __init__(self, kinds: dict[bytes, int]) -> None:
-        self.kinds = kinds
-        self.url = b""
-        self.hosts: list[bytes] | None = None
-        self.length: bytes | None = None
-        self.encodings: list[bytes] | None = None
-        self.connection: list[bytes] | None = None
-        self.upgrade: bytes | None = None
-        self.expect = False
-        self.xff: bytes | None = None
-        self.drops: list[bytes] | None = None  # names as written, to cut from the head
+    kinds: dict[bytes, int] = _REQUEST_KINDS
+    named: dict[bytes, int] = _REQUEST_NAMED
+    url = b""
+    hosts: list[bytes] | None = None
+    length: bytes | None = None
+    encodings: list[bytes] | None = None
+    connection: list[bytes] | None = None
+    upgrade: bytes | None = None
+    expect = False
+    xff: bytes | None = None
+    drops: list[bytes] | None = None  # names as written, to cut from the head
+    complete = False
 
     def on_url(self, url: bytes) -> None:
         self.url = url
 
+    def on_message_complete(self) -> None:
+        self.complete = True
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        kind = self.kinds.get(name.lower())
+        kind = self.kinds.get(name)
         if kind is None:
+            kind = self.named.get(name.lower(), _IGNORED)
+        if kind == _IGNORED:
             return
         value = value.rstrip(_OWS)
         if kind == _HOST:
@@ -203,6 +232,11 @@ class _Fields:
             self.xff = value if self.xff is None else self.xff + b", " + value
 
 
+class _ResponseFields(_Fields):
+    kinds = _RESPONSE_KINDS
+    named = _RESPONSE_NAMED
+
+
 def _llhttp_error(exc: httptools.HttpParserError, response: bool) -> HttpError:
     reason = str(exc) or type(exc).__name__
     if response:
@@ -214,12 +248,22 @@ def _llhttp_error(exc: httptools.HttpParserError, response: bool) -> HttpError:
     return HttpError(400, reason)
 
 
+_TOKEN_MEMO: dict[bytes, frozenset[bytes]] = {}
+
+
 def _tokens(values: list[bytes] | None) -> frozenset[bytes]:
     if values is None:
         return _NO_TOKENS
-    if len(values) == 1 and b"," not in values[0]:
-        return frozenset((values[0].lower(),))
-    return frozenset(t.strip(_OWS).lower() for v in values for t in v.split(b",") if t.strip(_OWS))
+    if len(values) == 1:
+        known = _TOKEN_MEMO.get(values[0])
+        if known is not None:
+            return known
+    out = frozenset(t.strip(_OWS).lower() for v in values for t in v.split(b",") if t.strip(_OWS))
+    if len(values) == 1 and len(values[0]) <= 64:
+        if len(_TOKEN_MEMO) >= 256:
+            _TOKEN_MEMO.clear()
+        _TOKEN_MEMO[values[0]] = out
+    return out
 
 
 def _without(fields: bytes, names: list[bytes]) -> bytes:
@@ -228,7 +272,7 @@ def _without(fields: bytes, names: list[bytes]) -> bytes:
     llhttp has checked the head: no value holds CR or LF, so a CRLF followed
     by `name:` can only start a field line."""
     text = b"\r\n" + fields
-    for name in set(names):
+    for name in names:
         key = b"\r\n" + name + b":"
         start = text.find(key)
         while start >= 0:
@@ -239,47 +283,59 @@ def _without(fields: bytes, names: list[bytes]) -> bytes:
 
 def _strip_named(fields: bytes, tokens: frozenset[bytes]) -> bytes:
     """Drop the fields a Connection header names (RFC 9110 7.6.1)."""
-    extra = tokens - _STANDARD_TOKENS
-    if not extra:
+    if tokens <= _STANDARD_TOKENS:
         return fields
-    alts = b"|".join(re.escape(n) for n in sorted(extra))
+    alts = b"|".join(re.escape(n) for n in sorted(tokens - _STANDARD_TOKENS))
     return re.sub(rb"(?im)^(?:" + alts + rb"):[^\r]*\r\n", b"", fields)
 
 
-def _split(data: bytes) -> tuple[bytes, bytes]:
-    end = data.find(b"\r\n") + 2
-    return data[:end], data[end:-2]
+# Parsers whose last message ended cleanly, ready for the next head: making
+# one costs as much as parsing a small head. list.pop/append are atomic, so
+# proxies on several threads never share one.
+_IDLE_REQUEST: list[tuple[httptools.HttpRequestParser, _Fields]] = []
+_IDLE_RESPONSE: list[tuple[httptools.HttpResponseParser, _ResponseFields]] = []
+_IDLE_MAX = 4
+# A stand-in body: bodies are forwarded by count and never given to llhttp
+# here, so a response parser is fed this many bytes of it to end its message.
+_STAND_IN = memoryview(bytes(16384))
+_LAST_CHUNK = b"0\r\n\r\n"
 
 
 def parse_request_head(data: bytes, max_header_bytes: int = 32768) -> RequestHead:
     """Parse a request head ending in CRLFCRLF; raise HttpError to refuse it."""
     if len(data) > max_header_bytes:
         raise HttpError(431, "request header too large")
-    sink = _Fields(_REQUEST_KINDS)
-    parser = httptools.HttpRequestParser(sink)
+    try:
+        parser, sink = _IDLE_REQUEST.pop()
+        sink.__dict__.clear()
+    except IndexError:
+        sink = _Fields()
+        parser = httptools.HttpRequestParser(sink)
     try:
         parser.feed_data(data)
     except httptools.HttpParserUpgrade:
         pass  # Upgrade or CONNECT: the head is whole; the target check refuses CONNECT
     except httptools.HttpParserError as exc:
         raise _llhttp_error(exc, response=False) from None
-    version = b"HTTP/1.1" if parser.get_http_version() == "1.1" else b"HTTP/1.0"
-    if parser.get_http_version() not in ("1.1", "1.0"):
+    end = data.find(b"\r\n") + 2
+    line = data[:end]
+    version = line[-10:-2]
+    if version != b"HTTP/1.1" and version != b"HTTP/1.0":
         raise HttpError(505, "HTTP version not supported")
     method = parser.get_method()
     target = sink.url
-    line, fields = _split(data)
     if len(line) != len(method) + len(target) + 12:
         raise HttpError(400, "malformed request line")
-    if not target.startswith(b"/"):
+    if target[:1] != b"/":
         # Absolute-form (`http://169.254.169.254/`), authority-form (CONNECT)
         # and asterisk-form: a mesh proxy is never a forward proxy.
         raise HttpError(400, "only origin-form request targets are accepted")
     hosts = sink.hosts
-    if hosts is not None and len(hosts) > 1:
+    if hosts is None:
+        if version == b"HTTP/1.1":
+            raise HttpError(400, "missing Host header")
+    elif len(hosts) > 1:
         raise HttpError(400, "duplicate Host header")
-    if hosts is None and version == b"HTTP/1.1":
-        raise HttpError(400, "missing Host header")
     if sink.encodings is not None:
         framing, length = CHUNKED, 0  # llhttp refused any other request coding
     elif sink.length is not None:
@@ -287,24 +343,27 @@ def parse_request_head(data: bytes, max_header_bytes: int = 32768) -> RequestHea
     else:
         framing, length = NONE, 0
     ctokens = _tokens(sink.connection)
+    fields = data[end:-2]
     if sink.drops is not None:
         fields = _strip_named(_without(fields, sink.drops), ctokens)
     keep_alive = b"close" not in ctokens if version == b"HTTP/1.1" else b"keep-alive" in ctokens
+    if sink.complete and keep_alive and len(_IDLE_REQUEST) < _IDLE_MAX:
+        _IDLE_REQUEST.append((parser, sink))
     upgrade = sink.upgrade
     return RequestHead(
-        method=method,
-        target=target,
-        version=version,
-        request_line=line,
-        fields=fields,
-        host=hosts[0].lower() if hosts is not None else None,
-        framing=framing,
-        length=length,
-        keep_alive=keep_alive,
-        upgrade=upgrade if (upgrade and b"upgrade" in ctokens) else None,
-        connection_tokens=ctokens,
-        expect_continue=sink.expect,
-        forwarded_for=sink.xff,
+        method,
+        target,
+        version,
+        line,
+        fields,
+        hosts[0].lower() if hosts is not None else None,
+        framing,
+        length,
+        keep_alive,
+        upgrade if (upgrade and b"upgrade" in ctokens) else None,
+        ctokens,
+        sink.expect,
+        sink.xff,
     )
 
 
@@ -314,21 +373,26 @@ def parse_response_head(
     """Parse a response head ending in CRLFCRLF; HttpError(502) to refuse it."""
     if len(data) > max_header_bytes:
         raise HttpError(502, "response head too large")
-    sink = _Fields(_RESPONSE_KINDS)
-    parser = httptools.HttpResponseParser(sink)
+    try:
+        parser, sink = _IDLE_RESPONSE.pop()
+        sink.__dict__.clear()
+    except IndexError:
+        sink = _ResponseFields()
+        parser = httptools.HttpResponseParser(sink)
     try:
         parser.feed_data(data)
     except httptools.HttpParserUpgrade:
         pass  # a 101: the head is whole
     except httptools.HttpParserError as exc:
         raise _llhttp_error(exc, response=True) from None
-    version = parser.get_http_version()
-    if version not in ("1.1", "1.0"):
+    end = data.find(b"\r\n") + 2
+    line = data[:end]
+    version = line[:8]
+    if version != b"HTTP/1.1" and version != b"HTTP/1.0":
         raise HttpError(502, "malformed response head: HTTP version not supported")
     status = parser.get_status_code()
     if status < 100:
         raise HttpError(502, "malformed response head: invalid status")
-    line, fields = _split(data)
     if sink.encodings is not None:
         codings = [t.strip(_OWS).lower() for v in sink.encodings for t in v.split(b",")]
         framing, length = (CHUNKED if codings[-1] == b"chunked" else UNTIL_CLOSE), 0
@@ -336,17 +400,36 @@ def parse_response_head(
         framing, length = LENGTH, int(sink.length)
     else:
         framing, length = UNTIL_CLOSE, 0
+    ctokens = _tokens(sink.connection)
+    keep_alive = b"close" not in ctokens if version == b"HTTP/1.1" else b"keep-alive" in ctokens
+    if keep_alive and len(_IDLE_RESPONSE) < _IDLE_MAX:
+        _recycle(parser, sink, framing, length)
     if request_method == b"HEAD" or status < 200 or status == 204 or status == 304:
         framing, length = NONE, 0
-    ctokens = _tokens(sink.connection)
+    fields = data[end:-2]
     if sink.drops is not None:
         fields = _strip_named(_without(fields, sink.drops), ctokens)
-    keep_alive = b"close" not in ctokens if version == "1.1" else b"keep-alive" in ctokens
     if framing == UNTIL_CLOSE:
         keep_alive = False
-    if version != "1.1":
+    if version != b"HTTP/1.1":
         line = b"HTTP/1.1" + line[8:]
     return ResponseHead(line, status, fields, framing, length, keep_alive, ctokens, sink.upgrade)
+
+
+def _recycle(
+    parser: httptools.HttpResponseParser, sink: _ResponseFields, framing: int, length: int
+) -> None:
+    """Keep a response parser for the next head once its message is ended."""
+    try:
+        if not sink.complete:
+            if framing == LENGTH and length <= len(_STAND_IN):
+                parser.feed_data(_STAND_IN[:length])
+            elif framing == CHUNKED:
+                parser.feed_data(_LAST_CHUNK)
+    except httptools.HttpParserError:
+        return
+    if sink.complete:
+        _IDLE_RESPONSE.append((parser, sink))
 
 
 class _Done:

@@ -169,6 +169,13 @@ class ResponseSide:
             self._update_reading()
             return
         self.keep = req.keep_alive and resp.framing != http1.UNTIL_CLOSE and not self.client_eof
+        if not self.req_done and (
+            resp.framing == http1.NONE
+            or (resp.framing == http1.LENGTH and len(rest) >= resp.length)
+        ):
+            # Answered before the request body ended (417, an early 200): the
+            # connection will close, and RFC 9110 10.1.1 asks to say so.
+            self.keep = False
         framing = resp.framing
         if framing == http1.LENGTH:
             self.resp_left = resp.length

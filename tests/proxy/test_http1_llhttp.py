@@ -486,6 +486,9 @@ async def test_expect_100_continue_answered_without_interim(
     assert status == status_of(final)
     assert body == final.partition(b"\r\n\r\n")[2]
     assert headers["x-meshlocal-replica"] == "api-1"
+    # The proxy closes after an answer that came before the body: it says so
+    # (RFC 9110 10.1.1).
+    assert headers["connection"] == "close"
     assert backend.received.endswith(b"\r\n\r\n")
     assert backend.received.count(b"\r\n\r\n") == 1
 
