@@ -284,13 +284,19 @@ class Downstream(ResponseSide, asyncio.Protocol):
             if req.forwarded_for is None
             else req.forwarded_for + b", " + self.client_ip
         )
-        tail = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: %s\r\n" % (
+        parts = [
+            req.request_line,
+            req.fields,
+            b"X-Forwarded-For: ",
             xff,
+            b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ",
             req.host or b"",
-        )
+            b"\r\n",
+        ]
         if req.upgrade is not None:
-            tail += b"Connection: Upgrade\r\nUpgrade: %s\r\n" % req.upgrade
-        return req.request_line + req.fields + tail + b"\r\n"
+            parts += (b"Connection: Upgrade\r\nUpgrade: ", req.upgrade, b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
     def _select(self) -> None:
         route = self.route

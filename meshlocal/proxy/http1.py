@@ -34,7 +34,7 @@ compression and all), so it only needs to know where each message ends.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import httptools
 
@@ -106,8 +106,8 @@ class ResponseHead:
     connection_tokens: frozenset[bytes]
     upgrade: bytes | None = None  # the Upgrade value of a 101
     # The head as forwarded, per (replica, route, keep-alive, client version):
-    # filled by the forwarder, worth it when identical heads are cached.
-    rendered: dict[tuple[str, bytes, bool, bytes], bytes] = field(default_factory=dict)
+    # filled by the forwarder when heads are cached (shared), else left None.
+    rendered: dict[tuple[str, bytes, bool, bytes], bytes] | None = None
 
     def header_items(self) -> list[tuple[bytes, bytes]]:
         return split_fields(self.fields)

@@ -249,8 +249,9 @@ class ResponseSide:
     ) -> bytes:
         assert self.replica is not None and self.route is not None and self.req is not None
         memo_key = (self.replica.container_id, self.route.route, keep_alive, self.req.version)
-        if upgrade is None:
-            done = resp.rendered.get(memo_key)
+        rendered = resp.rendered
+        if rendered is not None and upgrade is None:
+            done = rendered.get(memo_key)
             if done is not None:
                 return done
         key = (self.replica.container_id, self.route.route)
@@ -270,8 +271,10 @@ class ResponseSide:
         elif self.req.version == b"HTTP/1.0":
             tail += b"Connection: keep-alive\r\n"
         out = resp.status_line + resp.fields + tail + b"\r\n"
-        if upgrade is None:
-            if len(resp.rendered) >= 64:
-                resp.rendered.clear()
-            resp.rendered[memo_key] = out
+        if upgrade is None and self.settings.head_cache:
+            if rendered is None:
+                rendered = resp.rendered = {}
+            elif len(rendered) >= 64:
+                rendered.clear()
+            rendered[memo_key] = out
         return out
