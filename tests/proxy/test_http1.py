@@ -107,3 +107,83 @@ def test_chunked_scanner_finds_the_end_whatever_the_splits(
 def test_chunked_scanner_rejects_malformed(bad: bytes) -> None:
     with pytest.raises(HttpError):
         ChunkedScanner().feed(bad)
+
+
+@given(st.binary(max_size=400))
+def test_parse_response_head_only_raises_http_error(data: bytes) -> None:
+    try:
+        http1.parse_response_head(data + b"\r\n\r\n", b"GET")
+    except HttpError as exc:
+        assert exc.status == 502
+
+
+VALID_HEADS = [
+    b"GET /a HTTP/1.1\r\nHost: api\r\nX-A: 1\r\n\r\n",
+    b"POST /b HTTP/1.1\r\nHost: api\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n",
+    b"PUT /c HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+]
+
+
+@given(st.sampled_from(VALID_HEADS), st.integers(0, 200), st.binary(min_size=1, max_size=3))
+def test_a_mutated_head_is_refused_cleanly_or_parsed_consistently(
+    head: bytes, at: int, inserted: bytes
+) -> None:
+    at = min(at, len(head) - 4)
+    data = head[:at] + inserted + head[at:]
+    try:
+        parsed = http1.parse_request_head(data)
+    except HttpError as exc:
+        assert exc.status in (400, 431, 501, 505)
+        return
+    # Accepted: the forwarded fields are lines of the input, and the framing
+    # follows the (single) length header the input holds.
+    assert data.startswith(parsed.request_line)
+    for line in parsed.fields.split(b"\r\n")[:-1]:
+        assert b"\r\n" + line + b"\r\n" in data
+    lower = data.lower()
+    if b"\r\ntransfer-encoding:" in lower:
+        assert parsed.framing == http1.CHUNKED
+    elif b"\r\ncontent-length:" in lower:
+        assert parsed.framing == http1.LENGTH
+    else:
+        assert parsed.framing == http1.NONE
+
+
+def test_pooled_parsers_carry_nothing_from_one_head_to_the_next() -> None:
+    first = http1.parse_request_head(
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 9.9.9.9\r\nExpect: 100-continue\r\n"
+        b"Upgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+    )
+    assert (first.host, first.forwarded_for, first.expect_continue) == (b"a", b"9.9.9.9", True)
+    second = http1.parse_request_head(b"GET /x HTTP/1.0\r\n\r\n")
+    assert second.host is None
+    assert second.forwarded_for is None
+    assert not second.expect_continue
+    assert second.upgrade is None
+    assert second.connection_tokens == frozenset()
+    with pytest.raises(HttpError):
+        http1.parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    third = http1.parse_request_head(b"GET /y HTTP/1.1\r\nHost: c\r\n\r\n")
+    assert (third.target, third.host) == (b"/y", b"c")
+    closing = http1.parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert not closing.keep_alive
+    after = http1.parse_request_head(b"GET /z HTTP/1.1\r\nHost: d\r\n\r\n")
+    assert (after.target, after.host, after.keep_alive) == (b"/z", b"d", True)
+    # Responses: a parser pooled after a body-less or stand-in-ended message.
+    r1 = http1.parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 70000\r\n\r\n", b"GET")
+    r2 = http1.parse_response_head(b"HTTP/1.1 204 No Content\r\n\r\n", b"GET")
+    r3 = http1.parse_response_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"GET")
+    r4 = http1.parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", b"GET")
+    assert (r1.framing, r1.length) == (http1.LENGTH, 70000)
+    assert (r2.status, r2.framing) == (204, http1.NONE)
+    assert r3.framing == http1.CHUNKED
+    assert (r4.framing, r4.length) == (http1.LENGTH, 5)
+
+
+def test_connection_named_fields_and_hop_by_hop_are_cut_as_written() -> None:
+    head = http1.parse_request_head(
+        b"GET / HTTP/1.1\r\nhost: a\r\nKEEP-ALIVE: 5\r\nconnection: X-Secret, close\r\n"
+        b"x-secret: 1\r\nX-Keep: connection: no\r\nTe: trailers\r\n\r\n"
+    )
+    assert head.fields == b"host: a\r\nX-Keep: connection: no\r\n"
+    assert not head.keep_alive
