@@ -111,17 +111,41 @@ async def main():
 asyncio.run(main())
 """
 
+# The two parse functions alone, in the child: µs per head.
+HEADS = r"""
+import json, sys, time
+from meshlocal.proxy import http1
+request, response, n = bytes.fromhex(sys.argv[1]), bytes.fromhex(sys.argv[2]), int(sys.argv[3])
+head = response[: response.find(b"\r\n\r\n") + 4]
+out = {}
+for name, call in (
+    ("request head", lambda: http1.parse_request_head(request)),
+    ("response head", lambda: http1.parse_response_head(head, b"GET")),
+):
+    for _ in range(2000):
+        call()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        call()
+    out[name] = (time.perf_counter() - t0) / n * 1e6
+print(json.dumps(out))
+"""
 
-def run(tree: Path, cache: int, n: int) -> float:
+
+def child(code: str, tree: Path, *args: str) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, REQUEST.hex(), RESPONSE.hex(), str(n), str(cache)],
+        [sys.executable, "-c", code, REQUEST.hex(), RESPONSE.hex(), *args],
         env=dict(os.environ, PYTHONPATH=str(tree)),
         cwd=tree,
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    return float(json.loads(out.strip().splitlines()[-1])["us"])
+    return {k: float(v) for k, v in json.loads(out.strip().splitlines()[-1]).items()}
+
+
+def run(tree: Path, cache: int, n: int) -> float:
+    return child(CHILD, tree, str(n), str(cache))["us"]
 
 
 def main() -> None:
@@ -150,6 +174,7 @@ def main() -> None:
             "after-http-nocache": (ROOT, 0),
         }
         results: dict[str, list[float]] = {n: [] for n in targets}
+        heads: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
         names = list(targets)
         for r in range(args.rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
@@ -158,6 +183,8 @@ def main() -> None:
                 us = run(tree, cache, args.requests)
                 results[name].append(us)
                 print(f"round {r + 1} {name:22s} {us:6.2f} µs/request", flush=True)
+            for side, tree in (("before", before), ("after", ROOT)):
+                heads[side].append(child(HEADS, tree, str(args.requests)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     lines = [
@@ -175,6 +202,18 @@ def main() -> None:
     for name, values in results.items():
         each = ", ".join(f"{v:.2f}" for v in values)
         lines.append(f"| {name} | {statistics.median(values):.2f} | {each} |")
+    lines += [
+        "",
+        "The parse functions alone (`parse_request_head` of the request above,",
+        "`parse_response_head` of the response's head), µs per head, median of rounds:",
+        "",
+        "| head | before | after | after / before |",
+        "|---|---|---|---|",
+    ]
+    for kind in ("request head", "response head"):
+        b = statistics.median(x[kind] for x in heads["before"])
+        a = statistics.median(x[kind] for x in heads["after"])
+        lines.append(f"| {kind} | {b:.2f} | {a:.2f} | {a / b:.3f}x |")
     lines += ["", "| ratio (time) | median of per-round ratios |", "|---|---|"]
     for a, b in [
         ("after-http", "before-http"),
