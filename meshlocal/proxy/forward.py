@@ -22,7 +22,8 @@ from typing import cast
 from meshlocal.faults import FaultTable
 from meshlocal.proxy import faultio, http1, http1fault
 from meshlocal.proxy.balancer import Balancer
-from meshlocal.proxy.http1 import ChunkedScanner, HttpError, RequestHead, ResponseHead
+from meshlocal.proxy.chunked import ChunkedScanner
+from meshlocal.proxy.http1 import HttpError, RequestHead, ResponseHead
 from meshlocal.proxy.metrics import UNCOUNTED, EdgeMetrics, Metrics, ServiceMetrics
 from meshlocal.proxy.respond import (
     CLOSED,

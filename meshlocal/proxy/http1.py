@@ -22,10 +22,7 @@ reason:
 - trailing whitespace of field values, which llhttp keeps;
 - HEAD responses carry no body: httptools can't tell llhttp which request
   a response answers, so framing by the request method is decided here;
-- where a chunked body ends inside a buffer: httptools reports no offset
-  for a message's end, and the proxy forwards body bytes untouched, so a
-  pipelined request after a chunked body needs it. `ChunkedScanner` finds
-  it, and llhttp parses the same bytes: both must agree.
+- where a chunked body ends inside a buffer: `chunked.ChunkedScanner`.
 
 The proxy forwards body bytes exactly as received (chunk framing,
 compression and all), so it only needs to know where each message ends.
@@ -91,9 +88,6 @@ class RequestHead:
     expect_continue: bool
     forwarded_for: bytes | None  # incoming X-Forwarded-For values, comma-joined
 
-    def header_items(self) -> list[tuple[bytes, bytes]]:
-        return split_fields(self.fields)
-
 
 @dataclass(slots=True)
 class ResponseHead:
@@ -108,18 +102,6 @@ class ResponseHead:
     # The head as forwarded, per (replica, route, keep-alive, client version):
     # filled by the forwarder when heads are cached (shared), else left None.
     rendered: dict[tuple[str, bytes, bool, bytes], bytes] | None = None
-
-    def header_items(self) -> list[tuple[bytes, bytes]]:
-        return split_fields(self.fields)
-
-
-def split_fields(fields: bytes) -> list[tuple[bytes, bytes]]:
-    out = []
-    for line in fields.split(b"\r\n"):
-        if line:
-            name, _, value = line.partition(b":")
-            out.append((name, value.strip(_OWS)))
-    return out
 
 
 # What a field means to the proxy, by name. The usual spellings are listed as
@@ -430,113 +412,3 @@ def _recycle(
         return
     if sink.complete:
         _IDLE_RESPONSE.append((parser, sink))
-
-
-class _Done:
-    __slots__ = ("done",)
-
-    def __init__(self) -> None:
-        self.done = False
-
-    def on_message_complete(self) -> None:
-        self.done = True
-
-
-# What llhttp is told before a chunked body's bytes, so it checks them.
-_CHUNKED_REQUEST = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-_CHUNKED_RESPONSE = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-
-
-class ChunkedScanner:
-    """Finds where a chunked body ends, without changing its bytes.
-
-    `feed(data)` returns how many bytes of `data` belong to the body; once
-    `done` is true the rest belongs to the next message. Chunk data is
-    skipped by count, so a large body costs no per-byte Python work. llhttp
-    parses the same bytes (chunk sizes, extensions, trailers) and must end
-    the message exactly where this does.
-    """
-
-    __slots__ = ("_check", "_line", "_llhttp", "_remaining", "_state", "done", "max_line")
-
-    _SIZE = 0  # reading a chunk-size line
-    _DATA = 1  # inside chunk data
-    _DATA_END = 2  # the CRLF after chunk data
-    _TRAILER = 3  # trailer lines until an empty one
-
-    def __init__(self, max_line: int = 8192, *, response: bool = False) -> None:
-        self._state = self._SIZE
-        self._remaining = 0
-        self._line = b""
-        self.done = False
-        self.max_line = max_line
-        self._llhttp = _Done()
-        if response:
-            self._check: httptools.HttpRequestParser | httptools.HttpResponseParser = (
-                httptools.HttpResponseParser(self._llhttp)
-            )
-            self._check.feed_data(_CHUNKED_RESPONSE)
-        else:
-            self._check = httptools.HttpRequestParser(self._llhttp)
-            self._check.feed_data(_CHUNKED_REQUEST)
-
-    def feed(self, data: bytes) -> int:
-        taken = self._scan(data)
-        try:
-            self._check.feed_data(data if taken == len(data) else data[:taken])
-        except httptools.HttpParserError as exc:
-            raise HttpError(400, f"malformed chunked body: {exc}") from None
-        if self._llhttp.done != self.done:
-            raise HttpError(400, "malformed chunked body: its end is ambiguous")
-        return taken
-
-    def _scan(self, data: bytes) -> int:
-        pos = 0
-        n = len(data)
-        while pos < n and not self.done:
-            if self._state == self._DATA:
-                take = min(self._remaining, n - pos)
-                pos += take
-                self._remaining -= take
-                if self._remaining == 0:
-                    self._state = self._DATA_END
-                continue
-            end = data.find(b"\n", pos)
-            if end < 0:
-                self._line += data[pos:]
-                if len(self._line) > self.max_line:
-                    raise HttpError(400, "chunk line too long")
-                return n
-            line = self._line + data[pos : end + 1]
-            self._line = b""
-            pos = end + 1
-            if self._state == self._DATA_END:
-                if line != b"\r\n":
-                    raise HttpError(400, "chunk data longer than its size")
-                self._state = self._SIZE
-            elif self._state == self._TRAILER:
-                if not line.endswith(b"\r\n"):
-                    raise HttpError(400, "bare LF in chunked trailer")
-                if line == b"\r\n":
-                    self.done = True
-            else:
-                size = _chunk_size(line)
-                if size == 0:
-                    self._state = self._TRAILER
-                else:
-                    self._remaining = size
-                    self._state = self._DATA
-        return pos
-
-
-def _chunk_size(line: bytes) -> int:
-    """The size in a chunk-size line (`1a;ext=x\\r\\n`); llhttp checks the rest."""
-    if not line.endswith(b"\r\n"):
-        raise HttpError(400, "chunk-size line without CRLF")
-    size_text = line[:-2].split(b";", 1)[0]
-    if not size_text or len(size_text) > 15 or any(c not in _HEX for c in size_text):
-        raise HttpError(400, "malformed chunk size")
-    return int(size_text, 16)
-
-
-_HEX = frozenset(b"0123456789abcdefABCDEF")

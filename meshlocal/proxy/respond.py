@@ -12,7 +12,8 @@ import time
 from typing import TYPE_CHECKING
 
 from meshlocal.proxy import faultio, http1
-from meshlocal.proxy.http1 import ChunkedScanner, HttpError, RequestHead, ResponseHead
+from meshlocal.proxy.chunked import ChunkedScanner
+from meshlocal.proxy.http1 import HttpError, RequestHead, ResponseHead
 from meshlocal.proxy.metrics import EdgeMetrics, ServiceMetrics
 from meshlocal.proxy.settings import ProxySettings
 from meshlocal.proxy.upstream import UpstreamConn

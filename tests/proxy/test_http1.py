@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshlocal.proxy import http1
-from meshlocal.proxy.http1 import ChunkedScanner, HttpError
+from meshlocal.proxy.chunked import ChunkedScanner
+from meshlocal.proxy.http1 import HttpError
 
 
 def test_request_head_fields() -> None:
