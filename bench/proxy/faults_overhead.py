@@ -29,15 +29,15 @@ import datetime
 import os
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from modes import BACKENDS, NGINX_PROXY, run_wrk, start_haproxy, wait_http
+from modes import BACKENDS, NGINX_PROXY, start_haproxy, wait_http
 from run import start_nginx, workers_of
+from sidebyside import Results, median, run_rounds, stop_all, target_table
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -111,7 +111,7 @@ def main() -> None:
         path = loaded_from(tree)
         assert path.startswith(str(tree)), f"{name}: meshlocal loaded from {path}, not {tree}"
     targets = {**{n: v[2] for n, v in OURS.items()}, **PEERS}
-    results: dict[str, list[dict[str, float]]] = {n: [] for n in targets}
+    results: Results = {}
     procs: list[subprocess.Popen[bytes] | subprocess.Popen[str]] = []
     try:
         backends = start_nginx(tmp, "backends", "1", BACKENDS)
@@ -127,35 +127,13 @@ def main() -> None:
             wait_http(f"http://{addr}/")
         pids["haproxy-tcp"] = [haproxy.pid, *workers_of(haproxy.pid)]
         pids["nginx-1w"] = workers_of(nginx1.pid)
-        for name, addr in targets.items():  # warm-up
-            run_wrk(f"http://{addr}/", 1, pids[name])
-        names = list(targets)
-        for r in range(args.rounds):
-            order = names[r % len(names) :] + names[: r % len(names)]
-            if r % 2:
-                order.reverse()
-            for name in order:
-                res = run_wrk(f"http://{targets[name]}/", args.duration, pids[name])
-                results[name].append(res)
-                print(
-                    f"round {r + 1} {name:28s} {res['rps']:8.0f} req/s  "
-                    f"cpu {res['cpu_us']:5.1f} us/req  p50 {res['p50']:.2f} ms  "
-                    f"errors {res['errors']:.0f}",
-                    flush=True,
-                )
+        results = run_rounds(targets, pids, args.rounds, args.duration)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGQUIT if "nginx" in str(p.args) else signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
     def med(name: str, key: str) -> float:
-        return statistics.median(x[key] for x in results[name])
+        return median(results, name, key)
 
     lines = [
         f"# Proxy hot path before/after {args.change} ({started})",
@@ -165,16 +143,8 @@ def main() -> None:
         f"before = `{args.base}`, after = this checkout. "
         f"{args.rounds} rounds x {args.duration} s per target, `wrk -t1 -c50`, loopback.",
         "",
-        "| target | req/s median | req/s per round | CPU µs/request | p50 ms | errors |",
-        "|---|---|---|---|---|---|",
     ]
-    for name in targets:
-        per = ", ".join(f"{x['rps']:.0f}" for x in results[name])
-        errors = int(sum(x["errors"] for x in results[name]))
-        lines.append(
-            f"| {name} | {med(name, 'rps'):.0f} | {per} | {med(name, 'cpu_us'):.1f} | "
-            f"{med(name, 'p50'):.2f} | {errors} |"
-        )
+    lines += target_table(results)
     lines += [
         "",
         "| ratio | req/s (median of per-round ratios) | CPU µs/request |",
