@@ -41,7 +41,16 @@ class ChunkedScanner:
     the message exactly where this does.
     """
 
-    __slots__ = ("_check", "_line", "_llhttp", "_remaining", "_state", "done", "max_line")
+    __slots__ = (
+        "_check",
+        "_line",
+        "_llhttp",
+        "_remaining",
+        "_state",
+        "_trusted",
+        "done",
+        "max_line",
+    )
 
     _SIZE = 0  # reading a chunk-size line
     _DATA = 1  # inside chunk data
@@ -55,10 +64,14 @@ class ChunkedScanner:
         self.done = False
         self.max_line = max_line
         self._llhttp = _Done()
+        # A replica's body may put spaces after a chunk size (older servers do),
+        # as its head may end lines in bare LFs: replicas are trusted, clients not.
+        self._trusted = response
         if response:
             self._check: httptools.HttpRequestParser | httptools.HttpResponseParser = (
                 httptools.HttpResponseParser(self._llhttp)
             )
+            self._check.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
             self._check.feed_data(_CHUNKED_RESPONSE)
         else:
             self._check = httptools.HttpRequestParser(self._llhttp)
@@ -104,7 +117,7 @@ class ChunkedScanner:
                 if line == b"\r\n":
                     self.done = True
             else:
-                size = _chunk_size(line)
+                size = _chunk_size(line, self._trusted)
                 if size == 0:
                     self._state = self._TRAILER
                 else:
@@ -113,11 +126,13 @@ class ChunkedScanner:
         return pos
 
 
-def _chunk_size(line: bytes) -> int:
+def _chunk_size(line: bytes, trusted: bool = False) -> int:
     """The size in a chunk-size line (`1a;ext=x\\r\\n`); llhttp checks the rest."""
     if not line.endswith(b"\r\n"):
         raise HttpError(400, "chunk-size line without CRLF")
     size_text = line[:-2].split(b";", 1)[0]
+    if trusted:
+        size_text = size_text.rstrip(b" \t")
     if not size_text or len(size_text) > 15 or any(c not in _HEX for c in size_text):
         raise HttpError(400, "malformed chunk size")
     return int(size_text, 16)

@@ -15,8 +15,14 @@ reason:
 - missing Host on HTTP/1.1 (RFC 9112 3.2): llhttp doesn't require it;
 - versions: llhttp also takes HTTP/0.9 and HTTP/2.0 request lines;
 - one space between the request line's parts: llhttp skips extra spaces;
-- origin-form targets only: llhttp takes absolute-form, CONNECT's authority
-  form and `*`; a mesh proxy is never a forward proxy (SSRF);
+- origin-form targets only, and no CONNECT: llhttp takes absolute-form,
+  CONNECT's authority form and `*`; a mesh proxy is never a forward proxy
+  (SSRF);
+- Transfer-Encoding must end in chunked, once: llhttp skips that check on
+  an upgrade request;
+- one blank line per head: a replica's bare-LF head made CRLF could hold two;
+- Connection may not name Content-Length, Transfer-Encoding or Host: their
+  removal would change the message's framing or routing for the replica;
 - status codes below 100: llhttp takes `099`;
 - the size limit (431): llhttp has none of its own;
 - trailing whitespace of field values, which llhttp keeps;
@@ -31,7 +37,9 @@ compression and all), so it only needs to know where each message ends.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import httptools
 
@@ -106,7 +114,7 @@ class ResponseHead:
 
 # What a field means to the proxy, by name. The usual spellings are listed as
 # written (Title-Case, lower-case) so most fields skip `.lower()`; -1: none.
-_HOST, _LENGTH, _TE, _CONNECTION, _UPGRADE, _EXPECT, _XFF, _DROP = range(8)
+_HOST, _LENGTH, _TE, _CONNECTION, _UPGRADE, _EXPECT, _XFF, _DROP, _PROXY_CONNECTION = range(9)
 _IGNORED = -1
 _COMMON = (
     b"accept",
@@ -145,6 +153,7 @@ _REQUEST_NAMED = {
     b"expect": _EXPECT,
     **{n: _DROP for n in HOP_BY_HOP + FORWARDED},
     b"connection": _CONNECTION,
+    b"proxy-connection": _PROXY_CONNECTION,
     b"upgrade": _UPGRADE,
     b"x-forwarded-for": _XFF,
 }
@@ -153,6 +162,7 @@ _RESPONSE_NAMED = {
     b"transfer-encoding": _TE,
     **{n: _DROP for n in HOP_BY_HOP},
     b"connection": _CONNECTION,
+    b"proxy-connection": _PROXY_CONNECTION,
     b"upgrade": _UPGRADE,
 }
 _REQUEST_KINDS = _kinds(_REQUEST_NAMED)
@@ -179,6 +189,9 @@ class _Fields:
     xff: bytes | None = None
     drops: list[bytes] | None = None  # names as written, to cut from the head
     complete = False
+    # llhttp reads Proxy-Connection as Connection: its `close` ends the parser's
+    # use (the proxy itself ignores the header, a hop-by-hop one it drops).
+    spent = False
 
     def on_url(self, url: bytes) -> None:
         self.url = url
@@ -212,6 +225,8 @@ class _Fields:
             self.upgrade = value.lower()
         elif kind == _XFF and value:
             self.xff = value if self.xff is None else self.xff + b", " + value
+        elif kind == _PROXY_CONNECTION:
+            self.spent = True
 
 
 class _ResponseFields(_Fields):
@@ -263,11 +278,20 @@ def _without(fields: bytes, names: list[bytes]) -> bytes:
     return text[2:]
 
 
+# Never dropped when Connection names them: the message's framing and routing
+# would change between the proxy and the replica (`Connection: content-length`
+# smuggles the body as a second request).
+_KEPT = frozenset({b"content-length", b"transfer-encoding", b"host"})
+
+
 def _strip_named(fields: bytes, tokens: frozenset[bytes]) -> bytes:
     """Drop the fields a Connection header names (RFC 9110 7.6.1)."""
     if tokens <= _STANDARD_TOKENS:
         return fields
-    alts = b"|".join(re.escape(n) for n in sorted(tokens - _STANDARD_TOKENS))
+    named = tokens - _STANDARD_TOKENS - _KEPT
+    if not named:
+        return fields
+    alts = b"|".join(re.escape(n) for n in sorted(named))
     return re.sub(rb"(?im)^(?:" + alts + rb"):[^\r]*\r\n", b"", fields)
 
 
@@ -283,22 +307,56 @@ _STAND_IN = memoryview(bytes(16384))
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
+_P = TypeVar("_P", httptools.HttpRequestParser, httptools.HttpResponseParser)
+_S = TypeVar("_S", bound=_Fields)
+
+
+def _feed(
+    data: bytes, idle: list[tuple[_P, _S]], make: Callable[[], tuple[_P, _S]], response: bool
+) -> tuple[_P, _S]:
+    """llhttp's verdict on one whole head, from a pooled parser or a new one."""
+    if data.find(b"\r\n\r\n") != len(data) - 4:
+        # One head, one blank line: a second would hide fields from llhttp.
+        raise HttpError(502 if response else 400, "malformed head: a blank line inside it")
+    try:
+        parser, sink = idle.pop()
+        sink.__dict__.clear()
+        pooled = True
+    except IndexError:
+        parser, sink = make()
+        pooled = False
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserUpgrade:
+        pass  # Upgrade, CONNECT, a 101: the head is whole
+    except httptools.HttpParserError as exc:
+        if pooled:  # never let a pooled parser's state refuse a head: ask a new one
+            return _feed(data, [], make, response)
+        raise _llhttp_error(exc, response) from None
+    return parser, sink
+
+
+def _new_request_parser() -> tuple[httptools.HttpRequestParser, _Fields]:
+    sink = _Fields()
+    return httptools.HttpRequestParser(sink), sink
+
+
+def _new_response_parser() -> tuple[httptools.HttpResponseParser, _ResponseFields]:
+    sink = _ResponseFields()
+    return httptools.HttpResponseParser(sink), sink
+
+
+def _chunked_last(encodings: list[bytes]) -> bool:
+    """Transfer-Encoding ends in chunked, which appears once (RFC 9112 6.1)."""
+    codings = [t.strip(_OWS).lower() for v in encodings for t in v.split(b",") if t.strip(_OWS)]
+    return bool(codings) and codings[-1] == b"chunked" and codings.count(b"chunked") == 1
+
+
 def parse_request_head(data: bytes, max_header_bytes: int = 32768) -> RequestHead:
     """Parse a request head ending in CRLFCRLF; raise HttpError to refuse it."""
     if len(data) > max_header_bytes:
         raise HttpError(431, "request header too large")
-    try:
-        parser, sink = _IDLE_REQUEST.pop()
-        sink.__dict__.clear()
-    except IndexError:
-        sink = _Fields()
-        parser = httptools.HttpRequestParser(sink)
-    try:
-        parser.feed_data(data)
-    except httptools.HttpParserUpgrade:
-        pass  # Upgrade or CONNECT: the head is whole; the target check refuses CONNECT
-    except httptools.HttpParserError as exc:
-        raise _llhttp_error(exc, response=False) from None
+    parser, sink = _feed(data, _IDLE_REQUEST, _new_request_parser, False)
     end = data.find(b"\r\n") + 2
     line = data[:end]
     version = line[-10:-2]
@@ -308,7 +366,7 @@ def parse_request_head(data: bytes, max_header_bytes: int = 32768) -> RequestHea
     target = sink.url
     if len(line) != len(method) + len(target) + 12:
         raise HttpError(400, "malformed request line")
-    if target[:1] != b"/":
+    if target[:1] != b"/" or method == b"CONNECT":
         # Absolute-form (`http://169.254.169.254/`), authority-form (CONNECT)
         # and asterisk-form: a mesh proxy is never a forward proxy.
         raise HttpError(400, "only origin-form request targets are accepted")
@@ -319,7 +377,10 @@ def parse_request_head(data: bytes, max_header_bytes: int = 32768) -> RequestHea
     elif len(hosts) > 1:
         raise HttpError(400, "duplicate Host header")
     if sink.encodings is not None:
-        framing, length = CHUNKED, 0  # llhttp refused any other request coding
+        # llhttp checks this too, except on an upgrade, where it stops early.
+        if not _chunked_last(sink.encodings):
+            raise HttpError(501, "unsupported Transfer-Encoding")
+        framing, length = CHUNKED, 0
     elif sink.length is not None:
         framing, length = LENGTH, int(sink.length)
     else:
@@ -329,7 +390,7 @@ def parse_request_head(data: bytes, max_header_bytes: int = 32768) -> RequestHea
     if sink.drops is not None:
         fields = _strip_named(_without(fields, sink.drops), ctokens)
     keep_alive = b"close" not in ctokens if version == b"HTTP/1.1" else b"keep-alive" in ctokens
-    if sink.complete and keep_alive and len(_IDLE_REQUEST) < _IDLE_MAX:
+    if sink.complete and keep_alive and not sink.spent and len(_IDLE_REQUEST) < _IDLE_MAX:
         _IDLE_REQUEST.append((parser, sink))
     upgrade = sink.upgrade
     return RequestHead(
@@ -355,18 +416,7 @@ def parse_response_head(
     """Parse a response head ending in CRLFCRLF; HttpError(502) to refuse it."""
     if len(data) > max_header_bytes:
         raise HttpError(502, "response head too large")
-    try:
-        parser, sink = _IDLE_RESPONSE.pop()
-        sink.__dict__.clear()
-    except IndexError:
-        sink = _ResponseFields()
-        parser = httptools.HttpResponseParser(sink)
-    try:
-        parser.feed_data(data)
-    except httptools.HttpParserUpgrade:
-        pass  # a 101: the head is whole
-    except httptools.HttpParserError as exc:
-        raise _llhttp_error(exc, response=True) from None
+    parser, sink = _feed(data, _IDLE_RESPONSE, _new_response_parser, True)
     end = data.find(b"\r\n") + 2
     line = data[:end]
     version = line[:8]
@@ -376,15 +426,14 @@ def parse_response_head(
     if status < 100:
         raise HttpError(502, "malformed response head: invalid status")
     if sink.encodings is not None:
-        codings = [t.strip(_OWS).lower() for v in sink.encodings for t in v.split(b",")]
-        framing, length = (CHUNKED if codings[-1] == b"chunked" else UNTIL_CLOSE), 0
+        framing, length = (CHUNKED if _chunked_last(sink.encodings) else UNTIL_CLOSE), 0
     elif sink.length is not None:
         framing, length = LENGTH, int(sink.length)
     else:
         framing, length = UNTIL_CLOSE, 0
     ctokens = _tokens(sink.connection)
     keep_alive = b"close" not in ctokens if version == b"HTTP/1.1" else b"keep-alive" in ctokens
-    if keep_alive and len(_IDLE_RESPONSE) < _IDLE_MAX:
+    if keep_alive and not sink.spent and len(_IDLE_RESPONSE) < _IDLE_MAX:
         _recycle(parser, sink, framing, length)
     if request_method == b"HEAD" or status < 200 or status == 204 or status == 304:
         framing, length = NONE, 0

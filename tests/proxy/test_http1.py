@@ -188,3 +188,89 @@ def test_connection_named_fields_and_hop_by_hop_are_cut_as_written() -> None:
     )
     assert head.fields == b"host: a\r\nX-Keep: connection: no\r\n"
     assert not head.keep_alive
+
+
+# -- found by a differential review of the llhttp move --------------------------
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        # llhttp stops at an upgrade before checking Transfer-Encoding.
+        (
+            b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+            b"Transfer-Encoding: gzip\r\n\r\n",
+            501,
+        ),
+        (b"CONNECT /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+        (b"CONNECT /x HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\n\r\nX-Hidden: 1\r\n\r\n", 400),
+    ],
+)
+def test_heads_llhttp_lets_through_are_refused_on_top(head: bytes, status: int) -> None:
+    with pytest.raises(HttpError) as err:
+        http1.parse_request_head(head)
+    assert err.value.status == status
+
+
+def test_a_response_head_with_a_blank_line_inside_is_refused() -> None:
+    # What a replica's `\n\r\n` becomes once bare LFs are made CRLF.
+    with pytest.raises(HttpError) as err:
+        http1.parse_response_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n"
+            b"X-Injected: 1\r\nContent-Length: 3\r\n\r\n",
+            b"GET",
+        )
+    assert err.value.status == 502
+
+
+def test_proxy_connection_close_does_not_spoil_the_next_parse() -> None:
+    for _ in range(6):  # more than the pool holds
+        http1.parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\nProxy-Connection: close\r\n\r\n")
+        http1.parse_response_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nProxy-Connection: close\r\n\r\n", b"GET"
+        )
+    assert http1.parse_request_head(b"GET /n HTTP/1.1\r\nHost: b\r\n\r\n").target == b"/n"
+    assert http1.parse_response_head(b"HTTP/1.1 204 No\r\n\r\n", b"GET").status == 204
+
+
+@pytest.mark.parametrize("name", [b"Content-Length", b"Transfer-Encoding", b"Host"])
+def test_connection_cannot_strip_framing_or_routing_fields(name: bytes) -> None:
+    body_field = (
+        b"Transfer-Encoding: chunked\r\n"
+        if name == b"Transfer-Encoding"
+        else b"Content-Length: 5\r\n"
+    )
+    head = http1.parse_request_head(
+        b"POST / HTTP/1.1\r\nHost: a\r\nConnection: "
+        + name
+        + b", x-drop\r\n"
+        + body_field
+        + b"X-Drop: 1\r\n\r\n"
+    )
+    assert head.fields == b"Host: a\r\n" + body_field
+    resp = http1.parse_response_head(
+        b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 2\r\n\r\n", b"GET"
+    )
+    assert resp.fields == b"Content-Length: 2\r\n"
+
+
+def test_response_transfer_encoding_framing_follows_rfc_9112() -> None:
+    twice = http1.parse_response_head(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET",
+    )
+    assert (twice.framing, twice.keep_alive) == (http1.UNTIL_CLOSE, False)
+    comma = http1.parse_response_head(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n\r\n", b"GET"
+    )
+    assert comma.framing == http1.CHUNKED  # an empty list element is no coding
+
+
+def test_spaces_after_a_chunk_size_are_a_replicas_liberty_only() -> None:
+    body = b"5 \r\nhello\r\n0 \r\n\r\n"
+    from_replica = ChunkedScanner(response=True)
+    assert from_replica.feed(body) == len(body)
+    assert from_replica.done
+    with pytest.raises(HttpError):
+        ChunkedScanner().feed(body)

@@ -656,3 +656,39 @@ async def test_response_status_099_gives_502(
     assert b"invalid status" in body
     assert b"099" not in out
     assert backend.received.startswith(b"GET / HTTP/1.1\r\n")
+
+
+# -- 7. found by the differential review ---------------------------------------------
+
+
+async def test_a_replica_head_hiding_a_second_blank_line_gets_502(
+    mesh_factory: MeshFactory, raw_backends: Callable[..., Awaitable[RawBackend]]
+) -> None:
+    # Bare LFs become CRLF before llhttp reads the head; `\n\r\n` would then
+    # be a blank line inside it, and the rest would reach the client as body.
+    mesh = await mesh_factory()
+    backend = await raw_backends(
+        "127.0.0.68",
+        b"HTTP/1.1 200 OK\nContent-Length: 40\n\r\nX-Injected: 1\nContent-Length: 3\n\nabc",
+    )
+    register(mesh, backend)
+    out = await send(mesh, b"GET / HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n")
+    status, _, _ = split_response(out)
+    assert status == 502
+    assert b"X-Injected" not in out
+
+
+async def test_connection_cannot_hide_content_length_from_the_replica(
+    mesh_factory: MeshFactory, raw_backends: Callable[..., Awaitable[RawBackend]]
+) -> None:
+    mesh = await mesh_factory()
+    backend = await raw_backends("127.0.0.69", OK, until=b"GET /smuggled")
+    register(mesh, backend)
+    await send(
+        mesh,
+        b"POST / HTTP/1.1\r\nHost: api\r\nConnection: content-length, close\r\n"
+        b"Content-Length: 26\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n",
+    )
+    head, _, body = backend.received.partition(b"\r\n\r\n")
+    assert b"\r\nContent-Length: 26" in head
+    assert body == b"GET /smuggled HTTP/1.1\r\n\r\n"  # a body, not a second request
