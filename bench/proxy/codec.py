@@ -38,7 +38,7 @@ from pathlib import Path
 from faults_overhead import extract, loaded_from
 from modes import BACKENDS, NGINX_PROXY, wait_http
 from run import start_nginx, workers_of
-from sidebyside import Results, median, run_rounds, stop_all, target_table
+from sidebyside import Results, emit, median, run_rounds, stop_all, target_table
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -133,10 +133,7 @@ def main() -> None:
         cpu = med(a, "cpu_us") / med(b, "cpu_us")
         each = ", ".join(f"{v:.2f}" for v in per_round)
         lines.append(f"| {a} / {b} | {statistics.median(per_round):.3f}x | {each} | {cpu:.3f}x |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out != "-":
-        Path(args.out).write_text(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from sidebyside import emit
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 
@@ -223,10 +225,7 @@ def main() -> None:
     ]:
         ratio = statistics.median(x / y for x, y in zip(results[a], results[b], strict=True))
         lines.append(f"| {a} / {b} | {ratio:.3f}x |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out != "-":
-        Path(args.out).write_text(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

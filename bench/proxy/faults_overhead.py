@@ -37,7 +37,7 @@ from pathlib import Path
 
 from modes import BACKENDS, NGINX_PROXY, start_haproxy, wait_http
 from run import start_nginx, workers_of
-from sidebyside import Results, median, run_rounds, stop_all, target_table
+from sidebyside import Results, emit, median, run_rounds, stop_all, target_table
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -156,10 +156,7 @@ def main() -> None:
         )
         cpu = med(after, "cpu_us") / med(before, "cpu_us")
         lines.append(f"| {after} / {before} | {rps:.3f}x | {cpu:.3f}x |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out != "-":
-        Path(args.out).write_text(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

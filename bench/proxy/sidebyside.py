@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import statistics
 import subprocess
+from pathlib import Path
 
 from modes import run_wrk
 
@@ -68,3 +69,11 @@ def stop_all(procs: list[subprocess.Popen[bytes] | subprocess.Popen[str]]) -> No
             p.wait(10)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+def emit(lines: list[str], out: str) -> None:
+    """Print the report and write it to `out` (`-`: print only)."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out != "-":
+        Path(out).write_text(text)
