@@ -41,6 +41,7 @@ from meshlocal.registry import Replica
 
 # The balancer key of traffic from outside the mesh (the public endpoint).
 PUBLIC_CLIENT = "public"
+_EMPTY_LINE = (b"\r", b"\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,7 @@ class Downstream(ResponseSide, asyncio.Protocol):
         self.reading_paused = False
         self.up_write_paused = False
         self.client_eof = False
+        self.partial: http1.PartialHead | None = None  # a head still arriving
         # The last request head seen and its forwarded form (depends on client IP).
         self._memo_req: RequestHead | None = None
         self._memo_out = b""
@@ -236,11 +238,23 @@ class Downstream(ResponseSide, asyncio.Protocol):
 
     def _next_request(self) -> None:
         buf = self.buf
+        if buf[:1] in _EMPTY_LINE:
+            # RFC 9112 2.2: empty lines before a request line are ignored (some
+            # clients send a CRLF after a POST body).
+            buf = self.buf = buf.lstrip(b"\r\n")
         idx = buf.find(b"\r\n\r\n")
         if idx < 0:
             if len(buf) > self.settings.max_header_bytes:
                 self._fail(431, "request header too large")
+            elif buf:
+                if self.partial is None:
+                    self.partial = http1.PartialHead()
+                try:
+                    self.partial.feed(buf)
+                except HttpError as exc:
+                    self._fail(exc.status, exc.reason)
             return
+        self.partial = None
         end = idx + 4
         head = buf[:end] if end != len(buf) else buf
         self.buf = buf[end:] if end != len(buf) else b""
@@ -269,7 +283,7 @@ class Downstream(ResponseSide, asyncio.Protocol):
         if req is self._memo_req:
             self.out_head = self._memo_out
         else:
-            self.out_head = self._memo_out = self._build_out_head(req)
+            self.out_head = self._memo_out = http1.forwarded_head(req, self.client_ip)
             self._memo_req = req
         framing = req.framing
         if framing == http1.LENGTH and req.length > 0:
@@ -278,26 +292,6 @@ class Downstream(ResponseSide, asyncio.Protocol):
             self.has_body, self.req_done = True, False
             self.req_scanner = ChunkedScanner()
         self._select()
-
-    def _build_out_head(self, req: RequestHead) -> bytes:
-        xff = (
-            self.client_ip
-            if req.forwarded_for is None
-            else req.forwarded_for + b", " + self.client_ip
-        )
-        parts = [
-            req.request_line,
-            req.fields,
-            b"X-Forwarded-For: ",
-            xff,
-            b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ",
-            req.host or b"",
-            b"\r\n",
-        ]
-        if req.upgrade is not None:
-            parts += (b"Connection: Upgrade\r\nUpgrade: ", req.upgrade, b"\r\n")
-        parts.append(b"\r\n")
-        return b"".join(parts)
 
     def _select(self) -> None:
         route = self.route

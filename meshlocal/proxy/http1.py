@@ -234,13 +234,30 @@ class _ResponseFields(_Fields):
     named = _RESPONSE_NAMED
 
 
+# llhttp's reasons, said so that a client's author can act on them.
+_PLAIN = {
+    "Invalid header token": "malformed field name (no space may precede the colon)",
+    "Invalid method encountered": "unknown request method",
+    "Invalid header value char": "control character in a field value",
+    "Unexpected whitespace after header value": "obs-fold (a field line starting with whitespace)",
+    "Expected CRLF after version": "lines must end in CRLF, not a bare LF",
+    "Missing expected CR after header value": "lines must end in CRLF, not a bare LF",
+    "Missing expected LF after header value": "lines must end in CRLF, not a bare CR",
+    "Duplicate Content-Length": "repeated Content-Length",
+    "Invalid character in Content-Length": "Content-Length is not a number",
+    "Invalid char in url path": "invalid character in the request target (percent-encode it)",
+}
+
+
 def _llhttp_error(exc: httptools.HttpParserError, response: bool) -> HttpError:
-    reason = str(exc) or type(exc).__name__
+    raw = str(exc) or type(exc).__name__
+    plain = _PLAIN.get(raw)
+    reason = f"{plain} (llhttp: {raw})" if plain else raw
     if response:
         return HttpError(502, f"malformed response head: {reason}")
-    if "Transfer-Encoding" in reason and "invalid" in reason.lower():
+    if "Transfer-Encoding" in raw and "invalid" in raw.lower():
         return HttpError(501, "unsupported Transfer-Encoding")
-    if reason == "Invalid HTTP version":
+    if raw == "Invalid HTTP version":
         return HttpError(505, "HTTP version not supported")
     return HttpError(400, reason)
 
@@ -352,6 +369,33 @@ def _chunked_last(encodings: list[bytes]) -> bool:
     return bool(codings) and codings[-1] == b"chunked" and codings.count(b"chunked") == 1
 
 
+class PartialHead:
+    """llhttp's verdict on a request head still arriving, fed as it comes.
+
+    The proxy waits for CRLFCRLF before parsing; a head that can never be
+    valid (lines ending in a bare LF, TLS sent to a plain port) would
+    otherwise wait for the idle timeout instead of getting its 400 now."""
+
+    __slots__ = ("_parser", "fed")
+
+    def __init__(self) -> None:
+        self._parser = httptools.HttpRequestParser(_NO_CALLBACKS)
+        self.fed = 0  # bytes of the buffer already given to llhttp
+
+    def feed(self, buf: bytes) -> None:
+        """Give llhttp what `buf` holds past `fed`; HttpError if it refuses."""
+        new, self.fed = buf[self.fed :], len(buf)
+        try:
+            self._parser.feed_data(new)
+        except httptools.HttpParserUpgrade:
+            pass
+        except httptools.HttpParserError as exc:
+            raise _llhttp_error(exc, response=False) from None
+
+
+_NO_CALLBACKS = object()
+
+
 def parse_request_head(data: bytes, max_header_bytes: int = 32768) -> RequestHead:
     """Parse a request head ending in CRLFCRLF; raise HttpError to refuse it."""
     if len(data) > max_header_bytes:
@@ -461,3 +505,21 @@ def _recycle(
         return
     if sink.complete:
         _IDLE_RESPONSE.append((parser, sink))
+
+
+def forwarded_head(req: RequestHead, client_ip: bytes) -> bytes:
+    """The head as sent to a replica: hop-by-hop fields gone, X-Forwarded-* set."""
+    xff = client_ip if req.forwarded_for is None else req.forwarded_for + b", " + client_ip
+    parts = [
+        req.request_line,
+        req.fields,
+        b"X-Forwarded-For: ",
+        xff,
+        b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ",
+        req.host or b"",
+        b"\r\n",
+    ]
+    if req.upgrade is not None:
+        parts += (b"Connection: Upgrade\r\nUpgrade: ", req.upgrade, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)

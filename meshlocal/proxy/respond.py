@@ -170,12 +170,10 @@ class ResponseSide:
             self._update_reading()
             return
         self.keep = req.keep_alive and resp.framing != http1.UNTIL_CLOSE and not self.client_eof
-        if not self.req_done and (
-            resp.framing == http1.NONE
-            or (resp.framing == http1.LENGTH and len(rest) >= resp.length)
-        ):
-            # Answered before the request body ended (417, an early 200): the
-            # connection will close, and RFC 9110 10.1.1 asks to say so.
+        if not self.req_done:
+            # Answered before the request body ended (417, an early 200, 413):
+            # the body's end may never be found, so the connection closes after
+            # this answer, and RFC 9110 10.1.1 asks to say so in it.
             self.keep = False
         framing = resp.framing
         if framing == http1.LENGTH:

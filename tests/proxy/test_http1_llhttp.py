@@ -692,3 +692,72 @@ async def test_connection_cannot_hide_content_length_from_the_replica(
     head, _, body = backend.received.partition(b"\r\n\r\n")
     assert b"\r\nContent-Length: 26" in head
     assert body == b"GET /smuggled HTTP/1.1\r\n\r\n"  # a body, not a second request
+
+
+# -- 8. found by trying it as a new user ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET / HTTP/1.1\nHost: api\n\n",  # every line ends in a bare LF
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # TLS ClientHello to a plain port
+    ],
+)
+async def test_a_head_that_can_never_be_valid_is_refused_at_once(
+    mesh_factory: MeshFactory, data: bytes
+) -> None:
+    mesh = await mesh_factory()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    out = await send(mesh, data)  # the proxy answers without waiting for CRLFCRLF
+    assert loop.time() - started < 2.0
+    status, headers, body = split_response(out)
+    assert status == 400
+    assert headers["connection"] == "close"
+    assert body
+
+
+async def test_empty_lines_before_a_request_line_are_ignored(
+    mesh_factory: MeshFactory, raw_backends: Callable[..., Awaitable[RawBackend]]
+) -> None:
+    mesh = await mesh_factory()
+    backend = await raw_backends("127.0.0.70", OK)
+    register(mesh, backend)
+    out = await send(mesh, b"\r\n\r\nGET /x HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n")
+    status, _, body = split_response(out)
+    assert (status, body) == (200, b"ok")
+    assert backend.received.startswith(b"GET /x HTTP/1.1\r\n")
+
+
+async def test_an_answer_before_the_body_says_close_however_it_arrives(
+    mesh_factory: MeshFactory,
+    scripted: Callable[..., Awaitable[ScriptedBackend]],
+) -> None:
+    # The replica's head and body in two writes: the client still learns the
+    # connection will close (it did only when both came in one packet).
+    mesh = await mesh_factory()
+
+    async def script(
+        b: ScriptedBackend, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await b.until(reader, b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"too big\n")
+
+    backend = await scripted("127.0.0.71", script)
+    attach(mesh, backend)
+    reader, writer = await asyncio.open_connection("127.0.0.2", port_of(mesh))
+    try:
+        writer.write(
+            b"POST /up HTTP/1.1\r\nHost: api\r\nContent-Length: 100000\r\n\r\n" + b"x" * 10
+        )
+        async with asyncio.timeout(TIMEOUT):
+            out = await reader.read(-1)
+    finally:
+        writer.close()
+    status, headers, body = split_response(out)
+    assert (status, body) == (413, b"too big\n")
+    assert headers["connection"] == "close"
