@@ -68,6 +68,20 @@ async def raw_backends() -> AsyncIterator[Callable[..., Awaitable[RawBackend]]]:
         await b.stop()
 
 
+async def one_replica(
+    mesh_factory: MeshFactory,
+    raw_backends: Callable[..., Awaitable[RawBackend]],
+    host: str,
+    response: bytes,
+    until: bytes = b"\r\n\r\n",
+) -> tuple[Mesh, RawBackend]:
+    """A mesh whose api has one raw replica answering `response`."""
+    mesh = await mesh_factory()
+    backend = await raw_backends(host, response, until=until)
+    register(mesh, backend)
+    return mesh, backend
+
+
 @dataclass
 class PathBackend(Backend):
     """An aiohttp replica that also records each request's target."""
@@ -265,9 +279,9 @@ async def test_valid_chunk_extensions_reach_the_replica_byte_for_byte(
 async def test_invalid_chunk_extensions_get_400_and_never_reach_the_replica(
     mesh_factory: MeshFactory, raw_backends: Callable[..., Awaitable[RawBackend]], body: bytes
 ) -> None:
-    mesh = await mesh_factory()
-    backend = await raw_backends("127.0.0.54", OK, until=b"0\r\n\r\n")
-    register(mesh, backend)
+    mesh, backend = await one_replica(
+        mesh_factory, raw_backends, "127.0.0.54", OK, until=b"0\r\n\r\n"
+    )
     out = await send(
         mesh,
         b"POST /up HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -327,9 +341,9 @@ async def test_invalid_chunk_extension_mid_exchange_drops_the_replica_connection
 async def test_request_trailers_reach_the_replica_untouched(
     mesh_factory: MeshFactory, raw_backends: Callable[..., Awaitable[RawBackend]]
 ) -> None:
-    mesh = await mesh_factory()
-    backend = await raw_backends("127.0.0.56", OK, until=b"X-U: two\r\n\r\n")
-    register(mesh, backend)
+    mesh, backend = await one_replica(
+        mesh_factory, raw_backends, "127.0.0.56", OK, until=b"X-U: two\r\n\r\n"
+    )
     body = b"5\r\nhello\r\n0\r\nX-T: 1\r\nX-Checksum: sha-256=:abc=:\r\nX-U: two\r\n\r\n"
     out = await send(
         mesh,
@@ -373,9 +387,7 @@ async def test_response_trailers_reach_the_client_untouched(
 async def test_malformed_request_trailers_are_refused(
     mesh_factory: MeshFactory, raw_backends: Callable[..., Awaitable[RawBackend]], trailer: bytes
 ) -> None:
-    mesh = await mesh_factory()
-    backend = await raw_backends("127.0.0.58", OK, until=b"0\r\n")
-    register(mesh, backend)
+    mesh, backend = await one_replica(mesh_factory, raw_backends, "127.0.0.58", OK, until=b"0\r\n")
     out = await send(
         mesh,
         b"POST /up HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -391,14 +403,14 @@ async def test_malformed_request_trailers_are_refused(
 async def test_malformed_response_trailers_are_not_passed_on(
     mesh_factory: MeshFactory, raw_backends: Callable[..., Awaitable[RawBackend]], trailer: bytes
 ) -> None:
-    mesh = await mesh_factory()
-    backend = await raw_backends(
+    mesh, _ = await one_replica(
+        mesh_factory,
+        raw_backends,
         "127.0.0.59",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
         + trailer
         + b"\r\n",
     )
-    register(mesh, backend)
     try:
         out = await send(mesh, b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
     except ConnectionResetError:
@@ -506,9 +518,7 @@ def request_of_size(size: int) -> bytes:
 async def test_30000_byte_header_value_is_forwarded_intact(
     mesh_factory: MeshFactory, raw_backends: Callable[..., Awaitable[RawBackend]]
 ) -> None:
-    mesh = await mesh_factory()
-    backend = await raw_backends("127.0.0.62", OK)
-    register(mesh, backend)
+    mesh, backend = await one_replica(mesh_factory, raw_backends, "127.0.0.62", OK)
     value = bytes(ord("a") + i % 26 for i in range(30_000))
     request = b"GET / HTTP/1.1\r\nHost: api\r\nX-Big: " + value + b"\r\nConnection: close\r\n\r\n"
     assert len(request) < mesh.settings.max_header_bytes
@@ -520,9 +530,7 @@ async def test_30000_byte_header_value_is_forwarded_intact(
 async def test_request_head_limit_boundary(
     mesh_factory: MeshFactory, raw_backends: Callable[..., Awaitable[RawBackend]]
 ) -> None:
-    mesh = await mesh_factory()
-    backend = await raw_backends("127.0.0.63", OK)
-    register(mesh, backend)
+    mesh, backend = await one_replica(mesh_factory, raw_backends, "127.0.0.63", OK)
     limit = mesh.settings.max_header_bytes
     assert limit == 32768
     out = await send(mesh, request_of_size(limit))
@@ -627,9 +635,9 @@ async def test_refused_requests_never_reach_the_replica(
 async def test_transfer_encoding_gzip_chunked_is_forwarded(
     mesh_factory: MeshFactory, raw_backends: Callable[..., Awaitable[RawBackend]]
 ) -> None:
-    mesh = await mesh_factory()
-    backend = await raw_backends("127.0.0.66", OK, until=b"\r\n0\r\n\r\n")
-    register(mesh, backend)
+    mesh, backend = await one_replica(
+        mesh_factory, raw_backends, "127.0.0.66", OK, until=b"\r\n0\r\n\r\n"
+    )
     payload = gzip.compress(b"compressed " * 50, mtime=0)
     body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(payload), payload)
     out = await send(
@@ -647,9 +655,9 @@ async def test_transfer_encoding_gzip_chunked_is_forwarded(
 async def test_response_status_099_gives_502(
     mesh_factory: MeshFactory, raw_backends: Callable[..., Awaitable[RawBackend]]
 ) -> None:
-    mesh = await mesh_factory()
-    backend = await raw_backends("127.0.0.67", b"HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nok")
-    register(mesh, backend)
+    mesh, backend = await one_replica(
+        mesh_factory, raw_backends, "127.0.0.67", b"HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nok"
+    )
     out = await send(mesh, b"GET / HTTP/1.1\r\nHost: api\r\n\r\n")
     status, _, body = split_response(out)
     assert status == 502
@@ -666,12 +674,12 @@ async def test_a_replica_head_hiding_a_second_blank_line_gets_502(
 ) -> None:
     # Bare LFs become CRLF before llhttp reads the head; `\n\r\n` would then
     # be a blank line inside it, and the rest would reach the client as body.
-    mesh = await mesh_factory()
-    backend = await raw_backends(
+    mesh, _ = await one_replica(
+        mesh_factory,
+        raw_backends,
         "127.0.0.68",
         b"HTTP/1.1 200 OK\nContent-Length: 40\n\r\nX-Injected: 1\nContent-Length: 3\n\nabc",
     )
-    register(mesh, backend)
     out = await send(mesh, b"GET / HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n")
     status, _, _ = split_response(out)
     assert status == 502
@@ -681,9 +689,9 @@ async def test_a_replica_head_hiding_a_second_blank_line_gets_502(
 async def test_connection_cannot_hide_content_length_from_the_replica(
     mesh_factory: MeshFactory, raw_backends: Callable[..., Awaitable[RawBackend]]
 ) -> None:
-    mesh = await mesh_factory()
-    backend = await raw_backends("127.0.0.69", OK, until=b"GET /smuggled")
-    register(mesh, backend)
+    mesh, backend = await one_replica(
+        mesh_factory, raw_backends, "127.0.0.69", OK, until=b"GET /smuggled"
+    )
     await send(
         mesh,
         b"POST / HTTP/1.1\r\nHost: api\r\nConnection: content-length, close\r\n"
@@ -721,9 +729,7 @@ async def test_a_head_that_can_never_be_valid_is_refused_at_once(
 async def test_empty_lines_before_a_request_line_are_ignored(
     mesh_factory: MeshFactory, raw_backends: Callable[..., Awaitable[RawBackend]]
 ) -> None:
-    mesh = await mesh_factory()
-    backend = await raw_backends("127.0.0.70", OK)
-    register(mesh, backend)
+    mesh, backend = await one_replica(mesh_factory, raw_backends, "127.0.0.70", OK)
     out = await send(mesh, b"\r\n\r\nGET /x HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n")
     status, _, body = split_response(out)
     assert (status, body) == (200, b"ok")
