@@ -44,6 +44,21 @@ def endpoint_text(svc: dict[str, Any]) -> list[str]:
     return [*svc["connect_endpoints"]]
 
 
+def rotation_text(replica: dict[str, Any]) -> str:
+    """`in`, `out`, `draining`; an `in` replica some clients' proxies eject says so
+    (ejection is per client, as each ECS task has its own Envoy)."""
+    if replica["draining"]:
+        return "draining"
+    if not replica["in_rotation"]:
+        return "out"
+    by = replica.get("ejected_by") or []
+    if not by:
+        return "in"
+    if len(by) > 1:
+        return f"in, ejected by {len(by)} clients"
+    return "in, ejected by " + ("the public endpoint" if by[0] == "public" else by[0])
+
+
 def print_ps(state: dict[str, Any], public_url: str | None, page_url: str | None = None) -> None:
     table = Table(title=f"{state['app']}/{state['env']} ({state['mode']} data plane)")
     for col in ("REPLICA", "ADDRESS", "HEALTH", "ROTATION", "ENDPOINTS"):
@@ -58,8 +73,9 @@ def print_ps(state: dict[str, Any], public_url: str | None, page_url: str | None
         if not svc["replicas"] and not waiting:
             table.add_row(f"{name} (0/{svc['desired']})", "-", "-", "-", ", ".join(endpoints))
         for r in svc["replicas"]:
-            rotation = "draining" if r["draining"] else ("in" if r["in_rotation"] else "out")
-            table.add_row(r["name"], r["address"], r["health"], rotation, ", ".join(endpoints))
+            table.add_row(
+                r["name"], r["address"], r["health"], rotation_text(r), ", ".join(endpoints)
+            )
         for c in waiting:
             table.add_row(f"{name}-{c['index']}", "-", c["status"], "out", ", ".join(endpoints))
         if svc.get("not_started"):
