@@ -172,7 +172,11 @@ class Engine:
                     check_duplicate=True,
                 )
             except docker.errors.APIError as exc:
-                if "overlap" not in str(exc).lower():
+                # Docker 20.10 says either, depending on who took the subnet first
+                # ("Pool overlaps ...", "failed to allocate gateway (...): Address
+                # already in use", seen with two meshes coming up at once).
+                said = str(exc).lower()
+                if "overlap" not in said and "address already in use" not in said:
                     raise
                 last = exc
                 continue

@@ -8,6 +8,7 @@ import socket
 import time
 from typing import Any
 
+import docker
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -271,3 +272,35 @@ def test_exec_is_bounded_by_its_timeout(engine: Engine, project: str, busybox_im
     with pytest.raises(RuntimeFailure):
         engine.exec(cid, ["sleep", "30"], timeout=1)
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.docker
+def test_a_subnet_taken_between_probe_and_create_is_tried_again(
+    engine: Engine, project: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another engine user (a second mesh coming up) creates a network in the
+    # instant after the probe is removed, on the subnet the probe had.
+    interlopers: list[str] = []
+    remove = engine.api.remove_network
+
+    def remove_then_take(net_id: str) -> None:
+        subnet = engine.api.inspect_network(net_id)["IPAM"]["Config"][0]["Subnet"]
+        remove(net_id)
+        if not interlopers:
+            pool = docker.types.IPAMPool(subnet=subnet)
+            made = engine.api.create_network(
+                f"{project}-interloper",
+                driver="bridge",
+                ipam=docker.types.IPAMConfig(pool_configs=[pool]),
+            )
+            interlopers.append(made["Id"])
+
+    monkeypatch.setattr(engine.api, "remove_network", remove_then_take)
+    try:
+        net = engine.ensure_network(project, "test")
+        taken = engine.api.inspect_network(interlopers[0])["IPAM"]["Config"][0]["Subnet"]
+        assert net.subnet is not None and net.subnet != taken
+    finally:
+        monkeypatch.undo()
+        for net_id in interlopers:
+            engine.api.remove_network(net_id)
