@@ -32,6 +32,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from faults_overhead import extract
 from sidebyside import emit
 
 HERE = Path(__file__).resolve().parent
@@ -161,14 +162,7 @@ def main() -> None:
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     tmp = Path(tempfile.mkdtemp(prefix="meshlocal-bench-codec-"))
     try:
-        before = tmp / "before"
-        before.mkdir()
-        archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", args.base, "meshlocal"],
-            capture_output=True,
-            check=True,
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
+        before = extract(args.base, tmp / "before")
         targets = {
             "before-http": (before, 256),
             "before-http-nocache": (before, 0),

@@ -262,6 +262,11 @@ def _llhttp_error(exc: httptools.HttpParserError, response: bool) -> HttpError:
     return HttpError(400, reason)
 
 
+def _list(values: list[bytes]) -> list[bytes]:
+    """The lower-cased elements of comma-separated field values (RFC 9110 5.6.1)."""
+    return [t.strip(_OWS).lower() for v in values for t in v.split(b",") if t.strip(_OWS)]
+
+
 _TOKEN_MEMO: dict[bytes, frozenset[bytes]] = {}
 
 
@@ -272,7 +277,7 @@ def _tokens(values: list[bytes] | None) -> frozenset[bytes]:
         known = _TOKEN_MEMO.get(values[0])
         if known is not None:
             return known
-    out = frozenset(t.strip(_OWS).lower() for v in values for t in v.split(b",") if t.strip(_OWS))
+    out = frozenset(_list(values))
     if len(values) == 1 and len(values[0]) <= 64:
         if len(_TOKEN_MEMO) >= 256:
             _TOKEN_MEMO.clear()
@@ -365,7 +370,7 @@ def _new_response_parser() -> tuple[httptools.HttpResponseParser, _ResponseField
 
 def _chunked_last(encodings: list[bytes]) -> bool:
     """Transfer-Encoding ends in chunked, which appears once (RFC 9112 6.1)."""
-    codings = [t.strip(_OWS).lower() for v in encodings for t in v.split(b",") if t.strip(_OWS)]
+    codings = _list(encodings)
     return bool(codings) and codings[-1] == b"chunked" and codings.count(b"chunked") == 1
 
 
