@@ -21,6 +21,7 @@ from meshlocal.ports import ADMIN_PORT, PUBLIC_PORT, Mode
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.dataplane import published_ports
 from meshlocal.runtime.engine import ContainerInfo, Engine
+from meshlocal.runtime.tunnel import reach
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,8 @@ class PlaneFinder:
         ctl = self.controller_container()
         return DataPlane(
             "container",
-            f"http://127.0.0.1:{admin}",
-            f"http://127.0.0.1:{public}" if public else None,
+            reach(self.engine, info.id, ADMIN_PORT, admin),
+            reach(self.engine, info.id, PUBLIC_PORT, public) if public else None,
             container_id=info.id,
             controller_id=ctl.id if ctl is not None and ctl.running else None,
         )

@@ -56,6 +56,7 @@ from meshlocal.runtime.engine import (
     NetworkInfo,
     Removed,
 )
+from meshlocal.runtime.enginehost import require_local
 from meshlocal.runtime.reconcile import DesiredService, template_for
 from meshlocal.statedir import STATE_DIR, state_file
 from meshlocal.teardown import remove_images, teardown
@@ -369,6 +370,12 @@ class Deployment:
         `replace_services` rolls those services' replicas even when unchanged.
         """
         self.check_replica_limit()
+        if mode == "host":
+            require_local(
+                self.engine.host,
+                "host mode runs the data plane on this machine, on the network's bridge",
+                "leave out `--dataplane host`: the data plane container runs beside the engine",
+            )
         # Known before the replicas are made: COPILOT_LB_DNS names it.
         public_port = self.resolve_public_port(mode, public_port)
         self.phase = "building images"

@@ -82,8 +82,8 @@ def check(dep: Environment, public_port: int) -> None:
 
     The running data plane's own port is no conflict: `up` keeps or hands it over.
     """
-    if public_port == 0 or not public_rules(NamingModel(dep.spec)):
-        return
+    if public_port == 0 or not public_rules(NamingModel(dep.spec)) or dep.engine.remote:
+        return  # a remote engine's port is its host's: the engine itself says when it's taken
     current = PlaneFinder(dep.engine, dep.project, dep.env).dataplane_container()
     if (
         current is not None

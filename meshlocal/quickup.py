@@ -241,7 +241,7 @@ class _DockerSocket:
     @classmethod
     def from_env(cls) -> _DockerSocket | None:
         host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        if not host.startswith("unix://"):
+        if not host.startswith("unix://") or os.environ.get("MESHLOCAL_ENGINE_REMOTE") == "1":
             return None  # tcp, ssh, TLS: the full `up` and the SDK know how
         return cls(host.removeprefix("unix://"))
 

@@ -38,6 +38,7 @@ COMMANDS: Mapping[str, str] = {
     "agent": "meshlocal.cli.daemons",
     "fault": "meshlocal.cli.fault",
     "open": "meshlocal.cli.page",
+    "forward": "meshlocal.cli.forward",
 }
 
 
@@ -80,10 +81,21 @@ class LazyGroup(click.Group):
     default=Path("."),
     help="Run as if meshlocal was started in DIR (the workspace is found from there upward).",
 )
+@click.option(
+    "--context",
+    "docker_context",
+    metavar="NAME",
+    default=None,
+    help="Docker context to use (`docker context ls`), as `docker --context`; "
+    "else DOCKER_HOST, DOCKER_CONTEXT or the current context.",
+)
 @click.version_option(__version__, prog_name="meshlocal")
 @click.pass_context
-def cli(ctx: click.Context, directory: Path) -> None:
+def cli(ctx: click.Context, directory: Path, docker_context: str | None) -> None:
     """Run an AWS Copilot workspace locally, with ECS Service Connect and Service Discovery."""
+    from meshlocal.runtime.enginehost import apply_context
+
+    apply_context(docker_context)
     ctx.obj = Context(directory.resolve())
 
 

@@ -172,6 +172,7 @@ def ps(ctx: Context, env: str | None, as_json: bool) -> None:
         state = admin_call(plane.admin_url, "/v1/state")
         state["public_url"] = plane.public_url
         state["page_url"] = plane.admin_url.rstrip("/") + "/"
+        state["engine"] = dep.engine.where()
         watcher = watching(dep)
         emulator = pubsub_find(dep.engine, dep.project, dep.env)
         halted = None if emulator else pubsub_stopped(dep.engine, dep.project, dep.env)

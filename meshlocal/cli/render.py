@@ -98,9 +98,27 @@ def print_ps(state: dict[str, Any], public_url: str | None, page_url: str | None
         out.print(f"Public endpoint: {public_url}", markup=False)
     if page_url:
         out.print(f"Mesh page: {page_url} (`meshlocal open`)", markup=False)
+    engine = state.get("engine")
+    if engine:
+        out.print(engine_text(engine), markup=False)
     line = summary(state.get("overrides"))
     if line:
         out.print(line, markup=False)
+
+
+def engine_text(engine: dict[str, Any]) -> str:
+    """Where the mesh runs; for a remote engine, that the URLs above are forwarded."""
+    named = f"context {engine['context']}, " if engine.get("context") else ""
+    line = (
+        f"Engine: {engine['url']} ({named}host {engine.get('host')}, "
+        f"Docker {engine.get('version')})"
+    )
+    if engine.get("remote"):
+        line += (
+            "\nThe engine is remote: the URLs above are forwarded through it while this "
+            "command runs; `meshlocal forward` keeps them open"
+        )
+    return line
 
 
 def print_restarting(state: dict[str, Any]) -> None:

@@ -228,6 +228,8 @@ def up(
         err.print(f"[+] Data plane ({plane.mode}) for {dep.project}/{dep.env}", markup=False)
         if detach:
             state = dep.state()
+            if dep.engine.remote:  # its URLs close with this command: say how to keep them
+                state["engine"] = dep.engine.where()
             # With the unresolved-endpoint notes.
             print_ps(state, plane.public_url, plane.admin_url.rstrip("/") + "/")
             if quick is not None:
@@ -398,6 +400,12 @@ def _attach_until_interrupted(
             err.print(f"[+] Public endpoint {public_url}", markup=False)
         if page_url:
             err.print(f"[+] Mesh page {page_url} (`meshlocal open`)", markup=False)
+        if dep.engine.remote:
+            err.print(
+                f"[+] The engine at {dep.engine.host.url} is remote: these URLs are "
+                "forwarded through it while this command runs",
+                markup=False,
+            )
         if owned:
             err.print(
                 "[+] Attached. Press Ctrl-C to stop and remove the containers and network.",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-import os
 import socket
 import threading
 import uuid
@@ -27,6 +26,7 @@ from urllib.parse import urlparse
 from meshlocal.errors import DataPlaneError, MeshlocalError
 from meshlocal.link import LINK_DIR, LINK_SOCKET
 from meshlocal.prebind import ENV as ENV_EARLY_DNS
+from meshlocal.runtime import enginehost
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.engine import ContainerSpec, Engine, NetworkInfo, split_lines
 
@@ -40,19 +40,18 @@ def host_socket(engine: Engine) -> str:
     """The path to bind-mount as the engine socket inside the data plane.
 
     Docker Desktop exposes its VM's /var/run/docker.sock to containers, whatever
-    DOCKER_HOST says on the host. Elsewhere, rootless included, it is the unix
-    socket the client itself uses.
+    DOCKER_HOST says on the host. A remote engine's (tcp://, ssh://) is its
+    daemon's socket on its own host, $MESHLOCAL_ENGINE_SOCKET or the default.
+    Elsewhere, rootless included, it is the unix socket the client itself uses.
     """
     info = engine.client.info()
     if "Docker Desktop" in str(info.get("OperatingSystem", "")):
         return CONTAINER_SOCKET
-    url = urlparse(os.environ.get("DOCKER_HOST") or f"unix://{CONTAINER_SOCKET}")
-    if url.scheme != "unix":
-        raise DataPlaneError(
-            f"the data plane container needs a unix Docker socket; DOCKER_HOST is {url.geturl()}",
-            hint="use host mode (`--data-plane host`, Linux as root), or a local engine",
-        )
-    return url.path
+    if engine.remote:
+        # The daemon's own socket on its host: DOCKER_HOST's tcp:// or ssh:// is
+        # this machine's way in, not the controller's (docs/scale-out.md).
+        return enginehost.engine_socket()
+    return urlparse(engine.host.url).path
 
 
 # Neither process makes a TLS connection (the engine is a unix socket), yet

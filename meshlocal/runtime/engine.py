@@ -29,6 +29,7 @@ import requests.exceptions
 
 from meshlocal.errors import MeshlocalError, RuntimeFailure
 from meshlocal.manifest.model import ContainerHealthCheck
+from meshlocal.runtime import enginehost
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.backoff import HealthReport
 from meshlocal.runtime.enginedecode import (
@@ -44,6 +45,7 @@ from meshlocal.runtime.enginedecode import split_lines as split_lines
 from meshlocal.runtime.engineerrors import engine_errors as engine_errors
 from meshlocal.runtime.engineerrors import map_docker_error as map_docker_error
 from meshlocal.runtime.engineerrors import parse_port_in_use as parse_port_in_use
+from meshlocal.runtime.enginehost import EngineHost
 from meshlocal.runtime.enginetypes import ContainerEvent as ContainerEvent
 from meshlocal.runtime.enginetypes import ContainerInfo as ContainerInfo
 from meshlocal.runtime.enginetypes import ContainerSpec as ContainerSpec
@@ -93,17 +95,40 @@ _REMOVE_ORDER = {
 class Engine:
     """The Docker operations meshlocal needs, with errors already mapped."""
 
-    def __init__(self, client: docker.DockerClient) -> None:
+    def __init__(self, client: docker.DockerClient, host: EngineHost | None = None) -> None:
         self.client = client
         self.api = client.api
+        self.host = host or enginehost.current()
 
     @classmethod
     def from_env(cls, timeout: float = 30.0) -> Engine:
-        """Connect like the docker CLI does (DOCKER_HOST, ...) and check the engine answers."""
+        """Connect like the docker CLI does (DOCKER_HOST, ...) and check the engine answers.
+
+        ssh:// goes through the `ssh` program (the SDK's paramiko is not
+        installed), so ~/.ssh/config, agents and jump hosts work as for docker.
+        """
+        host = enginehost.current()
         with engine_errors():
-            client = docker.from_env(timeout=int(timeout))
+            client = docker.from_env(timeout=int(timeout), use_ssh_client=host.ssh)
             client.ping()
-        return cls(client)
+        return cls(client, host)
+
+    def where(self) -> dict[str, Any]:
+        """Where meshlocal runs things: the engine's URL and host, for `ps`."""
+        with engine_errors("asking the engine who it is"):
+            info = self.client.info()
+        return {
+            "url": self.host.url,
+            "context": self.host.context,
+            "remote": self.remote,
+            "host": info.get("Name"),
+            "version": info.get("ServerVersion"),
+        }
+
+    @property
+    def remote(self) -> bool:
+        """Published 127.0.0.1 ports are another host's (reach them through tunnel.py)."""
+        return self.host.remote
 
     def close(self) -> None:
         self.client.close()
@@ -508,7 +533,7 @@ class Engine:
         """`docker exec` to its end: (exit code, stdout, stderr). A client of its own,
         so a long command outlives the engine client's read timeout."""
         with engine_errors("connecting to the Docker engine"):
-            client = docker.from_env(timeout=int(timeout) + 10).api
+            client = docker.from_env(timeout=int(timeout) + 10, use_ssh_client=self.host.ssh).api
         try:
             with engine_errors(f"running a command in {container_id[:12]}"):
                 made = client.exec_create(

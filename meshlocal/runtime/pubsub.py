@@ -38,6 +38,7 @@ from meshlocal.runtime import images
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.dataplane import published_ports
 from meshlocal.runtime.engine import ContainerSpec, Engine, NetworkInfo
+from meshlocal.runtime.tunnel import reach
 from meshlocal.vips import emulator_address
 
 EMULATOR_PORT = 4566  # LocalStack's, which SDK users know
@@ -105,6 +106,7 @@ class Emulator:
     address: str  # on the environment's network
     host_port: int
     image: str = ""
+    reached: str = ""  # host_url through a tunnel, for a remote engine (tunnel.py)
 
     @property
     def endpoint(self) -> str:
@@ -113,7 +115,7 @@ class Emulator:
 
     @property
     def host_url(self) -> str:
-        return f"http://127.0.0.1:{self.host_port}"
+        return self.reached or f"http://127.0.0.1:{self.host_port}"
 
 
 def endpoint_for(address: str) -> str:
@@ -162,7 +164,8 @@ def find(engine: Engine, project: str, env: str) -> Emulator | None:
         address = next(iter(info.addresses.values()), None)
         port = published_ports(engine, info.id).get(EMULATOR_PORT)
         if address and port:
-            return Emulator(info.id, address, port, info.image)
+            reached = reach(engine, info.id, EMULATOR_PORT, port)
+            return Emulator(info.id, address, port, info.image, reached)
     return None
 
 
@@ -223,7 +226,8 @@ def ensure(
     if port is None:
         raise DataPlaneError("the SNS/SQS emulator's port was not published")
     assert spec.ipv4_address is not None
-    emulator = Emulator(cid, spec.ipv4_address, port, image)
+    reached = reach(engine, cid, EMULATOR_PORT, port)
+    emulator = Emulator(cid, spec.ipv4_address, port, image, reached)
     wait_ready(engine, emulator)
     return emulator
 
