@@ -15,3 +15,8 @@ echo "== pytest"
 # Two workers, each test module on one: most tests wait on the engine, so
 # the suite takes about half as long (10 min instead of 20 on 2 cores).
 pytest -n 2 --dist loadfile --durations=20 "$@"
+if [ "$#" -eq 0 ]; then
+  # `docker swarm init` changes the engine under every other test: a step of its own.
+  echo "== pytest (swarm, alone)"
+  MESHLOCAL_SWARM_TESTS=1 pytest -m swarm -p no:xdist
+fi
