@@ -100,6 +100,9 @@ def apply_context(name: str | None) -> EngineHost:
     host, tls_dir, skip_verify = _read_context(name)
     os.environ["DOCKER_HOST"] = host
     os.environ["MESHLOCAL_DOCKER_CONTEXT"] = name
+    # A named context ignores the TLS variables, as `docker --context` does.
+    os.environ.pop("DOCKER_CERT_PATH", None)
+    os.environ.pop("DOCKER_TLS_VERIFY", None)
     if tls_dir is not None:
         os.environ["DOCKER_CERT_PATH"] = str(tls_dir)
         os.environ["DOCKER_TLS_VERIFY"] = "" if skip_verify else "1"
@@ -124,7 +127,10 @@ def _read_context(name: str) -> tuple[str, Path | None, bool]:
         raise DockerUnavailable(
             f"the Docker context {name} can't be read ({meta}): {exc}"
         ) from None
-    endpoint = ((data.get("Endpoints") or {}).get("docker") or {}) if isinstance(data, dict) else {}
+    endpoints = data.get("Endpoints") if isinstance(data, dict) else None
+    endpoint = endpoints.get("docker") if isinstance(endpoints, dict) else None
+    if not isinstance(endpoint, dict):
+        endpoint = {}
     host = endpoint.get("Host")
     if not host:
         raise DockerUnavailable(f"the Docker context {name} has no docker endpoint", hint=hint)

@@ -128,6 +128,8 @@ class Tunnel:
     def close(self) -> None:
         self._closed.set()
         with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way
+        with contextlib.suppress(OSError):
             self._listener.close()
 
     def _accept(self) -> None:
@@ -153,6 +155,7 @@ class Tunnel:
                     tty=False,
                 )
                 remote = _raw(self.engine.api.exec_start(made["Id"], socket=True))
+                remote.settimeout(None)  # the API client's read timeout would cut idle streams
         except Exception:  # the engine is gone: the client sees a reset
             conn.close()
             return

@@ -221,11 +221,6 @@ def test_no_tls_folder_sets_no_tls_variables(config: Path) -> None:
     assert "DOCKER_TLS_VERIFY" not in os.environ
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a context without TLS keeps DOCKER_CERT_PATH/DOCKER_TLS_VERIFY of the "
-    "environment, so docker-py speaks TLS to it; `docker --context` ignores them",
-)
 def test_context_without_tls_drops_tls_variables_of_the_environment(
     config: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -303,12 +298,6 @@ def test_context_without_a_docker_host_is_a_clear_error(config: Path, data: obje
     assert info.value.hint is not None and "docker context create bare" in info.value.hint
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="bug: _read_context calls .get on Endpoints / Endpoints.docker without checking "
-    "they are objects, so valid JSON of another shape escapes as AttributeError",
-)
 @pytest.mark.parametrize(
     "data",
     [{"Endpoints": ["docker"]}, {"Endpoints": {"docker": "tcp://10.0.0.1:2375"}}],

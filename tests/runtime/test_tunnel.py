@@ -375,11 +375,6 @@ def test_a_local_engine_is_reached_on_its_published_port(
         engine.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: close() closes the listener while _accept is blocked in accept(), which "
-    "Linux does not interrupt: the port keeps listening and the next connection is carried",
-)
 def test_a_closed_tunnel_accepts_no_more_connections(
     remote: Engine, server: str, opened: Callable[..., Tunnel]
 ) -> None:
@@ -390,11 +385,6 @@ def test_a_closed_tunnel_accepts_no_more_connections(
         connect(t.local_port).close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the exec socket keeps the Docker client's timeout (Engine.from_env: 30 s), "
-    "so a connection quiet for longer than that is cut by the tunnel",
-)
 def test_a_quiet_connection_outlives_the_engine_client_timeout(
     docker_client: Any,
     server: str,
