@@ -61,6 +61,8 @@ class AgentConfig:
     # Container mode: the host port the public endpoint is published on (the data
     # plane listens on PUBLIC_PORT inside), for the mesh page's link; 0: none.
     public_host_port: int = 0
+    # "swarm": replicas are swarm services' tasks (runtime/swarm.py); else containers.
+    orchestrator: str = "docker"
 
     @property
     def env(self) -> str:
@@ -88,6 +90,7 @@ class AgentConfig:
                 "helper_image": self.helper_image,
                 "overrides": dict(self.overrides),
                 "public_host_port": self.public_host_port,
+                "orchestrator": self.orchestrator,
             },
             sort_keys=True,
         )

@@ -21,7 +21,7 @@ from meshlocal.ports import ADMIN_PORT, PUBLIC_PORT, Mode
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.dataplane import published_ports
 from meshlocal.runtime.engine import ContainerInfo, Engine
-from meshlocal.runtime.tunnel import reach
+from meshlocal.runtime.tunnel import on_overlay, reach
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,11 @@ class PlaneFinder:
             raise DataPlaneError(f"the data plane {info.name} publishes no admin port")
         public = ports.get(PUBLIC_PORT)
         ctl = self.controller_container()
+        overlay = on_overlay(self.engine, L.network_name(self.project, self.env))
         return DataPlane(
             "container",
-            reach(self.engine, info.id, ADMIN_PORT, admin),
-            reach(self.engine, info.id, PUBLIC_PORT, public) if public else None,
+            reach(self.engine, info.id, ADMIN_PORT, admin, overlay=overlay),
+            reach(self.engine, info.id, PUBLIC_PORT, public, overlay=overlay) if public else None,
             container_id=info.id,
             controller_id=ctl.id if ctl is not None and ctl.running else None,
         )

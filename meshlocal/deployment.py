@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from meshlocal import control, faultcarry, publicport, vipmemory
+from meshlocal import control, faultcarry, publicport, swarmup, vipmemory
 from meshlocal.adminapi import admin_call, remote_message
 from meshlocal.agentconfig import AgentConfig
 from meshlocal.builds import build_images
@@ -108,6 +108,8 @@ class Deployment:
         self.images_run: dict[str, str] = {}
         self.stopped_watcher: int | None = None  # the pid `down` stopped
         self.emulator_id: str | None = None  # the SNS/SQS emulator `up` left running
+        # "swarm": services on a swarm (swarmup.py); None: as the running mesh runs.
+        self.orchestrator: str | None = None
         # Images are shared by every copy of a workspace; containers and
         # networks are not: a suffix (the pytest plugin's, one per session)
         # gives a second, independent mesh of the same workspace.
@@ -213,7 +215,8 @@ class Deployment:
     # -- data plane -------------------------------------------------------
 
     def network(self) -> NetworkInfo:
-        net = self.engine.ensure_network(self.project, self.env, self.workspace.root)
+        driver = "overlay" if self.orchestrator == "swarm" else "bridge"
+        net = self.engine.ensure_network(self.project, self.env, self.workspace.root, driver=driver)
         # Fail here, before a data plane starts, when the network leaves no block
         # for Service Connect addresses (made by an older meshlocal, or too small).
         vip_block(net.subnet or "", net.ip_range, net.gateway)
@@ -370,6 +373,11 @@ class Deployment:
         `replace_services` rolls those services' replicas even when unchanged.
         """
         self.check_replica_limit()
+        self.orchestrator = swarmup.orchestrator(
+            self.engine, self.project, self.env, self.orchestrator
+        )
+        if self.orchestrator == "swarm":
+            swarmup.check(self.engine, self.spec)
         if mode == "host":
             require_local(
                 self.engine.host,
@@ -395,7 +403,9 @@ class Deployment:
             desired = self.desired(built, public_port, aws_endpoint)
         config = self.agent_config(desired, mode, network, public_port=public_port)
         # Endpoints keep their addresses when the agent is restarted or replaced.
-        config = replace(config, vips=self.current_vips())
+        config = replace(config, vips=self.current_vips(), orchestrator=self.orchestrator)
+        if self.orchestrator == "swarm":
+            swarmup.distribute(self.engine, [d.template.image for d in desired.values()], progress)
         self.applied_config = config.to_json()
         self.images_run = {ref: image_id for ref, image_id in built.values() if image_id}
         carried = faultcarry.runtime_faults(self)  # before the data plane may be replaced

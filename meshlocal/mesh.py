@@ -58,6 +58,7 @@ from meshlocal.runtime import labels as L
 from meshlocal.runtime.engine import ContainerEvent, Engine, NetworkInfo
 from meshlocal.runtime.reconcile import DesiredService
 from meshlocal.runtime.replicas import Reconciler
+from meshlocal.runtime.swarmreplicas import SwarmReplicas
 from meshlocal.runtime.taskbook import TaskBook
 from meshlocal.status import status_document
 from meshlocal.vips import allocate, vip_block
@@ -95,7 +96,7 @@ class Controller(VipPlacement):
         self.served: dict[str, tuple[Health, bool]] = {}
         self.address = ""
         self.network: NetworkInfo | None = None
-        self.reconciler: Reconciler | None = None
+        self.reconciler: Reconciler | SwarmReplicas | None = None
         self.taskbook: TaskBook | None = None
         self.applied = asyncio.Event()
         self.apply_error: MeshlocalError | None = None
@@ -142,17 +143,18 @@ class Controller(VipPlacement):
         # Host mode puts them on the host's bridge: they must not outlive the controller.
         self._stack.push_async_callback(self._release_vips)
         self.naming = NamingModel(cfg.spec, cfg.vips)
-        self.reconciler = Reconciler(
+        kind = SwarmReplicas if cfg.orchestrator == "swarm" else Reconciler
+        self.reconciler = kind(
             self.engine,
             self.registry,
             project=cfg.project,
             env=cfg.env,
             network=self.network,
             dns=[self.address],
-            pause_image=cfg.pause_image,
             on_change=lambda msg: log.info("%s", msg),
             max_replicas=cfg.spec.workspace.max_replicas,
             view=self.view,
+            pause_image=cfg.pause_image,
         )
         self.reconciler.sc_view = self.naming.endpoint_names
         self.reconciler.on_other_event = self._on_own_event

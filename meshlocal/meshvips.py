@@ -18,8 +18,10 @@ from types import ModuleType
 from meshlocal.agentconfig import AgentConfig
 from meshlocal.errors import DataPlaneError, MeshlocalError
 from meshlocal.naming import NamingModel
+from meshlocal.runtime import labels as L
 from meshlocal.runtime.dataplane import vip_helper_spec
-from meshlocal.runtime.engine import Engine
+from meshlocal.runtime.engine import Engine, NetworkInfo
+from meshlocal.runtime.swarm import holder_spec
 from meshlocal.vips import allocate
 
 log = logging.getLogger("meshlocal.controller")
@@ -30,6 +32,7 @@ class VipPlacement:
 
     config: AgentConfig
     engine: Engine
+    network: NetworkInfo | None
     address: str
     _vip_block: list[str]
     _vips_lock: asyncio.Lock
@@ -78,6 +81,37 @@ class VipPlacement:
                 hint="the helper said:\n" + "\n".join(f"    {line}" for line in out[-10:]),
             )
         self._vips_in = plane[1]
+        await asyncio.to_thread(self._hold_vips, plane[0], add, config)
+
+    def _hold_vips(self, plane_id: str, vips: list[str], config: AgentConfig) -> None:
+        """Swarm mode: a holder per endpoint address, so every node reaches it (swarm.py).
+
+        A holder borrows the data plane's MAC: one started before the data
+        plane was replaced (a new MAC) is replaced too.
+        """
+        net = self.network
+        if net is None or net.driver != "overlay" or config.helper_image is None:
+            return
+        info = self.engine.inspect(plane_id)
+        mac = info.macs.get(net.name) if info is not None else None
+        if not mac:
+            return
+        have: set[str] = set()
+        for old in self.engine.list_containers(config.project, config.env, role=L.Role.VIP_HOLDER):
+            address = old.labels.get(L.PORT, "")
+            if address in vips and old.config_hash == mac and old.running:
+                have.add(address)
+            else:
+                self.engine.remove(old.id)
+        for address in sorted(set(vips) - have):
+            spec = holder_spec(
+                config.project, config.env, net.name, config.helper_image, address, mac
+            )
+            spec = dataclasses.replace(spec, labels={**spec.labels, L.CONFIG_HASH: mac})
+            try:
+                self.engine.run_container(spec)
+            except MeshlocalError as exc:
+                log.error("endpoint %s unreachable from other nodes: %s", address, exc.message)
 
     def _dataplane_started(self) -> tuple[str, str] | None:
         """(id, start time) of the running data-plane container: a new start is a new namespace."""

@@ -95,7 +95,7 @@ def start_container(
         # A data plane that was removed or stopped comes back on the address
         # the replicas ask for names, so it adopts them instead of rolling all.
         address, any_replica = _replicas_dns(where, network)
-        if address is None and not any_replica:
+        if address is None and not any_replica and config.orchestrator != "swarm":
             # A mesh from nothing: the first replicas start beside the data plane.
             address = planned_address(network, engine.network_addresses(network.id))
             if address is not None:

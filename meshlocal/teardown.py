@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import docker.errors
 import requests.exceptions
 
+from meshlocal import swarmup
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.engine import (
     ContainerInfo,
@@ -38,12 +39,15 @@ def teardown(
     tagged: a rebuild's predecessors) always go, as nothing can use them once
     the containers are gone.
     """
+    services = swarmup.stop_services(engine, project, env)  # before their network
     first = _remove_containers(engine, project, env)
     # Networks and volumes, and any container the controller made meanwhile.
     removed = engine.remove_all(project, env)
     gone = remove_images(engine, image_prefix, env) if image_prefix else ()
     gone += remove_superseded_images(engine, image_project or project, env)
-    return Removed((*first, *removed.containers), removed.networks, gone)
+    if image_prefix and gone:
+        gone += tuple(swarmup.remove_images_on_nodes(engine, gone))
+    return Removed((*services, *first, *removed.containers), removed.networks, gone)
 
 
 def _remove_containers(engine: Engine, project: str, env: str | None) -> list[str]:

@@ -31,6 +31,7 @@ from typing import Any
 
 import docker.errors
 
+from meshlocal import swarmup
 from meshlocal.adminapi import admin_call
 from meshlocal.deployment import Deployment
 from meshlocal.errors import MeshlocalError
@@ -148,6 +149,8 @@ def undo(dep: Deployment, before: Snapshot) -> Removed:
         _restore_config(dep, before)
     else:
         containers += _stop_new_dataplane(dep, before)
+        # Swarm mode: no mesh ran, so every service of it is this attempt's.
+        containers += swarmup.stop_services(engine, dep.project, dep.env)
         containers += _remove_new_containers(engine, dep, before)
     networks: list[str] = []
     for net_id, name in _network_ids(engine, dep).items():

@@ -106,6 +106,14 @@ def _deployment(
     "address (Linux, root).",
 )
 @click.option(
+    "--engine",
+    "orchestrator",
+    type=click.Choice(["docker", "swarm"]),
+    default=None,
+    help="Run replicas as containers (docker), or as swarm services spread over a swarm's "
+    "nodes (swarm: the engine is a manager). Default: as the running mesh runs, else docker.",
+)
+@click.option(
     "--port",
     "public_port",
     type=click.IntRange(0, 65535),
@@ -151,6 +159,7 @@ def up(
     env: str | None,
     detach: bool,
     dataplane: str,
+    orchestrator: str | None,
     public_port: int,
     port_overrides: tuple[PortOverride, ...],
     env_overrides: tuple[EnvOverride, ...],
@@ -181,6 +190,7 @@ def up(
 
     with _deployment(ctx, env, services) as dep, sigterm_interrupts():
         require_known(dep, replace_services, (s.name for s in dep.spec.services))
+        dep.orchestrator = orchestrator
         if watch:  # one watcher per environment: this one replaces a running one
             from meshlocal.cli.watch import stop_detached
 

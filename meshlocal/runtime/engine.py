@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import ipaddress
 import os
 import tarfile
 import time
@@ -88,6 +89,7 @@ _REMOVE_ORDER = {
     L.Role.RUN.value: 2,
     L.Role.DATAPLANE.value: 3,
     L.Role.PUBSUB.value: 2,
+    L.Role.VIP_HOLDER.value: 2,
     L.Role.CONTROLLER.value: -1,  # first: it would replace what goes after it
 }
 
@@ -136,7 +138,12 @@ class Engine:
     # -- networks ------------------------------------------------------------------
 
     def ensure_network(
-        self, project: str, env: str, workspace: os.PathLike[str] | None = None
+        self,
+        project: str,
+        env: str,
+        workspace: os.PathLike[str] | None = None,
+        *,
+        driver: str = "bridge",
     ) -> NetworkInfo:
         """The environment's own labelled bridge network, created on first use.
 
@@ -157,17 +164,21 @@ class Engine:
                     )
             else:
                 root = None if workspace is None else Path(os.fspath(workspace))
-                net = self._create_network(name, L.base_labels(project, env, L.Role.NETWORK, root))
+                labels = L.base_labels(project, env, L.Role.NETWORK, root)
+                net = self._create_network(name, labels, driver)
         config = ipv4_config(net)
         return NetworkInfo(
             name=name,
             id=str(net["Id"]),
+            driver=str(net.get("Driver") or "bridge"),
             subnet=config.get("Subnet"),
             gateway=config.get("Gateway"),
             ip_range=config.get("IPRange") or None,
         )
 
-    def _create_network(self, name: str, labels: Mapping[str, str]) -> dict[str, Any]:
+    def _create_network(
+        self, name: str, labels: Mapping[str, str], driver: str = "bridge"
+    ) -> dict[str, Any]:
         # Docker picks a free subnet only when none is given, and an ip_range
         # needs one: let it pick, then recreate the network on that subnet with
         # the range. Another engine user can take the subnet in between; then
@@ -176,22 +187,29 @@ class Engine:
         for _ in range(5):
             # Its own unlabelled name: nothing may find and adopt the probe meanwhile.
             probe_name = f"{name}-probe-{uuid.uuid4().hex[:8]}"
-            probe = self.api.create_network(probe_name, driver="bridge")
-            try:
-                info = self.api.inspect_network(probe["Id"])
-            finally:
-                self.api.remove_network(probe["Id"])
-            config = ipv4_config(info)
-            subnet, gateway = config.get("Subnet"), config.get("Gateway")
+            if driver == "overlay":
+                # The swarm's pool hands out /24s, too small for endpoint addresses.
+                subnet, gateway = self._free_overlay_subnet()
+            else:
+                probe = self.api.create_network(probe_name, driver=driver)
+                try:
+                    info = self.api.inspect_network(probe["Id"])
+                finally:
+                    self.api.remove_network(probe["Id"])
+                config = ipv4_config(info)
+                subnet = str(config.get("Subnet") or "")
+                gateway = str(config.get("Gateway") or "")
             if not subnet:
                 raise RuntimeFailure(f"Docker gave network {name} no IPv4 subnet")
             pool = docker.types.IPAMPool(
-                subnet=subnet, iprange=container_range(subnet), gateway=gateway
+                subnet=subnet, iprange=container_range(subnet), gateway=gateway or None
             )
             try:
                 created = self.api.create_network(
                     name,
-                    driver="bridge",
+                    driver=driver,
+                    # Swarm mode: the data plane, a plain container, joins it.
+                    attachable=driver == "overlay" or None,
                     labels=dict(labels),
                     ipam=docker.types.IPAMConfig(pool_configs=[pool]),
                     check_duplicate=True,
@@ -211,6 +229,20 @@ class Engine:
             f"could not create network {name}: every subnet Docker offered was taken ({last})",
             hint="retry; other tools are creating networks at the same time",
         )
+
+    def _free_overlay_subnet(self) -> tuple[str, str]:
+        """A /22 in 10.224.0.0/11 that no network the manager knows overlaps."""
+        taken = []
+        for net in self.api.networks():
+            for pool in (
+                (self.api.inspect_network(net["Id"]).get("IPAM") or {}).get("Config")
+            ) or []:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    taken.append(ipaddress.ip_network(pool["Subnet"]))
+        for candidate in ipaddress.ip_network("10.224.0.0/11").subnets(new_prefix=22):
+            if not any(candidate.overlaps(t) for t in taken if t.version == 4):
+                return str(candidate), str(candidate.network_address + 1)
+        raise RuntimeFailure("no free /22 for the overlay network in 10.224.0.0/11")
 
     # -- containers -------------------------------------------------------------------
 
@@ -248,6 +280,7 @@ class Engine:
                 name=spec.name,
                 hostname=None if spec.network_mode else spec.hostname,
                 environment=dict(spec.environment),
+                mac_address=spec.mac_address,
                 labels=dict(spec.labels),
                 ports=list(spec.ports) or None,
                 host_config=host_config,

@@ -23,6 +23,7 @@ class NetworkInfo:
     subnet: str | None
     gateway: str | None
     ip_range: str | None = None  # where Docker allocates containers; VIPs live outside it
+    driver: str = "bridge"  # "overlay": swarm mode (swarm.py)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class ContainerSpec:
     # Docker's restart policy ("unless-stopped", ...); None: never restarted by Docker.
     restart_policy: str | None = None
     ipv4_address: str | None = None  # a fixed address on `network` (in its subnet)
+    mac_address: str | None = None  # swarm.py's address holders borrow the data plane's
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,9 @@ class ContainerInfo:
     @property
     def index(self) -> int | None:
         raw = self.labels.get(L.REPLICA)
+        if raw is None and "com.docker.swarm.task.name" in self.labels:
+            # Swarm mode: a task's container is `<service>.<slot>.<task id>`.
+            raw = self.labels["com.docker.swarm.task.name"].rsplit(".", 2)[-2]
         return int(raw) if raw and raw.isdigit() else None
 
     @property

@@ -44,6 +44,10 @@ class Role(StrEnum):
     RUN = "run"
     RUN_COMMAND = "run-command"
     PUBSUB = "pubsub"  # the local SNS/SQS (moto), while some service publishes or subscribes
+    # Swarm mode: a swarm service (its tasks are replicas), and a container that
+    # claims an endpoint address on the overlay for the data plane (swarm.py).
+    SERVICE = "service"
+    VIP_HOLDER = "vip-holder"
 
 
 _UNSAFE = re.compile(r"[^a-z0-9_.-]+")
@@ -72,6 +76,11 @@ def network_name(project: str, env: str) -> str:
 def container_name(project: str, env: str, service: str, index: int) -> str:
     """`kudos-1a2b3c4d-test-api-1`: unique, and never equal to a mesh name."""
     return f"{project}-{_slug(env)}-{_slug(service)}-{index}"
+
+
+def swarm_service_name(project: str, env: str, service: str) -> str:
+    """`kudos-1a2b3c4d-test-api`: a swarm service's name is a name on the network."""
+    return f"{project}-{_slug(env)}-{_slug(service)}"
 
 
 def sidecar_name(project: str, env: str, service: str, index: int, sidecar: str) -> str:

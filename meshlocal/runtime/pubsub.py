@@ -38,7 +38,7 @@ from meshlocal.runtime import images
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.dataplane import published_ports
 from meshlocal.runtime.engine import ContainerSpec, Engine, NetworkInfo
-from meshlocal.runtime.tunnel import reach
+from meshlocal.runtime.tunnel import on_overlay, reach
 from meshlocal.vips import emulator_address
 
 EMULATOR_PORT = 4566  # LocalStack's, which SDK users know
@@ -164,7 +164,8 @@ def find(engine: Engine, project: str, env: str) -> Emulator | None:
         address = next(iter(info.addresses.values()), None)
         port = published_ports(engine, info.id).get(EMULATOR_PORT)
         if address and port:
-            reached = reach(engine, info.id, EMULATOR_PORT, port)
+            overlay = on_overlay(engine, L.network_name(project, env))
+            reached = reach(engine, info.id, EMULATOR_PORT, port, overlay=overlay)
             return Emulator(info.id, address, port, info.image, reached)
     return None
 
@@ -226,7 +227,7 @@ def ensure(
     if port is None:
         raise DataPlaneError("the SNS/SQS emulator's port was not published")
     assert spec.ipv4_address is not None
-    reached = reach(engine, cid, EMULATOR_PORT, port)
+    reached = reach(engine, cid, EMULATOR_PORT, port, overlay=network.driver == "overlay")
     emulator = Emulator(cid, spec.ipv4_address, port, image, reached)
     wait_ready(engine, emulator)
     return emulator

@@ -187,13 +187,18 @@ _OPEN: dict[tuple[int, str, int], Tunnel] = {}
 _LOCK = threading.Lock()
 
 
-def reach(engine: Engine, container_id: str, port: int, published: int) -> str:
+def reach(
+    engine: Engine, container_id: str, port: int, published: int, *, overlay: bool = False
+) -> str:
     """`http://host:port` of a container's published port, from this machine.
 
     A local engine's published 127.0.0.1 port as it is; a remote engine's
     through a tunnel, one per (engine, container, port) for this process.
+    `overlay`: the container is on a swarm overlay, where a published port
+    arrives on another interface (docker_gwbridge) than the one the data
+    plane listens on, from an address its admin API refuses: tunnelled too.
     """
-    if not engine.remote:
+    if not engine.remote and not overlay:
         return f"http://127.0.0.1:{published}"
     key = (id(engine), container_id, port)
     with _LOCK:
@@ -201,3 +206,10 @@ def reach(engine: Engine, container_id: str, port: int, published: int) -> str:
         if tunnel is None:
             tunnel = _OPEN[key] = Tunnel(engine, container_id, port)
     return tunnel.url
+
+
+def on_overlay(engine: Engine, network: str) -> bool:
+    """Whether the named network is a swarm overlay (swarm mode's environment network)."""
+    with engine_errors("inspecting networks"):
+        found = engine.api.networks(names=[network])
+    return any(n.get("Name") == network and n.get("Driver") == "overlay" for n in found)

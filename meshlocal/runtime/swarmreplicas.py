@@ -1,0 +1,234 @@
+"""Swarm mode's replicas, for the controller: what the Reconciler is on one engine.
+
+The swarm keeps `count` tasks per service and replaces the ones that exit or
+fail their health check; this mirrors the tasks into the registry, so DNS
+and the proxy follow them. A task joins when the swarm reports it
+`running`: with a health check, the swarm says `starting` until its first
+healthy result, as a task joins Cloud Map only when healthy on ECS.
+
+Tasks on other nodes raise no event on the manager, so the tasks are read
+every POLL_S, and at once when a local container of the mesh starts or
+dies. Other containers' events (the data plane's restarts) go on to the
+controller as from the Reconciler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from meshlocal.errors import MeshlocalError
+from meshlocal.registry import Health, Replica, ReplicaRegistry
+from meshlocal.runtime import labels as L
+from meshlocal.runtime import swarmengine as S
+from meshlocal.runtime.backoff import Crash
+from meshlocal.runtime.engine import ContainerEvent, Engine, NetworkInfo
+from meshlocal.runtime.reconcile import DesiredService
+from meshlocal.runtime.streams import EventStream
+from meshlocal.runtime.swarm import SwarmTask, service_spec
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+POLL_S = 0.5
+
+
+class SwarmReplicas:
+    def __init__(
+        self,
+        engine: Engine,
+        registry: ReplicaRegistry,
+        *,
+        project: str,
+        env: str,
+        network: NetworkInfo,
+        dns: Sequence[str],
+        on_change: Callable[[str], None] | None = None,
+        max_replicas: int = 0,
+        view: ReplicaRegistry | None = None,
+        pause_image: str | None = None,  # no sidecars in swarm mode (yet): unused
+    ) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.view = view if view is not None else registry
+        self.project = project
+        self.env = env
+        self.network = network
+        self.dns = tuple(dns)
+        self.on_change = on_change or (lambda _msg: None)
+        self.max_replicas = max_replicas
+        self.desired: dict[str, DesiredService] = {}
+        self.sc_view: frozenset[str] | None = None
+        self.metadata: str | None = None
+        self.on_other_event: Callable[[ContainerEvent], None] | None = None
+        self.on_task_event: Callable[[ContainerEvent | None], None] | None = None
+        self._hashes: dict[str, str] = {}
+        self._pending: dict[str, Replica] = {}  # container id -> starting replica
+        self._hash_of: dict[str, str] = {}
+        self._tasks: list[SwarmTask] = []
+        self._poke = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
+        self._consumer: asyncio.Task[None] | None = None
+        self._events: EventStream | None = None
+        self._work: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()
+
+    async def _thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.to_thread(fn, *args)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._events = self.engine.events(self.project, self.env)
+        self._consumer = asyncio.create_task(self._consume(self._events), name="swarm-events")
+        await self._sync()
+        self._loop = asyncio.create_task(self._poll(), name="swarm-tasks")
+
+    async def close(self, remove: bool = False) -> None:
+        for task in (self._loop, self._consumer, *self._work):
+            if task is not None:
+                task.cancel()
+        if self._events is not None:
+            self._events.close()
+        for task in (self._loop, self._consumer, *self._work):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError, MeshlocalError):
+                    await task
+        if remove:
+            await self._thread(S.remove_services, self.engine, self.project, self.env)
+
+    async def _consume(self, events: EventStream) -> None:
+        async for event in events:
+            if event.role == L.Role.REPLICA.value:
+                self._poke.set()  # a task on this node started, died or changed health
+            elif self.on_other_event is not None:
+                self.on_other_event(event)
+
+    async def _poll(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), POLL_S)
+            self._poke.clear()
+            try:
+                await self._sync()
+            except MeshlocalError as exc:
+                log.warning("reading the swarm's tasks: %s", exc.message)
+
+    # -- desired state ------------------------------------------------------------------
+
+    def config_hash(self, desired: DesiredService) -> str:
+        return desired.template.config_hash(*self.dns, self.network.name)
+
+    async def apply(self, desired: Mapping[str, DesiredService]) -> None:
+        """Create or update a swarm service per Copilot service; remove the others."""
+        async with self._lock:
+            self.desired = dict(desired)
+            self._hashes = {name: self.config_hash(d) for name, d in desired.items()}
+            for name, d in desired.items():
+                spec = service_spec(
+                    project=self.project,
+                    env=self.env,
+                    network=self.network.name,
+                    dns=self.dns,
+                    template=d.template,
+                    image=d.template.image,
+                    config_hash=self._hashes[name],
+                    count=d.count,
+                    sc_view=self.sc_view,
+                )
+                await self._thread(S.apply_service, self.engine, spec)
+            wanted = {L.swarm_service_name(self.project, self.env, n) for n in desired}
+            for svc in await self._thread(S.services, self.engine, self.project, self.env):
+                if svc["Spec"]["Name"] not in wanted:
+                    await self._thread(S.remove_service, self.engine, str(svc["ID"]))
+        self._poke.set()
+
+    def request_scale(self, service: str, count: int) -> asyncio.Task[None]:
+        d = self.desired.get(service)
+        if d is not None:
+            self.desired[service] = DesiredService(d.template, count)
+
+        async def run() -> None:
+            await self._thread(S.scale, self.engine, self.project, self.env, service, count)
+            self._poke.set()
+
+        task = asyncio.create_task(run())
+        self._work.add(task)
+        task.add_done_callback(self._work.discard)
+        return task
+
+    async def replace(self, service: str) -> None:
+        await self._thread(S.force_update, self.engine, self.project, self.env, service)
+        self._poke.set()
+
+    def supersede(self, service: str | None = None) -> None:
+        """Nothing queues here: the swarm takes each new spec as it comes."""
+
+    # -- the tasks, into the registry ---------------------------------------------------
+
+    async def _sync(self) -> None:
+        tasks = await self._thread(S.tasks, self.engine, self.project, self.env, self.network.id)
+        self._tasks = tasks
+        live = {t.container_id: t for t in tasks if t.live and t.container_id and t.address}
+        for replica in self.registry.all():
+            if replica.container_id not in live:
+                self.registry.remove(replica.container_id)
+                self.on_change(f"{replica.name} left")
+        for cid in [c for c in self._pending if c not in live]:
+            del self._pending[cid]
+        for cid, task in live.items():
+            assert task.address is not None
+            port = task.labels.get(L.PORT)
+            replica = Replica(
+                service=task.service,
+                index=task.slot,
+                container_id=cid,
+                address=task.address,
+                port=int(port) if port and port.isdigit() else None,
+                health=Health.HEALTHY if task.state == "running" else Health.STARTING,
+                sc_view=L.parse_view(task.labels.get(L.SC_VIEW)),
+            )
+            self._hash_of[cid] = task.config_hash
+            if replica.health is Health.HEALTHY:
+                self._pending.pop(cid, None)
+                if self.registry.get(cid) is None:
+                    self.registry.upsert(replica)
+                    self.on_change(f"{replica.name} joined at {task.address} (task {task.id[:12]})")
+            else:
+                self._pending[cid] = replica
+
+    # -- what `ps` and `up` read --------------------------------------------------------
+
+    def starting(self) -> list[Replica]:
+        return sorted(self._pending.values(), key=lambda r: (r.service, r.index))
+
+    def restarting(self) -> list[Crash]:
+        return []
+
+    def crashes(self) -> list[Crash]:
+        return []
+
+    def pending_starts(self, service: str) -> int:
+        d = self.desired.get(service)
+        if d is None:
+            return 0
+        live = sum(1 for t in self._tasks if t.service == service and t.live)
+        return max(0, d.count - live)
+
+    def service_ready(self, name: str) -> bool:
+        """`count` tasks of the current spec in rotation, and none of an older one left."""
+        d = self.desired.get(name)
+        if d is None:
+            return True
+        current = self._hashes.get(name)
+        ready = [
+            r for r in self.view.in_rotation(name) if self._hash_of.get(r.container_id) == current
+        ]
+        old = [t for t in self._tasks if t.service == name and t.live and t.config_hash != current]
+        return len(ready) >= d.count and not old
+
+    def all_ready(self) -> bool:
+        return all(self.service_ready(name) for name in self.desired)
