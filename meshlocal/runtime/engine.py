@@ -521,6 +521,8 @@ class Engine:
         for net in nets:
             try:
                 self.api.remove_network(net["Id"])
+                if net.get("Driver") == "overlay":
+                    self._gone(str(net["Id"]))
                 removed_nets.append(str(net["Name"]))
             except docker.errors.NotFound:
                 continue
@@ -534,6 +536,17 @@ class Engine:
             with contextlib.suppress(docker.errors.NotFound), engine_errors():
                 self.api.remove_volume(vol, force=True)
         return Removed(tuple(c.name for c in containers), tuple(removed_nets))
+
+    def _gone(self, network_id: str, timeout: float = 30.0) -> None:
+        """Until a removed overlay is gone: the swarm removes it once no node holds a
+        task on it, so an `up` right after `down` would find it still there."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.api.inspect_network(network_id)
+            except docker.errors.NotFound:
+                return
+            time.sleep(0.3)
 
     def volumes(self, project: str, env: str | None = None) -> list[str]:
         """The volumes meshlocal made for a project (the data plane's link)."""

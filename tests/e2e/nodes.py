@@ -14,6 +14,7 @@ a parent of its own) are what the inner engine needs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -210,3 +211,45 @@ def node_network(client: docker.DockerClient, name: str) -> Any:
         if net.name == name:
             return net
     return client.networks.create(name, labels={LABEL: "1"})
+
+
+class Swarm:
+    """A swarm on the outer engine (manager), joined by Nodes; left as it was on close().
+
+    The manager advertises the nodes' network gateway: the address nodes reach
+    it on. Networks the swarm makes (ingress, docker_gwbridge) are removed
+    after `swarm leave`, which keeps them.
+    """
+
+    def __init__(self, outer: docker.DockerClient, network: str) -> None:
+        state = outer.info()["Swarm"]["LocalNodeState"]
+        if state != "inactive":
+            raise RuntimeError(f"this engine is already in a swarm ({state}): not touched")
+        self.outer = outer
+        self.before = {n["Name"] for n in outer.api.networks()}
+        self.net = node_network(outer, network)
+        self.gateway = str(self.net.attrs["IPAM"]["Config"][0]["Gateway"])
+        self.workers: list[Node] = []
+        outer.swarm.init(advertise_addr=self.gateway, listen_addr=f"{self.gateway}:2377")
+
+    def join(self, node: Node) -> None:
+        token = self.outer.swarm.attrs["JoinTokens"]["Worker"]
+        node.client.swarm.join(
+            remote_addrs=[f"{self.gateway}:2377"], join_token=token, advertise_addr=node.address
+        )
+        self.workers.append(node)
+
+    def close(self) -> None:
+        for service in self.outer.services.list():
+            service.remove()
+        for node in self.workers:
+            with contextlib.suppress(docker.errors.DockerException):
+                node.client.swarm.leave(force=True)
+            node.remove()
+        with contextlib.suppress(docker.errors.DockerException):
+            self.outer.swarm.leave(force=True)
+        for net in self.outer.api.networks():
+            if net["Name"] not in self.before:
+                with contextlib.suppress(docker.errors.DockerException):
+                    self.outer.api.remove_network(net["Id"])
+        assert self.outer.info()["Swarm"]["LocalNodeState"] == "inactive"

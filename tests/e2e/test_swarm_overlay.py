@@ -35,7 +35,8 @@ import docker
 import docker.types
 import pytest
 
-from .nodes import Node, ensure_node_image, node_network, remove_leftover_nodes
+from .nodes import Node, ensure_node_image, remove_leftover_nodes
+from .nodes import Swarm as Cluster
 
 pytestmark = [
     pytest.mark.docker,
@@ -78,22 +79,16 @@ def _free_subnet(client: docker.DockerClient) -> str:
 
 @pytest.fixture(scope="module")
 def swarm(docker_client: Any, busybox_image: str, python_base: str) -> Iterator[Swarm]:
-    state = docker_client.info()["Swarm"]["LocalNodeState"]
-    if state != "inactive":
-        pytest.skip(f"this engine is already in a swarm ({state}): not touched")
-    before = {n["Name"] for n in docker_client.api.networks()}
     remove_leftover_nodes(docker_client)
     image = ensure_node_image(docker_client)
-    net = node_network(docker_client, NETWORK)
-    gateway = net.attrs["IPAM"]["Config"][0]["Gateway"]
-    worker = Node(docker_client, "meshlocal-test-swarm-worker", NETWORK, image)
     try:
+        cluster = Cluster(docker_client, NETWORK)
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    try:
+        worker = Node(docker_client, "meshlocal-test-swarm-worker", NETWORK, image)
+        cluster.join(worker)
         worker.load([busybox_image])
-        docker_client.swarm.init(advertise_addr=gateway, listen_addr=f"{gateway}:2377")
-        token = docker_client.swarm.attrs["JoinTokens"]["Worker"]
-        worker.client.swarm.join(
-            remote_addrs=[f"{gateway}:2377"], join_token=token, advertise_addr=worker.address
-        )
         subnet = _free_subnet(docker_client)
         docker_client.networks.create(
             OVERLAY,
@@ -106,22 +101,7 @@ def swarm(docker_client: Any, busybox_image: str, python_base: str) -> Iterator[
     finally:
         for c in docker_client.containers.list(all=True, filters={"label": "meshlocal.test-swarm"}):
             c.remove(force=True)
-        for s in docker_client.services.list(filters={"label": "meshlocal.test-swarm"}):
-            s.remove()
-        try:
-            for c in worker.client.containers.list(all=True):
-                c.remove(force=True)
-            worker.client.swarm.leave(force=True)
-        except docker.errors.DockerException:
-            pass
-        docker_client.swarm.leave(force=True)
-        worker.remove()
-        net.remove()
-        # What `swarm init` made and `leave` keeps: the engine as it was.
-        for n in docker_client.api.networks():
-            if n["Name"] not in before:
-                docker_client.api.remove_network(n["Id"])
-        assert docker_client.info()["Swarm"]["LocalNodeState"] == "inactive"
+        cluster.close()
 
 
 def _sh(client: docker.DockerClient, container: str, script: str) -> tuple[int, str]:

@@ -1,0 +1,205 @@
+"""`meshlocal up --engine swarm`: the e2e checks on a swarm, then on two nodes.
+
+The local engine becomes a swarm manager for this module (and leaves it
+after); a second engine (nodes.py) joins as a worker for the two-node
+checks. In their own CI step: `swarm init` changes the engine under every
+other test (scripts/test.sh).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import cli_env, copy_workspace, leftovers, ok, project_of, run_cli, wait_for
+from .nodes import Node, Swarm, ensure_node_image, remove_leftover_nodes
+
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.swarm,
+    pytest.mark.skipif(
+        os.environ.get("MESHLOCAL_SWARM_TESTS") != "1",
+        reason="swarm tests change the engine: alone (MESHLOCAL_SWARM_TESTS=1, scripts/test.sh)",
+    ),
+]
+
+NETWORK = "meshlocal-test-swarm-mode"
+
+
+@pytest.fixture(scope="module")
+def swarm(docker_client: Any, busybox_image: str, dataplane_image: str) -> Iterator[Swarm]:
+    remove_leftover_nodes(docker_client)
+    ensure_node_image(docker_client)
+    try:
+        cluster = Swarm(docker_client, NETWORK)
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="module")
+def mesh(
+    swarm: Swarm, tmp_path_factory: pytest.TempPathFactory, docker_client: Any
+) -> Iterator[tuple[Path, str]]:
+    ws = copy_workspace(tmp_path_factory, "mini")
+    project = project_of(ws)
+    try:
+        ok(run_cli(ws, "up", "-d", "--engine", "swarm", "--timeout", "120"))
+        yield ws, project
+    finally:
+        run_cli(ws, "down")
+        assert leftovers(docker_client, project) == []
+        assert docker_client.api.services(filters={"label": f"meshlocal.project={project}"}) == []
+
+
+def ps_json(ws: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    state: dict[str, Any] = json.loads(ok(run_cli(ws, "ps", "--json", env=env)).stdout)
+    return state
+
+
+def tasks_of(client: Any, project: str, service: str) -> list[dict[str, Any]]:
+    name = f"{project}-test-{service}"
+    return [
+        t
+        for t in client.api.tasks(filters={"service": name, "desired-state": "running"})
+        if t["Status"]["State"] == "running"
+    ]
+
+
+def fetch_from(client: Any, container: str, url: str, times: int) -> list[str]:
+    # `timeout` bounds it: this static busybox's `wget -T` segfaults (docker-notes §6).
+    script = (
+        f"i=0; while [ $i -lt {times} ]; do timeout 10 wget -q -O - {url} || echo FAIL; "
+        "i=$((i+1)); done"
+    )
+    result = client.containers.get(container).exec_run(["sh", "-c", script])
+    return bytes(result.output).decode().split("\n")[:-1]
+
+
+def resolve(ws: Path, name: str, from_: str) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(
+        ok(run_cli(ws, "resolve", name, "--from", from_, "--json")).stdout
+    )
+    return found
+
+
+def test_services_become_swarm_services_with_count_tasks(
+    mesh: tuple[Path, str], docker_client: Any
+) -> None:
+    ws, project = mesh
+    state = ps_json(ws)
+    assert state["ready"]
+    assert {n: len(s["replicas"]) for n, s in state["services"].items()} == {
+        "api": 3,
+        "client": 1,
+        "legacy": 1,
+        "web": 2,
+    }
+    names = {s["Spec"]["Name"] for s in docker_client.api.services()}
+    assert {f"{project}-test-{n}" for n in ("api", "client", "legacy", "web")} <= names
+    # The tasks keep Copilot's variables and meshlocal's labels.
+    task = tasks_of(docker_client, project, "api")[0]
+    spec = task["Spec"]["ContainerSpec"]
+    env = dict(e.split("=", 1) for e in spec["Env"])
+    assert env["COPILOT_SERVICE_NAME"] == "api" and env["COPILOT_ENVIRONMENT_NAME"] == "test"
+    assert env["COPILOT_SERVICE_DISCOVERY_ENDPOINT"] == "test.mini.local"
+    assert spec["Labels"]["meshlocal.service"] == "api"
+
+
+def test_service_connect_round_robin_discovery_and_nxdomain(
+    mesh: tuple[Path, str], docker_client: Any
+) -> None:
+    ws, project = mesh
+    client = tasks_of(docker_client, project, "client")[0]["Status"]["ContainerStatus"][
+        "ContainerID"
+    ]
+    pages = [p.split()[0] for p in fetch_from(docker_client, client, "http://api/", 6)]
+    assert len(set(pages)) == 3 and pages[:3] == pages[3:], pages
+    vip = resolve(ws, "api", "client")
+    assert "service connect endpoint" in vip["meaning"], vip
+    legacy = run_cli(ws, "resolve", "api", "--from", "legacy")
+    assert legacy.returncode == 1 and "NXDOMAIN" in legacy.stdout, legacy.stdout
+    sd = resolve(ws, "api.test.mini.local", "legacy")
+    state = ps_json(ws)
+    assert sorted(sd["answers"]) == sorted(
+        r["address"] for r in state["services"]["api"]["replicas"]
+    )
+
+
+def test_a_killed_task_leaves_dns_and_scale_follows(
+    mesh: tuple[Path, str], docker_client: Any
+) -> None:
+    ws, project = mesh
+    ok(run_cli(ws, "scale", "api=4"))
+    assert len(resolve(ws, "api.test.mini.local", "legacy")["answers"]) == 4
+    victim = tasks_of(docker_client, project, "api")[0]
+    address = victim["NetworksAttachments"][0]["Addresses"][0].split("/")[0]
+    docker_client.api.kill(victim["Status"]["ContainerStatus"]["ContainerID"])
+
+    def gone() -> bool:
+        return address not in resolve(ws, "api.test.mini.local", "legacy")["answers"]
+
+    wait_for("the killed task to leave DNS", gone, timeout=20, interval=0.3)
+    # The swarm replaces it, and the new task joins once healthy.
+    wait_for(
+        "the replacement to join",
+        lambda: len(resolve(ws, "api.test.mini.local", "legacy")["answers"]) == 4,
+        timeout=60,
+        interval=0.5,
+    )
+    ok(run_cli(ws, "scale", "api=3"))
+    assert len(resolve(ws, "api.test.mini.local", "legacy")["answers"]) == 3
+
+
+def test_two_nodes_tasks_on_both_reached_through_service_connect_from_either(
+    swarm: Swarm, docker_client: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    node = Node(
+        docker_client, "meshlocal-test-swarm-mode-worker", NETWORK, ensure_node_image(docker_client)
+    )
+    swarm.join(node)
+    ws = copy_workspace(tmp_path_factory, "mini")
+    project = project_of(ws)
+    env = cli_env(MESHLOCAL_NODE_ENGINE="tcp://{address}:2375")
+    try:
+        up = ok(run_cli(ws, "up", "-d", "--engine", "swarm", "--timeout", "180", env=env))
+        assert "copied to node meshlocal-test-swarm-mode-worker" in up.stderr + up.stdout
+        ok(run_cli(ws, "scale", "api=6", env=env))
+        tasks = tasks_of(docker_client, project, "api")
+        nodes = {t["NodeID"] for t in tasks}
+        assert len(nodes) == 2, tasks
+        replicas = {r["address"] for r in ps_json(ws, env)["services"]["api"]["replicas"]}
+        assert len(replicas) == 6
+        manager_id = docker_client.info()["Swarm"]["NodeID"]
+        for here in (True, False):
+            task = next(t for t in tasks if (t["NodeID"] == manager_id) == here)
+            engine = docker_client if here else node.client
+            container = task["Status"]["ContainerStatus"]["ContainerID"]
+            pages = fetch_from(engine, container, "http://api/", 6)
+            assert "FAIL" not in pages, pages
+            seen = {p.split()[1] for p in pages}  # each page names its replica's address
+            assert len(seen) == 6 and seen <= replicas, (here, pages)
+        # A non-client gets NXDOMAIN for Service Connect names, on whichever node it is.
+        task = tasks_of(docker_client, project, "legacy")[0]
+        engine = docker_client if task["NodeID"] == manager_id else node.client
+        looked = engine.containers.get(task["Status"]["ContainerStatus"]["ContainerID"])
+        out = bytes(looked.exec_run(["nslookup", "api"]).output).decode()
+        assert "NXDOMAIN" in out, out
+    finally:
+        ok(run_cli(ws, "down", "--rmi", env=env))
+        assert leftovers(docker_client, project) == []
+        # The worker removes its task containers once the swarm tells it the service is gone.
+        wait_for(
+            "the worker's task containers to go",
+            lambda: leftovers(node.client, project) == [],
+            timeout=30,
+            interval=0.5,
+        )
