@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -28,28 +30,70 @@ def admin_call(
     *,
     method: str | None = None,
 ) -> Any:
-    """`method` defaults to POST with a body, GET without."""
+    """`method` defaults to POST with a body, GET without.
+
+    One kept-alive connection per admin URL and thread: `up -d` polls the
+    state every 50 ms, and through a tunnel (a remote engine, swarm mode)
+    each new connection costs an exec in the data plane.
+    """
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(
-        base_url + path,
-        data=data,
-        method=method or ("POST" if data is not None else "GET"),
-        headers={"content-type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
+    verb = method or ("POST" if data is not None else "GET")
+    for attempt in (0, 1):
+        conn = _connection(base_url, timeout)
+        reused = conn.sock is not None
         try:
-            message = json.loads(exc.read()).get("error", str(exc))
-        except ValueError:
-            message = str(exc)
-        raise AdminRefused(remote_message(str(message)), exc.code) from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise DataPlaneError(
-            f"the data plane's admin API at {base_url} does not answer: {exc}",
-            hint="`meshlocal ps` checks it; `meshlocal up -d` restarts it",
-        ) from None
+            conn.request(verb, path, body=data, headers=_HEADERS)
+            resp = conn.getresponse()
+            raw = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            _drop(base_url)
+            if attempt == 0 and reused and isinstance(exc, _STALE):
+                continue  # a kept connection the server closed meanwhile: once more, anew
+            raise DataPlaneError(
+                f"the data plane's admin API at {base_url} does not answer: {exc}",
+                hint="`meshlocal ps` checks it; `meshlocal up -d` restarts it",
+            ) from None
+        if resp.will_close:
+            _drop(base_url)
+        if resp.status >= 400:
+            try:
+                message = json.loads(raw).get("error", f"HTTP Error {resp.status}: {resp.reason}")
+            except (ValueError, AttributeError):
+                message = f"HTTP Error {resp.status}: {resp.reason}"
+            raise AdminRefused(remote_message(str(message)), resp.status)
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise DataPlaneError(
+                f"the data plane's admin API at {base_url} answered no JSON: {exc}"
+            ) from None
+    raise AssertionError("unreachable")
+
+
+_HEADERS = {"content-type": "application/json"}
+_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+_KEPT = threading.local()
+
+
+def _connection(base_url: str, timeout: float) -> http.client.HTTPConnection:
+    kept: dict[str, http.client.HTTPConnection] = _KEPT.__dict__.setdefault("conns", {})
+    conn = kept.get(base_url)
+    if conn is None:
+        parts = urllib.parse.urlsplit(base_url)
+        conn = kept[base_url] = http.client.HTTPConnection(
+            parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout
+        )
+    conn.timeout = timeout
+    if conn.sock is not None:
+        conn.sock.settimeout(timeout)
+    return conn
+
+
+def _drop(base_url: str) -> None:
+    kept: dict[str, http.client.HTTPConnection] = _KEPT.__dict__.setdefault("conns", {})
+    conn = kept.pop(base_url, None)
+    if conn is not None:
+        conn.close()
 
 
 def fault_refusal(exc: AdminRefused) -> FaultError:

@@ -63,7 +63,7 @@ class PlaneFinder:
         overlay = on_overlay(self.engine, L.network_name(self.project, self.env))
         return DataPlane(
             "container",
-            reach(self.engine, info.id, ADMIN_PORT, admin, overlay=overlay),
+            reach(self.engine, info.id, ADMIN_PORT, admin, overlay=overlay, spare=True),
             reach(self.engine, info.id, PUBLIC_PORT, public, overlay=overlay) if public else None,
             container_id=info.id,
             controller_id=ctl.id if ctl is not None and ctl.running else None,

@@ -178,9 +178,12 @@ class Controller(VipPlacement):
             task = asyncio.create_task(job)
             self._stack.push_async_callback(_cancelled, task)
         # Replicas started from here on ask the data plane for names: it serves first.
+        # A swarm task takes longer to be scheduled, pulled and started than the
+        # data plane takes to link (its DNS port is bound before its imports).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.linked.wait(), LINK_WAIT_S)
-        if not self.linked.is_set():
+            if cfg.orchestrator != "swarm":
+                await asyncio.wait_for(self.linked.wait(), LINK_WAIT_S)
+        if not self.linked.is_set() and cfg.orchestrator != "swarm":
             log.warning("the data plane has not connected yet: starting replicas anyway")
         # The helper (`early`) may still be at work: a client that dials an
         # endpoint address before it is in place sees its first SYN unanswered

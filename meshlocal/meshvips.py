@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 
 from meshlocal.agentconfig import AgentConfig
@@ -103,15 +104,19 @@ class VipPlacement:
                 have.add(address)
             else:
                 self.engine.remove(old.id)
-        for address in sorted(set(vips) - have):
-            spec = holder_spec(
-                config.project, config.env, net.name, config.helper_image, address, mac
-            )
+        image = config.helper_image
+
+        def hold(address: str) -> None:
+            spec = holder_spec(config.project, config.env, net.name, image, address, mac)
             spec = dataclasses.replace(spec, labels={**spec.labels, L.CONFIG_HASH: mac})
             try:
                 self.engine.run_container(spec)
             except MeshlocalError as exc:
                 log.error("endpoint %s unreachable from other nodes: %s", address, exc.message)
+
+        # At once: joining an overlay takes the engine a second or two per container.
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(hold, sorted(set(vips) - have)))
 
     def _dataplane_started(self) -> tuple[str, str] | None:
         """(id, start time) of the running data-plane container: a new start is a new namespace."""

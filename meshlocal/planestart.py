@@ -13,8 +13,10 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import docker.errors
 
@@ -41,6 +43,9 @@ from meshlocal.runtime.dataplane import (
 )
 from meshlocal.runtime.engine import NetworkInfo
 from meshlocal.runtime.firststart import FirstStart, first_replicas, planned_address
+from meshlocal.runtime.swarm import service_specs
+from meshlocal.runtime.swarmengine import apply_services
+from meshlocal.vips import reserved_address
 
 
 def start_container(
@@ -91,14 +96,27 @@ def start_container(
     )
     address: str | None = None
     first: FirstStart | None = None
+    swarm_first: list[dict[str, Any]] = []
     if current is None or not current.running:
         # A data plane that was removed or stopped comes back on the address
         # the replicas ask for names, so it adopts them instead of rolling all.
         address, any_replica = _replicas_dns(where, network)
-        if address is None and not any_replica and config.orchestrator != "swarm":
+        if address is None and not any_replica:
             # A mesh from nothing: the first replicas start beside the data plane.
             address = planned_address(network, engine.network_addresses(network.id))
-            if address is not None:
+            if config.orchestrator == "swarm" and network.subnet:
+                address = reserved_address(network.subnet)
+                # The swarm services, made now: their tasks take longer to be
+                # scheduled and started than the data plane takes to bind DNS.
+                swarm_first = service_specs(
+                    config.desired,
+                    project=project,
+                    env=env,
+                    network=network.name,
+                    dns=(address,),
+                    sc_view=NamingModel(spec).endpoint_names,
+                )
+            elif address is not None:
                 first = FirstStart(
                     engine,
                     first_replicas(
@@ -146,6 +164,8 @@ def start_container(
             ctl = replace(ctl, environment={**ctl.environment, FIRST_START_ENV: "1"})
         controller.append(ensure_controller(engine, ctl))
 
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="swarm-first")
+    services = pool.submit(apply_services, engine, swarm_first) if swarm_first else None
     try:
         cid, _address, _started = ensure_dataplane(
             engine,
@@ -156,6 +176,10 @@ def start_container(
         if first is not None:
             first.discard()  # settled before the caller's undo lists what to remove
         raise
+    finally:
+        pool.shutdown(wait=True)  # settled, made or not, before the undo lists what to remove
+    if services is not None:
+        services.result()
     if first is not None:
         phase("starting the replicas")
         first.start()

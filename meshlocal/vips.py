@@ -34,6 +34,15 @@ def container_range(subnet: str) -> str:
     return str(next(net.subnets(prefixlen_diff=1)))
 
 
+def reserved_address(subnet: str) -> str:
+    """Swarm mode's data-plane address: the first of the subnet's upper half, which
+    neither containers (the lower half) nor endpoints (the last /24) are given, so
+    no task scheduled meanwhile can take it."""
+    net = ipaddress.IPv4Network(subnet, strict=False)
+    upper = list(net.subnets(prefixlen_diff=1))[1]
+    return str(upper.network_address + 1)
+
+
 def _too_small(subnet: str) -> DataPlaneError:
     return DataPlaneError(
         f"the network subnet {subnet} is too small to reserve Service Connect addresses",

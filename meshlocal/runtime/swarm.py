@@ -32,7 +32,7 @@ from typing import Any
 from meshlocal.manifest.model import ContainerHealthCheck
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.enginetypes import ContainerSpec
-from meshlocal.runtime.reconcile import ReplicaTemplate
+from meshlocal.runtime.reconcile import DesiredService, ReplicaTemplate
 from meshlocal.runtime.tasks import NO_HEALTHCHECK
 
 _NS = 1_000_000_000
@@ -141,6 +141,32 @@ def service_spec(
         "UpdateConfig": {"Parallelism": 1, "Order": "start-first", "FailureAction": "continue"},
         "EndpointSpec": {"Mode": "dnsrr"},
     }
+
+
+def service_specs(
+    desired: Mapping[str, DesiredService],
+    *,
+    project: str,
+    env: str,
+    network: str,
+    dns: tuple[str, ...],
+    sc_view: frozenset[str] | None,
+) -> list[dict[str, Any]]:
+    """Every service's spec, as the controller applies them (and the CLI's first start)."""
+    return [
+        service_spec(
+            project=project,
+            env=env,
+            network=network,
+            dns=dns,
+            template=d.template,
+            image=d.template.image,
+            config_hash=d.template.config_hash(*dns, network),
+            count=d.count,
+            sc_view=sc_view,
+        )
+        for d in desired.values()
+    ]
 
 
 @dataclass(frozen=True)

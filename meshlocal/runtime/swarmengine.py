@@ -5,7 +5,8 @@ Beside engine.py, which is about containers: services, tasks and nodes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from meshlocal.errors import RuntimeFailure
@@ -55,6 +56,12 @@ def apply_service(engine: Engine, spec: Mapping[str, Any]) -> str:
             return str(current["ID"])
         _update(engine, current, dict(spec))
         return str(current["ID"])
+
+
+def apply_services(engine: Engine, specs: Sequence[Mapping[str, Any]]) -> None:
+    """Several at once: each create is a round trip to the manager's raft store."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda spec: apply_service(engine, spec), specs))
 
 
 def _same(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:

@@ -28,12 +28,12 @@ from meshlocal.runtime.backoff import Crash
 from meshlocal.runtime.engine import ContainerEvent, Engine, NetworkInfo
 from meshlocal.runtime.reconcile import DesiredService
 from meshlocal.runtime.streams import EventStream
-from meshlocal.runtime.swarm import SwarmTask, service_spec
+from meshlocal.runtime.swarm import SwarmTask, service_specs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-POLL_S = 0.5
+POLL_S = 0.25  # one `GET /tasks` per poll
 
 
 class SwarmReplicas:
@@ -120,26 +120,23 @@ class SwarmReplicas:
     # -- desired state ------------------------------------------------------------------
 
     def config_hash(self, desired: DesiredService) -> str:
-        return desired.template.config_hash(*self.dns, self.network.name)
+        return desired.template.config_hash(*self.dns, self.network.name)  # as service_specs
 
     async def apply(self, desired: Mapping[str, DesiredService]) -> None:
         """Create or update a swarm service per Copilot service; remove the others."""
         async with self._lock:
             self.desired = dict(desired)
             self._hashes = {name: self.config_hash(d) for name, d in desired.items()}
-            for name, d in desired.items():
-                spec = service_spec(
-                    project=self.project,
-                    env=self.env,
-                    network=self.network.name,
-                    dns=self.dns,
-                    template=d.template,
-                    image=d.template.image,
-                    config_hash=self._hashes[name],
-                    count=d.count,
-                    sc_view=self.sc_view,
-                )
-                await self._thread(S.apply_service, self.engine, spec)
+            specs = service_specs(
+                desired,
+                project=self.project,
+                env=self.env,
+                network=self.network.name,
+                dns=self.dns,
+                sc_view=self.sc_view,
+            )
+            # At once: each create is a round trip to the manager's raft store.
+            await self._thread(S.apply_services, self.engine, specs)
             wanted = {L.swarm_service_name(self.project, self.env, n) for n in desired}
             for svc in await self._thread(S.services, self.engine, self.project, self.env):
                 if svc["Spec"]["Name"] not in wanted:

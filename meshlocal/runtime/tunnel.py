@@ -21,6 +21,7 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -65,7 +66,9 @@ while True:
         b = b[os.write(1, b):]
 """
 
-_HEADER = struct.Struct(">BxxxL")  # Docker's stream frame: kind, 3 pad bytes, size
+_HEADER = struct.Struct(">BxxxL")
+# A spare relay holds an idle connection to the port; older ones are not trusted.
+SPARE_FOR_S = 10.0  # Docker's stream frame: kind, 3 pad bytes, size
 
 
 def _raw(sock: Any) -> Any:
@@ -100,7 +103,13 @@ class Tunnel:
     """127.0.0.1:<local port> here -> 127.0.0.1:<port> inside `container_id`."""
 
     def __init__(
-        self, engine: Engine, container_id: str, port: int, *, local_port: int = 0
+        self,
+        engine: Engine,
+        container_id: str,
+        port: int,
+        *,
+        local_port: int = 0,
+        spare: bool = False,
     ) -> None:
         self.engine = engine
         self.container_id = container_id
@@ -119,6 +128,10 @@ class Tunnel:
         self.local_port: int = self._listener.getsockname()[1]
         self._closed = threading.Event()
         self._hosts: list[str] | None = None
+        # `spare`: keep one relay started ahead, for a port polled often (the admin API).
+        self.spare = spare
+        self._spare: tuple[float, Any] | None = None
+        self._lock = threading.Lock()
         threading.Thread(target=self._accept, name=f"tunnel-{port}", daemon=True).start()
 
     @property
@@ -127,6 +140,11 @@ class Tunnel:
 
     def close(self) -> None:
         self._closed.set()
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            with contextlib.suppress(OSError):
+                spare[1].close()
         with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way
         with contextlib.suppress(OSError):
@@ -140,22 +158,50 @@ class Tunnel:
                 return
             threading.Thread(target=self._carry, args=(conn,), daemon=True).start()
 
+    def _relay(self) -> Any:
+        """A relay started in the container, connected to the port: its exec socket."""
+        with engine_errors(f"forwarding to port {self.port} of {self.container_id[:12]}"):
+            if self._hosts is None:  # a data plane keeps its address (dataplane.py)
+                info = self.engine.inspect(self.container_id)
+                self._hosts = list(info.addresses.values()) if info is not None else []
+            made = self.engine.api.exec_create(
+                self.container_id,
+                ["python3", "-I", "-S", "-c", RELAY, str(self.port), *self._hosts],
+                stdin=True,
+                stdout=True,
+                stderr=True,
+                tty=False,
+            )
+            remote = _raw(self.engine.api.exec_start(made["Id"], socket=True))
+            remote.settimeout(None)  # the API client's read timeout would cut idle streams
+            return remote
+
+    def _take(self) -> Any:
+        """A spare relay when one is fresh (an exec costs 50-100 ms), else a new one."""
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if self.spare and not self._closed.is_set():
+            threading.Thread(target=self._refill, daemon=True).start()
+        if spare is not None:
+            born, remote = spare
+            if time.monotonic() - born < SPARE_FOR_S:
+                return remote
+            with contextlib.suppress(OSError):
+                remote.close()
+        return self._relay()
+
+    def _refill(self) -> None:
+        with contextlib.suppress(Exception):
+            remote = self._relay()
+            with self._lock:
+                old, self._spare = self._spare, (time.monotonic(), remote)
+            if old is not None:
+                with contextlib.suppress(OSError):
+                    old[1].close()
+
     def _carry(self, conn: socket.socket) -> None:
         try:
-            with engine_errors(f"forwarding to port {self.port} of {self.container_id[:12]}"):
-                if self._hosts is None:  # a data plane keeps its address (dataplane.py)
-                    info = self.engine.inspect(self.container_id)
-                    self._hosts = list(info.addresses.values()) if info is not None else []
-                made = self.engine.api.exec_create(
-                    self.container_id,
-                    ["python3", "-I", "-S", "-c", RELAY, str(self.port), *self._hosts],
-                    stdin=True,
-                    stdout=True,
-                    stderr=True,
-                    tty=False,
-                )
-                remote = _raw(self.engine.api.exec_start(made["Id"], socket=True))
-                remote.settimeout(None)  # the API client's read timeout would cut idle streams
+            remote = self._take()
         except Exception:  # the engine is gone: the client sees a reset
             conn.close()
             return
@@ -188,7 +234,13 @@ _LOCK = threading.Lock()
 
 
 def reach(
-    engine: Engine, container_id: str, port: int, published: int, *, overlay: bool = False
+    engine: Engine,
+    container_id: str,
+    port: int,
+    published: int,
+    *,
+    overlay: bool = False,
+    spare: bool = False,
 ) -> str:
     """`http://host:port` of a container's published port, from this machine.
 
@@ -204,7 +256,7 @@ def reach(
     with _LOCK:
         tunnel = _OPEN.get(key)
         if tunnel is None:
-            tunnel = _OPEN[key] = Tunnel(engine, container_id, port)
+            tunnel = _OPEN[key] = Tunnel(engine, container_id, port, spare=spare)
     return tunnel.url
 
 
