@@ -231,3 +231,17 @@ def test_host_mode_and_open_say_why_not_on_a_remote_engine(
     assert "is remote" in failed(run_cli(ws, "open", "--print", env=env))
     err = failed(run_cli(ws, "up", "-d", "--dataplane", "host", env=env))
     assert "host mode" in err and "remote" in err
+
+
+def test_exec_logs_and_run_reach_the_remote_engine(
+    remote_mesh: tuple[Path, str, dict[str, str]], node: Node
+) -> None:
+    ws, project, env = remote_mesh
+    out = ok(run_cli(ws, "exec", "-T", "api", "--", "hostname", env=env)).stdout.strip()
+    assert out == replica(node, project, "api", 1)
+    logs = ok(run_cli(ws, "logs", "api", env=env)).stdout
+    assert "api up:" in logs
+    # A one-off task is a Service Connect client of its service: `api` resolves for it.
+    ran = run_cli(ws, "run", "-T", "client", "--", "nslookup", "api", env=env)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "172." in ran.stdout or "10." in ran.stdout, ran.stdout
