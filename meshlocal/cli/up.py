@@ -301,6 +301,8 @@ def _remember(dep: Deployment, plane: DataPlane, options: dict[str, Any]) -> Non
 
     if dep.applied_config is None or plane.container_id is None or plane.controller_id is None:
         return
+    if dep.engine.remote or dep.orchestrator == "swarm":
+        return  # its admin URL is this process's tunnel, gone once it exits
     quickup.record(
         dep.workspace.root,
         options,
