@@ -10,10 +10,11 @@ from meshlocal.cli.app import Context, cli, env_option, pass_context
 from meshlocal.cli.render import err, out
 from meshlocal.cli.running import running_mesh
 from meshlocal.ports import ADMIN_PORT, PUBLIC_PORT
+from meshlocal.runtime import labels as L
 from meshlocal.runtime.dataplane import port_free, published_ports
 from meshlocal.runtime.pubsub import EMULATOR_PORT
 from meshlocal.runtime.pubsub import find as pubsub_find
-from meshlocal.runtime.tunnel import Tunnel
+from meshlocal.runtime.tunnel import Tunnel, on_overlay
 
 
 def _local_port(wanted: int | None, remote: int) -> int:
@@ -39,7 +40,7 @@ def _local_port(wanted: int | None, remote: int) -> int:
 def forward(
     ctx: Context, env: str | None, public_port: int | None, admin_port: int | None, once: bool
 ) -> None:
-    """Reach a mesh on a remote engine (--context, DOCKER_HOST) from this machine.
+    """Reach a mesh on a remote engine (--context, DOCKER_HOST), or a swarm, from here.
 
     The public endpoint, the mesh page with the admin API, and the local
     SNS/SQS listen on this machine's 127.0.0.1 and are carried through the
@@ -50,37 +51,25 @@ def forward(
     with running_mesh(ctx.directory, env) as dep:
         plane = dep.dataplane()
         emulator = pubsub_find(dep.engine, dep.project, dep.env)
-        if not dep.engine.remote or plane.container_id is None:
+        overlay = on_overlay(dep.engine, L.network_name(dep.project, dep.env))
+        if not (dep.engine.remote or overlay) or plane.container_id is None:
             _print(plane.public_url, plane.admin_url, emulator.host_url if emulator else None)
             err.print("[+] the engine is local: nothing to forward", markup=False)
             return
         ports = published_ports(dep.engine, plane.container_id)
-        tunnels: list[Tunnel] = []
-        public = None
-        if PUBLIC_PORT in ports:
-            public = Tunnel(
-                dep.engine,
-                plane.container_id,
-                PUBLIC_PORT,
-                local_port=_local_port(public_port, ports[PUBLIC_PORT]),
-            )
-            tunnels.append(public)
-        admin = Tunnel(
-            dep.engine,
-            plane.container_id,
-            ADMIN_PORT,
-            local_port=_local_port(admin_port, ports[ADMIN_PORT]),
-        )
-        tunnels.append(admin)
-        queues = None
+        owner = {PUBLIC_PORT: plane.container_id, ADMIN_PORT: plane.container_id}
         if emulator is not None:
-            queues = Tunnel(
-                dep.engine,
-                emulator.container_id,
-                EMULATOR_PORT,
-                local_port=_local_port(None, emulator.host_port),
-            )
-            tunnels.append(queues)
+            ports[EMULATOR_PORT] = emulator.host_port
+            owner[EMULATOR_PORT] = emulator.container_id
+        wanted = {PUBLIC_PORT: public_port, ADMIN_PORT: admin_port, EMULATOR_PORT: None}
+        opened = {
+            port: Tunnel(dep.engine, owner[port], port, local_port=_local_port(local, ports[port]))
+            for port, local in wanted.items()
+            if port in ports and port in owner
+        }
+        tunnels = list(opened.values())
+        public, admin, queues = (opened.get(p) for p in (PUBLIC_PORT, ADMIN_PORT, EMULATOR_PORT))
+        assert admin is not None  # every data plane publishes its admin port
         _print(public.url if public else None, admin.url, queues.url if queues else None)
         err.print(
             f"[+] forwarding from the engine at {dep.engine.host.url}; Ctrl-C stops",

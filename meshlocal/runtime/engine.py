@@ -166,6 +166,8 @@ class Engine:
                 root = None if workspace is None else Path(os.fspath(workspace))
                 labels = L.base_labels(project, env, L.Role.NETWORK, root)
                 net = self._create_network(name, labels, driver)
+        if net.get("Driver") == "overlay" and not ipv4_config(net).get("Subnet"):
+            net = self._allocated(str(net["Id"]))
         config = ipv4_config(net)
         return NetworkInfo(
             name=name,
@@ -229,6 +231,16 @@ class Engine:
             f"could not create network {name}: every subnet Docker offered was taken ({last})",
             hint="retry; other tools are creating networks at the same time",
         )
+
+    def _allocated(self, network_id: str, timeout: float = 15.0) -> dict[str, Any]:
+        """An overlay as the swarm's allocator leaves it: a moment after the create
+        returns, `inspect` may still show no IPAM config."""
+        deadline = time.monotonic() + timeout
+        while True:
+            net: dict[str, Any] = self.api.inspect_network(network_id)
+            if ipv4_config(net).get("Subnet") or time.monotonic() > deadline:
+                return net
+            time.sleep(0.1)
 
     def _free_overlay_subnet(self) -> tuple[str, str]:
         """A /22 in 10.224.0.0/11 that no network the manager knows overlaps."""

@@ -153,6 +153,35 @@ def popen_cli(workspace: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
+@contextlib.contextmanager
+def forwarded(workspace: Path, env: Mapping[str, str]) -> Iterator[tuple[str, str]]:
+    """`meshlocal forward` running: (public endpoint URL, mesh page URL) on 127.0.0.1."""
+    proc = subprocess.Popen(
+        [str(MESHLOCAL), "-C", str(workspace), "forward"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 30
+        assert proc.stdout is not None
+        while time.monotonic() < deadline and not any("Ctrl-C" in line for line in lines):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        text = "".join(lines)
+        public = re.search(r"Public endpoint: (http://127\.0\.0\.1:\d+)", text)
+        page = re.search(r"Mesh page: (http://127\.0\.0\.1:\d+/)", text)
+        assert public and page, text
+        yield public.group(1), page.group(1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def failed(proc: subprocess.CompletedProcess[str]) -> str:
     """A failure as a user sees it: non-zero, a message, no traceback. Returns stderr."""
     assert proc.returncode != 0, proc.stdout + proc.stderr

@@ -28,11 +28,22 @@ from typing import Any
 import docker
 import docker.errors
 import docker.types
+import pytest
 
 SUITE = "bookworm"
 MIRROR = os.environ.get("MESHLOCAL_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = ("docker.io", "iptables", "iproute2", "ca-certificates", "procps")
 LABEL = "meshlocal.test-node"
+
+# Swarm tests init a swarm on the engine: they run alone, in their own CI step.
+SWARM_MARKS = [
+    pytest.mark.docker,
+    pytest.mark.swarm,
+    pytest.mark.skipif(
+        os.environ.get("MESHLOCAL_SWARM_TESTS") != "1",
+        reason="swarm tests change the engine: alone (MESHLOCAL_SWARM_TESTS=1, scripts/test.sh)",
+    ),
+]
 API_PORT = 2375
 
 # Every capability but CAP_SYS_RESOURCE (see the module docstring).

@@ -11,9 +11,6 @@ non-clients, scale, down leaving nothing.
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +21,10 @@ import pytest
 from meshlocal.runtime import images
 
 from .conftest import (
-    MESHLOCAL,
     cli_env,
     copy_workspace,
     failed,
+    forwarded,
     leftovers,
     ok,
     project_of,
@@ -162,36 +159,14 @@ def test_forward_reaches_the_public_endpoint_and_the_mesh_page(
     remote_mesh: tuple[Path, str, dict[str, str]], node: Node
 ) -> None:
     ws, project, env = remote_mesh
-    proc = subprocess.Popen(
-        [str(MESHLOCAL), "-C", str(ws), "forward"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**env, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        lines: list[str] = []
-        deadline = time.monotonic() + 30
-        assert proc.stdout is not None
-        while time.monotonic() < deadline and not any("Ctrl-C" in line for line in lines):
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-        text = "".join(lines)
-        public = re.search(r"Public endpoint: (http://127\.0\.0\.1:\d+)", text)
-        page = re.search(r"Mesh page: (http://127\.0\.0\.1:\d+/)", text)
-        assert public and page, text
+    with forwarded(ws, env) as (public, page):
         hosts = set()
         for _ in range(4):
-            with urllib.request.urlopen(public.group(1) + "/", timeout=10) as resp:
+            with urllib.request.urlopen(public + "/", timeout=10) as resp:
                 hosts.add(resp.read().decode().strip())
         assert hosts == {replica(node, project, "web", 1), replica(node, project, "web", 2)}
-        with urllib.request.urlopen(page.group(1) + "v1/state", timeout=10) as resp:
+        with urllib.request.urlopen(page + "v1/state", timeout=10) as resp:
             assert json.loads(resp.read())["ready"] is True
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_a_docker_context_selects_the_remote_engine(

@@ -9,24 +9,26 @@ other test (scripts/test.sh).
 from __future__ import annotations
 
 import json
-import os
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import cli_env, copy_workspace, leftovers, ok, project_of, run_cli, wait_for
-from .nodes import Node, Swarm, ensure_node_image, remove_leftover_nodes
+from .conftest import (
+    cli_env,
+    copy_workspace,
+    forwarded,
+    leftovers,
+    ok,
+    project_of,
+    run_cli,
+    wait_for,
+)
+from .nodes import SWARM_MARKS, Node, Swarm, ensure_node_image, remove_leftover_nodes
 
-pytestmark = [
-    pytest.mark.docker,
-    pytest.mark.swarm,
-    pytest.mark.skipif(
-        os.environ.get("MESHLOCAL_SWARM_TESTS") != "1",
-        reason="swarm tests change the engine: alone (MESHLOCAL_SWARM_TESTS=1, scripts/test.sh)",
-    ),
-]
+pytestmark = SWARM_MARKS
 
 NETWORK = "meshlocal-test-swarm-mode"
 
@@ -157,6 +159,18 @@ def test_a_killed_task_leaves_dns_and_scale_follows(
     )
     ok(run_cli(ws, "scale", "api=3"))
     assert len(resolve(ws, "api.test.mini.local", "legacy")["answers"]) == 3
+
+
+def test_forward_reaches_the_public_endpoint(mesh: tuple[Path, str]) -> None:
+    ws, project = mesh
+    with forwarded(ws, cli_env()) as (public, page):
+        hosts = set()
+        for _ in range(4):
+            with urllib.request.urlopen(public + "/", timeout=10) as resp:
+                hosts.add(resp.read().decode().strip())
+        assert hosts == {f"{project}-test-web-1", f"{project}-test-web-2"}
+        with urllib.request.urlopen(page + "v1/state", timeout=10) as resp:
+            assert json.loads(resp.read())["ready"] is True
 
 
 def test_two_nodes_tasks_on_both_reached_through_service_connect_from_either(

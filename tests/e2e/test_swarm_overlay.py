@@ -25,7 +25,6 @@ was: `swarm leave --force`, and the networks the swarm made removed.
 from __future__ import annotations
 
 import ipaddress
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,17 +34,10 @@ import docker
 import docker.types
 import pytest
 
-from .nodes import Node, ensure_node_image, remove_leftover_nodes
+from .nodes import SWARM_MARKS, Node, ensure_node_image, remove_leftover_nodes
 from .nodes import Swarm as Cluster
 
-pytestmark = [
-    pytest.mark.docker,
-    pytest.mark.swarm,
-    pytest.mark.skipif(
-        os.environ.get("MESHLOCAL_SWARM_TESTS") != "1",
-        reason="swarm tests change the engine: alone (MESHLOCAL_SWARM_TESTS=1, scripts/test.sh)",
-    ),
-]
+pytestmark = SWARM_MARKS
 
 NETWORK = "meshlocal-test-swarm-nodes"
 OVERLAY = "meshlocal-test-overlay"
