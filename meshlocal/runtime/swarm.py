@@ -184,6 +184,12 @@ class SwarmTask:
     config_hash: str
     labels: Mapping[str, str]
     error: str = ""
+    exit_code: int | None = None
+
+    @property
+    def failed(self) -> bool:
+        """Ended on its own (exit, failed check, or the node could not start it)."""
+        return self.state in ("failed", "rejected")
 
     @property
     def live(self) -> bool:
@@ -216,4 +222,5 @@ def read_task(raw: Mapping[str, Any], network_id: str) -> SwarmTask | None:
         config_hash=labels.get(L.CONFIG_HASH, ""),
         labels=labels,
         error=str(status.get("Err") or ""),
+        exit_code=(status.get("ContainerStatus") or {}).get("ExitCode"),
     )

@@ -68,6 +68,7 @@ class SwarmReplicas:
         self._hashes: dict[str, str] = {}
         self._pending: dict[str, Replica] = {}  # container id -> starting replica
         self._hash_of: dict[str, str] = {}
+        self._said: dict[str, list[str]] = {}  # failed task id -> its last log lines
         self._tasks: list[SwarmTask] = []
         self._poke = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
@@ -169,6 +170,12 @@ class SwarmReplicas:
     async def _sync(self) -> None:
         tasks = await self._thread(S.tasks, self.engine, self.project, self.env, self.network.id)
         self._tasks = tasks
+        for t in tasks:  # a failed task's last words, when it ran here (other nodes': its error)
+            if t.failed and t.id not in self._said:
+                said = await self._thread(self._last_words, t)
+                self._said[t.id] = said or ([t.error] if t.error else [])
+        known = {t.id for t in tasks}
+        self._said = {k: v for k, v in self._said.items() if k in known}  # the swarm's history only
         live = {t.container_id: t for t in tasks if t.live and t.container_id and t.address}
         for replica in self.registry.all():
             if replica.container_id not in live:
@@ -197,16 +204,37 @@ class SwarmReplicas:
             else:
                 self._pending[cid] = replica
 
+    def _last_words(self, task: SwarmTask) -> list[str]:
+        if not task.container_id:
+            return []
+        try:
+            return self.engine.logs(task.container_id, 15)
+        except MeshlocalError:
+            return []  # on another node, or removed already
+
     # -- what `ps` and `up` read --------------------------------------------------------
 
     def starting(self) -> list[Replica]:
         return sorted(self._pending.values(), key=lambda r: (r.service, r.index))
 
     def restarting(self) -> list[Crash]:
-        return []
+        """Slots whose tasks keep failing, none running now: the swarm's task history
+        (5 per slot by default) counts the failures in a row."""
+        out = []
+        running = {(t.service, t.slot) for t in self._tasks if t.live and t.state == "running"}
+        failed: dict[tuple[str, int], list[SwarmTask]] = {}
+        for t in self._tasks:
+            if t.failed and t.service in self.desired and (t.service, t.slot) not in running:
+                failed.setdefault((t.service, t.slot), []).append(t)
+        for (service, slot), tasks in sorted(failed.items()):
+            last = tasks[-1]
+            out.append(
+                Crash(service, slot, last.exit_code, len(tasks), self._said.get(last.id, []))
+            )
+        return out
 
     def crashes(self) -> list[Crash]:
-        return []
+        return [c for c in self.restarting() if c.looping]
 
     def pending_starts(self, service: str) -> int:
         d = self.desired.get(service)

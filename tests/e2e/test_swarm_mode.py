@@ -217,3 +217,16 @@ def test_two_nodes_tasks_on_both_reached_through_service_connect_from_either(
             timeout=30,
             interval=0.5,
         )
+
+
+def test_a_crash_loop_fails_up_at_once_and_leaves_nothing(
+    swarm: Swarm, docker_client: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    ws = copy_workspace(tmp_path_factory, "crashloop")
+    project = project_of(ws)
+    up = run_cli(ws, "up", "-d", "--engine", "swarm", "--timeout", "120")
+    err = up.stderr
+    assert up.returncode != 0 and "Traceback" not in err, err
+    assert "boom-1 keeps crashing" in err and "exit code 3" in err, err
+    assert leftovers(docker_client, project) == []
+    assert docker_client.api.services(filters={"label": f"meshlocal.project={project}"}) == []
