@@ -47,7 +47,9 @@ def admin_call(
             raw = resp.read()
         except (OSError, http.client.HTTPException) as exc:
             _drop(base_url)
-            if attempt == 0 and reused and isinstance(exc, _STALE):
+            # Only a GET: a POST the server took before the connection dropped
+            # must not be sent twice (a fault added twice).
+            if attempt == 0 and reused and verb == "GET" and isinstance(exc, _STALE):
                 continue  # a kept connection the server closed meanwhile: once more, anew
             raise DataPlaneError(
                 f"the data plane's admin API at {base_url} does not answer: {exc}",

@@ -82,9 +82,10 @@ class VipPlacement:
                 hint="the helper said:\n" + "\n".join(f"    {line}" for line in out[-10:]),
             )
         self._vips_in = plane[1]
-        await asyncio.to_thread(self._hold_vips, plane[0], add, config)
+        if not await asyncio.to_thread(self._hold_vips, plane[0], add, config):
+            self._vips_in = None  # tried again on the next follow (the controller's tick)
 
-    def _hold_vips(self, plane_id: str, vips: list[str], config: AgentConfig) -> None:
+    def _hold_vips(self, plane_id: str, vips: list[str], config: AgentConfig) -> bool:
         """Swarm mode: a holder per endpoint address, so every node reaches it (swarm.py).
 
         A holder borrows the data plane's MAC: one started before the data
@@ -92,11 +93,11 @@ class VipPlacement:
         """
         net = self.network
         if net is None or net.driver != "overlay" or config.helper_image is None:
-            return
+            return True
         info = self.engine.inspect(plane_id)
         mac = info.macs.get(net.name) if info is not None else None
         if not mac:
-            return
+            return False
         have: set[str] = set()
         for old in self.engine.list_containers(config.project, config.env, role=L.Role.VIP_HOLDER):
             address = old.labels.get(L.PORT, "")
@@ -106,17 +107,19 @@ class VipPlacement:
                 self.engine.remove(old.id)
         image = config.helper_image
 
-        def hold(address: str) -> None:
+        def hold(address: str) -> bool:
             spec = holder_spec(config.project, config.env, net.name, image, address, mac)
             spec = dataclasses.replace(spec, labels={**spec.labels, L.CONFIG_HASH: mac})
             try:
                 self.engine.run_container(spec)
             except MeshlocalError as exc:
                 log.error("endpoint %s unreachable from other nodes: %s", address, exc.message)
+                return False
+            return True
 
         # At once: joining an overlay takes the engine a second or two per container.
         with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(hold, sorted(set(vips) - have)))
+            return all(list(pool.map(hold, sorted(set(vips) - have))))
 
     def _dataplane_started(self) -> tuple[str, str] | None:
         """(id, start time) of the running data-plane container: a new start is a new namespace."""

@@ -101,22 +101,24 @@ def start_container(
         # A data plane that was removed or stopped comes back on the address
         # the replicas ask for names, so it adopts them instead of rolling all.
         address, any_replica = _replicas_dns(where, network)
-        if address is None and not any_replica:
+        if config.orchestrator == "swarm" and network.subnet:
+            # Always its reserved address, which no task can take: every node's
+            # tasks ask it there. The services are made now (unchanged ones are
+            # left as they run): their tasks take longer to be scheduled and
+            # started than the data plane takes to bind its DNS port.
+            address = reserved_address(network.subnet)
+            swarm_first = service_specs(
+                config.desired,
+                project=project,
+                env=env,
+                network=network.name,
+                dns=(address,),
+                sc_view=NamingModel(spec).endpoint_names,
+            )
+        elif address is None and not any_replica:
             # A mesh from nothing: the first replicas start beside the data plane.
             address = planned_address(network, engine.network_addresses(network.id))
-            if config.orchestrator == "swarm" and network.subnet:
-                address = reserved_address(network.subnet)
-                # The swarm services, made now: their tasks take longer to be
-                # scheduled and started than the data plane takes to bind DNS.
-                swarm_first = service_specs(
-                    config.desired,
-                    project=project,
-                    env=env,
-                    network=network.name,
-                    dns=(address,),
-                    sc_view=NamingModel(spec).endpoint_names,
-                )
-            elif address is not None:
+            if address is not None:
                 first = FirstStart(
                     engine,
                     first_replicas(

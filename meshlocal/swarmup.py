@@ -32,11 +32,16 @@ Progress = Callable[[str], None]
 
 def orchestrator(engine: Engine, project: str, env: str, asked: str | None) -> str:
     """`--engine` as given, else how the running mesh runs (its network's driver)."""
-    if asked is not None:
-        return asked
+    name = L.network_name(project, env)
     with engine_errors("listing networks"):
-        nets = engine.api.networks(names=[L.network_name(project, env)])
-    return "swarm" if any(n.get("Driver") == "overlay" for n in nets) else "docker"
+        nets = [n for n in engine.api.networks(names=[name]) if n.get("Name") == name]
+    running = ("swarm" if nets[0].get("Driver") == "overlay" else "docker") if nets else None
+    if asked is not None and running is not None and asked != running:
+        raise RuntimeFailure(
+            f"environment {env} runs with --engine {running}, not {asked}",
+            hint="`meshlocal down` first, then `meshlocal up --engine " + asked + "`",
+        )
+    return asked or running or "docker"
 
 
 def check(engine: Engine, spec: EnvironmentSpec) -> None:
@@ -107,7 +112,12 @@ def distribute(engine: Engine, refs: Sequence[str], progress: Progress) -> None:
                     pass
                 started = time.monotonic()
                 with engine_errors(f"copying {ref} to node {name}"):
-                    client.api.load_image(engine.api.get_image(ref))
+                    for said in client.api.load_image(engine.api.get_image(ref)):
+                        if isinstance(said, dict) and said.get("error"):
+                            raise RuntimeFailure(
+                                f"copying {ref} to node {name}: {said['error']}",
+                                hint="free space on that node, or drain it",
+                            )
                 progress(f"{ref} copied to node {name} ({time.monotonic() - started:.1f} s)")
 
 

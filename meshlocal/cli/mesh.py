@@ -34,6 +34,7 @@ from meshlocal.runtime import labels as L
 from meshlocal.runtime.engine import Engine, engine_errors
 from meshlocal.runtime.pubsub import find as pubsub_find
 from meshlocal.runtime.pubsub import stopped as pubsub_stopped
+from meshlocal.runtime.tunnel import forwarded
 from meshlocal.teardown import remove_refs, teardown, used_images
 from meshlocal.watch import running as watching
 from meshlocal.watch import stop_all as stop_all_watchers
@@ -172,7 +173,10 @@ def ps(ctx: Context, env: str | None, as_json: bool) -> None:
         state = admin_call(plane.admin_url, "/v1/state")
         state["public_url"] = plane.public_url
         state["page_url"] = plane.admin_url.rstrip("/") + "/"
-        state["engine"] = dep.engine.where()
+        state["engine"] = {
+            **dep.engine.where(),
+            "forwarded": forwarded(dep.engine, dep.project, dep.env),
+        }
         watcher = watching(dep)
         emulator = pubsub_find(dep.engine, dep.project, dep.env)
         halted = None if emulator else pubsub_stopped(dep.engine, dep.project, dep.env)

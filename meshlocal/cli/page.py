@@ -12,7 +12,8 @@ import click
 from meshlocal.cli.app import Context, cli, env_option, pass_context
 from meshlocal.cli.render import err, out
 from meshlocal.cli.running import running_mesh
-from meshlocal.runtime.enginehost import require_local
+from meshlocal.errors import DataPlaneError
+from meshlocal.runtime.tunnel import forwarded
 
 
 def page_url(admin_url: str) -> str:
@@ -46,11 +47,13 @@ def open_page(ctx: Context, env: str | None, print_only: bool, as_json: bool) ->
     printed: the page answers on 127.0.0.1 only.
     """
     with running_mesh(ctx.directory, env) as dep:
-        require_local(
-            dep.engine.host,
-            "the mesh page is forwarded only while a meshlocal command runs",
-            "`meshlocal forward` keeps it open and prints its URL",
-        )
+        if forwarded(dep.engine, dep.project, dep.env):
+            raise DataPlaneError(
+                "the mesh page is forwarded through the engine only while a meshlocal "
+                f"command runs (the engine at {dep.engine.host.url} is remote, or the mesh "
+                "runs on a swarm)",
+                hint="`meshlocal forward` keeps it open and prints its URL",
+            )
         url = page_url(dep.dataplane().admin_url)
     if as_json:
         click.echo(json.dumps({"url": url}))

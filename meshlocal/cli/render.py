@@ -113,9 +113,10 @@ def engine_text(engine: dict[str, Any]) -> str:
         f"Engine: {engine['url']} ({named}host {engine.get('host')}, "
         f"Docker {engine.get('version')})"
     )
-    if engine.get("remote"):
+    if engine.get("remote") or engine.get("forwarded"):
+        why = "The engine is remote" if engine.get("remote") else "Swarm mode"
         line += (
-            "\nThe engine is remote: the URLs above are forwarded through it while this "
+            f"\n{why}: the URLs above are forwarded through the engine while this "
             "command runs; `meshlocal forward` keeps them open"
         )
     return line

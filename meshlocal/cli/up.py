@@ -186,11 +186,14 @@ def up(
     from meshlocal.cli.interrupts import interrupted, sigterm_interrupts, undo_attempt
     from meshlocal.cli.running import require_known
     from meshlocal.errors import RuntimeFailure
+    from meshlocal.runtime.tunnel import forwarded
     from meshlocal.undo import Snapshot, snapshot
 
     with _deployment(ctx, env, services) as dep, sigterm_interrupts():
         require_known(dep, replace_services, (s.name for s in dep.spec.services))
         dep.orchestrator = orchestrator
+        if dataplane == "host":
+            _host_mode_possible(dep)
         if watch:  # one watcher per environment: this one replaces a running one
             from meshlocal.cli.watch import stop_detached
 
@@ -238,8 +241,9 @@ def up(
         err.print(f"[+] Data plane ({plane.mode}) for {dep.project}/{dep.env}", markup=False)
         if detach:
             state = dep.state()
-            if dep.engine.remote:  # its URLs close with this command: say how to keep them
-                state["engine"] = dep.engine.where()
+            if forwarded(dep.engine, dep.project, dep.env):
+                # Its URLs close with this command: say how to keep them.
+                state["engine"] = {**dep.engine.where(), "forwarded": True}
             # With the unresolved-endpoint notes.
             print_ps(state, plane.public_url, plane.admin_url.rstrip("/") + "/")
             if quick is not None:
@@ -268,6 +272,26 @@ def up(
             owned=not before.running,
             watching=watching,
             page_url=plane.admin_url.rstrip("/") + "/",
+        )
+
+
+def _host_mode_possible(dep: Deployment) -> None:
+    """Host mode runs the data plane here, on the network's bridge: refused before
+    anything is built when the engine is another machine's or the mesh a swarm's."""
+    from meshlocal import swarmup
+    from meshlocal.errors import RuntimeFailure
+    from meshlocal.runtime.enginehost import require_local
+
+    require_local(
+        dep.engine.host,
+        "host mode runs the data plane on this machine, on the network's bridge",
+        "leave out `--dataplane host`: the data plane container runs beside the engine",
+    )
+    if swarmup.orchestrator(dep.engine, dep.project, dep.env, dep.orchestrator) == "swarm":
+        raise RuntimeFailure(
+            "host mode can't serve a swarm: the tasks on other nodes can't reach this "
+            "machine's bridge",
+            hint="leave out `--dataplane host` with `--engine swarm`",
         )
 
 
@@ -401,6 +425,7 @@ def _attach_until_interrupted(
     from meshlocal.cli.follow import LogFollower
     from meshlocal.cli.interrupts import interrupted, uninterrupted
     from meshlocal.cli.logprefix import LogPrinter
+    from meshlocal.runtime.tunnel import forwarded
 
     name = f"{dep.workspace.app}/{dep.env}"
     printer = LogPrinter(sys.stdout, colour=sys.stdout.isatty())
@@ -412,10 +437,10 @@ def _attach_until_interrupted(
             err.print(f"[+] Public endpoint {public_url}", markup=False)
         if page_url:
             err.print(f"[+] Mesh page {page_url} (`meshlocal open`)", markup=False)
-        if dep.engine.remote:
+        if forwarded(dep.engine, dep.project, dep.env):
             err.print(
-                f"[+] The engine at {dep.engine.host.url} is remote: these URLs are "
-                "forwarded through it while this command runs",
+                f"[+] These URLs are forwarded through the engine at {dep.engine.host.url} "
+                "while this command runs",
                 markup=False,
             )
         if owned:

@@ -105,7 +105,7 @@ class Engine(Networks):
         ssh:// goes through the `ssh` program (the SDK's paramiko is not
         installed), so ~/.ssh/config, agents and jump hosts work as for docker.
         """
-        host = enginehost.current()
+        host = enginehost.apply_context(None)  # DOCKER_CONTEXT, current context: as the CLI
         with engine_errors():
             client = docker.from_env(timeout=int(timeout), use_ssh_client=host.ssh)
             client.ping()

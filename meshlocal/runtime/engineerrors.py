@@ -75,8 +75,15 @@ def map_docker_error(exc: BaseException, what: str | None = None) -> MeshlocalEr
         and ("Error while fetching server API version" in str(exc) or "Connection" in str(exc))
     )
     if unreachable:
+        host = _docker_host()
+        if not host.startswith("unix://"):
+            return DockerUnavailable(
+                f"no Docker engine answers at {host}",
+                hint=f"check that `docker -H {host} info` works from here (ssh keys, "
+                "the engine's TCP port, TLS files), or choose another context (`--context`)",
+            )
         return DockerUnavailable(
-            f"no Docker engine answers at {_docker_host()}",
+            f"no Docker engine answers at {host}",
             hint="start Docker (`sudo systemctl start docker`, or Docker Desktop); rootless: "
             "export DOCKER_HOST=unix://$XDG_RUNTIME_DIR/docker.sock",
         )

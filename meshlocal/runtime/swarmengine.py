@@ -93,14 +93,23 @@ def scale_id(engine: Engine, service: str, count: int) -> None:
         _update(engine, current, spec)
 
 
-def force_update(engine: Engine, project: str, env: str, service: str) -> None:
-    """Replace every task (rolling), as `docker service update --force`."""
+def force_update(
+    engine: Engine, project: str, env: str, service: str, sc_view: frozenset[str] | None
+) -> None:
+    """Replace every task (rolling), as `docker service update --force`; the new tasks
+    are stamped with the endpoints of now (`sc_view`), as a replaced ECS task sees them."""
     name = L.swarm_service_name(project, env, service)
     with engine_errors(f"replacing the tasks of {name}"):
         current = engine.api.inspect_service(name)
         spec = dict(current["Spec"])
         template = dict(spec["TaskTemplate"])
         template["ForceUpdate"] = int(template.get("ForceUpdate") or 0) + 1
+        container = dict(template["ContainerSpec"])
+        labels = dict(container.get("Labels") or {})
+        if sc_view is not None:
+            labels[L.SC_VIEW] = ",".join(sorted(sc_view))
+        container["Labels"] = labels
+        template["ContainerSpec"] = container
         spec["TaskTemplate"] = template
         _update(engine, current, spec)
 
@@ -143,7 +152,7 @@ def tasks(engine: Engine, project: str, env: str, network_id: str) -> list[Swarm
 
 
 def nodes(engine: Engine) -> list[dict[str, Any]]:
-    """The swarm's nodes that are ready: id, hostname, address, role."""
+    """The swarm's nodes that take tasks (ready, active): id, hostname, address, role."""
     with engine_errors("listing swarm nodes"):
         raw = engine.api.nodes()
     return [
@@ -155,4 +164,5 @@ def nodes(engine: Engine) -> list[dict[str, Any]]:
         }
         for n in raw
         if (n.get("Status") or {}).get("State") == "ready"
+        and (n.get("Spec") or {}).get("Availability") == "active"  # drained: no tasks
     ]

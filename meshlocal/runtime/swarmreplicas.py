@@ -18,15 +18,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from meshlocal.errors import MeshlocalError
+from meshlocal.errors import MeshlocalError, RuntimeFailure
+from meshlocal.manifest.model import MAX_REPLICAS
+from meshlocal.manifest.validate import replica_limit_hint
 from meshlocal.registry import Health, Replica, ReplicaRegistry
 from meshlocal.runtime import labels as L
 from meshlocal.runtime import swarmengine as S
 from meshlocal.runtime.backoff import Crash
-from meshlocal.runtime.engine import ContainerEvent, Engine, NetworkInfo
+from meshlocal.runtime.engine import Engine, NetworkInfo
 from meshlocal.runtime.reconcile import DesiredService
+from meshlocal.runtime.runclients import RunClients
 from meshlocal.runtime.streams import EventStream
 from meshlocal.runtime.swarm import SwarmTask, service_specs
 
@@ -34,9 +37,21 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 POLL_S = 0.25  # one `GET /tasks` per poll
+ROLL_TIMEOUT_S = 300.0
 
 
-class SwarmReplicas:
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("scaling: %s", task.exception())
+
+
+class SwarmReplicas(RunClients):
+    """The Reconciler's interface (mesh.py, status.py), over a swarm's services.
+
+    One-offs (`meshlocal run`) are clients as on one engine (RunClients): a
+    one-off is a container on the manager, attached to the overlay.
+    """
+
     def __init__(
         self,
         engine: Engine,
@@ -47,38 +62,26 @@ class SwarmReplicas:
         network: NetworkInfo,
         dns: Sequence[str],
         on_change: Callable[[str], None] | None = None,
-        max_replicas: int = 0,
+        max_replicas: int = MAX_REPLICAS,
         view: ReplicaRegistry | None = None,
         pause_image: str | None = None,  # no sidecars in swarm mode (yet): unused
     ) -> None:
-        self.engine = engine
-        self.registry = registry
-        self.view = view if view is not None else registry
-        self.project = project
-        self.env = env
-        self.network = network
-        self.dns = tuple(dns)
-        self.on_change = on_change or (lambda _msg: None)
-        self.max_replicas = max_replicas
-        self.desired: dict[str, DesiredService] = {}
-        self.sc_view: frozenset[str] | None = None
-        self.metadata: str | None = None
-        self.on_other_event: Callable[[ContainerEvent], None] | None = None
-        self.on_task_event: Callable[[ContainerEvent | None], None] | None = None
-        self._hashes: dict[str, str] = {}
-        self._pending: dict[str, Replica] = {}  # container id -> starting replica
-        self._hash_of: dict[str, str] = {}
+        super().__init__(
+            engine,
+            registry,
+            project=project,
+            env=env,
+            network=network,
+            dns=dns,
+            on_change=on_change,
+            max_replicas=max_replicas,
+            view=view,
+        )
         self._said: dict[str, list[str]] = {}  # failed task id -> its last log lines
-        self._tasks: list[SwarmTask] = []
+        self._swarm: list[SwarmTask] = []  # the last read of the tasks
         self._poke = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
-        self._consumer: asyncio.Task[None] | None = None
-        self._events: EventStream | None = None
-        self._work: set[asyncio.Task[None]] = set()
-        self._lock = asyncio.Lock()
-
-    async def _thread(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.to_thread(fn, *args)
+        self._apply_lock = asyncio.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -86,15 +89,17 @@ class SwarmReplicas:
         self._events = self.engine.events(self.project, self.env)
         self._consumer = asyncio.create_task(self._consume(self._events), name="swarm-events")
         await self._sync()
+        await self._adopt_clients()
         self._loop = asyncio.create_task(self._poll(), name="swarm-tasks")
 
     async def close(self, remove: bool = False) -> None:
-        for task in (self._loop, self._consumer, *self._work):
+        self._closing = True
+        for task in (self._loop, self._consumer, *self._tasks):
             if task is not None:
                 task.cancel()
         if self._events is not None:
             self._events.close()
-        for task in (self._loop, self._consumer, *self._work):
+        for task in (self._loop, self._consumer, *self._tasks):
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError, MeshlocalError):
                     await task
@@ -102,11 +107,21 @@ class SwarmReplicas:
             await self._thread(S.remove_services, self.engine, self.project, self.env)
 
     async def _consume(self, events: EventStream) -> None:
-        async for event in events:
-            if event.role == L.Role.REPLICA.value:
-                self._poke.set()  # a task on this node started, died or changed health
-            elif self.on_other_event is not None:
-                self.on_other_event(event)
+        while True:
+            async for event in events:
+                if event.role == L.Role.REPLICA.value:
+                    self._poke.set()  # a task on this node started, died or changed health
+                elif event.role == L.Role.RUN.value:
+                    await self._client_event(event)
+                elif self.on_other_event is not None:
+                    self.on_other_event(event)
+            if self._closing:
+                return
+            log.warning("the Docker event stream ended (%s); resubscribing", events.error)
+            await asyncio.sleep(1.0)
+            with contextlib.suppress(MeshlocalError):
+                events = self._events = self.engine.events(self.project, self.env)
+                await self._adopt_clients()
 
     async def _poll(self) -> None:
         while True:
@@ -125,7 +140,7 @@ class SwarmReplicas:
 
     async def apply(self, desired: Mapping[str, DesiredService]) -> None:
         """Create or update a swarm service per Copilot service; remove the others."""
-        async with self._lock:
+        async with self._apply_lock:
             self.desired = dict(desired)
             self._hashes = {name: self.config_hash(d) for name, d in desired.items()}
             specs = service_specs(
@@ -145,22 +160,49 @@ class SwarmReplicas:
         self._poke.set()
 
     def request_scale(self, service: str, count: int) -> asyncio.Task[None]:
-        d = self.desired.get(service)
-        if d is not None:
-            self.desired[service] = DesiredService(d.template, count)
+        """The service's replicas set now; the swarm converges (the admin API's scale)."""
+        if service not in self.desired:
+            raise RuntimeFailure(
+                f"no service named {service} runs in {self.env}",
+                hint="`meshlocal ps` lists the services",
+            )
+        if count < 0:
+            raise RuntimeFailure(f"cannot scale {service} to {count} replicas")
+        if count > self.max_replicas:
+            raise RuntimeFailure(
+                f"cannot scale {service} to {count} replicas: above meshlocal's limit of "
+                f"{self.max_replicas} replicas per service",
+                hint=replica_limit_hint(self.max_replicas),
+            )
+        self.desired[service] = DesiredService(self.desired[service].template, count)
 
         async def run() -> None:
             await self._thread(S.scale, self.engine, self.project, self.env, service, count)
             self._poke.set()
 
         task = asyncio.create_task(run())
-        self._work.add(task)
-        task.add_done_callback(self._work.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
         return task
 
     async def replace(self, service: str) -> None:
-        await self._thread(S.force_update, self.engine, self.project, self.env, service)
-        self._poke.set()
+        """Every task replaced (rolling, start-first); returns once none of the old runs.
+
+        The new tasks see the endpoints of now, as a replaced ECS task does.
+        """
+        before = {t.id for t in self._swarm if t.service == service and t.live}
+        await self._thread(
+            S.force_update, self.engine, self.project, self.env, service, self.sc_view
+        )
+        deadline = asyncio.get_running_loop().time() + ROLL_TIMEOUT_S
+        while any(t.id in before and t.live for t in self._swarm):
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeFailure(
+                    f"replacing {service}'s tasks took over {ROLL_TIMEOUT_S:.0f} s"
+                )
+            self._poke.set()
+            await asyncio.sleep(POLL_S)
 
     def supersede(self, service: str | None = None) -> None:
         """Nothing queues here: the swarm takes each new spec as it comes."""
@@ -169,7 +211,7 @@ class SwarmReplicas:
 
     async def _sync(self) -> None:
         tasks = await self._thread(S.tasks, self.engine, self.project, self.env, self.network.id)
-        self._tasks = tasks
+        self._swarm = tasks
         for t in tasks:  # a failed task's last words, when it ran here (other nodes': its error)
             if t.failed and t.id not in self._said:
                 said = await self._thread(self._last_words, t)
@@ -177,6 +219,7 @@ class SwarmReplicas:
         known = {t.id for t in tasks}
         self._said = {k: v for k, v in self._said.items() if k in known}  # the swarm's history only
         live = {t.container_id: t for t in tasks if t.live and t.container_id and t.address}
+        self._hash_of = {c: h for c, h in self._hash_of.items() if c in live}
         for replica in self.registry.all():
             if replica.container_id not in live:
                 self.registry.remove(replica.container_id)
@@ -221,9 +264,9 @@ class SwarmReplicas:
         """Slots whose tasks keep failing, none running now: the swarm's task history
         (5 per slot by default) counts the failures in a row."""
         out = []
-        running = {(t.service, t.slot) for t in self._tasks if t.live and t.state == "running"}
+        running = {(t.service, t.slot) for t in self._swarm if t.live and t.state == "running"}
         failed: dict[tuple[str, int], list[SwarmTask]] = {}
-        for t in self._tasks:
+        for t in self._swarm:
             if t.failed and t.service in self.desired and (t.service, t.slot) not in running:
                 failed.setdefault((t.service, t.slot), []).append(t)
         for (service, slot), tasks in sorted(failed.items()):
@@ -240,7 +283,7 @@ class SwarmReplicas:
         d = self.desired.get(service)
         if d is None:
             return 0
-        live = sum(1 for t in self._tasks if t.service == service and t.live)
+        live = sum(1 for t in self._swarm if t.service == service and t.live)
         return max(0, d.count - live)
 
     def service_ready(self, name: str) -> bool:
@@ -252,7 +295,7 @@ class SwarmReplicas:
         ready = [
             r for r in self.view.in_rotation(name) if self._hash_of.get(r.container_id) == current
         ]
-        old = [t for t in self._tasks if t.service == name and t.live and t.config_hash != current]
+        old = [t for t in self._swarm if t.service == name and t.live and t.config_hash != current]
         return len(ready) >= d.count and not old
 
     def all_ready(self) -> bool:

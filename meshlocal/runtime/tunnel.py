@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from meshlocal.errors import RuntimeFailure
+from meshlocal.runtime import labels as L
 from meshlocal.runtime.engine import Engine, engine_errors
 
 # Runs in the container: stdin -> 127.0.0.1:port -> stdout, both ways, until
@@ -194,7 +195,10 @@ class Tunnel:
         with contextlib.suppress(Exception):
             remote = self._relay()
             with self._lock:
-                old, self._spare = self._spare, (time.monotonic(), remote)
+                if self._closed.is_set():
+                    old: tuple[float, Any] | None = (0.0, remote)
+                else:
+                    old, self._spare = self._spare, (time.monotonic(), remote)
             if old is not None:
                 with contextlib.suppress(OSError):
                     old[1].close()
@@ -224,7 +228,11 @@ class Tunnel:
         try:
             while data := conn.recv(65536):
                 remote.sendall(data)
-            remote.shutdown(socket.SHUT_WR)  # the relay sees stdin end
+            # The relay sees stdin end. Not through TLS (shutdown() drops the TLS
+            # layer and the reply would be read raw) nor ssh: there the end of the
+            # connection tells it.
+            if type(remote) is socket.socket:
+                remote.shutdown(socket.SHUT_WR)
         except OSError:
             pass
 
@@ -258,6 +266,11 @@ def reach(
         if tunnel is None:
             tunnel = _OPEN[key] = Tunnel(engine, container_id, port, spare=spare)
     return tunnel.url
+
+
+def forwarded(engine: Engine, project: str, env: str) -> bool:
+    """Whether a mesh's URLs are this process's tunnels (a remote engine, or swarm mode)."""
+    return engine.remote or on_overlay(engine, L.network_name(project, env))
 
 
 def on_overlay(engine: Engine, network: str) -> bool:
