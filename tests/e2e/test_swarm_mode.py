@@ -19,6 +19,7 @@ import pytest
 from .conftest import (
     cli_env,
     copy_workspace,
+    failed,
     forwarded,
     leftovers,
     ok,
@@ -173,6 +174,26 @@ def test_forward_reaches_the_public_endpoint(mesh: tuple[Path, str]) -> None:
             assert json.loads(resp.read())["ready"] is True
 
 
+def test_run_replace_and_what_is_refused(mesh: tuple[Path, str], docker_client: Any) -> None:
+    ws, project = mesh
+    # A one-off on the manager is a Service Connect client of its service.
+    ran = run_cli(ws, "run", "-T", "client", "--", "nslookup", "api")
+    assert ran.returncode == 0 and "10.224.3." in ran.stdout, ran.stdout + ran.stderr
+    # --replace returns once every old task is gone and new ones serve.
+    before = {t["ID"] for t in tasks_of(docker_client, project, "api")}
+    ok(run_cli(ws, "up", "-d", "--replace", "api", "--timeout", "120"))
+    after = {t["ID"] for t in tasks_of(docker_client, project, "api")}
+    assert len(after) == 3 and not before & after, (before, after)
+    state = ps_json(ws)
+    assert len(state["services"]["api"]["replicas"]) == 3 and state["ready"]
+    # The mesh runs on the swarm: another engine mode, or host mode, is refused.
+    err = failed(run_cli(ws, "up", "-d", "--engine", "docker"))
+    assert "runs with --engine swarm" in err and "meshlocal down" in err, err
+    err = failed(run_cli(ws, "up", "-d", "--dataplane", "host"))
+    assert "host mode can't serve a swarm" in err, err
+    assert ps_json(ws)["ready"]  # and the mesh is untouched
+
+
 def test_two_nodes_tasks_on_both_reached_through_service_connect_from_either(
     swarm: Swarm, docker_client: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -224,7 +245,8 @@ def test_a_crash_loop_fails_up_at_once_and_leaves_nothing(
 ) -> None:
     ws = copy_workspace(tmp_path_factory, "crashloop")
     project = project_of(ws)
-    up = run_cli(ws, "up", "-d", "--engine", "swarm", "--timeout", "120")
+    env = cli_env(MESHLOCAL_NODE_ENGINE="tcp://{address}:2375")  # a worker may have joined
+    up = run_cli(ws, "up", "-d", "--engine", "swarm", "--timeout", "120", env=env)
     err = up.stderr
     assert up.returncode != 0 and "Traceback" not in err, err
     assert "boom-1 keeps crashing" in err and "exit code 3" in err, err
