@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import select
+import socket
 import threading
 import urllib.error
 import urllib.parse
@@ -80,6 +82,8 @@ _KEPT = threading.local()
 def _connection(base_url: str, timeout: float) -> http.client.HTTPConnection:
     kept: dict[str, http.client.HTTPConnection] = _KEPT.__dict__.setdefault("conns", {})
     conn = kept.get(base_url)
+    if conn is not None and conn.sock is not None and _closed_by_peer(conn.sock):
+        conn.close()  # found out before sending, so nothing is lost or sent twice: anew
     if conn is None:
         parts = urllib.parse.urlsplit(base_url)
         conn = kept[base_url] = http.client.HTTPConnection(
@@ -89,6 +93,15 @@ def _connection(base_url: str, timeout: float) -> http.client.HTTPConnection:
     if conn.sock is not None:
         conn.sock.settimeout(timeout)
     return conn
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """An idle kept connection is readable only once the server closed it (or broke it)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 def _drop(base_url: str) -> None:

@@ -81,6 +81,7 @@ def vip_block(subnet: str, ip_range: str | None, gateway: str | None = None) -> 
     top = ipaddress.IPv4Network((int(net.broadcast_address) & ~0xFF, 24))
     taken = {gateway} if gateway else set()
     taken.add(emulator_address(subnet))  # the local SNS/SQS's, for as long as the mesh lives
+    taken.add(reserved_address(subnet))  # a swarm data plane's (in a /23, the last /24's first)
     block = [
         str(a)
         for a in top.hosts()

@@ -204,15 +204,6 @@ def test_a_get_on_a_connection_the_server_closed_while_idle_reconnects(server: S
     assert server.count("/v1/state") == 2 * rounds + 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=DataPlaneError,
-    reason="adminapi.py:52: only a GET is sent again, so a POST/DELETE on a kept "
-    "connection the server has closed (idle, or a data plane restarted on the same "
-    "port) fails with `does not answer: Broken pipe` though it never reached the "
-    "server; fix: before reusing a kept socket, see if it is readable (EOF) and "
-    "reconnect before sending, as urllib3 does",
-)
 @pytest.mark.parametrize("method", ["POST", "DELETE"])
 def test_a_call_on_a_connection_closed_while_idle_is_sent_once_anew(
     server: Server, method: str

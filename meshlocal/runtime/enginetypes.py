@@ -89,7 +89,8 @@ class ContainerInfo:
         raw = self.labels.get(L.REPLICA)
         if raw is None and "com.docker.swarm.task.name" in self.labels:
             # Swarm mode: a task's container is `<service>.<slot>.<task id>`.
-            raw = self.labels["com.docker.swarm.task.name"].rsplit(".", 2)[-2]
+            parts = self.labels["com.docker.swarm.task.name"].rsplit(".", 2)
+            raw = parts[-2] if len(parts) == 3 else None
         return int(raw) if raw and raw.isdigit() else None
 
     @property

@@ -115,7 +115,8 @@ def service_spec(
         "Image": image,
         "Labels": labels,
         "Env": [f"{k}={v}" for k, v in template.environment.items()],
-        "Hostname": f"{name}-{{{{.Task.Slot}}}}",
+        # A DNS label, as on one engine: room left for a slot of up to 4 digits.
+        "Hostname": f"{L.hostname_for(name[:58])}-{{{{.Task.Slot}}}}",
         "DNSConfig": {"Nameservers": list(dns)},
         "Healthcheck": _healthcheck(template.healthcheck),
         "StopGracePeriod": 10 * _NS,

@@ -260,13 +260,6 @@ def test_env_and_service_slugs_make_the_name_and_hostname() -> None:
     assert container(s)["Labels"][L.ENV] == "Staging Env"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="swarm.py:118: the swarm Hostname is the service name plus -<slot>, never cut: "
-    "a 63-char name (the most swarm accepts) gives a 65-char hostname, past the kernel's "
-    "64: every task fails with `sethostname: invalid argument` (engine mode cuts to 63 "
-    "with labels.hostname_for)",
-)
 def test_a_task_hostname_fits_a_dns_label_for_any_name_swarm_accepts() -> None:
     project = "customer-engagement-platform-0a1b2c3d"  # a 28-char app name
     service = "notify-workers"
@@ -624,15 +617,7 @@ def test_the_reserved_address_is_the_first_host_of_the_upper_half(
     [
         "10.224.0.0/22",
         "172.22.0.0/16",
-        pytest.param(
-            "10.0.0.0/23",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="vips.py:42: for a /23 the upper half is the last /24, so "
-                "reserved_address is vip_block's first address: the first endpoint "
-                "gets the data plane's own address",
-            ),
-        ),
+        "10.0.0.0/23",
     ],
 )
 def test_no_endpoint_is_given_the_reserved_address(subnet: str) -> None:
@@ -690,11 +675,5 @@ def test_the_index_of_a_task_container_is_its_slot(
     assert info(labels).index == index
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason="enginetypes.py:92: a swarm task name without a dot makes rsplit(...)[-2] "
-    "raise IndexError from a property (low severity: Docker always writes three fields)",
-)
 def test_a_task_name_without_dots_is_no_index() -> None:
     assert info({"com.docker.swarm.task.name": "weird"}).index is None
