@@ -38,7 +38,6 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from meshlocal.errors import MeshlocalError, RuntimeFailure
-from meshlocal.manifest.validate import replica_limit_hint
 from meshlocal.registry import Health
 from meshlocal.runtime import labels as L
 from meshlocal.runtime.backoff import KEPT_SUFFIX
@@ -128,13 +127,6 @@ class Reconciler(ReplicaEvents, Readiness, Rolling):
         names = sorted(set(self.desired) | gone | {o.service for o in observed})
         await asyncio.gather(*(self.converge(name) for name in names))
 
-    def _known(self, service: str) -> None:
-        if service not in self.desired:
-            raise RuntimeFailure(
-                f"no service named {service} runs in {self.env}",
-                hint="`meshlocal ps` lists the services",
-            )
-
     async def replace(self, service: str) -> None:
         """Roll every replica of `service`, changed or not (`up --replace`)."""
         self._known(service)
@@ -153,15 +145,7 @@ class Reconciler(ReplicaEvents, Readiness, Rolling):
 
         Work still queued for an earlier count is dropped, not waited for.
         """
-        self._known(service)
-        if count < 0:
-            raise RuntimeFailure(f"cannot scale {service} to {count} replicas")
-        if count > self.max_replicas:
-            raise RuntimeFailure(
-                f"cannot scale {service} to {count} replicas: above meshlocal's limit of "
-                f"{self.max_replicas} replicas per service",
-                hint=replica_limit_hint(self.max_replicas),
-            )
+        self._check_scale(service, count)
         current = self.desired[service]
         self.desired[service] = DesiredService(current.template, count)
         self.supersede(service)

@@ -16,8 +16,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from meshlocal.errors import MeshlocalError
+from meshlocal.errors import MeshlocalError, RuntimeFailure
 from meshlocal.manifest.model import MAX_REPLICAS
+from meshlocal.manifest.validate import replica_limit_hint
 from meshlocal.registry import Health, Replica, ReplicaRegistry
 from meshlocal.runtime.backoff import Slot
 from meshlocal.runtime.engine import ContainerEvent, Engine, NetworkInfo
@@ -122,6 +123,25 @@ class ReconcilerState:
                 unsubscribe()
 
         return off
+
+    def _known(self, service: str) -> None:
+        if service not in self.desired:
+            raise RuntimeFailure(
+                f"no service named {service} runs in {self.env}",
+                hint="`meshlocal ps` lists the services",
+            )
+
+    def _check_scale(self, service: str, count: int) -> None:
+        """`scale SERVICE=COUNT` refused before anything changes: unknown, or out of range."""
+        self._known(service)
+        if count < 0:
+            raise RuntimeFailure(f"cannot scale {service} to {count} replicas")
+        if count > self.max_replicas:
+            raise RuntimeFailure(
+                f"cannot scale {service} to {count} replicas: above meshlocal's limit of "
+                f"{self.max_replicas} replicas per service",
+                hint=replica_limit_hint(self.max_replicas),
+            )
 
     def _resolve_waiter(self, cid: str, ok: bool) -> None:
         fut = self._ready_waiters.pop(cid, None)

@@ -22,7 +22,6 @@ from typing import TypeVar
 
 from meshlocal.errors import MeshlocalError, RuntimeFailure
 from meshlocal.manifest.model import MAX_REPLICAS
-from meshlocal.manifest.validate import replica_limit_hint
 from meshlocal.registry import Health, Replica, ReplicaRegistry
 from meshlocal.runtime import labels as L
 from meshlocal.runtime import swarmengine as S
@@ -161,19 +160,7 @@ class SwarmReplicas(RunClients):
 
     def request_scale(self, service: str, count: int) -> asyncio.Task[None]:
         """The service's replicas set now; the swarm converges (the admin API's scale)."""
-        if service not in self.desired:
-            raise RuntimeFailure(
-                f"no service named {service} runs in {self.env}",
-                hint="`meshlocal ps` lists the services",
-            )
-        if count < 0:
-            raise RuntimeFailure(f"cannot scale {service} to {count} replicas")
-        if count > self.max_replicas:
-            raise RuntimeFailure(
-                f"cannot scale {service} to {count} replicas: above meshlocal's limit of "
-                f"{self.max_replicas} replicas per service",
-                hint=replica_limit_hint(self.max_replicas),
-            )
+        self._check_scale(service, count)
         self.desired[service] = DesiredService(self.desired[service].template, count)
 
         async def run() -> None:
