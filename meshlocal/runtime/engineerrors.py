@@ -70,6 +70,12 @@ def map_docker_error(exc: BaseException, what: str | None = None) -> MeshlocalEr
                 hint="remove unused networks: `docker network prune`",
             )
         return RuntimeFailure(f"{prefix}the Docker engine refused: {text}")
+    if "Install paramiko package" in str(exc):
+        return DockerUnavailable(
+            f"the Docker engine at {_docker_host()} is reached over ssh, which needs paramiko",
+            hint="pip install 'meshlocal[ssh]' (or `pip install paramiko`) in meshlocal's "
+            "environment; or use a tcp:// engine",
+        )
     unreachable = isinstance(exc, requests.exceptions.ConnectionError | ConnectionError) or (
         isinstance(exc, docker.errors.DockerException)
         and ("Error while fetching server API version" in str(exc) or "Connection" in str(exc))

@@ -18,8 +18,6 @@ from typing import Any
 
 import pytest
 
-from meshlocal.runtime import images
-
 from .conftest import (
     cli_env,
     copy_workspace,
@@ -47,7 +45,7 @@ def node(docker_client: Any, busybox_image: str, dataplane_image: str) -> Iterat
     try:
         # No registry: the images a mesh needs go over by save/load, as a user
         # would copy them (the data plane's would otherwise be built there).
-        engine.load([busybox_image, images.ensure_python_base(docker_client), dataplane_image])
+        engine.load([busybox_image, dataplane_image])  # the latter holds the Python base
         yield engine
     finally:
         engine.remove()

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import pytest
 
 from .conftest import (
@@ -194,13 +195,19 @@ def test_run_replace_and_what_is_refused(mesh: tuple[Path, str], docker_client: 
     assert ps_json(ws)["ready"]  # and the mesh is untouched
 
 
-def test_two_nodes_tasks_on_both_reached_through_service_connect_from_either(
-    swarm: Swarm, docker_client: Any, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    node = Node(
+@pytest.fixture(scope="module")
+def node(swarm: Swarm, docker_client: Any) -> Node:
+    """A second node, joined on first use (the tests before it run on one node)."""
+    worker = Node(
         docker_client, "meshlocal-test-swarm-mode-worker", NETWORK, ensure_node_image(docker_client)
     )
-    swarm.join(node)
+    swarm.join(worker)  # removed by swarm.close()
+    return worker
+
+
+def test_two_nodes_tasks_on_both_reached_through_service_connect_from_either(
+    node: Node, docker_client: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     ws = copy_workspace(tmp_path_factory, "mini")
     project = project_of(ws)
     env = cli_env(MESHLOCAL_NODE_ENGINE="tcp://{address}:2375")
@@ -238,6 +245,23 @@ def test_two_nodes_tasks_on_both_reached_through_service_connect_from_either(
             timeout=30,
             interval=0.5,
         )
+
+
+def test_a_built_image_goes_to_every_node_and_down_rmi_takes_it_back(
+    node: Node, docker_client: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    ws = copy_workspace(tmp_path_factory, "rebuild")
+    project = project_of(ws)
+    env = cli_env(MESHLOCAL_NODE_ENGINE="tcp://{address}:2375")
+    ok(run_cli(ws, "up", "-d", "--engine", "swarm", "--timeout", "180", env=env))
+    image = tasks_of(docker_client, project, "app")[0]["Spec"]["ContainerSpec"]["Image"]
+    tag = image.split("@")[0]
+    assert node.client.images.get(tag).id == docker_client.images.get(tag).id
+    ok(run_cli(ws, "down", "--rmi", env=env))
+    with pytest.raises(docker.errors.ImageNotFound):
+        node.client.images.get(tag)
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(tag)
 
 
 def test_a_crash_loop_fails_up_at_once_and_leaves_nothing(

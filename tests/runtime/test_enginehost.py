@@ -425,3 +425,27 @@ def test_reads_a_tls_context_the_docker_cli_wrote(config: Path, tmp_path: Path) 
     assert tls.verify is True
     assert tls.ca_cert == str(folder / "ca.pem")
     assert tls.cert == (str(folder / "cert.pem"), str(folder / "key.pem"))
+
+
+def test_an_ssh_engine_without_paramiko_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import docker.errors
+
+    from meshlocal.runtime.engineerrors import map_docker_error
+
+    monkeypatch.setenv("DOCKER_HOST", "ssh://me@big-box")
+    exc = docker.errors.DockerException("Install paramiko package to enable ssh:// support")
+    mapped = map_docker_error(exc)
+    assert isinstance(mapped, DockerUnavailable)
+    assert "ssh://me@big-box" in mapped.message and "paramiko" in mapped.message
+    assert mapped.hint is not None and "meshlocal[ssh]" in mapped.hint
+
+
+def test_an_unreachable_remote_engine_gets_a_remote_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    import requests.exceptions
+
+    from meshlocal.runtime.engineerrors import map_docker_error
+
+    monkeypatch.setenv("DOCKER_HOST", "tcp://10.0.0.9:2375")
+    mapped = map_docker_error(requests.exceptions.ConnectionError("refused"))
+    assert isinstance(mapped, DockerUnavailable)
+    assert mapped.hint is not None and "docker -H tcp://10.0.0.9:2375 info" in mapped.hint
