@@ -131,8 +131,10 @@ def remove_images_on_nodes(engine: Engine, refs: Sequence[str]) -> list[str]:
             if client is None:
                 continue
             for ref in refs:
+                # Forced: the node removes the stopped task containers that hold
+                # it only a moment after their service is gone.
                 with contextlib.suppress(docker.errors.DockerException):
-                    client.api.remove_image(ref)
+                    client.api.remove_image(ref, force=True)
                     gone.append(f"{ref} on {name}")
     return gone
 
