@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeVar
 
 from meshlocal.errors import MeshlocalError, RuntimeFailure
 from meshlocal.manifest.model import MAX_REPLICAS
@@ -33,7 +32,6 @@ from meshlocal.runtime.streams import EventStream
 from meshlocal.runtime.swarm import SwarmTask, service_specs
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 POLL_S = 0.25  # one `GET /tasks` per poll
 ROLL_TIMEOUT_S = 300.0
