@@ -251,3 +251,38 @@ def assert_clean(docker_client: Any) -> Iterator[Callable[[str], None]]:
         assert left == [], f"left behind: {left}"
 
     yield check
+
+
+# -- a swarm, for the swarm step only (scripts/test.sh): one per session --------------------
+
+
+@pytest.fixture(scope="session")
+def swarm_cluster(docker_client: Any) -> Iterator[Any]:
+    """This engine as a swarm manager for the session; left as it was after."""
+    from .nodes import Swarm, ensure_node_image, remove_leftover_nodes
+
+    remove_leftover_nodes(docker_client)
+    ensure_node_image(docker_client)
+    try:
+        cluster = Swarm(docker_client, "meshlocal-test-swarm")
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="session")
+def swarm_worker(swarm_cluster: Any, docker_client: Any) -> Any:
+    """A second node, joined on first use: the tests before run on one node."""
+    from .nodes import Node, ensure_node_image
+
+    worker = Node(
+        docker_client,
+        "meshlocal-test-swarm-worker",
+        "meshlocal-test-swarm",
+        ensure_node_image(docker_client),
+    )
+    swarm_cluster.join(worker)  # removed by the cluster's close()
+    return worker

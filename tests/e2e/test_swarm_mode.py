@@ -28,25 +28,14 @@ from .conftest import (
     run_cli,
     wait_for,
 )
-from .nodes import SWARM_MARKS, Node, Swarm, ensure_node_image, remove_leftover_nodes
+from .nodes import SWARM_MARKS, Node, Swarm
 
 pytestmark = SWARM_MARKS
 
-NETWORK = "meshlocal-test-swarm-mode"
-
 
 @pytest.fixture(scope="module")
-def swarm(docker_client: Any, busybox_image: str, dataplane_image: str) -> Iterator[Swarm]:
-    remove_leftover_nodes(docker_client)
-    ensure_node_image(docker_client)
-    try:
-        cluster = Swarm(docker_client, NETWORK)
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
-    try:
-        yield cluster
-    finally:
-        cluster.close()
+def swarm(swarm_cluster: Swarm, busybox_image: str, dataplane_image: str) -> Swarm:
+    return swarm_cluster
 
 
 @pytest.fixture(scope="module")
@@ -196,13 +185,8 @@ def test_run_replace_and_what_is_refused(mesh: tuple[Path, str], docker_client: 
 
 
 @pytest.fixture(scope="module")
-def node(swarm: Swarm, docker_client: Any) -> Node:
-    """A second node, joined on first use (the tests before it run on one node)."""
-    worker = Node(
-        docker_client, "meshlocal-test-swarm-mode-worker", NETWORK, ensure_node_image(docker_client)
-    )
-    swarm.join(worker)  # removed by swarm.close()
-    return worker
+def node(swarm_worker: Node) -> Node:
+    return swarm_worker
 
 
 def test_two_nodes_tasks_on_both_reached_through_service_connect_from_either(
@@ -213,7 +197,7 @@ def test_two_nodes_tasks_on_both_reached_through_service_connect_from_either(
     env = cli_env(MESHLOCAL_NODE_ENGINE="tcp://{address}:2375")
     try:
         up = ok(run_cli(ws, "up", "-d", "--engine", "swarm", "--timeout", "180", env=env))
-        assert "copied to node meshlocal-test-swarm-mode-worker" in up.stderr + up.stdout
+        assert f"copied to node {node.name}" in up.stderr + up.stdout
         ok(run_cli(ws, "scale", "api=6", env=env))
         tasks = tasks_of(docker_client, project, "api")
         nodes = {t["NodeID"] for t in tasks}

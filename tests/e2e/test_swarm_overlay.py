@@ -24,6 +24,7 @@ was: `swarm leave --force`, and the networks the swarm made removed.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import time
 from collections.abc import Iterator
@@ -34,12 +35,10 @@ import docker
 import docker.types
 import pytest
 
-from .nodes import SWARM_MARKS, Node, ensure_node_image, remove_leftover_nodes
-from .nodes import Swarm as Cluster
+from .nodes import SWARM_MARKS, Node
 
 pytestmark = SWARM_MARKS
 
-NETWORK = "meshlocal-test-swarm-nodes"
 OVERLAY = "meshlocal-test-overlay"
 LABEL = {"meshlocal.test-swarm": "1"}
 PROBE = Path(__file__).resolve().parent.parent / "runtime" / "dnsprobe.py"
@@ -70,30 +69,31 @@ def _free_subnet(client: docker.DockerClient) -> str:
 
 
 @pytest.fixture(scope="module")
-def swarm(docker_client: Any, busybox_image: str, python_base: str) -> Iterator[Swarm]:
-    remove_leftover_nodes(docker_client)
-    image = ensure_node_image(docker_client)
+def swarm(
+    swarm_cluster: Any, swarm_worker: Node, docker_client: Any, busybox_image: str
+) -> Iterator[Swarm]:
+    swarm_worker.load([busybox_image])
+    subnet = _free_subnet(docker_client)
+    net = docker_client.networks.create(
+        OVERLAY,
+        driver="overlay",
+        attachable=True,
+        labels=LABEL,
+        ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)]),
+    )
     try:
-        cluster = Cluster(docker_client, NETWORK)
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
-    try:
-        worker = Node(docker_client, "meshlocal-test-swarm-worker", NETWORK, image)
-        cluster.join(worker)
-        worker.load([busybox_image])
-        subnet = _free_subnet(docker_client)
-        docker_client.networks.create(
-            OVERLAY,
-            driver="overlay",
-            attachable=True,
-            labels=LABEL,
-            ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)]),
-        )
-        yield Swarm(docker_client, worker, subnet)
+        yield Swarm(docker_client, swarm_worker, subnet)
     finally:
         for c in docker_client.containers.list(all=True, filters={"label": "meshlocal.test-swarm"}):
             c.remove(force=True)
-        cluster.close()
+        for c in swarm_worker.client.containers.list(
+            all=True, filters={"label": "meshlocal.test-swarm"}
+        ):
+            c.remove(force=True)
+        for svc in docker_client.services.list(filters={"label": "meshlocal.test-swarm"}):
+            svc.remove()
+        with contextlib.suppress(docker.errors.DockerException):
+            net.remove()
 
 
 def _sh(client: docker.DockerClient, container: str, script: str) -> tuple[int, str]:
